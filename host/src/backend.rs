@@ -1,0 +1,85 @@
+//! What a backend (sim: CPU; cuda: a real GPU) offers the mediator: one `DeviceSession` per
+//! client connection, owning every resource the client created. Dropping the session frees them
+//! all, which is how a client that dies leaks nothing.
+
+use vgpu_uapi::cuda::CuResult;
+use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
+
+/// A failed command: the CUresult the client gets, and a message for its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    pub code: CuResult,
+    pub message: String,
+}
+
+impl CmdError {
+    pub fn new(code: CuResult, message: impl Into<String>) -> Self {
+        CmdError { code, message: message.into() }
+    }
+}
+
+pub type CmdResult<T> = Result<T, CmdError>;
+
+/// Launch geometry as the client asked for it (validated by the backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchDims {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_shared_bytes: u32,
+    pub stream: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    pub used_bytes: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// Name for logs ("sim", "cuda").
+    fn name(&self) -> &'static str;
+    fn devices(&self) -> Vec<DeviceInfo>;
+    /// A session for client process `pid`; an observer (NVML) is not counted as a GPU process.
+    fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>>;
+    /// (total, used by all sessions) of a device's memory.
+    fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)>;
+    /// The processes holding a (non-observer) session on the device.
+    fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>>;
+}
+
+/// One client's view of one device. All handles are values this session issued; anything else
+/// is rejected with CUDA_ERROR_INVALID_HANDLE / CUDA_ERROR_INVALID_VALUE.
+pub trait DeviceSession: Send {
+    fn mem_get_info(&self) -> (u64, u64);
+    fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64>;
+    fn mem_free(&mut self, dptr: u64) -> CmdResult<()>;
+    fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)>;
+    fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()>;
+    fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()>;
+    fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()>;
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64) -> CmdResult<()>;
+
+    fn module_load(&mut self, image: &[u8]) -> CmdResult<u64>;
+    fn module_unload(&mut self, module: u64) -> CmdResult<()>;
+    /// The function's launch facts and its parameters' (offset, size).
+    fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)>;
+    fn module_get_global(&mut self, module: u64, name: &str) -> CmdResult<(u64, u64)>;
+    fn module_functions(&self, module: u64) -> CmdResult<Vec<String>>;
+
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<()>;
+
+    fn stream_create(&mut self, flags: u32, priority: i32) -> CmdResult<u64>;
+    fn stream_destroy(&mut self, stream: u64) -> CmdResult<()>;
+    fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()>;
+    fn stream_query(&mut self, stream: u64) -> CmdResult<()>;
+    fn stream_wait_event(&mut self, stream: u64, event: u64) -> CmdResult<()>;
+
+    fn event_create(&mut self, flags: u32) -> CmdResult<u64>;
+    fn event_destroy(&mut self, event: u64) -> CmdResult<()>;
+    fn event_record(&mut self, event: u64, stream: u64) -> CmdResult<()>;
+    fn event_synchronize(&mut self, event: u64) -> CmdResult<()>;
+    fn event_query(&mut self, event: u64) -> CmdResult<()>;
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32>;
+
+    fn synchronize(&mut self) -> CmdResult<()>;
+}

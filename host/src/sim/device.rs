@@ -1,0 +1,450 @@
+//! The sim backend: a GPU simulated on the CPU. Device memory is host memory at device
+//! addresses, modules are PTX (from fatbins) run by the PTX interpreter.
+//!
+//! Work executes when it is submitted, in submission order, on the client's thread. That is one
+//! valid schedule of CUDA's stream semantics (every stream's order is kept, and cross-stream
+//! waits are trivially satisfied), so streams and events need no queues here.
+
+use super::fatbin;
+use super::memory::{DeviceMemory, Fault};
+use super::ptx;
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage};
+use crate::profile::DeviceProfile;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
+
+pub struct SimBackend {
+    profile: DeviceProfile,
+    /// Host memory one session may use for device allocations (the profile's size is what the
+    /// guest is told; this is what the host will really give).
+    memory_limit: u64,
+    usage: Arc<Usage>,
+}
+
+/// Device memory held by each live session, for NVML-style reporting.
+#[derive(Default)]
+struct Usage {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<u64, (ProcessUsage, bool)>>,
+}
+
+impl SimBackend {
+    pub fn new(profile: DeviceProfile, memory_limit: u64) -> Self {
+        SimBackend { profile, memory_limit, usage: Arc::default() }
+    }
+
+    fn check_device(&self, device: u32) -> CmdResult<()> {
+        if device != 0 {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_DEVICE, format!("no device {device}")));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for SimBackend {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![self.profile.device_info()]
+    }
+
+    fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)> {
+        self.check_device(device)?;
+        let used = lock(&self.usage.sessions).values().map(|(u, _)| u.used_bytes).sum();
+        Ok((self.profile.total_mem, used))
+    }
+
+    fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
+        self.check_device(device)?;
+        let mut v: Vec<ProcessUsage> = lock(&self.usage.sessions).values().filter(|(_, obs)| !obs).map(|(u, _)| *u).collect();
+        v.sort_by_key(|u| u.pid);
+        Ok(v)
+    }
+
+    fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
+        self.check_device(device)?;
+        let capacity = self.memory_limit.min(self.profile.total_mem);
+        let id = self.usage.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.usage.sessions).insert(id, (ProcessUsage { pid, used_bytes: 0 }, observer));
+        Ok(Box::new(SimSession {
+            usage: self.usage.clone(),
+            usage_id: id,
+            mem: DeviceMemory::new(capacity),
+            total_mem: self.profile.total_mem,
+            next_handle: 0x10,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+        }))
+    }
+}
+
+struct LoadedModule {
+    ptx: Arc<ptx::Module>,
+    /// Device addresses of the module's .global/.const variables, by name.
+    globals: HashMap<String, u64>,
+}
+
+struct Function {
+    module: u64,
+    name: String,
+}
+
+struct Event {
+    flags: u32,
+    recorded: Option<Instant>,
+}
+
+const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct SimSession {
+    usage: Arc<Usage>,
+    usage_id: u64,
+    mem: DeviceMemory,
+    total_mem: u64,
+    next_handle: u64,
+    modules: HashMap<u64, LoadedModule>,
+    functions: HashMap<u64, Function>,
+    streams: HashMap<u64, ()>,
+    events: HashMap<u64, Event>,
+}
+
+fn fault(f: Fault) -> CmdError {
+    CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{} bytes at {:#x} are not inside one device allocation", f.len, f.addr))
+}
+
+fn invalid_handle(what: &str, h: u64) -> CmdError {
+    CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} is not a {what} of this client"))
+}
+
+/// The interpreter's view of global memory: this session's allocations, nothing else.
+impl ptx::Memory for DeviceMemory {
+    fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<(), ptx::MemFault> {
+        let s = self.slice(addr, out.len() as u64).map_err(|_| ptx::MemFault { addr, len: out.len() as u64 })?;
+        out.copy_from_slice(s);
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), ptx::MemFault> {
+        let s = self.slice_mut(addr, data.len() as u64).map_err(|_| ptx::MemFault { addr, len: data.len() as u64 })?;
+        s.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+impl Drop for SimSession {
+    fn drop(&mut self) {
+        lock(&self.usage.sessions).remove(&self.usage_id);
+    }
+}
+
+impl SimSession {
+    /// Publishes this session's memory use after it changed.
+    fn account(&self) {
+        if let Some((u, _)) = lock(&self.usage.sessions).get_mut(&self.usage_id) {
+            u.used_bytes = self.mem.used();
+        }
+    }
+
+    fn handle(&mut self) -> u64 {
+        self.next_handle += 1;
+        self.next_handle
+    }
+
+    fn check_stream(&self, s: u64) -> CmdResult<()> {
+        if s == 0 || s == STREAM_LEGACY || s == STREAM_PER_THREAD || self.streams.contains_key(&s) {
+            Ok(())
+        } else {
+            Err(invalid_handle("stream", s))
+        }
+    }
+
+    fn event(&mut self, e: u64) -> CmdResult<&mut Event> {
+        self.events.get_mut(&e).ok_or_else(|| invalid_handle("event", e))
+    }
+
+    fn load_ptx(&mut self, text: &str) -> CmdResult<u64> {
+        let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}")))?;
+        let mut globals = HashMap::new();
+        let mut allocated = Vec::new();
+        let mut result = Ok(());
+        for g in module.globals() {
+            match self.mem.alloc(g.size.max(1)) {
+                Ok(p) => {
+                    allocated.push(p);
+                    if let Ok(s) = self.mem.slice_mut(p, g.init.len() as u64) {
+                        s.copy_from_slice(&g.init);
+                    }
+                    globals.insert(g.name.clone(), p);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for p in allocated {
+                let _ = self.mem.free(p);
+            }
+            return Err(e);
+        }
+        let h = self.handle();
+        self.modules.insert(h, LoadedModule { ptx: Arc::new(module), globals });
+        self.account();
+        Ok(h)
+    }
+}
+
+impl DeviceSession for SimSession {
+    fn mem_get_info(&self) -> (u64, u64) {
+        let free = self.mem.capacity() - self.mem.used();
+        (free, self.total_mem)
+    }
+
+    fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
+        let p = self.mem.alloc(bytes)?;
+        self.account();
+        Ok(p)
+    }
+
+    fn mem_free(&mut self, dptr: u64) -> CmdResult<()> {
+        if self.modules.values().any(|m| m.globals.values().any(|&g| g == dptr)) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "cannot free a module variable"));
+        }
+        self.mem.free(dptr)?;
+        self.account();
+        Ok(())
+    }
+
+    fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)> {
+        self.mem.range_of(dptr).ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not device memory")))
+    }
+
+    fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {
+        self.mem.slice_mut(dst, data.len() as u64).map_err(fault)?.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()> {
+        out.copy_from_slice(self.mem.slice(src, out.len() as u64).map_err(fault)?);
+        Ok(())
+    }
+
+    fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {
+        self.mem.copy(dst, src, len).map_err(fault)
+    }
+
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64) -> CmdResult<()> {
+        let bytes = count
+            .checked_mul(elem_size as u64)
+            .ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset size overflows"))?;
+        if !matches!(elem_size, 1 | 2 | 4) || dst % elem_size as u64 != 0 {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset element must be 1, 2 or 4 bytes, aligned"));
+        }
+        let s = self.mem.slice_mut(dst, bytes).map_err(fault)?;
+        let pattern = value.to_le_bytes();
+        for chunk in s.chunks_exact_mut(elem_size as usize) {
+            chunk.copy_from_slice(&pattern[..elem_size as usize]);
+        }
+        Ok(())
+    }
+
+    fn module_load(&mut self, image: &[u8]) -> CmdResult<u64> {
+        match fatbin::image_kind(image) {
+            fatbin::ImageKind::Fatbin => {
+                let text = fatbin::select_ptx(image)
+                    .map_err(|e| CmdError::new(CUDA_ERROR_NO_BINARY_FOR_GPU, format!("fatbin: {e}")))?;
+                self.load_ptx(&text)
+            }
+            fatbin::ImageKind::PtxText => {
+                let end = image.iter().position(|&b| b == 0).unwrap_or(image.len());
+                let text = std::str::from_utf8(&image[..end])
+                    .map_err(|_| CmdError::new(CUDA_ERROR_INVALID_PTX, "PTX is not UTF-8"))?;
+                self.load_ptx(text)
+            }
+            fatbin::ImageKind::Elf => Err(CmdError::new(
+                CUDA_ERROR_NO_BINARY_FOR_GPU,
+                "cubin (ELF) images cannot run on the sim backend: no PTX in this module",
+            )),
+            fatbin::ImageKind::Unknown => Err(CmdError::new(CUDA_ERROR_INVALID_IMAGE, "not a fatbin, cubin or PTX image")),
+        }
+    }
+
+    fn module_unload(&mut self, module: u64) -> CmdResult<()> {
+        let m = self.modules.remove(&module).ok_or_else(|| invalid_handle("module", module))?;
+        for p in m.globals.values() {
+            let _ = self.mem.free(*p);
+        }
+        self.functions.retain(|_, f| f.module != module);
+        self.account();
+        Ok(())
+    }
+
+    fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        let k = m
+            .ptx
+            .kernel(name)
+            .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("no kernel named {name}")))?;
+        let params: Vec<(u32, u32)> = k.params.iter().map(|p| (p.offset, p.size)).collect();
+        let info_base = (params.len() as u32, k.param_bytes, k.static_shared_bytes, k.local_bytes);
+        // One handle per (module, name): resolving twice gives the same function, as in CUDA.
+        let existing = self.functions.iter().find(|(_, f)| f.module == module && f.name == name).map(|(&h, _)| h);
+        let h = match existing {
+            Some(h) => h,
+            None => {
+                let h = self.handle();
+                self.functions.insert(h, Function { module, name: name.to_string() });
+                h
+            }
+        };
+        let info = FunctionInfo {
+            handle: h,
+            param_count: info_base.0,
+            param_bytes: info_base.1,
+            static_shared_bytes: info_base.2,
+            local_bytes: info_base.3,
+            max_threads_per_block: 1024,
+            num_regs: 32,
+            ptx_version: 90,
+            binary_version: 90,
+        };
+        Ok((info, params))
+    }
+
+    fn module_get_global(&mut self, module: u64, name: &str) -> CmdResult<(u64, u64)> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        let p = *m.globals.get(name).ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("no global named {name}")))?;
+        let size = m.ptx.globals().iter().find(|g| g.name == name).map(|g| g.size).unwrap_or(0);
+        Ok((p, size))
+    }
+
+    fn module_functions(&self, module: u64) -> CmdResult<Vec<String>> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        Ok(m.ptx.kernels().iter().map(|k| k.name.clone()).collect())
+    }
+
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<()> {
+        self.check_stream(dims.stream)?;
+        let f = self.functions.get(&function).ok_or_else(|| invalid_handle("function", function))?;
+        let m = self.modules.get(&f.module).ok_or_else(|| invalid_handle("module", f.module))?;
+        let k = m.ptx.kernel(&f.name).ok_or_else(|| invalid_handle("function", function))?;
+        validate_dims(&dims, k.static_shared_bytes)?;
+        if params.len() != k.param_bytes as usize {
+            return Err(CmdError::new(
+                CUDA_ERROR_INVALID_VALUE,
+                format!("{} takes {} bytes of parameters, got {}", f.name, k.param_bytes, params.len()),
+            ));
+        }
+        let cfg = ptx::LaunchConfig { grid: dims.grid, block: dims.block, dynamic_shared_bytes: dims.dynamic_shared_bytes };
+        let module = m.ptx.clone();
+        let globals = m.globals.clone();
+        let kernel_name = f.name.clone();
+        let k = module.kernel(&kernel_name).ok_or_else(|| invalid_handle("function", function))?;
+        ptx::launch(&module, k, &cfg, params, &globals, &mut self.mem)
+            .map(|_| ())
+            .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")))
+    }
+
+    fn stream_create(&mut self, _flags: u32, _priority: i32) -> CmdResult<u64> {
+        let h = self.handle();
+        self.streams.insert(h, ());
+        Ok(h)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> CmdResult<()> {
+        self.streams.remove(&stream).map(|_| ()).ok_or_else(|| invalid_handle("stream", stream))
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()> {
+        self.check_stream(stream)
+    }
+
+    fn stream_query(&mut self, stream: u64) -> CmdResult<()> {
+        self.check_stream(stream)
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64) -> CmdResult<()> {
+        self.check_stream(stream)?;
+        self.event(event).map(|_| ())
+    }
+
+    fn event_create(&mut self, flags: u32) -> CmdResult<u64> {
+        if flags & !0xf != 0 {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("bad event flags {flags:#x}")));
+        }
+        let h = self.handle();
+        self.events.insert(h, Event { flags, recorded: None });
+        Ok(h)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> CmdResult<()> {
+        self.events.remove(&event).map(|_| ()).ok_or_else(|| invalid_handle("event", event))
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> CmdResult<()> {
+        self.check_stream(stream)?;
+        // All earlier work has completed (it ran at submission), so the event completes now.
+        self.event(event)?.recorded = Some(Instant::now());
+        Ok(())
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> CmdResult<()> {
+        self.event(event).map(|_| ())
+    }
+
+    fn event_query(&mut self, event: u64) -> CmdResult<()> {
+        self.event(event).map(|_| ())
+    }
+
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32> {
+        let s = self.events.get(&start).ok_or_else(|| invalid_handle("event", start))?;
+        let e = self.events.get(&end).ok_or_else(|| invalid_handle("event", end))?;
+        if (s.flags | e.flags) & CU_EVENT_DISABLE_TIMING != 0 {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_HANDLE, "event created with CU_EVENT_DISABLE_TIMING"));
+        }
+        match (s.recorded, e.recorded) {
+            (Some(a), Some(b)) => {
+                let ms = if b >= a { (b - a).as_secs_f64() * 1e3 } else { -((a - b).as_secs_f64() * 1e3) };
+                Ok(ms as f32)
+            }
+            _ => Err(CmdError::new(CUDA_ERROR_NOT_READY, "event not recorded")),
+        }
+    }
+
+    fn synchronize(&mut self) -> CmdResult<()> {
+        Ok(())
+    }
+}
+
+/// CUDA's launch limits (compute capability 9.0).
+fn validate_dims(d: &LaunchDims, static_shared: u32) -> CmdResult<()> {
+    let bad = |m: String| Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, m));
+    let [bx, by, bz] = d.block;
+    let [gx, gy, gz] = d.grid;
+    if bx == 0 || by == 0 || bz == 0 || gx == 0 || gy == 0 || gz == 0 {
+        return bad(format!("empty launch grid {:?} block {:?}", d.grid, d.block));
+    }
+    if bx > 1024 || by > 1024 || bz > 64 || (bx as u64) * (by as u64) * (bz as u64) > 1024 {
+        return bad(format!("block {:?} exceeds 1024 threads / (1024, 1024, 64)", d.block));
+    }
+    if gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
+        return bad(format!("grid {:?} exceeds (2^31-1, 65535, 65535)", d.grid));
+    }
+    if static_shared as u64 + d.dynamic_shared_bytes as u64 > 232_448 {
+        return bad(format!("{} bytes of shared memory exceed the 227 KiB per block", static_shared as u64 + d.dynamic_shared_bytes as u64));
+    }
+    Ok(())
+}

@@ -1,0 +1,871 @@
+//! Running a kernel: blocks in order, threads of a block with explicit state so that
+//! `bar.sync` can park a thread until the whole block has arrived.
+
+use super::parse::*;
+use super::{ExecError, Memory};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_shared_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchStats {
+    pub instructions: u64,
+}
+
+/// Generic addresses of the shared and local windows (global device memory lives at
+/// 0x2000_0000_0000 and above, so the three never overlap).
+pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
+pub const LOCAL_WINDOW: u64 = 0x1100_0000_0000;
+const WINDOW_SIZE: u64 = 0x0100_0000_0000;
+
+/// A launch may execute at most this many instructions (an endless loop must end, and the
+/// guest must get an error rather than a hung mediator).
+pub const INSTRUCTION_BUDGET: u64 = 4_000_000_000;
+/// Local memory of all threads of one block, in bytes.
+const MAX_BLOCK_LOCAL: u64 = 64 << 20;
+
+const RUN: u8 = 0;
+const AT_BARRIER: u8 = 1;
+const DONE: u8 = 2;
+
+struct Ctx<'a> {
+    k: &'a Kernel,
+    params: &'a [u8],
+    syms: &'a [u64],
+    mem: &'a mut dyn Memory,
+    shared: &'a mut [u8],
+    cfg: &'a LaunchConfig,
+    ctaid: [u32; 3],
+    executed: u64,
+    budget: u64,
+}
+
+/// Runs `k` over the whole grid. `params` is the packed parameter buffer (per `k.params`),
+/// `globals` the device addresses of the module's variables.
+pub fn launch(
+    module: &Module,
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    globals: &HashMap<String, u64>,
+    mem: &mut dyn Memory,
+) -> Result<LaunchStats, ExecError> {
+    launch_with_budget(module, k, cfg, params, globals, mem, INSTRUCTION_BUDGET)
+}
+
+pub fn launch_with_budget(
+    module: &Module,
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    globals: &HashMap<String, u64>,
+    mem: &mut dyn Memory,
+    budget: u64,
+) -> Result<LaunchStats, ExecError> {
+    if params.len() < k.param_bytes as usize {
+        return Err(ExecError::OutOfResources(format!("{} needs {} bytes of parameters, got {}", k.name, k.param_bytes, params.len())));
+    }
+    let mut syms = Vec::with_capacity(k.syms.len());
+    for s in &k.syms {
+        syms.push(match s {
+            SymKind::Param(off) | SymKind::Shared(off) | SymKind::Local(off) => *off as u64,
+            // A variable the caller gave no memory resolves to 0, which faults if used.
+            SymKind::Global(i) => module.globals().get(*i).and_then(|g| globals.get(&g.name)).copied().unwrap_or(0),
+        });
+    }
+    let shared_bytes = if cfg.dynamic_shared_bytes > 0 {
+        k.dynamic_shared_offset as u64 + cfg.dynamic_shared_bytes as u64
+    } else {
+        k.static_shared_bytes as u64
+    };
+    if shared_bytes > MAX_SHARED {
+        return Err(ExecError::OutOfResources(format!("{shared_bytes} bytes of shared memory requested")));
+    }
+    let nthreads = cfg.block.iter().map(|&d| d as u64).product::<u64>();
+    if nthreads == 0 || nthreads > 1024 {
+        return Err(ExecError::OutOfResources(format!("block of {nthreads} threads")));
+    }
+    let local_total = nthreads * k.local_bytes as u64;
+    if local_total > MAX_BLOCK_LOCAL {
+        return Err(ExecError::OutOfResources(format!("{} bytes of local memory per thread is too much for the sim backend", k.local_bytes)));
+    }
+    let nthreads = nthreads as usize;
+    let nregs = k.nregs.max(1);
+    let mut shared = vec![0u8; shared_bytes as usize];
+    let mut regs = vec![0u64; nthreads * nregs];
+    let mut local = vec![0u8; local_total as usize];
+    let mut pcs = vec![0u32; nthreads];
+    let mut state = vec![RUN; nthreads];
+    let mut ctx = Ctx { k, params, syms: &syms, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget };
+
+    for bz in 0..cfg.grid[2] {
+        for by in 0..cfg.grid[1] {
+            for bx in 0..cfg.grid[0] {
+                ctx.ctaid = [bx, by, bz];
+                ctx.shared.fill(0);
+                regs.fill(0);
+                local.fill(0);
+                pcs.fill(0);
+                state.fill(RUN);
+                loop {
+                    for t in 0..nthreads {
+                        if state[t] != RUN {
+                            continue;
+                        }
+                        let r = &mut regs[t * nregs..(t + 1) * nregs];
+                        let l = &mut local[t * k.local_bytes as usize..(t + 1) * k.local_bytes as usize];
+                        state[t] = ctx.run(t as u32, &mut pcs[t], r, l)?;
+                    }
+                    let waiting = state.iter().filter(|&&s| s == AT_BARRIER).count();
+                    if waiting == 0 {
+                        break; // every thread has exited
+                    }
+                    // Everyone still alive is at a barrier: release them (exited threads count
+                    // as arrived, as on the hardware).
+                    for t in 0..nthreads {
+                        if state[t] == AT_BARRIER {
+                            state[t] = RUN;
+                            pcs[t] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(LaunchStats { instructions: ctx.executed })
+}
+
+fn mask(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << bits) - 1)
+    }
+}
+
+fn sext(v: u64, bits: u32) -> i64 {
+    if bits >= 64 {
+        v as i64
+    } else {
+        let s = 64 - bits;
+        ((v << s) as i64) >> s
+    }
+}
+
+fn f32_of(v: u64) -> f32 {
+    f32::from_bits(v as u32)
+}
+
+fn f16_to_f32(v: u64) -> f32 {
+    half::f16::from_bits(v as u16).to_f32()
+}
+
+fn bf16_to_f32(v: u64) -> f32 {
+    half::bf16::from_bits(v as u16).to_f32()
+}
+
+/// A float operand as f64 (exact for f16/bf16/f32).
+fn to_f64(v: u64, ty: Ty) -> f64 {
+    match ty {
+        Ty::F64 => f64::from_bits(v),
+        Ty::F32 => f32_of(v) as f64,
+        Ty::F16 => f16_to_f32(v) as f64,
+        Ty::Bf16 => bf16_to_f32(v) as f64,
+        _ => v as f64,
+    }
+}
+
+/// An f64 result stored as `ty` (rounded to nearest).
+fn from_f64(x: f64, ty: Ty) -> u64 {
+    match ty {
+        Ty::F64 => x.to_bits(),
+        Ty::F32 => (x as f32).to_bits() as u64,
+        Ty::F16 => half::f16::from_f64(x).to_bits() as u64,
+        Ty::Bf16 => half::bf16::from_f64(x).to_bits() as u64,
+        _ => x as u64,
+    }
+}
+
+/// f32 arithmetic is done in f32 (not via f64) so results round exactly as on the GPU.
+fn float_bin(op: Bin, ty: Ty, a: u64, b: u64) -> Option<u64> {
+    if ty == Ty::F32 {
+        let (x, y) = (f32_of(a), f32_of(b));
+        let r = match op {
+            Bin::Add => x + y,
+            Bin::Sub => x - y,
+            Bin::MulLo => x * y,
+            Bin::Div => x / y,
+            Bin::Min => x.min(y),
+            Bin::Max => x.max(y),
+            _ => return None,
+        };
+        return Some(r.to_bits() as u64);
+    }
+    let (x, y) = (to_f64(a, ty), to_f64(b, ty));
+    let r = match op {
+        Bin::Add => x + y,
+        Bin::Sub => x - y,
+        Bin::MulLo => x * y,
+        Bin::Div => x / y,
+        Bin::Min => x.min(y),
+        Bin::Max => x.max(y),
+        _ => return None,
+    };
+    Some(from_f64(r, ty))
+}
+
+fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
+    let bits = ty.bits();
+    let signed = ty.signed();
+    let (sa, sb) = (sext(a, bits), sext(b, bits));
+    let (ua, ub) = (mask(a, bits), mask(b, bits));
+    let r = match op {
+        Bin::Add => ua.wrapping_add(ub),
+        Bin::Sub => ua.wrapping_sub(ub),
+        Bin::MulLo => ua.wrapping_mul(ub),
+        Bin::MulHi => {
+            if signed {
+                (((sa as i128) * (sb as i128)) >> bits) as u64
+            } else {
+                (((ua as u128) * (ub as u128)) >> bits) as u64
+            }
+        }
+        // Division by zero is undefined in PTX; give all ones rather than trap the host.
+        Bin::Div => {
+            if ub == 0 {
+                u64::MAX
+            } else if signed {
+                sa.wrapping_div(sb) as u64
+            } else {
+                ua / ub
+            }
+        }
+        Bin::Rem => {
+            if ub == 0 {
+                ua
+            } else if signed {
+                sa.wrapping_rem(sb) as u64
+            } else {
+                ua % ub
+            }
+        }
+        Bin::Min => {
+            if signed {
+                sa.min(sb) as u64
+            } else {
+                ua.min(ub)
+            }
+        }
+        Bin::Max => {
+            if signed {
+                sa.max(sb) as u64
+            } else {
+                ua.max(ub)
+            }
+        }
+        Bin::And => a & b,
+        Bin::Or => a | b,
+        Bin::Xor => a ^ b,
+        // Shift amounts >= the width give 0 (or the sign for shr.s), as PTX specifies.
+        Bin::Shl => {
+            let n = mask(b, 32);
+            if n >= bits as u64 {
+                0
+            } else {
+                ua << n
+            }
+        }
+        Bin::Shr => {
+            let n = mask(b, 32).min(bits as u64 - 1 + (!signed) as u64);
+            if signed {
+                (sa >> n.min(63)) as u64
+            } else if n >= bits as u64 {
+                0
+            } else {
+                ua >> n
+            }
+        }
+    };
+    mask(r, bits)
+}
+
+fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
+    if ty.float() {
+        let (x, y) = (to_f64(a, ty), to_f64(b, ty));
+        let unordered = x.is_nan() || y.is_nan();
+        return match cmp {
+            Cmp::Eq => !unordered && x == y,
+            Cmp::Ne => !unordered && x != y,
+            Cmp::Lt | Cmp::Lo => !unordered && x < y,
+            Cmp::Le | Cmp::Ls => !unordered && x <= y,
+            Cmp::Gt | Cmp::Hi => !unordered && x > y,
+            Cmp::Ge | Cmp::Hs => !unordered && x >= y,
+            Cmp::Equ => unordered || x == y,
+            Cmp::Neu => unordered || x != y,
+            Cmp::Ltu => unordered || x < y,
+            Cmp::Leu => unordered || x <= y,
+            Cmp::Gtu => unordered || x > y,
+            Cmp::Geu => unordered || x >= y,
+            Cmp::Num => !unordered,
+            Cmp::Nan => unordered,
+        };
+    }
+    let bits = ty.bits();
+    let (sa, sb) = (sext(a, bits), sext(b, bits));
+    let (ua, ub) = (mask(a, bits), mask(b, bits));
+    let signed = ty.signed();
+    match cmp {
+        Cmp::Eq | Cmp::Equ => ua == ub,
+        Cmp::Ne | Cmp::Neu => ua != ub,
+        Cmp::Lt | Cmp::Ltu => if signed { sa < sb } else { ua < ub },
+        Cmp::Le | Cmp::Leu => if signed { sa <= sb } else { ua <= ub },
+        Cmp::Gt | Cmp::Gtu => if signed { sa > sb } else { ua > ub },
+        Cmp::Ge | Cmp::Geu => if signed { sa >= sb } else { ua >= ub },
+        Cmp::Lo => ua < ub,
+        Cmp::Ls => ua <= ub,
+        Cmp::Hi => ua > ub,
+        Cmp::Hs => ua >= ub,
+        Cmp::Num => true,
+        Cmp::Nan => false,
+    }
+}
+
+fn round(x: f64, r: Rnd) -> f64 {
+    match r {
+        Rnd::Near => x.round_ties_even(),
+        Rnd::Zero | Rnd::None => x.trunc(),
+        Rnd::Down => x.floor(),
+        Rnd::Up => x.ceil(),
+    }
+}
+
+fn convert(dty: Ty, sty: Ty, rnd: Rnd, sat: bool, v: u64) -> u64 {
+    let dbits = dty.bits();
+    match (dty.float(), sty.float()) {
+        (false, false) => {
+            let x: i128 = if sty.signed() { sext(v, sty.bits()) as i128 } else { mask(v, sty.bits()) as i128 };
+            if sat {
+                let (lo, hi) = int_range(dty);
+                mask(x.clamp(lo, hi) as u64, dbits)
+            } else {
+                mask(x as u64, dbits)
+            }
+        }
+        (false, true) => {
+            let x = to_f64(v, sty);
+            if x.is_nan() {
+                return 0;
+            }
+            // Float-to-integer conversions saturate in PTX.
+            let (lo, hi) = int_range(dty);
+            let r = round(x, rnd);
+            let i = if r <= lo as f64 { lo } else if r >= hi as f64 { hi } else { r as i128 };
+            mask(i as u64, dbits)
+        }
+        (true, false) => {
+            let x = if sty.signed() { sext(v, sty.bits()) as f64 } else { mask(v, sty.bits()) as f64 };
+            // i64/u64 -> f32 must round once: go straight from the integer.
+            if dty == Ty::F32 && sty.bits() == 64 {
+                let f = if sty.signed() { v as i64 as f32 } else { v as f32 };
+                return f.to_bits() as u64;
+            }
+            from_f64(x, dty)
+        }
+        (true, true) => {
+            let mut x = to_f64(v, sty);
+            if matches!(rnd, Rnd::Near | Rnd::Zero | Rnd::Down | Rnd::Up) && dty == sty {
+                x = round(x, rnd); // cvt.rni.f32.f32 and friends: round to an integral value
+            }
+            if sat {
+                x = if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) };
+            }
+            if dty == Ty::F32 && sty == Ty::F32 {
+                return (x as f32).to_bits() as u64;
+            }
+            from_f64(x, dty)
+        }
+    }
+}
+
+fn int_range(t: Ty) -> (i128, i128) {
+    let bits = t.bits();
+    if t.signed() {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    }
+}
+
+impl Ctx<'_> {
+    fn at(&self, i: &Inst) -> String {
+        format!("`{}` (PTX line {}) in {}", i.text, i.line, self.k.name)
+    }
+
+    fn sreg(&self, s: Sreg, tid: [u32; 3], linear: u32) -> u64 {
+        let c = self.cfg;
+        (match s {
+            Sreg::Tid(d) => tid[d as usize],
+            Sreg::Ntid(d) => c.block[d as usize],
+            Sreg::Ctaid(d) => self.ctaid[d as usize],
+            Sreg::Nctaid(d) => c.grid[d as usize],
+            Sreg::LaneId => linear % 32,
+            Sreg::WarpId => linear / 32,
+            Sreg::NWarpId => 64,
+            Sreg::Clock => self.executed as u32,
+            Sreg::Clock64 => return self.executed,
+            Sreg::GlobalTimer => {
+                return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            }
+            Sreg::SmId | Sreg::GridId => 0,
+            Sreg::NSmId => 132,
+            Sreg::LaneMask(kind) => {
+                let lane = linear % 32;
+                let bit = 1u64 << lane;
+                return match kind {
+                    0 => bit,
+                    1 => bit - 1,
+                    2 => (bit << 1) - 1,
+                    3 => mask(!((bit << 1) - 1), 32),
+                    _ => mask(!(bit - 1), 32),
+                };
+            }
+            Sreg::DynSmem => c.dynamic_shared_bytes,
+            Sreg::TotalSmem => self.shared.len() as u32,
+        }) as u64
+    }
+
+    /// Runs one thread until it exits or reaches a barrier.
+    fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8]) -> Result<u8, ExecError> {
+        let b = self.cfg.block;
+        let tid = [linear % b[0], (linear / b[0]) % b[1], linear / (b[0] * b[1])];
+        let insts = &self.k.insts;
+        loop {
+            let Some(inst) = insts.get(*pc as usize) else {
+                return Ok(DONE); // fell off the end: an implicit ret
+            };
+            self.executed += 1;
+            if self.executed > self.budget {
+                return Err(ExecError::Timeout(self.budget));
+            }
+            if let Some((p, neg)) = inst.guard {
+                let v = regs.get(p as usize).copied().unwrap_or(0) != 0;
+                if v == neg {
+                    *pc += 1;
+                    continue;
+                }
+            }
+            match &inst.op {
+                Op::Bra { target } => {
+                    *pc = *target;
+                    continue;
+                }
+                Op::Exit => return Ok(DONE),
+                Op::Bar => return Ok(AT_BARRIER),
+                _ => self.step(inst, tid, linear, regs, local)?,
+            }
+            *pc += 1;
+        }
+    }
+
+    fn get(&self, o: &Opnd, regs: &[u64], tid: [u32; 3], linear: u32, i: &Inst) -> Result<u64, ExecError> {
+        match o {
+            Opnd::Reg(r) => Ok(regs.get(*r as usize).copied().unwrap_or(0)),
+            Opnd::Imm(v) => Ok(*v),
+            Opnd::Sreg(s) => Ok(self.sreg(*s, tid, linear)),
+            Opnd::Sym(id) => Ok(self.syms.get(*id as usize).copied().unwrap_or(0)),
+            Opnd::Sink => Ok(0),
+            _ => Err(ExecError::Unsupported(format!("operand form in {}", self.at(i)))),
+        }
+    }
+
+    fn set(&self, o: &Opnd, ty: Ty, v: u64, regs: &mut [u64], i: &Inst) -> Result<(), ExecError> {
+        match o {
+            Opnd::Reg(r) => {
+                if let Some(slot) = regs.get_mut(*r as usize) {
+                    *slot = if ty == Ty::Pred { (v != 0) as u64 } else { mask(v, ty.bits()) };
+                }
+                Ok(())
+            }
+            Opnd::Sink => Ok(()),
+            _ => Err(ExecError::Unsupported(format!("destination form in {}", self.at(i)))),
+        }
+    }
+
+    fn addr(&self, o: &Opnd, regs: &[u64], i: &Inst) -> Result<u64, ExecError> {
+        match o {
+            Opnd::Addr(base, off) => {
+                let b = match base {
+                    Base::Reg(r) => regs.get(*r as usize).copied().unwrap_or(0),
+                    Base::Sym(s) => self.syms.get(*s as usize).copied().unwrap_or(0),
+                    Base::Abs => 0,
+                };
+                Ok(b.wrapping_add(*off as u64))
+            }
+            Opnd::Reg(r) => Ok(regs.get(*r as usize).copied().unwrap_or(0)),
+            Opnd::Sym(s) => Ok(self.syms.get(*s as usize).copied().unwrap_or(0)),
+            _ => Err(ExecError::Unsupported(format!("address form in {}", self.at(i)))),
+        }
+    }
+
+    /// Resolves a (space, address) to where the bytes are: a window of a host buffer, or global.
+    fn access(&mut self, space: Space, addr: u64, len: usize, local: &mut [u8], i: &Inst, write: Option<&[u8]>, out: &mut [u8]) -> Result<(), ExecError> {
+        let (space, addr) = match space {
+            Space::Generic if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Shared, addr - SHARED_WINDOW),
+            Space::Generic if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Local, addr - LOCAL_WINDOW),
+            Space::Generic | Space::Const => (Space::Global, addr),
+            s => (s, addr),
+        };
+        let k = self.k;
+        let illegal = |name: &'static str| ExecError::IllegalAddress {
+            addr,
+            len: len as u64,
+            space: name,
+            at: format!("`{}` (PTX line {}) in {}", i.text, i.line, k.name),
+        };
+        let buf: &mut [u8] = match space {
+            Space::Global => {
+                return match write {
+                    Some(data) => self.mem.write(addr, data),
+                    None => self.mem.read(addr, out),
+                }
+                .map_err(|_| illegal("global"));
+            }
+            Space::Param => {
+                if write.is_some() {
+                    return Err(ExecError::Unsupported(format!("store to kernel parameters in {}", self.at(i))));
+                }
+                let s = usize::try_from(addr).ok().and_then(|a| self.params.get(a..a.checked_add(len)?)).ok_or_else(|| illegal("param"))?;
+                out.copy_from_slice(s);
+                return Ok(());
+            }
+            Space::Shared => &mut *self.shared,
+            Space::Local => local,
+            Space::Generic | Space::Const => unreachable_space(),
+        };
+        let name = if space == Space::Shared { "shared" } else { "local" };
+        let s = usize::try_from(addr).ok().and_then(|a| buf.get_mut(a..a.checked_add(len)?)).ok_or_else(|| illegal(name))?;
+        match write {
+            Some(data) => s.copy_from_slice(data),
+            None => out.copy_from_slice(s),
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, space: Space, addr: u64, ty: Ty, local: &mut [u8], i: &Inst) -> Result<u64, ExecError> {
+        let mut b = [0u8; 8];
+        let n = ty.bytes();
+        self.access(space, addr, n, local, i, None, &mut b[..n])?;
+        let v = u64::from_le_bytes(b);
+        Ok(if ty.signed() { sext(v, ty.bits()) as u64 } else { v })
+    }
+
+    fn store(&mut self, space: Space, addr: u64, ty: Ty, v: u64, local: &mut [u8], i: &Inst) -> Result<(), ExecError> {
+        let n = ty.bytes();
+        let b = v.to_le_bytes();
+        self.access(space, addr, n, local, i, Some(&b[..n]), &mut [])
+    }
+
+    fn step(&mut self, i: &Inst, tid: [u32; 3], linear: u32, regs: &mut [u64], local: &mut [u8]) -> Result<(), ExecError> {
+        macro_rules! g {
+            ($o:expr) => {
+                self.get($o, regs, tid, linear, i)?
+            };
+        }
+        match &i.op {
+            Op::Mov { ty, d, a } => {
+                let v = match a {
+                    Opnd::Vec(parts) => {
+                        // mov.b64 %rd, {%r1, %r2}: pack
+                        let w = 64 / parts.len().max(1) as u32;
+                        let mut acc = 0u64;
+                        for (k, p) in parts.iter().enumerate() {
+                            acc |= mask(g!(p), w) << (w * k as u32);
+                        }
+                        acc
+                    }
+                    _ => g!(a),
+                };
+                if let Opnd::Vec(parts) = d {
+                    // mov.b64 {%r1, %r2}, %rd: unpack
+                    let w = 64 / parts.len().max(1) as u32;
+                    let ety = if w == 32 { Ty::B32 } else { Ty::B16 };
+                    for (k, p) in parts.iter().enumerate() {
+                        self.set(p, ety, v >> (w * k as u32), regs, i)?;
+                    }
+                } else {
+                    self.set(d, *ty, v, regs, i)?;
+                }
+            }
+            Op::Ld { space, ty, d, addr } => {
+                let a = self.addr(addr, regs, i)?;
+                match d {
+                    Opnd::Vec(parts) => {
+                        for (k, p) in parts.iter().enumerate() {
+                            let v = self.load(*space, a.wrapping_add((k * ty.bytes()) as u64), *ty, local, i)?;
+                            self.set(p, *ty, v, regs, i)?;
+                        }
+                    }
+                    _ => {
+                        let v = self.load(*space, a, *ty, local, i)?;
+                        self.set(d, *ty, v, regs, i)?;
+                    }
+                }
+            }
+            Op::St { space, ty, addr, a } => {
+                let at = self.addr(addr, regs, i)?;
+                match a {
+                    Opnd::Vec(parts) => {
+                        for (k, p) in parts.iter().enumerate() {
+                            let v = g!(p);
+                            self.store(*space, at.wrapping_add((k * ty.bytes()) as u64), *ty, v, local, i)?;
+                        }
+                    }
+                    _ => {
+                        let v = g!(a);
+                        self.store(*space, at, *ty, v, local, i)?;
+                    }
+                }
+            }
+            Op::Bin { op, ty, d, a, b } => {
+                let (x, y) = (g!(a), g!(b));
+                let r = if ty.float() {
+                    float_bin(*op, *ty, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
+                } else if *ty == Ty::Pred {
+                    match op {
+                        Bin::And => x & y,
+                        Bin::Or => x | y,
+                        Bin::Xor => x ^ y,
+                        _ => return Err(ExecError::Unsupported(self.at(i))),
+                    }
+                } else {
+                    int_bin(*op, *ty, x, y)
+                };
+                self.set(d, *ty, r, regs, i)?;
+            }
+            Op::MulWide { ty, d, a, b } => {
+                let bits = ty.bits();
+                let (x, y) = (g!(a), g!(b));
+                let r = if ty.signed() { (sext(x, bits).wrapping_mul(sext(y, bits))) as u64 } else { mask(x, bits).wrapping_mul(mask(y, bits)) };
+                self.set(d, Ty::B64, mask(r, bits * 2), regs, i)?;
+            }
+            Op::MadWide { ty, d, a, b, c } => {
+                let bits = ty.bits();
+                let (x, y, z) = (g!(a), g!(b), g!(c));
+                let p = if ty.signed() { (sext(x, bits).wrapping_mul(sext(y, bits))) as u64 } else { mask(x, bits).wrapping_mul(mask(y, bits)) };
+                self.set(d, Ty::B64, mask(p.wrapping_add(z), bits * 2), regs, i)?;
+            }
+            Op::Mad { hi, ty, d, a, b, c } => {
+                let (x, y, z) = (g!(a), g!(b), g!(c));
+                let r = match ty {
+                    Ty::F32 => f32_of(x).mul_add(f32_of(y), f32_of(z)).to_bits() as u64,
+                    Ty::F64 => f64::from_bits(x).mul_add(f64::from_bits(y), f64::from_bits(z)).to_bits(),
+                    t if t.float() => from_f64(to_f64(x, *t).mul_add(to_f64(y, *t), to_f64(z, *t)), *t),
+                    _ => {
+                        let p = int_bin(if *hi { Bin::MulHi } else { Bin::MulLo }, *ty, x, y);
+                        int_bin(Bin::Add, *ty, p, z)
+                    }
+                };
+                self.set(d, *ty, r, regs, i)?;
+            }
+            Op::Un { op, ty, d, a } => {
+                let x = g!(a);
+                let bits = ty.bits();
+                let r = if ty.float() {
+                    let f = to_f64(x, *ty);
+                    if *ty == Ty::F32 {
+                        let v = f32_of(x);
+                        let r32 = match op {
+                            Un::Neg => -v,
+                            Un::Abs => v.abs(),
+                            Un::Sqrt => v.sqrt(),
+                            Un::Rsqrt => 1.0 / v.sqrt(),
+                            Un::Rcp => 1.0 / v,
+                            Un::Sin => v.sin(),
+                            Un::Cos => v.cos(),
+                            Un::Ex2 => v.exp2(),
+                            Un::Lg2 => v.log2(),
+                            Un::Tanh => v.tanh(),
+                            _ => return Err(ExecError::Unsupported(self.at(i))),
+                        };
+                        r32.to_bits() as u64
+                    } else {
+                        let r = match op {
+                            Un::Neg => -f,
+                            Un::Abs => f.abs(),
+                            Un::Sqrt => f.sqrt(),
+                            Un::Rsqrt => 1.0 / f.sqrt(),
+                            Un::Rcp => 1.0 / f,
+                            Un::Sin => f.sin(),
+                            Un::Cos => f.cos(),
+                            Un::Ex2 => f.exp2(),
+                            Un::Lg2 => f.log2(),
+                            Un::Tanh => f.tanh(),
+                            _ => return Err(ExecError::Unsupported(self.at(i))),
+                        };
+                        from_f64(r, *ty)
+                    }
+                } else {
+                    match op {
+                        Un::Not if *ty == Ty::Pred => (x == 0) as u64,
+                        Un::Not => !x,
+                        Un::Cnot => (mask(x, bits) == 0) as u64,
+                        Un::Neg => (x as i64).wrapping_neg() as u64,
+                        Un::Abs => sext(x, bits).unsigned_abs(),
+                        Un::Popc => mask(x, bits).count_ones() as u64,
+                        Un::Clz => (mask(x, bits).leading_zeros() - (64 - bits)) as u64,
+                        Un::Brev => mask(x, bits).reverse_bits() >> (64 - bits),
+                        _ => return Err(ExecError::Unsupported(self.at(i))),
+                    }
+                };
+                let dty = if matches!(op, Un::Popc | Un::Clz) { Ty::U32 } else { *ty };
+                self.set(d, dty, r, regs, i)?;
+            }
+            Op::Setp { cmp, ty, p, q, a, b, comb } => {
+                let r = compare(*cmp, *ty, g!(a), g!(b));
+                let (rp, rq) = match comb {
+                    None => (r, !r),
+                    Some((op, c, neg)) => {
+                        let cv = (regs.get(*c as usize).copied().unwrap_or(0) != 0) != *neg;
+                        let f = |x: bool| match op {
+                            BoolOp::And => x && cv,
+                            BoolOp::Or => x || cv,
+                            BoolOp::Xor => x ^ cv,
+                        };
+                        (f(r), f(!r))
+                    }
+                };
+                self.set(p, Ty::Pred, rp as u64, regs, i)?;
+                self.set(q, Ty::Pred, rq as u64, regs, i)?;
+            }
+            Op::Selp { ty, d, a, b, c } => {
+                let v = if g!(c) != 0 { g!(a) } else { g!(b) };
+                self.set(d, *ty, v, regs, i)?;
+            }
+            Op::Cvt { dty, sty, rnd, sat, d, a } => {
+                let v = convert(*dty, *sty, *rnd, *sat, g!(a));
+                self.set(d, *dty, v, regs, i)?;
+            }
+            Op::Cvta { to, space, d, a } => {
+                let v = g!(a);
+                let r = match (space, to) {
+                    (Space::Shared, false) => v.wrapping_add(SHARED_WINDOW),
+                    (Space::Shared, true) => v.wrapping_sub(SHARED_WINDOW),
+                    (Space::Local, false) => v.wrapping_add(LOCAL_WINDOW),
+                    (Space::Local, true) => v.wrapping_sub(LOCAL_WINDOW),
+                    _ => v, // global, const, param: generic == space address here
+                };
+                self.set(d, Ty::U64, r, regs, i)?;
+            }
+            Op::Bfe { ty, d, a, b, c } => {
+                let bits = ty.bits() as u64;
+                let (x, pos, len) = (g!(a), g!(b) & 0xff, g!(c) & 0xff);
+                let r = if len == 0 {
+                    0
+                } else {
+                    let pos = pos.min(bits);
+                    let field = mask(x, bits as u32) >> pos.min(63);
+                    let len_eff = len.min(bits);
+                    let v = mask(field, len_eff as u32);
+                    if ty.signed() {
+                        // Sign bit is bit (pos+len-1), or the operand's top bit past the end.
+                        let sbit = (pos + len - 1).min(bits - 1);
+                        let s = (mask(x, bits as u32) >> sbit) & 1;
+                        if s == 1 {
+                            v | !mask(u64::MAX, len_eff as u32)
+                        } else {
+                            v
+                        }
+                    } else {
+                        v
+                    }
+                };
+                self.set(d, *ty, r, regs, i)?;
+            }
+            Op::Bfi { ty, d, f, b, c, e } => {
+                let bits = ty.bits() as u64;
+                let (fv, bv, pos, len) = (g!(f), g!(b), g!(c) & 0xff, g!(e) & 0xff);
+                let r = if len == 0 || pos >= bits {
+                    bv
+                } else {
+                    let m = mask(u64::MAX, len.min(64) as u32) << pos;
+                    (bv & !m) | ((fv << pos) & m)
+                };
+                self.set(d, *ty, r, regs, i)?;
+            }
+            Op::Lop3 { d, a, b, c, lut } => {
+                let (x, y, z, l) = (g!(a), g!(b), g!(c), g!(lut));
+                let mut r = 0u64;
+                for idx in 0..8u64 {
+                    if l & (1 << idx) != 0 {
+                        let ta = if idx & 4 != 0 { x } else { !x };
+                        let tb = if idx & 2 != 0 { y } else { !y };
+                        let tc = if idx & 1 != 0 { z } else { !z };
+                        r |= ta & tb & tc;
+                    }
+                }
+                self.set(d, Ty::B32, r, regs, i)?;
+            }
+            Op::Atom { space, op, ty, d, addr, b, c } => {
+                let at = self.addr(addr, regs, i)?;
+                let old = self.load(*space, at, *ty, local, i)?;
+                let bv = g!(b);
+                let new = match op {
+                    AtomOp::Add if ty.float() => float_bin(Bin::Add, *ty, old, bv).unwrap_or(old),
+                    AtomOp::Add => int_bin(Bin::Add, *ty, old, bv),
+                    AtomOp::Min if ty.float() => float_bin(Bin::Min, *ty, old, bv).unwrap_or(old),
+                    AtomOp::Max if ty.float() => float_bin(Bin::Max, *ty, old, bv).unwrap_or(old),
+                    AtomOp::Min => int_bin(Bin::Min, *ty, old, bv),
+                    AtomOp::Max => int_bin(Bin::Max, *ty, old, bv),
+                    AtomOp::Exch => bv,
+                    AtomOp::Cas => {
+                        let cv = match c {
+                            Some(c) => g!(c),
+                            None => return Err(ExecError::Unsupported(self.at(i))),
+                        };
+                        if mask(old, ty.bits()) == mask(bv, ty.bits()) {
+                            cv
+                        } else {
+                            old
+                        }
+                    }
+                    AtomOp::And => old & bv,
+                    AtomOp::Or => old | bv,
+                    AtomOp::Xor => old ^ bv,
+                    AtomOp::Inc => {
+                        if mask(old, 32) >= mask(bv, 32) {
+                            0
+                        } else {
+                            old.wrapping_add(1)
+                        }
+                    }
+                    AtomOp::Dec => {
+                        if mask(old, 32) == 0 || mask(old, 32) > mask(bv, 32) {
+                            bv
+                        } else {
+                            old.wrapping_sub(1)
+                        }
+                    }
+                };
+                self.store(*space, at, *ty, new, local, i)?;
+                if let Some(d) = d {
+                    self.set(d, *ty, old, regs, i)?;
+                }
+            }
+            Op::Trap => return Err(ExecError::Trap(self.at(i))),
+            Op::Nop => {}
+            Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
+            Op::Bra { .. } | Op::Exit | Op::Bar => {}
+        }
+        Ok(())
+    }
+}
+
+/// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
+fn unreachable_space() -> &'static mut [u8] {
+    &mut []
+}

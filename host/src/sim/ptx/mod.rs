@@ -1,0 +1,65 @@
+//! A PTX interpreter for the sim backend.
+//!
+//! `parse` turns PTX text (as nvcc emits it) into pre-decoded instructions: registers become
+//! indices into a per-thread register file, labels become instruction indices, types and
+//! operands are resolved once. `exec` runs a launch: blocks one after another, the threads of a
+//! block each with explicit state (pc + registers), so a thread can stop at `bar.sync` and resume
+//! when the whole block has arrived.
+//!
+//! PTX and launch parameters come from an untrusted guest: nothing here panics on any input,
+//! memory is reached only through [`Memory`] (the session's own allocations), shared and local
+//! memory are bounded, and a launch has an instruction budget.
+
+mod exec;
+mod parse;
+
+pub use exec::{launch, LaunchConfig, LaunchStats};
+pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError};
+
+/// Global device memory as the interpreter sees it; the caller bounds-checks every access.
+pub trait Memory {
+    fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<(), MemFault>;
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemFault>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemFault {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Why a launch failed. The message names the instruction and its PTX line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecError {
+    /// Out-of-bounds or unmapped access.
+    IllegalAddress { addr: u64, len: u64, space: &'static str, at: String },
+    Misaligned { addr: u64, at: String },
+    /// An instruction the interpreter does not implement.
+    Unsupported(String),
+    Trap(String),
+    /// Threads of a block wait at different barriers forever.
+    BarrierDeadlock(String),
+    /// The launch ran past its instruction budget (an endless loop, or simply too big for sim).
+    Timeout(u64),
+    /// Launch configuration the interpreter cannot honour (too much shared/local memory).
+    OutOfResources(String),
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecError::IllegalAddress { addr, len, space, at } => {
+                write!(f, "illegal {space} memory access of {len} bytes at {addr:#x} by {at}")
+            }
+            ExecError::Misaligned { addr, at } => write!(f, "misaligned address {addr:#x} in {at}"),
+            ExecError::Unsupported(s) => write!(f, "unsupported PTX: {s}"),
+            ExecError::Trap(at) => write!(f, "trap executed at {at}"),
+            ExecError::BarrierDeadlock(s) => write!(f, "barrier deadlock: {s}"),
+            ExecError::Timeout(n) => write!(f, "launch exceeded the sim backend's budget of {n} instructions"),
+            ExecError::OutOfResources(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

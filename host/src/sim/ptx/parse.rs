@@ -1,0 +1,1213 @@
+//! PTX text -> pre-decoded kernels.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PtxError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for PtxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+fn err<T>(line: usize, message: impl Into<String>) -> Result<T, PtxError> {
+    Err(PtxError { line, message: message.into() })
+}
+
+/// Limits on what a guest's PTX may declare (the sim backend must stay within host memory).
+pub const MAX_REGS: usize = 1 << 16;
+pub const MAX_SHARED: u64 = 228 << 10;
+pub const MAX_LOCAL: u64 = 512 << 10;
+pub const MAX_GLOBAL_VAR: u64 = 256 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ty {
+    B8,
+    B16,
+    B32,
+    B64,
+    U8,
+    U16,
+    U32,
+    U64,
+    S8,
+    S16,
+    S32,
+    S64,
+    F16,
+    Bf16,
+    F32,
+    F64,
+    Pred,
+}
+
+impl Ty {
+    pub fn from_name(s: &str) -> Option<Ty> {
+        Some(match s {
+            "b8" => Ty::B8,
+            "b16" => Ty::B16,
+            "b32" => Ty::B32,
+            "b64" => Ty::B64,
+            "u8" => Ty::U8,
+            "u16" => Ty::U16,
+            "u32" => Ty::U32,
+            "u64" => Ty::U64,
+            "s8" => Ty::S8,
+            "s16" => Ty::S16,
+            "s32" => Ty::S32,
+            "s64" => Ty::S64,
+            "f16" => Ty::F16,
+            "bf16" => Ty::Bf16,
+            "f32" => Ty::F32,
+            "f64" => Ty::F64,
+            "pred" => Ty::Pred,
+            _ => return None,
+        })
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Ty::B8 | Ty::U8 | Ty::S8 | Ty::Pred => 1,
+            Ty::B16 | Ty::U16 | Ty::S16 | Ty::F16 | Ty::Bf16 => 2,
+            Ty::B32 | Ty::U32 | Ty::S32 | Ty::F32 => 4,
+            Ty::B64 | Ty::U64 | Ty::S64 | Ty::F64 => 8,
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        self.bytes() as u32 * 8
+    }
+
+    pub fn signed(self) -> bool {
+        matches!(self, Ty::S8 | Ty::S16 | Ty::S32 | Ty::S64)
+    }
+
+    pub fn float(self) -> bool {
+        matches!(self, Ty::F16 | Ty::Bf16 | Ty::F32 | Ty::F64)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Global,
+    Shared,
+    Local,
+    Param,
+    Const,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sreg {
+    Tid(u8),
+    Ntid(u8),
+    Ctaid(u8),
+    Nctaid(u8),
+    LaneId,
+    WarpId,
+    NWarpId,
+    Clock,
+    Clock64,
+    GlobalTimer,
+    SmId,
+    NSmId,
+    GridId,
+    LaneMask(u8), // eq lt le gt ge
+    DynSmem,
+    TotalSmem,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Opnd {
+    Reg(u32),
+    Imm(u64),
+    Sreg(Sreg),
+    Sym(u32),
+    /// [base + off]
+    Addr(Base, i64),
+    Vec(Vec<Opnd>),
+    /// `_` (a discarded result)
+    Sink,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Base {
+    Reg(u32),
+    Sym(u32),
+    Abs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bin {
+    Add,
+    Sub,
+    MulLo,
+    MulHi,
+    Div,
+    Rem,
+    Min,
+    Max,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Un {
+    Not,
+    Cnot,
+    Neg,
+    Abs,
+    Popc,
+    Clz,
+    Brev,
+    Sqrt,
+    Rsqrt,
+    Rcp,
+    Sin,
+    Cos,
+    Ex2,
+    Lg2,
+    Tanh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Lo,
+    Ls,
+    Hi,
+    Hs,
+    Equ,
+    Neu,
+    Ltu,
+    Leu,
+    Gtu,
+    Geu,
+    Num,
+    Nan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoolOp {
+    And,
+    Or,
+    Xor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rnd {
+    /// Default for the conversion.
+    None,
+    /// To nearest even (rn / rni).
+    Near,
+    Zero,
+    Down,
+    Up,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtomOp {
+    Add,
+    Min,
+    Max,
+    Exch,
+    Cas,
+    And,
+    Or,
+    Xor,
+    Inc,
+    Dec,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Mov { ty: Ty, d: Opnd, a: Opnd },
+    Ld { space: Space, ty: Ty, d: Opnd, addr: Opnd },
+    St { space: Space, ty: Ty, addr: Opnd, a: Opnd },
+    Bin { op: Bin, ty: Ty, d: Opnd, a: Opnd, b: Opnd },
+    MulWide { ty: Ty, d: Opnd, a: Opnd, b: Opnd },
+    /// mad.lo / mad.hi / fma / mad.f
+    Mad { hi: bool, ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    MadWide { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    Un { op: Un, ty: Ty, d: Opnd, a: Opnd },
+    /// `comb`: setp.CMP.BOOLOP: (op, predicate register, negated)
+    Setp { cmp: Cmp, ty: Ty, p: Opnd, q: Opnd, a: Opnd, b: Opnd, comb: Option<(BoolOp, u32, bool)> },
+    Selp { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    Cvt { dty: Ty, sty: Ty, rnd: Rnd, sat: bool, d: Opnd, a: Opnd },
+    Cvta { to: bool, space: Space, d: Opnd, a: Opnd },
+    Bfe { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    Bfi { ty: Ty, d: Opnd, f: Opnd, b: Opnd, c: Opnd, e: Opnd },
+    Lop3 { d: Opnd, a: Opnd, b: Opnd, c: Opnd, lut: Opnd },
+    Atom { space: Space, op: AtomOp, ty: Ty, d: Option<Opnd>, addr: Opnd, b: Opnd, c: Option<Opnd> },
+    Bra { target: u32 },
+    Bar,
+    Exit,
+    Trap,
+    Nop,
+    /// Kept so that a module using it still loads; running it is an error naming it.
+    Unsupported,
+}
+
+#[derive(Clone, Debug)]
+pub struct Inst {
+    pub guard: Option<(u32, bool)>,
+    pub op: Op,
+    pub line: u32,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    pub offset: u32,
+    pub size: u32,
+    pub align: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SymKind {
+    Param(u32),
+    Shared(u32),
+    Local(u32),
+    Global(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub name: String,
+    pub params: Vec<ParamInfo>,
+    pub param_bytes: u32,
+    pub static_shared_bytes: u32,
+    pub local_bytes: u32,
+    pub(crate) insts: Vec<Inst>,
+    pub(crate) nregs: usize,
+    pub(crate) syms: Vec<SymKind>,
+    pub(crate) dynamic_shared_offset: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VarSpace {
+    Global,
+    Const,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalVar {
+    pub name: String,
+    pub space: VarSpace,
+    pub size: u64,
+    pub align: u32,
+    pub init: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    kernels: Vec<Kernel>,
+    globals: Vec<GlobalVar>,
+}
+
+impl Module {
+    pub fn parse(text: &str) -> Result<Module, PtxError> {
+        Parser::default().module(text)
+    }
+
+    pub fn kernel(&self, name: &str) -> Option<&Kernel> {
+        self.kernels.iter().find(|k| k.name == name)
+    }
+
+    pub fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    pub fn globals(&self) -> &[GlobalVar] {
+        &self.globals
+    }
+}
+
+/// A statement of the source, with the line it starts on.
+#[derive(Debug)]
+enum Stmt {
+    Text(usize, String),
+    Open(usize),
+    Close(usize),
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                if b[i] == b'\n' {
+                    out.push('\n'); // keep line numbers
+                }
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' {
+            // String literals (in .file) may hold "//".
+            out.push('"');
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                out.push(b[i] as char);
+                i += 1;
+            }
+            if i < b.len() {
+                out.push('"');
+            }
+            i += 1;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+const LINE_DIRECTIVES: [&str; 5] = [".version", ".target", ".address_size", ".file", ".loc"];
+
+fn statements(text: &str) -> Vec<Stmt> {
+    let text = strip_comments(text);
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut cur_line = 1;
+    let mut line = 1;
+    for c in text.chars() {
+        if cur.trim().is_empty() {
+            cur_line = line;
+        }
+        match c {
+            ';' => {
+                out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
+            }
+            '{' if cur.trim().is_empty() || cur.contains(".entry") || cur.contains(".func") => {
+                if !cur.trim().is_empty() {
+                    out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
+                }
+                cur.clear();
+                out.push(Stmt::Open(line));
+            }
+            '}' if cur.trim().is_empty() => {
+                cur.clear();
+                out.push(Stmt::Close(line));
+            }
+            '\n' if LINE_DIRECTIVES.iter().any(|d| cur.trim_start().starts_with(d)) => {
+                // These directives end at the end of their line, not at a ';'.
+                out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
+                line += 1;
+            }
+            _ => {
+                if c == '\n' {
+                    line += 1;
+                }
+                cur.push(if c.is_whitespace() { ' ' } else { c });
+            }
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(Stmt::Text(cur_line, cur));
+    }
+    out
+}
+
+/// Splits on commas outside brackets and braces.
+fn split_operands(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '[' | '{' | '(' => depth += 1,
+            ']' | '}' | ')' => depth -= 1,
+            _ => {}
+        }
+        if c == ',' && depth == 0 {
+            out.push(cur.trim().to_string());
+            cur.clear();
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+fn parse_int(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let s = s.strip_suffix('U').unwrap_or(s);
+    let v = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()?
+    } else if s.len() > 1 && s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit()) {
+        u64::from_str_radix(&s[1..], 8).ok()?
+    } else {
+        s.parse::<u64>().ok()?
+    };
+    Some(if neg { v.wrapping_neg() } else { v })
+}
+
+/// Float immediates: 0fXXXXXXXX (f32 bits), 0dXXXXXXXXXXXXXXXX (f64 bits), or decimal.
+fn parse_imm(s: &str, ty: Option<Ty>) -> Option<u64> {
+    let s = s.trim();
+    if let Some(h) = s.strip_prefix("0f").or_else(|| s.strip_prefix("0F")) {
+        let bits = u32::from_str_radix(h, 16).ok()?;
+        return Some(match ty {
+            Some(Ty::F64) => (f32::from_bits(bits) as f64).to_bits(),
+            _ => bits as u64,
+        });
+    }
+    if let Some(h) = s.strip_prefix("0d").or_else(|| s.strip_prefix("0D")) {
+        let bits = u64::from_str_radix(h, 16).ok()?;
+        return Some(match ty {
+            Some(Ty::F32) => (f64::from_bits(bits) as f32).to_bits() as u64,
+            _ => bits,
+        });
+    }
+    if let Some(v) = parse_int(s) {
+        return Some(match ty {
+            Some(Ty::F32) => (v as i64 as f32).to_bits() as u64,
+            Some(Ty::F64) => (v as i64 as f64).to_bits(),
+            _ => v,
+        });
+    }
+    if s.contains('.') || s.contains('e') {
+        let f: f64 = s.parse().ok()?;
+        return Some(match ty {
+            Some(Ty::F32) => (f as f32).to_bits() as u64,
+            _ => f.to_bits(),
+        });
+    }
+    None
+}
+
+fn sreg(s: &str) -> Option<Sreg> {
+    let dim = |d: &str| match d {
+        "x" => Some(0u8),
+        "y" => Some(1),
+        "z" => Some(2),
+        _ => None,
+    };
+    if let Some((base, d)) = s.split_once('.') {
+        let d = dim(d)?;
+        return Some(match base {
+            "%tid" => Sreg::Tid(d),
+            "%ntid" => Sreg::Ntid(d),
+            "%ctaid" => Sreg::Ctaid(d),
+            "%nctaid" => Sreg::Nctaid(d),
+            _ => return None,
+        });
+    }
+    Some(match s {
+        "%laneid" => Sreg::LaneId,
+        "%warpid" => Sreg::WarpId,
+        "%nwarpid" => Sreg::NWarpId,
+        "%clock" => Sreg::Clock,
+        "%clock64" => Sreg::Clock64,
+        "%globaltimer" => Sreg::GlobalTimer,
+        "%smid" => Sreg::SmId,
+        "%nsmid" => Sreg::NSmId,
+        "%gridid" => Sreg::GridId,
+        "%lanemask_eq" => Sreg::LaneMask(0),
+        "%lanemask_lt" => Sreg::LaneMask(1),
+        "%lanemask_le" => Sreg::LaneMask(2),
+        "%lanemask_gt" => Sreg::LaneMask(3),
+        "%lanemask_ge" => Sreg::LaneMask(4),
+        "%dynamic_smem_size" => Sreg::DynSmem,
+        "%total_smem_size" => Sreg::TotalSmem,
+        _ => return None,
+    })
+}
+
+/// Module-level variable as declared.
+struct VarDecl {
+    space: String,
+    name: String,
+    align: u32,
+    size: u64,
+    ty: Ty,
+    init: Option<String>,
+    external: bool,
+}
+
+fn parse_var(line: usize, s: &str) -> Result<VarDecl, PtxError> {
+    // [.visible|.extern|.weak] .space [.align N] .type name[dims] [= init]
+    let (decl, init) = match s.split_once('=') {
+        Some((d, i)) => (d.trim(), Some(i.trim().to_string())),
+        None => (s.trim(), None),
+    };
+    let mut space = String::new();
+    let mut align = 0u32;
+    let mut ty = None;
+    let mut name = String::new();
+    let mut external = false;
+    let mut toks = decl.split_whitespace().peekable();
+    while let Some(t) = toks.next() {
+        match t {
+            ".visible" | ".weak" | ".common" => {}
+            ".extern" => external = true,
+            ".global" | ".const" | ".shared" | ".local" | ".param" => space = t[1..].to_string(),
+            ".align" => align = toks.next().and_then(parse_int).unwrap_or(1) as u32,
+            ".v2" | ".v4" => return err(line, format!("vector variables are not supported: `{s}`")),
+            _ if t.starts_with('.') => {
+                ty = Some(Ty::from_name(&t[1..]).ok_or_else(|| PtxError { line, message: format!("unknown type {t} in `{s}`") })?)
+            }
+            _ => name.push_str(t),
+        }
+    }
+    let ty = ty.ok_or_else(|| PtxError { line, message: format!("variable without a type: `{s}`") })?;
+    // name[a][b] -> elements
+    let (base, dims) = match name.find('[') {
+        Some(i) => (name[..i].to_string(), &name[i..]),
+        None => (name.clone(), ""),
+    };
+    let mut count: u64 = 1;
+    for d in dims.split('[').skip(1) {
+        let d = d.trim_end_matches(']').trim();
+        if d.is_empty() {
+            count = 0; // extern shared array of unknown size
+        } else {
+            let n = parse_int(d).ok_or_else(|| PtxError { line, message: format!("bad array size in `{s}`") })?;
+            count = count.checked_mul(n).ok_or_else(|| PtxError { line, message: "array too large".into() })?;
+        }
+    }
+    let size = count.checked_mul(ty.bytes() as u64).ok_or_else(|| PtxError { line, message: "array too large".into() })?;
+    Ok(VarDecl { space, name: base, align: align.max(ty.bytes() as u32), size, ty, init, external })
+}
+
+fn var_init(line: usize, v: &VarDecl) -> Result<Vec<u8>, PtxError> {
+    let mut bytes = vec![0u8; v.size as usize];
+    if let Some(init) = &v.init {
+        let inner = init.trim().trim_start_matches('{').trim_end_matches('}');
+        let w = v.ty.bytes();
+        for (i, item) in inner.split(',').map(str::trim).filter(|x| !x.is_empty()).enumerate() {
+            let val = parse_imm(item, Some(v.ty)).ok_or_else(|| PtxError { line, message: format!("unsupported initializer `{item}`") })?;
+            let at = i * w;
+            if at + w > bytes.len() {
+                return err(line, "too many initializers");
+            }
+            bytes[at..at + w].copy_from_slice(&val.to_le_bytes()[..w]);
+        }
+    }
+    Ok(bytes)
+}
+
+#[derive(Default)]
+struct Parser {
+    globals: Vec<GlobalVar>,
+    /// Module-level .shared variables: (name, size, align).
+    shared: Vec<(String, u64, u32)>,
+    extern_shared: Vec<(String, u32)>,
+    kernels: Vec<Kernel>,
+}
+
+/// Per-function parsing state.
+struct Func {
+    name: String,
+    regs: HashMap<String, u32>,
+    /// Register groups declared `%r<N>`: prefix -> (first index, N).
+    reg_ranges: HashMap<String, (u32, u32)>,
+    syms: Vec<SymKind>,
+    sym_names: HashMap<String, u32>,
+    params: Vec<ParamInfo>,
+    param_bytes: u32,
+    shared_bytes: u64,
+    local_bytes: u64,
+    labels: HashMap<String, u32>,
+    insts: Vec<Inst>,
+    /// (instruction index, label name) to patch once all labels are known.
+    fixups: Vec<(usize, String, usize)>,
+}
+
+impl Func {
+    fn add_sym(&mut self, name: &str, kind: SymKind) {
+        let id = self.syms.len() as u32;
+        self.syms.push(kind);
+        self.sym_names.insert(name.to_string(), id);
+    }
+
+    fn reg(&self, name: &str) -> Option<u32> {
+        if let Some(&r) = self.regs.get(name) {
+            return Some(r);
+        }
+        // %r12 from a %r<N> group
+        let split = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        let idx: u32 = name[split.len()..].parse().ok()?;
+        let &(first, n) = self.reg_ranges.get(split)?;
+        (idx < n).then_some(first + idx)
+    }
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    let a = a.max(1);
+    v.div_ceil(a) * a
+}
+
+impl Parser {
+    fn module(mut self, text: &str) -> Result<Module, PtxError> {
+        let stmts = statements(text);
+        let mut i = 0;
+        while i < stmts.len() {
+            match &stmts[i] {
+                Stmt::Text(line, s) => {
+                    let s = s.trim();
+                    if s.contains(".entry") || s.contains(".func") {
+                        let body_follows = matches!(stmts.get(i + 1), Some(Stmt::Open(_)));
+                        if !body_follows {
+                            i += 1; // a prototype
+                            continue;
+                        }
+                        let end = matching_close(&stmts, i + 1).ok_or_else(|| PtxError { line: *line, message: "unterminated function body".into() })?;
+                        if s.contains(".entry") {
+                            let k = self.function(*line, s, &stmts[i + 2..end])?;
+                            self.kernels.push(k);
+                        }
+                        // .func bodies are only reachable through `call`, which the interpreter
+                        // reports as unsupported where it is used.
+                        i = end + 1;
+                        continue;
+                    }
+                    self.directive(*line, s)?;
+                }
+                Stmt::Open(line) | Stmt::Close(line) => return err(*line, "unexpected brace at module level"),
+            }
+            i += 1;
+        }
+        Ok(Module { kernels: self.kernels, globals: self.globals })
+    }
+
+    fn directive(&mut self, line: usize, s: &str) -> Result<(), PtxError> {
+        let first = s.split_whitespace().next().unwrap_or("");
+        match first {
+            ".version" | ".target" | ".address_size" | ".file" | ".loc" | ".pragma" | ".section" => Ok(()),
+            _ if s.contains(".global") || s.contains(".const") => {
+                let v = parse_var(line, s)?;
+                if v.external {
+                    return err(line, format!("external variable {} is not defined in this module", v.name));
+                }
+                if v.size > MAX_GLOBAL_VAR {
+                    return err(line, format!("variable {} of {} bytes is too large", v.name, v.size));
+                }
+                let init = var_init(line, &v)?;
+                let space = if v.space == "const" { VarSpace::Const } else { VarSpace::Global };
+                self.globals.push(GlobalVar { name: v.name, space, size: v.size, align: v.align, init });
+                Ok(())
+            }
+            _ if s.contains(".shared") => {
+                let v = parse_var(line, s)?;
+                if v.external || v.size == 0 {
+                    self.extern_shared.push((v.name, v.align));
+                } else {
+                    self.shared.push((v.name, v.size, v.align));
+                }
+                Ok(())
+            }
+            _ => err(line, format!("unsupported module directive `{s}`")),
+        }
+    }
+
+    fn function(&self, line: usize, header: &str, body: &[Stmt]) -> Result<Kernel, PtxError> {
+        // .visible .entry NAME( params ) [perf directives]
+        let open = header.find('(').ok_or_else(|| PtxError { line, message: "entry without parameter list".into() })?;
+        let close = header.rfind(')').ok_or_else(|| PtxError { line, message: "entry without parameter list".into() })?;
+        let name = header[..open].split_whitespace().last().unwrap_or("").to_string();
+        let mut f = Func {
+            name: name.clone(),
+            regs: HashMap::new(),
+            reg_ranges: HashMap::new(),
+            syms: Vec::new(),
+            sym_names: HashMap::new(),
+            params: Vec::new(),
+            param_bytes: 0,
+            shared_bytes: 0,
+            local_bytes: 0,
+            labels: HashMap::new(),
+            insts: Vec::new(),
+            fixups: Vec::new(),
+        };
+        for p in split_operands(&header[open + 1..close.max(open + 1)]) {
+            let v = parse_var(line, &p)?;
+            if v.space != "param" {
+                return err(line, format!("entry parameter is not .param: `{p}`"));
+            }
+            let offset = align_up(f.param_bytes as u64, v.align as u64);
+            let end = offset + v.size;
+            if end > vgpu_uapi::proto::MAX_PARAM_BYTES as u64 {
+                return err(line, "kernel parameters exceed 32764 bytes");
+            }
+            f.params.push(ParamInfo { offset: offset as u32, size: v.size as u32, align: v.align });
+            f.add_sym(&v.name, SymKind::Param(offset as u32));
+            f.param_bytes = end as u32;
+        }
+        // Shared memory: module-level variables first, then the function's own.
+        for (n, size, align) in &self.shared {
+            let off = align_up(f.shared_bytes, *align as u64);
+            f.add_sym(n, SymKind::Shared(off as u32));
+            f.shared_bytes = off + size;
+        }
+        for (n, size) in body_vars(body, ".shared")? {
+            let off = align_up(f.shared_bytes, size.1 as u64);
+            f.add_sym(&n, SymKind::Shared(off as u32));
+            f.shared_bytes = off + size.0;
+        }
+        if f.shared_bytes > MAX_SHARED {
+            return err(line, format!("{name} declares {} bytes of shared memory", f.shared_bytes));
+        }
+        let dyn_off = align_up(f.shared_bytes, 16);
+        for (n, _) in &self.extern_shared {
+            f.add_sym(n, SymKind::Shared(dyn_off as u32));
+        }
+        for (i, g) in self.globals.iter().enumerate() {
+            f.add_sym(&g.name, SymKind::Global(i));
+        }
+        for st in body {
+            match st {
+                Stmt::Open(_) | Stmt::Close(_) => {}
+                Stmt::Text(l, s) => self.body_stmt(&mut f, *l, s.trim())?,
+            }
+        }
+        for (at, label, l) in std::mem::take(&mut f.fixups) {
+            let target = *f.labels.get(&label).ok_or_else(|| PtxError { line: l, message: format!("unknown label {label}") })?;
+            if let Op::Bra { target: t } = &mut f.insts[at].op {
+                *t = target;
+            }
+        }
+        if f.local_bytes > MAX_LOCAL {
+            return err(line, format!("{name} declares {} bytes of local memory", f.local_bytes));
+        }
+        Ok(Kernel {
+            name: f.name,
+            params: f.params,
+            param_bytes: f.param_bytes,
+            static_shared_bytes: f.shared_bytes as u32,
+            local_bytes: f.local_bytes as u32,
+            insts: f.insts,
+            nregs: f.regs.len() + f.reg_ranges.values().map(|r| r.1 as usize).sum::<usize>(),
+            syms: f.syms,
+            dynamic_shared_offset: dyn_off as u32,
+        })
+    }
+
+    fn body_stmt(&self, f: &mut Func, line: usize, mut s: &str) -> Result<(), PtxError> {
+        // Leading labels: "$L__BB0_2: ret"
+        while let Some(colon) = s.find(':') {
+            let label = s[..colon].trim();
+            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_$.".contains(c)) {
+                break;
+            }
+            f.labels.insert(label.to_string(), f.insts.len() as u32);
+            s = s[colon + 1..].trim();
+        }
+        if s.is_empty() {
+            return Ok(());
+        }
+        if s.starts_with(".reg") {
+            return self.reg_decl(f, line, s);
+        }
+        if s.starts_with(".local") {
+            let v = parse_var(line, s)?;
+            let off = align_up(f.local_bytes, v.align as u64);
+            f.add_sym(&v.name, SymKind::Local(off as u32));
+            f.local_bytes = off + v.size;
+            return Ok(());
+        }
+        if s.starts_with(".shared") {
+            return Ok(()); // laid out in function()
+        }
+        if s.starts_with(".loc") || s.starts_with(".pragma") || s.starts_with(".maxntid") || s.starts_with(".reqntid") || s.starts_with(".minnctapersm") || s.starts_with(".maxnreg") {
+            return Ok(());
+        }
+        if s.starts_with(".param") {
+            // Call sequences declare call-site params; calls are unsupported, keep parsing.
+            let v = parse_var(line, s)?;
+            f.add_sym(&v.name, SymKind::Param(u32::MAX));
+            return Ok(());
+        }
+        let inst = self.instruction(f, line, s)?;
+        f.insts.push(inst);
+        Ok(())
+    }
+
+    fn reg_decl(&self, f: &mut Func, line: usize, s: &str) -> Result<(), PtxError> {
+        // .reg .b32 %r<26>;  .reg .f32 %f1, %f2;  .reg .v2 .f32 ... (rare)
+        let rest = s.trim_start_matches(".reg").trim();
+        let names = rest.split_whitespace().skip_while(|t| t.starts_with('.')).collect::<Vec<_>>().join(" ");
+        for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let total = f.regs.len() + f.reg_ranges.values().map(|r| r.1 as usize).sum::<usize>();
+            if let Some(lt) = n.find('<') {
+                let count = parse_int(n[lt + 1..].trim_end_matches('>')).ok_or_else(|| PtxError { line, message: format!("bad register group {n}") })?;
+                if total as u64 + count > MAX_REGS as u64 {
+                    return err(line, "too many registers");
+                }
+                f.reg_ranges.insert(n[..lt].to_string(), (total as u32, count as u32));
+            } else {
+                if total + 1 > MAX_REGS {
+                    return err(line, "too many registers");
+                }
+                f.regs.insert(n.to_string(), total as u32);
+            }
+        }
+        Ok(())
+    }
+
+    fn operand(&self, f: &Func, line: usize, s: &str, ty: Option<Ty>) -> Result<Opnd, PtxError> {
+        let s = s.trim();
+        if s == "_" {
+            return Ok(Opnd::Sink);
+        }
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            return self.address(f, line, inner);
+        }
+        if let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            let parts = split_operands(inner);
+            let v: Result<Vec<Opnd>, PtxError> = parts.iter().map(|p| self.operand(f, line, p, ty)).collect();
+            return Ok(Opnd::Vec(v?));
+        }
+        if s.starts_with('%') {
+            if let Some(r) = f.reg(s) {
+                return Ok(Opnd::Reg(r));
+            }
+            if let Some(sr) = sreg(s) {
+                return Ok(Opnd::Sreg(sr));
+            }
+            return err(line, format!("unknown register {s}"));
+        }
+        if let Some(v) = parse_imm(s, ty) {
+            return Ok(Opnd::Imm(v));
+        }
+        if let Some(&id) = f.sym_names.get(s) {
+            return Ok(Opnd::Sym(id));
+        }
+        err(line, format!("unknown operand `{s}`"))
+    }
+
+    fn address(&self, f: &Func, line: usize, inner: &str) -> Result<Opnd, PtxError> {
+        let inner = inner.replace(' ', "");
+        // base, base+off, base+-off, off
+        let (base, off) = match inner.rfind(['+', '-']).filter(|&i| i > 0) {
+            Some(i) => {
+                let (b, o) = inner.split_at(i);
+                let off = parse_int(o.trim_start_matches('+')).ok_or_else(|| PtxError { line, message: format!("bad address offset in [{inner}]") })?;
+                (b.to_string(), off as i64)
+            }
+            None => (inner.clone(), 0),
+        };
+        if let Some(v) = parse_int(&base) {
+            return Ok(Opnd::Addr(Base::Abs, (v as i64).wrapping_add(off)));
+        }
+        if base.starts_with('%') {
+            let r = f.reg(&base).ok_or_else(|| PtxError { line, message: format!("unknown register {base}") })?;
+            return Ok(Opnd::Addr(Base::Reg(r), off));
+        }
+        let id = *f.sym_names.get(&base).ok_or_else(|| PtxError { line, message: format!("unknown symbol {base}") })?;
+        Ok(Opnd::Addr(Base::Sym(id), off))
+    }
+
+    fn instruction(&self, f: &mut Func, line: usize, s: &str) -> Result<Inst, PtxError> {
+        let text = s.to_string();
+        let mut rest = s;
+        let mut guard = None;
+        if let Some(r) = rest.strip_prefix('@') {
+            let (p, r2) = r.split_once(' ').ok_or_else(|| PtxError { line, message: format!("bad predicate in `{s}`") })?;
+            let (neg, p) = match p.strip_prefix('!') {
+                Some(p) => (true, p),
+                None => (false, p),
+            };
+            let reg = f.reg(p).ok_or_else(|| PtxError { line, message: format!("unknown predicate {p}") })?;
+            guard = Some((reg, neg));
+            rest = r2.trim();
+        }
+        let (opcode, args) = match rest.split_once(' ') {
+            Some((o, a)) => (o, a.trim()),
+            None => (rest, ""),
+        };
+        let mut parts = opcode.split('.');
+        let name = parts.next().unwrap_or("");
+        let mods: Vec<&str> = parts.collect();
+        let types: Vec<Ty> = mods.iter().filter_map(|m| Ty::from_name(m)).collect();
+        let has = |m: &str| mods.contains(&m);
+        let ty0 = types.first().copied();
+        let ops = split_operands(args);
+        let o = |i: usize, ty: Option<Ty>| -> Result<Opnd, PtxError> {
+            let a = ops.get(i).ok_or_else(|| PtxError { line, message: format!("missing operand {} in `{s}`", i + 1) })?;
+            self.operand(f, line, a, ty)
+        };
+        let need_ty = || ty0.ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") });
+        let space = || {
+            if has("global") {
+                Space::Global
+            } else if has("shared") {
+                Space::Shared
+            } else if has("local") {
+                Space::Local
+            } else if has("param") {
+                Space::Param
+            } else if has("const") {
+                Space::Const
+            } else {
+                Space::Generic
+            }
+        };
+        let op = match name {
+            "mov" => {
+                let ty = need_ty()?;
+                Op::Mov { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))? }
+            }
+            "ld" | "ldu" => {
+                let ty = need_ty()?;
+                Op::Ld { space: space(), ty, d: o(0, Some(ty))?, addr: o(1, None)? }
+            }
+            "st" => {
+                let ty = need_ty()?;
+                Op::St { space: space(), ty, addr: o(0, None)?, a: o(1, Some(ty))? }
+            }
+            "add" | "sub" | "min" | "max" | "and" | "or" | "xor" | "div" | "rem" | "shl" | "shr" | "mul" => {
+                let ty = need_ty()?;
+                let bin = match name {
+                    "add" => Bin::Add,
+                    "sub" => Bin::Sub,
+                    "min" => Bin::Min,
+                    "max" => Bin::Max,
+                    "and" => Bin::And,
+                    "or" => Bin::Or,
+                    "xor" => Bin::Xor,
+                    "div" => Bin::Div,
+                    "rem" => Bin::Rem,
+                    "shl" => Bin::Shl,
+                    "shr" => Bin::Shr,
+                    _ if has("hi") => Bin::MulHi,
+                    _ if has("wide") => {
+                        let src = ty;
+                        let wide = wide_of(src).ok_or_else(|| PtxError { line, message: format!("mul.wide of {src:?}") })?;
+                        return Ok(Inst { guard, op: Op::MulWide { ty: src, d: o(0, Some(wide))?, a: o(1, Some(src))?, b: o(2, Some(src))? }, line: line as u32, text });
+                    }
+                    _ => Bin::MulLo,
+                };
+                let bty = if matches!(bin, Bin::Shl | Bin::Shr) { Some(Ty::U32) } else { Some(ty) };
+                Op::Bin { op: bin, ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, bty)? }
+            }
+            "mad" | "fma" => {
+                let ty = need_ty()?;
+                if has("wide") {
+                    let wide = wide_of(ty).ok_or_else(|| PtxError { line, message: format!("mad.wide of {ty:?}") })?;
+                    Op::MadWide { ty, d: o(0, Some(wide))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(wide))? }
+                } else {
+                    Op::Mad { hi: has("hi"), ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(ty))? }
+                }
+            }
+            "not" | "cnot" | "neg" | "abs" | "popc" | "clz" | "brev" | "sqrt" | "rsqrt" | "rcp" | "sin" | "cos" | "ex2" | "lg2" | "tanh" => {
+                let ty = need_ty()?;
+                let un = match name {
+                    "not" => Un::Not,
+                    "cnot" => Un::Cnot,
+                    "neg" => Un::Neg,
+                    "abs" => Un::Abs,
+                    "popc" => Un::Popc,
+                    "clz" => Un::Clz,
+                    "brev" => Un::Brev,
+                    "sqrt" => Un::Sqrt,
+                    "rsqrt" => Un::Rsqrt,
+                    "rcp" => Un::Rcp,
+                    "sin" => Un::Sin,
+                    "cos" => Un::Cos,
+                    "ex2" => Un::Ex2,
+                    "lg2" => Un::Lg2,
+                    _ => Un::Tanh,
+                };
+                // popc/clz write a u32 from a wider source.
+                let dty = if matches!(un, Un::Popc | Un::Clz) { Ty::U32 } else { ty };
+                Op::Un { op: un, ty, d: o(0, Some(dty))?, a: o(1, Some(ty))? }
+            }
+            "setp" => {
+                let ty = *types.last().ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") })?;
+                let cmp = mods.iter().find_map(|m| cmp_of(m)).ok_or_else(|| PtxError { line, message: format!("no comparison in `{s}`") })?;
+                let comb = mods.iter().find_map(|m| match *m {
+                    "and" => Some(BoolOp::And),
+                    "or" => Some(BoolOp::Or),
+                    "xor" => Some(BoolOp::Xor),
+                    _ => None,
+                });
+                let dst = ops.first().cloned().unwrap_or_default();
+                let (p, q) = match dst.split_once('|') {
+                    Some((p, q)) => (self.operand(f, line, p, None)?, self.operand(f, line, q, None)?),
+                    None => (self.operand(f, line, &dst, None)?, Opnd::Sink),
+                };
+                let comb = match comb {
+                    Some(b) => {
+                        let c = ops.get(3).ok_or_else(|| PtxError { line, message: format!("missing predicate operand in `{s}`") })?;
+                        let (neg, c) = match c.strip_prefix('!') {
+                            Some(c) => (true, c),
+                            None => (false, c.as_str()),
+                        };
+                        let reg = f.reg(c).ok_or_else(|| PtxError { line, message: format!("unknown predicate {c}") })?;
+                        Some((b, reg, neg))
+                    }
+                    None => None,
+                };
+                Op::Setp { cmp, ty, p, q, a: o(1, Some(ty))?, b: o(2, Some(ty))?, comb }
+            }
+            "selp" => {
+                let ty = need_ty()?;
+                Op::Selp { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, None)? }
+            }
+            "cvt" => {
+                let dty = need_ty()?;
+                let sty = *types.get(1).ok_or_else(|| PtxError { line, message: format!("cvt needs two types: `{s}`") })?;
+                let rnd = if has("rn") || has("rni") {
+                    Rnd::Near
+                } else if has("rz") || has("rzi") {
+                    Rnd::Zero
+                } else if has("rm") || has("rmi") {
+                    Rnd::Down
+                } else if has("rp") || has("rpi") {
+                    Rnd::Up
+                } else {
+                    Rnd::None
+                };
+                Op::Cvt { dty, sty, rnd, sat: has("sat"), d: o(0, Some(dty))?, a: o(1, Some(sty))? }
+            }
+            "cvta" => {
+                let sp = space();
+                Op::Cvta { to: has("to"), space: sp, d: o(0, Some(Ty::U64))?, a: o(1, Some(Ty::U64))? }
+            }
+            "bfe" => {
+                let ty = need_ty()?;
+                Op::Bfe { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(Ty::U32))?, c: o(3, Some(Ty::U32))? }
+            }
+            "bfi" => {
+                let ty = need_ty()?;
+                Op::Bfi { ty, d: o(0, Some(ty))?, f: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(Ty::U32))?, e: o(4, Some(Ty::U32))? }
+            }
+            "lop3" => Op::Lop3 { d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::B32))?, lut: o(4, Some(Ty::B32))? },
+            "atom" | "red" => {
+                let ty = *types.last().ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") })?;
+                let aop = mods
+                    .iter()
+                    .find_map(|m| match *m {
+                        "add" => Some(AtomOp::Add),
+                        "min" => Some(AtomOp::Min),
+                        "max" => Some(AtomOp::Max),
+                        "exch" => Some(AtomOp::Exch),
+                        "cas" => Some(AtomOp::Cas),
+                        "and" => Some(AtomOp::And),
+                        "or" => Some(AtomOp::Or),
+                        "xor" => Some(AtomOp::Xor),
+                        "inc" => Some(AtomOp::Inc),
+                        "dec" => Some(AtomOp::Dec),
+                        _ => None,
+                    })
+                    .ok_or_else(|| PtxError { line, message: format!("no atomic operation in `{s}`") })?;
+                if name == "atom" {
+                    let c = if aop == AtomOp::Cas { Some(o(3, Some(ty))?) } else { None };
+                    Op::Atom { space: space(), op: aop, ty, d: Some(o(0, Some(ty))?), addr: o(1, None)?, b: o(2, Some(ty))?, c }
+                } else {
+                    Op::Atom { space: space(), op: aop, ty, d: None, addr: o(0, None)?, b: o(1, Some(ty))?, c: None }
+                }
+            }
+            "bra" => {
+                let label = ops.first().cloned().unwrap_or_default();
+                f.fixups.push((f.insts.len(), label, line));
+                Op::Bra { target: 0 }
+            }
+            "bar" | "barrier" => {
+                if has("arrive") || has("red") {
+                    Op::Unsupported
+                } else {
+                    Op::Bar
+                }
+            }
+            "ret" | "exit" => Op::Exit,
+            "trap" => Op::Trap,
+            "membar" | "fence" | "prefetch" | "prefetchu" | "pmevent" | "nanosleep" => Op::Nop,
+            _ => Op::Unsupported,
+        };
+        Ok(Inst { guard, op, line: line as u32, text })
+    }
+}
+
+fn wide_of(t: Ty) -> Option<Ty> {
+    Some(match t {
+        Ty::U16 => Ty::U32,
+        Ty::S16 => Ty::S32,
+        Ty::U32 => Ty::U64,
+        Ty::S32 => Ty::S64,
+        _ => return None,
+    })
+}
+
+fn cmp_of(m: &str) -> Option<Cmp> {
+    Some(match m {
+        "eq" => Cmp::Eq,
+        "ne" => Cmp::Ne,
+        "lt" => Cmp::Lt,
+        "le" => Cmp::Le,
+        "gt" => Cmp::Gt,
+        "ge" => Cmp::Ge,
+        "lo" => Cmp::Lo,
+        "ls" => Cmp::Ls,
+        "hi" => Cmp::Hi,
+        "hs" => Cmp::Hs,
+        "equ" => Cmp::Equ,
+        "neu" => Cmp::Neu,
+        "ltu" => Cmp::Ltu,
+        "leu" => Cmp::Leu,
+        "gtu" => Cmp::Gtu,
+        "geu" => Cmp::Geu,
+        "num" => Cmp::Num,
+        "nan" => Cmp::Nan,
+        _ => return None,
+    })
+}
+
+fn matching_close(stmts: &[Stmt], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    for (i, s) in stmts.iter().enumerate().skip(open) {
+        match s {
+            Stmt::Open(_) => depth += 1,
+            Stmt::Close(_) => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Variables of `space` declared in a function body: name -> (size, align).
+fn body_vars(body: &[Stmt], space: &str) -> Result<Vec<(String, (u64, u32))>, PtxError> {
+    let mut out = Vec::new();
+    for st in body {
+        if let Stmt::Text(l, s) = st {
+            let s = s.trim();
+            if s.starts_with(space) {
+                let v = parse_var(*l, s)?;
+                out.push((v.name, (v.size, v.align)));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,257 @@
+//! The interpreter on real nvcc output (tests/data/kernels.ptx, from kernels.cu), results
+//! checked against the same computation in Rust.
+
+use super::*;
+use std::collections::HashMap;
+
+/// Flat test memory: allocations at 0x2000_0000_0000 + 1 MiB * i.
+#[derive(Default)]
+struct Mem {
+    bufs: Vec<Vec<u8>>,
+}
+
+const BASE: u64 = 0x2000_0000_0000;
+const STRIDE: u64 = 1 << 20;
+
+impl Mem {
+    fn alloc(&mut self, data: &[u8]) -> u64 {
+        self.bufs.push(data.to_vec());
+        BASE + STRIDE * (self.bufs.len() as u64 - 1)
+    }
+
+    fn get(&self, addr: u64) -> &[u8] {
+        &self.bufs[((addr - BASE) / STRIDE) as usize]
+    }
+
+    fn locate(&mut self, addr: u64, len: usize) -> Result<&mut [u8], MemFault> {
+        let fault = MemFault { addr, len: len as u64 };
+        let i = addr.checked_sub(BASE).ok_or(fault)? / STRIDE;
+        let off = ((addr - BASE) % STRIDE) as usize;
+        let b = self.bufs.get_mut(i as usize).ok_or(fault)?;
+        b.get_mut(off..off.checked_add(len).ok_or(fault)?).ok_or(fault)
+    }
+}
+
+impl Memory for Mem {
+    fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<(), MemFault> {
+        out.copy_from_slice(self.locate(addr, out.len())?);
+        Ok(())
+    }
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemFault> {
+        self.locate(addr, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn module() -> Module {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kernels.ptx")).unwrap();
+    Module::parse(&text).unwrap()
+}
+
+fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+    // SAFETY: plain-old-data slices (ints/floats) viewed as bytes for the test's device memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)).to_vec() }
+}
+
+fn read<T: Copy + Default>(b: &[u8], n: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    // SAFETY: `out` has room for n values of T, copied from at least that many bytes.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out.as_mut_ptr().cast::<u8>(), n * std::mem::size_of::<T>()) };
+    out
+}
+
+/// Packs kernel arguments per the kernel's parameter layout.
+fn params(k: &Kernel, args: &[u64]) -> Vec<u8> {
+    let mut p = vec![0u8; k.param_bytes as usize];
+    for (info, a) in k.params.iter().zip(args) {
+        let o = info.offset as usize;
+        p[o..o + info.size as usize].copy_from_slice(&a.to_le_bytes()[..info.size as usize]);
+    }
+    p
+}
+
+fn run(m: &Module, name: &str, grid: [u32; 3], block: [u32; 3], dyn_shared: u32, args: &[u64], mem: &mut Mem) -> Result<LaunchStats, ExecError> {
+    let k = m.kernel(name).unwrap();
+    let cfg = LaunchConfig { grid, block, dynamic_shared_bytes: dyn_shared };
+    launch(m, k, &cfg, &params(k, args), &HashMap::new(), mem)
+}
+
+#[test]
+fn vector_add_with_a_partial_last_block() {
+    let m = module();
+    let n = 1000usize;
+    let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..n).map(|i| 3.0 - i as f32).collect();
+    let mut mem = Mem::default();
+    let (pa, pb, pc) = (mem.alloc(&bytes(&a)), mem.alloc(&bytes(&b)), mem.alloc(&vec![0u8; n * 4]));
+    run(&m, "vadd", [4, 1, 1], [256, 1, 1], 0, &[pa, pb, pc, n as u64 - 1], &mut mem).unwrap();
+    let c: Vec<f32> = read(mem.get(pc), n);
+    for i in 0..n - 1 {
+        assert_eq!(c[i], a[i] + b[i], "c[{i}]");
+    }
+    assert_eq!(c[n - 1], 0.0, "the thread past n must not write");
+    let k = m.kernel("vadd").unwrap();
+    assert_eq!(k.params.iter().map(|p| (p.offset, p.size)).collect::<Vec<_>>(), vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
+    assert_eq!(k.param_bytes, 28);
+}
+
+#[test]
+fn shared_memory_reduction_with_barriers() {
+    let m = module();
+    let n = 1000;
+    let input: Vec<i32> = (0..n).map(|i| (i * 37 % 101) - 50).collect();
+    let mut mem = Mem::default();
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&[0u8; 16]));
+    run(&m, "block_sum", [4, 1, 1], [256, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
+    let out: Vec<i32> = read(mem.get(po), 4);
+    for b in 0..4 {
+        let want: i32 = input.iter().skip(b * 256).take(256).sum();
+        assert_eq!(out[b], want, "block {b}");
+    }
+    assert_eq!(m.kernel("block_sum").unwrap().static_shared_bytes, 1024);
+}
+
+#[test]
+fn dynamic_shared_memory() {
+    let m = module();
+    let d: Vec<i32> = (0..100).collect();
+    let mut mem = Mem::default();
+    let p = mem.alloc(&bytes(&d));
+    run(&m, "reverse_dyn", [1, 1, 1], [128, 1, 1], 100 * 4, &[p, 100], &mut mem).unwrap();
+    let out: Vec<i32> = read(mem.get(p), 100);
+    assert_eq!(out, (0..100).rev().collect::<Vec<i32>>());
+    // Without the dynamic shared memory the kernel's accesses are out of bounds: an error.
+    let err = run(&m, "reverse_dyn", [1, 1, 1], [128, 1, 1], 0, &[p, 100], &mut mem).unwrap_err();
+    assert!(matches!(err, ExecError::IllegalAddress { space: "shared", .. }), "{err}");
+}
+
+#[test]
+fn atomics_in_a_grid_stride_loop() {
+    let m = module();
+    let input: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 3) as u8).collect();
+    let mut mem = Mem::default();
+    let (pi, pb) = (mem.alloc(&input), mem.alloc(&[0u8; 64]));
+    run(&m, "histogram", [3, 1, 1], [64, 1, 1], 0, &[pi, pb, input.len() as u64], &mut mem).unwrap();
+    let bins: Vec<u32> = read(mem.get(pb), 16);
+    let mut want = [0u32; 16];
+    for v in &input {
+        want[(*v % 16) as usize] += 1;
+    }
+    assert_eq!(bins, want);
+}
+
+#[test]
+fn integer_and_float_semantics() {
+    let m = module();
+    for (a, b, x, y) in [(-1000i32, 7i32, 1.5f32, -2.25f32), (123456789, -3, 3.0, 0.1), (-7, 2, -0.5, 7.0)] {
+        let mut mem = Mem::default();
+        let (pi, pf, po) = (mem.alloc(&bytes(&[a, b])), mem.alloc(&bytes(&[x, y])), mem.alloc(&[0u8; 16 * 8]));
+        run(&m, "arith", [1, 1, 1], [1, 1, 1], 0, &[pi, pf, po], &mut mem).unwrap();
+        let out: Vec<i64> = read(mem.get(po), 16);
+        let ua = a as u32;
+        let want: [i64; 16] = [
+            (a / b) as i64,
+            (a % b) as i64,
+            a as i64 * b as i64,
+            (ua >> 3) as i64,
+            (a >> 3) as i64,
+            ua.count_ones() as i64,
+            ua.leading_zeros() as i64,
+            x.mul_add(y, 1.0) as i64,
+            x.mul_add(y, 0.5).to_bits() as i32 as i64,
+            (x / y).round_ties_even() as i32 as i64,
+            (x as f64 as i64) * 1000,
+            (a.min(b) as u32).wrapping_add(ua.max(7)) as i64, // unsigned sum, zero-extended
+            ua.reverse_bits() as i64, // unsigned, zero-extended
+            (a & 0xffff) as i16 as i64,
+            y.sqrt().to_bits() as i32 as i64,
+            (a.wrapping_add(300) as u8) as i64,
+        ];
+        assert_eq!(out, want, "a={a} b={b} x={x} y={y}");
+    }
+}
+
+#[test]
+fn module_variables_and_local_memory() {
+    let m = module();
+    let g: HashMap<&str, &GlobalVar> = m.globals().iter().map(|g| (g.name.as_str(), g)).collect();
+    assert_eq!(g["table_c"].init, bytes(&[10i32, 20, 30, 40]));
+    assert_eq!(g["counter_g"].size, 4);
+    let mut mem = Mem::default();
+    let mut globals = HashMap::new();
+    for v in m.globals() {
+        globals.insert(v.name.clone(), mem.alloc(&v.init));
+    }
+    let out = mem.alloc(&[0u8; 32 * 4]);
+    let k = m.kernel("globals").unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [32, 1, 1], dynamic_shared_bytes: 0 };
+    launch(&m, k, &cfg, &params(k, &[out]), &globals, &mut mem).unwrap();
+    let got: Vec<i32> = read(mem.get(out), 32);
+    assert_eq!(got, (0..32).map(|t| [10, 20, 30, 40][t % 4]).collect::<Vec<_>>());
+    let counter: Vec<i32> = read(mem.get(globals["counter_g"]), 1);
+    assert_eq!(counter[0], 32, "one atomicAdd per thread");
+
+    let k = m.kernel("local_array").unwrap();
+    assert!(k.local_bytes >= 128);
+    run(&m, "local_array", [1, 1, 1], [32, 1, 1], 0, &[out, 5], &mut mem).unwrap();
+    let got: Vec<i32> = read(mem.get(out), 32);
+    for t in 0..32 {
+        assert_eq!(got[t], ((t * 7 + 5) % 32) as i32 * 5 + t as i32, "thread {t}");
+    }
+}
+
+#[test]
+fn faults_and_endless_loops_are_errors() {
+    let m = module();
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 64]);
+    let err = run(&m, "oob", [1, 1, 1], [1, 1, 1], 0, &[p], &mut mem).unwrap_err();
+    match &err {
+        ExecError::IllegalAddress { addr, space, at, .. } => {
+            assert_eq!(*addr, p + (4 << 24));
+            assert_eq!(*space, "global");
+            assert!(at.contains("st.global") && at.contains("oob"), "{at}");
+        }
+        e => panic!("{e}"),
+    }
+    // Unsupported instructions name themselves.
+    let text = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k()\n{\n\ttex.1d.v4.f32.s32 {%f1,%f1,%f1,%f1}, [t, {%r1}];\n\tret;\n}\n";
+    let text = text.replace("{\n\ttex", "{\n\t.reg .f32 %f<2>;\n\t.reg .b32 %r<2>;\n\t.reg .b64 t;\n\ttex");
+    let m2 = Module::parse(&text).unwrap();
+    let k = m2.kernel("k").unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0 };
+    let err = launch(&m2, k, &cfg, &[], &HashMap::new(), &mut mem).unwrap_err();
+    assert!(err.to_string().contains("tex.1d.v4.f32.s32"), "{err}");
+}
+
+#[test]
+fn the_instruction_budget_stops_a_spinning_kernel() {
+    let m = module();
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 4]);
+    let k = m.kernel("spin").unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0 };
+    // A small budget keeps the test fast; the real launch uses INSTRUCTION_BUDGET.
+    let err = exec::launch_with_budget(&m, k, &cfg, &params(k, &[p]), &HashMap::new(), &mut mem, 100_000).unwrap_err();
+    assert_eq!(err, ExecError::Timeout(100_000));
+}
+
+#[test]
+fn hostile_ptx_is_rejected_without_panicking() {
+    let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kernels.ptx")).unwrap();
+    // Every prefix, and a few corruptions, must parse or fail cleanly.
+    for n in (0..good.len()).step_by(97) {
+        let _ = Module::parse(&good[..n]);
+    }
+    for bad in [
+        ".visible .entry k(.param .u64 p) { .reg .b32 %r<99999999>; ret; }",
+        ".visible .entry k() { .shared .b8 s[999999999]; ret; }",
+        ".visible .entry k() { .local .b8 s[999999999999]; ret; }",
+        ".visible .entry k() { bra $nowhere; }",
+        ".visible .entry k() { mov.u32 %r1, 1; }",
+        ".global .b8 g[18446744073709551615];",
+        "}}}{{{",
+    ] {
+        assert!(Module::parse(bad).is_err(), "accepted: {bad}");
+    }
+}

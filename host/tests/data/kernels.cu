@@ -1,0 +1,76 @@
+// Kernels the PTX interpreter's unit tests run (compiled to kernels.ptx by nvcc 13:
+//   nvcc -gencode arch=compute_90,code=compute_90 -ptx -O2 -o kernels.ptx kernels.cu).
+#include <cstdint>
+
+extern "C" __global__ void vadd(const float *a, const float *b, float *c, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) c[i] = a[i] + b[i];
+}
+
+// Block-wide sum with shared memory and barriers: one partial sum per block.
+extern "C" __global__ void block_sum(const int *in, int *out, int n) {
+  __shared__ int s[256];
+  int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+  s[t] = i < n ? in[i] : 0;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (t < stride) s[t] += s[t + stride];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+
+// Reverse within a block through dynamic shared memory.
+extern "C" __global__ void reverse_dyn(int *d, int n) {
+  extern __shared__ int tmp[];
+  int t = threadIdx.x;
+  if (t < n) tmp[t] = d[t];
+  __syncthreads();
+  if (t < n) d[t] = tmp[n - 1 - t];
+}
+
+extern "C" __global__ void histogram(const unsigned char *in, unsigned *bins, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    atomicAdd(&bins[in[i] % 16], 1u);
+}
+
+// Integer and float corner cases, one result per slot.
+extern "C" __global__ void arith(const int *ia, const float *fa, long long *out) {
+  int a = ia[0], b = ia[1];
+  float x = fa[0], y = fa[1];
+  unsigned ua = (unsigned)a;
+  out[0] = a / b;
+  out[1] = a % b;
+  out[2] = (long long)a * b;
+  out[3] = ua >> 3;
+  out[4] = a >> 3;
+  out[5] = __popc(ua);
+  out[6] = __clz(ua);
+  out[7] = (long long)(x * y + 1.0f);
+  out[8] = __float_as_int(fmaf(x, y, 0.5f));
+  out[9] = (long long)__float2int_rn(x / y);
+  out[10] = (long long)(double)x * 1000;
+  out[11] = min(a, b) + max(ua, 7u);
+  out[12] = __brev(ua);
+  out[13] = (short)(a & 0xffff);
+  out[14] = __float_as_int(sqrtf(y));
+  out[15] = (unsigned char)(a + 300);
+}
+
+__device__ int counter_g;
+__constant__ int table_c[4] = {10, 20, 30, 40};
+
+extern "C" __global__ void globals(int *out) {
+  int t = threadIdx.x;
+  out[t] = table_c[t % 4] + atomicAdd(&counter_g, 1) * 0;
+}
+
+extern "C" __global__ void local_array(int *out, int k) {
+  int buf[32];
+  for (int i = 0; i < 32; i++) buf[i] = i * k + threadIdx.x;
+  out[threadIdx.x] = buf[(threadIdx.x * 7 + k) % 32];
+}
+
+extern "C" __global__ void oob(int *p) { p[1 << 24] = 1; }
+
+extern "C" __global__ void spin(volatile int *flag) { while (*flag == 0) { } }

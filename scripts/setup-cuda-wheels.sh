@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs NVIDIA's user-space pieces the tests drive (from PyPI, no GPU needed): cudart 12.9 and
+# 13.0 (the real runtime our libcuda must satisfy), nvcc 13.0, and pynvml (nvidia-ml-py, a real
+# NVML client). Idempotent; everything lives in a cache outside the repo ($VGPU_CACHE, default
+# ~/.cache/vgpu), one folder per component with its own completion stamp.
+set -euo pipefail
+CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
+
+# install NAME STAMP PIP-ARGS...: pip --target into $CACHE/NAME unless already complete.
+install() {
+  local name=$1 stamp=$2; shift 2
+  local dest="$CACHE/$name"
+  if [ -f "$dest/.complete-$stamp" ]; then echo "setup: $name cached in $dest"; return; fi
+  echo "setup: installing $name into $dest"
+  rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.tmp" "$@"
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"
+  touch "$dest/.complete-$stamp"
+}
+
+# cu12 runtime and the 13.0 toolchain go into separate prefixes: both ship nvidia/cu*/lib.
+install cuda-wheels/cu12 v1 nvidia-cuda-runtime-cu12==12.9.79
+install cuda-wheels/cu13 v1 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvcc==13.0.88 \
+  nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
+install py v1 nvidia-ml-py==13.615.71
+touch "$CACHE/cuda-wheels/.complete-v1"

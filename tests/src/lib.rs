@@ -1,0 +1,209 @@
+//! Helpers for the end-to-end tests: find the CUDA wheels and our built artifacts, compile the
+//! programs under tests/cuda with nvcc, run a mediator, run a program against our libcuda.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where scripts/setup-cuda-wheels.sh put NVIDIA's pip wheels.
+pub fn wheels_dir() -> PathBuf {
+    let cache = std::env::var_os("VGPU_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/vgpu"));
+    let w = cache.join("cuda-wheels");
+    assert!(
+        w.join(".complete-v1").exists() && w.join("cu12/.complete-v1").exists(),
+        "CUDA wheels missing at {}: run scripts/setup-cuda-wheels.sh (scripts/test.sh does)",
+        w.display()
+    );
+    w
+}
+
+/// target/<profile>, where cargo put vgpu-hostd and libcuda.so (the tests run from .../deps).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for f in ["vgpu-hostd", "vgpu-smi", "libcuda.so", "libnvidia_ml.so"] {
+        assert!(dir.join(f).exists(), "{} not built: run `cargo build --workspace` first (scripts/test.sh does)", dir.join(f).display());
+    }
+    dir
+}
+
+/// A directory holding our libraries under the names the loader looks for.
+pub fn libcuda_dir() -> PathBuf {
+    static LINK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LINK.lock().unwrap_or_else(|e| e.into_inner());
+    let t = target_dir();
+    let d = t.join("vgpu-lib");
+    std::fs::create_dir_all(&d).unwrap();
+    ensure_link(&d.join("libcuda.so.1"), &t.join("libcuda.so"));
+    ensure_link(&d.join("libnvidia-ml.so.1"), &t.join("libnvidia_ml.so"));
+    d
+}
+
+/// Points `link` at `to`, leaving a correct link alone (programs may be loading through it).
+fn ensure_link(link: &Path, to: &Path) {
+    if std::fs::read_link(link).is_ok_and(|cur| cur == to) {
+        return;
+    }
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(to, link).unwrap();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cudart {
+    V12,
+    V13,
+}
+
+impl Cudart {
+    pub fn lib_dir(self) -> PathBuf {
+        let w = wheels_dir();
+        match self {
+            Cudart::V12 => w.join("cu12/nvidia/cuda_runtime/lib"),
+            Cudart::V13 => w.join("cu13/nvidia/cu13/lib"),
+        }
+    }
+
+    fn soname(self) -> &'static str {
+        match self {
+            Cudart::V12 => "libcudart.so.12",
+            Cudart::V13 => "libcudart.so.13",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Cudart::V12 => "cudart12",
+            Cudart::V13 => "cudart13",
+        }
+    }
+}
+
+fn source_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cuda")
+}
+
+/// Compiles tests/cuda/<name>.cu with nvcc 13 against the given cudart (PTX for sm_90 only:
+/// the sim backend runs PTX). Cached by modification time.
+pub fn build_program(name: &str, cudart: Cudart) -> PathBuf {
+    // Tests run in parallel threads; one nvcc at a time (2-core machines) and no racing links.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let w = wheels_dir();
+    let nvcc = w.join("cu13/nvidia/cu13/bin/nvcc");
+    let out_dir = target_dir().join("cuda-tests").join(cudart.tag());
+    let link_dir = out_dir.join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    for (link, to) in [("libcudart.so", cudart.lib_dir().join(cudart.soname())), ("libcudadevrt.a", cudart.lib_dir().join("libcudadevrt.a"))] {
+        ensure_link(&link_dir.join(link), &to);
+    }
+    let src = source_dir().join(format!("{name}.cu"));
+    let exe = out_dir.join(name);
+    let newest_src = [src.clone(), source_dir().join("check.h")]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).expect("source"))
+        .max()
+        .unwrap();
+    if std::fs::metadata(&exe).and_then(|m| m.modified()).is_ok_and(|t| t > newest_src) {
+        return exe;
+    }
+    let mut cmd = Command::new(&nvcc);
+    if cudart == Cudart::V12 {
+        // cudart 12's own headers: struct layouts (cudaDeviceProp) changed in 13.
+        cmd.arg("-I").arg(w.join("cu12/nvidia/cuda_runtime/include"));
+    }
+    let out = cmd
+        .args(["-gencode", "arch=compute_90,code=compute_90", "-cudart", "shared", "-O2"])
+        .arg("-L")
+        .arg(&link_dir)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("run nvcc");
+    assert!(out.status.success(), "nvcc {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    exe
+}
+
+/// A mediator on a private socket, killed when dropped.
+pub struct Mediator {
+    child: Child,
+    pub socket: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("vgpu-{tag}-{}-{:?}", std::process::id(), Instant::now()));
+        let p = PathBuf::from(p.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '-', ""));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Mediator {
+    pub fn start() -> Mediator {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Mediator {
+        let dir = TempDir::new("mediator");
+        let socket = dir.0.join("hostd.sock");
+        let log = std::fs::File::create(dir.0.join("hostd.log")).unwrap();
+        let child = Command::new(target_dir().join("vgpu-hostd"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("VGPU_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vgpu-hostd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "vgpu-hostd did not create {}", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mediator { child, socket, _dir: dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("hostd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mediator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `exe` the way an application runs: our libcuda.so.1 and NVIDIA's cudart found by the
+/// loader, the mediator named by VGPU_SOCKET.
+pub fn run_program(exe: &Path, cudart: Cudart, socket: &Path) -> Output {
+    Command::new(exe)
+        .env("LD_LIBRARY_PATH", format!("{}:{}", libcuda_dir().display(), cudart.lib_dir().display()))
+        .env("VGPU_SOCKET", socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run test program")
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

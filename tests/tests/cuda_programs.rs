@@ -1,0 +1,60 @@
+//! Real NVIDIA cudart (12.9 and 13.0 from pip) running our test programs on vgpu's libcuda.so.1
+//! and the mediator's sim backend. Each program checks its results against the CPU and prints PASS.
+
+use std::time::{Duration, Instant};
+use vgpu_tests::*;
+
+fn run_case(name: &str, cudart: Cudart) {
+    let exe = build_program(name, cudart);
+    let m = Mediator::start();
+    let out = run_program(&exe, cudart, &m.socket);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "PASS"),
+        "{name} on {cudart:?} failed:\n{}\n--- mediator log\n{}",
+        describe(&out),
+        m.log()
+    );
+}
+
+macro_rules! cases {
+    ($($test:ident: $prog:literal, $rt:ident;)*) => {
+        $(#[test] fn $test() { run_case($prog, Cudart::$rt) })*
+    };
+}
+
+cases! {
+    vector_add_cudart12: "vector_add", V12;
+    vector_add_cudart13: "vector_add", V13;
+    matrix_2d_cudart12: "matrix_2d", V12;
+    matrix_2d_cudart13: "matrix_2d", V13;
+    memory_ops_cudart12: "memory_ops", V12;
+    memory_ops_cudart13: "memory_ops", V13;
+    streams_events_cudart12: "streams_events", V12;
+    streams_events_cudart13: "streams_events", V13;
+    launch_errors_cudart12: "launch_errors", V12;
+    launch_errors_cudart13: "launch_errors", V13;
+}
+
+#[test]
+fn vector_add_reports_the_profile_device() {
+    let exe = build_program("vector_add", Cudart::V12);
+    let m = Mediator::start_with(&["--gpu-name", "vgpu test device", "--sm-count", "7"]);
+    let out = run_program(&exe, Cudart::V12, &m.socket);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("device 'vgpu test device' cc 9.0 SMs 7 mem 81920 MiB"), "{}", describe(&out));
+}
+
+#[test]
+fn cuinit_without_mediator_fails_fast_with_a_clear_message() {
+    let exe = build_program("vector_add", Cudart::V12);
+    let dir = TempDir::new("nomediator");
+    let start = Instant::now();
+    let out = run_program(&exe, Cudart::V12, &dir.0.join("nobody-listens.sock"));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the vgpu mediator"), "{}", describe(&out));
+    // cudart reports the driver's CUDA_ERROR_NO_DEVICE as cudaErrorNoDevice (100).
+    assert!(stderr.contains("failed: 100"), "{}", describe(&out));
+}

@@ -1,0 +1,204 @@
+//! The command protocol between libcuda (guest side) and the mediator (host side).
+//!
+//! Every message is a [`MsgHeader`] followed by `payload_len` bytes. A request carries an
+//! [`Op`]; the reply to it carries the same `seq`, `op`, and a CUresult in `status`. Payload
+//! layouts are listed on each opcode (fields little-endian, in order, no padding; `bytes..`
+//! means "the rest of the payload").
+
+/// "VGPU" in little-endian.
+pub const MSG_MAGIC: u32 = 0x5550_4756;
+
+/// Largest payload either side accepts; bulk copies are split into chunks of [`COPY_CHUNK`].
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+pub const COPY_CHUNK: usize = 8 << 20;
+
+/// Longest symbol name accepted (kernel or global names; mangled C++ names can be long).
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// Fixed-size header of every message (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsgHeader {
+    pub magic: u32,
+    pub op: u32,
+    pub seq: u32,
+    /// CUresult in replies; 0 in requests.
+    pub status: u32,
+    pub payload_len: u32,
+    pub reserved: u32,
+}
+
+pub const HEADER_LEN: usize = core::mem::size_of::<MsgHeader>();
+const _: () = assert!(HEADER_LEN == 24);
+
+impl MsgHeader {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        for (i, v) in [self.magic, self.op, self.seq, self.status, self.payload_len, self.reserved]
+            .iter()
+            .enumerate()
+        {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; HEADER_LEN]) -> Self {
+        let f = |i: usize| u32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+        MsgHeader { magic: f(0), op: f(1), seq: f(2), status: f(3), payload_len: f(4), reserved: f(5) }
+    }
+
+    /// Checks what can be checked before reading the payload.
+    pub fn validate(&self) -> Result<(), HeaderError> {
+        if self.magic != MSG_MAGIC {
+            return Err(HeaderError::BadMagic(self.magic));
+        }
+        if self.payload_len > MAX_PAYLOAD {
+            return Err(HeaderError::TooLong(self.payload_len));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    BadMagic(u32),
+    TooLong(u32),
+}
+
+impl core::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HeaderError::BadMagic(m) => write!(f, "bad message magic {m:#010x}"),
+            HeaderError::TooLong(n) => write!(f, "payload of {n} bytes exceeds the {MAX_PAYLOAD}-byte limit"),
+        }
+    }
+}
+
+macro_rules! opcodes {
+    ($($(#[$doc:meta])* $name:ident = $val:expr,)*) => {
+        /// Request opcodes.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Op { $($(#[$doc])* $name = $val,)* }
+        impl Op {
+            pub fn from_u32(v: u32) -> Option<Op> {
+                match v { $($val => Some(Op::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+opcodes! {
+    /// req: version u32, pid u32, flags u32 ([`HELLO_OBSERVER`]) -> reply: version u32, device_count u32
+    Hello = 1,
+    /// req: ordinal u32 -> reply: [`DeviceInfo`] (see its encoding)
+    DeviceInfo = 2,
+    /// req: ordinal u32 -> reply: total u64, used u64 (by all clients of this VM)
+    DeviceMemoryInfo = 3,
+    /// req: ordinal u32 -> reply: count u32, then per process: pid u32, used_bytes u64
+    DeviceProcesses = 4,
+    /// req: -> reply: free u64, total u64
+    MemGetInfo = 10,
+    /// req: bytes u64 -> reply: dptr u64
+    MemAlloc = 11,
+    /// req: dptr u64 -> reply:
+    MemFree = 12,
+    /// req: dst u64, data bytes.. -> reply:
+    MemcpyHtoD = 13,
+    /// req: src u64, len u64 -> reply: data bytes..
+    MemcpyDtoH = 14,
+    /// req: dst u64, src u64, len u64 -> reply:
+    MemcpyDtoD = 15,
+    /// req: dst u64, value u32, elem_size u32 (1, 2, 4), count u64 -> reply:
+    Memset = 16,
+    /// req: dptr u64 -> reply: base u64, size u64
+    MemGetAddressRange = 17,
+    /// req: image bytes.. (fatbin, PTX text or cubin) -> reply: module u64
+    ModuleLoad = 20,
+    /// req: module u64 -> reply:
+    ModuleUnload = 21,
+    /// req: module u64, name bytes.. -> reply: [`FunctionInfo`] encoding
+    ModuleGetFunction = 22,
+    /// req: module u64, name bytes.. -> reply: dptr u64, size u64
+    ModuleGetGlobal = 23,
+    /// req: module u64 -> reply: count u32, then per function: name_len u32, name bytes
+    ModuleEnumerateFunctions = 24,
+    /// req: function u64, grid x,y,z u32, block x,y,z u32, shared u32, stream u64, params bytes..
+    /// -> reply:
+    Launch = 30,
+    /// req: flags u32, priority i32 -> reply: stream u64
+    StreamCreate = 40,
+    /// req: stream u64 -> reply:
+    StreamDestroy = 41,
+    /// req: stream u64 -> reply:  (waits for all work on the stream)
+    StreamSynchronize = 42,
+    /// req: stream u64 -> reply:  (CUDA_ERROR_NOT_READY while work is pending)
+    StreamQuery = 43,
+    /// req: stream u64, event u64 -> reply:
+    StreamWaitEvent = 44,
+    /// req: flags u32 -> reply: event u64
+    EventCreate = 50,
+    /// req: event u64 -> reply:
+    EventDestroy = 51,
+    /// req: event u64, stream u64 -> reply:
+    EventRecord = 52,
+    /// req: event u64 -> reply:
+    EventSynchronize = 53,
+    /// req: event u64 -> reply:
+    EventQuery = 54,
+    /// req: start u64, end u64 -> reply: milliseconds f32 (as u32 bits)
+    EventElapsedTime = 55,
+    /// req: -> reply:  (waits for all work of this client)
+    Synchronize = 60,
+}
+
+/// Hello flag: the client only observes (NVML, the CLI); it is not listed as a GPU process.
+pub const HELLO_OBSERVER: u32 = 1;
+
+/// Stream handle 0 is the NULL (legacy default) stream; these two are CU_STREAM_LEGACY and
+/// CU_STREAM_PER_THREAD as applications may pass them.
+pub const STREAM_LEGACY: u64 = 0x1;
+pub const STREAM_PER_THREAD: u64 = 0x2;
+
+/// Fixed-size device description, as the mediator reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// NUL-padded UTF-8.
+    pub name: [u8; 96],
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    pub pci_domain: u32,
+    pub pci_bus: u32,
+    pub pci_device: u32,
+    /// CUdevice_attribute values, indexed by attribute id; 0 where not set.
+    pub attrs: [i32; crate::cuda::DEVICE_ATTRIBUTE_SLOTS],
+}
+
+impl DeviceInfo {
+    pub const ENCODED_LEN: usize = 96 + 16 + 8 + 12 + 4 * crate::cuda::DEVICE_ATTRIBUTE_SLOTS;
+
+    pub fn name_str(&self) -> &str {
+        let end = self.name.iter().position(|&c| c == 0).unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..end]).unwrap_or("vgpu")
+    }
+}
+
+/// Launch-relevant facts of a kernel, sent when libcuda resolves a function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionInfo {
+    pub handle: u64,
+    pub param_count: u32,
+    pub param_bytes: u32,
+    pub static_shared_bytes: u32,
+    pub local_bytes: u32,
+    pub max_threads_per_block: u32,
+    pub num_regs: u32,
+    pub ptx_version: u32,
+    pub binary_version: u32,
+}
+
+/// Per-parameter layout following a [`FunctionInfo`] on the wire: offset u32, size u32.
+pub const MAX_KERNEL_PARAMS: u32 = 1024;
+/// CUDA's limit on the kernel parameter buffer (32764 bytes since 12.1).
+pub const MAX_PARAM_BYTES: u32 = 32764;

@@ -1,0 +1,77 @@
+//! Shared by vgpu's guest libraries (libcuda.so.1, libnvidia-ml.so.1, the CLI): reaching the
+//! mediator and learning its devices.
+//!
+//! Environment: `VGPU_SOCKET` (mediator socket, default /run/vgpu/hostd.sock),
+//! `VGPU_LOG` (`error`, `warn` (default), `info`, `debug`, `off`).
+
+pub mod log;
+pub mod transport;
+
+use std::path::PathBuf;
+use transport::{SocketTransport, Transport};
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::{DeviceInfo, Op};
+use vgpu_uapi::wire::{Reader, Writer};
+use vgpu_uapi::PROTOCOL_VERSION;
+
+pub const DEFAULT_SOCKET: &str = "/run/vgpu/hostd.sock";
+
+pub fn socket_path() -> PathBuf {
+    std::env::var_os("VGPU_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// A live connection to the mediator and the devices it serves.
+pub struct Client {
+    pub transport: Box<dyn Transport>,
+    pub devices: Vec<DeviceInfo>,
+}
+
+impl Client {
+    /// Connects, says hello and fetches the device list. `who` names the caller in log lines.
+    /// Failure to reach the mediator is CUDA_ERROR_NO_DEVICE, with the reason logged.
+    pub fn connect(who: &str) -> Result<Client, CuResult> {
+        Self::connect_as(who, 0)
+    }
+
+    /// `flags`: HELLO_* bits (HELLO_OBSERVER for NVML and the CLI).
+    pub fn connect_as(who: &str, flags: u32) -> Result<Client, CuResult> {
+        let path = socket_path();
+        let t = SocketTransport::connect(&path).map_err(|e| {
+            vlog!(
+                log::ERROR,
+                "{who}: cannot reach the vgpu mediator at {} ({e}); is vgpu-hostd running? (set VGPU_SOCKET to its socket)",
+                path.display()
+            );
+            CUDA_ERROR_NO_DEVICE
+        })?;
+        let mut reply = Vec::new();
+        let mut hello = Vec::new();
+        hello.put_u32(PROTOCOL_VERSION);
+        hello.put_u32(std::process::id());
+        hello.put_u32(flags);
+        t.call(Op::Hello, &[&hello], &mut reply).inspect_err(|e| {
+            vlog!(log::ERROR, "{who}: the vgpu mediator at {} refused us (CUresult {e})", path.display());
+        })?;
+        t.connected();
+        let mut r = Reader::new(&reply);
+        let (_version, count) = (r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        let mut devices = Vec::new();
+        for i in 0..count.min(64) {
+            let mut rep = Vec::new();
+            t.call(Op::DeviceInfo, &[&i.to_le_bytes()], &mut rep)?;
+            devices.push(Reader::new(&rep).device_info().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        }
+        if devices.is_empty() {
+            vlog!(log::ERROR, "{who}: the vgpu mediator reports no devices");
+            return Err(CUDA_ERROR_NO_DEVICE);
+        }
+        vlog!(log::INFO, "{who}: connected to the mediator at {}: {} device(s)", path.display(), devices.len());
+        Ok(Client { transport: Box::new(t), devices })
+    }
+
+    pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CuResult> {
+        let mut reply = Vec::new();
+        self.transport.call(op, parts, &mut reply)?;
+        Ok(reply)
+    }
+}

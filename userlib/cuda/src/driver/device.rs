@@ -1,0 +1,108 @@
+//! Device enumeration and properties, answered from what the mediator reported at cuInit.
+
+use super::*;
+use crate::state::driver;
+use std::ffi::{c_char, c_int};
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
+    guard("cuDeviceGetCount", || put(count, driver()?.devices().len() as c_int))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
+    guard("cuDeviceGet", || {
+        driver()?.device(ordinal)?;
+        put(device, ordinal)
+    })
+}
+
+/// Copies `s` NUL-terminated into an application buffer of `len` bytes (truncating like CUDA).
+fn put_str(buf: *mut c_char, len: c_int, s: &str) -> Result<(), CUresult> {
+    if buf.is_null() || len <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let n = s.len().min(len as usize - 1);
+    // SAFETY: the caller provides `len` writable bytes at `buf`; we write n + 1 <= len of them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
+    guard("cuDeviceGetName", || put_str(name, len, driver()?.device(dev)?.name_str()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    guard("cuDeviceTotalMem_v2", || put(bytes, driver()?.device(dev)?.total_mem as usize))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attrib: c_int, dev: CUdevice) -> CUresult {
+    guard("cuDeviceGetAttribute", || {
+        let d = driver()?.device(dev)?;
+        let v = usize::try_from(attrib).ok().and_then(|a| d.attrs.get(a)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(value, *v)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceComputeCapability(major: *mut c_int, minor: *mut c_int, dev: CUdevice) -> CUresult {
+    guard("cuDeviceComputeCapability", || {
+        let d = driver()?.device(dev)?;
+        put(major, d.attrs[vgpu_uapi::cuda::attr::COMPUTE_CAPABILITY_MAJOR])?;
+        put(minor, d.attrs[vgpu_uapi::cuda::attr::COMPUTE_CAPABILITY_MINOR])
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    guard("cuDeviceGetUuid", || put(uuid, driver()?.device(dev)?.uuid))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    cuDeviceGetUuid(uuid, dev)
+}
+
+/// "dddd:bb:dd.0", the form cuDeviceGetPCIBusId uses.
+pub fn pci_bus_id(d: &vgpu_uapi::proto::DeviceInfo) -> String {
+    format!("{:04x}:{:02x}:{:02x}.0", d.pci_domain, d.pci_bus, d.pci_device)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetPCIBusId(id: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
+    guard("cuDeviceGetPCIBusId", || put_str(id, len, &pci_bus_id(driver()?.device(dev)?)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetByPCIBusId(dev: *mut CUdevice, id: *const c_char) -> CUresult {
+    guard("cuDeviceGetByPCIBusId", || {
+        let want = c_str(id)?.to_ascii_lowercase();
+        let d = driver()?;
+        // Accept both the 4- and the 8-digit domain forms (CUDA and NVML spellings).
+        let i = d
+            .devices()
+            .iter()
+            .position(|info| {
+                let short = pci_bus_id(info);
+                want == short || want == format!("0000{short}")
+            })
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+        put(dev, i as CUdevice)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, dev: CUdevice, peer: CUdevice) -> CUresult {
+    guard("cuDeviceCanAccessPeer", || {
+        let d = driver()?;
+        d.device(dev)?;
+        d.device(peer)?;
+        put(can, 0)
+    })
+}

@@ -1,0 +1,142 @@
+//! Kernel launches: pack the parameters by the layout the mediator gave for the function.
+
+use super::module::kernel_meta;
+use super::*;
+use crate::state;
+use std::ffi::c_uint;
+use vgpu_uapi::proto::Op;
+
+const CU_LAUNCH_PARAM_END: usize = 0x00;
+const CU_LAUNCH_PARAM_BUFFER_POINTER: usize = 0x01;
+const CU_LAUNCH_PARAM_BUFFER_SIZE: usize = 0x02;
+
+/// The packed parameter buffer, from `kernelParams` (one pointer per parameter) or from
+/// `extra` (CU_LAUNCH_PARAM_BUFFER_POINTER / _SIZE).
+unsafe fn pack_params(meta: &state::KernelMeta, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<Vec<u8>, CUresult> {
+    let mut buf = vec![0u8; meta.info.param_bytes as usize];
+    if !params.is_null() {
+        for (i, &(offset, size)) in meta.params.iter().enumerate() {
+            // SAFETY: kernelParams holds one valid pointer per kernel parameter (API contract).
+            let p = unsafe { *params.add(i) };
+            if p.is_null() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let dst = buf.get_mut(offset as usize..(offset + size) as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            // SAFETY: the i-th pointer addresses a value of the parameter's size.
+            dst.copy_from_slice(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size as usize) });
+        }
+        return Ok(buf);
+    }
+    if extra.is_null() {
+        return if meta.info.param_bytes == 0 { Ok(buf) } else { Err(CUDA_ERROR_INVALID_VALUE) };
+    }
+    let (mut ptr, mut size): (*const u8, Option<usize>) = (std::ptr::null(), None);
+    let mut i = 0;
+    loop {
+        // SAFETY: `extra` is a CU_LAUNCH_PARAM_END-terminated key/value list (API contract).
+        let key = unsafe { *extra.add(i) } as usize;
+        match key {
+            CU_LAUNCH_PARAM_END => break,
+            CU_LAUNCH_PARAM_BUFFER_POINTER => ptr = unsafe { *extra.add(i + 1) }.cast(),
+            // SAFETY: the value of BUFFER_SIZE points at a size_t.
+            CU_LAUNCH_PARAM_BUFFER_SIZE => size = Some(unsafe { *(*extra.add(i + 1)).cast::<usize>() }),
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        i += 2;
+    }
+    match size {
+        Some(n) if !ptr.is_null() && n >= buf.len() => {
+            // SAFETY: the application's buffer holds `n` >= param_bytes bytes.
+            let n = buf.len();
+            buf.copy_from_slice(unsafe { std::slice::from_raw_parts(ptr, n) });
+            Ok(buf)
+        }
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<(), CUresult> {
+    let (d, _) = state::current_device()?;
+    let meta = kernel_meta(f)?;
+    if shared as i64 > meta.max_dynamic_shared as i64 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: forwarded API contract.
+    let packed = unsafe { pack_params(&meta, params, extra)? };
+    let mut head = Vec::with_capacity(48);
+    head.extend_from_slice(&meta.info.handle.to_le_bytes());
+    for v in grid.iter().chain(block.iter()).chain(std::iter::once(&shared)) {
+        head.extend_from_slice(&v.to_le_bytes());
+    }
+    head.extend_from_slice(&handle_of(stream).to_le_bytes());
+    d.call(Op::Launch, &[&head, &packed]).map(|_| ())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel(
+    f: Handle,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    guard("cuLaunchKernel", || unsafe { launch(f, [gx, gy, gz], [bx, by, bz], shared, stream, params, extra) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel_ptsz(
+    f: Handle,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+}
+
+/// CUlaunchConfig.
+#[repr(C)]
+pub struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    stream: Handle,
+    attrs: *mut c_void,
+    num_attrs: c_uint,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx(config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+    guard("cuLaunchKernelEx", || {
+        if config.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null pointer to a CUlaunchConfig (API contract).
+        let c = unsafe { &*config };
+        if c.num_attrs != 0 {
+            // Launch attributes (clusters, priorities, programmatic serialization...) change
+            // semantics; none is implemented yet, so do not pretend.
+            vlog!(crate::log::WARN, "cuLaunchKernelEx with launch attributes is not supported yet");
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        unsafe { launch(f, c.grid, c.block, c.shared, c.stream, params, extra) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+    cuLaunchKernelEx(config, f, params, extra)
+}

@@ -1,0 +1,432 @@
+//! Device memory, copies, memsets, page-locked host memory, pointer attributes.
+//!
+//! Copies are synchronous over the socket transport: an "async" copy has completed when the call
+//! returns, which satisfies every ordering CUDA promises.
+
+use super::*;
+use crate::state::{self, is_device_ptr, Driver};
+use std::ffi::c_uint;
+use vgpu_uapi::proto::{Op, COPY_CHUNK};
+
+fn ctx_driver() -> Result<&'static Driver, CUresult> {
+    Ok(state::current_device()?.0)
+}
+
+/// Async copies complete before they return (see the module comment), so the stream they name
+/// only orders them, which submission order already does.
+fn on_stream(_stream: Handle) {}
+
+pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
+    if n == 0 {
+        return Ok(());
+    }
+    if src.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: the caller of the copy API guarantees `n` readable bytes at `src`.
+    let data = unsafe { std::slice::from_raw_parts(src, n) };
+    for (i, chunk) in data.chunks(COPY_CHUNK).enumerate() {
+        let at = dst.checked_add((i * COPY_CHUNK) as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        d.call(Op::MemcpyHtoD, &[&at.to_le_bytes(), chunk])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), CUresult> {
+    if n == 0 {
+        return Ok(());
+    }
+    if dst.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: the caller of the copy API guarantees `n` writable bytes at `dst`.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
+    for (i, chunk) in out.chunks_mut(COPY_CHUNK).enumerate() {
+        let at = src.checked_add((i * COPY_CHUNK) as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let reply = d.call(Op::MemcpyDtoH, &[&at.to_le_bytes(), &(chunk.len() as u64).to_le_bytes()])?;
+        if reply.len() != chunk.len() {
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        chunk.copy_from_slice(&reply);
+    }
+    Ok(())
+}
+
+pub(crate) fn dtod(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
+    if n == 0 {
+        return Ok(());
+    }
+    d.call(Op::MemcpyDtoD, &[&dst.to_le_bytes(), &src.to_le_bytes(), &(n as u64).to_le_bytes()]).map(|_| ())
+}
+
+/// cuMemcpy with unified addressing: the pointers' values say where they live.
+fn copy_any(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
+    match (is_device_ptr(dst), is_device_ptr(src)) {
+        (true, true) => dtod(d, dst, src, n),
+        (true, false) => htod(d, dst, src as usize as *const u8, n),
+        (false, true) => dtoh(d, dst as usize as *mut u8, src, n),
+        (false, false) => {
+            if n > 0 && (dst == 0 || src == 0) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            // SAFETY: both are host pointers the caller vouches for, `n` bytes each; CUDA
+            // leaves overlapping host copies undefined, copy() (memmove) is safe for them too.
+            unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, n) };
+            Ok(())
+        }
+    }
+}
+
+fn memset(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
+    let d = ctx_driver()?;
+    if count == 0 {
+        return Ok(());
+    }
+    d.call(Op::Memset, &[&dst.to_le_bytes(), &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()])
+        .map(|_| ())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    guard("cuMemGetInfo", || {
+        let reply = ctx_driver()?.call(Op::MemGetInfo, &[])?;
+        let mut r = vgpu_uapi::wire::Reader::new(&reply);
+        let (f, t) = (r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        put(free, f as usize)?;
+        put(total, t as usize)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    guard("cuMemAlloc", || {
+        if dptr.is_null() || bytes == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let reply = ctx_driver()?.call(Op::MemAlloc, &[&(bytes as u64).to_le_bytes()])?;
+        let p = vgpu_uapi::wire::Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        put(dptr, p)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    guard("cuMemFree", || {
+        if dptr == 0 {
+            return Ok(());
+        }
+        ctx_driver()?.call(Op::MemFree, &[&dptr.to_le_bytes()]).map(|_| ())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, dptr: CUdeviceptr) -> CUresult {
+    guard("cuMemGetAddressRange", || {
+        let reply = ctx_driver()?.call(Op::MemGetAddressRange, &[&dptr.to_le_bytes()])?;
+        let mut r = vgpu_uapi::wire::Reader::new(&reply);
+        let (b, s) = (r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        if !base.is_null() {
+            put(base, b)?;
+        }
+        if !size.is_null() {
+            put(size, s as usize)?;
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
+    guard("cuMemcpyHtoD", || htod(ctx_driver()?, dst, src.cast(), n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
+    guard("cuMemcpyDtoH", || dtoh(ctx_driver()?, dst.cast(), src, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    guard("cuMemcpyDtoD", || dtod(ctx_driver()?, dst, src, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    guard("cuMemcpy", || copy_any(ctx_driver()?, dst, src, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemcpyHtoDAsync", || {
+        on_stream(stream);
+        htod(ctx_driver()?, dst, src.cast(), n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemcpyDtoHAsync", || {
+        on_stream(stream);
+        dtoh(ctx_driver()?, dst.cast(), src, n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemcpyDtoDAsync", || {
+        on_stream(stream);
+        dtod(ctx_driver()?, dst, src, n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemcpyAsync", || {
+        on_stream(stream);
+        copy_any(ctx_driver()?, dst, src, n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) -> CUresult {
+    guard("cuMemsetD8", || memset(dst, v as u32, 1, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize) -> CUresult {
+    guard("cuMemsetD16", || memset(dst, v as u32, 2, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) -> CUresult {
+    guard("cuMemsetD32", || memset(dst, v, 4, n))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemsetD8Async", || {
+        on_stream(stream);
+        memset(dst, v as u32, 1, n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemsetD16Async", || {
+        on_stream(stream);
+        memset(dst, v as u32, 2, n)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize, stream: Handle) -> CUresult {
+    guard("cuMemsetD32Async", || {
+        on_stream(stream);
+        memset(dst, v, 4, n)
+    })
+}
+
+const PAGE: usize = 4096;
+
+/// Page-locked host memory. Over the socket transport "pinned" buys nothing (the copy goes
+/// through the socket either way), but the memory is real, page-aligned and known to
+/// cuPointerGetAttribute as host memory, as applications expect.
+fn host_alloc(pp: *mut *mut c_void, bytes: usize) -> Result<(), CUresult> {
+    let d = ctx_driver()?;
+    if pp.is_null() || bytes == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let layout = std::alloc::Layout::from_size_align(bytes, PAGE).map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
+    // SAFETY: the layout has non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, bytes);
+    put(pp, p.cast())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) -> CUresult {
+    guard("cuMemAllocHost", || host_alloc(pp, bytes))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    guard("cuMemHostAlloc", || {
+        // PORTABLE (1) is meaningless with one device; DEVICEMAP (2) would need mapped
+        // host memory the device can address, WRITECOMBINED (4) is a hint.
+        if flags & 2 != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if flags & !7 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        host_alloc(pp, bytes)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    guard("cuMemFreeHost", || {
+        let d = state::driver()?;
+        let len = d
+            .host_allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(p as usize))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let layout = std::alloc::Layout::from_size_align(len, PAGE).map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        // SAFETY: `p` was returned by alloc_zeroed with exactly this layout (recorded at
+        // allocation) and is removed from the table, so it is freed once.
+        unsafe { std::alloc::dealloc(p.cast(), layout) };
+        Ok(())
+    })
+}
+
+/// The page-locked allocation containing `p`, as (base, len).
+fn host_alloc_of(d: &Driver, p: u64) -> Option<(usize, usize)> {
+    let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+    let (&base, &len) = t.range(..=(p as usize)).next_back()?;
+    ((p as usize) - base < len).then_some((base, len))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostGetFlags(flags: *mut c_uint, p: *mut c_void) -> CUresult {
+    guard("cuMemHostGetFlags", || {
+        host_alloc_of(state::driver()?, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(flags, 0)
+    })
+}
+
+// CUpointer_attribute values.
+const PA_CONTEXT: i32 = 1;
+const PA_MEMORY_TYPE: i32 = 2;
+const PA_DEVICE_POINTER: i32 = 3;
+const PA_HOST_POINTER: i32 = 4;
+const PA_IS_MANAGED: i32 = 8;
+const PA_DEVICE_ORDINAL: i32 = 9;
+const PA_RANGE_START_ADDR: i32 = 11;
+const PA_RANGE_SIZE: i32 = 12;
+const PA_MAPPED: i32 = 13;
+const MEMORYTYPE_HOST: u32 = 1;
+const MEMORYTYPE_DEVICE: u32 = 2;
+
+enum Owner {
+    Device { base: u64, size: u64 },
+    PinnedHost { base: usize, len: usize },
+    Unknown,
+}
+
+fn owner_of(d: &Driver, p: u64) -> Owner {
+    if is_device_ptr(p) {
+        if let Ok(reply) = d.call(Op::MemGetAddressRange, &[&p.to_le_bytes()]) {
+            let mut r = vgpu_uapi::wire::Reader::new(&reply);
+            if let (Ok(base), Ok(size)) = (r.u64(), r.u64()) {
+                return Owner::Device { base, size };
+            }
+        }
+        return Owner::Unknown;
+    }
+    match host_alloc_of(d, p) {
+        Some((base, len)) => Owner::PinnedHost { base, len },
+        None => Owner::Unknown,
+    }
+}
+
+/// Writes one attribute of `p` to `data`; Err(INVALID_VALUE) for memory CUDA does not know.
+unsafe fn pointer_attribute(d: &Driver, owner: &Owner, attr: i32, data: *mut c_void, p: u64) -> Result<(), CUresult> {
+    let ctx = state::current_ctx().unwrap_or(0);
+    match (owner, attr) {
+        (Owner::Unknown, _) => Err(CUDA_ERROR_INVALID_VALUE),
+        (_, PA_CONTEXT) => put(data.cast::<Handle>(), ctx as Handle),
+        (Owner::Device { .. }, PA_MEMORY_TYPE) => put(data.cast::<u32>(), MEMORYTYPE_DEVICE),
+        (Owner::PinnedHost { .. }, PA_MEMORY_TYPE) => put(data.cast::<u32>(), MEMORYTYPE_HOST),
+        (Owner::Device { .. }, PA_DEVICE_POINTER) => put(data.cast::<u64>(), p),
+        (Owner::PinnedHost { .. }, PA_HOST_POINTER) => put(data.cast::<u64>(), p),
+        (_, PA_IS_MANAGED) => put(data.cast::<u32>(), 0),
+        (_, PA_MAPPED) => put(data.cast::<u32>(), matches!(owner, Owner::Device { .. }) as u32),
+        (_, PA_DEVICE_ORDINAL) => put(data.cast::<i32>(), 0),
+        (Owner::Device { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base),
+        (Owner::Device { size, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *size as usize),
+        (Owner::PinnedHost { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base as u64),
+        (Owner::PinnedHost { len, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *len),
+        _ => {
+            let _ = d;
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attr: i32, p: CUdeviceptr) -> CUresult {
+    guard("cuPointerGetAttribute", || {
+        let d = state::driver()?;
+        let owner = owner_of(d, p);
+        // SAFETY: `data` points at storage for the attribute's type (API contract).
+        unsafe { pointer_attribute(d, &owner, attr, data, p) }
+    })
+}
+
+/// Like cuPointerGetAttribute, but memory CUDA does not know is reported as such (zeros / NULL)
+/// rather than as an error, as the real driver does.
+#[no_mangle]
+pub unsafe extern "C" fn cuPointerGetAttributes(n: c_uint, attrs: *const i32, data: *mut *mut c_void, p: CUdeviceptr) -> CUresult {
+    guard("cuPointerGetAttributes", || {
+        let d = state::driver()?;
+        if n > 0 && (attrs.is_null() || data.is_null()) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let owner = owner_of(d, p);
+        for i in 0..n as usize {
+            // SAFETY: the caller passes arrays of `n` attributes and `n` output pointers.
+            let (a, out) = unsafe { (*attrs.add(i), *data.add(i)) };
+            if out.is_null() {
+                continue;
+            }
+            // SAFETY: as in cuPointerGetAttribute.
+            if unsafe { pointer_attribute(d, &owner, a, out, p) }.is_err() {
+                let zero_len = match a {
+                    PA_CONTEXT | PA_DEVICE_POINTER | PA_HOST_POINTER | PA_RANGE_START_ADDR | PA_RANGE_SIZE => 8,
+                    _ => 4,
+                };
+                // SAFETY: `out` has room for the attribute's type, whose size is `zero_len`.
+                unsafe { std::ptr::write_bytes(out.cast::<u8>(), 0, zero_len) };
+                if a == PA_DEVICE_ORDINAL {
+                    put(out.cast::<i32>(), -2)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Per-thread-default-stream variants. Copies and memsets complete before returning, so the
+/// per-thread and the legacy default stream behave alike here.
+macro_rules! per_thread {
+    ($($pt:ident => $base:ident($($a:ident: $t:ty),*);)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $pt($($a: $t),*) -> CUresult {
+                $base($($a),*)
+            }
+        )*
+    };
+}
+
+per_thread! {
+    cuMemcpyHtoD_v2_ptds => cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize);
+    cuMemcpyDtoH_v2_ptds => cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize);
+    cuMemcpyDtoD_v2_ptds => cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize);
+    cuMemcpy_ptds => cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize);
+    cuMemcpyHtoDAsync_v2_ptsz => cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, s: Handle);
+    cuMemcpyDtoHAsync_v2_ptsz => cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, s: Handle);
+    cuMemcpyDtoDAsync_v2_ptsz => cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: Handle);
+    cuMemcpyAsync_ptsz => cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: Handle);
+    cuMemsetD8_v2_ptds => cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize);
+    cuMemsetD16_v2_ptds => cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize);
+    cuMemsetD32_v2_ptds => cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize);
+    cuMemsetD8Async_ptsz => cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, s: Handle);
+    cuMemsetD16Async_ptsz => cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, s: Handle);
+    cuMemsetD32Async_ptsz => cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize, s: Handle);
+}

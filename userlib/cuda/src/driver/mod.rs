@@ -1,0 +1,87 @@
+//! The exported CUDA Driver API. Each submodule implements one area; `driver_api.rs` (generated
+//! by build.rs from driver_api.txt) adds a NOT_SUPPORTED stub for every other entry point and the
+//! table cuGetProcAddress resolves names from.
+
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use crate::vlog;
+use std::ffi::c_void;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vgpu_uapi::cuda::*;
+
+mod context;
+mod device;
+mod init;
+mod launch;
+mod memory;
+mod module;
+mod stream;
+
+pub use context::*;
+pub use device::*;
+pub use init::*;
+pub use launch::*;
+pub use memory::*;
+pub use module::*;
+pub use stream::*;
+pub use crate::dark_api::cuGetExportTable;
+
+pub type CUresult = u32;
+pub type CUdevice = i32;
+pub type CUdeviceptr = u64;
+pub type Handle = *mut c_void;
+
+include!(concat!(env!("OUT_DIR"), "/driver_api.rs"));
+
+/// Runs an entry point's body: converts its Result into a CUresult and stops any panic at the
+/// `extern "C"` boundary (it becomes CUDA_ERROR_UNKNOWN).
+pub(crate) fn guard(name: &str, f: impl FnOnce() -> Result<(), CUresult>) -> CUresult {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => CUDA_SUCCESS,
+        Ok(Err(e)) => {
+            vlog!(crate::log::DEBUG, "{name} -> {e}");
+            e
+        }
+        Err(_) => {
+            vlog!(crate::log::ERROR, "internal error (panic) in {name}");
+            CUDA_ERROR_UNKNOWN
+        }
+    }
+}
+
+/// What every unimplemented entry point does: fail honestly, and say so once.
+pub(crate) fn not_supported(name: &str, logged: &AtomicBool) -> CUresult {
+    if !logged.swap(true, Ordering::Relaxed) {
+        vlog!(crate::log::WARN, "{name} is not supported by vgpu yet (returning CUDA_ERROR_NOT_SUPPORTED)");
+    }
+    CUDA_ERROR_NOT_SUPPORTED
+}
+
+/// Writes `v` through an application's out-pointer, rejecting NULL.
+pub(crate) fn put<T>(p: *mut T, v: T) -> Result<(), CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null; the Driver API contract makes the caller pass a valid, writable `T*`.
+    unsafe { p.write_unaligned(v) };
+    Ok(())
+}
+
+/// Handles issued by the mediator travel to the application as pointer-typed CUDA handles.
+pub(crate) fn handle_of(h: Handle) -> u64 {
+    h as usize as u64
+}
+
+pub(crate) fn to_handle(v: u64) -> Handle {
+    v as usize as Handle
+}
+
+/// A NUL-terminated string argument.
+pub(crate) fn c_str<'a>(p: *const std::ffi::c_char) -> Result<&'a str, CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null; the caller passes a NUL-terminated string that outlives this call.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_str().map_err(|_| CUDA_ERROR_INVALID_VALUE)
+}

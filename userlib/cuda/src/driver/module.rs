@@ -1,0 +1,319 @@
+//! Modules and libraries (fatbin / PTX / cubin images), functions, kernels, globals.
+//!
+//! A CUlibrary is the same mediator module as a CUmodule, and a CUkernel the same handle as its
+//! CUfunction: cudart 13 launches a CUkernel through cuLaunchKernel directly.
+
+use super::*;
+use crate::state::{self, driver, Driver, KernelMeta};
+use std::ffi::{c_char, c_int, c_uint};
+use vgpu_uapi::image::{self, FATBIN_HEADER_LEN, FATBIN_WRAPPER_MAGIC};
+use vgpu_uapi::proto::Op;
+use vgpu_uapi::wire::Reader;
+
+/// Reads `N` bytes at `p`.
+///
+/// SAFETY (for callers): `p` must point at an image of at least `N` bytes, or at a NUL-terminated
+/// PTX string; we only read a header's worth after checking the magic of the smaller one.
+unsafe fn header<const N: usize>(p: *const u8) -> [u8; N] {
+    let mut h = [0u8; N];
+    // SAFETY: see above.
+    unsafe { std::ptr::copy_nonoverlapping(p, h.as_mut_ptr(), N) };
+    h
+}
+
+/// The bytes of a module image given by pointer only (cuModuleLoadData's contract).
+unsafe fn image_bytes<'a>(p: *const c_void) -> Result<&'a [u8], CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut p = p.cast::<u8>();
+    // SAFETY: every image kind is at least 4 bytes (a PTX string has more than its NUL).
+    let magic = u32::from_le_bytes(unsafe { header::<4>(p) });
+    if magic == FATBIN_WRAPPER_MAGIC {
+        // __fatBinC_Wrapper_t { magic u32, version u32, data *const fatbin, ... }
+        // SAFETY: a wrapper is 24 bytes; its third field is the fatbin pointer.
+        p = unsafe { p.add(8).cast::<*const u8>().read_unaligned() };
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_IMAGE);
+        }
+    }
+    // SAFETY: p points at a fatbin, an ELF or a PTX string; the 4-byte magic decides which
+    // longer header may be read.
+    let magic4 = unsafe { header::<4>(p) };
+    let len = if u32::from_le_bytes(magic4) == image::FATBIN_MAGIC {
+        image::fatbin_len(&unsafe { header::<FATBIN_HEADER_LEN>(p) }).ok_or(CUDA_ERROR_INVALID_IMAGE)?
+    } else if &magic4 == b"\x7fELF" {
+        image::elf_len(&unsafe { header::<{ image::ELF_HEADER_LEN }>(p) }).ok_or(CUDA_ERROR_INVALID_IMAGE)?
+    } else {
+        // PTX text: NUL-terminated. SAFETY: the API requires a NUL-terminated string here.
+        let n = unsafe { std::ffi::CStr::from_ptr(p.cast()) }.to_bytes().len() as u64;
+        if n > image::MAX_IMAGE_LEN {
+            return Err(CUDA_ERROR_INVALID_IMAGE);
+        }
+        n + 1
+    };
+    // SAFETY: the image's own header says it spans `len` bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
+}
+
+fn load(d: &Driver, img: &[u8]) -> Result<u64, CUresult> {
+    let reply = d.call(Op::ModuleLoad, &[img])?;
+    Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)
+}
+
+unsafe fn load_ptr(module: *mut Handle, img: *const c_void) -> Result<(), CUresult> {
+    let (d, _) = state::current_device()?;
+    // SAFETY: forwarded API contract.
+    let bytes = unsafe { image_bytes(img)? };
+    let m = load(d, bytes)?;
+    put(module, to_handle(m))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, img: *const c_void) -> CUresult {
+    guard("cuModuleLoadData", || unsafe { load_ptr(module, img) })
+}
+
+/// JIT options are compiler hints and log buffers; the sim backend has no JIT to pass them to,
+/// so they are accepted and left untouched.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    module: *mut Handle,
+    img: *const c_void,
+    _num_options: c_uint,
+    _options: *mut c_int,
+    _values: *mut *mut c_void,
+) -> CUresult {
+    guard("cuModuleLoadDataEx", || unsafe { load_ptr(module, img) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadFatBinary(module: *mut Handle, fatbin: *const c_void) -> CUresult {
+    guard("cuModuleLoadFatBinary", || unsafe { load_ptr(module, fatbin) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoad(module: *mut Handle, fname: *const c_char) -> CUresult {
+    guard("cuModuleLoad", || {
+        let (d, _) = state::current_device()?;
+        let path = c_str(fname)?;
+        let mut bytes = std::fs::read(path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
+        if !bytes.starts_with(b"\x7fELF") && !bytes.starts_with(&image::FATBIN_MAGIC.to_le_bytes()) {
+            bytes.push(0); // PTX text travels NUL-terminated, as from cuModuleLoadData
+        }
+        let m = load(d, &bytes)?;
+        put(module, to_handle(m))
+    })
+}
+
+fn unload(m: Handle) -> Result<(), CUresult> {
+    let d = driver()?;
+    let id = handle_of(m);
+    d.call(Op::ModuleUnload, &[&id.to_le_bytes()])?;
+    d.functions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, k| k.module != id);
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleUnload(m: Handle) -> CUresult {
+    guard("cuModuleUnload", || unload(m))
+}
+
+/// Resolves a kernel by name and remembers its parameter layout for launches.
+fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
+    let reply = d.call(Op::ModuleGetFunction, &[&module.to_le_bytes(), name.as_bytes()])?;
+    let mut r = Reader::new(&reply);
+    let info = r.function_info().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+    let mut params = Vec::with_capacity(info.param_count as usize);
+    for _ in 0..info.param_count {
+        params.push((r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?));
+    }
+    let h = info.handle;
+    d.functions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(h)
+        .or_insert(KernelMeta { info, params, module, max_dynamic_shared: 48 * 1024 - info.static_shared_bytes as i32 });
+    Ok(h)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Handle, m: Handle, name: *const c_char) -> CUresult {
+    guard("cuModuleGetFunction", || {
+        let h = get_function(driver()?, handle_of(m), c_str(name)?)?;
+        put(f, to_handle(h))
+    })
+}
+
+fn get_global(m: Handle, name: *const c_char, dptr: *mut CUdeviceptr, bytes: *mut usize) -> Result<(), CUresult> {
+    let d = driver()?;
+    let reply = d.call(Op::ModuleGetGlobal, &[&handle_of(m).to_le_bytes(), c_str(name)?.as_bytes()])?;
+    let mut r = Reader::new(&reply);
+    let (p, size) = (r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+    if !dptr.is_null() {
+        put(dptr, p)?;
+    }
+    if !bytes.is_null() {
+        put(bytes, size as usize)?;
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, m: Handle, name: *const c_char) -> CUresult {
+    guard("cuModuleGetGlobal", || get_global(m, name, dptr, bytes))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryLoadData(
+    library: *mut Handle,
+    code: *const c_void,
+    _jit_options: *mut c_int,
+    _jit_values: *mut *mut c_void,
+    _num_jit: c_uint,
+    _lib_options: *mut c_int,
+    _lib_values: *mut *mut c_void,
+    _num_lib: c_uint,
+) -> CUresult {
+    // Library options (BINARY_IS_PRESERVED) only tell us the image outlives the library; we
+    // copy it to the mediator anyway.
+    guard("cuLibraryLoadData", || {
+        let d = driver()?;
+        // SAFETY: forwarded API contract.
+        let bytes = unsafe { image_bytes(code)? };
+        let m = load(d, bytes)?;
+        put(library, to_handle(m))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryUnload(library: Handle) -> CUresult {
+    guard("cuLibraryUnload", || unload(library))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetModule(m: *mut Handle, library: Handle) -> CUresult {
+    guard("cuLibraryGetModule", || {
+        driver()?;
+        if library.is_null() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        put(m, library)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetKernel(k: *mut Handle, library: Handle, name: *const c_char) -> CUresult {
+    guard("cuLibraryGetKernel", || {
+        let h = get_function(driver()?, handle_of(library), c_str(name)?)?;
+        put(k, to_handle(h))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, library: Handle, name: *const c_char) -> CUresult {
+    guard("cuLibraryGetGlobal", || get_global(library, name, dptr, bytes))
+}
+
+pub(crate) fn kernel_meta(f: Handle) -> Result<KernelMeta, CUresult> {
+    let d = driver()?;
+    let t = d.functions.lock().unwrap_or_else(|e| e.into_inner());
+    t.get(&handle_of(f)).cloned().ok_or(CUDA_ERROR_INVALID_HANDLE)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetFunction(f: *mut Handle, kernel: Handle) -> CUresult {
+    guard("cuKernelGetFunction", || {
+        kernel_meta(kernel)?;
+        put(f, kernel)
+    })
+}
+
+// CUfunction_attribute values.
+const FA_MAX_THREADS_PER_BLOCK: c_int = 0;
+const FA_SHARED_SIZE_BYTES: c_int = 1;
+const FA_CONST_SIZE_BYTES: c_int = 2;
+const FA_LOCAL_SIZE_BYTES: c_int = 3;
+const FA_NUM_REGS: c_int = 4;
+const FA_PTX_VERSION: c_int = 5;
+const FA_BINARY_VERSION: c_int = 6;
+const FA_CACHE_MODE_CA: c_int = 7;
+const FA_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
+const FA_PREFERRED_SHARED_MEMORY_CARVEOUT: c_int = 9;
+
+fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
+    let k = kernel_meta(f)?;
+    Ok(match attrib {
+        FA_MAX_THREADS_PER_BLOCK => k.info.max_threads_per_block as c_int,
+        FA_SHARED_SIZE_BYTES => k.info.static_shared_bytes as c_int,
+        FA_CONST_SIZE_BYTES => 0,
+        FA_LOCAL_SIZE_BYTES => k.info.local_bytes as c_int,
+        FA_NUM_REGS => k.info.num_regs as c_int,
+        FA_PTX_VERSION => k.info.ptx_version as c_int,
+        FA_BINARY_VERSION => k.info.binary_version as c_int,
+        FA_CACHE_MODE_CA => 0,
+        FA_MAX_DYNAMIC_SHARED_SIZE_BYTES => k.max_dynamic_shared,
+        FA_PREFERRED_SHARED_MEMORY_CARVEOUT => -1,
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetAttribute(value: *mut c_int, attrib: c_int, f: Handle) -> CUresult {
+    guard("cuFuncGetAttribute", || put(value, func_attribute(f, attrib)?))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetAttribute(value: *mut c_int, attrib: c_int, kernel: Handle, _dev: CUdevice) -> CUresult {
+    guard("cuKernelGetAttribute", || put(value, func_attribute(kernel, attrib)?))
+}
+
+fn set_func_attribute(f: Handle, attrib: c_int, value: c_int) -> Result<(), CUresult> {
+    let d = driver()?;
+    let mut t = d.functions.lock().unwrap_or_else(|e| e.into_inner());
+    let k = t.get_mut(&handle_of(f)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    match attrib {
+        FA_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+            if value < 0 || value as u32 + k.info.static_shared_bytes > 232_448 {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            k.max_dynamic_shared = value;
+            Ok(())
+        }
+        // A carveout preference is a hint the hardware may ignore.
+        FA_PREFERRED_SHARED_MEMORY_CARVEOUT if (-1..=100).contains(&value) => Ok(()),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncSetAttribute(f: Handle, attrib: c_int, value: c_int) -> CUresult {
+    guard("cuFuncSetAttribute", || set_func_attribute(f, attrib, value))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, value: c_int, kernel: Handle, _dev: CUdevice) -> CUresult {
+    guard("cuKernelSetAttribute", || set_func_attribute(kernel, attrib, value))
+}
+
+/// A cache preference is a hint (the sim has no L1 to split).
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncSetCacheConfig(f: Handle, config: c_int) -> CUresult {
+    guard("cuFuncSetCacheConfig", || {
+        kernel_meta(f)?;
+        if !(0..=3).contains(&config) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetParamInfo(f: Handle, index: usize, offset: *mut usize, size: *mut usize) -> CUresult {
+    guard("cuFuncGetParamInfo", || {
+        let k = kernel_meta(f)?;
+        let &(o, s) = k.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(offset, o as usize)?;
+        put(size, s as usize)
+    })
+}

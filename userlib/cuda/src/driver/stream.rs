@@ -1,0 +1,165 @@
+//! Streams and events: handles live in the mediator, which orders the work.
+
+use super::*;
+use crate::state;
+use std::ffi::{c_int, c_uint};
+use vgpu_uapi::proto::Op;
+use vgpu_uapi::wire::Reader;
+
+fn call_h(op: Op, args: &[u64]) -> Result<Vec<u8>, CUresult> {
+    let (d, _) = state::current_device()?;
+    let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+    d.call(op, &[&bytes])
+}
+
+fn new_handle(reply: Vec<u8>, out: *mut Handle) -> Result<(), CUresult> {
+    let h = Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+    put(out, to_handle(h))
+}
+
+fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), CUresult> {
+    if out.is_null() || flags & !1 != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let (d, _) = state::current_device()?;
+    let mut args = flags.to_le_bytes().to_vec();
+    args.extend_from_slice(&priority.clamp(-5, 0).to_le_bytes());
+    new_handle(d.call(Op::StreamCreate, &[&args])?, out)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(out: *mut Handle, flags: c_uint) -> CUresult {
+    guard("cuStreamCreate", || stream_create(out, flags, 0))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(out: *mut Handle, flags: c_uint, priority: c_int) -> CUresult {
+    guard("cuStreamCreateWithPriority", || stream_create(out, flags, priority))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
+    guard("cuStreamDestroy", || call_h(Op::StreamDestroy, &[handle_of(s)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
+    guard("cuStreamSynchronize", || call_h(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize_ptsz(s: Handle) -> CUresult {
+    cuStreamSynchronize(s)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
+    guard("cuStreamQuery", || call_h(Op::StreamQuery, &[handle_of(s)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamQuery_ptsz(s: Handle) -> CUresult {
+    cuStreamQuery(s)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, e: Handle, flags: c_uint) -> CUresult {
+    guard("cuStreamWaitEvent", || {
+        if flags & !1 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        call_h(Op::StreamWaitEvent, &[handle_of(s), handle_of(e)]).map(|_| ())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(s: Handle, e: Handle, flags: c_uint) -> CUresult {
+    cuStreamWaitEvent(s, e, flags)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(out: *mut Handle, flags: c_uint) -> CUresult {
+    guard("cuEventCreate", || {
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (d, _) = state::current_device()?;
+        new_handle(d.call(Op::EventCreate, &[&flags.to_le_bytes()])?, out)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
+    guard("cuEventDestroy", || call_h(Op::EventDestroy, &[handle_of(e)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecord(e: Handle, s: Handle) -> CUresult {
+    guard("cuEventRecord", || call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecord_ptsz(e: Handle, s: Handle) -> CUresult {
+    cuEventRecord(e, s)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecordWithFlags(e: Handle, s: Handle, flags: c_uint) -> CUresult {
+    guard("cuEventRecordWithFlags", || {
+        // CU_EVENT_RECORD_EXTERNAL (1) only matters inside graph capture, which is not supported.
+        if flags != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(e: Handle, s: Handle, flags: c_uint) -> CUresult {
+    cuEventRecordWithFlags(e, s, flags)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
+    guard("cuEventSynchronize", || call_h(Op::EventSynchronize, &[handle_of(e)]).map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventQuery(e: Handle) -> CUresult {
+    guard("cuEventQuery", || call_h(Op::EventQuery, &[handle_of(e)]).map(|_| ()))
+}
+
+fn elapsed(ms: *mut f32, a: Handle, b: Handle) -> Result<(), CUresult> {
+    let reply = call_h(Op::EventElapsedTime, &[handle_of(a), handle_of(b)])?;
+    let bits = Reader::new(&reply).u32().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+    put(ms, f32::from_bits(bits))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Handle, b: Handle) -> CUresult {
+    guard("cuEventElapsedTime", || elapsed(ms, a, b))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: Handle, b: Handle) -> CUresult {
+    guard("cuEventElapsedTime_v2", || elapsed(ms, a, b))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx(s: Handle, pctx: *mut Handle) -> CUresult {
+    guard("cuStreamGetCtx", || {
+        let _ = s;
+        let h = state::current_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        put(pctx, h as Handle)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy(s: Handle) -> CUresult {
+    cuStreamDestroy_v2(s)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy(e: Handle) -> CUresult {
+    cuEventDestroy_v2(e)
+}
