@@ -136,9 +136,12 @@ pub struct Mediator {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A fresh directory, unique within this process and across processes.
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("vgpu-{tag}-{}-{:?}", std::process::id(), Instant::now()));
-        let p = PathBuf::from(p.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '-', ""));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("vgpu-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
