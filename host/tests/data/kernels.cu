@@ -74,3 +74,19 @@ extern "C" __global__ void local_array(int *out, int k) {
 extern "C" __global__ void oob(int *p) { p[1 << 24] = 1; }
 
 extern "C" __global__ void spin(volatile int *flag) { while (*flag == 0) { } }
+
+// Tiled matrix multiply C = A * B (n x n, row-major) with 16x16 shared-memory tiles.
+extern "C" __global__ void matmul_tiled(const float *a, const float *b, float *c, int n) {
+  __shared__ float ta[16][16], tb[16][16];
+  int row = blockIdx.y * 16 + threadIdx.y, col = blockIdx.x * 16 + threadIdx.x;
+  float acc = 0.0f;
+  for (int t = 0; t < (n + 15) / 16; t++) {
+    int ak = t * 16 + threadIdx.x, bk = t * 16 + threadIdx.y;
+    ta[threadIdx.y][threadIdx.x] = (row < n && ak < n) ? a[row * n + ak] : 0.0f;
+    tb[threadIdx.y][threadIdx.x] = (bk < n && col < n) ? b[bk * n + col] : 0.0f;
+    __syncthreads();
+    for (int k = 0; k < 16; k++) acc += ta[threadIdx.y][k] * tb[k][threadIdx.x];
+    __syncthreads();
+  }
+  if (row < n && col < n) c[row * n + col] = acc;
+}

@@ -255,3 +255,32 @@ fn hostile_ptx_is_rejected_without_panicking() {
         assert!(Module::parse(bad).is_err(), "accepted: {bad}");
     }
 }
+
+/// Reference product in f32 with the same summation order as the kernel (k ascending, fused).
+pub(crate) fn matmul_reference(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; n * n];
+    for r in 0..n {
+        for col in 0..n {
+            let mut acc = 0f32;
+            for k in 0..n {
+                acc = a[r * n + k].mul_add(b[k * n + col], acc);
+            }
+            c[r * n + col] = acc;
+        }
+    }
+    c
+}
+
+#[test]
+fn tiled_matmul_with_partial_tiles() {
+    let m = module();
+    let n = 37usize; // not a multiple of the tile
+    let a: Vec<f32> = (0..n * n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| ((i * 5) % 11) as f32 * 0.5).collect();
+    let mut mem = Mem::default();
+    let (pa, pb, pc) = (mem.alloc(&bytes(&a)), mem.alloc(&bytes(&b)), mem.alloc(&vec![0u8; n * n * 4]));
+    let g = n.div_ceil(16) as u32;
+    run(&m, "matmul_tiled", [g, g, 1], [16, 16, 1], 0, &[pa, pb, pc, n as u64], &mut mem).unwrap();
+    let c: Vec<f32> = read(mem.get(pc), n * n);
+    assert_eq!(c, matmul_reference(&a, &b, n));
+}
