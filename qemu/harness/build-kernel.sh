@@ -5,6 +5,8 @@
 # Layout: $VGPU_CACHE/guest/{debs,tools,src,kernel-<key>}
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# Only the final path goes to stdout (callers capture it); everything else to stderr.
+exec 3>&1 1>&2
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}/guest"
 mkdir -p "$CACHE/debs"
 log() { echo "guest-kernel: $*" >&2; }
@@ -52,7 +54,7 @@ K="$SRC/linux-source-${KVER}"
 KEY=$( (echo "$KVER $RUSTC_VER"; cat "$HERE/guest.config") | sha256sum | cut -c1-16)
 O="$CACHE/kernel-$KEY"
 if [ -f "$O/.complete" ]; then
-  echo "$O"; exit 0
+  echo "$O" >&3; exit 0
 fi
 log "building the kernel into $O (about 8 minutes on 2 cores)"
 MK=(make -C "$K" O="$O" LLVM=-19)
@@ -66,4 +68,4 @@ for o in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*\)=.*/\1/p' "$HERE/guest.config"); do
 done
 "${MK[@]}" -j"$(nproc)" bzImage modules >&2
 touch "$O/.complete"
-echo "$O"
+echo "$O" >&3

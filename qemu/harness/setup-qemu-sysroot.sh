@@ -4,10 +4,12 @@
 # installed on the host, its libc6 is untouched). Idempotent; prints the wrapper's path.
 #   $VGPU_CACHE/qemu-sysroot/qemu  runs the sysroot's QEMU through the sysroot's own ld.so.
 set -euo pipefail
+# Only the final path goes to stdout (callers capture it); everything else to stderr.
+exec 3>&1 1>&2
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
 DEST="$CACHE/qemu-sysroot"
 WORK="$CACHE/qemu-aptroot"
-if [ -x "$DEST/qemu" ] && [ -f "$DEST/.complete" ]; then echo "$DEST/qemu"; exit 0; fi
+if [ -x "$DEST/qemu" ] && [ -f "$DEST/.complete" ]; then echo "$DEST/qemu" >&3; exit 0; fi
 log() { echo "qemu-sysroot: $*" >&2; }
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 if ! grep -aq '(13/trixie)' "$KEYRING" 2>/dev/null; then
@@ -54,4 +56,4 @@ EOW
 chmod +x "$DEST/qemu"
 "$DEST/qemu" --version | head -1 >&2
 touch "$DEST/.complete"
-echo "$DEST/qemu"
+echo "$DEST/qemu" >&3
