@@ -56,7 +56,7 @@ O="$CACHE/kernel-$KEY"
 if [ -f "$O/.complete" ]; then
   echo "$O" >&3; exit 0
 fi
-log "building the kernel into $O (about 8 minutes on 2 cores)"
+log "building the kernel into $O (several minutes on 2 cores)"
 MK=(make -C "$K" O="$O" LLVM=-19)
 mkdir -p "$O"
 "${MK[@]}" rustavailable >&2

@@ -1,6 +1,6 @@
 //! The guest side: boot the Rust-enabled guest kernel under QEMU 11 (TCG) with the VGPU-STUB
 //! device served by vgpu-stub, and check the guest enumerates it. The first run builds and
-//! caches the guest kernel (~15 min on 2 cores) and the QEMU sysroot.
+//! caches the guest kernel (under 10 min on 2 cores) and the QEMU sysroot.
 
 use std::process::Command;
 use vgpu_tests::describe;
