@@ -8,6 +8,7 @@
 #[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 
+pub mod bar0;
 pub mod cuda;
 pub mod image;
 pub mod proto;
@@ -36,23 +37,3 @@ pub const PCI_SUBSYSTEM_ID: u16 = 0x16c1;
 pub const DEVICE_VA_BASE: u64 = 0x2000_0000_0000;
 pub const DEVICE_VA_SIZE: u64 = 0x1000_0000_0000;
 
-/// The VGPU-STUB device's BAR0 register map (32-bit registers, little-endian).
-pub mod bar0 {
-    /// BAR0 size; the MSI-X table and PBA live in its upper half.
-    pub const SIZE: u64 = 4096;
-    /// RO: [`MAGIC_VALUE`].
-    pub const MAGIC: u64 = 0x000;
-    pub const MAGIC_VALUE: u32 = 0x5550_4756; // "VGPU"
-    /// RO: the command protocol version the device speaks ([`crate::PROTOCOL_VERSION`]).
-    pub const VERSION: u64 = 0x004;
-    /// RO: capability bits (none defined yet).
-    pub const CAPS: u64 = 0x008;
-    /// RW: scratch register for the driver's self-test.
-    pub const SCRATCH: u64 = 0x00c;
-    /// WO: writing N raises MSI-X vector N (the driver's interrupt self-test).
-    pub const IRQ_TEST: u64 = 0x010;
-    /// MSI-X table and pending-bit array offsets.
-    pub const MSIX_TABLE: u32 = 0x800;
-    pub const MSIX_PBA: u32 = 0xc00;
-    pub const MSIX_VECTORS: u32 = 4;
-}
