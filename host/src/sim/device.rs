@@ -299,7 +299,7 @@ impl DeviceSession for SimSession {
             .kernel(name)
             .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("no kernel named {name}")))?;
         let params: Vec<(u32, u32)> = k.params.iter().map(|p| (p.offset, p.size)).collect();
-        let info_base = (params.len() as u32, k.param_bytes, k.static_shared_bytes, k.local_bytes);
+        let (param_bytes, static_shared_bytes, local_bytes) = (k.param_bytes, k.static_shared_bytes, k.local_bytes);
         // One handle per (module, name): resolving twice gives the same function, as in CUDA.
         let existing = self.functions.iter().find(|(_, f)| f.module == module && f.name == name).map(|(&h, _)| h);
         let h = match existing {
@@ -312,10 +312,10 @@ impl DeviceSession for SimSession {
         };
         let info = FunctionInfo {
             handle: h,
-            param_count: info_base.0,
-            param_bytes: info_base.1,
-            static_shared_bytes: info_base.2,
-            local_bytes: info_base.3,
+            param_count: params.len() as u32,
+            param_bytes,
+            static_shared_bytes,
+            local_bytes,
             max_threads_per_block: 1024,
             num_regs: 32,
             ptx_version: 90,

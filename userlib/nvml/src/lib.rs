@@ -364,7 +364,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(dev: *mut c_void, out: *mut Pci
 }
 
 /// (total, free, used) of device memory as the mediator accounts it for this VM.
-fn memory(client: &Client, index: u32) -> Result<(u64, u64, u64), NvmlReturn> {
+pub fn memory(client: &Client, index: u32) -> Result<(u64, u64, u64), NvmlReturn> {
     let reply = client.call(Op::DeviceMemoryInfo, &[&index.to_le_bytes()]).map_err(|_| NVML_ERROR_GPU_IS_LOST)?;
     let mut r = Reader::new(&reply);
     let (total, used) = (r.u64().map_err(|_| NVML_ERROR_UNKNOWN)?, r.u64().map_err(|_| NVML_ERROR_UNKNOWN)?);

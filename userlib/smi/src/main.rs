@@ -5,10 +5,9 @@
 use clap::Parser;
 use std::process::ExitCode;
 use vgpu_client::Client;
-use nvidia_ml::{bus_ids, processes, uuid_string};
+use nvidia_ml::{bus_ids, memory, processes, uuid_string};
 use vgpu_uapi::cuda::attr;
-use vgpu_uapi::proto::{DeviceInfo, Op, HELLO_OBSERVER};
-use vgpu_uapi::wire::Reader;
+use vgpu_uapi::proto::{DeviceInfo, HELLO_OBSERVER};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Show the vgpu devices, like nvidia-smi")]
@@ -33,11 +32,6 @@ struct Gpu<'a> {
 
 const MIB: u64 = 1 << 20;
 
-fn memory(c: &Client, index: u32) -> Result<(u64, u64), String> {
-    let reply = c.call(Op::DeviceMemoryInfo, &[&index.to_le_bytes()]).map_err(|e| format!("mediator error {e}"))?;
-    let mut r = Reader::new(&reply);
-    Ok((r.u64().map_err(|_| "short reply")?, r.u64().map_err(|_| "short reply")?))
-}
 
 /// One --query-gpu field: (value, unit) or None if the field is unknown.
 fn field(g: &Gpu, name: &str) -> Option<(String, &'static str)> {
@@ -163,9 +157,9 @@ fn main() -> ExitCode {
     let mut gpus = Vec::new();
     for (i, info) in client.devices.iter().enumerate() {
         match memory(&client, i as u32) {
-            Ok((total, used)) => gpus.push(Gpu { index: i as u32, info, total, used }),
+            Ok((total, _free, used)) => gpus.push(Gpu { index: i as u32, info, total, used }),
             Err(e) => {
-                eprintln!("vgpu-smi: GPU {i}: {e}");
+                eprintln!("vgpu-smi: GPU {i}: the mediator did not report memory (NVML error {e})");
                 return ExitCode::from(15);
             }
         }
