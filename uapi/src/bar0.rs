@@ -8,13 +8,40 @@ pub const MAGIC: u64 = 0x000;
 pub const MAGIC_VALUE: u32 = 0x5550_4756; // "VGPU"
 /// RO: the command protocol version the device speaks (`PROTOCOL_VERSION` in uapi).
 pub const VERSION: u64 = 0x004;
-/// RO: capability bits (none defined yet).
+/// RO: capability bits ([`CAP_CHANNELS`]).
 pub const CAPS: u64 = 0x008;
+/// The device serves channels (rings in guest memory, see `channel.rs`).
+pub const CAP_CHANNELS: u32 = 1 << 0;
 /// RW: scratch register for the driver's self-test.
 pub const SCRATCH: u64 = 0x00c;
 /// WO: writing N raises MSI-X vector N (the driver's interrupt self-test).
 pub const IRQ_TEST: u64 = 0x010;
-/// MSI-X table and pending-bit array offsets.
+
+// Channel control. To open channel N: write the channel area's bus address (CHAN_ADDR_LO/HI)
+// and size (CHAN_SIZE), then write `CMD_OPEN << 16 | N` to CHAN_CMD and read CHAN_STATUS
+// (0 or an errno value; the read also orders it after the write). Closing is `CMD_CLOSE << 16 | N`.
+/// RW: low 32 bits of the channel area's bus address (4 KiB aligned).
+pub const CHAN_ADDR_LO: u64 = 0x020;
+/// RW: high 32 bits of the channel area's bus address.
+pub const CHAN_ADDR_HI: u64 = 0x024;
+/// RW: size of the channel area in bytes (multiple of 4 KiB, see `channel::MIN_AREA_SIZE`).
+pub const CHAN_SIZE: u64 = 0x028;
+/// WO: `cmd << 16 | channel`.
+pub const CHAN_CMD: u64 = 0x02c;
+pub const CMD_OPEN: u32 = 1;
+pub const CMD_CLOSE: u32 = 2;
+/// RO: result of the last CHAN_CMD: 0, or a Linux errno value (EINVAL, EBUSY, ECONNREFUSED...).
+pub const CHAN_STATUS: u64 = 0x030;
+/// WO: the number of a channel with new submissions (its submission ring's tail moved).
+pub const DOORBELL: u64 = 0x034;
+/// RO: how many channels the device serves (channel numbers are 0..N).
+pub const CHANNELS: u64 = 0x038;
+/// End of the register block the driver maps.
+pub const REGS_END: u64 = 0x040;
+
+/// MSI-X table and pending-bit array offsets. Completions on any channel raise
+/// [`COMPLETION_VECTOR`]; the driver then checks the channels' completion rings.
 pub const MSIX_TABLE: u32 = 0x800;
 pub const MSIX_PBA: u32 = 0xc00;
 pub const MSIX_VECTORS: u32 = 4;
+pub const COMPLETION_VECTOR: u32 = 0;

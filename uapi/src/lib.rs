@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod bar0;
+pub mod channel;
 pub mod cuda;
 pub mod image;
 pub mod proto;
