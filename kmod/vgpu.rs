@@ -1,22 +1,445 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! vgpu guest driver: binds the VGPU-STUB PCI device (10de:2331) and checks that it speaks
-//! vgpu's device ABI. Character devices, channels and rings come next.
+//! vgpu guest driver: binds the VGPU-STUB PCI device (10de:2331) and makes it usable by
+//! vgpu's libcuda.so.1 and libnvidia-ml.so.1.
+//!
+//! - /dev/nvidiactl and /dev/nvidia0 (misc devices; the names applications look for). Each open
+//!   file may open one *channel*: a DMA-coherent area with a submission ring, a completion ring
+//!   and a staging buffer (layout in uapi/src/channel.rs), which the process maps with mmap.
+//!   The process posts descriptors, rings the doorbell (ioctl) and sleeps until completions
+//!   arrive (ioctl, woken by MSI-X). Closing the file closes the channel on the device.
+//! - /proc/driver/nvidia/version and /proc/driver/nvidia/gpus/<bdf>/information.
+//!
+//! The driver is a transport: it never looks at what goes through a channel.
 
-use kernel::{device::Core, io::Io, pci, prelude::*};
+use core::{ffi::c_void, ptr, sync::atomic::{fence, Ordering}};
+use kernel::{
+    bindings,
+    device::{self, Core},
+    dma::{Coherent, Device as _, DmaMask},
+    fs::File,
+    io::Io,
+    irq::{self, IrqReturn},
+    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    mm::virt::VmaNew,
+    new_condvar, new_mutex, new_spinlock_irq, pci,
+    prelude::*,
+    seq_file::{seq_print, SeqFile},
+    sync::{aref::ARef, Arc, CondVar, Mutex, SpinLockIrq},
+    time::msecs_to_jiffies,
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserPtr, UserSlice},
+};
 
-// The register map is uapi's, included by source (uapi is the one place ABIs are defined).
+// The ABIs are uapi's, included by source (uapi is the one place ABIs are defined).
 #[path = "../uapi/src/bar0.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod bar0;
+#[path = "../uapi/src/channel.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod channel;
+#[path = "../uapi/src/version.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod version;
 
-/// The part of BAR0 the driver uses (registers below the MSI-X table).
-const REGS_END: usize = 0x20;
-type Bar0<'bound> = pci::Bar<'bound, REGS_END>;
+use channel::{ChannelInfo, VersionInfo, WaitArgs};
 
+// SAFETY: plain `#[repr(C)]` structs of integers without padding (sizes asserted in uapi).
+unsafe impl AsBytes for ChannelInfo {}
+// SAFETY: as above.
+unsafe impl AsBytes for VersionInfo {}
+// SAFETY: as above; every bit pattern is a valid `WaitArgs`.
+unsafe impl FromBytes for WaitArgs {}
+
+/// The register block below the MSI-X table.
+const REGS_END: usize = bar0::REGS_END as usize;
+type Bar0 = pci::DevresBar<REGS_END>;
+/// Channels one device serves at most (the device may offer fewer).
+const MAX_CHANNELS: u32 = 64;
+
+/// What a device shares with its open files and its interrupt handler. Files may outlive the
+/// device's binding: everything that needs the device checks `gone` or the revocable BAR.
+#[pin_data]
+struct Shared {
+    /// GPU number (N of /dev/nvidiaN).
+    index: u32,
+    protocol_version: u32,
+    channels: u32,
+    bar: Bar0,
+    dev: ARef<device::Device>,
+    /// Serialises channel open/close on the device (CHAN_* registers are one latch set).
+    #[pin]
+    ctrl: Mutex<Ctrl>,
+    /// Completion interrupts count up here; waiters sleep on `wake`. The IRQ handler takes the
+    /// lock too, so a completion landing between a waiter's check and its sleep is not lost.
+    #[pin]
+    irq_count: SpinLockIrq<u64>,
+    #[pin]
+    wake: CondVar,
+}
+
+struct Ctrl {
+    /// Set when the device is being unbound: no new channels, waiters get ENODEV.
+    gone: bool,
+    /// Bit N: channel N is open on the device.
+    open: u64,
+}
+
+impl Shared {
+    /// Programs the CHAN_* registers: returns the device's status (0 or an errno value).
+    fn channel_cmd(&self, cmd: u32, index: u32, area: Option<&Coherent<[u8]>>) -> Result<u32> {
+        let bar = self.bar.try_access().ok_or(ENODEV)?;
+        if let Some(area) = area {
+            let addr = area.dma_address() as u64;
+            bar.write32(addr as u32, bar0::CHAN_ADDR_LO as usize);
+            bar.write32((addr >> 32) as u32, bar0::CHAN_ADDR_HI as usize);
+            bar.write32(area.size() as u32, bar0::CHAN_SIZE as usize);
+        }
+        bar.write32((cmd << 16) | index, bar0::CHAN_CMD as usize);
+        // The read completes after the device handled the command.
+        Ok(bar.read32(bar0::CHAN_STATUS as usize))
+    }
+
+    fn close_on_device(&self, ctrl: &mut Ctrl, index: u32) {
+        if ctrl.open & (1 << index) == 0 {
+            return;
+        }
+        match self.channel_cmd(bar0::CMD_CLOSE, index, None) {
+            Ok(0) => {}
+            Ok(status) => pr_warn!("vgpu: closing channel {} failed on the device ({})\n", index, status),
+            Err(_) => {}
+        }
+        ctrl.open &= !(1 << index);
+    }
+}
+
+/// The interrupt handler: completions arrived on some channel; wake every waiter, each checks
+/// its own completion ring.
+struct IrqHandler {
+    shared: Arc<Shared>,
+}
+
+impl irq::Handler for IrqHandler {
+    fn handle(&self) -> IrqReturn {
+        let mut n = self.shared.irq_count.lock();
+        *n += 1;
+        self.shared.wake.notify_all();
+        drop(n);
+        IrqReturn::Handled
+    }
+}
+
+/// An open channel: its area, owned by the file.
+struct Channel {
+    index: u32,
+    area: Coherent<[u8]>,
+}
+
+impl Channel {
+    /// The device's completion-ring tail, as last published.
+    fn cq_tail(&self) -> u32 {
+        // SAFETY: `CQ_TAIL + 4 <= STAGING <= area.size()` and the area stays allocated while
+        // `self` lives; the device writes it concurrently, hence a volatile read.
+        let v = unsafe { ptr::read_volatile(self.area.as_ptr().cast::<u8>().add(channel::CQ_TAIL).cast::<u32>()) };
+        // Completions are read after the tail (pairs with the device's release).
+        fence(Ordering::Acquire);
+        u32::from_le(v)
+    }
+}
+
+/// Per open file of /dev/nvidiactl or /dev/nvidia<N>.
+#[pin_data]
+struct OpenFile {
+    shared: Arc<Shared>,
+    #[pin]
+    chan: Mutex<Option<Channel>>,
+}
+
+/// A misc device node together with the device it reaches (found again in `open`).
+#[pin_data]
+struct Node {
+    #[pin]
+    misc: MiscDeviceRegistration<OpenFile>,
+    shared: Arc<Shared>,
+}
+
+impl Node {
+    fn new(name: &'static CStr, shared: Arc<Shared>) -> impl PinInit<Self, Error> {
+        try_pin_init!(Node { misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name }), shared })
+    }
+}
+
+#[vtable]
+impl MiscDevice for OpenFile {
+    type Ptr = Pin<KBox<Self>>;
+
+    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        // SAFETY: every registration of `OpenFile` is the `misc` field of a `Node`, and the
+        // misc core calls `open` under `misc_mtx`, which deregistration (dropping the Node)
+        // also takes: the Node is alive here.
+        let node = unsafe { &*kernel::container_of!(ptr::from_ref(misc), Node, misc) };
+        let shared = node.shared.clone();
+        KBox::try_pin_init(try_pin_init!(OpenFile { shared, chan <- new_mutex!(None) }), GFP_KERNEL)
+    }
+
+    fn release(me: Pin<KBox<Self>>, _file: &File) {
+        if let Some(ch) = me.chan.lock().take() {
+            let mut ctrl = me.shared.ctrl.lock();
+            // The device must stop touching the area before it is freed (when `ch` drops).
+            me.shared.close_on_device(&mut ctrl, ch.index);
+        }
+    }
+
+    fn ioctl(me: Pin<&OpenFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let user = UserSlice::new(UserPtr::from_addr(arg), kernel::ioctl::_IOC_SIZE(cmd));
+        match cmd {
+            channel::VGPU_IOCTL_VERSION => {
+                let info = VersionInfo {
+                    abi_version: channel::DRIVER_ABI_VERSION,
+                    protocol_version: me.shared.protocol_version,
+                    gpu_index: me.shared.index,
+                    reserved: 0,
+                };
+                user.writer().write(&info)?;
+            }
+            channel::VGPU_IOCTL_CHANNEL_OPEN => {
+                let info = me.open_channel()?;
+                user.writer().write(&info)?;
+            }
+            channel::VGPU_IOCTL_DOORBELL => {
+                let chan = me.chan.lock();
+                let ch = chan.as_ref().ok_or(EINVAL)?;
+                let bar = me.shared.bar.try_access().ok_or(ENODEV)?;
+                // Descriptors and the tail are in the area before the device is told.
+                fence(Ordering::Release);
+                bar.write32(ch.index, bar0::DOORBELL as usize);
+            }
+            channel::VGPU_IOCTL_WAIT => {
+                let args: WaitArgs = user.reader().read()?;
+                me.wait(args)?;
+            }
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+
+    fn mmap(me: Pin<&OpenFile>, _file: &File, vma: &VmaNew) -> Result {
+        let chan = me.chan.lock();
+        let ch = chan.as_ref().ok_or(EINVAL)?;
+        let len = vma.end() - vma.start();
+        // SAFETY: `vma.as_ptr()` is the VMA being set up for this mmap call.
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
+        if pgoff != 0 || len > ch.area.size() {
+            return Err(EINVAL);
+        }
+        // A forked child must not share its parent's channel (CUDA state does not survive fork).
+        vma.set_dontcopy();
+        vma.set_dontexpand();
+        // SAFETY: `vma` is being set up by this mmap call; the area is a live coherent
+        // allocation of `me.shared.dev` of at least `len` bytes (checked above) and stays
+        // allocated until the file is released, which cannot happen while the VMA maps it.
+        let ret = unsafe {
+            bindings::dma_mmap_attrs(
+                raw_device(&me.shared.dev),
+                vma.as_ptr(),
+                ch.area.as_mut_ptr().cast::<c_void>(),
+                ch.area.dma_address(),
+                len,
+                0,
+            )
+        };
+        kernel::error::to_result(ret)
+    }
+}
+
+impl OpenFile {
+    fn open_channel(&self) -> Result<ChannelInfo> {
+        let mut chan = self.chan.lock();
+        if chan.is_some() {
+            return Err(EBUSY);
+        }
+        let shared = &self.shared;
+        let mut ctrl = shared.ctrl.lock();
+        if ctrl.gone {
+            return Err(ENODEV);
+        }
+        let index = (0..shared.channels).find(|i| ctrl.open & (1 << i) == 0).ok_or(ENOSPC)?;
+        // SAFETY: `ctrl.gone` is false and we hold `ctrl`: unbinding sets `gone` under this
+        // lock before the device is unbound, so the device is bound while this reference lives.
+        let bound = unsafe { shared.dev.as_bound() };
+        let area = Coherent::<u8>::zeroed_slice(bound, channel::AREA_SIZE, GFP_KERNEL)?;
+        match shared.channel_cmd(bar0::CMD_OPEN, index, Some(&area))? {
+            0 => {}
+            errno => {
+                pr_warn!("vgpu: the device refused channel {} (errno {})\n", index, errno);
+                return Err(if (1..4096).contains(&errno) { Error::from_errno(-(errno as i32)) } else { EIO });
+            }
+        }
+        ctrl.open |= 1 << index;
+        let info = ChannelInfo {
+            area_size: area.size() as u64,
+            staging_offset: channel::STAGING as u64,
+            staging_size: (area.size() - channel::STAGING) as u64,
+            sq_entries: channel::SQ_ENTRIES,
+            cq_entries: channel::CQ_ENTRIES,
+            channel: index,
+            reserved: 0,
+        };
+        *chan = Some(Channel { index, area });
+        Ok(info)
+    }
+
+    /// Sleeps until the completion tail moves past `args.seen`.
+    fn wait(&self, args: WaitArgs) -> Result {
+        let chan = self.chan.lock();
+        let ch = chan.as_ref().ok_or(EINVAL)?;
+        let shared = &self.shared;
+        let mut left = msecs_to_jiffies(args.timeout_ms);
+        let mut guard = shared.irq_count.lock();
+        loop {
+            if ch.cq_tail() != args.seen {
+                return Ok(());
+            }
+            if shared.bar.try_access().is_none() {
+                return Err(ENODEV);
+            }
+            if left == 0 {
+                return Err(ETIMEDOUT);
+            }
+            // At most 100 ms per sleep: a device that is unbound wakes nobody.
+            let slice = left.min(msecs_to_jiffies(100));
+            match shared.wake.wait_interruptible_timeout(&mut guard, slice) {
+                kernel::sync::CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                kernel::sync::CondVarTimeoutResult::Timeout => left -= slice,
+                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left -= slice - jiffies,
+            }
+        }
+    }
+}
+
+/// `struct device *` of a device, for C DMA calls the Rust API does not wrap (dma_mmap_attrs).
+fn raw_device(dev: &device::Device) -> *mut bindings::device {
+    // `device::Device` is a `#[repr(transparent)]` wrapper of `struct device`.
+    ptr::from_ref(dev).cast_mut().cast()
+}
+
+// procfs is not wrapped by the Rust API; these are the exported C functions.
+#[repr(C)]
+struct ProcDirEntry {
+    _opaque: [u8; 0],
+}
+type ShowFn = unsafe extern "C" fn(*mut bindings::seq_file, *mut c_void) -> i32;
+extern "C" {
+    fn proc_mkdir(name: *const u8, parent: *mut ProcDirEntry) -> *mut ProcDirEntry;
+    fn proc_create_single_data(
+        name: *const u8,
+        mode: bindings::umode_t,
+        parent: *mut ProcDirEntry,
+        show: Option<ShowFn>,
+        data: *mut c_void,
+    ) -> *mut ProcDirEntry;
+    fn remove_proc_subtree(name: *const u8, parent: *mut ProcDirEntry) -> i32;
+}
+
+/// /proc/driver/nvidia/{version, gpus/<bdf>/information}, removed on drop.
+struct ProcEntries {
+    created: bool,
+}
+
+/// Data behind .../information: the device's bus id and minor.
+struct GpuInfo {
+    bdf: [u8; 16],
+    minor: u32,
+    irq: u32,
+}
+
+unsafe extern "C" fn show_version(m: *mut bindings::seq_file, _v: *mut c_void) -> i32 {
+    // SAFETY: procfs calls `show` with a valid seq_file for the duration of the call.
+    let m = unsafe { SeqFile::from_raw(m) };
+    seq_print!(
+        m,
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {}  (vgpu guest driver, Rust)\nGCC version:  not built with GCC (rustc + clang)\n",
+        version::NVIDIA_DRIVER_VERSION
+    );
+    0
+}
+
+unsafe extern "C" fn show_information(m: *mut bindings::seq_file, _v: *mut c_void) -> i32 {
+    // SAFETY: procfs calls `show` with a valid seq_file; its `private` is the `GpuInfo` given
+    // at creation, which lives in the device data until the entry is removed.
+    let (m, info) = unsafe { (SeqFile::from_raw(m), &*((*m).private as *const GpuInfo)) };
+    let bdf = core::str::from_utf8(&info.bdf).unwrap_or("?").trim_end_matches('\0');
+    seq_print!(
+        m,
+        "Model: \t\t NVIDIA H100 PCIe (vgpu)\nIRQ:   \t\t {}\nGPU UUID: \t see nvidia-smi -L\nVideo BIOS: \t ??.??.??.??.??\nBus Type: \t PCIe\nDMA Size: \t 64 bits\nDMA Mask: \t 0xffffffffffffffff\nBus Location: \t {}\nDevice Minor: \t {}\nGPU Excluded:\t No\n",
+        info.irq,
+        bdf,
+        info.minor
+    );
+    0
+}
+
+impl ProcEntries {
+    fn create(info: &GpuInfo) -> ProcEntries {
+        let bdf = core::str::from_utf8(&info.bdf).unwrap_or("").trim_end_matches('\0');
+        let mut path = [0u8; 64];
+        let prefix = b"driver/nvidia/gpus/";
+        if prefix.len() + bdf.len() >= path.len() {
+            return ProcEntries { created: false };
+        }
+        path[..prefix.len()].copy_from_slice(prefix);
+        path[prefix.len()..prefix.len() + bdf.len()].copy_from_slice(bdf.as_bytes());
+        // SAFETY: NUL-terminated names; NULL parent means /proc; `info` outlives the entries
+        // (both live in the device data, entries removed first in `Drop`).
+        let ok = unsafe {
+            let nv = proc_mkdir(c"driver/nvidia".as_ptr().cast(), ptr::null_mut());
+            !nv.is_null()
+                && !proc_create_single_data(c"version".as_ptr().cast(), 0o444, nv, Some(show_version), ptr::null_mut())
+                    .is_null()
+                && !proc_mkdir(c"driver/nvidia/gpus".as_ptr().cast(), ptr::null_mut()).is_null()
+                && {
+                    let gpu = proc_mkdir(path.as_ptr(), ptr::null_mut());
+                    !gpu.is_null()
+                        && !proc_create_single_data(
+                            c"information".as_ptr().cast(),
+                            0o444,
+                            gpu,
+                            Some(show_information),
+                            ptr::from_ref(info).cast_mut().cast(),
+                        )
+                        .is_null()
+                }
+        };
+        if !ok {
+            pr_warn!("vgpu: could not create /proc/driver/nvidia entries\n");
+        }
+        ProcEntries { created: true }
+    }
+}
+
+impl Drop for ProcEntries {
+    fn drop(&mut self) {
+        if self.created {
+            // SAFETY: removes what `create` made (missing parts are ignored by procfs).
+            unsafe { remove_proc_subtree(c"driver/nvidia".as_ptr().cast(), ptr::null_mut()) };
+        }
+    }
+}
+
+#[pin_data(PinnedDrop)]
 struct VgpuDevice<'bound> {
     pdev: &'bound pci::Device,
-    _bar: Bar0<'bound>,
+    shared: Arc<Shared>,
+    // Field order is drop order: nodes (no new opens), proc entries, IRQ, vectors.
+    #[pin]
+    ctl: Node,
+    #[pin]
+    gpu: Node,
+    proc: ProcEntries,
+    info: KBox<GpuInfo>,
+    #[pin]
+    irq: irq::Registration<'bound, IrqHandler>,
+    vectors: pci::IrqVectorRegistration<'bound>,
 }
 
 struct VgpuDriver;
@@ -26,6 +449,17 @@ kernel::pci_device_table!(
     <VgpuDriver as pci::Driver>::IdInfo,
     [(pci::DeviceId::from_id(pci::Vendor::NVIDIA, 0x2331), ())]
 );
+
+/// "0000:00:05.0" of a PCI device, NUL-padded.
+fn bus_id(pdev: &pci::Device) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // SAFETY: a bound device's kobject name is a valid NUL-terminated string.
+    let name = unsafe { CStr::from_char_ptr((*raw_device(pdev.as_ref())).kobj.name) };
+    let b = name.to_bytes();
+    let n = b.len().min(15);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
 
 impl pci::Driver for VgpuDriver {
     type IdInfo = ();
@@ -37,28 +471,92 @@ impl pci::Driver for VgpuDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        pdev.enable_device_mem()?;
-        pdev.set_master();
-        let bar = pdev.iomap_region_sized::<REGS_END>(0, c"vgpu")?;
-        let magic = bar.read32(bar0::MAGIC as usize);
-        if magic != bar0::MAGIC_VALUE {
-            dev_err!(pdev, "not a VGPU-STUB device (magic {:#x})\n", magic);
-            return Err(ENODEV);
-        }
-        let version = bar.read32(bar0::VERSION as usize);
-        // Self-test: the scratch register must read back what was written.
-        bar.write32(0x5a5a_1234, bar0::SCRATCH as usize);
-        if bar.read32(bar0::SCRATCH as usize) != 0x5a5a_1234 {
-            dev_err!(pdev, "BAR0 scratch register does not read back\n");
-            return Err(EIO);
-        }
-        dev_info!(pdev, "VGPU-STUB bound: device protocol version {}\n", version);
-        Ok(VgpuDevice { pdev, _bar: bar })
+        pin_init::pin_init_scope(move || {
+            pdev.enable_device_mem()?;
+            pdev.set_master();
+            // SAFETY: no DMA allocations or mappings exist for this device yet.
+            unsafe { pdev.dma_set_mask_and_coherent(DmaMask::new::<64>())? };
+            let bar = pdev.iomap_region_sized::<REGS_END>(0, c"vgpu")?;
+            let magic = bar.read32(bar0::MAGIC as usize);
+            if magic != bar0::MAGIC_VALUE {
+                dev_err!(pdev, "not a VGPU-STUB device (magic {:#x})\n", magic);
+                return Err(ENODEV);
+            }
+            let protocol_version = bar.read32(bar0::VERSION as usize);
+            // Self-test: the scratch register must read back what was written.
+            bar.write32(0x5a5a_1234, bar0::SCRATCH as usize);
+            if bar.read32(bar0::SCRATCH as usize) != 0x5a5a_1234 {
+                dev_err!(pdev, "BAR0 scratch register does not read back\n");
+                return Err(EIO);
+            }
+            if bar.read32(bar0::CAPS as usize) & bar0::CAP_CHANNELS == 0 {
+                dev_err!(pdev, "the device serves no channels (old vgpu-stub?)\n");
+                return Err(ENODEV);
+            }
+            let channels = bar.read32(bar0::CHANNELS as usize).min(MAX_CHANNELS);
+            let dev: ARef<device::Device> = pdev.as_ref().into();
+            let shared = Arc::pin_init(
+                try_pin_init!(Shared {
+                    index: 0,
+                    protocol_version,
+                    channels,
+                    bar: bar.into_devres()?,
+                    dev,
+                    ctrl <- new_mutex!(Ctrl { gone: false, open: 0 }),
+                    irq_count <- new_spinlock_irq!(0),
+                    wake <- new_condvar!(),
+                }),
+                GFP_KERNEL,
+            )?;
+            let msix = pci::IrqTypes::default().with(pci::IrqType::MsiX).with(pci::IrqType::Msi);
+            dev_info!(pdev, "VGPU-STUB bound: device protocol version {}, {} channels, /dev/nvidia0\n", protocol_version, channels);
+            let handler = IrqHandler { shared: shared.clone() };
+            let vectors = pdev.alloc_irq_vectors(1, 1, msix)?;
+            Ok(try_pin_init!(VgpuDevice {
+                pdev,
+                vectors,
+                // SAFETY (both `from_ref`s): `vectors` is initialized before these expressions
+                // (fields are initialized in the order written here), lives at a pinned stable
+                // address, and is dropped after `irq` and `info` (struct field drop order).
+                irq <- unsafe {
+                    irq::Registration::new(
+                        (&*ptr::from_ref(vectors)).index(0)?.into(),
+                        irq::Flags::SHARED,
+                        c"vgpu",
+                        Ok::<_, Error>(handler),
+                    )
+                },
+                info: KBox::new(
+                    GpuInfo {
+                        bdf: bus_id(pdev),
+                        minor: 0,
+                        irq: irq::IrqRequest::from(unsafe { &*ptr::from_ref(vectors) }.index(0)?).irq(),
+                    },
+                    GFP_KERNEL,
+                )?,
+                proc: ProcEntries::create(info),
+                ctl <- Node::new(c"nvidiactl", shared.clone()),
+                gpu <- Node::new(c"nvidia0", shared.clone()),
+                shared,
+            }? Error))
+        })
     }
 }
 
-impl Drop for VgpuDevice<'_> {
-    fn drop(&mut self) {
+#[pinned_drop]
+impl PinnedDrop for VgpuDevice<'_> {
+    fn drop(self: Pin<&mut Self>) {
+        let shared = &self.shared;
+        let mut ctrl = shared.ctrl.lock();
+        ctrl.gone = true;
+        // Stop the device using every channel area before the files free them.
+        for i in 0..shared.channels {
+            shared.close_on_device(&mut ctrl, i);
+        }
+        drop(ctrl);
+        let n = shared.irq_count.lock();
+        shared.wake.notify_all();
+        drop(n);
         dev_info!(self.pdev, "VGPU-STUB unbound\n");
     }
 }

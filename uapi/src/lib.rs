@@ -13,24 +13,10 @@ pub mod channel;
 pub mod cuda;
 pub mod image;
 pub mod proto;
+pub mod version;
 pub mod wire;
 
-/// Version of the command protocol. A mediator refuses a client whose major differs.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Driver version reported to applications (cuDriverGetVersion): CUDA 13.0, so that both
-/// cudart 12.x and 13.x accept it.
-pub const CUDA_DRIVER_VERSION: i32 = 13000;
-
-/// The NVIDIA display-driver version string reported everywhere (NVML, /proc, nvidia-smi).
-pub const NVIDIA_DRIVER_VERSION: &str = "580.65.06";
-
-/// PCI identity of the VGPU-STUB device (an "H100").
-pub const PCI_VENDOR_ID: u16 = 0x10de;
-pub const PCI_DEVICE_ID: u16 = 0x2331;
-pub const PCI_CLASS: u32 = 0x030200;
-/// Subsystem id of an H100 SXM5 80GB board.
-pub const PCI_SUBSYSTEM_ID: u16 = 0x16c1;
+pub use version::*;
 
 /// Device virtual addresses handed out by the mediator live in this window of every guest
 /// process's address space; libcuda reserves it (PROT_NONE) so that no host allocation can ever
