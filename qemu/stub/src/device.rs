@@ -1,7 +1,7 @@
 //! The VGPU-STUB device model: PCI configuration space and BAR0 registers. Pure state, no I/O,
 //! so it can be unit-tested; `main.rs` serves it over vfio-user.
 
-use vgpu_uapi::bar0;
+use vgpu_uapi::{bar0, channel};
 
 const CFG_SIZE: usize = 256;
 const MSIX_CAP: usize = 0x40;
@@ -63,16 +63,42 @@ impl Config {
     }
 }
 
+/// How many channels the device serves (BAR0 CHANNELS); one bit each in `Registers::open`.
+pub const CHANNELS: u32 = 64;
+const _: () = assert!(CHANNELS <= 64);
+
+const EINVAL: u32 = libc::EINVAL as u32;
+
 /// What a BAR0 write asks the device process to do besides updating state.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
     RaiseIrq(u32),
+    /// Open channel `channel` on a well-formed area: the caller checks that guest RAM backs it,
+    /// connects to the mediator, and reports the outcome with [`Registers::opened`].
+    Open { channel: u32, addr: u64, size: u64 },
+    /// Shut channel N down (it is already marked closed).
+    Close(u32),
+    /// Wake the worker of open channel N.
+    Doorbell(u32),
 }
 
 #[derive(Default)]
 pub struct Registers {
     scratch: u32,
+    addr_lo: u32,
+    addr_hi: u32,
+    size: u32,
+    status: u32,
+    /// Bit N: channel N is open.
+    open: u64,
+}
+
+/// Whether a channel area has an acceptable shape: 4 KiB aligned, a whole number of pages
+/// within [MIN_AREA_SIZE, MAX_AREA_SIZE], not wrapping the address space.
+pub fn check_area(addr: u64, size: u64) -> bool {
+    const PAGE: u64 = 0x1000;
+    addr & (PAGE - 1) == 0 && size & (PAGE - 1) == 0 && (channel::MIN_AREA_SIZE..=channel::MAX_AREA_SIZE).contains(&size) && addr.checked_add(size).is_some()
 }
 
 impl Registers {
@@ -80,20 +106,60 @@ impl Registers {
         match off {
             bar0::MAGIC => bar0::MAGIC_VALUE,
             bar0::VERSION => vgpu_uapi::PROTOCOL_VERSION,
-            bar0::CAPS => 0,
+            bar0::CAPS => bar0::CAP_CHANNELS,
             bar0::SCRATCH => self.scratch,
+            bar0::CHAN_ADDR_LO => self.addr_lo,
+            bar0::CHAN_ADDR_HI => self.addr_hi,
+            bar0::CHAN_SIZE => self.size,
+            bar0::CHAN_STATUS => self.status,
+            bar0::CHANNELS => CHANNELS,
             _ => 0,
         }
     }
 
     pub fn write(&mut self, off: u64, v: u32) -> Effect {
         match off {
-            bar0::SCRATCH => {
-                self.scratch = v;
-                Effect::None
+            bar0::SCRATCH => self.scratch = v,
+            bar0::IRQ_TEST if v < bar0::MSIX_VECTORS => return Effect::RaiseIrq(v),
+            bar0::CHAN_ADDR_LO => self.addr_lo = v,
+            bar0::CHAN_ADDR_HI => self.addr_hi = v,
+            bar0::CHAN_SIZE => self.size = v,
+            bar0::CHAN_CMD => return self.command(v >> 16, v & 0xffff),
+            bar0::DOORBELL if self.is_open(v) => return Effect::Doorbell(v),
+            _ => {} // read-only or unknown: ignored, as hardware does
+        }
+        Effect::None
+    }
+
+    fn is_open(&self, n: u32) -> bool {
+        n < CHANNELS && self.open & (1 << n) != 0
+    }
+
+    fn command(&mut self, cmd: u32, n: u32) -> Effect {
+        let addr = (self.addr_hi as u64) << 32 | self.addr_lo as u64;
+        let size = self.size as u64;
+        let (status, effect) = match cmd {
+            _ if n >= CHANNELS => (EINVAL, Effect::None),
+            bar0::CMD_OPEN if self.is_open(n) => (libc::EBUSY as u32, Effect::None),
+            bar0::CMD_OPEN if !check_area(addr, size) => (EINVAL, Effect::None),
+            // Until the caller reports through `opened`.
+            bar0::CMD_OPEN => (libc::EIO as u32, Effect::Open { channel: n, addr, size }),
+            bar0::CMD_CLOSE if !self.is_open(n) => (libc::ENOENT as u32, Effect::None),
+            bar0::CMD_CLOSE => {
+                self.open &= !(1 << n);
+                (0, Effect::Close(n))
             }
-            bar0::IRQ_TEST if v < bar0::MSIX_VECTORS => Effect::RaiseIrq(v),
-            _ => Effect::None, // read-only or unknown: ignored, as hardware does
+            _ => (EINVAL, Effect::None),
+        };
+        self.status = status;
+        effect
+    }
+
+    /// The outcome of an [`Effect::Open`]: 0 or an errno value, read back from CHAN_STATUS.
+    pub fn opened(&mut self, n: u32, status: u32) {
+        self.status = status;
+        if status == 0 && n < CHANNELS {
+            self.open |= 1 << n;
         }
     }
 }
@@ -146,5 +212,49 @@ mod tests {
         assert_eq!(r.read(bar0::MAGIC), bar0::MAGIC_VALUE, "read-only");
         assert_eq!(r.write(bar0::IRQ_TEST, 2), Effect::RaiseIrq(2));
         assert_eq!(r.write(bar0::IRQ_TEST, 99), Effect::None, "no such vector");
+        assert_eq!(r.read(bar0::CAPS), bar0::CAP_CHANNELS);
+        assert_eq!(r.read(bar0::CHANNELS), 64);
+    }
+
+    fn open_cmd(r: &mut Registers, addr: u64, size: u32, n: u32) -> Effect {
+        r.write(bar0::CHAN_ADDR_LO, addr as u32);
+        r.write(bar0::CHAN_ADDR_HI, (addr >> 32) as u32);
+        r.write(bar0::CHAN_SIZE, size);
+        r.write(bar0::CHAN_CMD, bar0::CMD_OPEN << 16 | n)
+    }
+
+    #[test]
+    fn channel_commands_validate_in_order() {
+        let mut r = Registers::default();
+        let (addr, size) = (0x1_2345_6000u64, 0x20_0000u32);
+        assert_eq!(r.write(bar0::CHAN_ADDR_HI, 7), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_ADDR_HI), 7, "latches read back");
+        assert_eq!(open_cmd(&mut r, addr, size, 64), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32, "no channel 64");
+        for (a, s) in [(addr + 0x800, size), (addr, size + 1), (addr, 0x1000), (addr, 0x400_1000), (!0xfff, 0x2000)] {
+            assert_eq!(open_cmd(&mut r, a, s, 3), Effect::None, "{a:#x}+{s:#x}");
+            assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32);
+        }
+        assert_eq!(open_cmd(&mut r, addr, size, 3), Effect::Open { channel: 3, addr, size: size as u64 });
+        assert_eq!(r.write(bar0::DOORBELL, 3), Effect::None, "not open until reported");
+        r.opened(3, 0);
+        assert_eq!(r.read(bar0::CHAN_STATUS), 0);
+        assert_eq!(r.write(bar0::DOORBELL, 3), Effect::Doorbell(3));
+        assert_eq!(r.write(bar0::DOORBELL, 4), Effect::None);
+        assert_eq!(r.write(bar0::DOORBELL, u32::MAX), Effect::None);
+        // Busy wins over a bad area.
+        assert_eq!(open_cmd(&mut r, addr + 1, size, 3), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::EBUSY as u32);
+        // A failed open leaves the channel closed.
+        assert!(matches!(open_cmd(&mut r, addr, size, 5), Effect::Open { channel: 5, .. }));
+        r.opened(5, libc::ECONNREFUSED as u32);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::ECONNREFUSED as u32);
+        assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_CLOSE << 16 | 5), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::ENOENT as u32);
+        assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_CLOSE << 16 | 3), Effect::Close(3));
+        assert_eq!(r.read(bar0::CHAN_STATUS), 0);
+        assert_eq!(r.write(bar0::DOORBELL, 3), Effect::None);
+        assert_eq!(r.write(bar0::CHAN_CMD, 9 << 16 | 3), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32, "unknown command");
     }
 }

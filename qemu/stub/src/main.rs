@@ -1,13 +1,17 @@
 //! `vgpu-stub`: the VGPU-STUB PCI device, served to QEMU's `vfio-user-pci` over a Unix socket
-//! (rust-vmm's `vfio_user` server). Today: PCI identity, BAR0 registers, MSI-X, and a record
-//! of the guest RAM QEMU shares with us (DMA_MAP). Command rings come with the guest driver.
+//! (rust-vmm's `vfio_user` server): PCI identity, BAR0 registers, MSI-X, the guest RAM QEMU
+//! shares with us (DMA_MAP), and channels to the mediator (`channels.rs`).
 
+mod channels;
 mod device;
+mod ram;
+#[cfg(test)]
+mod tests;
 
+use channels::Channels;
 use clap::Parser;
 use device::{Config, Effect, Registers};
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use vfio_bindings::bindings::vfio::*;
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
@@ -22,36 +26,45 @@ struct Args {
     /// Log every register access to stderr.
     #[arg(long)]
     trace: bool,
-}
-
-/// A guest-RAM region QEMU shared with us.
-struct DmaRegion {
-    gpa: u64,
-    size: u64,
-    _fd: Option<File>,
+    /// The mediator's (vgpu-hostd's) Unix socket; each open channel is one connection to it.
+    #[arg(long, env = "VGPU_SOCKET", default_value = "/run/vgpu/hostd.sock")]
+    mediator: PathBuf,
 }
 
 struct Vgpu {
     cfg: Config,
     regs: Registers,
-    msix: Vec<Option<File>>,
-    dma: Vec<DmaRegion>,
+    /// Guest RAM, MSI-X eventfds and the open channels.
+    chans: Channels,
     trace: bool,
 }
 
 impl Vgpu {
-    fn new(trace: bool) -> Self {
-        Vgpu { cfg: Config::default(), regs: Registers::default(), msix: (0..bar0::MSIX_VECTORS).map(|_| None).collect(), dma: Vec::new(), trace }
+    fn new(mediator: PathBuf, trace: bool) -> Self {
+        Vgpu { cfg: Config::default(), regs: Registers::default(), chans: Channels::new(mediator), trace }
     }
 
-    fn raise(&mut self, vector: u32) {
-        match self.msix.get_mut(vector as usize).and_then(Option::as_mut) {
-            Some(f) => {
-                if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
-                    eprintln!("vgpu-stub: MSI-X vector {vector}: {e}");
+    fn raise(&self, vector: u32) {
+        if !channels::raise(&self.chans.irqs, vector) {
+            eprintln!("vgpu-stub: MSI-X vector {vector} is not enabled by the guest");
+        }
+    }
+
+    fn bar0_write(&mut self, off: u64, v: u32) {
+        match self.regs.write(off, v) {
+            Effect::None => {}
+            Effect::RaiseIrq(vector) => self.raise(vector),
+            Effect::Open { channel, addr, size } => {
+                let status = self.chans.open(channel, addr, size);
+                self.regs.opened(channel, status);
+                if self.trace || status != 0 {
+                    eprintln!("vgpu-stub: channel {channel} open at {addr:#x}+{size:#x}: status {status}");
                 }
             }
-            None => eprintln!("vgpu-stub: MSI-X vector {vector} is not enabled by the guest"),
+            Effect::Close(channel) => {
+                self.chans.close(channel);
+            }
+            Effect::Doorbell(channel) => self.chans.ring(channel),
         }
     }
 }
@@ -86,31 +99,47 @@ impl ServerBackend for Vgpu {
                 if self.trace {
                     eprintln!("vgpu-stub: BAR0 write {offset:#x} <- {v:#x}");
                 }
-                if let Effect::RaiseIrq(vector) = self.regs.write(offset & !3, v) {
-                    self.raise(vector);
-                }
+                self.bar0_write(offset & !3, v);
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn dma_map(&mut self, _flags: DmaMapFlags, _offset: u64, address: u64, size: u64, fd: Option<File>) -> std::io::Result<()> {
-        // Kept to be mapped when the command rings arrive; nothing reads guest RAM yet.
-        self.dma.push(DmaRegion { gpa: address, size, _fd: fd });
+    fn dma_map(&mut self, flags: DmaMapFlags, offset: u64, address: u64, size: u64, fd: Option<File>) -> std::io::Result<()> {
+        // Channels live in RAM the device may write; read-only (ROM) or fd-less regions are not
+        // mapped (channel areas there fail with EFAULT). Failures are logged, not returned:
+        // QEMU treats a failed DMA map as fatal for the VM.
+        let what = format!("DMA map {address:#x}+{size:#x} (file offset {offset:#x}, {flags:?})");
+        match fd {
+            Some(f) if flags.contains(DmaMapFlags::READ_WRITE) => match self.chans.ram.map(address, size, f, offset) {
+                Ok(()) if self.trace => eprintln!("vgpu-stub: {what}"),
+                Ok(()) => {}
+                Err(e) => eprintln!("vgpu-stub: {what} not mapped: {e}"),
+            },
+            _ if self.trace => eprintln!("vgpu-stub: {what} ignored (read-only or no fd)"),
+            _ => {}
+        }
         Ok(())
     }
 
-    fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
-        self.dma.retain(|r| !(r.gpa >= address && r.gpa.saturating_add(r.size) <= address.saturating_add(size)));
+    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
+        // Waits for workers to finish their current copy (they hold the RAM read lock per
+        // access); a channel whose area goes away stops with a fault.
+        let n = self.chans.ram.unmap(address, size, flags.contains(DmaUnmapFlags::UNMAP_ALL));
+        if self.trace {
+            eprintln!("vgpu-stub: DMA unmap {address:#x}+{size:#x}: {n} region(s)");
+        }
         Ok(())
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        // A device reset clears registers and interrupts; QEMU's DMA mappings stay.
-        let dma = std::mem::take(&mut self.dma);
-        *self = Vgpu::new(self.trace);
-        self.dma = dma;
+        // A device reset closes the channels and clears registers and interrupts; QEMU's DMA
+        // mappings stay.
+        self.chans.close_all();
+        self.chans.irqs.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|s| *s = None);
+        self.cfg = Config::default();
+        self.regs = Registers::default();
         Ok(())
     }
 
@@ -118,14 +147,15 @@ impl ServerBackend for Vgpu {
         if index != VFIO_PCI_MSIX_IRQ_INDEX {
             return Ok(());
         }
+        let mut msix = self.chans.irqs.lock().unwrap_or_else(|e| e.into_inner());
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
             for (i, f) in fds.into_iter().enumerate() {
-                if let Some(slot) = (start as usize).checked_add(i).and_then(|s| self.msix.get_mut(s)) {
+                if let Some(slot) = (start as usize).checked_add(i).and_then(|s| msix.get_mut(s)) {
                     *slot = Some(f);
                 }
             }
         } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
-            self.msix.iter_mut().for_each(|s| *s = None);
+            msix.iter_mut().for_each(|s| *s = None);
         }
         Ok(())
     }
@@ -167,8 +197,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     eprintln!("vgpu-stub: listening on {}", args.socket.display());
-    let mut dev = Vgpu::new(args.trace);
-    match server.run(&mut dev) {
+    eprintln!("vgpu-stub: channels connect to {}", args.mediator.display());
+    let mut dev = Vgpu::new(args.mediator, args.trace);
+    let r = server.run(&mut dev);
+    // The guest is gone with QEMU: no channel outlives it.
+    dev.chans.close_all();
+    match r {
         Ok(()) => {
             eprintln!("vgpu-stub: QEMU disconnected");
             std::process::ExitCode::SUCCESS

@@ -1,0 +1,290 @@
+//! Channels (uapi `channel.rs`): each open channel is one connection to the mediator and one
+//! worker thread that moves the bytes of its descriptors between the channel area in guest RAM
+//! and that connection. The device never interprets the bytes.
+
+use crate::ram::GuestRam;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use vgpu_uapi::bar0;
+use vgpu_uapi::channel::*;
+
+/// The MSI-X eventfds QEMU gave us (set_irqs), shared with the workers.
+pub type Irqs = Arc<Mutex<Vec<Option<File>>>>;
+
+const EINVAL: u32 = libc::EINVAL as u32;
+const EFAULT: u32 = libc::EFAULT as u32;
+const EPIPE: u32 = libc::EPIPE as u32;
+const ECONNREFUSED: u32 = libc::ECONNREFUSED as u32;
+
+/// Most bytes copied per step: bounds the worker's buffer and how long it holds the RAM lock.
+const CHUNK: usize = 1 << 20;
+
+/// Why a worker ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The channel was closed.
+    Closed,
+    /// sq_tail ran more than SQ_ENTRIES ahead of sq_head.
+    BrokenRing,
+    /// The channel area's header is no longer in guest RAM.
+    Fault,
+}
+
+/// Doorbell and stop request of one worker.
+#[derive(Default)]
+struct Bell {
+    /// (rung, stop)
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Bell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring(&self, stop: bool) {
+        let mut s = self.lock();
+        s.0 = true;
+        s.1 |= stop;
+        self.cv.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.lock().1
+    }
+
+    /// Waits for a doorbell; false once the channel is closing. Clearing `rung` before the
+    /// worker reads sq_tail means a doorbell rung after that read is never lost.
+    fn wait(&self) -> bool {
+        let mut s = self.lock();
+        while !s.0 {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.0 = false;
+        !s.1
+    }
+}
+
+struct Open {
+    /// A clone of the worker's socket, to shut it down from here.
+    sock: UnixStream,
+    bell: Arc<Bell>,
+    worker: JoinHandle<Exit>,
+}
+
+pub struct Channels {
+    pub ram: GuestRam,
+    pub irqs: Irqs,
+    mediator: PathBuf,
+    open: HashMap<u32, Open>,
+}
+
+impl Channels {
+    pub fn new(mediator: PathBuf) -> Self {
+        let irqs = Arc::new(Mutex::new((0..bar0::MSIX_VECTORS).map(|_| None).collect()));
+        Channels { ram: GuestRam::default(), irqs, mediator, open: HashMap::new() }
+    }
+
+    /// Opens channel `n` on the area `addr..addr+size` (its shape already checked by the
+    /// register model): 0 or an errno value.
+    pub fn open(&mut self, n: u32, addr: u64, size: u64) -> u32 {
+        if self.open.contains_key(&n) {
+            return libc::EBUSY as u32;
+        }
+        if !self.ram.contains(addr, size) {
+            return EFAULT;
+        }
+        // The counters go on from the values in the area (a fresh, zeroed area starts at 0).
+        let load = |off: usize| addr.checked_add(off as u64).and_then(|a| self.ram.load_u32(a, Ordering::Acquire));
+        let (Some(head), Some(cq_tail)) = (load(SQ_HEAD), load(CQ_TAIL)) else {
+            return EFAULT;
+        };
+        let sock = match UnixStream::connect(&self.mediator) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vgpu-stub: channel {n}: cannot reach the mediator at {}: {e}", self.mediator.display());
+                return ECONNREFUSED;
+            }
+        };
+        let Ok(theirs) = sock.try_clone() else { return ECONNREFUSED };
+        let bell = Arc::new(Bell { state: Mutex::new((true, false)), cv: Condvar::new() });
+        let w = Worker { n, area: addr, size, ram: self.ram.clone(), irqs: self.irqs.clone(), sock: theirs, bell: bell.clone(), head, cq_tail, buf: Vec::new() };
+        match std::thread::Builder::new().name(format!("vgpu-chan{n}")).spawn(move || w.run()) {
+            Ok(worker) => {
+                self.open.insert(n, Open { sock, bell, worker });
+                0
+            }
+            Err(e) => {
+                eprintln!("vgpu-stub: channel {n}: cannot start its worker: {e}");
+                libc::EAGAIN as u32
+            }
+        }
+    }
+
+    /// Shuts channel `n` down and waits for its worker; None if it was not open. When this
+    /// returns, the device no longer touches the channel area.
+    pub fn close(&mut self, n: u32) -> Option<std::thread::Result<Exit>> {
+        let o = self.open.remove(&n)?;
+        // Stop first, so a worker woken by the shutdown posts nothing; the shutdown wakes one
+        // blocked in read/write on the socket, the bell one waiting for a doorbell.
+        o.bell.ring(true);
+        let _ = o.sock.shutdown(Shutdown::Both);
+        let r = o.worker.join();
+        if r.is_err() {
+            eprintln!("vgpu-stub: channel {n}: worker panicked");
+        }
+        Some(r)
+    }
+
+    pub fn close_all(&mut self) {
+        let mut ns: Vec<u32> = self.open.keys().copied().collect();
+        ns.sort_unstable();
+        for n in ns {
+            self.close(n);
+        }
+    }
+
+    pub fn ring(&self, n: u32) {
+        if let Some(o) = self.open.get(&n) {
+            o.bell.ring(false);
+        }
+    }
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+/// Raises MSI-X `vector` if the guest enabled it (otherwise it polls).
+pub fn raise(irqs: &Irqs, vector: u32) -> bool {
+    let v = irqs.lock().unwrap_or_else(|e| e.into_inner());
+    match v.get(vector as usize).and_then(Option::as_ref) {
+        Some(mut f) => {
+            if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
+                eprintln!("vgpu-stub: MSI-X vector {vector}: {e}");
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+struct Worker {
+    n: u32,
+    area: u64,
+    size: u64,
+    ram: GuestRam,
+    irqs: Irqs,
+    sock: UnixStream,
+    bell: Arc<Bell>,
+    /// Device-owned counters (mirrored to sq_head and cq_tail in the area).
+    head: u32,
+    cq_tail: u32,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self) -> Exit {
+        while self.bell.wait() {
+            if let Err(e) = self.drain() {
+                if e != Exit::Closed {
+                    eprintln!("vgpu-stub: channel {}: stopped: {e:?}", self.n);
+                }
+                return e;
+            }
+        }
+        Exit::Closed
+    }
+
+    /// Processes every posted descriptor, in order.
+    fn drain(&mut self) -> Result<(), Exit> {
+        let area = self.area;
+        let hdr = |off: usize| area.checked_add(off as u64).ok_or(Exit::Fault);
+        loop {
+            if self.bell.stopped() {
+                return Err(Exit::Closed);
+            }
+            // Acquire: the descriptors the guest wrote before publishing sq_tail are visible
+            // to the reads below.
+            let tail = self.ram.load_u32(hdr(SQ_TAIL)?, Ordering::Acquire).ok_or(Exit::Fault)?;
+            let pending = tail.wrapping_sub(self.head);
+            if pending == 0 {
+                return Ok(());
+            }
+            if pending > SQ_ENTRIES {
+                eprintln!("vgpu-stub: channel {}: sq_tail {tail} is {pending} descriptors ahead of sq_head {}", self.n, self.head);
+                return Err(Exit::BrokenRing);
+            }
+            let mut b = [0u8; DESC_SIZE];
+            self.ram.read(hdr(sq_slot(self.head))?, &mut b).ok_or(Exit::Fault)?;
+            let d = Desc::from_bytes(&b);
+            self.head = self.head.wrapping_add(1);
+            // Release: our copy of the descriptor is taken before the guest may reuse the slot.
+            self.ram.store_u32(hdr(SQ_HEAD)?, self.head, Ordering::Release).ok_or(Exit::Fault)?;
+            let (status, len) = self.execute(&d);
+            if self.bell.stopped() {
+                // Closing: the guest is about to take the area back; post nothing more.
+                return Err(Exit::Closed);
+            }
+            let c = Completion { tag: d.tag, status, len };
+            self.ram.write(hdr(cq_slot(self.cq_tail))?, &c.to_bytes()).ok_or(Exit::Fault)?;
+            self.cq_tail = self.cq_tail.wrapping_add(1);
+            // Release: the completion entry is visible before the tail that publishes it.
+            self.ram.store_u32(hdr(CQ_TAIL)?, self.cq_tail, Ordering::Release).ok_or(Exit::Fault)?;
+            raise(&self.irqs, bar0::COMPLETION_VECTOR);
+        }
+    }
+
+    /// Runs one descriptor: (status, bytes moved).
+    fn execute(&mut self, d: &Desc) -> (u32, u32) {
+        let in_staging = d.offset >= STAGING as u64 && d.offset.checked_add(d.len).is_some_and(|end| end <= self.size);
+        let (Some(addr), Ok(len), true) = (self.area.checked_add(d.offset), u32::try_from(d.len), in_staging) else {
+            return (EINVAL, 0);
+        };
+        let len = len as usize;
+        match d.op {
+            OP_SEND => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(CHUNK);
+                    self.buf.resize(n, 0);
+                    // done < len <= u32::MAX and addr + len was checked above.
+                    if self.ram.read(addr + done as u64, &mut self.buf[..n]).is_none() {
+                        return (EFAULT, done as u32);
+                    }
+                    if self.sock.write_all(&self.buf[..n]).is_err() {
+                        return (EPIPE, done as u32);
+                    }
+                    done += n;
+                }
+                (0, len as u32)
+            }
+            OP_RECV if len > 0 => {
+                self.buf.resize(len.min(CHUNK), 0);
+                let got = loop {
+                    match self.sock.read(&mut self.buf) {
+                        Ok(0) => return (EPIPE, 0), // the mediator closed the session
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return (EPIPE, 0),
+                    }
+                };
+                match self.ram.write(addr, &self.buf[..got]) {
+                    Some(()) => (0, got as u32),
+                    None => (EFAULT, 0),
+                }
+            }
+            _ => (EINVAL, 0),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The device end to end without QEMU: guest RAM is a memfd handed over with DMA_MAP (and
+//! mapped again here, as the guest's view), the mediator is a UnixListener in a thread, and
+//! the test plays the guest driver through BAR0 and the channel area.
+
+use super::*;
+use channels::Exit;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vfio_user::ServerBackend;
+use vgpu_uapi::channel::*;
+use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
+
+const GPA: u64 = 0x1_0000_0000;
+const RAM: u64 = 16 << 20;
+const AREA: u64 = GPA + (4 << 20);
+const SIZE: u64 = 4 << 20;
+const EINVAL: u32 = libc::EINVAL as u32;
+
+fn memfd(size: u64) -> File {
+    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"vgpu-stub-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor owned by nothing else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size).unwrap();
+    f
+}
+
+fn eventfd() -> File {
+    // SAFETY: plain syscall with valid flags; returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor owned by nothing else.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A fake mediator at a fresh socket path; `serve` runs in a thread per connection.
+fn mediator(name: &str, serve: impl Fn(UnixStream) + Send + Sync + 'static) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("vgpu-stub-test-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).unwrap();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    path
+}
+
+fn echo(mut s: UnixStream) {
+    let mut b = [0u8; 4096];
+    while let Ok(n @ 1..) = s.read(&mut b) {
+        if s.write_all(&b[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+struct Guest {
+    dev: Vgpu,
+    /// The guest's own view of its RAM.
+    mem: MmapRegion,
+    irq: File,
+}
+
+impl Guest {
+    fn new(mediator: &Path) -> Self {
+        let file = memfd(RAM);
+        let mut dev = Vgpu::new(mediator.to_path_buf(), false);
+        dev.dma_map(DmaMapFlags::READ_WRITE, 0, GPA, RAM, Some(file.try_clone().unwrap())).unwrap();
+        let mem = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
+        let irq = eventfd();
+        dev.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, vec![irq.try_clone().unwrap()]).unwrap();
+        Guest { dev, mem, irq }
+    }
+
+    fn reg_w(&mut self, off: u64, v: u32) {
+        self.dev.region_write(VFIO_PCI_BAR0_REGION_INDEX, off, &v.to_le_bytes()).unwrap();
+    }
+
+    fn reg_r(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.dev.region_read(VFIO_PCI_BAR0_REGION_INDEX, off, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    fn open(&mut self, n: u32, addr: u64, size: u64) -> u32 {
+        self.reg_w(bar0::CHAN_ADDR_LO, addr as u32);
+        self.reg_w(bar0::CHAN_ADDR_HI, (addr >> 32) as u32);
+        self.reg_w(bar0::CHAN_SIZE, size as u32);
+        self.reg_w(bar0::CHAN_CMD, bar0::CMD_OPEN << 16 | n);
+        self.reg_r(bar0::CHAN_STATUS)
+    }
+
+    fn close(&mut self, n: u32) -> u32 {
+        self.reg_w(bar0::CHAN_CMD, bar0::CMD_CLOSE << 16 | n);
+        self.reg_r(bar0::CHAN_STATUS)
+    }
+
+    fn off(gpa: u64) -> usize {
+        (gpa - GPA) as usize
+    }
+
+    fn r32(&self, gpa: u64) -> u32 {
+        self.mem.as_volatile_slice().load::<u32>(Self::off(gpa), Ordering::Acquire).unwrap()
+    }
+
+    fn w32(&self, gpa: u64, v: u32) {
+        self.mem.as_volatile_slice().store(v, Self::off(gpa), Ordering::Release).unwrap();
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) {
+        self.mem.as_volatile_slice().write_slice(data, Self::off(gpa)).unwrap();
+    }
+
+    fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.as_volatile_slice().read_slice(&mut v, Self::off(gpa)).unwrap();
+        v
+    }
+
+    /// Posts `descs` on the channel at `area` without ringing.
+    fn post(&self, area: u64, descs: &[Desc]) {
+        let tail = self.r32(area + SQ_TAIL as u64);
+        for (i, d) in descs.iter().enumerate() {
+            self.write(area + sq_slot(tail.wrapping_add(i as u32)) as u64, &d.to_bytes());
+        }
+        self.w32(area + SQ_TAIL as u64, tail.wrapping_add(descs.len() as u32));
+    }
+
+    /// Waits for `n` new completions and consumes them.
+    fn reap(&self, area: u64, n: u32) -> Vec<Completion> {
+        let head = self.r32(area + CQ_HEAD as u64);
+        wait_until("completions", || self.r32(area + CQ_TAIL as u64).wrapping_sub(head) >= n);
+        assert_eq!(self.r32(area + CQ_TAIL as u64).wrapping_sub(head), n, "more completions than descriptors");
+        let out = (0..n).map(|i| Completion::from_bytes(&self.read(area + cq_slot(head.wrapping_add(i)) as u64, COMPLETION_SIZE).try_into().unwrap())).collect();
+        self.w32(area + CQ_HEAD as u64, head.wrapping_add(n));
+        out
+    }
+
+    fn submit(&mut self, ch: u32, area: u64, descs: &[Desc]) -> Vec<Completion> {
+        self.post(area, descs);
+        self.reg_w(bar0::DOORBELL, ch);
+        self.reap(area, descs.len() as u32)
+    }
+
+    fn interrupts(&self) -> u64 {
+        let mut b = [0u8; 8];
+        match (&self.irq).read(&mut b) {
+            Ok(8) => u64::from_ne_bytes(b),
+            _ => 0,
+        }
+    }
+}
+
+fn send(tag: u64, offset: u64, len: u64) -> Desc {
+    Desc { op: OP_SEND, tag, offset, len, ..Default::default() }
+}
+
+fn recv(tag: u64, offset: u64, len: u64) -> Desc {
+    Desc { op: OP_RECV, tag, offset, len, ..Default::default() }
+}
+
+fn ok(tag: u64, len: u32) -> Completion {
+    Completion { tag, status: 0, len }
+}
+
+#[test]
+fn registers_advertise_channels() {
+    let mut g = Guest::new(Path::new("/nonexistent"));
+    assert_eq!(g.reg_r(bar0::CAPS) & bar0::CAP_CHANNELS, bar0::CAP_CHANNELS);
+    assert_eq!(g.reg_r(bar0::CHANNELS), 64);
+}
+
+#[test]
+fn send_and_recv_through_an_echoing_mediator() {
+    let mut g = Guest::new(&mediator("echo", echo));
+    assert_eq!(g.open(2, AREA, SIZE), 0);
+    let msg = b"hello, mediator";
+    g.write(AREA + 0x1000, msg);
+    let c = g.submit(2, AREA, &[send(11, 0x1000, msg.len() as u64), recv(12, 0x3000, 4096)]);
+    assert_eq!(c[0], ok(11, msg.len() as u32));
+    assert_eq!(c[1].tag, 12);
+    assert_eq!(c[1].status, 0);
+    let got = c[1].len as usize;
+    assert!(got > 0 && got <= msg.len());
+    assert_eq!(g.read(AREA + 0x3000, got), &msg[..got]);
+    assert_eq!(g.r32(AREA + SQ_HEAD as u64), 2, "sq_head follows consumption");
+    assert!(g.interrupts() >= 1, "completion vector raised");
+    // Rounds of up to a full ring: the counters wrap around the slots, order is kept.
+    for round in 0..3u64 {
+        let descs: Vec<_> = (0..SQ_ENTRIES as u64).map(|i| send(round * 100 + i, 0x1000 + i, 1)).collect();
+        g.write(AREA + 0x1000, &(0..32).map(|i| i as u8 + round as u8).collect::<Vec<_>>());
+        let c = g.submit(2, AREA, &descs);
+        assert_eq!(c, descs.iter().map(|d| ok(d.tag, 1)).collect::<Vec<_>>());
+        let mut back = Vec::new();
+        while back.len() < 32 {
+            let c = g.submit(2, AREA, &[recv(7, 0x5000, 64)]);
+            assert_eq!(c[0].status, 0);
+            back.extend(g.read(AREA + 0x5000, c[0].len as usize));
+        }
+        assert_eq!(back, (0..32).map(|i| i as u8 + round as u8).collect::<Vec<_>>());
+    }
+    assert_eq!(g.close(2), 0);
+}
+
+#[test]
+fn transfers_larger_than_a_chunk() {
+    const BIG: usize = (1 << 20) + 12345;
+    // Reads the whole request first, then answers with it: no echo deadlock.
+    let path = mediator("big", |mut s| {
+        let mut b = vec![0u8; BIG];
+        if s.read_exact(&mut b).is_ok() {
+            let _ = s.write_all(&b);
+        }
+    });
+    let mut g = Guest::new(&path);
+    assert_eq!(g.open(0, AREA, SIZE), 0);
+    let data: Vec<u8> = (0..BIG).map(|i| (i * 7 % 251) as u8).collect();
+    g.write(AREA + 0x1000, &data);
+    assert_eq!(g.submit(0, AREA, &[send(1, 0x1000, BIG as u64)]), [ok(1, BIG as u32)]);
+    let mut got = 0;
+    while got < BIG {
+        let c = g.submit(0, AREA, &[recv(2, 0x20_0000 + got as u64, (BIG - got) as u64)]);
+        assert_eq!(c[0].status, 0);
+        assert!(c[0].len > 0);
+        got += c[0].len as usize;
+    }
+    assert_eq!(got, BIG);
+    assert!(g.read(AREA + 0x20_0000, BIG) == data);
+}
+
+#[test]
+fn bad_descriptors_complete_with_einval_and_the_channel_goes_on() {
+    let mut g = Guest::new(&mediator("einval", echo));
+    assert_eq!(g.open(1, AREA, SIZE), 0);
+    let bad = [
+        send(1, 0x800, 16),              // in the header page
+        recv(2, 0x0, 16),                // over the rings
+        send(3, 0x1000, SIZE),           // runs past the area
+        send(4, SIZE, 1),                // starts at its end
+        recv(5, u64::MAX - 8, 16),       // offset + len overflows
+        send(6, 0x1000, u64::MAX),       // len overflows
+        Desc { op: 9, tag: 7, offset: 0x1000, len: 1, ..Default::default() },
+        recv(8, 0x1000, 0),              // cannot wait for "at least one" of zero bytes
+    ];
+    let c = g.submit(1, AREA, &bad);
+    assert_eq!(c, bad.iter().map(|d| Completion { tag: d.tag, status: EINVAL, len: 0 }).collect::<Vec<_>>());
+    // Nothing of the bad ones reached the mediator: the next exchange is exactly ours.
+    g.write(AREA + SIZE - 3, b"end");
+    let c = g.submit(1, AREA, &[send(9, SIZE - 3, 3), recv(10, 0x1000, 64)]);
+    assert_eq!(c[0], ok(9, 3));
+    assert_eq!(c[1].status, 0);
+    assert_eq!(g.read(AREA + 0x1000, c[1].len as usize), &b"end"[..c[1].len as usize]);
+}
+
+#[test]
+fn areas_outside_guest_ram_are_efault() {
+    let path = mediator("efault", echo);
+    let mut g = Guest::new(&path);
+    let efault = libc::EFAULT as u32;
+    assert_eq!(g.open(0, GPA - 0x2000, 0x2000), efault, "below RAM");
+    assert_eq!(g.open(0, GPA + RAM - 0x1000, 0x2000), efault, "straddles its end");
+    assert_eq!(g.open(0, 0xffff_ffff_ffff_c000, 0x2000), efault, "top of the address space");
+    assert_eq!(g.open(0, 0xffff_ffff_ffff_e000, 0x2000), EINVAL, "wraps around it");
+    assert_eq!(g.open(0, AREA + 0x800, SIZE), EINVAL, "misaligned");
+    assert_eq!(g.open(0, AREA, 0x1000), EINVAL, "too small");
+    // Once QEMU unmaps the RAM, the same area is refused.
+    g.dev.dma_unmap(DmaUnmapFlags::empty(), GPA, RAM).unwrap();
+    assert_eq!(g.open(0, AREA, SIZE), efault);
+    assert_eq!(g.close(0), libc::ENOENT as u32, "failed opens leave nothing open");
+}
+
+#[test]
+fn open_twice_is_ebusy_and_close_frees_the_channel() {
+    let mut g = Guest::new(&mediator("ebusy", echo));
+    assert_eq!(g.open(5, AREA, SIZE), 0);
+    assert_eq!(g.open(5, AREA, SIZE), libc::EBUSY as u32);
+    assert_eq!(g.open(64, AREA, SIZE), EINVAL, "no such channel");
+    assert_eq!(g.close(5), 0);
+    assert_eq!(g.close(5), libc::ENOENT as u32);
+    g.reg_w(bar0::DOORBELL, 5); // closed: ignored
+    g.reg_w(bar0::DOORBELL, 1000);
+    assert_eq!(g.open(5, AREA, SIZE), 0, "reopens");
+    g.write(AREA + 0x1000, b"x");
+    assert_eq!(g.submit(5, AREA, &[send(1, 0x1000, 1)]), [ok(1, 1)], "counters continue from the area");
+}
+
+#[test]
+fn close_unblocks_a_worker_blocked_in_recv() {
+    // A mediator that never answers.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let path = mediator("silent", move |s| {
+        let _ = tx.lock().unwrap().send(s);
+    });
+    let mut g = Guest::new(&path);
+    assert_eq!(g.open(3, AREA, SIZE), 0);
+    let _held = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    g.post(AREA, &[recv(1, 0x1000, 16)]);
+    g.reg_w(bar0::DOORBELL, 3);
+    wait_until("the worker to take the RECV", || g.r32(AREA + SQ_HEAD as u64) == 1);
+    std::thread::sleep(Duration::from_millis(50));
+    // Close from another thread so a hang fails the test instead of stalling it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let st = g.close(3);
+        let _ = done_tx.send((st, g));
+    });
+    let t = Instant::now();
+    let (st, g) = done_rx.recv_timeout(Duration::from_secs(5)).expect("close hung on a blocked worker");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(st, 0);
+    assert_eq!(g.r32(AREA + CQ_TAIL as u64), 0, "nothing posted while closing");
+}
+
+#[test]
+fn recv_after_the_mediator_hangs_up_is_epipe() {
+    let path = mediator("hangup", |mut s| {
+        let _ = s.write_all(b"bye");
+    });
+    let mut g = Guest::new(&path);
+    assert_eq!(g.open(0, AREA, SIZE), 0);
+    let mut got = Vec::new();
+    loop {
+        let c = g.submit(0, AREA, &[recv(1, 0x1000, 64)]);
+        if c[0].status != 0 {
+            assert_eq!(c[0], Completion { tag: 1, status: libc::EPIPE as u32, len: 0 });
+            break;
+        }
+        got.extend(g.read(AREA + 0x1000, c[0].len as usize));
+    }
+    assert_eq!(got, b"bye");
+}
+
+#[test]
+fn unreachable_mediator_is_econnrefused() {
+    let path = std::env::temp_dir().join(format!("vgpu-stub-test-{}-gone.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    drop(UnixListener::bind(&path).unwrap()); // the socket file stays, nobody listens
+    let mut g = Guest::new(&path);
+    assert_eq!(g.open(0, AREA, SIZE), libc::ECONNREFUSED as u32);
+    assert_eq!(g.close(0), libc::ENOENT as u32);
+    let mut g = Guest::new(Path::new("/nonexistent/hostd.sock"));
+    assert_eq!(g.open(0, AREA, SIZE), libc::ECONNREFUSED as u32);
+}
+
+#[test]
+fn a_broken_sq_tail_stops_the_worker() {
+    let mut g = Guest::new(&mediator("broken", echo));
+    assert_eq!(g.open(0, AREA, SIZE), 0);
+    g.w32(AREA + SQ_TAIL as u64, SQ_ENTRIES + 1);
+    g.reg_w(bar0::DOORBELL, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    // Repaired, but the device gave up on the channel: nothing is processed any more.
+    g.write(AREA + 0x1000, b"x");
+    g.write(AREA + sq_slot(0) as u64, &send(1, 0x1000, 1).to_bytes());
+    g.w32(AREA + SQ_TAIL as u64, 1);
+    g.reg_w(bar0::DOORBELL, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(g.r32(AREA + SQ_HEAD as u64), 0);
+    assert_eq!(g.r32(AREA + CQ_TAIL as u64), 0);
+    assert!(matches!(g.dev.chans.close(0), Some(Ok(Exit::BrokenRing))));
+}
+
+#[test]
+fn unmapping_the_area_stops_the_worker() {
+    let mut g = Guest::new(&mediator("unmap", echo));
+    assert_eq!(g.open(0, AREA, SIZE), 0);
+    g.dev.dma_unmap(DmaUnmapFlags::UNMAP_ALL, 0, 0).unwrap();
+    g.reg_w(bar0::DOORBELL, 0);
+    let t = Instant::now();
+    assert!(matches!(g.dev.chans.close(0), Some(Ok(Exit::Fault | Exit::Closed))));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn reset_closes_every_channel() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let path = mediator("reset", move |mut s| {
+        // Reports when the device hangs up.
+        let _ = s.read(&mut [0u8; 16]);
+        let _ = tx.lock().unwrap().send(());
+    });
+    let mut g = Guest::new(&path);
+    assert_eq!(g.open(0, AREA, 0x2000), 0);
+    assert_eq!(g.open(1, AREA + 0x2000, 0x2000), 0);
+    g.dev.reset().unwrap();
+    for _ in 0..2 {
+        rx.recv_timeout(Duration::from_secs(5)).expect("connection closed by reset");
+    }
+    assert_eq!(g.reg_r(bar0::CHAN_STATUS), 0);
+    assert_eq!(g.close(0), libc::ENOENT as u32);
+    assert_eq!(g.open(0, AREA, 0x2000), 0, "RAM survives a reset");
+}
