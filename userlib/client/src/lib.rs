@@ -1,13 +1,18 @@
 //! Shared by vgpu's guest libraries (libcuda.so.1, libnvidia-ml.so.1, the CLI): reaching the
 //! mediator and learning its devices.
 //!
-//! Environment: `VGPU_SOCKET` (mediator socket, default /run/vgpu/hostd.sock),
+//! Transport: the guest driver's /dev/nvidia0 when it exists, else the mediator's Unix socket.
+//! Environment: `VGPU_SOCKET` (mediator socket, default /run/vgpu/hostd.sock; setting it
+//! selects the socket even where /dev/nvidia0 exists),
 //! `VGPU_LOG` (`error`, `warn` (default), `info`, `debug`, `off`).
 
+pub mod device;
 pub mod log;
 pub mod transport;
 
-use std::path::PathBuf;
+use device::DeviceTransport;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use transport::{SocketTransport, Transport};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, Op};
@@ -35,22 +40,14 @@ impl Client {
 
     /// `flags`: HELLO_* bits (HELLO_OBSERVER for NVML and the CLI).
     pub fn connect_as(who: &str, flags: u32) -> Result<Client, CuResult> {
-        let path = socket_path();
-        let t = SocketTransport::connect(&path).map_err(|e| {
-            vlog!(
-                log::ERROR,
-                "{who}: cannot reach the vgpu mediator at {} ({e}); is vgpu-hostd running? (set VGPU_SOCKET to its socket)",
-                path.display()
-            );
-            CUDA_ERROR_NO_DEVICE
-        })?;
+        let (t, place) = open_transport(who)?;
         let mut reply = Vec::new();
         let mut hello = Vec::new();
         hello.put_u32(PROTOCOL_VERSION);
         hello.put_u32(std::process::id());
         hello.put_u32(flags);
         t.call(Op::Hello, &[&hello], &mut reply).inspect_err(|e| {
-            vlog!(log::ERROR, "{who}: the vgpu mediator at {} refused us (CUresult {e})", path.display());
+            vlog!(log::ERROR, "{who}: the vgpu mediator via {place} refused us or did not answer (CUresult {e})");
         })?;
         t.connected();
         let mut r = Reader::new(&reply);
@@ -65,13 +62,54 @@ impl Client {
             vlog!(log::ERROR, "{who}: the vgpu mediator reports no devices");
             return Err(CUDA_ERROR_NO_DEVICE);
         }
-        vlog!(log::INFO, "{who}: connected to the mediator at {}: {} device(s)", path.display(), devices.len());
-        Ok(Client { transport: Box::new(t), devices })
+        vlog!(log::INFO, "{who}: connected to the mediator via {place}: {} device(s)", devices.len());
+        Ok(Client { transport: t, devices })
     }
 
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CuResult> {
         let mut reply = Vec::new();
         self.transport.call(op, parts, &mut reply)?;
         Ok(reply)
+    }
+}
+
+/// Time allowed for the mediator to answer the first request; after that, calls may take as
+/// long as the work does (a kernel can run for minutes).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the guest driver's device is the transport: it exists and VGPU_SOCKET is not set.
+fn use_device() -> bool {
+    std::env::var_os("VGPU_SOCKET").is_none() && Path::new(device::DEVICE_NODE).exists()
+}
+
+/// Where the mediator is reached, for messages: the device node or the socket.
+pub fn mediator_place() -> String {
+    if use_device() { device::DEVICE_NODE.to_string() } else { socket_path().display().to_string() }
+}
+
+/// The guest driver's device when present (and VGPU_SOCKET not set), else the socket.
+fn open_transport(who: &str) -> Result<(Box<dyn Transport>, String), CuResult> {
+    let node = Path::new(device::DEVICE_NODE);
+    if use_device() {
+        return match DeviceTransport::open(node, HELLO_TIMEOUT) {
+            Ok(t) => Ok((Box::new(t), node.display().to_string())),
+            Err(e) => {
+                vlog!(log::ERROR, "{who}: cannot open a channel on {} ({e}); is the vgpu device connected to its mediator?", node.display());
+                Err(CUDA_ERROR_NO_DEVICE)
+            }
+        };
+    }
+    let path = socket_path();
+    match SocketTransport::connect(&path, HELLO_TIMEOUT) {
+        Ok(t) => Ok((Box::new(t), path.display().to_string())),
+        Err(e) => {
+            vlog!(
+                log::ERROR,
+                "{who}: cannot reach the vgpu mediator at {} ({e}); is vgpu-hostd running? (set VGPU_SOCKET to its socket; in a VM, is the vgpu driver loaded? {} is missing)",
+                path.display(),
+                node.display()
+            );
+            Err(CUDA_ERROR_NO_DEVICE)
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! How libcuda reaches the mediator. `Transport` is the seam: today a Unix socket straight to the
-//! mediator; the kernel-device transport (/dev/nvidia0 rings) plugs in behind the same trait.
+//! mediator; the kernel-device transport (device.rs) behind the same trait.
 
 use vgpu_uapi::cuda::CuResult as CUresult;
 use crate::vlog;
@@ -16,6 +16,9 @@ pub trait Transport: Send + Sync {
     /// Sends `op` with a payload made of `parts` (concatenated) and appends the reply payload to
     /// `reply`. A non-success status comes back as Err with the mediator's message logged.
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult>;
+
+    /// Called once the mediator answered the first request: start-up timeouts end.
+    fn connected(&self) {}
 }
 
 pub struct SocketTransport {
@@ -26,24 +29,13 @@ pub struct SocketTransport {
     pid: u32,
 }
 
-/// Time allowed for the mediator to answer the first request; after that, calls may take as
-/// long as the work does (a kernel can run for minutes).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl SocketTransport {
-    pub fn connect(path: &Path) -> io::Result<Self> {
+    /// `hello_timeout` bounds each read and write until `connected`.
+    pub fn connect(path: &Path, hello_timeout: Duration) -> io::Result<Self> {
         let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
+        stream.set_read_timeout(Some(hello_timeout))?;
+        stream.set_write_timeout(Some(hello_timeout))?;
         Ok(SocketTransport { stream: Mutex::new(stream), seq: AtomicU32::new(1), pid: std::process::id() })
-    }
-
-    /// Lifts the start-up timeouts once the mediator has answered.
-    pub fn connected(&self) {
-        if let Ok(s) = self.stream.lock() {
-            let _ = s.set_read_timeout(None);
-            let _ = s.set_write_timeout(None);
-        }
     }
 }
 
@@ -58,34 +50,45 @@ impl Transport for SocketTransport {
             vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
             return Err(CUDA_ERROR_NOT_INITIALIZED);
         }
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let payload_len = u32::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
         // A poisoned lock means another thread panicked mid-message: the stream is out of sync.
         let mut s = self.stream.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        s.write_all(&h.to_bytes()).map_err(|e| io_err(op, e))?;
-        for p in parts {
-            s.write_all(p).map_err(|e| io_err(op, e))?;
-        }
-        let mut hb = [0u8; HEADER_LEN];
-        s.read_exact(&mut hb).map_err(|e| io_err(op, e))?;
-        let r = MsgHeader::from_bytes(&hb);
-        if r.validate().is_err() || r.seq != seq || r.op != op as u32 {
-            vlog!(crate::log::ERROR, "mediator reply out of sync during {op:?}");
-            return Err(CUDA_ERROR_DEINITIALIZED);
-        }
-        let start = reply.len();
-        reply.resize(start + r.payload_len as usize, 0);
-        s.read_exact(&mut reply[start..]).map_err(|e| io_err(op, e))?;
-        drop(s);
-        if r.status != CUDA_SUCCESS {
-            let msg = String::from_utf8_lossy(&reply[start..]).into_owned();
-            reply.truncate(start);
-            let level = if r.status == CUDA_ERROR_NOT_FOUND { crate::log::DEBUG } else { crate::log::WARN };
-            vlog!(level, "{op:?} failed ({}): {msg}", error_name(r.status).map_or("?", |n| n.0));
-            return Err(r.status);
-        }
-        Ok(())
+        exchange(&mut *s, op, seq, parts, reply)
     }
+
+    fn connected(&self) {
+        if let Ok(s) = self.stream.lock() {
+            let _ = s.set_read_timeout(None);
+            let _ = s.set_write_timeout(None);
+        }
+    }
+}
+
+/// One request and its reply over any byte stream (socket or channel).
+pub(crate) fn exchange<S: Read + Write>(s: &mut S, op: Op, seq: u32, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let payload_len = u32::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
+    s.write_all(&h.to_bytes()).map_err(|e| io_err(op, e))?;
+    for p in parts {
+        s.write_all(p).map_err(|e| io_err(op, e))?;
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    s.read_exact(&mut hb).map_err(|e| io_err(op, e))?;
+    let r = MsgHeader::from_bytes(&hb);
+    if r.validate().is_err() || r.seq != seq || r.op != op as u32 {
+        vlog!(crate::log::ERROR, "mediator reply out of sync during {op:?}");
+        return Err(CUDA_ERROR_DEINITIALIZED);
+    }
+    let start = reply.len();
+    reply.resize(start + r.payload_len as usize, 0);
+    s.read_exact(&mut reply[start..]).map_err(|e| io_err(op, e))?;
+    if r.status != CUDA_SUCCESS {
+        let msg = String::from_utf8_lossy(&reply[start..]).into_owned();
+        reply.truncate(start);
+        let level = if r.status == CUDA_ERROR_NOT_FOUND { crate::log::DEBUG } else { crate::log::WARN };
+        vlog!(level, "{op:?} failed ({}): {msg}", error_name(r.status).map_or("?", |n| n.0));
+        return Err(r.status);
+    }
+    Ok(())
 }

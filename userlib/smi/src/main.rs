@@ -18,7 +18,10 @@ struct Args {
     /// Comma-separated fields to print (e.g. name,uuid,memory.total,memory.used).
     #[arg(long = "query-gpu")]
     query_gpu: Option<String>,
-    /// Output format for --query-gpu: csv[,noheader][,nounits].
+    /// Comma-separated fields of the processes using the GPUs (pid,process_name,used_memory,gpu_uuid,gpu_bus_id,gpu_name).
+    #[arg(long = "query-compute-apps")]
+    query_apps: Option<String>,
+    /// Output format for --query-gpu and --query-compute-apps: csv[,noheader][,nounits].
     #[arg(long, default_value = "csv")]
     format: String,
 }
@@ -53,7 +56,26 @@ fn field(g: &Gpu, name: &str) -> Option<(String, &'static str)> {
     })
 }
 
-fn query(gpus: &[Gpu], fields: &str, format: &str) -> Result<String, String> {
+/// One process using a GPU, a row of --query-compute-apps.
+struct App<'a> {
+    gpu: &'a Gpu<'a>,
+    pid: u32,
+    used: u64,
+}
+
+/// One --query-compute-apps field: (value, unit) or None if the field is unknown.
+fn app_field(a: &App, name: &str) -> Option<(String, &'static str)> {
+    Some(match name {
+        "pid" => (a.pid.to_string(), ""),
+        "process_name" | "name" => (process_name(a.pid), ""),
+        "used_memory" | "used_gpu_memory" => ((a.used / MIB).to_string(), " MiB"),
+        "gpu_uuid" | "gpu_bus_id" | "gpu_name" => return field(a.gpu, name),
+        _ => return None,
+    })
+}
+
+/// nvidia-smi's CSV output: one row per item, `fields` picked by `field` (None: not a field).
+fn query<T>(rows: &[T], field: impl Fn(&T, &str) -> Option<(String, &'static str)>, fields: &str, format: &str) -> Result<String, String> {
     let opts: Vec<&str> = format.split(',').map(str::trim).collect();
     if opts.first() != Some(&"csv") {
         return Err(format!("unsupported --format {format} (csv[,noheader][,nounits])"));
@@ -65,21 +87,17 @@ fn query(gpus: &[Gpu], fields: &str, format: &str) -> Result<String, String> {
         let cols: Vec<String> = names
             .iter()
             .map(|n| {
-                let unit = gpus.first().and_then(|g| field(g, n)).map_or("", |f| f.1.trim());
+                let unit = rows.first().and_then(|r| field(r, n)).map_or("", |f| f.1.trim());
                 if units && !unit.is_empty() { format!("{n} [{unit}]") } else { n.to_string() }
             })
             .collect();
         out.push_str(&cols.join(", "));
         out.push('\n');
     }
-    for g in gpus {
+    for r in rows {
         let mut row = Vec::new();
         for n in &names {
-            if *n == "count" {
-                row.push(gpus.len().to_string());
-                continue;
-            }
-            let (v, unit) = field(g, n).ok_or_else(|| format!("Field \"{n}\" is not a valid field to query."))?;
+            let (v, unit) = field(r, n).ok_or_else(|| format!("Field \"{n}\" is not a valid field to query."))?;
             row.push(if units { format!("{v}{unit}") } else { v });
         }
         out.push_str(&row.join(", "));
@@ -150,7 +168,7 @@ fn main() -> ExitCode {
     let client = match Client::connect_as("vgpu-smi", HELLO_OBSERVER) {
         Ok(c) => c,
         Err(_) => {
-            eprintln!("vgpu-smi has failed because it couldn't communicate with the vgpu mediator ({}).", vgpu_client::socket_path().display());
+            eprintln!("vgpu-smi has failed because it couldn't communicate with the vgpu mediator ({}).", vgpu_client::mediator_place());
             return ExitCode::from(9);
         }
     };
@@ -169,7 +187,27 @@ fn main() -> ExitCode {
             println!("GPU {}: {} (UUID: {})", g.index, g.info.name_str(), uuid_string(&g.info.uuid));
         }
     } else if let Some(q) = &args.query_gpu {
-        match query(&gpus, q, &args.format) {
+        let count = gpus.len();
+        let gpu_field = |g: &Gpu, n: &str| if n == "count" { Some((count.to_string(), "")) } else { field(g, n) };
+        match query(&gpus, gpu_field, q, &args.format) {
+            Ok(s) => print!("{s}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if let Some(q) = &args.query_apps {
+        let mut apps = Vec::new();
+        for g in &gpus {
+            match processes(&client, g.index) {
+                Ok(ps) => apps.extend(ps.into_iter().map(|(pid, used)| App { gpu: g, pid, used })),
+                Err(e) => {
+                    eprintln!("vgpu-smi: GPU {}: the mediator did not list processes (NVML error {e})", g.index);
+                    return ExitCode::from(15);
+                }
+            }
+        }
+        match query(&apps, app_field, q, &args.format) {
             Ok(s) => print!("{s}"),
             Err(e) => {
                 eprintln!("{e}");

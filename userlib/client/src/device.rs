@@ -1,0 +1,292 @@
+//! The kernel-device transport: a channel of /dev/nvidia0 (vgpu's guest driver). The bytes are
+//! the same messages the socket carries; they travel through the channel area's staging buffer
+//! as SEND/RECV descriptors (uapi/src/channel.rs), the device moving them to and from the
+//! mediator.
+
+use crate::transport::{exchange, Transport};
+use crate::vlog;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use vgpu_uapi::channel::*;
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::Op;
+
+/// The node libcuda opens; its existence selects this transport.
+pub const DEVICE_NODE: &str = "/dev/nvidia0";
+pub const CONTROL_NODE: &str = "/dev/nvidiactl";
+
+pub struct DeviceTransport {
+    chan: Mutex<Channel>,
+    seq: AtomicU32,
+    /// The process that opened the channel: the mapping is not inherited by fork (the driver
+    /// marks it so), so a child must open its own.
+    pid: u32,
+}
+
+struct Channel {
+    _fd: OwnedFd,
+    fd: i32,
+    area: *mut u8,
+    info: ChannelInfo,
+    sq_tail: u32,
+    cq_head: u32,
+    next_tag: u64,
+    /// How long a wait for the mediator may take before the call fails (start-up only).
+    deadline: Option<Duration>,
+}
+
+// SAFETY: the mapping is owned by `Channel` and only touched under the `Mutex` in
+// `DeviceTransport`; the device is the only other party and it follows the ring protocol.
+unsafe impl Send for Channel {}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // SAFETY: `area` is the mapping of `info.area_size` bytes made in `open`.
+        unsafe { libc::munmap(self.area.cast(), self.info.area_size as usize) };
+    }
+}
+
+fn ioctl<T>(fd: i32, request: u32, arg: *mut T) -> io::Result<()> {
+    // SAFETY: `arg` points to a value of the size `request` encodes (see uapi), or is unused.
+    let r = unsafe { libc::ioctl(fd, request as libc::c_ulong, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl DeviceTransport {
+    pub fn open(path: &Path, hello_timeout: Duration) -> io::Result<Self> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut version = VersionInfo::default();
+        ioctl(fd, VGPU_IOCTL_VERSION, &mut version)?;
+        if version.abi_version != DRIVER_ABI_VERSION {
+            return Err(io::Error::other(format!(
+                "the vgpu kernel driver speaks interface version {}, this library {}",
+                version.abi_version, DRIVER_ABI_VERSION
+            )));
+        }
+        let mut info = ChannelInfo::default();
+        ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut info)?;
+        let valid = info.area_size as usize >= STAGING
+            && info.staging_offset as usize >= STAGING
+            && info.staging_offset.checked_add(info.staging_size).is_some_and(|e| e <= info.area_size)
+            && info.staging_size >= 8192
+            && info.cq_entries >= 2;
+        if !valid {
+            return Err(io::Error::other(format!("the vgpu kernel driver described an unusable channel: {info:?}")));
+        }
+        // SAFETY: maps the channel area the driver just allocated for this file.
+        let area = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                info.area_size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if area == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ch = Channel {
+            _fd: owned,
+            fd,
+            area: area.cast(),
+            info,
+            sq_tail: 0,
+            cq_head: 0,
+            next_tag: 1,
+            deadline: Some(hello_timeout),
+        };
+        // The rings start where the device starts: zeroed by the driver.
+        ch.sq_tail = ch.load(SQ_TAIL);
+        ch.cq_head = ch.load(CQ_HEAD);
+        Ok(DeviceTransport { chan: Mutex::new(ch), seq: AtomicU32::new(1), pid: std::process::id() })
+    }
+}
+
+impl Channel {
+    fn load(&self, off: usize) -> u32 {
+        // SAFETY: `off` is one of the header words, inside the mapping.
+        u32::from_le(unsafe { std::ptr::read_volatile(self.area.add(off).cast::<u32>()) })
+    }
+
+    fn store(&self, off: usize, v: u32) {
+        // SAFETY: as in `load`.
+        unsafe { std::ptr::write_volatile(self.area.add(off).cast::<u32>(), v.to_le()) }
+    }
+
+    fn staging(&self) -> (usize, usize) {
+        (self.info.staging_offset as usize, self.info.staging_size as usize)
+    }
+
+    /// Posts one descriptor (not yet announced to the device).
+    fn post(&mut self, op: u32, offset: usize, len: usize) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let d = Desc { op, flags: 0, tag, offset: offset as u64, len: len as u64 };
+        let bytes = d.to_bytes();
+        // SAFETY: `sq_slot` is inside the header page of the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.area.add(sq_slot(self.sq_tail)), bytes.len()) };
+        self.sq_tail = self.sq_tail.wrapping_add(1);
+        tag
+    }
+
+    /// Publishes the posted descriptors and rings the doorbell.
+    fn kick(&mut self) -> io::Result<()> {
+        // Descriptors before the tail (the device reads the tail, then the descriptors).
+        fence(Ordering::Release);
+        self.store(SQ_TAIL, self.sq_tail);
+        ioctl::<u8>(self.fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut())
+    }
+
+    /// Waits for the next completion and consumes it.
+    fn complete(&mut self) -> io::Result<Completion> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let tail = self.load(CQ_TAIL);
+            if tail != self.cq_head {
+                fence(Ordering::Acquire);
+                let mut b = [0u8; COMPLETION_SIZE];
+                // SAFETY: `cq_slot` is inside the header page of the mapping.
+                unsafe { std::ptr::copy_nonoverlapping(self.area.add(cq_slot(self.cq_head)), b.as_mut_ptr(), b.len()) };
+                self.cq_head = self.cq_head.wrapping_add(1);
+                self.store(CQ_HEAD, self.cq_head);
+                return Ok(Completion::from_bytes(&b));
+            }
+            // Short waits are polled; long ones sleep until the completion interrupt.
+            spins += 1;
+            if spins < 200 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if let Some(limit) = self.deadline {
+                if start.elapsed() > limit {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            let mut w = WaitArgs { seen: tail, timeout_ms: 1000 };
+            match ioctl(self.fd, VGPU_IOCTL_WAIT, &mut w) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn expect(&mut self, tag: u64) -> io::Result<u32> {
+        let c = self.complete()?;
+        if c.tag != tag {
+            return Err(io::Error::other(format!("channel out of order: completion {} for request {tag}", c.tag)));
+        }
+        match c.status {
+            0 => Ok(c.len),
+            s if s == libc::EPIPE as u32 => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the mediator closed the session")),
+            e => Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+}
+
+/// `exchange`'s view of a channel: writes gather in the first half of staging and go out as
+/// one SEND together with the RECV for the reply (one doorbell per call when both fit).
+struct ChannelIo<'a> {
+    ch: &'a mut Channel,
+    /// Bytes gathered for the next SEND.
+    pending: usize,
+    /// Received bytes not yet read: `[rx.0, rx.1)` of the receive half.
+    rx: (usize, usize),
+}
+
+impl ChannelIo<'_> {
+    /// Posts the gathered bytes (and `recv`, if any) and waits for them; returns the RECV length.
+    fn send(&mut self, recv: Option<(usize, usize)>) -> io::Result<usize> {
+        let (off, _) = self.ch.staging();
+        let send = (self.pending > 0).then(|| self.ch.post(OP_SEND, off, self.pending));
+        let recv = recv.map(|(at, len)| self.ch.post(OP_RECV, at, len));
+        self.ch.kick()?;
+        if let Some(tag) = send {
+            let n = self.ch.expect(tag)? as usize;
+            if n != self.pending {
+                return Err(io::Error::other("the device sent a partial chunk"));
+            }
+            self.pending = 0;
+        }
+        match recv {
+            Some(tag) => Ok(self.ch.expect(tag)? as usize),
+            None => Ok(0),
+        }
+    }
+}
+
+impl io::Write for ChannelIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (off, size) = self.ch.staging();
+        if self.pending == size / 2 {
+            self.send(None)?;
+        }
+        let n = buf.len().min(size / 2 - self.pending);
+        // SAFETY: `[off + pending, off + pending + n)` is inside the first half of staging.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ch.area.add(off + self.pending), n) };
+        self.pending += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send(None).map(|_| ())
+    }
+}
+
+impl io::Read for ChannelIo<'_> {
+    /// Receives as much as the device has (up to half of staging) and hands it out from
+    /// staging: a reply's header and payload usually arrive in one RECV.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (off, size) = self.ch.staging();
+        let rx = off + size / 2;
+        if self.rx.0 == self.rx.1 {
+            let n = self.send(Some((rx, size - size / 2)))?;
+            if n > size - size / 2 {
+                return Err(io::Error::other("the device returned more than asked"));
+            }
+            self.rx = (0, n);
+        }
+        let n = buf.len().min(self.rx.1 - self.rx.0);
+        // SAFETY: `[rx + rx.0, rx + rx.0 + n)` is inside the second half of staging.
+        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(rx + self.rx.0), buf.as_mut_ptr(), n) };
+        self.rx.0 += n;
+        Ok(n)
+    }
+}
+
+impl Transport for DeviceTransport {
+    fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CuResult> {
+        if std::process::id() != self.pid {
+            vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
+            return Err(CUDA_ERROR_NOT_INITIALIZED);
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        exchange(&mut ChannelIo { ch: &mut ch, pending: 0, rx: (0, 0) }, op, seq, parts, reply)
+    }
+
+    fn connected(&self) {
+        if let Ok(mut ch) = self.chan.lock() {
+            ch.deadline = None;
+        }
+    }
+}
