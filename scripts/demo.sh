@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: set everything up, start the vgpu mediator (sim
-# backend: no GPU needed), and run a CUDA program built with nvcc against NVIDIA's own cudart
-# on vgpu's libcuda.so.1.
+# The main job, end to end on this machine: set everything up, then boot a QEMU guest with the
+# VGPU-STUB device (served by vgpu-stub, with the vgpu-hostd mediator behind it on the sim
+# backend: no GPU needed) and run a CUDA program in it. In the guest, vgpu's driver (built by
+# DKMS) binds the device and vgpu's libcuda.so.1, found through ldconfig's cache, runs the
+# program built with nvcc against NVIDIA's own cudart 12.9, directly and from `env -i`.
+# The first run builds and caches the guest kernel and QEMU 11.1 (about 10 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "== build"
 cargo build --release --workspace --locked
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
 W="$CACHE/cuda-wheels"
+CUDART="$W/cu12/nvidia/cuda_runtime/lib"
 WORK="$(mktemp -d)"
-trap 'kill $MEDIATOR 2>/dev/null || true; rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/lib" "$WORK/link"
-ln -s "$PWD/target/release/libcuda.so" "$WORK/lib/libcuda.so.1"
-ln -s "$W/cu12/nvidia/cuda_runtime/lib/libcudart.so.12" "$WORK/link/libcudart.so"
-ln -s "$W/cu12/nvidia/cuda_runtime/lib/libcudadevrt.a" "$WORK/link/libcudadevrt.a"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/link" "$WORK/payload"
+ln -s "$CUDART/libcudart.so.12" "$WORK/link/libcudart.so"
+ln -s "$CUDART/libcudadevrt.a" "$WORK/link/libcudadevrt.a"
 echo "== compiling tests/cuda/vector_add.cu with nvcc (PTX for sm_90, NVIDIA cudart 12.9)"
+# RUNPATH $ORIGIN: the program finds cudart next to itself; libcuda.so.1 only through ldconfig.
 "$W/cu13/nvidia/cu13/bin/nvcc" -gencode arch=compute_90,code=compute_90 -cudart shared \
-  -I "$W/cu12/nvidia/cuda_runtime/include" -L "$WORK/link" -o "$WORK/vector_add" tests/cuda/vector_add.cu
-echo "== starting the mediator (sim backend) on $WORK/hostd.sock"
-target/release/vgpu-hostd --socket "$WORK/hostd.sock" &
-MEDIATOR=$!
-for _ in $(seq 100); do [ -S "$WORK/hostd.sock" ] && break; sleep 0.1; done
-echo "== running it on vgpu's libcuda.so.1"
-LD_LIBRARY_PATH="$WORK/lib:$W/cu12/nvidia/cuda_runtime/lib" VGPU_SOCKET="$WORK/hostd.sock" "$WORK/vector_add"
+  -Xlinker '-rpath=$ORIGIN' -I "$W/cu12/nvidia/cuda_runtime/include" -L "$WORK/link" \
+  -o "$WORK/payload/vector_add" tests/cuda/vector_add.cu
+cp "$CUDART/libcudart.so.12" "$WORK/payload/"
+cat > "$WORK/payload/demo.sh" <<'EOS'
+set -e
+echo "\$ nvidia-smi -L"; nvidia-smi -L
+echo "\$ /opt/vgpu/vector_add"; /opt/vgpu/vector_add
+echo "\$ env -i /opt/vgpu/vector_add   # an empty environment, like Ollama's runner"; env -i /opt/vgpu/vector_add
+EOS
+echo "== booting the guest (QEMU, TCG) and running vector_add in it"
+bash qemu/harness/boot-guest.sh --payload "$WORK/payload" --run demo.sh

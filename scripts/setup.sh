@@ -7,6 +7,8 @@ need=()
 for tool in cc c++ nm readelf python3; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
+# The guest tests copy Debian's own interpreter (not, say, a pyenv one) into the guest.
+[ -x /usr/bin/python3 ] || need+=(/usr/bin/python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing build tools (missing: ${need[*]})"
   apt-get update -qq

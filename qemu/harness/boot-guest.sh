@@ -1,75 +1,223 @@
 #!/usr/bin/env bash
-# Boots the vgpu guest under QEMU 11 (TCG) with the VGPU-STUB device served by vgpu-stub, loads
-# the guest driver (kmod/), and checks: the guest sees PCI 10de:2331 class 0x030200 at 00:05.0,
-# vgpu.ko binds it (BAR0 magic, version, scratch self-test) and unloads cleanly.
+# Boots the vgpu guest under QEMU 11 (TCG) with the VGPU-STUB device served by vgpu-stub (and a
+# vgpu-hostd mediator, sim backend, behind it), loads the guest driver (kmod/), and checks: the
+# guest sees PCI 10de:2331 class 0x030200 at 00:05.0, vgpu.ko binds it (BAR0 magic, version,
+# scratch self-test) and unloads cleanly.
+#
+# The initramfs holds busybox, the driver (built and installed by DKMS, loaded by modprobe), a glibc userland for dynamically linked programs
+# (the host's loader and the libraries the payload and our libraries need; this host is
+# Debian 12 like the guest userland), /sbin/ldconfig, and our libraries installed as a driver
+# package would: /usr/lib/x86_64-linux-gnu/vgpu/{libcuda.so.1,libnvidia-ml.so.1} (+ .so links),
+# found through /etc/ld.so.conf.d/vgpu.conf and ldconfig's cache only; vgpu-smi as
+# /usr/bin/nvidia-smi when built.
+#
+#   usage: qemu/harness/boot-guest.sh [--payload DIR] [--run PATH] [--timeout SECONDS]
+#     --payload DIR   copied into the guest at /opt/vgpu
+#     --run PATH      a script in the payload (relative to DIR, or /opt/vgpu/...), run with sh by
+#                     init after modprobe and before modprobe -r; its output is printed between the
+#                     lines `RUN-BEGIN <path>` and `RUN-END rc=<status> secs=<guest seconds>`
+#     --timeout S     bound on the whole boot (default 300, 600 with --run)
+#   (after `cargo build --release --workspace`)
 # Builds/caches the kernel and the QEMU sysroot on first use (see build-kernel.sh,
-# setup-qemu-sysroot.sh). Exit 0 only if the guest reported the device.
-#   usage: qemu/harness/boot-guest.sh   (after `cargo build --release -p vgpu-stub`)
+# setup-qemu-sysroot.sh). Exit 0 only if the guest reported the device and, with --run, the
+# script ran to its end with status 0.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+PAYLOAD="" RUN="" TIMEOUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --payload) PAYLOAD=${2:?--payload DIR}; shift 2 ;;
+    --run) RUN=${2:?--run PATH}; shift 2 ;;
+    --timeout) TIMEOUT=${2:?--timeout SECONDS}; shift 2 ;;
+    *) echo "boot-guest: unknown argument $1 (usage: boot-guest.sh [--payload DIR] [--run PATH] [--timeout S])" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$RUN" ]; then
+  [ -n "$PAYLOAD" ] || { echo "boot-guest: --run needs --payload" >&2; exit 2; }
+  case "$RUN" in /opt/vgpu/*) ;; /*) echo "boot-guest: --run $RUN is not in the payload (/opt/vgpu)" >&2; exit 2 ;; *) RUN="/opt/vgpu/$RUN" ;; esac
+  [ -f "$PAYLOAD/${RUN#/opt/vgpu/}" ] || { echo "boot-guest: --run: $PAYLOAD/${RUN#/opt/vgpu/} does not exist" >&2; exit 2; }
+fi
+[ -z "$PAYLOAD" ] || [ -d "$PAYLOAD" ] || { echo "boot-guest: --payload $PAYLOAD is not a directory" >&2; exit 2; }
+TIMEOUT=${TIMEOUT:-$([ -n "$RUN" ] && echo 600 || echo 300)}
+
 KDIR=$(bash "$HERE/build-kernel.sh")
 QEMU=$(bash "$HERE/setup-qemu-sysroot.sh")
-STUB="$ROOT/target/release/vgpu-stub"
-[ -x "$STUB" ] || { echo "boot-guest: build vgpu-stub first (cargo build --release -p vgpu-stub)" >&2; exit 1; }
+REL="$ROOT/target/release"
+STUB="$REL/vgpu-stub"
+HOSTD="$REL/vgpu-hostd"
+for f in "$STUB" "$HOSTD" "$REL/libcuda.so" "$REL/libnvidia_ml.so"; do
+  [ -e "$f" ] || { echo "boot-guest: $f missing: build first (cargo build --release --workspace)" >&2; exit 1; }
+done
 WORK=$(mktemp -d)
-trap 'kill $STUB_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STUB_PID="" HOSTD_PID=""
+trap '[ -z "$STUB_PID" ] || kill $STUB_PID 2>/dev/null || true; [ -z "$HOSTD_PID" ] || kill $HOSTD_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-# The guest driver, built out of tree from a copy (kmod/ includes uapi/src by relative path).
-mkdir -p "$WORK/src/uapi" "$WORK/root/lib/modules"
-cp -r "$ROOT/kmod" "$WORK/src/kmod"
-cp -r "$ROOT/uapi/src" "$WORK/src/uapi/src"
-RUSTC_VER=$(rustc --version | awk '{print $2}')
-PATH="${VGPU_CACHE:-$HOME/.cache/vgpu}/guest/tools/bin:$PATH" \
-RUST_LIB_SRC="${VGPU_CACHE:-$HOME/.cache/vgpu}/guest/src/pkg-rustsrc/usr/src/rustc-$RUSTC_VER/library" \
-  make -s -C "$KDIR" M="$WORK/src/kmod" LLVM=-19 modules >"$WORK/kmod-build.log" 2>&1 \
-  || { echo "boot-guest: building kmod failed:" >&2; cat "$WORK/kmod-build.log" >&2; exit 1; }
-cp "$WORK/src/kmod/vgpu.ko" "$WORK/root/lib/modules/"
+# The guest driver, built and installed by DKMS (dkms.conf) against the guest kernel tree, into
+# the initramfs's /lib/modules/<release>/updates/dkms with modules.dep: the guest modprobes it.
+mkdir -p "$WORK/root"
+KO=$(bash "$HERE/dkms-install.sh" "$KDIR" "$WORK/root" 2>"$WORK/dkms.log") \
+  || { echo "boot-guest: building the guest driver with DKMS failed:" >&2; cat "$WORK/dkms.log" >&2; exit 1; }
+echo "boot-guest: DKMS built and installed ${KO#"$WORK/root"}"
 
-# initramfs: busybox, the driver, and an init that reports what the guest found.
-mkdir -p "$WORK/root/bin" "$WORK/root/proc" "$WORK/root/sys" "$WORK/root/dev"
-cp /bin/busybox "$WORK/root/bin/busybox"
-cat > "$WORK/root/init" <<'EOI'
+# initramfs: busybox, the driver, a glibc userland, our libraries, the payload, and an init that
+# reports what the guest found.
+R="$WORK/root"
+mkdir -p "$R"/{bin,sbin,usr/bin,proc,sys,dev,tmp,run,etc/ld.so.conf.d,var/cache/ldconfig,opt/vgpu}
+chmod 1777 "$R/tmp"
+cp /bin/busybox "$R/bin/busybox"
+! readelf -l /sbin/ldconfig | grep -q INTERP \
+  || { echo "boot-guest: /sbin/ldconfig is not statically linked; the guest needs a static one" >&2; exit 1; }
+cp /sbin/ldconfig "$R/sbin/ldconfig"
+VLIB=/usr/lib/x86_64-linux-gnu/vgpu
+mkdir -p "$R$VLIB"
+strip --strip-debug -o "$R$VLIB/libcuda.so.1" "$REL/libcuda.so"
+strip --strip-debug -o "$R$VLIB/libnvidia-ml.so.1" "$REL/libnvidia_ml.so"
+ln -s libcuda.so.1 "$R$VLIB/libcuda.so"
+ln -s libnvidia-ml.so.1 "$R$VLIB/libnvidia-ml.so"
+[ ! -x "$REL/vgpu-smi" ] || strip --strip-debug -o "$R/usr/bin/nvidia-smi" "$REL/vgpu-smi"
+echo "include /etc/ld.so.conf.d/*.conf" > "$R/etc/ld.so.conf"
+printf '%s\n' /usr/local/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu > "$R/etc/ld.so.conf.d/x86_64-linux-gnu.conf"
+echo "$VLIB" > "$R/etc/ld.so.conf.d/vgpu.conf"
+[ -z "$PAYLOAD" ] || cp -a "$PAYLOAD/." "$R/opt/vgpu/"
+
+# The system libraries every dynamic ELF file in the image needs, at the paths the host's
+# loader resolves them to (the guest has real /lib, /lib64 directories rather than usrmerge
+# links). Libraries the image itself provides (cudart next to a program, found through its
+# $ORIGIN runpath; libcuda/libnvidia-ml, found through ldconfig's cache in the guest) are skipped.
+declare -A SYSLIBS=()
+MISSING=""
+while IFS= read -r -d '' f; do
+  [ "$(head -c 4 "$f" | tail -c 3)" = "ELF" ] || continue
+  out=$(ldd "$f" 2>/dev/null) || continue # static or not loadable here
+  while read -r a b c d; do
+    if [ "$b" = "=>" ] && [ "$c $d" = "not found" ]; then
+      case "$a" in libcuda.so.1|libnvidia-ml.so.1) ;; *) MISSING+=" ${f#"$R"}:$a" ;; esac
+    elif [ "$b" = "=>" ]; then lib=$c
+    else lib=$a
+    fi
+    case "${lib:-}" in "$R"/*) ;; /lib/*|/lib64/*|/usr/lib/*|/usr/lib64/*) SYSLIBS[$lib]=1 ;; esac
+    lib=""
+  done <<<"$out"
+done < <(find "$R" -type f -print0)
+[ -z "$MISSING" ] || echo "boot-guest: warning: libraries not found for:$MISSING" >&2
+for lib in "${!SYSLIBS[@]}"; do
+  mkdir -p "$R$(dirname "$lib")"
+  cp -L "$lib" "$R$lib"
+done
+
+cat > "$R/etc/vgpu-harness.conf" <<EOC
+RUN='$RUN'
+EOC
+cat > "$R/init" <<'EOI'
 #!/bin/busybox sh
+echo # the firmware's last line has no newline
 /bin/busybox --install -s /bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-insmod /lib/modules/vgpu.ko || echo "INSMOD-FAILED"
+. /etc/vgpu-harness.conf
+modprobe vgpu || echo "MODPROBE-FAILED"
+sed -n "s/^\(.*vgpu\.ko\):.*/MODULE $(uname -r) \1/p" /lib/modules/$(uname -r)/modules.dep
 for d in /sys/bus/pci/devices/*; do
   drv=$(basename "$(readlink $d/driver 2>/dev/null)" 2>/dev/null)
   echo "PCI $(basename $d) $(cat $d/vendor) $(cat $d/device) $(cat $d/class) driver=${drv:-none}"
 done
+# lspci -k: busybox's when it has one, else the same from sysfs.
+if busybox --list | grep -qx lspci; then
+  lspci -k | sed 's/^/LSPCI /'
+else
+  for d in /sys/bus/pci/devices/*; do
+    s=$(basename $d); c=$(cat $d/class); c=${c#0x}; c=${c%??}
+    v=$(cat $d/vendor); p=$(cat $d/device); sv=$(cat $d/subsystem_vendor); sp=$(cat $d/subsystem_device)
+    echo "LSPCI ${s#0000:} Class $c: ${v#0x}:${p#0x} (rev $(cat $d/revision | sed 's/^0x//'))"
+    echo "LSPCI 	Subsystem: ${sv#0x}:${sp#0x}"
+    drv=$(basename "$(readlink $d/driver 2>/dev/null)" 2>/dev/null)
+    [ -z "$drv" ] || echo "LSPCI 	Kernel driver in use: $drv"
+  done
+fi
 dmesg | grep -a "VGPU-STUB" | sed 's/^/DMESG /'
-rmmod vgpu && echo "RMMOD-OK"
+ldconfig || echo "LDCONFIG-FAILED"
+ldconfig -p | grep -E 'libcuda|libnvidia-ml' | sed 's/^[[:space:]]*/LDCONFIG /'
+if [ -n "$RUN" ]; then
+  kmsgs=$(dmesg | wc -l)
+  read t0 _ < /proc/uptime
+  echo "RUN-BEGIN $RUN"
+  sh "$RUN" </dev/null 2>&1
+  rc=$?
+  read t1 _ < /proc/uptime
+  echo "RUN-END rc=$rc secs=$(awk "BEGIN { print $t1 - $t0 }")"
+  dmesg | tail -n +$((kmsgs + 1)) | sed 's/^/KMSG /'
+fi
+modprobe -r vgpu && echo "RMMOD-OK"
 dmesg | grep -a "VGPU-STUB unbound" | sed 's/^/DMESG /'
+dmesg | grep -a -E -A25 '(WARNING: CPU|BUG: |Oops|UBSAN|KASAN|refcount_t:|kernel BUG)' | sed 's/^/KPROBLEM /'
 echo "GUEST-DONE"
 reboot -f
 EOI
-chmod +x "$WORK/root/init"
-(cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
+chmod +x "$R/init"
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
+echo "boot-guest: initramfs $(( $(stat -c %s "$WORK/initramfs.cpio.gz") / 1024 )) KiB gzip'd ($(du -sk "$R" | cut -f1) KiB unpacked)"
 
-"$STUB" --socket "$WORK/vgpu.sock" 2> "$WORK/stub.log" &
+# The mediator, and the device in front of it (told about the mediator once it can be).
+VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --socket "$WORK/hostd.sock" --backend sim > "$WORK/hostd.log" 2>&1 &
+HOSTD_PID=$!
+for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && break; sleep 0.05; done
+[ -S "$WORK/hostd.sock" ] || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
+STUB_ARGS=(--socket "$WORK/vgpu.sock")
+if "$STUB" --help 2>&1 | grep -q -- '--mediator'; then
+  STUB_ARGS+=(--mediator "$WORK/hostd.sock")
+  echo "boot-guest: vgpu-stub --mediator $WORK/hostd.sock"
+else
+  echo "boot-guest: vgpu-stub has no --mediator option; the device runs without the mediator"
+fi
+"$STUB" "${STUB_ARGS[@]}" 2> "$WORK/stub.log" &
 STUB_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/vgpu.sock" ] && break; sleep 0.05; done
 start=$(date +%s%N)
-timeout 300 "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot \
+qrc=0
+timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot \
   -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
   -kernel "$KDIR/arch/x86/boot/bzImage" -initrd "$WORK/initramfs.cpio.gz" \
   -append "console=ttyS0 quiet panic=-1" -nic none \
   -device "{\"driver\":\"vfio-user-pci\",\"addr\":\"0x5\",\"socket\":{\"path\":\"$WORK/vgpu.sock\",\"type\":\"unix\"}}" \
-  > "$WORK/guest.log" 2>&1 || true
+  > "$WORK/guest.raw" 2>&1 || qrc=$?
 end=$(date +%s%N)
-grep -a -E '^(PCI|DMESG|RMMOD|INSMOD|GUEST-DONE)' "$WORK/guest.log" || true
+tr -d '\r' < "$WORK/guest.raw" > "$WORK/guest.log"
+grep -a -E '^(MODULE |PCI |LSPCI |DMESG |LDCONFIG |LDCONFIG-FAILED|RMMOD-OK|MODPROBE-FAILED|GUEST-DONE)' "$WORK/guest.log" || true
 echo "boot-guest: boot to poweroff took $(( (end - start) / 1000000 )) ms"
+[ "$qrc" != 124 ] || echo "boot-guest: QEMU timed out after $TIMEOUT s (guest log tail below)" >&2
+
+fail() {
+  echo "boot-guest: FAIL: $*; guest log (tail, without the run script's output, which is on stdout):" >&2
+  sed '/^RUN-BEGIN /,/^RUN-END /d' "$WORK/guest.log" | tail -60 >&2
+  echo "--- vgpu-stub log (tail)" >&2; tail -40 "$WORK/stub.log" >&2
+  echo "--- vgpu-hostd log (tail)" >&2; tail -40 "$WORK/hostd.log" >&2
+  exit 1
+}
+# A kernel warning, oops or sanitizer report during the run is a failure even if the checks passed.
+# (init copies such dmesg lines to the console as KPROBLEM lines; quiet keeps warnings off it.)
+if grep -a -q '^KPROBLEM ' "$WORK/guest.log"; then
+  grep -a '^KPROBLEM ' "$WORK/guest.log" | head -80 >&2
+  fail "the guest kernel reported a problem"
+fi
 # At 00:05.0, the bus id the mediator's default device profile reports.
 if grep -a -q -E '^PCI 0000:00:05.0 0x10de 0x2331 0x030200 driver=vgpu[[:space:]]*$' "$WORK/guest.log" \
    && grep -a -q 'VGPU-STUB bound: device protocol version' "$WORK/guest.log" \
    && grep -a -q '^RMMOD-OK' "$WORK/guest.log"; then
   echo "boot-guest: PASS: the guest sees the VGPU-STUB device (0000:00:05.0 10de:2331, class 030200), bound to vgpu.ko, unloads cleanly"
 else
-  echo "boot-guest: FAIL: VGPU-STUB device not seen; guest log:" >&2
-  tail -40 "$WORK/guest.log" >&2
-  echo "--- vgpu-stub log" >&2; cat "$WORK/stub.log" >&2
-  exit 1
+  # The run's output is the likeliest explanation when it is there.
+  sed -n '/^RUN-BEGIN /,/^RUN-END /p' "$WORK/guest.log"
+  fail "VGPU-STUB device not seen, not bound, or not unloaded"
+fi
+if [ -n "$RUN" ]; then
+  sed -n '/^RUN-BEGIN /,/^RUN-END /p' "$WORK/guest.log"
+  grep -a '^KMSG ' "$WORK/guest.log" || true
+  grep -a -q '^RUN-BEGIN ' "$WORK/guest.log" || fail "the guest never started $RUN"
+  end_line=$(grep -a '^RUN-END ' "$WORK/guest.log" || true)
+  [ -n "$end_line" ] || fail "$RUN did not finish (QEMU exit status $qrc)"
+  echo "boot-guest: $end_line"
+  case "$end_line" in "RUN-END rc=0 "*) ;; *) fail "$RUN failed ($end_line)" ;; esac
 fi

@@ -15,7 +15,7 @@ RUSTC_VER=$(rustc --version | awk '{print $2}')
 RUST_SRC_DEB_VER="${RUSTC_VER}+dfsg1-2~bpo13+1"
 KVER=7.3
 
-need_pkgs=(flex bison bc libelf-dev libssl-dev cpio kmod clang-19 lld-19 llvm-19 libclang-19-dev busybox-static)
+need_pkgs=(flex bison bc libelf-dev libssl-dev cpio kmod dkms clang-19 lld-19 llvm-19 libclang-19-dev busybox-static)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -68,4 +68,8 @@ for o in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*\)=.*/\1/p' "$HERE/guest.config"); do
 done
 "${MK[@]}" -j"$(nproc)" bzImage modules >&2
 touch "$O/.complete"
+# Kernels of earlier configurations (a few hundred MiB each) are not needed again.
+for old in "$CACHE"/kernel-*; do
+  [ "$old" = "$O" ] || { log "removing the outdated kernel build $old"; rm -rf "$old"; }
+done
 echo "$O" >&3

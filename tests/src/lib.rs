@@ -87,12 +87,24 @@ fn source_dir() -> PathBuf {
 /// Compiles tests/cuda/<name>.cu with nvcc 13 against the given cudart (PTX for sm_90 only:
 /// the sim backend runs PTX). Cached by modification time.
 pub fn build_program(name: &str, cudart: Cudart) -> PathBuf {
+    build_program_variant(name, cudart, false)
+}
+
+/// Like [`build_program`], for a guest payload: the program carries a RUNPATH of `$ORIGIN`, so it
+/// finds its libcudart.so.1x in its own directory (libcuda.so.1, which cudart dlopens, is not
+/// found that way: the guest's loader finds it through ldconfig's cache only). Built into
+/// target/<profile>/cuda-tests/cudart1x-guest/.
+pub fn build_guest_program(name: &str, cudart: Cudart) -> PathBuf {
+    build_program_variant(name, cudart, true)
+}
+
+fn build_program_variant(name: &str, cudart: Cudart, origin_rpath: bool) -> PathBuf {
     // Tests run in parallel threads; one nvcc at a time (2-core machines) and no racing links.
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let w = wheels_dir();
     let nvcc = w.join("cu13/nvidia/cu13/bin/nvcc");
-    let out_dir = target_dir().join("cuda-tests").join(cudart.tag());
+    let out_dir = target_dir().join("cuda-tests").join(if origin_rpath { format!("{}-guest", cudart.tag()) } else { cudart.tag().to_string() });
     let link_dir = out_dir.join("link");
     std::fs::create_dir_all(&link_dir).unwrap();
     for (link, to) in [("libcudart.so", cudart.lib_dir().join(cudart.soname())), ("libcudadevrt.a", cudart.lib_dir().join("libcudadevrt.a"))] {
@@ -113,6 +125,10 @@ pub fn build_program(name: &str, cudart: Cudart) -> PathBuf {
         // cudart 12's own headers: struct layouts (cudaDeviceProp) changed in 13.
         cmd.arg("-I").arg(w.join("cu12/nvidia/cuda_runtime/include"));
     }
+    if origin_rpath {
+        // nvcc hands -Xlinker's argument to the host linker: DT_RUNPATH [$ORIGIN].
+        cmd.args(["-Xlinker", "-rpath=$ORIGIN"]);
+    }
     let out = cmd
         .args(["-gencode", "arch=compute_90,code=compute_90", "-cudart", "shared", "-O2"])
         .arg("-L")
@@ -124,6 +140,116 @@ pub fn build_program(name: &str, cudart: Cudart) -> PathBuf {
         .expect("run nvcc");
     assert!(out.status.success(), "nvcc {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     exe
+}
+
+impl Cudart {
+    /// The payload directory for programs built against this cudart: `cu12`, `cu13`.
+    pub fn payload_dir(self) -> &'static str {
+        match self {
+            Cudart::V12 => "cu12",
+            Cudart::V13 => "cu13",
+        }
+    }
+}
+
+/// Puts tests/cuda programs, built for the guest ([`build_guest_program`]), into
+/// `<payload>/cu12|cu13/` next to a copy of NVIDIA's libcudart.so.12|13 (which they find
+/// through their `$ORIGIN` runpath). Returns the programs' paths in the guest
+/// (`/opt/vgpu/cu12/<name>`: boot-guest.sh copies the payload to /opt/vgpu).
+pub fn add_guest_programs(payload: &Path, names: &[&str], cudart: Cudart) -> Vec<String> {
+    let dir = payload.join(cudart.payload_dir());
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = cudart.lib_dir().join(cudart.soname());
+    std::fs::copy(&lib, dir.join(cudart.soname())).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
+    names
+        .iter()
+        .map(|name| {
+            let exe = build_guest_program(name, cudart);
+            std::fs::copy(&exe, dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", exe.display()));
+            format!("/opt/vgpu/{}/{name}", cudart.payload_dir())
+        })
+        .collect()
+}
+
+/// Compiles tests/c/<name>.c with the host's cc (plain C, linked with -ldl) into
+/// target/<profile>/cuda-tests/; the result runs on the host and, as the guest userland is the
+/// host's, in the guest.
+pub fn build_c_program(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = target_dir().join("cuda-tests").join(name);
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{name}.c"));
+    let tmp = exe.with_extension("tmp");
+    let cc = Command::new("cc").arg("-O1").arg("-Wall").arg("-o").arg(&tmp).arg(&src).arg("-ldl").output().expect("run cc");
+    assert!(cc.status.success(), "cc {}:\n{}", src.display(), describe(&cc));
+    std::fs::rename(&tmp, &exe).unwrap();
+    exe
+}
+
+/// Puts a minimal Python into a guest payload: Debian's /usr/bin/python3 (the guest userland is
+/// the host's) and exactly the standard-library files that importing `modules` loads on the
+/// host, under `<payload>/py` (run it as `PYTHONHOME=/opt/vgpu/py /opt/vgpu/py/bin/python3 -S`).
+/// `path` is searched for `modules` too; files found there go to `<payload>/py/site`.
+pub fn add_guest_python(payload: &Path, modules: &[&str], path: &Path) {
+    let list = "import sys, sysconfig\n\
+        for m in sys.argv[1:]: __import__(m)\n\
+        print(sys.executable); print(sysconfig.get_paths()['stdlib'])\n\
+        for m in list(sys.modules.values()):\n    f = getattr(m, '__file__', None)\n    if f: print(f)\n";
+    // Debian's own interpreter: its libraries are system ones (a pyenv build carries its own).
+    let out = Command::new("/usr/bin/python3").arg("-S").arg("-c").arg(list).args(modules).env("PYTHONPATH", path).output().expect("/usr/bin/python3");
+    assert!(out.status.success(), "python3 on the host:\n{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let (exe, stdlib) = (lines.next().unwrap(), Path::new(lines.next().unwrap()));
+    let py = payload.join("py");
+    let lib = py.join("lib").join(stdlib.file_name().unwrap());
+    std::fs::create_dir_all(py.join("bin")).unwrap();
+    std::fs::create_dir_all(py.join("site")).unwrap();
+    std::fs::copy(std::fs::canonicalize(exe).unwrap(), py.join("bin/python3")).unwrap();
+    // os.py is the landmark Python finds its standard library by; encodings is loaded at startup.
+    let mut files: Vec<PathBuf> = lines.map(PathBuf::from).collect();
+    files.push(stdlib.join("os.py"));
+    for f in files {
+        let dest = if let Ok(rel) = f.strip_prefix(stdlib) {
+            lib.join(rel)
+        } else if let Ok(rel) = f.strip_prefix(path) {
+            py.join("site").join(rel)
+        } else {
+            continue; // frozen or built-in modules have no file in the standard library
+        };
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+    }
+}
+
+/// Boots the guest with qemu/harness/boot-guest.sh (see there), optionally with a payload
+/// directory (the guest's /opt/vgpu) and a script in it to run; returns its output. Its stdout
+/// holds the guest's report, the run script's output between `RUN-BEGIN` and `RUN-END rc=N`,
+/// and `boot-guest: PASS` when the device checks passed.
+pub fn boot_guest(payload: Option<(&Path, &str)>) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("qemu/harness/boot-guest.sh"));
+    if let Some((dir, run)) = payload {
+        cmd.arg("--payload").arg(dir).arg("--run").arg(run);
+    }
+    cmd.stdin(Stdio::null()).output().expect("run boot-guest.sh")
+}
+
+/// The lines the guest's run script printed (between `RUN-BEGIN` and `RUN-END`, exclusive),
+/// and the `RUN-END` line; None if the script never started.
+pub fn guest_run_output(stdout: &str) -> Option<(Vec<&str>, Option<&str>)> {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("RUN-BEGIN "));
+    lines.next()?;
+    let mut body = Vec::new();
+    for l in lines {
+        if l.starts_with("RUN-END ") {
+            return Some((body, Some(l)));
+        }
+        body.push(l);
+    }
+    Some((body, None))
 }
 
 /// A mediator on a private socket, killed when dropped.

@@ -114,11 +114,7 @@ fn smi_without_mediator_says_so() {
 #[test]
 fn ollama_style_discovery_finds_the_gpu() {
     let m = Mediator::start();
-    let exe = target_dir().join("cuda-tests").join("ollama_discovery");
-    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/ollama_discovery.c");
-    let cc = Command::new("cc").arg("-O1").arg("-o").arg(&exe).arg(&src).arg("-ldl").output().unwrap();
-    assert!(cc.status.success(), "{}", describe(&cc));
+    let exe = build_c_program("ollama_discovery");
     let out = Command::new(&exe).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &m.socket).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("PASS"), "{}", describe(&out));
 }

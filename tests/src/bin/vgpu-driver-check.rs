@@ -1,0 +1,230 @@
+//! Runs inside the guest: checks the guest driver's file interface (uapi/src/channel.rs) from
+//! user space, the way libcuda uses it, including its error answers.
+//!
+//!   vgpu-driver-check abi     every check below; one `DRIVER-CHECK ok|FAIL <name>` line each
+//!   vgpu-driver-check hold    opens a CUDA session, allocates 64 MiB, prints its pid, sleeps
+//!                             (the harness kills it with -9 and checks everything was freed)
+//!   vgpu-driver-check unbind  unbinds the driver from the device under an open channel with a
+//!                             waiter asleep in it, checks the file answers ENODEV without a
+//!                             hang, then binds the driver again and opens a channel
+
+use std::ffi::CString;
+use std::io::Error;
+use std::time::{Duration, Instant};
+use vgpu_uapi::channel::*;
+
+fn open(path: &str) -> i32 {
+    let c = CString::new(path).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) }
+}
+
+fn ioctl<T>(fd: i32, req: u32, arg: *mut T) -> Result<(), i32> {
+    // SAFETY: `arg` is null or points to a value of the size `req` encodes.
+    let r = unsafe { libc::ioctl(fd, req as libc::c_ulong, arg) };
+    if r < 0 {
+        Err(Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(())
+    }
+}
+
+fn mmap(fd: i32, len: usize, offset: i64) -> Result<*mut u8, i32> {
+    // SAFETY: a fresh shared mapping of the device file; checked below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, offset) };
+    if p == libc::MAP_FAILED {
+        Err(Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(p.cast())
+    }
+}
+
+struct Checks {
+    failed: u32,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: String) {
+        if ok {
+            println!("DRIVER-CHECK ok {name}");
+        } else {
+            println!("DRIVER-CHECK FAIL {name}: {detail}");
+            self.failed += 1;
+        }
+    }
+
+    fn errno(&mut self, name: &str, got: Result<(), i32>, want: i32) {
+        self.check(name, got == Err(want), format!("got {got:?}, want errno {want}"));
+    }
+}
+
+fn abi() -> i32 {
+    let mut c = Checks { failed: 0 };
+    for node in ["/dev/nvidiactl", "/dev/nvidia0"] {
+        let fd = open(node);
+        c.check(&format!("open {node}"), fd >= 0, Error::last_os_error().to_string());
+        if fd < 0 {
+            return 1;
+        }
+        let mut v = VersionInfo::default();
+        let r = ioctl(fd, VGPU_IOCTL_VERSION, &mut v);
+        c.check(
+            &format!("version {node}"),
+            r.is_ok() && v.abi_version == DRIVER_ABI_VERSION && v.protocol_version == vgpu_uapi::PROTOCOL_VERSION,
+            format!("{r:?} {v:?}"),
+        );
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
+    }
+    let fd = open("/dev/nvidia0");
+    c.errno("unknown ioctl is ENOTTY", ioctl::<u8>(fd, 0x5600, std::ptr::null_mut()), libc::ENOTTY);
+    c.errno("doorbell without a channel is EINVAL", ioctl::<u8>(fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut()), libc::EINVAL);
+    let mut w = WaitArgs { seen: 0, timeout_ms: 10 };
+    c.errno("wait without a channel is EINVAL", ioctl(fd, VGPU_IOCTL_WAIT, &mut w), libc::EINVAL);
+    c.errno("mmap without a channel is EINVAL", mmap(fd, 4096, 0).map(|_| ()), libc::EINVAL);
+    c.errno("bad user pointer is EFAULT", ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, 8usize as *mut ChannelInfo), libc::EFAULT);
+
+    let fd = open("/dev/nvidia0");
+    let mut info = ChannelInfo::default();
+    let r = ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut info);
+    c.check(
+        "channel open",
+        r.is_ok() && info.area_size == AREA_SIZE as u64 && info.staging_offset == STAGING as u64 && info.sq_entries == SQ_ENTRIES,
+        format!("{r:?} {info:?}"),
+    );
+    c.errno("second channel on one file is EBUSY", ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut ChannelInfo::default()), libc::EBUSY);
+    c.errno("mmap beyond the area is EINVAL", mmap(fd, AREA_SIZE + 4096, 0).map(|_| ()), libc::EINVAL);
+    c.errno("mmap at an offset is EINVAL", mmap(fd, 4096, 4096).map(|_| ()), libc::EINVAL);
+    let t = Instant::now();
+    let mut w = WaitArgs { seen: 0, timeout_ms: 200 };
+    let r = ioctl(fd, VGPU_IOCTL_WAIT, &mut w);
+    c.check(
+        "wait with nothing pending times out",
+        r == Err(libc::ETIMEDOUT) && t.elapsed() >= Duration::from_millis(150) && t.elapsed() < Duration::from_secs(5),
+        format!("{r:?} after {:?}", t.elapsed()),
+    );
+    match mmap(fd, info.area_size as usize, 0) {
+        Err(e) => c.check("mmap the area", false, format!("errno {e}")),
+        Ok(area) => {
+            c.check("mmap the area", true, String::new());
+            // A descriptor pointing into the header page: the device must refuse it and say so.
+            let d = Desc { op: OP_SEND, flags: 0, tag: 77, offset: 0, len: 16 };
+            // SAFETY: slot 0 and the tail are inside the mapped header page.
+            unsafe {
+                std::ptr::copy_nonoverlapping(d.to_bytes().as_ptr(), area.add(sq_slot(0)), DESC_SIZE);
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+                std::ptr::write_volatile(area.add(SQ_TAIL).cast::<u32>(), 1);
+            }
+            let r = ioctl::<u8>(fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut());
+            let mut w = WaitArgs { seen: 0, timeout_ms: 10_000 };
+            let waited = ioctl(fd, VGPU_IOCTL_WAIT, &mut w);
+            let mut b = [0u8; COMPLETION_SIZE];
+            // SAFETY: slot 0 of the completion ring is inside the mapped header page.
+            unsafe { std::ptr::copy_nonoverlapping(area.add(cq_slot(0)), b.as_mut_ptr(), COMPLETION_SIZE) };
+            let done = Completion::from_bytes(&b);
+            c.check(
+                "descriptor into the header page completes with EINVAL (interrupt wakes the waiter)",
+                r.is_ok() && waited.is_ok() && done.tag == 77 && done.status == libc::EINVAL as u32,
+                format!("doorbell {r:?}, wait {waited:?}, completion {done:?}"),
+            );
+        }
+    }
+    // SAFETY: closing our own descriptor (the mapping keeps the file until exit).
+    unsafe { libc::close(fd) };
+    if c.failed == 0 {
+        println!("DRIVER-CHECK all passed");
+    }
+    c.failed as i32
+}
+
+fn hold() -> i32 {
+    let client = match vgpu_client::Client::connect("vgpu-driver-check") {
+        Ok(c) => c,
+        Err(e) => {
+            println!("HOLD cannot connect: CUresult {e}");
+            return 1;
+        }
+    };
+    match client.call(vgpu_uapi::proto::Op::MemAlloc, &[&(64u64 << 20).to_le_bytes()]) {
+        Ok(_) => println!("HOLD pid {} holds 64 MiB", std::process::id()),
+        Err(e) => {
+            println!("HOLD allocation failed: CUresult {e}");
+            return 1;
+        }
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+const BDF: &str = "0000:00:05.0";
+
+fn sysfs_write(path: &str, value: &str) -> Result<(), i32> {
+    std::fs::write(path, value).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+fn unbind() -> i32 {
+    let mut c = Checks { failed: 0 };
+    let fd = open("/dev/nvidia0");
+    let mut info = ChannelInfo::default();
+    let r = ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut info);
+    c.check("channel open before unbind", fd >= 0 && r.is_ok(), format!("fd {fd}, {r:?}"));
+    let area = mmap(fd, info.area_size as usize, 0);
+    c.check("mmap before unbind", area.is_ok(), format!("{area:?}"));
+    // A waiter asleep in the channel while the device goes away.
+    let waiter = std::thread::spawn(move || {
+        let mut w = WaitArgs { seen: 0, timeout_ms: 60_000 };
+        let r = ioctl(fd, VGPU_IOCTL_WAIT, &mut w);
+        (r, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = sysfs_write("/sys/bus/pci/drivers/vgpu/unbind", BDF);
+    c.check("unbind with a channel open and a waiter asleep", r.is_ok() && t.elapsed() < Duration::from_secs(5), format!("{r:?} after {:?}", t.elapsed()));
+    let (waited, woke) = waiter.join().unwrap();
+    let late = woke.saturating_duration_since(t);
+    c.check("the waiter gets ENODEV at once", waited == Err(libc::ENODEV) && late < Duration::from_secs(2), format!("{waited:?}, {late:?} after the unbind began"));
+    c.errno("doorbell after unbind is ENODEV", ioctl::<u8>(fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut()), libc::ENODEV);
+    let mut w = WaitArgs { seen: 0, timeout_ms: 10_000 };
+    c.errno("wait after unbind is ENODEV", ioctl(fd, VGPU_IOCTL_WAIT, &mut w), libc::ENODEV);
+    let gone = open("/dev/nvidia0");
+    c.check("no /dev/nvidia0 while unbound", gone < 0, format!("open gave fd {gone}"));
+    if let Ok(p) = area {
+        // SAFETY: unmapping the mapping made above, which nothing else uses.
+        unsafe { libc::munmap(p.cast(), info.area_size as usize) };
+    }
+    // SAFETY: closing our own descriptor; releases the channel of an unbound device.
+    unsafe { libc::close(fd) };
+
+    let r = sysfs_write("/sys/bus/pci/drivers/vgpu/bind", BDF);
+    c.check("bind again", r.is_ok(), format!("{r:?}"));
+    // devtmpfs creates the node as the driver registers it.
+    let t = Instant::now();
+    let mut fd = open("/dev/nvidia0");
+    while fd < 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        fd = open("/dev/nvidia0");
+    }
+    let mut info = ChannelInfo::default();
+    let r = ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut info);
+    c.check("channel open after binding again", fd >= 0 && r.is_ok(), format!("fd {fd}, {r:?}"));
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+    if c.failed == 0 {
+        println!("DRIVER-CHECK all passed");
+    }
+    c.failed as i32
+}
+
+fn main() {
+    let code = match std::env::args().nth(1).as_deref() {
+        Some("abi") => abi(),
+        Some("hold") => hold(),
+        Some("unbind") => unbind(),
+        _ => {
+            eprintln!("usage: vgpu-driver-check abi|hold|unbind");
+            2
+        }
+    };
+    std::process::exit(code);
+}
