@@ -10,6 +10,9 @@ exec 3>&1 1>&2
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}/guest"
 mkdir -p "$CACHE/debs"
 log() { echo "guest-kernel: $*" >&2; }
+# One build at a time (tests boot guests in parallel); the others wait, then find it cached.
+exec 9>"$CACHE/.lock"
+flock -n 9 || { log "waiting for another build of the guest kernel to finish"; flock 9; }
 
 RUSTC_VER=$(rustc --version | awk '{print $2}')
 RUST_SRC_DEB_VER="${RUSTC_VER}+dfsg1-2~bpo13+1"

@@ -9,6 +9,10 @@ exec 3>&1 1>&2
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
 DEST="$CACHE/qemu-sysroot"
 WORK="$CACHE/qemu-aptroot"
+# One setup at a time (tests boot guests in parallel); the others wait, then find it done.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.qemu-sysroot.lock"
+flock -n 9 || { echo "qemu-sysroot: waiting for another setup to finish" >&2; flock 9; }
 if [ -x "$DEST/qemu" ] && [ -f "$DEST/.complete" ]; then echo "$DEST/qemu" >&3; exit 0; fi
 log() { echo "qemu-sysroot: $*" >&2; }
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
