@@ -19,6 +19,9 @@ typedef CUresult (*cuDeviceGetName_t)(char *, int, int);
 typedef CUresult (*cuDeviceTotalMem_v2_t)(size_t *, int);
 typedef CUresult (*cuDeviceGetPCIBusId_t)(char *, int, int);
 typedef CUresult (*cuDeviceGetUuid_t)(unsigned char *, int);
+typedef CUresult (*cuCtxCreate_v3_t)(void **, void *, int, unsigned, int);
+typedef CUresult (*cuMemGetInfo_v2_t)(size_t *, size_t *);
+typedef CUresult (*cuCtxDestroy_t)(void *);
 typedef int (*nvmlInit_v2_t)(void);
 typedef int (*nvmlSystemGetDriverVersion_t)(char *, unsigned);
 typedef int (*nvmlShutdown_t)(void);
@@ -29,6 +32,7 @@ int main(void) {
   LOAD(cuda, cuInit) LOAD(cuda, cuDriverGetVersion) LOAD(cuda, cuDeviceGetCount) LOAD(cuda, cuDeviceGet)
   LOAD(cuda, cuDeviceGetAttribute) LOAD(cuda, cuDeviceGetName) LOAD(cuda, cuDeviceTotalMem_v2)
   LOAD(cuda, cuDeviceGetPCIBusId) LOAD(cuda, cuDeviceGetUuid)
+  LOAD(cuda, cuCtxCreate_v3) LOAD(cuda, cuMemGetInfo_v2) LOAD(cuda, cuCtxDestroy)
   EXPECT(cuInit(0) == 0, "cuInit");
   int ver = 0, count = 0, dev = -1, major = 0, minor = 0, integrated = -1;
   EXPECT(cuDriverGetVersion(&ver) == 0 && ver >= 12000, "cuDriverGetVersion %d", ver);
@@ -44,6 +48,13 @@ int main(void) {
   EXPECT(cuDeviceGetPCIBusId(bus, sizeof(bus), dev) == 0 && strcmp(bus, "0000:00:05.0") == 0, "bus id '%s'", bus);
   unsigned char uuid[16];
   EXPECT(cuDeviceGetUuid(uuid, dev) == 0, "cuDeviceGetUuid");
+  // Free memory as Ollama reads it: a context of its own, cuMemGetInfo_v2, destroy.
+  void *ctx = NULL;
+  size_t free_mem = 0, total_mem = 0;
+  EXPECT(cuCtxCreate_v3(&ctx, NULL, 0, 0, dev) == 0 && ctx, "cuCtxCreate_v3");
+  EXPECT(cuMemGetInfo_v2(&free_mem, &total_mem) == 0 && total_mem == mem && free_mem > 0 && free_mem <= total_mem,
+         "cuMemGetInfo_v2 free %zu total %zu", free_mem, total_mem);
+  EXPECT(cuCtxDestroy(ctx) == 0, "cuCtxDestroy");
   EXPECT(cuDeviceGetName(name, 4, dev) == 0 && strcmp(name, "NVI") == 0, "truncated name '%s'", name);
   EXPECT(cuDeviceGetAttribute(&major, 75, 7) == 101, "bad ordinal is CUDA_ERROR_INVALID_DEVICE");
 
@@ -57,7 +68,7 @@ int main(void) {
   sscanf(drv, "%d", &drv_major);
   EXPECT(drv_major >= 550, "driver version %s (Ollama needs >= 550)", drv);
   EXPECT(nvmlShutdown() == 0, "nvmlShutdown");
-  printf("cuda %d, %d device: %s, cc %d.%d, %zu MiB, %s; driver %s\n", ver, count, "NVIDIA H100 80GB HBM3", major, minor, mem >> 20, bus, drv);
+  printf("cuda %d, %d device: %s, cc %d.%d, %zu MiB, %s; driver %s; free %zu MiB\n", ver, count, "NVIDIA H100 80GB HBM3", major, minor, mem >> 20, bus, drv, free_mem >> 20);
   printf("PASS\n");
   return 0;
 }

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::state::{self, driver};
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::AtomicBool;
 
 fn ctx_handle(h: usize) -> Handle {
     h as Handle
@@ -85,6 +86,44 @@ pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut Handle, flags: u32, dev: CUde
         state::push_ctx(h);
         put(pctx, ctx_handle(h))
     })
+}
+
+/// `cuCtxCreate_v3(pctx, paramsArray, numParams, flags, dev)`: without execution-affinity
+/// parameters (what Ollama's discovery passes) it is cuCtxCreate_v2; SM-count affinity (green
+/// contexts' predecessor) is not supported.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v3(pctx: *mut Handle, params: *const c_void, num_params: c_int, flags: u32, dev: CUdevice) -> CUresult {
+    if num_params < 0 || (num_params > 0 && params.is_null()) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if num_params > 0 {
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        return not_supported("cuCtxCreate_v3 with execution affinity parameters", &LOGGED);
+    }
+    cuCtxCreate_v2(pctx, flags, dev)
+}
+
+/// CUctxCreateParams (CUDA 12.5).
+#[repr(C)]
+pub struct CtxCreateParams {
+    exec_affinity_params: *const c_void,
+    num_exec_affinity_params: c_int,
+    cig_params: *const c_void,
+}
+
+/// `cuCtxCreate_v4(pctx, ctxCreateParams, flags, dev)`: without affinity or CIG parameters it
+/// is cuCtxCreate_v2.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v4(pctx: *mut Handle, params: *const CtxCreateParams, flags: u32, dev: CUdevice) -> CUresult {
+    if !params.is_null() {
+        // SAFETY: a non-null pointer to the caller's CUctxCreateParams (API contract).
+        let p = unsafe { &*params };
+        if p.num_exec_affinity_params != 0 || !p.exec_affinity_params.is_null() || !p.cig_params.is_null() {
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            return not_supported("cuCtxCreate_v4 with execution affinity or CIG parameters", &LOGGED);
+        }
+    }
+    cuCtxCreate_v2(pctx, flags, dev)
 }
 
 #[no_mangle]
