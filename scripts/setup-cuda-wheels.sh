@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs NVIDIA's user-space pieces the tests drive (from PyPI, no GPU needed): cudart 12.9 and
-# 13.0 (the real runtime our libcuda must satisfy), nvcc 13.0, and pynvml (nvidia-ml-py, a real
-# NVML client). Idempotent; everything lives in a cache outside the repo ($VGPU_CACHE, default
+# 13.0 (the real runtime our libcuda must satisfy), nvcc 13.0, pynvml (nvidia-ml-py, a real
+# NVML client) and CuPy with NVRTC. Idempotent; everything lives in a cache outside the repo ($VGPU_CACHE, default
 # ~/.cache/vgpu), one folder per component with its own completion stamp.
 set -euo pipefail
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
@@ -23,4 +23,15 @@ install cuda-wheels/cu12 v1 nvidia-cuda-runtime-cu12==12.9.79
 install cuda-wheels/cu13 v1 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvcc==13.0.88 \
   nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
 install py v1 nvidia-ml-py==13.615.71
+# CuPy, a real framework on top of cudart 12 (with NVRTC, which compiles its kernels on the CPU),
+# in a virtual environment of its own as users install it (it finds NVRTC and the CUDA headers
+# through its site-packages).
+venv=$CACHE/cupy-venv
+if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy cached in $venv"; else
+  echo "setup: installing CuPy 14.2 into $venv"
+  rm -rf "$venv" && python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cupy-cuda12x==14.2.0 numpy==2.4.6 \
+    cuda-pathfinder==1.9.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
+  touch "$venv/.complete-v1"
+fi
 touch "$CACHE/cuda-wheels/.complete-v1"

@@ -175,7 +175,7 @@ impl SimSession {
     }
 
     fn load_ptx(&mut self, text: &str) -> CmdResult<u64> {
-        let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}")))?;
+        let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}{}", dump_ptx(text))))?;
         let mut globals = HashMap::new();
         let mut allocated = Vec::new();
         let mut result = Ok(());
@@ -294,6 +294,9 @@ impl DeviceSession for SimSession {
 
     fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)> {
         let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        if let Some(e) = m.ptx.unsupported(name) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("kernel {name} cannot run on the sim backend: PTX: {e}")));
+        }
         let k = m
             .ptx
             .kernel(name)
@@ -333,7 +336,7 @@ impl DeviceSession for SimSession {
 
     fn module_functions(&self, module: u64) -> CmdResult<Vec<String>> {
         let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
-        Ok(m.ptx.kernels().iter().map(|k| k.name.clone()).collect())
+        Ok(m.ptx.kernel_names().map(str::to_string).collect())
     }
 
     fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<()> {
@@ -447,4 +450,18 @@ fn validate_dims(d: &LaunchDims, static_shared: u32) -> CmdResult<()> {
         return bad(format!("{} bytes of shared memory exceed the 227 KiB per block", static_shared as u64 + d.dynamic_shared_bytes as u64));
     }
     Ok(())
+}
+
+/// With VGPU_SIM_DUMP_PTX=<dir>, PTX the interpreter cannot load is written there (to read the
+/// line an error names); returns a note for the error message.
+fn dump_ptx(text: &str) -> String {
+    let Some(dir) = std::env::var_os("VGPU_SIM_DUMP_PTX") else { return String::new() };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let path = std::path::Path::new(&dir).join(format!("module-{:016x}.ptx", h.finish()));
+    match std::fs::write(&path, text) {
+        Ok(()) => format!(" (PTX written to {})", path.display()),
+        Err(e) => format!(" (could not write the PTX to {}: {e})", path.display()),
+    }
 }

@@ -315,6 +315,10 @@ pub struct GlobalVar {
 pub struct Module {
     kernels: Vec<Kernel>,
     globals: Vec<GlobalVar>,
+    /// Kernels the interpreter cannot run, with the reason. Libraries ship every kernel of a
+    /// template family in one module (CUB: hundreds); one using an unsupported instruction fails
+    /// when it is looked up, not the whole module.
+    unsupported: Vec<(String, PtxError)>,
 }
 
 impl Module {
@@ -328,6 +332,16 @@ impl Module {
 
     pub fn kernels(&self) -> &[Kernel] {
         &self.kernels
+    }
+
+    /// Why kernel `name` cannot run here, if it is one of the module's unsupported kernels.
+    pub fn unsupported(&self, name: &str) -> Option<&PtxError> {
+        self.unsupported.iter().find(|(n, _)| n == name).map(|(_, e)| e)
+    }
+
+    /// Every kernel's name, runnable or not.
+    pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
+        self.kernels.iter().map(|k| k.name.as_str()).chain(self.unsupported.iter().map(|(n, _)| n.as_str()))
     }
 
     pub fn globals(&self) -> &[GlobalVar] {
@@ -397,7 +411,8 @@ fn statements(text: &str) -> Vec<Stmt> {
             ';' => {
                 out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
             }
-            '{' if cur.trim().is_empty() || cur.contains(".entry") || cur.contains(".func") => {
+            // A block opens a function body, or a scope in one (after a label, too).
+            '{' if cur.trim().is_empty() || cur.trim_end().ends_with(':') || cur.contains(".entry") || cur.contains(".func") => {
                 if !cur.trim().is_empty() {
                     out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
                 }
@@ -569,6 +584,17 @@ fn parse_var(line: usize, s: &str) -> Result<VarDecl, PtxError> {
             ".extern" => external = true,
             ".global" | ".const" | ".shared" | ".local" | ".param" => space = t[1..].to_string(),
             ".align" => align = toks.next().and_then(parse_int).unwrap_or(1) as u32,
+            // A kernel pointer parameter's pointee attributes (`.ptr [.space] [.align N]`) say
+            // what it points to, not how the parameter itself is laid out.
+            ".ptr" => {
+                while let Some(&a) = toks.peek() {
+                    match a {
+                        ".global" | ".const" | ".local" | ".shared" => drop(toks.next()),
+                        ".align" => drop((toks.next(), toks.next())),
+                        _ => break,
+                    }
+                }
+            }
             ".v2" | ".v4" => return err(line, format!("vector variables are not supported: `{s}`")),
             _ if t.starts_with('.') => {
                 ty = Some(Ty::from_name(&t[1..]).ok_or_else(|| PtxError { line, message: format!("unknown type {t} in `{s}`") })?)
@@ -620,6 +646,7 @@ struct Parser {
     shared: Vec<(String, u64, u32)>,
     extern_shared: Vec<(String, u32)>,
     kernels: Vec<Kernel>,
+    unsupported: Vec<(String, PtxError)>,
 }
 
 /// Per-function parsing state.
@@ -628,6 +655,13 @@ struct Func {
     regs: HashMap<String, u32>,
     /// Register groups declared `%r<N>`: prefix -> (first index, N).
     reg_ranges: HashMap<String, (u32, u32)>,
+    /// Registers allocated so far (named, in groups, and in `{ }` blocks).
+    nregs: u32,
+    /// Open `{ }` blocks (inline asm declares registers in them): per block, the names it
+    /// declared with what they meant outside, to restore at its end.
+    scopes: Vec<Vec<(String, Option<u32>)>>,
+    /// Registers of closed blocks, reused by later blocks.
+    free_regs: Vec<u32>,
     syms: Vec<SymKind>,
     sym_names: HashMap<String, u32>,
     params: Vec<ParamInfo>,
@@ -659,6 +693,12 @@ impl Func {
     }
 }
 
+/// The name in a `.entry NAME(` header.
+fn entry_name(header: &str) -> String {
+    let head = header.split('(').next().unwrap_or("");
+    head.split_whitespace().last().unwrap_or("").to_string()
+}
+
 fn align_up(v: u64, a: u64) -> u64 {
     let a = a.max(1);
     v.div_ceil(a) * a
@@ -680,8 +720,10 @@ impl Parser {
                         }
                         let end = matching_close(&stmts, i + 1).ok_or_else(|| PtxError { line: *line, message: "unterminated function body".into() })?;
                         if s.contains(".entry") {
-                            let k = self.function(*line, s, &stmts[i + 2..end])?;
-                            self.kernels.push(k);
+                            match self.function(*line, s, &stmts[i + 2..end]) {
+                                Ok(k) => self.kernels.push(k),
+                                Err(e) => self.unsupported.push((entry_name(s), e)),
+                            }
                         }
                         // .func bodies are only reachable through `call`, which the interpreter
                         // reports as unsupported where it is used.
@@ -694,7 +736,11 @@ impl Parser {
             }
             i += 1;
         }
-        Ok(Module { kernels: self.kernels, globals: self.globals })
+        // A module none of whose kernels can run fails to load, with the first reason.
+        if self.kernels.is_empty() && !self.unsupported.is_empty() {
+            return Err(self.unsupported.swap_remove(0).1);
+        }
+        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported })
     }
 
     fn directive(&mut self, line: usize, s: &str) -> Result<(), PtxError> {
@@ -736,6 +782,9 @@ impl Parser {
             name: name.clone(),
             regs: HashMap::new(),
             reg_ranges: HashMap::new(),
+            nregs: 0,
+            scopes: Vec::new(),
+            free_regs: Vec::new(),
             syms: Vec::new(),
             sym_names: HashMap::new(),
             params: Vec::new(),
@@ -783,7 +832,17 @@ impl Parser {
         }
         for st in body {
             match st {
-                Stmt::Open(_) | Stmt::Close(_) => {}
+                Stmt::Open(_) => f.scopes.push(Vec::new()),
+                Stmt::Close(_) => {
+                    for (name, outer) in f.scopes.pop().unwrap_or_default().into_iter().rev() {
+                        if let Some(r) = f.regs.remove(&name) {
+                            f.free_regs.push(r);
+                        }
+                        if let Some(o) = outer {
+                            f.regs.insert(name, o);
+                        }
+                    }
+                }
                 Stmt::Text(l, s) => self.body_stmt(&mut f, *l, s.trim())?,
             }
         }
@@ -803,7 +862,7 @@ impl Parser {
             static_shared_bytes: f.shared_bytes as u32,
             local_bytes: f.local_bytes as u32,
             insts: f.insts,
-            nregs: f.regs.len() + f.reg_ranges.values().map(|r| r.1 as usize).sum::<usize>(),
+            nregs: f.nregs as usize,
             syms: f.syms,
             dynamic_shared_offset: dyn_off as u32,
         })
@@ -854,18 +913,29 @@ impl Parser {
         let rest = s.trim_start_matches(".reg").trim();
         let names = rest.split_whitespace().skip_while(|t| t.starts_with('.')).collect::<Vec<_>>().join(" ");
         for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let total = f.regs.len() + f.reg_ranges.values().map(|r| r.1 as usize).sum::<usize>();
             if let Some(lt) = n.find('<') {
                 let count = parse_int(n[lt + 1..].trim_end_matches('>')).ok_or_else(|| PtxError { line, message: format!("bad register group {n}") })?;
-                if total as u64 + count > MAX_REGS as u64 {
+                if f.nregs as u64 + count > MAX_REGS as u64 {
                     return err(line, "too many registers");
                 }
-                f.reg_ranges.insert(n[..lt].to_string(), (total as u32, count as u32));
+                f.reg_ranges.insert(n[..lt].to_string(), (f.nregs, count as u32));
+                f.nregs += count as u32;
             } else {
-                if total + 1 > MAX_REGS {
-                    return err(line, "too many registers");
+                let r = match f.free_regs.pop() {
+                    Some(r) if !f.scopes.is_empty() => r,
+                    other => {
+                        f.free_regs.extend(other);
+                        if f.nregs as usize + 1 > MAX_REGS {
+                            return err(line, "too many registers");
+                        }
+                        f.nregs += 1;
+                        f.nregs - 1
+                    }
+                };
+                let outer = f.regs.insert(n.to_string(), r);
+                if let Some(scope) = f.scopes.last_mut() {
+                    scope.push((n.to_string(), outer));
                 }
-                f.regs.insert(n.to_string(), total as u32);
             }
         }
         Ok(())
@@ -893,6 +963,9 @@ impl Parser {
             }
             return err(line, format!("unknown register {s}"));
         }
+        if let Some(&r) = f.regs.get(s) {
+            return Ok(Opnd::Reg(r)); // a register named without `%`
+        }
         if let Some(v) = parse_imm(s, ty) {
             return Ok(Opnd::Imm(v));
         }
@@ -916,7 +989,7 @@ impl Parser {
         if let Some(v) = parse_int(&base) {
             return Ok(Opnd::Addr(Base::Abs, (v as i64).wrapping_add(off)));
         }
-        if base.starts_with('%') {
+        if base.starts_with('%') || f.regs.contains_key(&base) {
             let r = f.reg(&base).ok_or_else(|| PtxError { line, message: format!("unknown register {base}") })?;
             return Ok(Opnd::Addr(Base::Reg(r), off));
         }

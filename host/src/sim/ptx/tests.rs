@@ -284,3 +284,53 @@ fn tiled_matmul_with_partial_tiles() {
     let c: Vec<f32> = read(mem.get(pc), n * n);
     assert_eq!(c, matmul_reference(&a, &b, n));
 }
+
+/// What libraries' PTX contains beyond nvcc's plain output (CUB, via CuPy): pointer-parameter
+/// attributes, inline-asm `{ }` blocks declaring their own registers (after a label, and the
+/// same name twice), and, in a module of many kernels, one the interpreter cannot run, which
+/// fails alone when looked up.
+#[test]
+fn library_ptx_blocks_pointer_params_and_one_unsupported_kernel() {
+    let text = r#"
+.version 8.8
+.target sm_90
+.address_size 64
+.visible .entry copy_plus(.param .u64 .ptr .global .align 1 copy_plus_param_0, .param .u64 .ptr .align 4 copy_plus_param_1)
+{
+.reg .b64 %rd<5>;
+.reg .b32 %r<3>;
+.reg .b16 %rs<2>;
+ld.param.u64 %rd1, [copy_plus_param_0];
+ld.param.u64 %rd2, [copy_plus_param_1];
+cvta.to.global.u64 %rd3, %rd1;
+cvta.to.global.u64 %rd4, %rd2;
+mov.u32 %r1, 7;
+$L__BB0_1:
+{ .reg .u8 datum; ld.global.u8 datum, [%rd3]; cvt.u16.u8 %rs1, datum;}
+{ .reg .b32 datum; mov.b32 datum, %r1; add.s32 %r2, datum, 1;}
+cvt.u32.u16 %r1, %rs1;
+add.s32 %r1, %r1, %r2;
+st.global.u32 [%rd4], %r1;
+ret;
+}
+.visible .entry uses_f16x2(.param .u64 p)
+{
+.reg .b32 %r<3>;
+add.f16x2 %r1, %r2, %r2;
+ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    let k = m.kernel("copy_plus").unwrap();
+    assert_eq!(k.params.iter().map(|p| (p.offset, p.size)).collect::<Vec<_>>(), vec![(0, 8), (8, 8)]);
+    let mut mem = Mem::default();
+    let (src, dst) = (mem.alloc(&[5u8]), mem.alloc(&[0u8; 4]));
+    run(&m, "copy_plus", [1, 1, 1], [1, 1, 1], 0, &[src, dst], &mut mem).unwrap();
+    assert_eq!(read::<u32>(mem.get(dst), 1), [5 + 7 + 1]);
+    assert!(m.kernel("uses_f16x2").is_none());
+    let why = m.unsupported("uses_f16x2").expect("the unsupported kernel is known by name").to_string();
+    assert!(why.contains("add.f16x2"), "{why}");
+    assert_eq!(m.kernel_names().collect::<Vec<_>>(), ["copy_plus", "uses_f16x2"]);
+    // Alone, it fails the module.
+    assert!(Module::parse(&text[text.find(".visible .entry uses_f16x2").unwrap()..]).is_err());
+}

@@ -240,6 +240,12 @@ const FA_BINARY_VERSION: c_int = 6;
 const FA_CACHE_MODE_CA: c_int = 7;
 const FA_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
 const FA_PREFERRED_SHARED_MEMORY_CARVEOUT: c_int = 9;
+// Thread-block clusters (sm_90): no kernel here declares a cluster shape (.reqnctapercluster)
+// or a scheduling policy, so these read as for such a kernel on a real H100.
+const FA_CLUSTER_SIZE_MUST_BE_SET: c_int = 10;
+const FA_REQUIRED_CLUSTER_DEPTH: c_int = 13;
+const FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED: c_int = 14;
+const FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE: c_int = 15;
 
 fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
     let k = kernel_meta(f)?;
@@ -254,7 +260,13 @@ fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
         FA_CACHE_MODE_CA => 0,
         FA_MAX_DYNAMIC_SHARED_SIZE_BYTES => k.max_dynamic_shared,
         FA_PREFERRED_SHARED_MEMORY_CARVEOUT => -1,
-        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        FA_CLUSTER_SIZE_MUST_BE_SET..=FA_REQUIRED_CLUSTER_DEPTH => 0,
+        FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED => 0,
+        FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
+        _ => {
+            vlog!(crate::log::DEBUG, "cuFuncGetAttribute: unknown attribute {attrib}");
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
     })
 }
 

@@ -163,3 +163,57 @@ pub unsafe extern "C" fn cuStreamDestroy(s: Handle) -> CUresult {
 pub unsafe extern "C" fn cuEventDestroy(e: Handle) -> CUresult {
     cuEventDestroy_v2(e)
 }
+
+/// Stream capture (CUDA graphs) is not supported (cuStreamBeginCapture returns
+/// CUDA_ERROR_NOT_SUPPORTED), so a valid stream is never capturing: CU_STREAM_CAPTURE_STATUS_NONE.
+/// Frameworks (CuPy, PyTorch) ask before every copy. The stream is checked with the mediator.
+fn capture_status(s: Handle, status: *mut c_int) -> Result<(), CUresult> {
+    if status.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    match call_h(Op::StreamQuery, &[handle_of(s)]) {
+        Ok(_) | Err(CUDA_ERROR_NOT_READY) => put(status, 0),
+        Err(e) => Err(e),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(s: Handle, status: *mut c_int) -> CUresult {
+    guard("cuStreamIsCapturing", || capture_status(s, status))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: Handle, status: *mut c_int) -> CUresult {
+    cuStreamIsCapturing(s, status)
+}
+
+/// The other outputs are defined only while capturing, which never happens.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo(s: Handle, status: *mut c_int, _id: *mut u64) -> CUresult {
+    guard("cuStreamGetCaptureInfo", || capture_status(s, status))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_ptsz(s: Handle, status: *mut c_int, id: *mut u64) -> CUresult {
+    cuStreamGetCaptureInfo(s, status, id)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(s: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle, _deps: *mut *const Handle, _num_deps: *mut usize) -> CUresult {
+    cuStreamGetCaptureInfo(s, status, id)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, num_deps: *mut usize) -> CUresult {
+    cuStreamGetCaptureInfo_v2(s, status, id, graph, deps, num_deps)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(s: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle, _deps: *mut *const Handle, _edges: *mut *const u8, _num_deps: *mut usize) -> CUresult {
+    cuStreamGetCaptureInfo(s, status, id)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3_ptsz(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, edges: *mut *const u8, num_deps: *mut usize) -> CUresult {
+    cuStreamGetCaptureInfo_v3(s, status, id, graph, deps, edges, num_deps)
+}
