@@ -978,10 +978,12 @@ impl Parser {
     fn address(&self, f: &Func, line: usize, inner: &str) -> Result<Opnd, PtxError> {
         let inner = inner.replace(' ', "");
         // base, base+off, base+-off, off
-        let (base, off) = match inner.rfind(['+', '-']).filter(|&i| i > 0) {
+        // base+off, base-off and base+-off (nvcc writes the last for negative offsets)
+        let split = inner.find('+').or_else(|| inner.rfind('-')).filter(|&i| i > 0);
+        let (base, off) = match split {
             Some(i) => {
                 let (b, o) = inner.split_at(i);
-                let off = parse_int(o.trim_start_matches('+')).ok_or_else(|| PtxError { line, message: format!("bad address offset in [{inner}]") })?;
+                let off = parse_int(o.strip_prefix('+').unwrap_or(o)).ok_or_else(|| PtxError { line, message: format!("bad address offset in [{inner}]") })?;
                 (b.to_string(), off as i64)
             }
             None => (inner.clone(), 0),

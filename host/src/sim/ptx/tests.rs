@@ -286,7 +286,7 @@ fn tiled_matmul_with_partial_tiles() {
 }
 
 /// What libraries' PTX contains beyond nvcc's plain output (CUB, via CuPy): pointer-parameter
-/// attributes, inline-asm `{ }` blocks declaring their own registers (after a label, and the
+/// attributes, `[reg+-off]` addresses, inline-asm `{ }` blocks declaring their own registers (after a label, and the
 /// same name twice), and, in a module of many kernels, one the interpreter cannot run, which
 /// fails alone when looked up.
 #[test]
@@ -310,7 +310,8 @@ $L__BB0_1:
 { .reg .b32 datum; mov.b32 datum, %r1; add.s32 %r2, datum, 1;}
 cvt.u32.u16 %r1, %rs1;
 add.s32 %r1, %r1, %r2;
-st.global.u32 [%rd4], %r1;
+add.s64 %rd4, %rd4, 4;
+st.global.u32 [%rd4+-4], %r1;
 ret;
 }
 .visible .entry uses_f16x2(.param .u64 p)
