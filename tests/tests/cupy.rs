@@ -40,3 +40,11 @@ fn run_cupy_check(accelerators: &str) {
 fn cupy_elementwise_reductions_and_raw_kernels_match_numpy() {
     run_cupy_check("");
 }
+
+/// CuPy's default: reductions through CUB, whose kernels (warp shuffles, redux.sync, inline
+/// asm) come as PTX for sm_100 in CuPy's fatbin; the host side picks CUB's tuning policy by
+/// the PTX version the functions report.
+#[test]
+fn cupy_with_cub_reductions_matches_numpy() {
+    run_cupy_check("cub");
+}

@@ -175,7 +175,8 @@ impl SimSession {
     }
 
     fn load_ptx(&mut self, text: &str) -> CmdResult<u64> {
-        let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}{}", dump_ptx(text))))?;
+        let dumped = dump_ptx(text);
+        let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}{dumped}")))?;
         let mut globals = HashMap::new();
         let mut allocated = Vec::new();
         let mut result = Ok(());
@@ -303,6 +304,8 @@ impl DeviceSession for SimSession {
             .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("no kernel named {name}")))?;
         let params: Vec<(u32, u32)> = k.params.iter().map(|p| (p.offset, p.size)).collect();
         let (param_bytes, static_shared_bytes, local_bytes) = (k.param_bytes, k.static_shared_bytes, k.local_bytes);
+        // What runs is this PTX: its target is the version both report.
+        let arch = if m.ptx.target() > 0 { m.ptx.target() } else { 90 };
         // One handle per (module, name): resolving twice gives the same function, as in CUDA.
         let existing = self.functions.iter().find(|(_, f)| f.module == module && f.name == name).map(|(&h, _)| h);
         let h = match existing {
@@ -321,8 +324,8 @@ impl DeviceSession for SimSession {
             local_bytes,
             max_threads_per_block: 1024,
             num_regs: 32,
-            ptx_version: 90,
-            binary_version: 90,
+            ptx_version: arch,
+            binary_version: arch,
         };
         Ok((info, params))
     }
@@ -356,6 +359,7 @@ impl DeviceSession for SimSession {
         let globals = m.globals.clone();
         let kernel_name = f.name.clone();
         let k = module.kernel(&kernel_name).ok_or_else(|| invalid_handle("function", function))?;
+        tracing::debug!(grid = ?cfg.grid, block = ?cfg.block, dynamic_shared = cfg.dynamic_shared_bytes, params = ?params, "launch {kernel_name}");
         ptx::launch(&module, k, &cfg, params, &globals, &mut self.mem)
             .map(|_| ())
             .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")))
@@ -452,8 +456,8 @@ fn validate_dims(d: &LaunchDims, static_shared: u32) -> CmdResult<()> {
     Ok(())
 }
 
-/// With VGPU_SIM_DUMP_PTX=<dir>, PTX the interpreter cannot load is written there (to read the
-/// line an error names); returns a note for the error message.
+/// With VGPU_SIM_DUMP_PTX=<dir>, every PTX module loaded is written there (to read the line an
+/// error names); returns a note for error messages.
 fn dump_ptx(text: &str) -> String {
     let Some(dir) = std::env::var_os("VGPU_SIM_DUMP_PTX") else { return String::new() };
     use std::hash::{Hash, Hasher};

@@ -90,3 +90,66 @@ extern "C" __global__ void matmul_tiled(const float *a, const float *b, float *c
   }
   if (row < n && col < n) c[row * n + col] = acc;
 }
+
+// Warp shuffles: each mode over full and partial masks and sub-warp widths. out[i*32 + lane]
+// for the i-th case; lanes >= active do not take part (they return at once).
+extern "C" __global__ void shuffles(const int *in, int *out, int active) {
+  int lane = threadIdx.x & 31;
+  if (lane >= active) return;
+  unsigned m = active == 32 ? 0xffffffffu : (1u << active) - 1;
+  int v = in[threadIdx.x];
+  out[0 * 32 + lane] = __shfl_up_sync(m, v, 3);
+  out[1 * 32 + lane] = __shfl_down_sync(m, v, 5);
+  out[2 * 32 + lane] = __shfl_xor_sync(m, v, 6);
+  out[3 * 32 + lane] = __shfl_sync(m, v, (lane * 7) % active);
+  out[4 * 32 + lane] = __shfl_up_sync(m, v, 1, 8);   // within groups of 8
+  out[5 * 32 + lane] = __shfl_down_sync(m, v, 2, 16);
+  out[6 * 32 + lane] = __shfl_sync(m, v, 3, 4);      // lane 3 of each group of 4
+  out[7 * 32 + lane] = __shfl_xor_sync(m, v, 1, 2);
+}
+
+// Votes and ballots, and a warp-level reduction (redux.sync on sm_80+).
+extern "C" __global__ void votes(const int *in, unsigned *out) {
+  int lane = threadIdx.x & 31;
+  int v = in[threadIdx.x];
+  unsigned b = __ballot_sync(0xffffffffu, v > 0);
+  int all = __all_sync(0xffffffffu, v > -100);
+  int any = __any_sync(0xffffffffu, v == 7);
+  unsigned sum = __reduce_add_sync(0xffffffffu, (unsigned)v);
+  int mx = __reduce_max_sync(0xffffffffu, v);
+  __syncwarp();
+  if (lane == 0) {
+    int w = threadIdx.x / 32;
+    out[w * 5 + 0] = b;
+    out[w * 5 + 1] = all;
+    out[w * 5 + 2] = any;
+    out[w * 5 + 3] = sum;
+    out[w * 5 + 4] = (unsigned)mx;
+  }
+}
+
+// Inclusive scan of a block with warp shuffles (Hillis-Steele in each warp, then the warps'
+// totals through shared memory), as CUB's warp scans do.
+extern "C" __global__ void warp_scan(const int *in, int *out, int n) {
+  __shared__ int totals[32];
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  int v = i < n ? in[i] : 0;
+  for (int d = 1; d < 32; d *= 2) {
+    int up = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += up;
+  }
+  if (lane == 31) totals[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int t = lane < blockDim.x / 32 ? totals[lane] : 0;
+    for (int d = 1; d < 32; d *= 2) {
+      int up = __shfl_up_sync(0xffffffffu, t, d);
+      if (lane >= d) t += up;
+    }
+    totals[lane] = t;
+  }
+  __syncthreads();
+  if (warp > 0) v += totals[warp - 1];
+  if (i < n) out[i] = v;
+}

@@ -1,5 +1,7 @@
 //! Running a kernel: blocks in order, threads of a block with explicit state so that
-//! `bar.sync` can park a thread until the whole block has arrived.
+//! `bar.sync` can park a thread until the whole block has arrived, and a warp-collective
+//! instruction (shfl.sync, vote.sync, redux.sync, bar.warp.sync, activemask) until the lanes it
+//! names have arrived at it; then it runs for all of them at once.
 
 use super::parse::*;
 use super::{ExecError, Memory};
@@ -32,6 +34,7 @@ const MAX_BLOCK_LOCAL: u64 = 64 << 20;
 const RUN: u8 = 0;
 const AT_BARRIER: u8 = 1;
 const DONE: u8 = 2;
+const AT_WARP: u8 = 3;
 
 struct Ctx<'a> {
     k: &'a Kernel,
@@ -121,9 +124,19 @@ pub fn launch_with_budget(
                         let l = &mut local[t * k.local_bytes as usize..(t + 1) * k.local_bytes as usize];
                         state[t] = ctx.run(t as u32, &mut pcs[t], r, l)?;
                     }
-                    let waiting = state.iter().filter(|&&s| s == AT_BARRIER).count();
-                    if waiting == 0 {
+                    if ctx.warp_collectives(&mut state, &mut pcs, &mut regs, nregs)? {
+                        continue;
+                    }
+                    let live = state.iter().filter(|&&s| s != DONE).count();
+                    if live == 0 {
                         break; // every thread has exited
+                    }
+                    if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
+                        let i = &k.insts[pcs[t] as usize];
+                        return Err(ExecError::BarrierDeadlock(format!(
+                            "thread {t} waits at {} for lanes of its mask that exited or wait elsewhere",
+                            ctx.at(i)
+                        )));
                     }
                     // Everyone still alive is at a barrier: release them (exited threads count
                     // as arrived, as on the hardware).
@@ -402,6 +415,117 @@ fn int_range(t: Ty) -> (i128, i128) {
 }
 
 impl Ctx<'_> {
+    /// Runs every warp collective whose lanes have all arrived: lanes waiting at the same
+    /// instruction form a group; it runs once every live lane named by each member's mask is in
+    /// the group (lanes that exited, or beyond the block's end, are left out). Returns whether
+    /// any ran.
+    fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize) -> Result<bool, ExecError> {
+        let n = state.len();
+        let mut fired = false;
+        for w0 in (0..n).step_by(32) {
+            let lanes = (n - w0).min(32);
+            let live: u32 = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0, |m, l| m | 1 << l);
+            let mut waiting: u32 = (0..lanes).filter(|&l| state[w0 + l] == AT_WARP).fold(0, |m, l| m | 1 << l);
+            while waiting != 0 {
+                let first = waiting.trailing_zeros() as usize;
+                let pc = pcs[w0 + first];
+                let group: u32 = (0..lanes).filter(|&l| waiting & (1 << l) != 0 && pcs[w0 + l] == pc).fold(0, |m, l| m | 1 << l);
+                waiting &= !group;
+                if self.warp_op(w0, group, live, pc, regs, nregs)? {
+                    for l in 0..lanes {
+                        if group & (1 << l) != 0 {
+                            state[w0 + l] = RUN;
+                            pcs[w0 + l] += 1;
+                        }
+                    }
+                    fired = true;
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Runs the collective at `pc` for the lanes in `group` of the warp starting at thread `w0`
+    /// if they are all there; false if some lane still has to arrive.
+    fn warp_op(&mut self, w0: usize, group: u32, live: u32, pc: u32, regs: &mut [u64], nregs: usize) -> Result<bool, ExecError> {
+        let k = self.k;
+        let i = &k.insts[pc as usize];
+        let Op::Warp { op, d, p, a, b, c, mask: m, neg_a } = &i.op else {
+            return Err(ExecError::Unsupported(format!("instruction {}", self.at(i))));
+        };
+        let bl = self.cfg.block;
+        let tid_of = |t: u32| [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])];
+        // Each member's operands, read from its own registers.
+        let mut vals = [[0u64; 4]; 32];
+        for l in 0..32 {
+            if group & (1 << l) == 0 {
+                continue;
+            }
+            let t = (w0 + l) as u32;
+            let r = &regs[t as usize * nregs..(t as usize + 1) * nregs];
+            let tid = tid_of(t);
+            vals[l] = [self.get(a, r, tid, t, i)?, self.get(b, r, tid, t, i)?, self.get(c, r, tid, t, i)?, self.get(m, r, tid, t, i)?];
+            if *op == WarpOp::ActiveMask {
+                vals[l][3] = group as u64;
+            }
+            if (vals[l][3] as u32) & live & !group != 0 {
+                return Ok(false); // a live lane it names has not arrived yet
+            }
+        }
+        for l in 0..32 {
+            if group & (1 << l) == 0 {
+                continue;
+            }
+            let [av, bv, cv, mv] = vals[l];
+            let members = mv as u32 & group;
+            let pred = |x: usize| (vals[x][0] != 0) != *neg_a;
+            let (dv, pv) = match *op {
+                WarpOp::Shfl(mode) => {
+                    let lane = l as u32;
+                    let (b, clamp, seg) = (bv as u32, cv as u32 & 0x1f, (cv as u32 >> 8) & 0x1f);
+                    let max_lane = (lane & seg) | (clamp & !seg);
+                    let min_lane = lane & seg;
+                    let (j, ok) = match mode {
+                        ShflMode::Up => (lane.wrapping_sub(b), lane.wrapping_sub(b) as i32 >= max_lane as i32),
+                        ShflMode::Down => (lane.wrapping_add(b), lane.wrapping_add(b) <= max_lane),
+                        ShflMode::Bfly => (lane ^ b, (lane ^ b) <= max_lane),
+                        ShflMode::Idx => (min_lane | (b & !seg), (min_lane | (b & !seg)) <= max_lane),
+                    };
+                    let j = if ok { j as usize } else { l };
+                    // A source lane outside the exchange gives an undefined value in PTX; here
+                    // the lane's own.
+                    let v = if j < 32 && members & (1 << j) != 0 { vals[j][0] } else { av };
+                    (v, ok as u64)
+                }
+                WarpOp::Ballot => ((0..32).filter(|&x| members & (1 << x) != 0 && pred(x)).fold(0u64, |acc, x| acc | 1 << x), 0),
+                WarpOp::VoteAll => ((0..32).filter(|&x| members & (1 << x) != 0).all(pred) as u64, 0),
+                WarpOp::VoteAny => ((0..32).filter(|&x| members & (1 << x) != 0).any(pred) as u64, 0),
+                WarpOp::VoteUni => {
+                    let mut it = (0..32).filter(|&x| members & (1 << x) != 0).map(pred);
+                    let first = it.next();
+                    (it.all(|v| Some(v) == first) as u64, 0)
+                }
+                WarpOp::Redux(bin, ty) => {
+                    let xs = (0..32).filter(|&x| members & (1 << x) != 0).map(|x| vals[x][0]);
+                    let v = xs.reduce(|acc, x| int_bin(bin, ty, acc, x)).unwrap_or(av);
+                    (v, 0)
+                }
+                WarpOp::Sync => (0, 0),
+                WarpOp::ActiveMask => (group as u64, 0),
+            };
+            let t = w0 + l;
+            let r = &mut regs[t * nregs..(t + 1) * nregs];
+            let dty = match op {
+                WarpOp::VoteAll | WarpOp::VoteAny | WarpOp::VoteUni => Ty::Pred,
+                _ => Ty::B32,
+            };
+            self.set(d, dty, dv, r, i)?;
+            self.set(p, Ty::Pred, pv, r, i)?;
+        }
+        self.executed += group.count_ones() as u64;
+        Ok(true)
+    }
+
     fn at(&self, i: &Inst) -> String {
         format!("`{}` (PTX line {}) in {}", i.text, i.line, self.k.name)
     }
@@ -466,6 +590,7 @@ impl Ctx<'_> {
                 }
                 Op::Exit => return Ok(DONE),
                 Op::Bar => return Ok(AT_BARRIER),
+                Op::Warp { .. } => return Ok(AT_WARP),
                 _ => self.step(inst, tid, linear, regs, local)?,
             }
             *pc += 1;
@@ -859,7 +984,7 @@ impl Ctx<'_> {
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
-            Op::Bra { .. } | Op::Exit | Op::Bar => {}
+            Op::Bra { .. } | Op::Exit | Op::Bar | Op::Warp { .. } => {} // handled by run()
         }
         Ok(())
     }

@@ -159,6 +159,29 @@ pub enum Bin {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShflMode {
+    Up,
+    Down,
+    Bfly,
+    Idx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarpOp {
+    Shfl(ShflMode),
+    VoteAll,
+    VoteAny,
+    VoteUni,
+    Ballot,
+    /// redux.sync: add/min/max/and/or/xor over the lanes; the type says signedness.
+    Redux(Bin, Ty),
+    /// bar.warp.sync
+    Sync,
+    /// activemask: the lanes that reached it together
+    ActiveMask,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Un {
     Not,
     Cnot,
@@ -253,6 +276,9 @@ pub enum Op {
     Atom { space: Space, op: AtomOp, ty: Ty, d: Option<Opnd>, addr: Opnd, b: Opnd, c: Option<Opnd> },
     Bra { target: u32 },
     Bar,
+    /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
+    /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
+    Warp { op: WarpOp, d: Opnd, p: Opnd, a: Opnd, b: Opnd, c: Opnd, mask: Opnd, neg_a: bool },
     Exit,
     Trap,
     Nop,
@@ -319,9 +345,18 @@ pub struct Module {
     /// template family in one module (CUB: hundreds); one using an unsupported instruction fails
     /// when it is looked up, not the whole module.
     unsupported: Vec<(String, PtxError)>,
+    /// The `.target sm_XY` architecture the PTX was written for (XY, e.g. 90), 0 if none.
+    target: u32,
 }
 
 impl Module {
+    /// The architecture of `.target` (e.g. 90 for sm_90): what the functions report as their
+    /// PTX version. Libraries such as CUB pick tuning parameters on the host by it, and they
+    /// must match the code the interpreter runs.
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
     pub fn parse(text: &str) -> Result<Module, PtxError> {
         Parser::default().module(text)
     }
@@ -647,6 +682,7 @@ struct Parser {
     extern_shared: Vec<(String, u32)>,
     kernels: Vec<Kernel>,
     unsupported: Vec<(String, PtxError)>,
+    target: u32,
 }
 
 /// Per-function parsing state.
@@ -740,13 +776,20 @@ impl Parser {
         if self.kernels.is_empty() && !self.unsupported.is_empty() {
             return Err(self.unsupported.swap_remove(0).1);
         }
-        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported })
+        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target })
     }
 
     fn directive(&mut self, line: usize, s: &str) -> Result<(), PtxError> {
         let first = s.split_whitespace().next().unwrap_or("");
         match first {
-            ".version" | ".target" | ".address_size" | ".file" | ".loc" | ".pragma" | ".section" => Ok(()),
+            ".target" => {
+                // .target sm_90[a], other options
+                let arch = s.split_whitespace().nth(1).unwrap_or("").trim_end_matches(',');
+                let digits: String = arch.strip_prefix("sm_").unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
+                self.target = digits.parse().unwrap_or(0);
+                Ok(())
+            }
+            ".version" | ".address_size" | ".file" | ".loc" | ".pragma" | ".section" => Ok(()),
             _ if s.contains(".global") || s.contains(".const") => {
                 let v = parse_var(line, s)?;
                 if v.external {
@@ -1205,6 +1248,64 @@ impl Parser {
                 f.fixups.push((f.insts.len(), label, line));
                 Op::Bra { target: 0 }
             }
+            "shfl" => {
+                let mode = if has("up") {
+                    ShflMode::Up
+                } else if has("down") {
+                    ShflMode::Down
+                } else if has("bfly") {
+                    ShflMode::Bfly
+                } else if has("idx") {
+                    ShflMode::Idx
+                } else {
+                    return err(line, format!("no shuffle mode in `{s}`"));
+                };
+                // d|p: the value and whether the source lane was in range
+                let dst = ops.first().ok_or_else(|| PtxError { line, message: format!("missing operands in `{s}`") })?;
+                let (d, p) = match dst.split_once('|') {
+                    Some((d, p)) => (self.operand(f, line, d.trim(), Some(Ty::B32))?, self.operand(f, line, p.trim(), Some(Ty::Pred))?),
+                    None => (self.operand(f, line, dst, Some(Ty::B32))?, Opnd::Sink),
+                };
+                // Without .sync (sm_6x PTX) all 32 lanes take part.
+                let mask = if has("sync") { o(4, Some(Ty::B32))? } else { Opnd::Imm(0xffff_ffff) };
+                Op::Warp { op: WarpOp::Shfl(mode), d, p, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::B32))?, mask, neg_a: false }
+            }
+            "vote" => {
+                let op = if has("ballot") {
+                    WarpOp::Ballot
+                } else if has("all") {
+                    WarpOp::VoteAll
+                } else if has("any") {
+                    WarpOp::VoteAny
+                } else if has("uni") {
+                    WarpOp::VoteUni
+                } else {
+                    return err(line, format!("no vote mode in `{s}`"));
+                };
+                let src = ops.get(1).ok_or_else(|| PtxError { line, message: format!("missing operands in `{s}`") })?;
+                let (neg_a, src) = match src.strip_prefix('!') {
+                    Some(r) => (true, r),
+                    None => (false, src.as_str()),
+                };
+                let dty = if op == WarpOp::Ballot { Ty::B32 } else { Ty::Pred };
+                let mask = if has("sync") { o(2, Some(Ty::B32))? } else { Opnd::Imm(0xffff_ffff) };
+                Op::Warp { op, d: o(0, Some(dty))?, p: Opnd::Sink, a: self.operand(f, line, src, Some(Ty::Pred))?, b: Opnd::Sink, c: Opnd::Sink, mask, neg_a }
+            }
+            "redux" if has("sync") => {
+                let ty = need_ty()?;
+                let bin = [("add", Bin::Add), ("min", Bin::Min), ("max", Bin::Max), ("and", Bin::And), ("or", Bin::Or), ("xor", Bin::Xor)]
+                    .iter()
+                    .find(|(m, _)| has(m))
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| PtxError { line, message: format!("no reduction in `{s}`") })?;
+                if ty.bits() != 32 || mods.iter().any(|m| m.starts_with('f')) {
+                    Op::Unsupported
+                } else {
+                    Op::Warp { op: WarpOp::Redux(bin, ty), d: o(0, Some(ty))?, p: Opnd::Sink, a: o(1, Some(ty))?, b: Opnd::Sink, c: Opnd::Sink, mask: o(2, Some(Ty::B32))?, neg_a: false }
+                }
+            }
+            "activemask" => Op::Warp { op: WarpOp::ActiveMask, d: o(0, Some(Ty::B32))?, p: Opnd::Sink, a: Opnd::Sink, b: Opnd::Sink, c: Opnd::Sink, mask: Opnd::Imm(0xffff_ffff), neg_a: false },
+            "bar" if has("warp") => Op::Warp { op: WarpOp::Sync, d: Opnd::Sink, p: Opnd::Sink, a: Opnd::Sink, b: Opnd::Sink, c: Opnd::Sink, mask: o(0, Some(Ty::B32))?, neg_a: false },
             "bar" | "barrier" => {
                 if has("arrive") || has("red") {
                     Op::Unsupported

@@ -335,3 +335,103 @@ ret;
     // Alone, it fails the module.
     assert!(Module::parse(&text[text.find(".visible .entry uses_f16x2").unwrap()..]).is_err());
 }
+
+/// CUDA's definition of each shuffle: the source lane, or None where CUDA leaves the value
+/// undefined (the source lane is not in the mask).
+fn shfl_source(case: usize, lane: usize, active: usize) -> Option<usize> {
+    let in_seg = |w: usize, j: usize| j / w == lane / w;
+    let j = match case {
+        0 => if lane % 32 >= 3 { lane - 3 } else { lane },
+        1 => if lane + 5 < 32 { lane + 5 } else { lane },
+        2 => lane ^ 6,
+        3 => (lane * 7) % active,
+        4 => if lane % 8 >= 1 { lane - 1 } else { lane },
+        5 => if lane % 16 + 2 < 16 { lane + 2 } else { lane },
+        6 => (lane / 4) * 4 + 3,
+        _ => {
+            let j = lane ^ 1;
+            if in_seg(2, j) { j } else { lane }
+        }
+    };
+    (j < active).then_some(j)
+}
+
+#[test]
+fn warp_shuffles_all_modes_widths_and_partial_masks() {
+    let m = module();
+    let input: Vec<i32> = (0..32).map(|i| i * 10 + 1).collect();
+    for active in [32usize, 20, 7] {
+        let mut mem = Mem::default();
+        let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; 8 * 32 * 4]));
+        run(&m, "shuffles", [1, 1, 1], [32, 1, 1], 0, &[pi, po, active as u64], &mut mem).unwrap();
+        let out: Vec<i32> = read(mem.get(po), 8 * 32);
+        for case in 0..8 {
+            for lane in 0..active {
+                if let Some(j) = shfl_source(case, lane, active) {
+                    assert_eq!(out[case * 32 + lane], input[j], "case {case}, lane {lane}, {active} active lanes");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn warp_votes_ballots_and_reductions() {
+    let m = module();
+    let input: Vec<i32> = (0..64).map(|t| ((t * 13) % 17) - 8).collect();
+    let mut mem = Mem::default();
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&[0u8; 2 * 5 * 4]));
+    run(&m, "votes", [1, 1, 1], [64, 1, 1], 0, &[pi, po], &mut mem).unwrap();
+    let out: Vec<u32> = read(mem.get(po), 10);
+    for w in 0..2 {
+        let v = &input[w * 32..w * 32 + 32];
+        let ballot = v.iter().enumerate().filter(|(_, &x)| x > 0).fold(0u32, |b, (l, _)| b | 1 << l);
+        let want = [ballot, 1, v.contains(&7) as u32, v.iter().map(|&x| x as u32).fold(0u32, u32::wrapping_add), *v.iter().max().unwrap() as u32];
+        assert_eq!(&out[w * 5..w * 5 + 5], &want, "warp {w}");
+    }
+}
+
+#[test]
+fn block_scan_with_warp_shuffles() {
+    let m = module();
+    let n = 1000usize;
+    let input: Vec<i32> = (0..n as i32).map(|i| (i * 7) % 23 - 11).collect();
+    let mut mem = Mem::default();
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; n * 4]));
+    run(&m, "warp_scan", [4, 1, 1], [256, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
+    let out: Vec<i32> = read(mem.get(po), n);
+    for (b, chunk) in input.chunks(256).enumerate() {
+        let mut acc = 0;
+        for (k, x) in chunk.iter().enumerate() {
+            acc += x;
+            assert_eq!(out[b * 256 + k], acc, "element {}", b * 256 + k);
+        }
+    }
+}
+
+/// A shuffle whose mask names a lane that never arrives (it waits at a block barrier) is a
+/// deadlock: an error naming the instruction, not a hang.
+#[test]
+fn a_shuffle_waiting_for_a_lane_at_a_barrier_is_an_error() {
+    let text = r#"
+.version 8.8
+.target sm_90
+.address_size 64
+.visible .entry k(.param .u64 p)
+{
+.reg .pred %p<2>;
+.reg .b32 %r<4>;
+mov.u32 %r1, %tid.x;
+setp.eq.u32 %p1, %r1, 0;
+@%p1 bra $L_bar;
+shfl.sync.idx.b32 %r2, %r1, 0, 31, -1;
+ret;
+$L_bar:
+bar.sync 0;
+ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    let err = run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
+    assert!(matches!(&err, ExecError::BarrierDeadlock(s) if s.contains("shfl.sync.idx.b32")), "{err}");
+}

@@ -329,3 +329,87 @@ pub unsafe extern "C" fn cuFuncGetParamInfo(f: Handle, index: usize, offset: *mu
         put(size, s as usize)
     })
 }
+
+/// Blocks of `f` with `block_size` threads and `dyn_smem` bytes of dynamic shared memory that
+/// fit on one multiprocessor at once, by the limits the device reports (threads, blocks,
+/// registers and shared memory per multiprocessor; 1 KiB of shared memory reserved per block,
+/// as on sm_8x/9x). The sim runs blocks one after another, but programs size their grids by
+/// this, as they would on the GPU the device presents.
+fn occupancy(f: Handle, block_size: c_int, dyn_smem: usize) -> Result<c_int, CUresult> {
+    use vgpu_uapi::cuda::attr;
+    let k = kernel_meta(f)?;
+    let (d, dev) = state::current_device()?;
+    let a = &d.device(dev)?.attrs;
+    if block_size <= 0 || block_size as u32 > k.info.max_threads_per_block {
+        return Ok(0);
+    }
+    let warps = (block_size as u64).div_ceil(32);
+    let by_threads = a[attr::MAX_THREADS_PER_MULTIPROCESSOR] as u64 / (warps * 32);
+    let by_blocks = a[attr::MAX_BLOCKS_PER_MULTIPROCESSOR] as u64;
+    let regs_per_block = (k.info.num_regs as u64).max(1) * warps * 32;
+    let by_regs = a[attr::MAX_REGISTERS_PER_MULTIPROCESSOR] as u64 / regs_per_block;
+    let smem = k.info.static_shared_bytes as u64 + dyn_smem as u64;
+    if smem > a[attr::MAX_SHARED_MEMORY_PER_BLOCK_OPTIN] as u64 {
+        return Ok(0);
+    }
+    let by_smem = a[attr::MAX_SHARED_MEMORY_PER_MULTIPROCESSOR] as u64 / (smem + 1024);
+    Ok(by_threads.min(by_blocks).min(by_regs).min(by_smem).min(c_int::MAX as u64) as c_int)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(n: *mut c_int, f: Handle, block_size: c_int, dyn_smem: usize) -> CUresult {
+    guard("cuOccupancyMaxActiveBlocksPerMultiprocessor", || put(n, occupancy(f, block_size, dyn_smem)?))
+}
+
+/// The flags only concern caching hints (CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE) that do not
+/// change the count here.
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n: *mut c_int, f: Handle, block_size: c_int, dyn_smem: usize, flags: c_uint) -> CUresult {
+    guard("cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags", || {
+        if flags & !1 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        put(n, occupancy(f, block_size, dyn_smem)?)
+    })
+}
+
+/// `size_t (*)(int blockSize)`: dynamic shared memory a block of that size needs.
+type SmemForBlock = Option<unsafe extern "C" fn(c_int) -> usize>;
+
+/// The block size (a multiple of 32 up to `limit`, or the kernel's maximum) with the most
+/// threads resident per multiprocessor, and the grid that fills the device at it.
+fn potential_block_size(min_grid: *mut c_int, block: *mut c_int, f: Handle, smem_of: SmemForBlock, dyn_smem: usize, limit: c_int) -> Result<(), CUresult> {
+    let k = kernel_meta(f)?;
+    let (d, dev) = state::current_device()?;
+    let sms = d.device(dev)?.attrs[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT];
+    let max = if limit > 0 { (limit as u32).min(k.info.max_threads_per_block) } else { k.info.max_threads_per_block } as c_int;
+    let (mut best_block, mut best_blocks, mut best_threads) = (0, 0, 0);
+    let mut bs = max - max % 32;
+    while bs > 0 {
+        // SAFETY: the application's callback, per the API contract: takes a block size,
+        // returns the dynamic shared memory it needs.
+        let smem = match smem_of { Some(cb) => unsafe { cb(bs) }, None => dyn_smem };
+        let blocks = occupancy(f, bs, smem)?;
+        if blocks * bs > best_threads {
+            (best_block, best_blocks, best_threads) = (bs, blocks, blocks * bs);
+        }
+        bs -= 32;
+    }
+    put(block, best_block)?;
+    put(min_grid, best_blocks.saturating_mul(sms))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSize(min_grid: *mut c_int, block: *mut c_int, f: Handle, smem_of: SmemForBlock, dyn_smem: usize, limit: c_int) -> CUresult {
+    guard("cuOccupancyMaxPotentialBlockSize", || potential_block_size(min_grid, block, f, smem_of, dyn_smem, limit))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSizeWithFlags(min_grid: *mut c_int, block: *mut c_int, f: Handle, smem_of: SmemForBlock, dyn_smem: usize, limit: c_int, flags: c_uint) -> CUresult {
+    guard("cuOccupancyMaxPotentialBlockSizeWithFlags", || {
+        if flags & !1 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        potential_block_size(min_grid, block, f, smem_of, dyn_smem, limit)
+    })
+}
