@@ -66,7 +66,8 @@ pub trait DeviceSession: Send {
     fn module_get_global(&mut self, module: u64, name: &str) -> CmdResult<(u64, u64)>;
     fn module_functions(&self, module: u64) -> CmdResult<Vec<String>>;
 
-    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<()>;
+    /// Runs a kernel; returns what its printf calls wrote (device printf output).
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<Vec<u8>>;
 
     fn stream_create(&mut self, flags: u32, priority: i32) -> CmdResult<u64>;
     fn stream_destroy(&mut self, stream: u64) -> CmdResult<()>;

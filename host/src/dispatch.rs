@@ -184,7 +184,8 @@ impl<'b> Connection<'b> {
                     return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "kernel parameters exceed 32764 bytes"));
                 }
                 let dims = LaunchDims { grid, block, dynamic_shared_bytes, stream };
-                self.session()?.launch(f, dims, params)?;
+                let printed = self.session()?.launch(f, dims, params)?;
+                out.extend_from_slice(&printed);
             }
             Op::StreamCreate => {
                 let (flags, prio) = (r.u32()?, r.i32()?);

@@ -34,6 +34,31 @@ cases! {
     streams_events_cudart13: "streams_events", V13;
     launch_errors_cudart12: "launch_errors", V12;
     launch_errors_cudart13: "launch_errors", V13;
+    warp_scan_cudart12: "warp_scan", V12;
+    warp_scan_cudart13: "warp_scan", V13;
+    histogram_cudart12: "histogram", V12;
+    histogram_cudart13: "histogram", V13;
+}
+
+/// Device printf reaches the program's stdout, in order with the host's own output.
+#[test]
+fn device_printf_reaches_stdout_in_order() {
+    for cudart in [Cudart::V12, Cudart::V13] {
+        let exe = build_program("printf_kernel", cudart);
+        let m = Mediator::start();
+        let out = run_program(&exe, cudart, &m.socket);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "host: before\n\
+             block 0 thread 0: hello vgpu, 0.000 8589934592 0x00ab\n\
+             block 0 thread 1: hello vgpu, 0.250 8589934592 0x00ac\n\
+             block 1 thread 0: hello vgpu, 0.500 17179869184 0x00ab\n\
+             block 1 thread 1: hello vgpu, 0.750 17179869184 0x00ac\n\
+             host: after\nPASS\n",
+            "{cudart:?}"
+        );
+    }
 }
 
 #[test]

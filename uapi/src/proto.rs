@@ -125,7 +125,8 @@ opcodes! {
     /// req: module u64 -> reply: count u32, then per function: name_len u32, name bytes
     ModuleEnumerateFunctions = 24,
     /// req: function u64, grid x,y,z u32, block x,y,z u32, shared u32, stream u64, params bytes..
-    /// -> reply:
+    /// -> reply: the kernel's device printf output bytes.. (at most 1 MiB; libcuda writes them
+    /// to the process's stdout)
     Launch = 30,
     /// req: flags u32, priority i32 -> reply: stream u64
     StreamCreate = 40,

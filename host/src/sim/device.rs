@@ -342,7 +342,7 @@ impl DeviceSession for SimSession {
         Ok(m.ptx.kernel_names().map(str::to_string).collect())
     }
 
-    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<()> {
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<Vec<u8>> {
         self.check_stream(dims.stream)?;
         let f = self.functions.get(&function).ok_or_else(|| invalid_handle("function", function))?;
         let m = self.modules.get(&f.module).ok_or_else(|| invalid_handle("module", f.module))?;
@@ -361,7 +361,7 @@ impl DeviceSession for SimSession {
         let k = module.kernel(&kernel_name).ok_or_else(|| invalid_handle("function", function))?;
         tracing::debug!(grid = ?cfg.grid, block = ?cfg.block, dynamic_shared = cfg.dynamic_shared_bytes, params = ?params, "launch {kernel_name}");
         ptx::launch(&module, k, &cfg, params, &globals, &mut self.mem)
-            .map(|_| ())
+            .map(|stats| stats.output)
             .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")))
     }
 

@@ -153,3 +153,14 @@ extern "C" __global__ void warp_scan(const int *in, int *out, int n) {
   if (warp > 0) v += totals[warp - 1];
   if (i < n) out[i] = v;
 }
+
+// Device printf with mixed argument types (nvcc: call vprintf with a packed local buffer).
+#include <cstdio>
+extern "C" __global__ void say(const char *name, float x) {
+  int t = threadIdx.x;
+  if (t < 3) printf("thread %d of %s: %5.2f %lld %c %x\n", t, name, x * t, (long long)t << 40, 'a' + t, 0xbeef + t);
+}
+
+// A device function nvcc must not inline: `call` to a .func, which the sim does not run yet.
+__device__ __noinline__ int twice(int v) { return 2 * v; }
+extern "C" __global__ void calls_noinline(int *p) { *p = twice(*p); }

@@ -14,10 +14,18 @@ pub struct LaunchConfig {
     pub dynamic_shared_bytes: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchStats {
     pub instructions: u64,
+    /// What the kernel's printf calls wrote, in the order they ran (at most PRINTF_LIMIT bytes).
+    pub output: Vec<u8>,
 }
+
+/// Device printf output kept per launch, as CUDA's default printf FIFO (1 MiB): what does not
+/// fit is dropped, and a line says so.
+pub const PRINTF_LIMIT: usize = 1 << 20;
+/// Longest format or %s string read from device memory.
+const MAX_STRING: usize = 64 << 10;
 
 /// Generic addresses of the shared and local windows (global device memory lives at
 /// 0x2000_0000_0000 and above, so the three never overlap).
@@ -46,6 +54,8 @@ struct Ctx<'a> {
     ctaid: [u32; 3],
     executed: u64,
     budget: u64,
+    output: Vec<u8>,
+    output_dropped: bool,
 }
 
 /// Runs `k` over the whole grid. `params` is the packed parameter buffer (per `k.params`),
@@ -104,7 +114,7 @@ pub fn launch_with_budget(
     let mut local = vec![0u8; local_total as usize];
     let mut pcs = vec![0u32; nthreads];
     let mut state = vec![RUN; nthreads];
-    let mut ctx = Ctx { k, params, syms: &syms, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget };
+    let mut ctx = Ctx { k, params, syms: &syms, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget, output: Vec::new(), output_dropped: false };
 
     for bz in 0..cfg.grid[2] {
         for by in 0..cfg.grid[1] {
@@ -150,7 +160,10 @@ pub fn launch_with_budget(
             }
         }
     }
-    Ok(LaunchStats { instructions: ctx.executed })
+    if ctx.output_dropped {
+        ctx.output.extend_from_slice(b"[vgpu: device printf output beyond 1 MiB was dropped]\n");
+    }
+    Ok(LaunchStats { instructions: ctx.executed, output: ctx.output })
 }
 
 fn mask(v: u64, bits: u32) -> u64 {
@@ -681,6 +694,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A NUL-terminated string at a generic address (printf's format and %s arguments).
+    fn c_string(&mut self, mut addr: u64, local: &mut [u8], i: &Inst) -> Result<Vec<u8>, ExecError> {
+        let mut s = Vec::new();
+        loop {
+            let mut b = [0u8];
+            self.access(Space::Generic, addr, 1, local, i, None, &mut b)?;
+            if b[0] == 0 || s.len() >= MAX_STRING {
+                return Ok(s);
+            }
+            s.push(b[0]);
+            addr = addr.wrapping_add(1);
+        }
+    }
+
     fn load(&mut self, space: Space, addr: u64, ty: Ty, local: &mut [u8], i: &Inst) -> Result<u64, ExecError> {
         let mut b = [0u8; 8];
         let n = ty.bytes();
@@ -981,6 +1008,22 @@ impl Ctx<'_> {
                     self.set(d, *ty, old, regs, i)?;
                 }
             }
+            Op::Vprintf { ret, fmt, args } => {
+                // The call's parameters hold the format's and the argument buffer's addresses.
+                let fmt_ptr = self.load(Space::Local, self.addr(fmt, regs, i)?, Ty::B64, local, i)?;
+                let args_ptr = self.load(Space::Local, self.addr(args, regs, i)?, Ty::B64, local, i)?;
+                let format = self.c_string(fmt_ptr, local, i)?;
+                let (text, n) = super::printf::format(&format, &mut PrintfArgs { ctx: self, local, base: args_ptr, i })?;
+                if self.output.len() + text.len() <= PRINTF_LIMIT {
+                    self.output.extend_from_slice(&text);
+                } else {
+                    self.output_dropped = true;
+                }
+                if let Some(r) = ret {
+                    let a = self.addr(r, regs, i)?;
+                    self.store(Space::Local, a, Ty::B32, n as u64, local, i)?;
+                }
+            }
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
@@ -991,6 +1034,26 @@ impl Ctx<'_> {
 }
 
 /// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
+/// printf's arguments: the packed buffer at `base` (a generic address, usually the calling
+/// thread's local memory), and strings anywhere in device memory.
+struct PrintfArgs<'c, 'a, 'l> {
+    ctx: &'c mut Ctx<'a>,
+    local: &'l mut [u8],
+    base: u64,
+    i: &'c Inst,
+}
+
+impl super::printf::Args for PrintfArgs<'_, '_, '_> {
+    type Error = ExecError;
+    fn arg(&mut self, offset: u64, size: usize) -> Result<u64, ExecError> {
+        let ty = if size == 8 { Ty::B64 } else { Ty::B32 };
+        self.ctx.load(Space::Generic, self.base.wrapping_add(offset), ty, self.local, self.i)
+    }
+    fn string(&mut self, ptr: u64) -> Result<Vec<u8>, ExecError> {
+        self.ctx.c_string(ptr, self.local, self.i)
+    }
+}
+
 fn unreachable_space() -> &'static mut [u8] {
     &mut []
 }

@@ -12,6 +12,7 @@
 
 mod exec;
 mod parse;
+mod printf;
 
 pub use exec::{launch, LaunchConfig, LaunchStats};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError};

@@ -275,6 +275,9 @@ pub enum Op {
     Lop3 { d: Opnd, a: Opnd, b: Opnd, c: Opnd, lut: Opnd },
     Atom { space: Space, op: AtomOp, ty: Ty, d: Option<Opnd>, addr: Opnd, b: Opnd, c: Option<Opnd> },
     Bra { target: u32 },
+    /// `call vprintf, (fmt, args)`: CUDA's device printf (format pointer, packed arguments),
+    /// run by the interpreter; `ret` receives the number of arguments.
+    Vprintf { ret: Option<Opnd>, fmt: Opnd, args: Opnd },
     Bar,
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
@@ -729,6 +732,14 @@ impl Func {
     }
 }
 
+/// `.param` accesses to a call sequence's own parameters go to local memory (see body_stmt).
+fn param_space(f: &Func, space: Space, addr: &Opnd) -> Space {
+    match (space, addr) {
+        (Space::Param, Opnd::Addr(Base::Sym(id), _)) if matches!(f.syms.get(*id as usize), Some(SymKind::Local(_))) => Space::Local,
+        _ => space,
+    }
+}
+
 /// The name in a `.entry NAME(` header.
 fn entry_name(header: &str) -> String {
     let head = header.split('(').next().unwrap_or("");
@@ -941,9 +952,12 @@ impl Parser {
             return Ok(());
         }
         if s.starts_with(".param") {
-            // Call sequences declare call-site params; calls are unsupported, keep parsing.
+            // A call sequence's own parameters (`.param .b64 param0;` before a `call`) live in
+            // the thread's local memory; st.param/ld.param on them go there.
             let v = parse_var(line, s)?;
-            f.add_sym(&v.name, SymKind::Param(u32::MAX));
+            let off = align_up(f.local_bytes, v.align.max(1) as u64);
+            f.add_sym(&v.name, SymKind::Local(off as u32));
+            f.local_bytes = off + v.size;
             return Ok(());
         }
         let inst = self.instruction(f, line, s)?;
@@ -1094,11 +1108,31 @@ impl Parser {
             }
             "ld" | "ldu" => {
                 let ty = need_ty()?;
-                Op::Ld { space: space(), ty, d: o(0, Some(ty))?, addr: o(1, None)? }
+                let addr = o(1, None)?;
+                Op::Ld { space: param_space(f, space(), &addr), ty, d: o(0, Some(ty))?, addr }
             }
             "st" => {
                 let ty = need_ty()?;
-                Op::St { space: space(), ty, addr: o(0, None)?, a: o(1, Some(ty))? }
+                let addr = o(0, None)?;
+                Op::St { space: param_space(f, space(), &addr), ty, addr, a: o(1, Some(ty))? }
+            }
+            "call" => {
+                // call[.uni] [(ret),] callee[, (args..)]
+                let (ret, rest) = match ops.first() {
+                    Some(r) if r.starts_with('(') => (Some(r.trim_matches(|c| c == '(' || c == ')').trim().to_string()), &ops[1..]),
+                    _ => (None, &ops[..]),
+                };
+                let callee = rest.first().map(String::as_str).unwrap_or("");
+                let args: Vec<&str> = rest.get(1).map(|a| a.trim_matches(|c| c == '(' || c == ')').split(',').map(str::trim).collect()).unwrap_or_default();
+                match (callee, &args[..]) {
+                    ("vprintf", [fmt, a]) => Op::Vprintf {
+                        ret: ret.map(|r| self.operand(f, line, &r, Some(Ty::B32))).transpose()?,
+                        fmt: self.operand(f, line, fmt, Some(Ty::B64))?,
+                        args: self.operand(f, line, a, Some(Ty::B64))?,
+                    },
+                    // Device functions nvcc did not inline are not run by the sim yet.
+                    _ => Op::Unsupported,
+                }
             }
             "add" | "sub" | "min" | "max" | "and" | "or" | "xor" | "div" | "rem" | "shl" | "shr" | "mul" => {
                 let ty = need_ty()?;

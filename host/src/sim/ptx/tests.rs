@@ -435,3 +435,28 @@ ret;
     let err = run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
     assert!(matches!(&err, ExecError::BarrierDeadlock(s) if s.contains("shfl.sync.idx.b32")), "{err}");
 }
+
+#[test]
+fn device_printf_formats_each_threads_call_in_order() {
+    let m = module();
+    let mut mem = Mem::default();
+    // The format strings are module variables ($str).
+    let globals: HashMap<String, u64> = m.globals().iter().map(|v| (v.name.clone(), mem.alloc(&v.init))).collect();
+    let name = mem.alloc(b"vgpu\0");
+    let k = m.kernel("say").unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [8, 1, 1], dynamic_shared_bytes: 0 };
+    let stats = launch(&m, k, &cfg, &params(k, &[name, 1.5f32.to_bits() as u64]), &globals, &mut mem).unwrap();
+    assert_eq!(
+        String::from_utf8(stats.output).unwrap(),
+        "thread 0 of vgpu:  0.00 0 a beef\nthread 1 of vgpu:  1.50 1099511627776 b bef0\nthread 2 of vgpu:  3.00 2199023255552 c bef1\n"
+    );
+}
+
+#[test]
+fn a_call_to_a_device_function_is_an_error_naming_it() {
+    let m = module();
+    let mut mem = Mem::default();
+    let p = mem.alloc(&bytes(&[21i32]));
+    let err = run(&m, "calls_noinline", [1, 1, 1], [1, 1, 1], 0, &[p], &mut mem).unwrap_err();
+    assert!(matches!(&err, ExecError::Unsupported(s) if s.contains("_Z5twicei")), "{err}");
+}

@@ -70,7 +70,29 @@ unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uin
         head.extend_from_slice(&v.to_le_bytes());
     }
     head.extend_from_slice(&handle_of(stream).to_le_bytes());
-    d.call(Op::Launch, &[&head, &packed]).map(|_| ())
+    let printed = d.call(Op::Launch, &[&head, &packed])?;
+    write_device_printf(&printed);
+    Ok(())
+}
+
+extern "C" {
+    /// glibc's `stdout` FILE.
+    static mut stdout: *mut libc::FILE;
+}
+
+/// Device printf output goes where NVIDIA's driver puts it: C's stdout stream, so it is ordered
+/// with the application's own printf output (which may still sit in stdio's buffer).
+fn write_device_printf(text: &[u8]) {
+    if text.is_empty() {
+        return;
+    }
+    // SAFETY: `stdout` is glibc's initialized FILE*; fwrite/fflush lock the stream themselves,
+    // and `text` is a valid buffer of its length.
+    unsafe {
+        let out = *std::ptr::addr_of!(stdout);
+        libc::fwrite(text.as_ptr().cast(), 1, text.len(), out);
+        libc::fflush(out);
+    }
 }
 
 #[no_mangle]
