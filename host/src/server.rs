@@ -76,6 +76,8 @@ fn nix_peer_pid(stream: &UnixStream) -> Option<i32> {
 
 /// Serves one client until it disconnects. The session (and everything it owns) is dropped on return.
 pub fn serve_client(mut stream: UnixStream, backend: &dyn Backend) -> io::Result<()> {
+    // Dropped after `conn` (declared first): the session is freed before the watch ends.
+    let _watch = crate::cancel::HangupWatch::start(&stream)?;
     let mut conn = Connection::new(backend);
     let mut payload = Vec::new();
     let mut reply = Vec::new();

@@ -202,3 +202,61 @@ fn device_usage_counts_every_client_and_returns_to_zero() {
     assert_eq!(usage(&b), 0, "closed sessions hold nothing");
     assert!(b.processes(0).unwrap().is_empty());
 }
+
+/// A client killed while its kernel runs: the mediator stops the kernel (it would otherwise run
+/// to the sim's instruction budget, minutes) and frees the client's session.
+#[test]
+fn a_disconnected_clients_kernel_stops_and_its_session_is_freed() {
+    let dir = std::env::temp_dir().join(format!("vgpu-proto-hangup-{}", std::process::id()));
+    let sock = dir.join("s.sock");
+    let listener = vgpu_host::server::bind(&sock).unwrap();
+    let b: Arc<dyn Backend> = Arc::new(backend());
+    std::thread::spawn(move || vgpu_host::server::serve_listener(listener, b));
+    let hello_as = |s: &mut UnixStream, flags: u32| {
+        let mut p = PROTOCOL_VERSION_BYTES.to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&flags.to_le_bytes());
+        assert_eq!(send(s, Op::Hello as u32, &p).0.status, CUDA_SUCCESS);
+    };
+
+    let mut client = UnixStream::connect(&sock).unwrap();
+    hello_as(&mut client, 0);
+    let ptx = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kernels.ptx")).unwrap();
+    let (h, m) = send(&mut client, Op::ModuleLoad as u32, &ptx);
+    assert_eq!(h.status, CUDA_SUCCESS, "{}", String::from_utf8_lossy(&m));
+    let mut req = m[..8].to_vec();
+    req.extend_from_slice(b"spin");
+    let (h, f) = send(&mut client, Op::ModuleGetFunction as u32, &req);
+    assert_eq!(h.status, CUDA_SUCCESS, "{}", String::from_utf8_lossy(&f));
+    let (h, flag) = send(&mut client, Op::MemAlloc as u32, &4u64.to_le_bytes());
+    assert_eq!(h.status, CUDA_SUCCESS);
+    let (h, _) = send(&mut client, Op::Memset as u32, &[&flag[..8], &0u32.to_le_bytes(), &4u32.to_le_bytes(), &1u64.to_le_bytes()].concat());
+    assert_eq!(h.status, CUDA_SUCCESS);
+    // spin(flag) with *flag == 0 loops until the instruction budget: launch, then hang up.
+    let mut launch = f[..8].to_vec();
+    for v in [1u32, 1, 1, 32, 1, 1, 0] {
+        launch.extend_from_slice(&v.to_le_bytes());
+    }
+    launch.extend_from_slice(&0u64.to_le_bytes());
+    launch.extend_from_slice(&flag[..8]);
+    let h = MsgHeader { magic: MSG_MAGIC, op: Op::Launch as u32, seq: 9, status: 0, payload_len: launch.len() as u32, reserved: 0 };
+    client.write_all(&h.to_bytes()).unwrap();
+    client.write_all(&launch).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(client);
+
+    let mut observer = UnixStream::connect(&sock).unwrap();
+    hello_as(&mut observer, HELLO_OBSERVER);
+    let start = std::time::Instant::now();
+    loop {
+        let (h, p) = send(&mut observer, Op::DeviceProcesses as u32, &0u32.to_le_bytes());
+        assert_eq!(h.status, CUDA_SUCCESS);
+        if u32::from_le_bytes(p[..4].try_into().unwrap()) == 0 {
+            break;
+        }
+        // Without the stop it would take the whole budget (4e9 instructions, a minute or more).
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the killed client's session is still alive");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,5 +19,6 @@ pub fn exec_error_code(e: &ptx::ExecError) -> vgpu_uapi::cuda::CuResult {
         BarrierDeadlock(_) => CUDA_ERROR_LAUNCH_FAILED,
         Timeout(_) => CUDA_ERROR_LAUNCH_TIMEOUT,
         OutOfResources(_) => CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+        Cancelled => CUDA_ERROR_LAUNCH_FAILED,
     }
 }

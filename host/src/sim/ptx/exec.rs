@@ -589,6 +589,10 @@ impl Ctx<'_> {
             if self.executed > self.budget {
                 return Err(ExecError::Timeout(self.budget));
             }
+            // Every 2^20 instructions: is anyone still waiting for this kernel?
+            if self.executed & 0xf_ffff == 0 && crate::cancel::requested() {
+                return Err(ExecError::Cancelled);
+            }
             if let Some((p, neg)) = inst.guard {
                 let v = regs.get(p as usize).copied().unwrap_or(0) != 0;
                 if v == neg {

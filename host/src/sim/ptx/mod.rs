@@ -44,6 +44,8 @@ pub enum ExecError {
     Timeout(u64),
     /// Launch configuration the interpreter cannot honour (too much shared/local memory).
     OutOfResources(String),
+    /// The client went away while its kernel ran (see crate::cancel).
+    Cancelled,
 }
 
 impl std::fmt::Display for ExecError {
@@ -58,6 +60,7 @@ impl std::fmt::Display for ExecError {
             ExecError::BarrierDeadlock(s) => write!(f, "barrier deadlock: {s}"),
             ExecError::Timeout(n) => write!(f, "launch exceeded the sim backend's budget of {n} instructions"),
             ExecError::OutOfResources(s) => write!(f, "{s}"),
+            ExecError::Cancelled => write!(f, "stopped: the client disconnected"),
         }
     }
 }
