@@ -161,6 +161,28 @@ extern "C" __global__ void say(const char *name, float x) {
   if (t < 3) printf("thread %d of %s: %5.2f %lld %c %x\n", t, name, x * t, (long long)t << 40, 'a' + t, 0xbeef + t);
 }
 
-// A device function nvcc must not inline: `call` to a .func, which the sim does not run yet.
+// Device functions nvcc must not inline: `call` to a .func with arguments and a result,
+// recursion, a pointer into the caller's local memory, the callee's own local array.
 __device__ __noinline__ int twice(int v) { return 2 * v; }
-extern "C" __global__ void calls_noinline(int *p) { *p = twice(*p); }
+__device__ __noinline__ int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+__device__ __noinline__ void fill(int *a, int n, int v) { for (int i = 0; i < n; i++) a[i] = v + i; }
+__device__ __noinline__ float scaled_sum(const float *p, int n, float s) {
+  float tmp[8];
+  for (int i = 0; i < n && i < 8; i++) tmp[i] = p[i] * s;
+  float t = 0;
+  for (int i = n - 1; i >= 0; i--) t += tmp[i & 7];
+  return t;
+}
+extern "C" __global__ void calls(int *out, float *fout) {
+  int t = threadIdx.x;
+  out[t * 3 + 0] = twice(t);
+  out[t * 3 + 1] = fib(t % 12);
+  volatile int arr[6];
+  fill((int *)arr, 6, t);
+  int sum = 0;
+  for (int i = 0; i < 6; i++) sum += arr[i] * (i + 1);
+  out[t * 3 + 2] = sum;
+  volatile float v[8];
+  for (int i = 0; i < 8; i++) v[i] = t + i;
+  fout[t] = scaled_sum((const float *)v, 8, 0.5f);
+}

@@ -43,11 +43,24 @@ const RUN: u8 = 0;
 const AT_BARRIER: u8 = 1;
 const DONE: u8 = 2;
 const AT_WARP: u8 = 3;
+/// `ret` reached: the thread ends in a kernel, returns to its caller in a device function.
+const RETURNED: u8 = 4;
+
+/// Local memory per thread for device-function frames (CUDA's default stack is 1 KiB).
+const CALL_STACK: u64 = 16 << 10;
+const MAX_CALL_DEPTH: u32 = 256;
 
 struct Ctx<'a> {
+    module: &'a Module,
+    globals: &'a HashMap<String, u64>,
     k: &'a Kernel,
     params: &'a [u8],
-    syms: &'a [u64],
+    /// The running function's symbols' values (local ones relative to the thread's local
+    /// memory, its frame's base included).
+    syms: Vec<u64>,
+    /// End of the running function's frame in the thread's local memory; call depth.
+    stack_top: u64,
+    depth: u32,
     mem: &'a mut dyn Memory,
     shared: &'a mut [u8],
     cfg: &'a LaunchConfig,
@@ -83,14 +96,7 @@ pub fn launch_with_budget(
     if params.len() < k.param_bytes as usize {
         return Err(ExecError::OutOfResources(format!("{} needs {} bytes of parameters, got {}", k.name, k.param_bytes, params.len())));
     }
-    let mut syms = Vec::with_capacity(k.syms.len());
-    for s in &k.syms {
-        syms.push(match s {
-            SymKind::Param(off) | SymKind::Shared(off) | SymKind::Local(off) => *off as u64,
-            // A variable the caller gave no memory resolves to 0, which faults if used.
-            SymKind::Global(i) => module.globals().get(*i).and_then(|g| globals.get(&g.name)).copied().unwrap_or(0),
-        });
-    }
+    let syms = symbol_values(module, k, globals, 0);
     let shared_bytes = if cfg.dynamic_shared_bytes > 0 {
         k.dynamic_shared_offset as u64 + cfg.dynamic_shared_bytes as u64
     } else {
@@ -103,7 +109,9 @@ pub fn launch_with_budget(
     if nthreads == 0 || nthreads > 1024 {
         return Err(ExecError::OutOfResources(format!("block of {nthreads} threads")));
     }
-    let local_total = nthreads * k.local_bytes as u64;
+    // Room for device-function frames only where the module has device functions.
+    let per_thread_local = k.local_bytes as u64 + if module.funcs().is_empty() { 0 } else { CALL_STACK };
+    let local_total = nthreads * per_thread_local;
     if local_total > MAX_BLOCK_LOCAL {
         return Err(ExecError::OutOfResources(format!("{} bytes of local memory per thread is too much for the sim backend", k.local_bytes)));
     }
@@ -114,7 +122,8 @@ pub fn launch_with_budget(
     let mut local = vec![0u8; local_total as usize];
     let mut pcs = vec![0u32; nthreads];
     let mut state = vec![RUN; nthreads];
-    let mut ctx = Ctx { k, params, syms: &syms, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget, output: Vec::new(), output_dropped: false };
+    let per_thread_local = per_thread_local as usize;
+    let mut ctx = Ctx { module, globals, k, params, syms, stack_top: k.local_bytes as u64, depth: 0, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget, output: Vec::new(), output_dropped: false };
 
     for bz in 0..cfg.grid[2] {
         for by in 0..cfg.grid[1] {
@@ -131,8 +140,11 @@ pub fn launch_with_budget(
                             continue;
                         }
                         let r = &mut regs[t * nregs..(t + 1) * nregs];
-                        let l = &mut local[t * k.local_bytes as usize..(t + 1) * k.local_bytes as usize];
-                        state[t] = ctx.run(t as u32, &mut pcs[t], r, l)?;
+                        let l = &mut local[t * per_thread_local..(t + 1) * per_thread_local];
+                        state[t] = match ctx.run(t as u32, &mut pcs[t], r, l)? {
+                            RETURNED => DONE,
+                            s => s,
+                        };
                     }
                     if ctx.warp_collectives(&mut state, &mut pcs, &mut regs, nregs)? {
                         continue;
@@ -606,6 +618,12 @@ impl Ctx<'_> {
                     continue;
                 }
                 Op::Exit => return Ok(DONE),
+                Op::Ret => return Ok(RETURNED),
+                Op::Call { name, callee, ret, args } => {
+                    if self.call(name, *callee, ret.as_ref(), args, linear, regs, local, inst)? == DONE {
+                        return Ok(DONE); // `exit` in the callee ends the thread
+                    }
+                }
                 Op::Bar => return Ok(AT_BARRIER),
                 Op::Warp { .. } => return Ok(AT_WARP),
                 _ => self.step(inst, tid, linear, regs, local)?,
@@ -696,6 +714,62 @@ impl Ctx<'_> {
             None => out.copy_from_slice(s),
         }
         Ok(())
+    }
+
+    /// Runs device function `callee` for one thread to its `ret`, in a frame above the caller's
+    /// in the thread's local memory: arguments copied in from the call's parameters, the
+    /// result copied out. Returns DONE if the callee executed `exit`, RETURNED otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn call(&mut self, name: &str, callee: u32, ret: Option<&Opnd>, args: &[Opnd], linear: u32, regs: &[u64], local: &mut [u8], i: &Inst) -> Result<u8, ExecError> {
+        let module = self.module;
+        let Some(f) = module.funcs().get(callee as usize) else {
+            return Err(ExecError::Unsupported(format!("call to {name}, which has no body the sim can run, in {}", self.at(i))));
+        };
+        if args.len() != f.params.len() {
+            return Err(ExecError::Unsupported(format!("{} passes {} arguments to {name}, which takes {}", self.at(i), args.len(), f.params.len())));
+        }
+        let base = self.stack_top.div_ceil(16) * 16;
+        let top = base + f.local_bytes as u64;
+        if self.depth >= MAX_CALL_DEPTH || top > local.len() as u64 {
+            return Err(ExecError::OutOfResources(format!("call stack overflow calling {name} in {}", self.at(i))));
+        }
+        let (b, t) = (base as usize, top as usize);
+        local[b..t].fill(0);
+        let at = self.at(i);
+        let frame_fault = || ExecError::IllegalAddress { addr: base, len: f.local_bytes as u64, space: "local", at: at.clone() };
+        for (a, p) in args.iter().zip(&f.params) {
+            let src = self.addr(a, regs, i)? as usize;
+            let dst = b + p.offset as usize;
+            let n = p.size as usize;
+            if src.checked_add(n).is_none_or(|e| e > local.len()) || dst + n > t {
+                return Err(frame_fault());
+            }
+            local.copy_within(src..src + n, dst);
+        }
+        let syms = symbol_values(module, f, self.globals, base);
+        let caller = (std::mem::replace(&mut self.k, f), std::mem::replace(&mut self.syms, syms), self.stack_top);
+        self.stack_top = top;
+        self.depth += 1;
+        let mut callee_regs = vec![0u64; f.nregs.max(1)];
+        let mut pc = 0;
+        let r = self.run(linear, &mut pc, &mut callee_regs, local);
+        (self.k, self.syms, self.stack_top) = caller;
+        self.depth -= 1;
+        match r? {
+            DONE => Ok(DONE),
+            RETURNED => {
+                if let (Some(r), Some((off, size))) = (ret, f.ret) {
+                    let dst = self.addr(r, regs, i)? as usize;
+                    let (src, n) = (b + off as usize, size as usize);
+                    if dst.checked_add(n).is_none_or(|e| e > local.len()) {
+                        return Err(frame_fault());
+                    }
+                    local.copy_within(src..src + n, dst);
+                }
+                Ok(RETURNED)
+            }
+            _ => Err(ExecError::Unsupported(format!("a barrier or warp collective inside device function {name} (called at {})", self.at(i)))),
+        }
     }
 
     /// A NUL-terminated string at a generic address (printf's format and %s arguments).
@@ -1031,13 +1105,27 @@ impl Ctx<'_> {
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
-            Op::Bra { .. } | Op::Exit | Op::Bar | Op::Warp { .. } => {} // handled by run()
+            Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar | Op::Warp { .. } => {} // handled by run()
         }
         Ok(())
     }
 }
 
 /// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
+/// The values of `k`'s symbols: parameter, shared and local offsets (local ones above `frame`,
+/// the base of its frame in the thread's local memory) and module variables' addresses.
+fn symbol_values(module: &Module, k: &Kernel, globals: &HashMap<String, u64>, frame: u64) -> Vec<u64> {
+    k.syms
+        .iter()
+        .map(|s| match s {
+            SymKind::Param(off) | SymKind::Shared(off) => *off as u64,
+            SymKind::Local(off) => frame + *off as u64,
+            // A variable the caller gave no memory resolves to 0, which faults if used.
+            SymKind::Global(i) => module.globals().get(*i).and_then(|g| globals.get(&g.name)).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 /// printf's arguments: the packed buffer at `base` (a generic address, usually the calling
 /// thread's local memory), and strings anywhere in device memory.
 struct PrintfArgs<'c, 'a, 'l> {

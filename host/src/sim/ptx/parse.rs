@@ -278,6 +278,11 @@ pub enum Op {
     /// `call vprintf, (fmt, args)`: CUDA's device printf (format pointer, packed arguments),
     /// run by the interpreter; `ret` receives the number of arguments.
     Vprintf { ret: Option<Opnd>, fmt: Opnd, args: Opnd },
+    /// `call (ret), name, (args..)` of a device function of the module (`callee`: its index in
+    /// Module::funcs once resolved; u32::MAX if it has no body here).
+    Call { name: String, callee: u32, ret: Option<Opnd>, args: Vec<Opnd> },
+    /// `ret`: ends the thread in a kernel, returns to the caller in a device function.
+    Ret,
     Bar,
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
@@ -323,6 +328,9 @@ pub struct Kernel {
     pub(crate) nregs: usize,
     pub(crate) syms: Vec<SymKind>,
     pub(crate) dynamic_shared_offset: u32,
+    /// For a `.func`: its return value (offset in its local frame, size). Its parameters'
+    /// offsets in `params` are in its local frame too.
+    pub(crate) ret: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,9 +358,15 @@ pub struct Module {
     unsupported: Vec<(String, PtxError)>,
     /// The `.target sm_XY` architecture the PTX was written for (XY, e.g. 90), 0 if none.
     target: u32,
+    /// Device functions (`.func` with a body), which `call` runs.
+    funcs: Vec<Kernel>,
 }
 
 impl Module {
+    pub(crate) fn funcs(&self) -> &[Kernel] {
+        &self.funcs
+    }
+
     /// The architecture of `.target` (e.g. 90 for sm_90): what the functions report as their
     /// PTX version. Libraries such as CUB pick tuning parameters on the host by it, and they
     /// must match the code the interpreter runs.
@@ -686,6 +700,9 @@ struct Parser {
     kernels: Vec<Kernel>,
     unsupported: Vec<(String, PtxError)>,
     target: u32,
+    funcs: Vec<Kernel>,
+    /// Device functions that failed to parse, with the reason (a call to one fails).
+    bad_funcs: Vec<(String, PtxError)>,
 }
 
 /// Per-function parsing state.
@@ -740,6 +757,13 @@ fn param_space(f: &Func, space: Space, addr: &Opnd) -> Space {
     }
 }
 
+/// The name in a `.func [(ret)] NAME(` header.
+fn func_name(header: &str) -> String {
+    let rest = header.split(".func").nth(1).unwrap_or("").trim_start();
+    let rest = if rest.starts_with('(') { rest.split_once(')').map_or("", |(_, r)| r) } else { rest };
+    rest.split('(').next().unwrap_or("").split_whitespace().last().unwrap_or("").to_string()
+}
+
 /// The name in a `.entry NAME(` header.
 fn entry_name(header: &str) -> String {
     let head = header.split('(').next().unwrap_or("");
@@ -772,8 +796,12 @@ impl Parser {
                                 Err(e) => self.unsupported.push((entry_name(s), e)),
                             }
                         }
-                        // .func bodies are only reachable through `call`, which the interpreter
-                        // reports as unsupported where it is used.
+                        if !s.contains(".entry") {
+                            match self.function(*line, s, &stmts[i + 2..end]) {
+                                Ok(f) => self.funcs.push(f),
+                                Err(e) => self.bad_funcs.push((func_name(s), e)),
+                            }
+                        }
                         i = end + 1;
                         continue;
                     }
@@ -787,7 +815,19 @@ impl Parser {
         if self.kernels.is_empty() && !self.unsupported.is_empty() {
             return Err(self.unsupported.swap_remove(0).1);
         }
-        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target })
+        // Calls name their callee; resolve the names to indices now that all are known.
+        let index: HashMap<String, u32> = self.funcs.iter().enumerate().map(|(i, f)| (f.name.clone(), i as u32)).collect();
+        for k in self.kernels.iter_mut().chain(self.funcs.iter_mut()) {
+            for inst in &mut k.insts {
+                if let Op::Call { name, callee, .. } = &mut inst.op {
+                    *callee = index.get(name.as_str()).copied().unwrap_or(u32::MAX);
+                }
+            }
+        }
+        if let Some((n, e)) = self.bad_funcs.first() {
+            tracing::debug!("device function {n} cannot run on the sim: {e}");
+        }
+        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
     }
 
     fn directive(&mut self, line: usize, s: &str) -> Result<(), PtxError> {
@@ -829,6 +869,17 @@ impl Parser {
 
     fn function(&self, line: usize, header: &str, body: &[Stmt]) -> Result<Kernel, PtxError> {
         // .visible .entry NAME( params ) [perf directives]
+        // [.visible] .func [(.param .b32 ret)] NAME[( params )]
+        let is_func = !header.contains(".entry");
+        let (ret_decl, header) = match header.find(".func") {
+            Some(at) if is_func && header[at + 5..].trim_start().starts_with('(') => {
+                let rest = header[at + 5..].trim_start();
+                let close = rest.find(')').ok_or_else(|| PtxError { line, message: "unterminated return list".into() })?;
+                (Some(rest[1..close].to_string()), rest[close + 1..].to_string())
+            }
+            _ => (None, header.to_string()),
+        };
+        let header = if is_func && !header.contains('(') { format!("{header}()") } else { header };
         let open = header.find('(').ok_or_else(|| PtxError { line, message: "entry without parameter list".into() })?;
         let close = header.rfind(')').ok_or_else(|| PtxError { line, message: "entry without parameter list".into() })?;
         let name = header[..open].split_whitespace().last().unwrap_or("").to_string();
@@ -849,7 +900,26 @@ impl Parser {
             insts: Vec::new(),
             fixups: Vec::new(),
         };
-        for p in split_operands(&header[open + 1..close.max(open + 1)]) {
+        let mut ret = None;
+        if is_func {
+            // A device function's parameters and return value live in its local frame; `call`
+            // copies the arguments in and the result out.
+            for (p, is_ret) in split_operands(ret_decl.as_deref().unwrap_or("")).into_iter().map(|p| (p, true)).chain(split_operands(&header[open + 1..close.max(open + 1)]).into_iter().map(|p| (p, false))) {
+                let v = parse_var(line, &p)?;
+                if v.space != "param" {
+                    return err(line, format!("function parameter is not .param: `{p}`"));
+                }
+                let off = align_up(f.local_bytes, v.align.max(1) as u64);
+                f.add_sym(&v.name, SymKind::Local(off as u32));
+                f.local_bytes = off + v.size;
+                if is_ret {
+                    ret = Some((off as u32, v.size as u32));
+                } else {
+                    f.params.push(ParamInfo { offset: off as u32, size: v.size as u32, align: v.align });
+                }
+            }
+        }
+        for p in split_operands(&header[open + 1..close.max(open + 1)]).into_iter().filter(|_| !is_func) {
             let v = parse_var(line, &p)?;
             if v.space != "param" {
                 return err(line, format!("entry parameter is not .param: `{p}`"));
@@ -919,6 +989,7 @@ impl Parser {
             nregs: f.nregs as usize,
             syms: f.syms,
             dynamic_shared_offset: dyn_off as u32,
+            ret,
         })
     }
 
@@ -1130,7 +1201,13 @@ impl Parser {
                         fmt: self.operand(f, line, fmt, Some(Ty::B64))?,
                         args: self.operand(f, line, a, Some(Ty::B64))?,
                     },
-                    // Device functions nvcc did not inline are not run by the sim yet.
+                    (name, _) if !name.is_empty() && !name.starts_with('%') => Op::Call {
+                        name: name.to_string(),
+                        callee: u32::MAX,
+                        ret: ret.map(|r| self.operand(f, line, &r, None)).transpose()?,
+                        args: args.iter().filter(|a| !a.is_empty()).map(|a| self.operand(f, line, a, None)).collect::<Result<_, _>>()?,
+                    },
+                    // Calls through a function pointer are not run by the sim.
                     _ => Op::Unsupported,
                 }
             }
@@ -1347,7 +1424,8 @@ impl Parser {
                     Op::Bar
                 }
             }
-            "ret" | "exit" => Op::Exit,
+            "ret" => Op::Ret,
+            "exit" => Op::Exit,
             "trap" => Op::Trap,
             "membar" | "fence" | "prefetch" | "prefetchu" | "pmevent" | "nanosleep" => Op::Nop,
             _ => Op::Unsupported,

@@ -453,10 +453,43 @@ fn device_printf_formats_each_threads_call_in_order() {
 }
 
 #[test]
-fn a_call_to_a_device_function_is_an_error_naming_it() {
+fn device_function_calls_recursion_and_local_frames() {
     let m = module();
     let mut mem = Mem::default();
-    let p = mem.alloc(&bytes(&[21i32]));
-    let err = run(&m, "calls_noinline", [1, 1, 1], [1, 1, 1], 0, &[p], &mut mem).unwrap_err();
-    assert!(matches!(&err, ExecError::Unsupported(s) if s.contains("_Z5twicei")), "{err}");
+    let n = 40usize;
+    let (out, fout) = (mem.alloc(&vec![0u8; n * 3 * 4]), mem.alloc(&vec![0u8; n * 4]));
+    run(&m, "calls", [1, 1, 1], [n as u32, 1, 1], 0, &[out, fout], &mut mem).unwrap();
+    let got: Vec<i32> = read(mem.get(out), n * 3);
+    let fgot: Vec<f32> = read(mem.get(fout), n);
+    fn fib(n: i32) -> i32 {
+        if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+    }
+    for t in 0..n as i32 {
+        let sum: i32 = (0..6).map(|i| (t + i) * (i + 1)).sum();
+        let fsum: f32 = (0..8).rev().map(|i| (t + i) as f32 * 0.5).sum();
+        assert_eq!(&got[t as usize * 3..t as usize * 3 + 3], &[2 * t, fib(t % 12), sum], "thread {t}");
+        assert_eq!(fgot[t as usize], fsum, "thread {t}");
+    }
+}
+
+/// A call whose callee has no body (an .extern function other than vprintf) is an error naming it.
+#[test]
+fn a_call_to_a_function_without_a_body_is_an_error_naming_it() {
+    let text = r#"
+.version 8.8
+.target sm_90
+.address_size 64
+.extern .func (.param .b32 func_retval0) elsewhere(.param .b32 elsewhere_param_0);
+.visible .entry k(.param .u64 p)
+{
+.reg .b32 %r<3>;
+{ .param .b32 param0; st.param.b32 [param0+0], %r1; .param .b32 retval0;
+call.uni (retval0), elsewhere, (param0);
+ld.param.b32 %r2, [retval0+0]; }
+ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    let err = run(&m, "k", [1, 1, 1], [1, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
+    assert!(matches!(&err, ExecError::Unsupported(s) if s.contains("call to elsewhere")), "{err}");
 }
