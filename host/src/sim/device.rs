@@ -251,7 +251,7 @@ impl DeviceSession for SimSession {
         let bytes = count
             .checked_mul(elem_size as u64)
             .ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset size overflows"))?;
-        if !matches!(elem_size, 1 | 2 | 4) || dst % elem_size as u64 != 0 {
+        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(elem_size as u64) {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset element must be 1, 2 or 4 bytes, aligned"));
         }
         let s = self.mem.slice_mut(dst, bytes).map_err(fault)?;

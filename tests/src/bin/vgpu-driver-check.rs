@@ -82,7 +82,10 @@ fn abi() -> i32 {
     let mut w = WaitArgs { seen: 0, timeout_ms: 10 };
     c.errno("wait without a channel is EINVAL", ioctl(fd, VGPU_IOCTL_WAIT, &mut w), libc::EINVAL);
     c.errno("mmap without a channel is EINVAL", mmap(fd, 4096, 0).map(|_| ()), libc::EINVAL);
-    c.errno("bad user pointer is EFAULT", ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, 8usize as *mut ChannelInfo), libc::EFAULT);
+    // Address 8: never mapped in user space, so the driver's copy to it must fail.
+    #[allow(clippy::manual_dangling_ptr)]
+    let unmapped = 8usize as *mut ChannelInfo;
+    c.errno("bad user pointer is EFAULT", ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, unmapped), libc::EFAULT);
 
     let fd = open("/dev/nvidia0");
     let mut info = ChannelInfo::default();

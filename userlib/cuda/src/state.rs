@@ -136,7 +136,9 @@ impl Contexts {
         }
         let flags = self.primary_flags.get(&device).copied().unwrap_or(0);
         let h = self.create(device, flags, true);
-        self.table.get_mut(&h).map(|c| c.refcount = 0);
+        if let Some(c) = self.table.get_mut(&h) {
+            c.refcount = 0;
+        }
         self.primary.insert(device, h);
         h
     }

@@ -482,18 +482,18 @@ impl Ctx<'_> {
         let tid_of = |t: u32| [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])];
         // Each member's operands, read from its own registers.
         let mut vals = [[0u64; 4]; 32];
-        for l in 0..32 {
+        for (l, val) in vals.iter_mut().enumerate() {
             if group & (1 << l) == 0 {
                 continue;
             }
             let t = (w0 + l) as u32;
             let r = &regs[t as usize * nregs..(t as usize + 1) * nregs];
             let tid = tid_of(t);
-            vals[l] = [self.get(a, r, tid, t, i)?, self.get(b, r, tid, t, i)?, self.get(c, r, tid, t, i)?, self.get(m, r, tid, t, i)?];
+            *val = [self.get(a, r, tid, t, i)?, self.get(b, r, tid, t, i)?, self.get(c, r, tid, t, i)?, self.get(m, r, tid, t, i)?];
             if *op == WarpOp::ActiveMask {
-                vals[l][3] = group as u64;
+                val[3] = group as u64;
             }
-            if (vals[l][3] as u32) & live & !group != 0 {
+            if (val[3] as u32) & live & !group != 0 {
                 return Ok(false); // a live lane it names has not arrived yet
             }
         }
