@@ -186,3 +186,29 @@ extern "C" __global__ void calls(int *out, float *fout) {
   for (int i = 0; i < 8; i++) v[i] = t + i;
   fout[t] = scaled_sum((const float *)v, 8, 0.5f);
 }
+
+// Packed half-precision arithmetic, written as the PTX cuda_fp16.h's __hadd2/__hmul2/__hfma2/
+// __hneg2 emit (that header needs CCCL, which the test toolchain does not carry).
+extern "C" __global__ void half2_ops(const unsigned *a, const unsigned *b, const unsigned *c, unsigned *out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    unsigned r0, r1, r2, r3, t;
+    asm("add.f16x2 %0, %1, %2;" : "=r"(r0) : "r"(a[i]), "r"(b[i]));
+    asm("mul.f16x2 %0, %1, %2;" : "=r"(r1) : "r"(a[i]), "r"(b[i]));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r2) : "r"(a[i]), "r"(b[i]), "r"(c[i]));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(t) : "r"(a[i]), "r"(c[i]));
+    asm("neg.f16x2 %0, %1;" : "=r"(r3) : "r"(t));
+    out[4 * i + 0] = r0;
+    out[4 * i + 1] = r1;
+    out[4 * i + 2] = r2;
+    out[4 * i + 3] = r3;
+  }
+}
+extern "C" __global__ void bf162_add(const unsigned *a, const unsigned *b, unsigned *out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  unsigned r;
+  if (i < n) {
+    asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a[i]), "r"(b[i]));
+    out[i] = r;
+  }
+}

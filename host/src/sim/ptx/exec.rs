@@ -902,6 +902,21 @@ impl Ctx<'_> {
                 };
                 self.set(d, *ty, r, regs, i)?;
             }
+            Op::Half2 { op, ty, d, a, b, c } => {
+                let (x, y, z) = (g!(a), g!(b), g!(c));
+                let lane = |k: u32| -> Result<u64, ExecError> {
+                    let (x, y, z) = ((x >> k) & 0xffff, (y >> k) & 0xffff, (z >> k) & 0xffff);
+                    Ok(match op {
+                        Half2Op::Bin(bin) => float_bin(*bin, *ty, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?,
+                        Half2Op::Fma => from_f64(to_f64(x, *ty).mul_add(to_f64(y, *ty), to_f64(z, *ty)), *ty),
+                        // Sign-bit operations: exact for NaNs too, as on the GPU.
+                        Half2Op::Neg => x ^ 0x8000,
+                        Half2Op::Abs => x & 0x7fff,
+                    })
+                };
+                let r = lane(0)? | lane(16)? << 16;
+                self.set(d, Ty::B32, r, regs, i)?;
+            }
             Op::Un { op, ty, d, a } => {
                 let x = g!(a);
                 let bits = ty.bits();

@@ -159,6 +159,14 @@ pub enum Bin {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half2Op {
+    Bin(Bin),
+    Fma,
+    Neg,
+    Abs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShflMode {
     Up,
     Down,
@@ -283,6 +291,9 @@ pub enum Op {
     Call { name: String, callee: u32, ret: Option<Opnd>, args: Vec<Opnd> },
     /// `ret`: ends the thread in a kernel, returns to the caller in a device function.
     Ret,
+    /// Arithmetic on two halves packed in 32 bits (`.f16x2`/`.bf16x2`), lane by lane: `op` is
+    /// Add/Sub/MulLo/Min/Max (with `b`), or Fma (with `b`, `c`), Neg or Abs (on `a` alone).
+    Half2 { op: Half2Op, ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Bar,
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
@@ -1172,6 +1183,32 @@ impl Parser {
                 Space::Generic
             }
         };
+        if let Some(ty) = mods.iter().find_map(|m| match *m {
+            "f16x2" => Some(Ty::F16),
+            "bf16x2" => Some(Ty::Bf16),
+            _ => None,
+        }) {
+            let h2 = match name {
+                "add" => Some(Half2Op::Bin(Bin::Add)),
+                "sub" => Some(Half2Op::Bin(Bin::Sub)),
+                "mul" => Some(Half2Op::Bin(Bin::MulLo)),
+                "min" => Some(Half2Op::Bin(Bin::Min)),
+                "max" => Some(Half2Op::Bin(Bin::Max)),
+                "fma" => Some(Half2Op::Fma),
+                "neg" => Some(Half2Op::Neg),
+                "abs" => Some(Half2Op::Abs),
+                _ => None,
+            };
+            // Saturation, relu and the rest of the packed family are not run by the sim.
+            let op = match h2 {
+                Some(op) if !has("sat") && !has("relu") && !has("ftz") => {
+                    let opt = |k: usize| if ops.len() > k { o(k, Some(Ty::B32)) } else { Ok(Opnd::Sink) };
+                    Op::Half2 { op, ty, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: opt(2)?, c: opt(3)? }
+                }
+                _ => Op::Unsupported,
+            };
+            return Ok(Inst { guard, op, line: line as u32, text });
+        }
         let op = match name {
             "mov" => {
                 let ty = need_ty()?;

@@ -314,10 +314,11 @@ add.s64 %rd4, %rd4, 4;
 st.global.u32 [%rd4+-4], %r1;
 ret;
 }
-.visible .entry uses_f16x2(.param .u64 p)
+.visible .entry uses_fp8(.param .u64 p)
 {
-.reg .b32 %r<3>;
-add.f16x2 %r1, %r2, %r2;
+.reg .b16 %rs<3>;
+.reg .f32 %f<3>;
+cvt.rn.satfinite.e4m3x2.f32 %rs1, %f1, %f2;
 ret;
 }
 "#;
@@ -328,12 +329,12 @@ ret;
     let (src, dst) = (mem.alloc(&[5u8]), mem.alloc(&[0u8; 4]));
     run(&m, "copy_plus", [1, 1, 1], [1, 1, 1], 0, &[src, dst], &mut mem).unwrap();
     assert_eq!(read::<u32>(mem.get(dst), 1), [5 + 7 + 1]);
-    assert!(m.kernel("uses_f16x2").is_none());
-    let why = m.unsupported("uses_f16x2").expect("the unsupported kernel is known by name").to_string();
-    assert!(why.contains("add.f16x2"), "{why}");
-    assert_eq!(m.kernel_names().collect::<Vec<_>>(), ["copy_plus", "uses_f16x2"]);
+    assert!(m.kernel("uses_fp8").is_none());
+    let why = m.unsupported("uses_fp8").expect("the unsupported kernel is known by name").to_string();
+    assert!(why.contains("e4m3x2"), "{why}");
+    assert_eq!(m.kernel_names().collect::<Vec<_>>(), ["copy_plus", "uses_fp8"]);
     // Alone, it fails the module.
-    assert!(Module::parse(&text[text.find(".visible .entry uses_f16x2").unwrap()..]).is_err());
+    assert!(Module::parse(&text[text.find(".visible .entry uses_fp8").unwrap()..]).is_err());
 }
 
 /// CUDA's definition of each shuffle: the source lane, or None where CUDA leaves the value
@@ -492,4 +493,43 @@ ret;
     let m = Module::parse(text).unwrap();
     let err = run(&m, "k", [1, 1, 1], [1, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
     assert!(matches!(&err, ExecError::Unsupported(s) if s.contains("call to elsewhere")), "{err}");
+}
+
+#[test]
+fn packed_half_arithmetic_lane_by_lane() {
+    use half::{bf16, f16};
+    let m = module();
+    let n = 100usize;
+    let val = |i: usize, k: usize| 0.25 + ((i * 7 + k * 3) % 29) as f32 * 0.125;
+    let pack = |lo: f32, hi: f32| (f16::from_f32(lo).to_bits() as u32) | (f16::from_f32(hi).to_bits() as u32) << 16;
+    let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (
+        (0..n).map(|i| pack(val(i, 0), -val(i, 1))).collect(),
+        (0..n).map(|i| pack(val(i, 2), val(i, 3))).collect(),
+        (0..n).map(|i| pack(-val(i, 4), val(i, 5))).collect(),
+    );
+    let mut mem = Mem::default();
+    let (pa, pb, pc, po) = (mem.alloc(&bytes(&a)), mem.alloc(&bytes(&b)), mem.alloc(&bytes(&c)), mem.alloc(&vec![0u8; n * 16]));
+    run(&m, "half2_ops", [1, 1, 1], [128, 1, 1], 0, &[pa, pb, pc, po, n as u64], &mut mem).unwrap();
+    let out: Vec<u32> = read(mem.get(po), n * 4);
+    let lanes = |v: u32| [f16::from_bits(v as u16).to_f64(), f16::from_bits((v >> 16) as u16).to_f64()];
+    for i in 0..n {
+        let (x, y, z) = (lanes(a[i]), lanes(b[i]), lanes(c[i]));
+        for l in 0..2 {
+            // Each result is the exact value rounded once to f16 (exact in f64 for these inputs).
+            let want = [x[l] + y[l], x[l] * y[l], x[l] * y[l] + z[l], -(x[l] - z[l])].map(|v| f16::from_f64(v).to_bits());
+            let got: Vec<u16> = (0..4).map(|k| (out[i * 4 + k] >> (16 * l)) as u16).collect();
+            assert_eq!(got, want, "element {i} lane {l}");
+        }
+    }
+    let bpack = |lo: f32, hi: f32| (bf16::from_f32(lo).to_bits() as u32) | (bf16::from_f32(hi).to_bits() as u32) << 16;
+    let (a, b): (Vec<u32>, Vec<u32>) = ((0..n).map(|i| bpack(val(i, 0), val(i, 1))).collect(), (0..n).map(|i| bpack(val(i, 2), -val(i, 3) * 100.0)).collect());
+    let (pa, pb, po) = (mem.alloc(&bytes(&a)), mem.alloc(&bytes(&b)), mem.alloc(&vec![0u8; n * 4]));
+    run(&m, "bf162_add", [1, 1, 1], [128, 1, 1], 0, &[pa, pb, po, n as u64], &mut mem).unwrap();
+    let out: Vec<u32> = read(mem.get(po), n);
+    for i in 0..n {
+        for l in 0..2 {
+            let lane = |v: u32| bf16::from_bits((v >> (16 * l)) as u16).to_f64();
+            assert_eq!((out[i] >> (16 * l)) as u16, bf16::from_f64(lane(a[i]) + lane(b[i])).to_bits(), "bf16 element {i} lane {l}");
+        }
+    }
 }
