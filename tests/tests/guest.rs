@@ -79,9 +79,30 @@ run() { # run <program> <cu> <mode>
             }
         }
     }
+    // Several CUDA processes at once: each has its own channel; completions of all channels
+    // share the device's interrupt.
+    s.push_str(PARALLEL_RUNS);
     s.push_str("echo \"RUNS-FAILED $failed\"\n[ $failed = 0 ]\n");
     s
 }
+
+/// Four programs started together; one `PAR <program> <cu> rc=<status>` line each, then its
+/// output indented by four spaces.
+const PARALLEL: [(&str, &str); 4] = [("histogram", "cu12"), ("warp_scan", "cu13"), ("matrix_2d", "cu12"), ("memory_ops", "cu13")];
+const PARALLEL_RUNS: &str = r#"pids=""
+for pc in histogram:cu12 warp_scan:cu13 matrix_2d:cu12 memory_ops:cu13; do
+  p=${pc%:*}; c=${pc#*:}
+  ( timeout 120 env -i "/opt/vgpu/$c/$p" > "/tmp/par-$p.out" 2>&1; echo $? > "/tmp/par-$p.rc" ) &
+  pids="$pids $!"
+done
+wait $pids
+for pc in histogram:cu12 warp_scan:cu13 matrix_2d:cu12 memory_ops:cu13; do
+  p=${pc%:*}; c=${pc#*:}; rc=$(cat "/tmp/par-$p.rc")
+  echo "PAR $p $c rc=$rc"
+  sed 's/^/    /' "/tmp/par-$p.out"
+  [ "$rc" = 0 ] || failed=$((failed + 1))
+done
+"#;
 
 /// One `RUN` record of the guest script: (program, cu, mode) -> (rc, output lines).
 struct GuestRun<'a> {
@@ -150,6 +171,12 @@ fn cuda_programs_run_in_the_guest_directly_and_with_an_empty_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(runs.len(), cudarts.len() * PROGRAMS.len() * MODES.len(), "unexpected RUN lines:\n{}", whole());
+    // The concurrent runs, each checked like the others.
+    for (prog, cu) in PARALLEL {
+        let at = body.iter().position(|l| l.starts_with(&format!("PAR {prog} {cu} "))).unwrap_or_else(|| panic!("no PAR line for {prog}:\n{}", whole()));
+        let out: Vec<&str> = body[at + 1..].iter().take_while(|l| l.starts_with("    ")).map(|l| &l[4..]).collect();
+        assert!(body[at].ends_with(" rc=0") && out.contains(&"PASS"), "{prog} {cu} run concurrently with others: {}\n{}", body[at], out.join("\n"));
+    }
     assert!(out.status.success(), "boot-guest.sh failed although every run passed:\n{}", whole());
 }
 
