@@ -19,6 +19,11 @@ pub fn requested() -> bool {
     FLAG.with(|f| f.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed)))
 }
 
+/// The flag of the connection served by this thread, for work it hands to other threads.
+pub fn flag() -> Option<Arc<AtomicBool>> {
+    FLAG.with(|f| f.borrow().clone())
+}
+
 /// Watches `stream`'s peer for the serving thread (the caller) until dropped.
 pub struct HangupWatch {
     stream: UnixStream,

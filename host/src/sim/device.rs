@@ -130,16 +130,8 @@ fn invalid_handle(what: &str, h: u64) -> CmdError {
 
 /// The interpreter's view of global memory: this session's allocations, nothing else.
 impl ptx::Memory for DeviceMemory {
-    fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<(), ptx::MemFault> {
-        let s = self.slice(addr, out.len() as u64).map_err(|_| ptx::MemFault { addr, len: out.len() as u64 })?;
-        out.copy_from_slice(s);
-        Ok(())
-    }
-
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), ptx::MemFault> {
-        let s = self.slice_mut(addr, data.len() as u64).map_err(|_| ptx::MemFault { addr, len: data.len() as u64 })?;
-        s.copy_from_slice(data);
-        Ok(())
+    fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
+        self.regions_mut()
     }
 }
 

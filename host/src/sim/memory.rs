@@ -99,6 +99,11 @@ impl DeviceMemory {
         Ok(&mut m[off..off + len as usize])
     }
 
+    /// Every allocation as (device address, its bytes).
+    pub fn regions_mut(&mut self) -> Vec<(u64, &mut [u8])> {
+        self.allocs.iter_mut().map(|(&base, m)| (base, &mut m[..])).collect()
+    }
+
     /// Copy between (possibly the same) allocations; overlapping ranges behave like memmove.
     pub fn copy(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         if len == 0 {

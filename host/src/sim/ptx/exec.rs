@@ -4,7 +4,10 @@
 //! names have arrived at it; then it runs for all of them at once.
 
 use super::parse::*;
+use super::global::Global;
 use super::{ExecError, Memory};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +64,34 @@ struct Ctx<'a> {
     /// End of the running function's frame in the thread's local memory; call depth.
     stack_top: u64,
     depth: u32,
-    mem: &'a mut dyn Memory,
-    shared: &'a mut [u8],
+    mem: &'a Global<'a>,
+    shared: Vec<u8>,
     cfg: &'a LaunchConfig,
     ctaid: [u32; 3],
+    /// Instructions this host thread executed; at `next_check` they are added to the launch's
+    /// total and the budget, the client and the other blocks are looked at.
     executed: u64,
-    budget: u64,
+    next_check: u64,
+    run: &'a LaunchRun,
     output: Vec<u8>,
-    output_dropped: bool,
 }
+
+/// State of a launch shared by the host threads running its blocks.
+struct LaunchRun {
+    budget: u64,
+    total: AtomicU64,
+    /// Set when a block failed: the others stop.
+    stop: AtomicBool,
+    /// The client's hang-up flag (crate::cancel), if any.
+    cancel: Option<std::sync::Arc<AtomicBool>>,
+    next_block: AtomicU64,
+    /// (block index, error) of failed blocks; printf output of blocks by index.
+    errors: Mutex<Vec<(u64, ExecError)>>,
+    outputs: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+/// Instructions between two checkpoints of a host thread.
+const CHECK_EVERY: u64 = 1 << 16;
 
 /// Runs `k` over the whole grid. `params` is the packed parameter buffer (per `k.params`),
 /// `globals` the device addresses of the module's variables.
@@ -96,7 +118,6 @@ pub fn launch_with_budget(
     if params.len() < k.param_bytes as usize {
         return Err(ExecError::OutOfResources(format!("{} needs {} bytes of parameters, got {}", k.name, k.param_bytes, params.len())));
     }
-    let syms = symbol_values(module, k, globals, 0);
     let shared_bytes = if cfg.dynamic_shared_bytes > 0 {
         k.dynamic_shared_offset as u64 + cfg.dynamic_shared_bytes as u64
     } else {
@@ -111,71 +132,181 @@ pub fn launch_with_budget(
     }
     // Room for device-function frames only where the module has device functions.
     let per_thread_local = k.local_bytes as u64 + if module.funcs().is_empty() { 0 } else { CALL_STACK };
-    let local_total = nthreads * per_thread_local;
-    if local_total > MAX_BLOCK_LOCAL {
+    if nthreads * per_thread_local > MAX_BLOCK_LOCAL {
         return Err(ExecError::OutOfResources(format!("{} bytes of local memory per thread is too much for the sim backend", k.local_bytes)));
     }
-    let nthreads = nthreads as usize;
-    let nregs = k.nregs.max(1);
-    let mut shared = vec![0u8; shared_bytes as usize];
-    let mut regs = vec![0u64; nthreads * nregs];
-    let mut local = vec![0u8; local_total as usize];
-    let mut pcs = vec![0u32; nthreads];
-    let mut state = vec![RUN; nthreads];
-    let per_thread_local = per_thread_local as usize;
-    let mut ctx = Ctx { module, globals, k, params, syms, stack_top: k.local_bytes as u64, depth: 0, mem, shared: &mut shared, cfg, ctaid: [0; 3], executed: 0, budget, output: Vec::new(), output_dropped: false };
+    let nblocks = cfg.grid.iter().map(|&d| d as u64).product::<u64>();
+    let global = Global::new(mem.regions());
+    let run = LaunchRun {
+        budget,
+        total: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        cancel: crate::cancel::flag(),
+        next_block: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+        outputs: Mutex::new(Vec::new()),
+    };
+    let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
+    // Blocks are independent: spread them over host threads (small launches stay on this one).
+    let workers = host_threads().min(nblocks.max(1) as usize).max(1);
+    let work = || run_blocks(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks);
+    if workers == 1 || nblocks * nthreads < 2048 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 1..workers {
+                s.spawn(work);
+            }
+            work();
+        });
+    }
+    let mut errors = run.errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    errors.sort_by_key(|(b, _)| *b);
+    if let Some((_, e)) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let mut outputs = run.outputs.into_inner().unwrap_or_else(|e| e.into_inner());
+    outputs.sort_by_key(|(b, _)| *b);
+    let mut output = Vec::new();
+    let mut dropped = false;
+    for (_, o) in outputs {
+        if output.len() + o.len() <= PRINTF_LIMIT {
+            output.extend_from_slice(&o);
+        } else {
+            dropped = true;
+        }
+    }
+    if dropped {
+        output.extend_from_slice(b"[vgpu: device printf output beyond 1 MiB was dropped]\n");
+    }
+    Ok(LaunchStats { instructions: run.total.load(Ordering::Relaxed), output })
+}
 
-    for bz in 0..cfg.grid[2] {
-        for by in 0..cfg.grid[1] {
-            for bx in 0..cfg.grid[0] {
-                ctx.ctaid = [bx, by, bz];
-                ctx.shared.fill(0);
-                regs.fill(0);
-                local.fill(0);
-                pcs.fill(0);
-                state.fill(RUN);
-                loop {
-                    for t in 0..nthreads {
-                        if state[t] != RUN {
-                            continue;
-                        }
-                        let r = &mut regs[t * nregs..(t + 1) * nregs];
-                        let l = &mut local[t * per_thread_local..(t + 1) * per_thread_local];
-                        state[t] = match ctx.run(t as u32, &mut pcs[t], r, l)? {
-                            RETURNED => DONE,
-                            s => s,
-                        };
-                    }
-                    if ctx.warp_collectives(&mut state, &mut pcs, &mut regs, nregs)? {
-                        continue;
-                    }
-                    let live = state.iter().filter(|&&s| s != DONE).count();
-                    if live == 0 {
-                        break; // every thread has exited
-                    }
-                    if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
-                        let i = &k.insts[pcs[t] as usize];
-                        return Err(ExecError::BarrierDeadlock(format!(
-                            "thread {t} waits at {} for lanes of its mask that exited or wait elsewhere",
-                            ctx.at(i)
-                        )));
-                    }
-                    // Everyone still alive is at a barrier: release them (exited threads count
-                    // as arrived, as on the hardware).
-                    for t in 0..nthreads {
-                        if state[t] == AT_BARRIER {
-                            state[t] = RUN;
-                            pcs[t] += 1;
-                        }
-                    }
-                }
+/// How many host threads a launch may use: VGPU_SIM_THREADS, else the cores available.
+fn host_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("VGPU_SIM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .min(64)
+    })
+}
+
+struct BlockShape {
+    nthreads: usize,
+    nregs: usize,
+    per_thread_local: usize,
+    shared_bytes: usize,
+}
+
+/// One host thread's share of a launch: takes the next block until none is left (in order, so
+/// a block waiting on an earlier one's flag, as CUB's decoupled look-back does, can progress).
+#[allow(clippy::too_many_arguments)]
+fn run_blocks(
+    module: &Module,
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    globals: &HashMap<String, u64>,
+    global: &Global<'_>,
+    run: &LaunchRun,
+    b: &BlockShape,
+    nblocks: u64,
+) {
+    let mut regs = vec![0u64; b.nthreads * b.nregs];
+    let mut local = vec![0u8; b.nthreads * b.per_thread_local];
+    let mut pcs = vec![0u32; b.nthreads];
+    let mut state = vec![RUN; b.nthreads];
+    let syms = symbol_values(module, k, globals, 0);
+    let mut ctx = Ctx {
+        module,
+        globals,
+        k,
+        params,
+        syms,
+        stack_top: k.local_bytes as u64,
+        depth: 0,
+        mem: global,
+        shared: vec![0u8; b.shared_bytes],
+        cfg,
+        ctaid: [0; 3],
+        executed: 0,
+        next_check: CHECK_EVERY,
+        run,
+        output: Vec::new(),
+    };
+    loop {
+        if run.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = run.next_block.fetch_add(1, Ordering::Relaxed);
+        if n >= nblocks {
+            break;
+        }
+        let (gx, gy) = (cfg.grid[0] as u64, cfg.grid[1] as u64);
+        ctx.ctaid = [(n % gx) as u32, ((n / gx) % gy) as u32, (n / (gx * gy)) as u32];
+        let r = ctx.run_block(b, &mut regs, &mut local, &mut pcs, &mut state);
+        if !ctx.output.is_empty() {
+            run.outputs.lock().unwrap_or_else(|e| e.into_inner()).push((n, std::mem::take(&mut ctx.output)));
+        }
+        if let Err(e) = r {
+            run.stop.store(true, Ordering::Relaxed);
+            run.errors.lock().unwrap_or_else(|e| e.into_inner()).push((n, e));
+            break;
+        }
+    }
+    run.total.fetch_add(ctx.executed % CHECK_EVERY, Ordering::Relaxed);
+}
+
+/// Where a (space, address) points: generic addresses in the shared and local windows are
+/// those spaces; other generic and const addresses are global memory.
+fn resolve(space: Space, addr: u64) -> (Space, u64) {
+    match space {
+        Space::Generic if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Shared, addr - SHARED_WINDOW),
+        Space::Generic if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Local, addr - LOCAL_WINDOW),
+        Space::Generic | Space::Const => (Space::Global, addr),
+        s => (s, addr),
+    }
+}
+
+/// The value an atomic operation stores, from the old value (sign-extended for signed types).
+fn atom_new(op: AtomOp, ty: Ty, old: u64, bv: u64, cv: u64) -> u64 {
+    match op {
+        AtomOp::Add if ty.float() => float_bin(Bin::Add, ty, old, bv).unwrap_or(old),
+        AtomOp::Add => int_bin(Bin::Add, ty, old, bv),
+        AtomOp::Min if ty.float() => float_bin(Bin::Min, ty, old, bv).unwrap_or(old),
+        AtomOp::Max if ty.float() => float_bin(Bin::Max, ty, old, bv).unwrap_or(old),
+        AtomOp::Min => int_bin(Bin::Min, ty, old, bv),
+        AtomOp::Max => int_bin(Bin::Max, ty, old, bv),
+        AtomOp::Exch => bv,
+        AtomOp::Cas => {
+            if mask(old, ty.bits()) == mask(bv, ty.bits()) {
+                cv
+            } else {
+                old
+            }
+        }
+        AtomOp::And => old & bv,
+        AtomOp::Or => old | bv,
+        AtomOp::Xor => old ^ bv,
+        AtomOp::Inc => {
+            if mask(old, 32) >= mask(bv, 32) {
+                0
+            } else {
+                old.wrapping_add(1)
+            }
+        }
+        AtomOp::Dec => {
+            if mask(old, 32) == 0 || mask(old, 32) > mask(bv, 32) {
+                bv
+            } else {
+                old.wrapping_sub(1)
             }
         }
     }
-    if ctx.output_dropped {
-        ctx.output.extend_from_slice(b"[vgpu: device printf output beyond 1 MiB was dropped]\n");
-    }
-    Ok(LaunchStats { instructions: ctx.executed, output: ctx.output })
 }
 
 fn mask(v: u64, bits: u32) -> u64 {
@@ -440,6 +571,67 @@ fn int_range(t: Ty) -> (i128, i128) {
 }
 
 impl Ctx<'_> {
+    /// Runs the block `self.ctaid` to its end.
+    fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8]) -> Result<(), ExecError> {
+        let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
+        self.shared.fill(0);
+        regs.fill(0);
+        local.fill(0);
+        pcs.fill(0);
+        state.fill(RUN);
+        loop {
+            for t in 0..nthreads {
+                if state[t] != RUN {
+                    continue;
+                }
+                let r = &mut regs[t * nregs..(t + 1) * nregs];
+                let l = &mut local[t * ptl..(t + 1) * ptl];
+                state[t] = match self.run(t as u32, &mut pcs[t], r, l)? {
+                    RETURNED => DONE,
+                    s => s,
+                };
+            }
+            if self.warp_collectives(state, pcs, regs, nregs)? {
+                continue;
+            }
+            let live = state.iter().filter(|&&s| s != DONE).count();
+            if live == 0 {
+                return Ok(()); // every thread has exited
+            }
+            if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
+                let i = &self.k.insts[pcs[t] as usize];
+                return Err(ExecError::BarrierDeadlock(format!("thread {t} waits at {} for lanes of its mask that exited or wait elsewhere", self.at(i))));
+            }
+            // Everyone still alive is at a barrier: release them (exited threads count as
+            // arrived, as on the hardware).
+            for t in 0..nthreads {
+                if state[t] == AT_BARRIER {
+                    state[t] = RUN;
+                    pcs[t] += 1;
+                }
+            }
+        }
+    }
+
+    /// Every CHECK_EVERY instructions: the launch's budget, a failed block elsewhere, a client
+    /// that hung up.
+    fn checkpoint(&mut self) -> Result<(), ExecError> {
+        self.next_check += CHECK_EVERY;
+        let run = self.run;
+        let total = run.total.fetch_add(CHECK_EVERY, Ordering::Relaxed) + CHECK_EVERY;
+        if total > run.budget {
+            return Err(ExecError::Timeout(run.budget));
+        }
+        if run.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ExecError::Cancelled);
+        }
+        if run.stop.load(Ordering::Relaxed) {
+            // Another block failed; its error is the launch's.
+            return Err(ExecError::Cancelled);
+        }
+        Ok(())
+    }
+
     /// Runs every warp collective whose lanes have all arrived: lanes waiting at the same
     /// instruction form a group; it runs once every live lane named by each member's mask is in
     /// the group (lanes that exited, or beyond the block's end, are left out). Returns whether
@@ -598,12 +790,8 @@ impl Ctx<'_> {
                 return Ok(DONE); // fell off the end: an implicit ret
             };
             self.executed += 1;
-            if self.executed > self.budget {
-                return Err(ExecError::Timeout(self.budget));
-            }
-            // Every 2^20 instructions: is anyone still waiting for this kernel?
-            if self.executed & 0xf_ffff == 0 && crate::cancel::requested() {
-                return Err(ExecError::Cancelled);
+            if self.executed >= self.next_check {
+                self.checkpoint()?;
             }
             if let Some((p, neg)) = inst.guard {
                 let v = regs.get(p as usize).copied().unwrap_or(0) != 0;
@@ -674,12 +862,7 @@ impl Ctx<'_> {
 
     /// Resolves a (space, address) to where the bytes are: a window of a host buffer, or global.
     fn access(&mut self, space: Space, addr: u64, len: usize, local: &mut [u8], i: &Inst, write: Option<&[u8]>, out: &mut [u8]) -> Result<(), ExecError> {
-        let (space, addr) = match space {
-            Space::Generic if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Shared, addr - SHARED_WINDOW),
-            Space::Generic if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) => (Space::Local, addr - LOCAL_WINDOW),
-            Space::Generic | Space::Const => (Space::Global, addr),
-            s => (s, addr),
-        };
+        let (space, addr) = resolve(space, addr);
         let k = self.k;
         let illegal = |name: &'static str| ExecError::IllegalAddress {
             addr,
@@ -703,7 +886,7 @@ impl Ctx<'_> {
                 out.copy_from_slice(s);
                 return Ok(());
             }
-            Space::Shared => &mut *self.shared,
+            Space::Shared => &mut self.shared[..],
             Space::Local => local,
             Space::Generic | Space::Const => unreachable_space(),
         };
@@ -1057,48 +1240,36 @@ impl Ctx<'_> {
             }
             Op::Atom { space, op, ty, d, addr, b, c } => {
                 let at = self.addr(addr, regs, i)?;
-                let old = self.load(*space, at, *ty, local, i)?;
                 let bv = g!(b);
-                let new = match op {
-                    AtomOp::Add if ty.float() => float_bin(Bin::Add, *ty, old, bv).unwrap_or(old),
-                    AtomOp::Add => int_bin(Bin::Add, *ty, old, bv),
-                    AtomOp::Min if ty.float() => float_bin(Bin::Min, *ty, old, bv).unwrap_or(old),
-                    AtomOp::Max if ty.float() => float_bin(Bin::Max, *ty, old, bv).unwrap_or(old),
-                    AtomOp::Min => int_bin(Bin::Min, *ty, old, bv),
-                    AtomOp::Max => int_bin(Bin::Max, *ty, old, bv),
-                    AtomOp::Exch => bv,
-                    AtomOp::Cas => {
-                        let cv = match c {
-                            Some(c) => g!(c),
-                            None => return Err(ExecError::Unsupported(self.at(i))),
-                        };
-                        if mask(old, ty.bits()) == mask(bv, ty.bits()) {
-                            cv
-                        } else {
-                            old
-                        }
+                let cv = match (op, c) {
+                    (AtomOp::Cas, Some(c)) => g!(c),
+                    (AtomOp::Cas, None) => return Err(ExecError::Unsupported(self.at(i))),
+                    _ => 0,
+                };
+                let (op, ty) = (*op, *ty);
+                let old = match resolve(*space, at) {
+                    // Global memory is shared with the blocks on other host threads.
+                    (Space::Global, a) => {
+                        let bits = ty.bits();
+                        let mut f = |raw: u64| mask(atom_new(op, ty, if ty.signed() { sext(raw, bits) as u64 } else { raw }, bv, cv), bits);
+                        let raw = self.mem.rmw(a, ty.bytes(), &mut f).map_err(|_| ExecError::IllegalAddress {
+                            addr: a,
+                            len: ty.bytes() as u64,
+                            space: "global",
+                            at: self.at(i),
+                        })?;
+                        let raw = raw.ok_or_else(|| ExecError::Misaligned { addr: a, at: self.at(i) })?;
+                        if ty.signed() { sext(raw, bits) as u64 } else { raw }
                     }
-                    AtomOp::And => old & bv,
-                    AtomOp::Or => old | bv,
-                    AtomOp::Xor => old ^ bv,
-                    AtomOp::Inc => {
-                        if mask(old, 32) >= mask(bv, 32) {
-                            0
-                        } else {
-                            old.wrapping_add(1)
-                        }
-                    }
-                    AtomOp::Dec => {
-                        if mask(old, 32) == 0 || mask(old, 32) > mask(bv, 32) {
-                            bv
-                        } else {
-                            old.wrapping_sub(1)
-                        }
+                    // Shared and local memory belong to this block: no other thread runs it.
+                    (sp, a) => {
+                        let old = self.load(sp, a, ty, local, i)?;
+                        self.store(sp, a, ty, atom_new(op, ty, old, bv, cv), local, i)?;
+                        old
                     }
                 };
-                self.store(*space, at, *ty, new, local, i)?;
                 if let Some(d) = d {
-                    self.set(d, *ty, old, regs, i)?;
+                    self.set(d, ty, old, regs, i)?;
                 }
             }
             Op::Vprintf { ret, fmt, args } => {
@@ -1107,10 +1278,9 @@ impl Ctx<'_> {
                 let args_ptr = self.load(Space::Local, self.addr(args, regs, i)?, Ty::B64, local, i)?;
                 let format = self.c_string(fmt_ptr, local, i)?;
                 let (text, n) = super::printf::format(&format, &mut PrintfArgs { ctx: self, local, base: args_ptr, i })?;
-                if self.output.len() + text.len() <= PRINTF_LIMIT {
+                // Past the limit the launch drops the rest (and says so when it merges blocks).
+                if self.output.len() <= PRINTF_LIMIT {
                     self.output.extend_from_slice(&text);
-                } else {
-                    self.output_dropped = true;
                 }
                 if let Some(r) = ret {
                     let a = self.addr(r, regs, i)?;
@@ -1119,6 +1289,7 @@ impl Ctx<'_> {
             }
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}
+            Op::Fence => std::sync::atomic::fence(Ordering::SeqCst),
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
             Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar | Op::Warp { .. } => {} // handled by run()
         }

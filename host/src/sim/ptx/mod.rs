@@ -2,25 +2,27 @@
 //!
 //! `parse` turns PTX text (as nvcc emits it) into pre-decoded instructions: registers become
 //! indices into a per-thread register file, labels become instruction indices, types and
-//! operands are resolved once. `exec` runs a launch: blocks one after another, the threads of a
-//! block each with explicit state (pc + registers), so a thread can stop at `bar.sync` and resume
-//! when the whole block has arrived.
+//! operands are resolved once. `exec` runs a launch: blocks spread over host threads, the
+//! threads of a block each with explicit state (pc + registers), so a thread can stop at
+//! `bar.sync` and resume when the whole block has arrived. `global` is global memory shared by
+//! the host threads (atomic accesses).
 //!
 //! PTX and launch parameters come from an untrusted guest: nothing here panics on any input,
 //! memory is reached only through [`Memory`] (the session's own allocations), shared and local
 //! memory are bounded, and a launch has an instruction budget.
 
 mod exec;
+mod global;
 mod parse;
 mod printf;
 
 pub use exec::{launch, LaunchConfig, LaunchStats};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError};
 
-/// Global device memory as the interpreter sees it; the caller bounds-checks every access.
+/// Global device memory as the interpreter sees it: the session's allocations, each as (device
+/// address, host bytes). A launch reaches nothing else; every access is bounds-checked.
 pub trait Memory {
-    fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<(), MemFault>;
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemFault>;
+    fn regions(&mut self) -> Vec<(u64, &mut [u8])>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -300,6 +300,8 @@ pub enum Op {
     Warp { op: WarpOp, d: Opnd, p: Opnd, a: Opnd, b: Opnd, c: Opnd, mask: Opnd, neg_a: bool },
     Exit,
     Trap,
+    /// membar/fence: orders this thread's global accesses for the blocks on other host threads.
+    Fence,
     Nop,
     /// Kept so that a module using it still loads; running it is an error naming it.
     Unsupported,
@@ -1464,7 +1466,8 @@ impl Parser {
             "ret" => Op::Ret,
             "exit" => Op::Exit,
             "trap" => Op::Trap,
-            "membar" | "fence" | "prefetch" | "prefetchu" | "pmevent" | "nanosleep" => Op::Nop,
+            "membar" | "fence" => Op::Fence,
+            "prefetch" | "prefetchu" | "pmevent" | "nanosleep" => Op::Nop,
             _ => Op::Unsupported,
         };
         Ok(Inst { guard, op, line: line as u32, text })

@@ -1,0 +1,104 @@
+//! Global memory during a launch, shared by the host threads that run its blocks. Blocks may
+//! race on global memory as they may on a GPU, so every access is atomic at its natural width
+//! (relaxed: plain loads and stores on x86) and `atom.*` is a real read-modify-write; that keeps
+//! racing kernels defined behaviour for the mediator, whatever the guest sends.
+
+use super::MemFault;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// One allocation: device address, host pointer, length.
+struct Region {
+    base: u64,
+    ptr: *mut u8,
+    len: usize,
+}
+
+/// The allocations a launch may touch, borrowed mutably from their owner for `'a`.
+pub struct Global<'a> {
+    regions: Vec<Region>,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: the regions are borrowed exclusively for 'a (no one else touches them meanwhile), and
+// all access from the launch's threads goes through atomic operations (AtomicU8..U64::from_ptr).
+unsafe impl Sync for Global<'_> {}
+// SAFETY: as above; the pointers stay valid wherever the borrow lives.
+unsafe impl Send for Global<'_> {}
+
+impl<'a> Global<'a> {
+    pub fn new(regions: Vec<(u64, &'a mut [u8])>) -> Global<'a> {
+        let mut regions: Vec<Region> = regions.into_iter().map(|(base, s)| Region { base, ptr: s.as_mut_ptr(), len: s.len() }).collect();
+        regions.sort_by_key(|r| r.base);
+        Global { regions, _borrow: PhantomData }
+    }
+
+    /// The host address of `len` bytes at `addr`, if they lie inside one allocation.
+    fn locate(&self, addr: u64, len: usize) -> Result<*mut u8, MemFault> {
+        let fault = MemFault { addr, len: len as u64 };
+        let i = self.regions.partition_point(|r| r.base <= addr).checked_sub(1).ok_or(fault)?;
+        let r = &self.regions[i];
+        let off = usize::try_from(addr - r.base).map_err(|_| fault)?;
+        if off.checked_add(len).is_none_or(|end| end > r.len) {
+            return Err(fault);
+        }
+        // SAFETY: off + len <= r.len, inside the region's allocation.
+        Ok(unsafe { r.ptr.add(off) })
+    }
+
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), MemFault> {
+        let p = self.locate(addr, out.len())?;
+        // SAFETY: `p..p+len` is inside a live region (locate); the atomics match the alignment
+        // they are chosen for.
+        unsafe {
+            match out.len() {
+                8 if (p as usize).is_multiple_of(8) => out.copy_from_slice(&AtomicU64::from_ptr(p.cast()).load(Ordering::Relaxed).to_le_bytes()),
+                4 if (p as usize).is_multiple_of(4) => out.copy_from_slice(&AtomicU32::from_ptr(p.cast()).load(Ordering::Relaxed).to_le_bytes()),
+                2 if (p as usize).is_multiple_of(2) => out.copy_from_slice(&AtomicU16::from_ptr(p.cast()).load(Ordering::Relaxed).to_le_bytes()),
+                _ => {
+                    for (k, b) in out.iter_mut().enumerate() {
+                        *b = AtomicU8::from_ptr(p.add(k)).load(Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemFault> {
+        let p = self.locate(addr, data.len())?;
+        // SAFETY: as in read.
+        unsafe {
+            match data.len() {
+                8 if (p as usize).is_multiple_of(8) => AtomicU64::from_ptr(p.cast()).store(u64::from_le_bytes(data.try_into().unwrap_or_default()), Ordering::Relaxed),
+                4 if (p as usize).is_multiple_of(4) => AtomicU32::from_ptr(p.cast()).store(u32::from_le_bytes(data.try_into().unwrap_or_default()), Ordering::Relaxed),
+                2 if (p as usize).is_multiple_of(2) => AtomicU16::from_ptr(p.cast()).store(u16::from_le_bytes(data.try_into().unwrap_or_default()), Ordering::Relaxed),
+                _ => {
+                    for (k, b) in data.iter().enumerate() {
+                        AtomicU8::from_ptr(p.add(k)).store(*b, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the `size`-byte value (2, 4 or 8, naturally aligned) at `addr` by
+    /// `f(old)`; returns `old` (zero-extended), or None if misaligned or of another size.
+    pub fn rmw(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<Option<u64>, MemFault> {
+        let p = self.locate(addr, size)?;
+        if !(p as usize).is_multiple_of(size) {
+            return Ok(None);
+        }
+        // SAFETY: `p` is inside a live region and aligned for the atomic type used.
+        let old = unsafe {
+            match size {
+                8 => AtomicU64::from_ptr(p.cast()).fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(f(o))).unwrap_or_default(),
+                4 => AtomicU32::from_ptr(p.cast()).fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(f(o as u64) as u32)).unwrap_or_default() as u64,
+                2 => AtomicU16::from_ptr(p.cast()).fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(f(o as u64) as u16)).unwrap_or_default() as u64,
+                _ => return Ok(None),
+            }
+        };
+        Ok(Some(old))
+    }
+}
