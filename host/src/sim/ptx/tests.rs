@@ -112,19 +112,22 @@ fn dynamic_shared_memory() {
     assert!(matches!(err, ExecError::IllegalAddress { space: "shared", .. }), "{err}");
 }
 
-#[test]
-fn atomics_in_a_grid_stride_loop() {
-    let m = module();
-    let input: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 3) as u8).collect();
-    let mut mem = Mem::default();
+/// The `histogram` kernel (global atomics in a grid-stride loop) over `n` bytes, checked.
+fn check_histogram(m: &Module, mem: &mut Mem, n: u32, blocks: u32, threads: u32) {
+    let input: Vec<u8> = (0..n).map(|i| (i * 7 + i / 3) as u8).collect();
     let (pi, pb) = (mem.alloc(&input), mem.alloc(&[0u8; 64]));
-    run(&m, "histogram", [3, 1, 1], [64, 1, 1], 0, &[pi, pb, input.len() as u64], &mut mem).unwrap();
+    run(m, "histogram", [blocks, 1, 1], [threads, 1, 1], 0, &[pi, pb, input.len() as u64], mem).unwrap();
     let bins: Vec<u32> = read(mem.get(pb), 16);
     let mut want = [0u32; 16];
     for v in &input {
         want[(*v % 16) as usize] += 1;
     }
-    assert_eq!(bins, want);
+    assert_eq!(bins, want, "{blocks} blocks of {threads}");
+}
+
+#[test]
+fn atomics_in_a_grid_stride_loop() {
+    check_histogram(&module(), &mut Mem::default(), 5000, 3, 64);
 }
 
 #[test]
@@ -526,16 +529,8 @@ fn packed_half_arithmetic_lane_by_lane() {
 #[test]
 fn blocks_on_several_host_threads_keep_atomics_exact_and_printf_lines_together() {
     let m = module();
-    let input: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 3) as u8).collect();
     let mut mem = Mem::default();
-    let (pi, pb) = (mem.alloc(&input), mem.alloc(&[0u8; 64]));
-    run(&m, "histogram", [64, 1, 1], [128, 1, 1], 0, &[pi, pb, input.len() as u64], &mut mem).unwrap();
-    let bins: Vec<u32> = read(mem.get(pb), 16);
-    let mut want = [0u32; 16];
-    for v in &input {
-        want[(*v % 16) as usize] += 1;
-    }
-    assert_eq!(bins, want);
+    check_histogram(&m, &mut mem, 200_000, 64, 128);
 
     let globals: HashMap<String, u64> = m.globals().iter().map(|v| (v.name.clone(), mem.alloc(&v.init))).collect();
     let name = mem.alloc(b"b\0");
