@@ -258,7 +258,8 @@ fn run_blocks(
             break;
         }
     }
-    run.total.fetch_add(ctx.executed % CHECK_EVERY, Ordering::Relaxed);
+    // What the checkpoints have not added yet.
+    run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
 }
 
 /// Where a (space, address) points: generic addresses in the shared and local windows are
