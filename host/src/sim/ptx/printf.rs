@@ -73,14 +73,26 @@ pub fn format<A: Args>(fmt: &[u8], src: &mut A) -> Result<(Vec<u8>, u32), A::Err
             }
             spec.prec = Some(p.min(4096));
         }
-        let mut long = 0;
+        let (mut long, mut short) = (0, 0);
         while let Some(&l) = fmt.get(i) {
             match l {
                 b'l' | b'z' | b'j' | b't' | b'L' | b'q' => long += 1,
-                b'h' => {}
+                b'h' => short += 1,
                 _ => break,
             }
             i += 1;
+        }
+        // %hd/%hhu: the promoted int is printed as the short or char it was (as C does).
+        let narrow = |v: u64, signed: bool| match (long, short, signed) {
+            (0, 1, true) => v as i16 as i64 as u64,
+            (0, 1, false) => v as u16 as u64,
+            (0, s, true) if s >= 2 => v as i8 as i64 as u64,
+            (0, s, false) if s >= 2 => v as u8 as u64,
+            _ => v,
+        };
+        // C ignores the 0 flag of an integer conversion that has a precision.
+        if spec.prec.is_some() && matches!(fmt.get(i), Some(b'd' | b'i' | b'u' | b'x' | b'X' | b'o')) {
+            spec.zero = false;
         }
         let Some(&conv) = fmt.get(i) else {
             out.extend_from_slice(&fmt[start..]);
@@ -91,12 +103,12 @@ pub fn format<A: Args>(fmt: &[u8], src: &mut A) -> Result<(Vec<u8>, u32), A::Err
         let body: Vec<u8> = match conv {
             b'd' | b'i' => {
                 let v = next(isize, &mut nargs, src)?;
-                let v = if isize == 4 { v as u32 as i32 as i64 } else { v as i64 };
+                let v = if isize == 4 { narrow(v as u32 as i32 as i64 as u64, true) as i64 } else { v as i64 };
                 spec.signed(v < 0, digits(v.unsigned_abs(), 10, false, spec.prec))
             }
             b'u' | b'x' | b'X' | b'o' => {
                 let v = next(isize, &mut nargs, src)?;
-                let v = if isize == 4 { v as u32 as u64 } else { v };
+                let v = if isize == 4 { narrow(v as u32 as u64, false) } else { v };
                 let (radix, upper) = match conv {
                     b'u' => (10, false),
                     b'o' => (8, false),
@@ -366,5 +378,7 @@ mod tests {
         assert_eq!(fmt("%*d|%-*d|%.*f", &[I(4), I(7), I(3), I(7), I(2), D(0.125)]), "   7|7  |0.12");
         assert_eq!(fmt("100%% %d%%", &[I(5)]), "100% 5%");
         assert_eq!(fmt("%d %y", &[I(1)]), "1 %y");
+        assert_eq!(fmt("%08.3d|%06.2x|%-06d|%08.3f", &[I(7), I(10), I(-5), D(-2.5)]), "     007|    0a|-5    |-002.500");
+        assert_eq!(fmt("%hd %hu %hhd %hhx %hx", &[I(70000), I(-1), I(200), I(-1), I(0x12345)]), "4464 65535 -56 ff 2345");
     }
 }
