@@ -212,3 +212,90 @@ extern "C" __global__ void bf162_add(const unsigned *a, const unsigned *b, unsig
     out[i] = r;
   }
 }
+
+// Warp collectives and a block barrier inside device functions nvcc must not inline: a block
+// sum whose warp reduction (__shfl_down_sync) and __syncthreads run in called functions.
+__device__ __noinline__ int warp_sum(int v) {
+  for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
+  return v;
+}
+__device__ __noinline__ int block_sum_in_func(int v, int *smem) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  int nw = (blockDim.x + 31) / 32;
+  v = threadIdx.x < nw ? smem[threadIdx.x] : 0;
+  if (warp == 0) v = warp_sum(v);
+  return v;
+}
+extern "C" __global__ void reduce_in_calls(const int *in, int *out, int n) {
+  __shared__ int smem[32];
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  int v = block_sum_in_func(i < n ? in[i] : 0, smem);
+  if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
+
+// Block reduction in the kernel itself: shared-memory tree down to 64, then __shfl_down_sync.
+extern "C" __global__ void shfl_down_reduce(const float *in, float *out, int n) {
+  __shared__ float s[256];
+  int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+  s[t] = i < n ? in[i] : 0.0f;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half >= 32; half /= 2) {
+    if (t < half) s[t] += s[t + half];
+    __syncthreads();
+  }
+  if (t < 32) {
+    float v = s[t];
+    for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
+    if (t == 0) out[blockIdx.x] = v;
+  }
+}
+
+// Source lanes past the width (CUDA: srcLane modulo width; PTX: b[4:0]) and the shuffle's
+// in-range predicate (inline PTX, as CUB reads it).
+extern "C" __global__ void shfl_wrap_and_pred(const int *in, int *out) {
+  int lane = threadIdx.x & 31;
+  int v = in[lane];
+  out[0 * 32 + lane] = __shfl_sync(0xffffffffu, v, lane + 37);
+  out[1 * 32 + lane] = __shfl_sync(0xffffffffu, v, lane + 9, 8);
+  int r, p;
+  asm volatile("{ .reg .pred q; shfl.sync.down.b32 %0|q, %2, 3, 0x1f, -1; selp.b32 %1, 1, 0, q; }" : "=r"(r), "=r"(p) : "r"(v));
+  out[2 * 32 + lane] = r;
+  out[3 * 32 + lane] = p;
+  asm volatile("{ .reg .pred q; shfl.sync.up.b32 %0|q, %2, 2, 0x1800, -1; selp.b32 %1, 1, 0, q; }" : "=r"(r), "=r"(p) : "r"(v));
+  out[4 * 32 + lane] = r;
+  out[5 * 32 + lane] = p;
+  out[6 * 32 + lane] = __activemask();
+  // Two half-warps, each voting among itself at its own ballot.
+  unsigned b = lane < 16 ? __ballot_sync(0x0000ffffu, v & 1) : __ballot_sync(0xffff0000u, v & 2);
+  out[7 * 32 + lane] = b;
+}
+
+// printf with more conversions, lengths and flags.
+extern "C" __global__ void say_more(const char *s, double d, float f, unsigned long long big, const int *ptr) {
+  if (threadIdx.x == 1)
+    printf("%i|%u|%X|%o|%-6s|%e|%g|%p|%lu|%llx|%08.3f|%+d|%5.1e|%-4c|%.3s|%#o|%%\n", -7, 4000000000u, 48879, 8, s, d, f, ptr,
+           (unsigned long)big, big, f, 5, d, 'Z', s, 8);
+}
+
+// Shared memory of a kernel and of a device function it calls are distinct (ptxas adds the
+// callee's to the kernel's), and dynamic shared memory is after both, in the callee as well.
+extern __shared__ int dyn_i[];
+__device__ __noinline__ int func_shared_and_dyn(int t) {
+  __shared__ int own[64];
+  own[t] = t * 3;
+  dyn_i[t] = t * 5;
+  __syncthreads();
+  return own[63 - t] + dyn_i[(t + 1) % 64];
+}
+extern "C" __global__ void shared_layout(int *out) {
+  __shared__ int mine[64];
+  int t = threadIdx.x;
+  mine[t] = 1000 + t;
+  __syncthreads();
+  int v = func_shared_and_dyn(t);
+  __syncthreads();
+  out[t] = v + mine[(t + 2) % 64];
+}

@@ -1,7 +1,8 @@
 //! Running a kernel: blocks in order, threads of a block with explicit state so that
 //! `bar.sync` can park a thread until the whole block has arrived, and a warp-collective
 //! instruction (shfl.sync, vote.sync, redux.sync, bar.warp.sync, activemask) until the lanes it
-//! names have arrived at it; then it runs for all of them at once.
+//! names have arrived at it; then it runs for all of them at once. A thread's device-function
+//! calls are explicit frames too (not host recursion), so it can park inside a callee as well.
 
 use super::parse::*;
 use super::global::Global;
@@ -48,6 +49,8 @@ const DONE: u8 = 2;
 const AT_WARP: u8 = 3;
 /// `ret` reached: the thread ends in a kernel, returns to its caller in a device function.
 const RETURNED: u8 = 4;
+/// `call` reached (pc still at it): run_thread pushes the callee's frame.
+const CALLED: u8 = 5;
 
 /// Local memory per thread for device-function frames (CUDA's default stack is 1 KiB).
 const CALL_STACK: u64 = 16 << 10;
@@ -56,14 +59,15 @@ const MAX_CALL_DEPTH: u32 = 256;
 struct Ctx<'a> {
     module: &'a Module,
     globals: &'a HashMap<String, u64>,
+    /// The launched kernel, and the function the current thread runs (the kernel or a callee).
+    kernel: &'a Kernel,
     k: &'a Kernel,
     params: &'a [u8],
     /// The running function's symbols' values (local ones relative to the thread's local
-    /// memory, its frame's base included).
+    /// memory, its frame's base included). A callee's are swapped in while it runs.
     syms: Vec<u64>,
-    /// End of the running function's frame in the thread's local memory; call depth.
+    /// End of the running function's frame in the thread's local memory.
     stack_top: u64,
-    depth: u32,
     mem: &'a Global<'a>,
     shared: Vec<u8>,
     cfg: &'a LaunchConfig,
@@ -220,15 +224,17 @@ fn run_blocks(
     let mut local = vec![0u8; b.nthreads * b.per_thread_local];
     let mut pcs = vec![0u32; b.nthreads];
     let mut state = vec![RUN; b.nthreads];
-    let syms = symbol_values(module, k, globals, 0);
+    // Each thread's device-function frames, innermost last (empty while it runs the kernel).
+    let mut calls: Vec<Vec<Frame>> = (0..b.nthreads).map(|_| Vec::new()).collect();
+    let syms = symbol_values(module, k, k, None, globals, 0);
     let mut ctx = Ctx {
         module,
         globals,
+        kernel: k,
         k,
         params,
         syms,
         stack_top: k.local_bytes as u64,
-        depth: 0,
         mem: global,
         shared: vec![0u8; b.shared_bytes],
         cfg,
@@ -248,7 +254,7 @@ fn run_blocks(
         }
         let (gx, gy) = (cfg.grid[0] as u64, cfg.grid[1] as u64);
         ctx.ctaid = [(n % gx) as u32, ((n / gx) % gy) as u32, (n / (gx * gy)) as u32];
-        let r = ctx.run_block(b, &mut regs, &mut local, &mut pcs, &mut state);
+        let r = ctx.run_block(b, &mut regs, &mut local, &mut pcs, &mut state, &mut calls);
         if !ctx.output.is_empty() {
             run.outputs.lock().unwrap_or_else(|e| e.into_inner()).push((n, std::mem::take(&mut ctx.output)));
         }
@@ -571,15 +577,50 @@ fn int_range(t: Ty) -> (i128, i128) {
     }
 }
 
-impl Ctx<'_> {
+/// A device function a thread is running: its registers and symbols, its frame in the thread's
+/// local memory, and the caller's `call` instruction, after which the caller resumes.
+struct Frame {
+    func: u32,
+    regs: Vec<u64>,
+    syms: Vec<u64>,
+    base: u64,
+    top: u64,
+    caller_pc: u32,
+}
+
+fn at_in(k: &Kernel, i: &Inst) -> String {
+    format!("`{}` (PTX line {}) in {}", i.text, i.line, k.name)
+}
+
+/// The address an operand names, given the registers and symbols of the function it is in.
+fn addr_in(o: &Opnd, regs: &[u64], syms: &[u64]) -> Option<u64> {
+    let reg = |r: &u32| regs.get(*r as usize).copied().unwrap_or(0);
+    let sym = |s: &u32| syms.get(*s as usize).copied().unwrap_or(0);
+    match o {
+        Opnd::Addr(base, off) => {
+            let b = match base {
+                Base::Reg(r) => reg(r),
+                Base::Sym(s) => sym(s),
+                Base::Abs => 0,
+            };
+            Some(b.wrapping_add(*off as u64))
+        }
+        Opnd::Reg(r) => Some(reg(r)),
+        Opnd::Sym(s) => Some(sym(s)),
+        _ => None,
+    }
+}
+
+impl<'a> Ctx<'a> {
     /// Runs the block `self.ctaid` to its end.
-    fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8]) -> Result<(), ExecError> {
+    fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
         self.shared.fill(0);
         regs.fill(0);
         local.fill(0);
         pcs.fill(0);
         state.fill(RUN);
+        calls.iter_mut().for_each(Vec::clear);
         loop {
             for t in 0..nthreads {
                 if state[t] != RUN {
@@ -587,12 +628,9 @@ impl Ctx<'_> {
                 }
                 let r = &mut regs[t * nregs..(t + 1) * nregs];
                 let l = &mut local[t * ptl..(t + 1) * ptl];
-                state[t] = match self.run(t as u32, &mut pcs[t], r, l)? {
-                    RETURNED => DONE,
-                    s => s,
-                };
+                state[t] = self.run_thread(t as u32, &mut pcs[t], r, l, &mut calls[t])?;
             }
-            if self.warp_collectives(state, pcs, regs, nregs)? {
+            if self.warp_collectives(state, pcs, regs, nregs, calls)? {
                 continue;
             }
             let live = state.iter().filter(|&&s| s != DONE).count();
@@ -600,8 +638,11 @@ impl Ctx<'_> {
                 return Ok(()); // every thread has exited
             }
             if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
-                let i = &self.k.insts[pcs[t] as usize];
-                return Err(ExecError::BarrierDeadlock(format!("thread {t} waits at {} for lanes of its mask that exited or wait elsewhere", self.at(i))));
+                let (f, i) = self.lane_inst(pcs[t], &calls[t]);
+                return Err(ExecError::BarrierDeadlock(format!(
+                    "thread {t} waits at {} for lanes of its mask that wait elsewhere (at a block barrier or another warp collective)",
+                    at_in(f, i)
+                )));
             }
             // Everyone still alive is at a barrier: release them (exited threads count as
             // arrived, as on the hardware).
@@ -633,11 +674,31 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The function a thread runs (the kernel, or its innermost callee) and its instruction at
+    /// `pc`. Only called for a thread parked at an instruction, so `pc` is in range.
+    fn lane_inst(&self, pc: u32, frames: &[Frame]) -> (&'a Kernel, &'a Inst) {
+        let module: &'a Module = self.module;
+        let f = match frames.last() {
+            Some(fr) => &module.funcs()[fr.func as usize],
+            None => self.kernel,
+        };
+        (f, &f.insts[pc as usize])
+    }
+
+    /// Where waiting lanes meet: at the same instruction of the same function, except that
+    /// bar.warp.sync at different places meet each other (sm_70 and later: `__syncwarp()` in
+    /// both arms of a branch synchronizes the warp).
+    fn meet_key(&self, pc: u32, frames: &[Frame]) -> (u32, u32) {
+        match self.lane_inst(pc, frames).1.op {
+            Op::Warp { op: WarpOp::Sync, .. } => (u32::MAX, 0),
+            _ => (frames.last().map_or(0, |f| f.func + 1), pc),
+        }
+    }
+
     /// Runs every warp collective whose lanes have all arrived: lanes waiting at the same
-    /// instruction form a group; it runs once every live lane named by each member's mask is in
-    /// the group (lanes that exited, or beyond the block's end, are left out). Returns whether
-    /// any ran.
-    fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize) -> Result<bool, ExecError> {
+    /// instruction form a group; of it, the lanes run whose masks name no live lane outside
+    /// them (lanes that exited, or beyond the block's end, are left out). Returns whether any ran.
+    fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
         let n = state.len();
         let mut fired = false;
         for w0 in (0..n).step_by(32) {
@@ -646,72 +707,94 @@ impl Ctx<'_> {
             let mut waiting: u32 = (0..lanes).filter(|&l| state[w0 + l] == AT_WARP).fold(0, |m, l| m | 1 << l);
             while waiting != 0 {
                 let first = waiting.trailing_zeros() as usize;
-                let pc = pcs[w0 + first];
-                let group: u32 = (0..lanes).filter(|&l| waiting & (1 << l) != 0 && pcs[w0 + l] == pc).fold(0, |m, l| m | 1 << l);
+                let key = self.meet_key(pcs[w0 + first], &calls[w0 + first]);
+                let group: u32 =
+                    (0..lanes).filter(|&l| waiting & (1 << l) != 0 && self.meet_key(pcs[w0 + l], &calls[w0 + l]) == key).fold(0, |m, l| m | 1 << l);
                 waiting &= !group;
-                if self.warp_op(w0, group, live, pc, regs, nregs)? {
-                    for l in 0..lanes {
-                        if group & (1 << l) != 0 {
-                            state[w0 + l] = RUN;
-                            pcs[w0 + l] += 1;
-                        }
+                let ran = self.warp_op(w0, group, live, pcs, regs, nregs, calls)?;
+                for l in 0..lanes {
+                    if ran & (1 << l) != 0 {
+                        state[w0 + l] = RUN;
+                        pcs[w0 + l] += 1;
                     }
-                    fired = true;
                 }
+                fired |= ran != 0;
             }
         }
         Ok(fired)
     }
 
-    /// Runs the collective at `pc` for the lanes in `group` of the warp starting at thread `w0`
-    /// if they are all there; false if some lane still has to arrive.
-    fn warp_op(&mut self, w0: usize, group: u32, live: u32, pc: u32, regs: &mut [u64], nregs: usize) -> Result<bool, ExecError> {
-        let k = self.k;
-        let i = &k.insts[pc as usize];
-        let Op::Warp { op, d, p, a, b, c, mask: m, neg_a } = &i.op else {
-            return Err(ExecError::Unsupported(format!("instruction {}", self.at(i))));
-        };
+    /// Runs the collective the lanes in `group` of the warp starting at thread `w0` wait at,
+    /// for those of them whose masks' live lanes have all arrived. Returns the lanes it ran for.
+    #[allow(clippy::too_many_arguments)]
+    fn warp_op(&mut self, w0: usize, group: u32, live: u32, pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<u32, ExecError> {
         let bl = self.cfg.block;
         let tid_of = |t: u32| [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])];
-        // Each member's operands, read from its own registers.
+        // Each member's instruction, and its operands read from its own registers.
+        let mut insts: [Option<(&'a Kernel, &'a Inst)>; 32] = [None; 32];
         let mut vals = [[0u64; 4]; 32];
-        for (l, val) in vals.iter_mut().enumerate() {
-            if group & (1 << l) == 0 {
-                continue;
-            }
-            let t = (w0 + l) as u32;
-            let r = &regs[t as usize * nregs..(t as usize + 1) * nregs];
-            let tid = tid_of(t);
-            *val = [self.get(a, r, tid, t, i)?, self.get(b, r, tid, t, i)?, self.get(c, r, tid, t, i)?, self.get(m, r, tid, t, i)?];
+        for l in (0..32).filter(|&l| group & (1 << l) != 0) {
+            let t = w0 + l;
+            let (f, i) = self.lane_inst(pcs[t], &calls[t]);
+            let Op::Warp { op, a, b, c, mask: m, .. } = &i.op else {
+                return Err(ExecError::Unsupported(format!("instruction {}", at_in(f, i))));
+            };
+            let (r, syms) = match calls[t].last() {
+                Some(fr) => (&fr.regs[..], &fr.syms[..]),
+                None => (&regs[t * nregs..(t + 1) * nregs], &self.syms[..]),
+            };
+            let tid = tid_of(t as u32);
+            let get = |o: &Opnd| match o {
+                Opnd::Sym(id) => Ok(syms.get(*id as usize).copied().unwrap_or(0)),
+                _ => self.get(o, r, tid, t as u32, i),
+            };
+            vals[l] = [get(a)?, get(b)?, get(c)?, get(m)?];
             if *op == WarpOp::ActiveMask {
-                val[3] = group as u64;
+                vals[l][3] = group as u64;
             }
-            if (val[3] as u32) & live & !group != 0 {
-                return Ok(false); // a live lane it names has not arrived yet
+            // PTX leaves this undefined; compute-sanitizer's synccheck reports it.
+            if vals[l][3] & (1 << l) == 0 {
+                return Err(ExecError::Undefined(format!(
+                    "thread {t} (lane {l}) executes {} with membermask {:#010x}, which does not include its own lane",
+                    at_in(f, i),
+                    vals[l][3] as u32
+                )));
             }
+            insts[l] = Some((f, i));
         }
-        for l in 0..32 {
-            if group & (1 << l) == 0 {
-                continue;
+        // The lanes that can run: drop those whose mask names a live lane not (or no longer)
+        // among them, until none does.
+        let mut ready = group;
+        loop {
+            let blocked = (0..32).filter(|&l| ready & (1 << l) != 0 && (vals[l][3] as u32) & live & !ready != 0).fold(0u32, |m, l| m | 1 << l);
+            if blocked == 0 {
+                break;
             }
+            ready &= !blocked;
+        }
+        for l in (0..32).filter(|&l| ready & (1 << l) != 0) {
+            let Some((_, i)) = insts[l] else { continue };
+            let Op::Warp { op, d, p, neg_a, .. } = &i.op else { continue };
             let [av, bv, cv, mv] = vals[l];
-            let members = mv as u32 & group;
+            let members = mv as u32 & ready;
             let pred = |x: usize| (vals[x][0] != 0) != *neg_a;
             let (dv, pv) = match *op {
                 WarpOp::Shfl(mode) => {
+                    // The PTX ISA's definition: b[4:0] is the lane or offset, c[4:0] the clamp
+                    // and c[12:8] the segment mask; out of range, a lane reads its own value.
                     let lane = l as u32;
-                    let (b, clamp, seg) = (bv as u32, cv as u32 & 0x1f, (cv as u32 >> 8) & 0x1f);
+                    let (b, clamp, seg) = (bv as u32 & 0x1f, cv as u32 & 0x1f, (cv as u32 >> 8) & 0x1f);
                     let max_lane = (lane & seg) | (clamp & !seg);
                     let min_lane = lane & seg;
                     let (j, ok) = match mode {
-                        ShflMode::Up => (lane.wrapping_sub(b), lane.wrapping_sub(b) as i32 >= max_lane as i32),
-                        ShflMode::Down => (lane.wrapping_add(b), lane.wrapping_add(b) <= max_lane),
+                        ShflMode::Up => (lane.wrapping_sub(b), lane as i32 - b as i32 >= max_lane as i32),
+                        ShflMode::Down => (lane + b, lane + b <= max_lane),
                         ShflMode::Bfly => (lane ^ b, (lane ^ b) <= max_lane),
                         ShflMode::Idx => (min_lane | (b & !seg), (min_lane | (b & !seg)) <= max_lane),
                     };
                     let j = if ok { j as usize } else { l };
-                    // A source lane outside the exchange gives an undefined value in PTX; here
-                    // the lane's own.
+                    // A source lane outside the exchange (not in the mask, exited, or past the
+                    // block's end) gives an undefined value in PTX; here the lane's own.
                     let v = if j < 32 && members & (1 << j) != 0 { vals[j][0] } else { av };
                     (v, ok as u64)
                 }
@@ -732,7 +815,10 @@ impl Ctx<'_> {
                 WarpOp::ActiveMask => (group as u64, 0),
             };
             let t = w0 + l;
-            let r = &mut regs[t * nregs..(t + 1) * nregs];
+            let r = match calls[t].last_mut() {
+                Some(fr) => &mut fr.regs[..],
+                None => &mut regs[t * nregs..(t + 1) * nregs],
+            };
             let dty = match op {
                 WarpOp::VoteAll | WarpOp::VoteAny | WarpOp::VoteUni => Ty::Pred,
                 _ => Ty::B32,
@@ -740,8 +826,8 @@ impl Ctx<'_> {
             self.set(d, dty, dv, r, i)?;
             self.set(p, Ty::Pred, pv, r, i)?;
         }
-        self.executed += group.count_ones() as u64;
-        Ok(true)
+        self.executed += ready.count_ones() as u64;
+        Ok(ready)
     }
 
     fn at(&self, i: &Inst) -> String {
@@ -781,7 +867,38 @@ impl Ctx<'_> {
         }) as u64
     }
 
-    /// Runs one thread until it exits or reaches a barrier.
+    /// Runs one thread until it exits or parks at a barrier or warp collective, through the
+    /// device functions it calls. Returns its new state.
+    fn run_thread(&mut self, linear: u32, pc: &mut u32, kregs: &mut [u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<u8, ExecError> {
+        loop {
+            let s = match calls.last_mut() {
+                None => self.run(linear, pc, kregs, local)?,
+                Some(fr) => {
+                    // The callee's function and symbols are the current ones while it runs.
+                    let module: &'a Module = self.module;
+                    let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
+                    self.k = f;
+                    self.stack_top = fr.top;
+                    std::mem::swap(&mut self.syms, &mut fr.syms);
+                    let r = self.run(linear, pc, &mut fr.regs, local);
+                    std::mem::swap(&mut self.syms, &mut fr.syms);
+                    (self.k, self.stack_top) = (self.kernel, self.kernel.local_bytes as u64);
+                    r?
+                }
+            };
+            match s {
+                CALLED => self.push_call(pc, kregs, local, calls)?,
+                RETURNED if !calls.is_empty() => self.pop_call(pc, kregs, local, calls)?,
+                RETURNED | DONE => {
+                    calls.clear(); // `exit` in a callee ends the thread too
+                    return Ok(DONE);
+                }
+                s => return Ok(s),
+            }
+        }
+    }
+
+    /// Runs one thread's current function until it exits, returns, calls, or reaches a barrier.
     fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8]) -> Result<u8, ExecError> {
         let b = self.cfg.block;
         let tid = [linear % b[0], (linear / b[0]) % b[1], linear / (b[0] * b[1])];
@@ -808,11 +925,7 @@ impl Ctx<'_> {
                 }
                 Op::Exit => return Ok(DONE),
                 Op::Ret => return Ok(RETURNED),
-                Op::Call { name, callee, ret, args } => {
-                    if self.call(name, *callee, ret.as_ref(), args, linear, regs, local, inst)? == DONE {
-                        return Ok(DONE); // `exit` in the callee ends the thread
-                    }
-                }
+                Op::Call { .. } => return Ok(CALLED),
                 Op::Bar => return Ok(AT_BARRIER),
                 Op::Warp { .. } => return Ok(AT_WARP),
                 _ => self.step(inst, tid, linear, regs, local)?,
@@ -900,60 +1013,80 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Runs device function `callee` for one thread to its `ret`, in a frame above the caller's
-    /// in the thread's local memory: arguments copied in from the call's parameters, the
-    /// result copied out. Returns DONE if the callee executed `exit`, RETURNED otherwise.
-    #[allow(clippy::too_many_arguments)]
-    fn call(&mut self, name: &str, callee: u32, ret: Option<&Opnd>, args: &[Opnd], linear: u32, regs: &[u64], local: &mut [u8], i: &Inst) -> Result<u8, ExecError> {
-        let module = self.module;
-        let Some(f) = module.funcs().get(callee as usize) else {
-            return Err(ExecError::Unsupported(format!("call to {name}, which has no body the sim can run, in {}", self.at(i))));
+    /// The thread's current function (the kernel or its innermost callee), its registers and
+    /// symbols, and the end of its local frame.
+    fn current<'f>(&'f self, kregs: &'f [u64], calls: &'f [Frame]) -> Result<(&'a Kernel, &'f [u64], &'f [u64], u64), ExecError>
+    where
+        'a: 'f,
+    {
+        Ok(match calls.last() {
+            None => (self.kernel, kregs, &self.syms[..], self.kernel.local_bytes as u64),
+            Some(fr) => {
+                let module: &'a Module = self.module;
+                let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
+                (f, &fr.regs[..], &fr.syms[..], fr.top)
+            }
+        })
+    }
+
+    /// The thread is at a `call`: pushes the callee's frame above the caller's in the thread's
+    /// local memory, with the arguments copied in from the call's parameters, and starts it.
+    fn push_call(&mut self, pc: &mut u32, kregs: &[u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
+        let module: &'a Module = self.module;
+        let (caller, regs, syms, stack_top) = self.current(kregs, calls)?;
+        let i = caller.insts.get(*pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a call past the end of {}", caller.name)))?;
+        let Op::Call { name, callee, args, .. } = &i.op else {
+            return Err(ExecError::Unsupported(format!("instruction {}", at_in(caller, i))));
+        };
+        let Some(f) = module.funcs().get(*callee as usize) else {
+            return Err(ExecError::Unsupported(format!("call to {name}, which has no body the sim can run, in {}", at_in(caller, i))));
         };
         if args.len() != f.params.len() {
-            return Err(ExecError::Unsupported(format!("{} passes {} arguments to {name}, which takes {}", self.at(i), args.len(), f.params.len())));
+            return Err(ExecError::Unsupported(format!("{} passes {} arguments to {name}, which takes {}", at_in(caller, i), args.len(), f.params.len())));
         }
-        let base = self.stack_top.div_ceil(16) * 16;
+        let base = stack_top.div_ceil(16) * 16;
         let top = base + f.local_bytes as u64;
-        if self.depth >= MAX_CALL_DEPTH || top > local.len() as u64 {
-            return Err(ExecError::OutOfResources(format!("call stack overflow calling {name} in {}", self.at(i))));
+        if calls.len() >= MAX_CALL_DEPTH as usize || top > local.len() as u64 {
+            return Err(ExecError::OutOfResources(format!("call stack overflow calling {name} in {}", at_in(caller, i))));
         }
         let (b, t) = (base as usize, top as usize);
         local[b..t].fill(0);
-        let at = self.at(i);
-        let frame_fault = || ExecError::IllegalAddress { addr: base, len: f.local_bytes as u64, space: "local", at: at.clone() };
+        let frame_fault = || ExecError::IllegalAddress { addr: base, len: f.local_bytes as u64, space: "local", at: at_in(caller, i) };
         for (a, p) in args.iter().zip(&f.params) {
-            let src = self.addr(a, regs, i)? as usize;
-            let dst = b + p.offset as usize;
-            let n = p.size as usize;
-            if src.checked_add(n).is_none_or(|e| e > local.len()) || dst + n > t {
+            let src = addr_in(a, regs, syms).ok_or_else(|| ExecError::Unsupported(format!("argument form in {}", at_in(caller, i))))?;
+            let (dst, n) = (b + p.offset as usize, p.size as usize);
+            let src = usize::try_from(src).ok().filter(|s| s.checked_add(n).is_some_and(|e| e <= local.len())).ok_or_else(frame_fault)?;
+            if dst + n > t {
                 return Err(frame_fault());
             }
             local.copy_within(src..src + n, dst);
         }
-        let syms = symbol_values(module, f, self.globals, base);
-        let caller = (std::mem::replace(&mut self.k, f), std::mem::replace(&mut self.syms, syms), self.stack_top);
-        self.stack_top = top;
-        self.depth += 1;
-        let mut callee_regs = vec![0u64; f.nregs.max(1)];
-        let mut pc = 0;
-        let r = self.run(linear, &mut pc, &mut callee_regs, local);
-        (self.k, self.syms, self.stack_top) = caller;
-        self.depth -= 1;
-        match r? {
-            DONE => Ok(DONE),
-            RETURNED => {
-                if let (Some(r), Some((off, size))) = (ret, f.ret) {
-                    let dst = self.addr(r, regs, i)? as usize;
-                    let (src, n) = (b + off as usize, size as usize);
-                    if dst.checked_add(n).is_none_or(|e| e > local.len()) {
-                        return Err(frame_fault());
-                    }
-                    local.copy_within(src..src + n, dst);
-                }
-                Ok(RETURNED)
+        let syms = symbol_values(module, self.kernel, f, Some(*callee), self.globals, base);
+        calls.push(Frame { func: *callee, regs: vec![0u64; f.nregs.max(1)], syms, base, top, caller_pc: *pc });
+        *pc = 0;
+        Ok(())
+    }
+
+    /// The thread's innermost callee returned: pops its frame, copies its result to the call's
+    /// return parameter, and resumes the caller after the `call`.
+    fn pop_call(&mut self, pc: &mut u32, kregs: &[u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
+        let module: &'a Module = self.module;
+        let Some(fr) = calls.pop() else { return Ok(()) };
+        let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
+        let (caller, regs, syms, _) = self.current(kregs, calls)?;
+        let i = caller.insts.get(fr.caller_pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a return past the end of {}", caller.name)))?;
+        if let (Op::Call { ret: Some(r), .. }, Some((off, size))) = (&i.op, f.ret) {
+            let dst = addr_in(r, regs, syms).ok_or_else(|| ExecError::Unsupported(format!("return value form in {}", at_in(caller, i))))?;
+            let (src, n) = (fr.base as usize + off as usize, size as usize);
+            let fault = || ExecError::IllegalAddress { addr: dst, len: n as u64, space: "local", at: at_in(caller, i) };
+            let dst = usize::try_from(dst).ok().filter(|d| d.checked_add(n).is_some_and(|e| e <= local.len())).ok_or_else(fault)?;
+            if src + n > local.len() {
+                return Err(fault());
             }
-            _ => Err(ExecError::Unsupported(format!("a barrier or warp collective inside device function {name} (called at {})", self.at(i)))),
+            local.copy_within(src..src + n, dst);
         }
+        *pc = fr.caller_pc + 1;
+        Ok(())
     }
 
     /// A NUL-terminated string at a generic address (printf's format and %s arguments).
@@ -1292,20 +1425,24 @@ impl Ctx<'_> {
             Op::Nop => {}
             Op::Fence => std::sync::atomic::fence(Ordering::SeqCst),
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
-            Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar | Op::Warp { .. } => {} // handled by run()
+            Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar | Op::Warp { .. } => {} // handled by run() and run_thread()
         }
         Ok(())
     }
 }
 
 /// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
-/// The values of `k`'s symbols: parameter, shared and local offsets (local ones above `frame`,
-/// the base of its frame in the thread's local memory) and module variables' addresses.
-fn symbol_values(module: &Module, k: &Kernel, globals: &HashMap<String, u64>, frame: u64) -> Vec<u64> {
+/// The values of `k`'s symbols (device function `func`'s, or the kernel's) in a launch of
+/// `kernel`: parameter, shared and local offsets (local ones above `frame`, the base of its
+/// frame in the thread's local memory) and module variables' addresses. A function's own shared
+/// variable the kernel has no room for gets an address that faults.
+fn symbol_values(module: &Module, kernel: &Kernel, k: &Kernel, func: Option<u32>, globals: &HashMap<String, u64>, frame: u64) -> Vec<u64> {
     k.syms
         .iter()
         .map(|s| match s {
             SymKind::Param(off) | SymKind::Shared(off) => *off as u64,
+            SymKind::FuncShared(off) => func.and_then(|f| kernel.func_shared_at.get(f as usize)).map_or(u64::MAX, |&at| at as u64 + *off as u64),
+            SymKind::DynShared => kernel.dynamic_shared_offset as u64,
             SymKind::Local(off) => frame + *off as u64,
             // A variable the caller gave no memory resolves to 0, which faults if used.
             SymKind::Global(i) => module.globals().get(*i).and_then(|g| globals.get(&g.name)).copied().unwrap_or(0),

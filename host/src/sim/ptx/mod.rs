@@ -42,6 +42,9 @@ pub enum ExecError {
     Trap(String),
     /// Threads of a block wait at different barriers forever.
     BarrierDeadlock(String),
+    /// Something the PTX ISA leaves undefined (e.g. a warp collective whose membermask leaves
+    /// out the executing lane): failing beats guessing what a GPU would do.
+    Undefined(String),
     /// The launch ran past its instruction budget (an endless loop, or simply too big for sim).
     Timeout(u64),
     /// Launch configuration the interpreter cannot honour (too much shared/local memory).
@@ -60,6 +63,7 @@ impl std::fmt::Display for ExecError {
             ExecError::Unsupported(s) => write!(f, "unsupported PTX: {s}"),
             ExecError::Trap(at) => write!(f, "trap executed at {at}"),
             ExecError::BarrierDeadlock(s) => write!(f, "barrier deadlock: {s}"),
+            ExecError::Undefined(s) => write!(f, "undefined behaviour: {s}"),
             ExecError::Timeout(n) => write!(f, "launch exceeded the sim backend's budget of {n} instructions"),
             ExecError::OutOfResources(s) => write!(f, "{s}"),
             ExecError::Cancelled => write!(f, "stopped: the client disconnected"),

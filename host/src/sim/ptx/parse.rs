@@ -326,6 +326,11 @@ pub struct ParamInfo {
 pub enum SymKind {
     Param(u32),
     Shared(u32),
+    /// A device function's own .shared variable: its offset among the function's own, which a
+    /// kernel calling it has after its own variables (Kernel::func_shared_at).
+    FuncShared(u32),
+    /// The dynamic shared memory (`.extern .shared` arrays): after the launched kernel's static.
+    DynShared,
     Local(u32),
     Global(usize),
 }
@@ -341,6 +346,11 @@ pub struct Kernel {
     pub(crate) nregs: usize,
     pub(crate) syms: Vec<SymKind>,
     pub(crate) dynamic_shared_offset: u32,
+    /// For a `.func`: the size of its own shared variables.
+    pub(crate) func_shared: u32,
+    /// For a kernel: where each device function's own shared variables start in its shared
+    /// memory (by index in Module::funcs; empty if it calls none that has any).
+    pub(crate) func_shared_at: Vec<u32>,
     /// For a `.func`: its return value (offset in its local frame, size). Its parameters'
     /// offsets in `params` are in its local frame too.
     pub(crate) ret: Option<(u32, u32)>,
@@ -840,7 +850,45 @@ impl Parser {
         if let Some((n, e)) = self.bad_funcs.first() {
             tracing::debug!("device function {n} cannot run on the sim: {e}");
         }
+        self.place_func_shared();
         Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
+    }
+
+    /// Device functions' own shared variables: each kernel gets those of the functions it
+    /// calls (directly or not) after its own, as ptxas adds the callees' shared memory to a
+    /// kernel's. Its dynamic shared memory moves after them.
+    fn place_func_shared(&mut self) {
+        if self.funcs.iter().all(|f| f.func_shared == 0) {
+            return;
+        }
+        let callees = |k: &Kernel| k.insts.iter().filter_map(|i| match i.op { Op::Call { callee, .. } => Some(callee as usize), _ => None }).collect::<Vec<_>>();
+        let mut kernels = std::mem::take(&mut self.kernels);
+        kernels.retain_mut(|k| {
+            let mut at = vec![u32::MAX; self.funcs.len()];
+            let mut end = align_up(k.static_shared_bytes as u64, 16);
+            let mut todo = callees(k);
+            let mut reaches = false;
+            while let Some(c) = todo.pop() {
+                let Some(f) = self.funcs.get(c).filter(|_| at[c] == u32::MAX) else { continue };
+                let start = align_up(end, 16);
+                end = start + f.func_shared as u64;
+                if end > MAX_SHARED {
+                    let message = format!("{} and the device functions it calls declare more than {MAX_SHARED} bytes of shared memory", k.name);
+                    self.unsupported.push((k.name.clone(), PtxError { line: 0, message }));
+                    return false;
+                }
+                at[c] = start as u32;
+                reaches |= f.func_shared > 0;
+                todo.extend(callees(f));
+            }
+            if reaches {
+                k.static_shared_bytes = end as u32;
+                k.dynamic_shared_offset = align_up(end, 16) as u32;
+                k.func_shared_at = at;
+            }
+            true
+        });
+        self.kernels = kernels;
     }
 
     fn directive(&mut self, line: usize, s: &str) -> Result<(), PtxError> {
@@ -952,17 +1000,25 @@ impl Parser {
             f.add_sym(n, SymKind::Shared(off as u32));
             f.shared_bytes = off + size;
         }
+        // A device function's own ones are placed per kernel at the module's end (see module()).
+        let mut func_own = 0u64;
         for (n, size) in body_vars(body, ".shared")? {
-            let off = align_up(f.shared_bytes, size.1 as u64);
-            f.add_sym(&n, SymKind::Shared(off as u32));
-            f.shared_bytes = off + size.0;
+            if is_func {
+                let off = align_up(func_own, size.1 as u64);
+                f.add_sym(&n, SymKind::FuncShared(off as u32));
+                func_own = off + size.0;
+            } else {
+                let off = align_up(f.shared_bytes, size.1 as u64);
+                f.add_sym(&n, SymKind::Shared(off as u32));
+                f.shared_bytes = off + size.0;
+            }
         }
-        if f.shared_bytes > MAX_SHARED {
-            return err(line, format!("{name} declares {} bytes of shared memory", f.shared_bytes));
+        if f.shared_bytes + func_own > MAX_SHARED {
+            return err(line, format!("{name} declares {} bytes of shared memory", f.shared_bytes + func_own));
         }
         let dyn_off = align_up(f.shared_bytes, 16);
         for (n, _) in &self.extern_shared {
-            f.add_sym(n, SymKind::Shared(dyn_off as u32));
+            f.add_sym(n, SymKind::DynShared);
         }
         for (i, g) in self.globals.iter().enumerate() {
             f.add_sym(&g.name, SymKind::Global(i));
@@ -1002,6 +1058,8 @@ impl Parser {
             nregs: f.nregs as usize,
             syms: f.syms,
             dynamic_shared_offset: dyn_off as u32,
+            func_shared: if is_func { func_own as u32 } else { 0 },
+            func_shared_at: Vec::new(),
             ret,
         })
     }

@@ -543,3 +543,148 @@ fn blocks_on_several_host_threads_keep_atomics_exact_and_printf_lines_together()
         assert!(l.starts_with(&format!("thread {} of b:", n % 3)), "line {n}: {l}");
     }
 }
+
+/// A block sum whose __shfl_down_sync reduction and __syncthreads run inside __noinline__
+/// device functions: lanes park inside a callee and meet there.
+#[test]
+fn warp_collectives_and_barriers_inside_device_functions() {
+    let m = module();
+    let n = 300usize;
+    let input: Vec<i32> = (0..n as i32).map(|i| (i * 13) % 29 - 14).collect();
+    for (grid, block) in [(4u32, 96u32), (10, 32), (1, 320)] {
+        let mut mem = Mem::default();
+        let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; grid as usize * 4]));
+        run(&m, "reduce_in_calls", [grid, 1, 1], [block, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
+        let out: Vec<i32> = read(mem.get(po), grid as usize);
+        for b in 0..grid as usize {
+            let want: i32 = input.iter().skip(b * block as usize).take(block as usize).sum();
+            assert_eq!(out[b], want, "block {b} of {grid}x{block}");
+        }
+    }
+}
+
+#[test]
+fn block_reduction_ending_in_shfl_down() {
+    let m = module();
+    let n = 1200usize;
+    // Small integers: every order of summation gives the exact same float.
+    let input: Vec<f32> = (0..n).map(|i| ((i * 7) % 19) as f32 - 9.0).collect();
+    let mut mem = Mem::default();
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; 5 * 4]));
+    run(&m, "shfl_down_reduce", [5, 1, 1], [256, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
+    let out: Vec<f32> = read(mem.get(po), 5);
+    for b in 0..5 {
+        let want: f32 = input.iter().skip(b * 256).take(256).sum();
+        assert_eq!(out[b], want, "block {b}");
+    }
+}
+
+/// Source lanes past 31 or past the width wrap (PTX uses b[4:0]), the in-range predicate of
+/// down and segmented up shuffles, activemask, and two half-warps voting apart.
+#[test]
+fn shuffle_lane_wrapping_predicates_and_half_warp_ballots() {
+    let m = module();
+    let input: Vec<i32> = (0..32).map(|i| i * 7 + 3).collect();
+    let mut mem = Mem::default();
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; 8 * 32 * 4]));
+    run(&m, "shfl_wrap_and_pred", [1, 1, 1], [32, 1, 1], 0, &[pi, po], &mut mem).unwrap();
+    let out: Vec<i32> = read(mem.get(po), 8 * 32);
+    let ballot = |lanes: std::ops::Range<usize>, bit: i32| lanes.filter(|&l| input[l] & bit != 0).fold(0u32, |b, l| b | 1 << l) as i32;
+    for l in 0..32 {
+        let row = |r: usize| out[r * 32 + l];
+        assert_eq!(row(0), input[(l + 37) % 32], "idx lane+37, lane {l}");
+        assert_eq!(row(1), input[l / 8 * 8 + (l + 9) % 8], "idx lane+9 width 8, lane {l}");
+        assert_eq!((row(2), row(3)), if l + 3 < 32 { (input[l + 3], 1) } else { (input[l], 0) }, "down 3, lane {l}");
+        assert_eq!((row(4), row(5)), if l % 8 >= 2 { (input[l - 2], 1) } else { (input[l], 0) }, "up 2 in 8-lane segments, lane {l}");
+        assert_eq!(row(6), -1, "activemask, lane {l}");
+        assert_eq!(row(7), if l < 16 { ballot(0..16, 1) } else { ballot(16..32, 2) }, "ballot, lane {l}");
+    }
+}
+
+fn warp_ptx(body: &str) -> Module {
+    let text = format!(
+        ".version 8.8\n.target sm_90\n.address_size 64\n.visible .entry k(.param .u64 p)\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<8>;\n.reg .b64 %rd<4>;\n{body}\n}}\n"
+    );
+    Module::parse(&text).unwrap()
+}
+
+/// `__syncwarp()` in both arms of a branch synchronizes the warp (sm_70 on); shuffles at two
+/// different instructions are not exchanged by the sim: an error naming one, not a hang.
+#[test]
+fn bar_warp_sync_in_both_arms_of_a_branch_and_split_shuffles() {
+    let branch = |a: &str, b: &str| {
+        format!(
+            "ld.param.u64 %rd1, [p];\nmov.u32 %r1, %tid.x;\nmul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd3, %rd1, %rd2;\nmov.u32 %r2, 0;\n\
+             setp.lt.u32 %p1, %r1, 16;\n@%p1 bra $L_a;\n{b}\nbra $L_end;\n$L_a:\n{a}\n$L_end:\nst.global.u32 [%rd3], %r2;\nret;"
+        )
+    };
+    let m = warp_ptx(&branch("bar.warp.sync -1;\nadd.u32 %r2, %r1, 100;", "bar.warp.sync -1;\nadd.u32 %r2, %r1, 200;"));
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 32 * 4]);
+    run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[p], &mut mem).unwrap();
+    let want: Vec<u32> = (0..32).map(|t| t + if t < 16 { 100 } else { 200 }).collect();
+    assert_eq!(read::<u32>(mem.get(p), 32), want);
+
+    let m = warp_ptx(&branch("shfl.sync.idx.b32 %r2, %r1, 0, 31, -1;", "shfl.sync.idx.b32 %r2, %r1, 1, 31, -1;"));
+    let err = run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[p], &mut mem).unwrap_err();
+    assert!(matches!(&err, ExecError::BarrierDeadlock(s) if s.contains("shfl.sync.idx.b32") && s.contains("another warp collective")), "{err}");
+}
+
+/// A lane executing a collective whose membermask leaves it out is undefined in PTX: an error.
+#[test]
+fn a_membermask_without_the_executing_lane_is_an_error() {
+    let m = warp_ptx("mov.u32 %r1, %tid.x;\nshfl.sync.bfly.b32 %r2, %r1, 1, 31, 0xfffffffe;\nret;");
+    let err = run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
+    assert!(matches!(&err, ExecError::Undefined(s) if s.contains("lane 0") && s.contains("0xfffffffe")), "{err}");
+    // vote and bar.warp.sync too; lanes that exited before do not count as missing.
+    let m = warp_ptx("mov.u32 %r1, %tid.x;\nsetp.ge.u32 %p1, %r1, 8;\n@%p1 ret;\nbar.warp.sync 0xff;\nvote.sync.ballot.b32 %r2, %p1, 0xf0;\nret;");
+    let err = run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[0], &mut Mem::default()).unwrap_err();
+    assert!(matches!(&err, ExecError::Undefined(s) if s.contains("vote.sync.ballot.b32") && s.contains("lane 0")), "{err}");
+}
+
+#[test]
+fn device_printf_conversions_lengths_and_flags() {
+    let m = module();
+    let mut mem = Mem::default();
+    let globals: HashMap<String, u64> = m.globals().iter().map(|v| (v.name.clone(), mem.alloc(&v.init))).collect();
+    let s = mem.alloc(b"vgpu\0");
+    let k = m.kernel("say_more").unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [4, 1, 1], dynamic_shared_bytes: 0 };
+    let args = [s, 12345.678f64.to_bits(), 2.5f32.to_bits() as u64, 0x1234567890ab, 0x2000_0010_0000];
+    let stats = launch(&m, k, &cfg, &params(k, &args), &globals, &mut mem).unwrap();
+    // What glibc's printf prints for the same call.
+    assert_eq!(
+        String::from_utf8(stats.output).unwrap(),
+        "-7|4000000000|BEEF|10|vgpu  |1.234568e+04|2.5|0x200000100000|20015998341291|1234567890ab|0002.500|+5|1.2e+04|Z   |vgp|010|%\n"
+    );
+}
+
+/// vote.sync.uni and .all over a negated predicate, per warp: uniform true, mixed, uniform false.
+#[test]
+fn vote_uni_and_negated_predicates() {
+    let m = warp_ptx(
+        "ld.param.u64 %rd1, [p];\nmov.u32 %r1, %tid.x;\nmul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd3, %rd1, %rd2;\n\
+         setp.lt.u32 %p1, %r1, 40;\nvote.sync.uni.pred %p2, %p1, -1;\nvote.sync.all.pred %p3, !%p1, -1;\n\
+         selp.u32 %r2, 1, 0, %p2;\nselp.u32 %r3, 2, 0, %p3;\nor.b32 %r4, %r2, %r3;\nst.global.u32 [%rd3], %r4;\nret;",
+    );
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 96 * 4]);
+    run(&m, "k", [1, 1, 1], [96, 1, 1], 0, &[p], &mut mem).unwrap();
+    let want: Vec<u32> = (0..96).map(|t| [1, 0, 3][t / 32]).collect();
+    assert_eq!(read::<u32>(mem.get(p), 96), want);
+}
+
+/// A kernel's shared variables, its callee's and the dynamic shared memory do not overlap.
+#[test]
+fn shared_memory_of_kernel_callee_and_dynamic_are_distinct() {
+    let m = module();
+    let k = m.kernel("shared_layout").unwrap();
+    assert_eq!(k.static_shared_bytes, 512, "the kernel's 256 bytes, then its callee's 256");
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 64 * 4]);
+    run(&m, "shared_layout", [1, 1, 1], [64, 1, 1], 64 * 4, &[p], &mut mem).unwrap();
+    let want: Vec<i32> = (0..64).map(|t| (63 - t) * 3 + ((t + 1) % 64) * 5 + 1000 + (t + 2) % 64).collect();
+    assert_eq!(read::<i32>(mem.get(p), 64), want);
+    // Kernels that call no function with shared variables keep their own size.
+    assert_eq!(m.kernel("block_sum").unwrap().static_shared_bytes, 1024);
+}
