@@ -40,6 +40,20 @@ cases! {
     histogram_cudart13: "histogram", V13;
 }
 
+/// __noinline__ device functions with warp shuffles, barriers, recursion and printf inside.
+#[test]
+fn device_functions_with_collectives_recursion_and_printf() {
+    let sum = |b: i32| (b * 128..(b + 1) * 128).map(|i| (i * 37) % 101 - 50).sum::<i32>();
+    for cudart in [Cudart::V12, Cudart::V13] {
+        let exe = build_program("device_functions", cudart);
+        let m = Mediator::start();
+        let out = run_program(&exe, cudart, &m.socket);
+        assert!(out.status.success(), "{}\n--- mediator log\n{}", describe(&out), m.log());
+        let want = format!("block 0 sums to {}\nblock 1 sums to {}\nPASS\n", sum(0), sum(1));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{cudart:?}");
+    }
+}
+
 /// Device printf reaches the program's stdout, in order with the host's own output.
 #[test]
 fn device_printf_reaches_stdout_in_order() {
