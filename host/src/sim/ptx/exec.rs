@@ -577,6 +577,9 @@ fn int_range(t: Ty) -> (i128, i128) {
     }
 }
 
+/// A thread's current function, its registers and symbols, and the end of its local frame.
+type Current<'a, 'f> = (&'a Kernel, &'f [u64], &'f [u64], u64);
+
 /// A device function a thread is running: its registers and symbols, its frame in the thread's
 /// local memory, and the caller's `call` instruction, after which the caller resumes.
 struct Frame {
@@ -1015,7 +1018,7 @@ impl<'a> Ctx<'a> {
 
     /// The thread's current function (the kernel or its innermost callee), its registers and
     /// symbols, and the end of its local frame.
-    fn current<'f>(&'f self, kregs: &'f [u64], calls: &'f [Frame]) -> Result<(&'a Kernel, &'f [u64], &'f [u64], u64), ExecError>
+    fn current<'f>(&'f self, kregs: &'f [u64], calls: &'f [Frame]) -> Result<Current<'a, 'f>, ExecError>
     where
         'a: 'f,
     {

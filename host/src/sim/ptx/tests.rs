@@ -556,9 +556,9 @@ fn warp_collectives_and_barriers_inside_device_functions() {
         let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; grid as usize * 4]));
         run(&m, "reduce_in_calls", [grid, 1, 1], [block, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
         let out: Vec<i32> = read(mem.get(po), grid as usize);
-        for b in 0..grid as usize {
+        for (b, got) in out.iter().enumerate() {
             let want: i32 = input.iter().skip(b * block as usize).take(block as usize).sum();
-            assert_eq!(out[b], want, "block {b} of {grid}x{block}");
+            assert_eq!(*got, want, "block {b} of {grid}x{block}");
         }
     }
 }
@@ -570,12 +570,12 @@ fn block_reduction_ending_in_shfl_down() {
     // Small integers: every order of summation gives the exact same float.
     let input: Vec<f32> = (0..n).map(|i| ((i * 7) % 19) as f32 - 9.0).collect();
     let mut mem = Mem::default();
-    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&vec![0u8; 5 * 4]));
+    let (pi, po) = (mem.alloc(&bytes(&input)), mem.alloc(&[0u8; 5 * 4]));
     run(&m, "shfl_down_reduce", [5, 1, 1], [256, 1, 1], 0, &[pi, po, n as u64], &mut mem).unwrap();
     let out: Vec<f32> = read(mem.get(po), 5);
-    for b in 0..5 {
+    for (b, got) in out.iter().enumerate() {
         let want: f32 = input.iter().skip(b * 256).take(256).sum();
-        assert_eq!(out[b], want, "block {b}");
+        assert_eq!(*got, want, "block {b}");
     }
 }
 
