@@ -205,6 +205,18 @@ echo "KILLED $pid"
 i=0; while nvidia-smi --query-compute-apps=pid --format=csv,noheader | grep -qx "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>&1 | sed 's/^/APPS-AFTER /'
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>&1 | sed 's/^/USED-AFTER /'
+# A process killed with -9 while its kernel runs (forever): the mediator stops the kernel and
+# frees the process's session.
+: > /tmp/spin.out
+/opt/vgpu/vgpu-driver-check spin > /tmp/spin.out 2>&1 &
+pid=$!
+i=0; while ! grep -q '^SPIN pid' /tmp/spin.out && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+sleep 1
+sed 's/^/SPIN-OUT /' /tmp/spin.out
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>&1 | sed 's/^/SPIN-APPS /'
+kill -9 $pid; wait $pid 2>/dev/null
+i=0; while nvidia-smi --query-compute-apps=pid --format=csv,noheader | grep -qx "$pid" && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>&1 | sed 's/^/SPIN-AFTER /'
 # The device unbound under an open channel, then bound again: no hang, and CUDA works after.
 /opt/vgpu/vgpu-driver-check unbind 2>&1 | sed 's/^DRIVER-CHECK/UNBIND-CHECK/'
 env -i /opt/vgpu/ollama_discovery 2>&1 | sed 's/^/OLLAMA rebound /'
@@ -279,6 +291,12 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     assert!(values(&body, "APPS-HOLDING").contains(&format!("{pid}, 64").as_str()), "the holder is not listed with 64 MiB:\n{}", whole());
     assert!(!values(&body, "APPS-AFTER").iter().any(|l| l.starts_with(&format!("{pid},"))), "the killed process is still listed:\n{}", whole());
     assert_eq!(values(&body, "USED-AFTER"), [used_before.to_string().as_str()], "memory not freed after kill -9:\n{}", whole());
+
+    // kill -9 during a kernel that never ends: within 10 s the process is gone from the device.
+    let spin = values(&body, "SPIN-OUT");
+    let spid = spin.first().and_then(|l| l.strip_prefix("SPIN pid ")).and_then(|l| l.strip_suffix(" launching")).unwrap_or_else(|| panic!("spin: {spin:?}\n{}", whole()));
+    assert!(values(&body, "SPIN-APPS").contains(&format!("{spid}, 16").as_str()), "the spinning process is not listed:\n{}", whole());
+    assert!(!values(&body, "SPIN-AFTER").contains(&spid), "the killed process's kernel still runs in the mediator:\n{}", whole());
 
     // Unbinding under an open channel with a sleeping waiter: ENODEV, no hang; bound again, it works.
     let unbind = values(&body, "UNBIND-CHECK");

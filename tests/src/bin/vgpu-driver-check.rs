@@ -4,6 +4,8 @@
 //!   vgpu-driver-check abi     every check below; one `DRIVER-CHECK ok|FAIL <name>` line each
 //!   vgpu-driver-check hold    opens a CUDA session, allocates 64 MiB, prints its pid, sleeps
 //!                             (the harness kills it with -9 and checks everything was freed)
+//!   vgpu-driver-check spin    launches a kernel that never ends and waits for it (the harness
+//!                             kills it with -9: the mediator must stop the kernel and free all)
 //!   vgpu-driver-check unbind  unbinds the driver from the device under an open channel with a
 //!                             waiter asleep in it, checks the file answers ENODEV without a
 //!                             hang, then binds the driver again and opens a channel
@@ -160,6 +162,48 @@ fn hold() -> i32 {
     }
 }
 
+/// A kernel that spins until a flag in device memory (left 0) changes.
+const SPIN_PTX: &str = ".version 8.0\n.target sm_90\n.address_size 64\n\
+.visible .entry spin(.param .u64 flag)\n{\n.reg .pred %p<2>;\n.reg .b32 %r<2>;\n.reg .b64 %rd<2>;\n\
+ld.param.u64 %rd1, [flag];\n$L_loop:\nld.volatile.global.u32 %r1, [%rd1];\nsetp.eq.u32 %p1, %r1, 0;\n\
+@%p1 bra $L_loop;\nret;\n}\n";
+
+fn spin() -> i32 {
+    use vgpu_uapi::proto::Op;
+    let client = match vgpu_client::Client::connect("vgpu-driver-check") {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SPIN cannot connect: CUresult {e}");
+            return 1;
+        }
+    };
+    let u64_of = |r: &[u8]| r.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let step = || -> Result<(u64, u64), String> {
+        let module = client.call(Op::ModuleLoad, &[SPIN_PTX.as_bytes()]).map_err(|e| format!("module load: {e}"))?;
+        let module = u64_of(&module).ok_or("short reply")?;
+        let f = client.call(Op::ModuleGetFunction, &[&module.to_le_bytes(), b"spin"]).map_err(|e| format!("get function: {e}"))?;
+        let flag = client.call(Op::MemAlloc, &[&(16u64 << 20).to_le_bytes()]).map_err(|e| format!("alloc: {e}"))?;
+        Ok((u64_of(&f).ok_or("short reply")?, u64_of(&flag).ok_or("short reply")?))
+    };
+    let (f, flag) = match step() {
+        Ok(v) => v,
+        Err(e) => {
+            println!("SPIN setup failed: {e}");
+            return 1;
+        }
+    };
+    let mut launch = f.to_le_bytes().to_vec();
+    for v in [1u32, 1, 1, 32, 1, 1, 0] {
+        launch.extend_from_slice(&v.to_le_bytes());
+    }
+    launch.extend_from_slice(&0u64.to_le_bytes());
+    launch.extend_from_slice(&flag.to_le_bytes());
+    println!("SPIN pid {} launching", std::process::id());
+    let r = client.call(Op::Launch, &[&launch]);
+    println!("SPIN launch returned {:?}", r.err());
+    1
+}
+
 const BDF: &str = "0000:00:05.0";
 
 fn sysfs_write(path: &str, value: &str) -> Result<(), i32> {
@@ -224,8 +268,9 @@ fn main() {
         Some("abi") => abi(),
         Some("hold") => hold(),
         Some("unbind") => unbind(),
+        Some("spin") => spin(),
         _ => {
-            eprintln!("usage: vgpu-driver-check abi|hold|unbind");
+            eprintln!("usage: vgpu-driver-check abi|hold|spin|unbind");
             2
         }
     };
