@@ -346,11 +346,24 @@ struct ProcEntries {
     created: bool,
 }
 
-/// Data behind .../information: the device's bus id and minor.
+/// Data behind .../information: the device's bus id and minor, and the GPU it stands for
+/// (BAR0 GPU_NAME/GPU_UUID, as the mediator reported it; zeros if it did not).
 struct GpuInfo {
     bdf: [u8; 16],
     minor: u32,
     irq: u32,
+    name: [u8; bar0::GPU_NAME_LEN],
+    uuid: [u8; bar0::GPU_UUID_LEN],
+}
+
+/// N bytes of BAR0 from `off`, read 32 bits at a time (offsets checked at run time).
+fn read_bar_bytes<const N: usize>(bar: &pci::Bar<'_, REGS_END>, off: u64) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (k, chunk) in out.chunks_mut(4).enumerate() {
+        let v = bar.try_read32(off as usize + 4 * k).unwrap_or(0).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    out
 }
 
 unsafe extern "C" fn show_version(m: *mut bindings::seq_file, _v: *mut c_void) -> i32 {
@@ -369,10 +382,25 @@ unsafe extern "C" fn show_information(m: *mut bindings::seq_file, _v: *mut c_voi
     // at creation, which lives in the device data until the entry is removed.
     let (m, info) = unsafe { (SeqFile::from_raw(m), &*((*m).private as *const GpuInfo)) };
     let bdf = core::str::from_utf8(&info.bdf).unwrap_or("?").trim_end_matches('\0');
+    let end = info.name.iter().position(|&c| c == 0).unwrap_or(info.name.len());
+    let name = match core::str::from_utf8(&info.name[..end]) {
+        Ok(n) if !n.is_empty() => n,
+        _ => "NVIDIA H100 (vgpu; the mediator did not say which GPU)",
+    };
+    seq_print!(m, "Model: \t\t {}\nIRQ:   \t\t {}\nGPU UUID: \t ", name, info.irq);
+    if info.uuid.iter().all(|&b| b == 0) {
+        seq_print!(m, "N/A\n");
+    } else {
+        let u = &info.uuid;
+        seq_print!(
+            m,
+            "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}\n",
+            u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
+        );
+    }
     seq_print!(
         m,
-        "Model: \t\t NVIDIA H100 PCIe (vgpu)\nIRQ:   \t\t {}\nGPU UUID: \t see nvidia-smi -L\nVideo BIOS: \t ??.??.??.??.??\nBus Type: \t PCIe\nDMA Size: \t 64 bits\nDMA Mask: \t 0xffffffffffffffff\nBus Location: \t {}\nDevice Minor: \t {}\nGPU Excluded:\t No\n",
-        info.irq,
+        "Video BIOS: \t ??.??.??.??.??\nBus Type: \t PCIe\nDMA Size: \t 64 bits\nDMA Mask: \t 0xffffffffffffffff\nBus Location: \t {}\nDevice Minor: \t {}\nGPU Excluded:\t No\n",
         bdf,
         info.minor
     );
@@ -494,6 +522,8 @@ impl pci::Driver for VgpuDriver {
                 return Err(ENODEV);
             }
             let channels = bar.read32(bar0::CHANNELS as usize).min(MAX_CHANNELS);
+            let gpu_name = read_bar_bytes::<{ bar0::GPU_NAME_LEN }>(&bar, bar0::GPU_NAME);
+            let gpu_uuid = read_bar_bytes::<{ bar0::GPU_UUID_LEN }>(&bar, bar0::GPU_UUID);
             let dev: ARef<device::Device> = pdev.as_ref().into();
             let shared = Arc::pin_init(
                 try_pin_init!(Shared {
@@ -531,6 +561,8 @@ impl pci::Driver for VgpuDriver {
                         bdf: bus_id(pdev),
                         minor: 0,
                         irq: irq::IrqRequest::from(unsafe { &*ptr::from_ref(vectors) }.index(0)?).irq(),
+                        name: gpu_name,
+                        uuid: gpu_uuid,
                     },
                     GFP_KERNEL,
                 )?,

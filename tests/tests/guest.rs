@@ -273,6 +273,10 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     assert!(smi.contains("NVIDIA H100 80GB HBM3") && smi.contains(vgpu_uapi::NVIDIA_DRIVER_VERSION), "nvidia-smi:\n{smi}");
     let list = values(&body, "SMI-L");
     assert!(list.len() == 1 && list[0].starts_with("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-"), "nvidia-smi -L: {list:?}");
+    // /proc/driver/nvidia/gpus/.../information names the same GPU as NVML (the mediator's).
+    let uuid = list[0].rsplit("UUID: ").next().unwrap_or("").trim_end_matches(')');
+    assert!(info.contains(&"Model: \t\t NVIDIA H100 80GB HBM3"), "information: {info:?}");
+    assert!(info.contains(&format!("GPU UUID: \t {uuid}").as_str()), "information: {info:?} vs nvidia-smi -L {uuid}");
     let q = values(&body, "SMI-Q");
     assert!(q.len() == 1 && q[0].starts_with(&format!("NVIDIA H100 80GB HBM3, 00000000:00:05.0, {}, ", vgpu_uapi::NVIDIA_DRIVER_VERSION)), "query-gpu: {q:?}");
     let used_before: u64 = q[0].rsplit(", ").next().unwrap().parse().expect("memory.used");

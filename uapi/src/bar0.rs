@@ -36,8 +36,15 @@ pub const CHAN_STATUS: u64 = 0x030;
 pub const DOORBELL: u64 = 0x034;
 /// RO: how many channels the device serves (channel numbers are 0..N).
 pub const CHANNELS: u64 = 0x038;
+/// RO: the GPU behind the device as the mediator reports it, read by the device process when it
+/// starts (all zero if the mediator did not answer): GPU_NAME_LEN bytes of its name (ASCII,
+/// NUL-padded), then its 16-byte UUID. The guest driver shows them in /proc/driver/nvidia.
+pub const GPU_NAME: u64 = 0x040;
+pub const GPU_NAME_LEN: usize = 64;
+pub const GPU_UUID: u64 = 0x080;
+pub const GPU_UUID_LEN: usize = 16;
 /// End of the register block the driver maps.
-pub const REGS_END: u64 = 0x040;
+pub const REGS_END: u64 = 0x090;
 
 /// MSI-X table and pending-bit array offsets. Completions on any channel raise
 /// [`COMPLETION_VECTOR`]; the driver then checks the channels' completion rings.

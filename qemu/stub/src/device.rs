@@ -83,7 +83,6 @@ pub enum Effect {
     Doorbell(u32),
 }
 
-#[derive(Default)]
 pub struct Registers {
     scratch: u32,
     addr_lo: u32,
@@ -92,6 +91,14 @@ pub struct Registers {
     status: u32,
     /// Bit N: channel N is open.
     open: u64,
+    /// GPU_NAME then GPU_UUID (see bar0.rs).
+    identity: [u8; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN],
+}
+
+impl Default for Registers {
+    fn default() -> Self {
+        Registers { scratch: 0, addr_lo: 0, addr_hi: 0, size: 0, status: 0, open: 0, identity: [0; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN] }
+    }
 }
 
 /// Whether a channel area has an acceptable shape: 4 KiB aligned, a whole number of pages
@@ -113,8 +120,26 @@ impl Registers {
             bar0::CHAN_SIZE => self.size,
             bar0::CHAN_STATUS => self.status,
             bar0::CHANNELS => CHANNELS,
+            o if (bar0::GPU_NAME..bar0::GPU_UUID + bar0::GPU_UUID_LEN as u64).contains(&o) && o % 4 == 0 => {
+                let i = (o - bar0::GPU_NAME) as usize;
+                self.identity.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
             _ => 0,
         }
+    }
+
+    /// The registers after a device reset: all cleared but the GPU's identity.
+    pub fn reset(self) -> Registers {
+        Registers { identity: self.identity, ..Registers::default() }
+    }
+
+    /// The GPU's name and UUID for GPU_NAME/GPU_UUID (the name cut to fit, ASCII only).
+    pub fn set_identity(&mut self, name: &str, uuid: [u8; 16]) {
+        self.identity = [0; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN];
+        for (d, c) in self.identity[..bar0::GPU_NAME_LEN - 1].iter_mut().zip(name.bytes().filter(|c| c.is_ascii_graphic() || *c == b' ')) {
+            *d = c;
+        }
+        self.identity[bar0::GPU_NAME_LEN..].copy_from_slice(&uuid);
     }
 
     pub fn write(&mut self, off: u64, v: u32) -> Effect {

@@ -4,6 +4,7 @@
 
 mod channels;
 mod device;
+mod identity;
 mod ram;
 #[cfg(test)]
 mod tests;
@@ -139,7 +140,8 @@ impl ServerBackend for Vgpu {
         self.chans.close_all();
         self.chans.irqs.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|s| *s = None);
         self.cfg = Config::default();
-        self.regs = Registers::default();
+        // The GPU behind the device does not change with a reset: keep its identity.
+        self.regs = std::mem::take(&mut self.regs).reset();
         Ok(())
     }
 
@@ -198,7 +200,14 @@ fn main() -> std::process::ExitCode {
     };
     eprintln!("vgpu-stub: listening on {}", args.socket.display());
     eprintln!("vgpu-stub: channels connect to {}", args.mediator.display());
-    let mut dev = Vgpu::new(args.mediator, args.trace);
+    let mut dev = Vgpu::new(args.mediator.clone(), args.trace);
+    match identity::query(&args.mediator) {
+        Ok((name, uuid)) => {
+            eprintln!("vgpu-stub: the mediator's GPU: {name}");
+            dev.regs.set_identity(&name, uuid);
+        }
+        Err(e) => eprintln!("vgpu-stub: could not ask the mediator which GPU it serves ({e}); BAR0 GPU_NAME stays empty"),
+    }
     let r = server.run(&mut dev);
     // The guest is gone with QEMU: no channel outlives it.
     dev.chans.close_all();

@@ -409,3 +409,22 @@ fn reset_closes_every_channel() {
     assert_eq!(g.close(0), libc::ENOENT as u32);
     assert_eq!(g.open(0, AREA, 0x2000), 0, "RAM survives a reset");
 }
+
+#[test]
+fn bar0_identity_registers_carry_the_mediators_gpu() {
+    let mut r = Registers::default();
+    assert_eq!(r.read(bar0::GPU_NAME), 0, "zero until the mediator answered");
+    let uuid: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
+    r.set_identity("NVIDIA H100 80GB HBM3\u{7}\u{e9}", uuid);
+    fn bytes(r: &Registers, base: u64, n: usize) -> Vec<u8> {
+        (0..n as u64 / 4).flat_map(|k| r.read(base + 4 * k).to_le_bytes()).collect()
+    }
+    let name = bytes(&r, bar0::GPU_NAME, bar0::GPU_NAME_LEN);
+    assert_eq!(&name[..22], b"NVIDIA H100 80GB HBM3\0", "ASCII only, NUL-padded");
+    assert_eq!(bytes(&r, bar0::GPU_UUID, bar0::GPU_UUID_LEN), uuid);
+    assert_eq!(r.read(bar0::GPU_NAME + 1), 0, "unaligned reads are 0");
+    let mut r = r.reset();
+    assert_eq!(bytes(&r, bar0::GPU_UUID, bar0::GPU_UUID_LEN), uuid, "a device reset keeps the identity");
+    r.set_identity(&"x".repeat(200), uuid);
+    assert_eq!(bytes(&r, bar0::GPU_NAME, bar0::GPU_NAME_LEN)[63], 0, "a long name is cut and stays terminated");
+}
