@@ -834,7 +834,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn at(&self, i: &Inst) -> String {
-        format!("`{}` (PTX line {}) in {}", i.text, i.line, self.k.name)
+        at_in(self.k, i)
     }
 
     fn sreg(&self, s: Sreg, tid: [u32; 3], linear: u32) -> u64 {
@@ -878,8 +878,7 @@ impl<'a> Ctx<'a> {
                 None => self.run(linear, pc, kregs, local)?,
                 Some(fr) => {
                     // The callee's function and symbols are the current ones while it runs.
-                    let module: &'a Module = self.module;
-                    let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
+                    let f = self.frame_func(fr)?;
                     self.k = f;
                     self.stack_top = fr.top;
                     std::mem::swap(&mut self.syms, &mut fr.syms);
@@ -962,19 +961,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn addr(&self, o: &Opnd, regs: &[u64], i: &Inst) -> Result<u64, ExecError> {
-        match o {
-            Opnd::Addr(base, off) => {
-                let b = match base {
-                    Base::Reg(r) => regs.get(*r as usize).copied().unwrap_or(0),
-                    Base::Sym(s) => self.syms.get(*s as usize).copied().unwrap_or(0),
-                    Base::Abs => 0,
-                };
-                Ok(b.wrapping_add(*off as u64))
-            }
-            Opnd::Reg(r) => Ok(regs.get(*r as usize).copied().unwrap_or(0)),
-            Opnd::Sym(s) => Ok(self.syms.get(*s as usize).copied().unwrap_or(0)),
-            _ => Err(ExecError::Unsupported(format!("address form in {}", self.at(i)))),
-        }
+        addr_in(o, regs, &self.syms).ok_or_else(|| ExecError::Unsupported(format!("address form in {}", self.at(i))))
     }
 
     /// Resolves a (space, address) to where the bytes are: a window of a host buffer, or global.
@@ -1016,6 +1003,12 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// The device function a frame runs.
+    fn frame_func(&self, fr: &Frame) -> Result<&'a Kernel, ExecError> {
+        let module: &'a Module = self.module;
+        module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))
+    }
+
     /// The thread's current function (the kernel or its innermost callee), its registers and
     /// symbols, and the end of its local frame.
     fn current<'f>(&'f self, kregs: &'f [u64], calls: &'f [Frame]) -> Result<Current<'a, 'f>, ExecError>
@@ -1024,11 +1017,7 @@ impl<'a> Ctx<'a> {
     {
         Ok(match calls.last() {
             None => (self.kernel, kregs, &self.syms[..], self.kernel.local_bytes as u64),
-            Some(fr) => {
-                let module: &'a Module = self.module;
-                let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
-                (f, &fr.regs[..], &fr.syms[..], fr.top)
-            }
+            Some(fr) => (self.frame_func(fr)?, &fr.regs[..], &fr.syms[..], fr.top),
         })
     }
 
@@ -1073,9 +1062,8 @@ impl<'a> Ctx<'a> {
     /// The thread's innermost callee returned: pops its frame, copies its result to the call's
     /// return parameter, and resumes the caller after the `call`.
     fn pop_call(&mut self, pc: &mut u32, kregs: &[u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
-        let module: &'a Module = self.module;
         let Some(fr) = calls.pop() else { return Ok(()) };
-        let f = module.funcs().get(fr.func as usize).ok_or_else(|| ExecError::Unsupported("a frame of an unknown function".into()))?;
+        let f = self.frame_func(&fr)?;
         let (caller, regs, syms, _) = self.current(kregs, calls)?;
         let i = caller.insts.get(fr.caller_pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a return past the end of {}", caller.name)))?;
         if let (Op::Call { ret: Some(r), .. }, Some((off, size))) = (&i.op, f.ret) {
@@ -1434,7 +1422,6 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
 /// The values of `k`'s symbols (device function `func`'s, or the kernel's) in a launch of
 /// `kernel`: parameter, shared and local offsets (local ones above `frame`, the base of its
 /// frame in the thread's local memory) and module variables' addresses. A function's own shared
@@ -1473,6 +1460,7 @@ impl super::printf::Args for PrintfArgs<'_, '_, '_> {
     }
 }
 
+/// Generic and const accesses are rewritten to a concrete space before buffers are chosen.
 fn unreachable_space() -> &'static mut [u8] {
     &mut []
 }

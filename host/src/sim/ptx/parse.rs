@@ -724,8 +724,6 @@ struct Parser {
     unsupported: Vec<(String, PtxError)>,
     target: u32,
     funcs: Vec<Kernel>,
-    /// Device functions that failed to parse, with the reason (a call to one fails).
-    bad_funcs: Vec<(String, PtxError)>,
 }
 
 /// Per-function parsing state.
@@ -780,17 +778,11 @@ fn param_space(f: &Func, space: Space, addr: &Opnd) -> Space {
     }
 }
 
-/// The name in a `.func [(ret)] NAME(` header.
-fn func_name(header: &str) -> String {
-    let rest = header.split(".func").nth(1).unwrap_or("").trim_start();
+/// The name in a `.entry NAME(` or `.func [(ret)] NAME(` header.
+fn decl_name(header: &str) -> String {
+    let rest = header.split(".entry").nth(1).or_else(|| header.split(".func").nth(1)).unwrap_or("").trim_start();
     let rest = if rest.starts_with('(') { rest.split_once(')').map_or("", |(_, r)| r) } else { rest };
     rest.split('(').next().unwrap_or("").split_whitespace().last().unwrap_or("").to_string()
-}
-
-/// The name in a `.entry NAME(` header.
-fn entry_name(header: &str) -> String {
-    let head = header.split('(').next().unwrap_or("");
-    head.split_whitespace().last().unwrap_or("").to_string()
 }
 
 fn align_up(v: u64, a: u64) -> u64 {
@@ -813,17 +805,12 @@ impl Parser {
                             continue;
                         }
                         let end = matching_close(&stmts, i + 1).ok_or_else(|| PtxError { line: *line, message: "unterminated function body".into() })?;
-                        if s.contains(".entry") {
-                            match self.function(*line, s, &stmts[i + 2..end]) {
-                                Ok(k) => self.kernels.push(k),
-                                Err(e) => self.unsupported.push((entry_name(s), e)),
-                            }
-                        }
-                        if !s.contains(".entry") {
-                            match self.function(*line, s, &stmts[i + 2..end]) {
-                                Ok(f) => self.funcs.push(f),
-                                Err(e) => self.bad_funcs.push((func_name(s), e)),
-                            }
+                        match (s.contains(".entry"), self.function(*line, s, &stmts[i + 2..end])) {
+                            (true, Ok(k)) => self.kernels.push(k),
+                            (true, Err(e)) => self.unsupported.push((decl_name(s), e)),
+                            (false, Ok(f)) => self.funcs.push(f),
+                            // A call to it fails, naming it, when it runs.
+                            (false, Err(e)) => tracing::debug!("device function {} cannot run on the sim: {e}", decl_name(s)),
                         }
                         i = end + 1;
                         continue;
@@ -846,9 +833,6 @@ impl Parser {
                     *callee = index.get(name.as_str()).copied().unwrap_or(u32::MAX);
                 }
             }
-        }
-        if let Some((n, e)) = self.bad_funcs.first() {
-            tracing::debug!("device function {n} cannot run on the sim: {e}");
         }
         self.place_func_shared();
         Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
@@ -962,10 +946,11 @@ impl Parser {
             fixups: Vec::new(),
         };
         let mut ret = None;
+        let params = split_operands(&header[open + 1..close.max(open + 1)]);
         if is_func {
             // A device function's parameters and return value live in its local frame; `call`
             // copies the arguments in and the result out.
-            for (p, is_ret) in split_operands(ret_decl.as_deref().unwrap_or("")).into_iter().map(|p| (p, true)).chain(split_operands(&header[open + 1..close.max(open + 1)]).into_iter().map(|p| (p, false))) {
+            for (p, is_ret) in split_operands(ret_decl.as_deref().unwrap_or("")).into_iter().map(|p| (p, true)).chain(params.into_iter().map(|p| (p, false))) {
                 let v = parse_var(line, &p)?;
                 if v.space != "param" {
                     return err(line, format!("function parameter is not .param: `{p}`"));
@@ -979,20 +964,21 @@ impl Parser {
                     f.params.push(ParamInfo { offset: off as u32, size: v.size as u32, align: v.align });
                 }
             }
-        }
-        for p in split_operands(&header[open + 1..close.max(open + 1)]).into_iter().filter(|_| !is_func) {
-            let v = parse_var(line, &p)?;
-            if v.space != "param" {
-                return err(line, format!("entry parameter is not .param: `{p}`"));
+        } else {
+            for p in params {
+                let v = parse_var(line, &p)?;
+                if v.space != "param" {
+                    return err(line, format!("entry parameter is not .param: `{p}`"));
+                }
+                let offset = align_up(f.param_bytes as u64, v.align as u64);
+                let end = offset + v.size;
+                if end > vgpu_uapi::proto::MAX_PARAM_BYTES as u64 {
+                    return err(line, "kernel parameters exceed 32764 bytes");
+                }
+                f.params.push(ParamInfo { offset: offset as u32, size: v.size as u32, align: v.align });
+                f.add_sym(&v.name, SymKind::Param(offset as u32));
+                f.param_bytes = end as u32;
             }
-            let offset = align_up(f.param_bytes as u64, v.align as u64);
-            let end = offset + v.size;
-            if end > vgpu_uapi::proto::MAX_PARAM_BYTES as u64 {
-                return err(line, "kernel parameters exceed 32764 bytes");
-            }
-            f.params.push(ParamInfo { offset: offset as u32, size: v.size as u32, align: v.align });
-            f.add_sym(&v.name, SymKind::Param(offset as u32));
-            f.param_bytes = end as u32;
         }
         // Shared memory: module-level variables first, then the function's own.
         for (n, size, align) in &self.shared {
