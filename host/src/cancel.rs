@@ -1,7 +1,8 @@
 //! Work for a client that has gone away stops early. While a connection is served, a watcher
 //! thread waits for the peer to hang up and then raises the connection's flag; long-running work
-//! on the connection's thread (a kernel in the sim's interpreter) polls `requested()` and stops,
-//! so a killed process or VM does not leave the mediator computing for it.
+//! for the connection (a kernel in the sim's interpreter, on whatever host threads) takes the
+//! flag with `flag()` and polls it, so a killed process or VM does not leave the mediator
+//! computing for it.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -12,11 +13,6 @@ use std::cell::RefCell;
 thread_local! {
     /// The flag of the connection this thread serves (None outside a connection).
     static FLAG: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
-}
-
-/// Whether the client of the connection served by this thread has hung up.
-pub fn requested() -> bool {
-    FLAG.with(|f| f.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed)))
 }
 
 /// The flag of the connection served by this thread, for work it hands to other threads.
