@@ -3,13 +3,12 @@
 //! as SEND/RECV descriptors (uapi/src/channel.rs), the device moving them to and from the
 //! mediator.
 
-use crate::transport::{exchange, Transport};
-use crate::vlog;
+use crate::transport::{exchange, Owner, Transport};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vgpu_uapi::channel::*;
@@ -22,10 +21,7 @@ pub const CONTROL_NODE: &str = "/dev/nvidiactl";
 
 pub struct DeviceTransport {
     chan: Mutex<Channel>,
-    seq: AtomicU32,
-    /// The process that opened the channel: the mapping is not inherited by fork (the driver
-    /// marks it so), so a child must open its own.
-    pid: u32,
+    owner: Owner,
 }
 
 struct Channel {
@@ -116,7 +112,7 @@ impl DeviceTransport {
         // The rings start where the device starts: zeroed by the driver.
         ch.sq_tail = ch.load(SQ_TAIL);
         ch.cq_head = ch.load(CQ_HEAD);
-        Ok(DeviceTransport { chan: Mutex::new(ch), seq: AtomicU32::new(1), pid: std::process::id() })
+        Ok(DeviceTransport { chan: Mutex::new(ch), owner: Owner::new() })
     }
 }
 
@@ -275,11 +271,7 @@ impl io::Read for ChannelIo<'_> {
 
 impl Transport for DeviceTransport {
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CuResult> {
-        if std::process::id() != self.pid {
-            vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
-            return Err(CUDA_ERROR_NOT_INITIALIZED);
-        }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.owner.next_seq()?;
         let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
         exchange(&mut ChannelIo { ch: &mut ch, pending: 0, rx: (0, 0) }, op, seq, parts, reply)
     }

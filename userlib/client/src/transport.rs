@@ -21,12 +21,32 @@ pub trait Transport: Send + Sync {
     fn connected(&self) {}
 }
 
+/// What every transport's connection has: the process that opened it, and request numbers.
+pub(crate) struct Owner {
+    pid: u32,
+    seq: AtomicU32,
+}
+
+impl Owner {
+    pub(crate) fn new() -> Owner {
+        Owner { pid: std::process::id(), seq: AtomicU32::new(1) }
+    }
+
+    /// The next request's number. A forked child must not talk on its parent's connection
+    /// (CUDA does not carry contexts across fork either; a channel's mapping is not even
+    /// inherited): it must initialize CUDA itself.
+    pub(crate) fn next_seq(&self) -> Result<u32, CUresult> {
+        if std::process::id() != self.pid {
+            vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
+            return Err(CUDA_ERROR_NOT_INITIALIZED);
+        }
+        Ok(self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 pub struct SocketTransport {
     stream: Mutex<UnixStream>,
-    seq: AtomicU32,
-    /// The process that connected: a forked child must not talk on its parent's connection
-    /// (CUDA does not carry contexts across fork either).
-    pid: u32,
+    owner: Owner,
 }
 
 impl SocketTransport {
@@ -35,7 +55,7 @@ impl SocketTransport {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(hello_timeout))?;
         stream.set_write_timeout(Some(hello_timeout))?;
-        Ok(SocketTransport { stream: Mutex::new(stream), seq: AtomicU32::new(1), pid: std::process::id() })
+        Ok(SocketTransport { stream: Mutex::new(stream), owner: Owner::new() })
     }
 }
 
@@ -46,11 +66,7 @@ fn io_err(op: Op, e: io::Error) -> CUresult {
 
 impl Transport for SocketTransport {
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult> {
-        if std::process::id() != self.pid {
-            vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
-            return Err(CUDA_ERROR_NOT_INITIALIZED);
-        }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.owner.next_seq()?;
         // A poisoned lock means another thread panicked mid-message: the stream is out of sync.
         let mut s = self.stream.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
         exchange(&mut *s, op, seq, parts, reply)
