@@ -142,14 +142,13 @@ fn abi() -> i32 {
     c.failed as i32
 }
 
+/// A CUDA session with the mediator; None (after a `<tag> cannot connect` line) if there is none.
+fn connect(tag: &str) -> Option<vgpu_client::Client> {
+    vgpu_client::Client::connect("vgpu-driver-check").inspect_err(|e| println!("{tag} cannot connect: CUresult {e}")).ok()
+}
+
 fn hold() -> i32 {
-    let client = match vgpu_client::Client::connect("vgpu-driver-check") {
-        Ok(c) => c,
-        Err(e) => {
-            println!("HOLD cannot connect: CUresult {e}");
-            return 1;
-        }
-    };
+    let Some(client) = connect("HOLD") else { return 1 };
     match client.call(vgpu_uapi::proto::Op::MemAlloc, &[&(64u64 << 20).to_le_bytes()]) {
         Ok(_) => println!("HOLD pid {} holds 64 MiB", std::process::id()),
         Err(e) => {
@@ -170,13 +169,7 @@ ld.param.u64 %rd1, [flag];\n$L_loop:\nld.volatile.global.u32 %r1, [%rd1];\nsetp.
 
 fn spin() -> i32 {
     use vgpu_uapi::proto::Op;
-    let client = match vgpu_client::Client::connect("vgpu-driver-check") {
-        Ok(c) => c,
-        Err(e) => {
-            println!("SPIN cannot connect: CUresult {e}");
-            return 1;
-        }
-    };
+    let Some(client) = connect("SPIN") else { return 1 };
     let u64_of = |r: &[u8]| r.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
     let step = || -> Result<(u64, u64), String> {
         let module = client.call(Op::ModuleLoad, &[SPIN_PTX.as_bytes()]).map_err(|e| format!("module load: {e}"))?;

@@ -17,7 +17,6 @@ use vgpu_uapi::proto::Op;
 
 /// The node libcuda opens; its existence selects this transport.
 pub const DEVICE_NODE: &str = "/dev/nvidia0";
-pub const CONTROL_NODE: &str = "/dev/nvidiactl";
 
 pub struct DeviceTransport {
     chan: Mutex<Channel>,
