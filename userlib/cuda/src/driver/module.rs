@@ -240,11 +240,11 @@ const FA_BINARY_VERSION: c_int = 6;
 const FA_CACHE_MODE_CA: c_int = 7;
 const FA_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
 const FA_PREFERRED_SHARED_MEMORY_CARVEOUT: c_int = 9;
-// Thread-block clusters (sm_90): no kernel here declares a cluster shape (.reqnctapercluster)
-// or a scheduling policy, so these read as for such a kernel on a real H100.
+// Thread-block clusters (sm_90): CLUSTER_SIZE_MUST_BE_SET, REQUIRED_CLUSTER_WIDTH/HEIGHT/DEPTH,
+// NON_PORTABLE_CLUSTER_SIZE_ALLOWED, CLUSTER_SCHEDULING_POLICY_PREFERENCE. No kernel here
+// declares a cluster shape (.reqnctapercluster) or a scheduling policy, so all read 0, as for
+// such a kernel on a real H100.
 const FA_CLUSTER_SIZE_MUST_BE_SET: c_int = 10;
-const FA_REQUIRED_CLUSTER_DEPTH: c_int = 13;
-const FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED: c_int = 14;
 const FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE: c_int = 15;
 
 fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
@@ -260,9 +260,7 @@ fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
         FA_CACHE_MODE_CA => 0,
         FA_MAX_DYNAMIC_SHARED_SIZE_BYTES => k.max_dynamic_shared,
         FA_PREFERRED_SHARED_MEMORY_CARVEOUT => -1,
-        FA_CLUSTER_SIZE_MUST_BE_SET..=FA_REQUIRED_CLUSTER_DEPTH => 0,
-        FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED => 0,
-        FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
+        FA_CLUSTER_SIZE_MUST_BE_SET..=FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
         _ => {
             vlog!(crate::log::DEBUG, "cuFuncGetAttribute: unknown attribute {attrib}");
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -330,18 +328,15 @@ pub unsafe extern "C" fn cuFuncGetParamInfo(f: Handle, index: usize, offset: *mu
     })
 }
 
-/// Blocks of `f` with `block_size` threads and `dyn_smem` bytes of dynamic shared memory that
-/// fit on one multiprocessor at once, by the limits the device reports (threads, blocks,
-/// registers and shared memory per multiprocessor; 1 KiB of shared memory reserved per block,
-/// as on sm_8x/9x). The sim runs blocks one after another, but programs size their grids by
-/// this, as they would on the GPU the device presents.
-fn occupancy(f: Handle, block_size: c_int, dyn_smem: usize) -> Result<c_int, CUresult> {
+/// Blocks of kernel `k` with `block_size` threads and `dyn_smem` bytes of dynamic shared memory
+/// that fit on one multiprocessor at once, by the limits the device reports in `a` (threads,
+/// blocks, registers and shared memory per multiprocessor; 1 KiB of shared memory reserved per
+/// block, as on sm_8x/9x). Programs size their grids by this as they would on the GPU the
+/// device presents; the sim's speed does not depend on it.
+fn occupancy(k: &KernelMeta, a: &[c_int], block_size: c_int, dyn_smem: usize) -> c_int {
     use vgpu_uapi::cuda::attr;
-    let k = kernel_meta(f)?;
-    let (d, dev) = state::current_device()?;
-    let a = &d.device(dev)?.attrs;
     if block_size <= 0 || block_size as u32 > k.info.max_threads_per_block {
-        return Ok(0);
+        return 0;
     }
     let warps = (block_size as u64).div_ceil(32);
     let by_threads = a[attr::MAX_THREADS_PER_MULTIPROCESSOR] as u64 / (warps * 32);
@@ -350,15 +345,27 @@ fn occupancy(f: Handle, block_size: c_int, dyn_smem: usize) -> Result<c_int, CUr
     let by_regs = a[attr::MAX_REGISTERS_PER_MULTIPROCESSOR] as u64 / regs_per_block;
     let smem = k.info.static_shared_bytes as u64 + dyn_smem as u64;
     if smem > a[attr::MAX_SHARED_MEMORY_PER_BLOCK_OPTIN] as u64 {
-        return Ok(0);
+        return 0;
     }
     let by_smem = a[attr::MAX_SHARED_MEMORY_PER_MULTIPROCESSOR] as u64 / (smem + 1024);
-    Ok(by_threads.min(by_blocks).min(by_regs).min(by_smem).min(c_int::MAX as u64) as c_int)
+    by_threads.min(by_blocks).min(by_regs).min(by_smem).min(c_int::MAX as u64) as c_int
+}
+
+/// `f`'s metadata and the current device's attributes, which the occupancy API works from.
+fn occupancy_inputs(f: Handle) -> Result<(KernelMeta, [c_int; vgpu_uapi::cuda::DEVICE_ATTRIBUTE_SLOTS]), CUresult> {
+    let k = kernel_meta(f)?;
+    let (d, dev) = state::current_device()?;
+    Ok((k, d.device(dev)?.attrs))
+}
+
+fn active_blocks(n: *mut c_int, f: Handle, block_size: c_int, dyn_smem: usize) -> Result<(), CUresult> {
+    let (k, a) = occupancy_inputs(f)?;
+    put(n, occupancy(&k, &a, block_size, dyn_smem))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(n: *mut c_int, f: Handle, block_size: c_int, dyn_smem: usize) -> CUresult {
-    guard("cuOccupancyMaxActiveBlocksPerMultiprocessor", || put(n, occupancy(f, block_size, dyn_smem)?))
+    guard("cuOccupancyMaxActiveBlocksPerMultiprocessor", || active_blocks(n, f, block_size, dyn_smem))
 }
 
 /// The flags only concern caching hints (CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE) that do not
@@ -369,7 +376,7 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n:
         if flags & !1 != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        put(n, occupancy(f, block_size, dyn_smem)?)
+        active_blocks(n, f, block_size, dyn_smem)
     })
 }
 
@@ -379,9 +386,8 @@ type SmemForBlock = Option<unsafe extern "C" fn(c_int) -> usize>;
 /// The block size (a multiple of 32 up to `limit`, or the kernel's maximum) with the most
 /// threads resident per multiprocessor, and the grid that fills the device at it.
 fn potential_block_size(min_grid: *mut c_int, block: *mut c_int, f: Handle, smem_of: SmemForBlock, dyn_smem: usize, limit: c_int) -> Result<(), CUresult> {
-    let k = kernel_meta(f)?;
-    let (d, dev) = state::current_device()?;
-    let sms = d.device(dev)?.attrs[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT];
+    let (k, a) = occupancy_inputs(f)?;
+    let sms = a[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT];
     let max = if limit > 0 { (limit as u32).min(k.info.max_threads_per_block) } else { k.info.max_threads_per_block } as c_int;
     let (mut best_block, mut best_blocks, mut best_threads) = (0, 0, 0);
     let mut bs = max - max % 32;
@@ -389,7 +395,7 @@ fn potential_block_size(min_grid: *mut c_int, block: *mut c_int, f: Handle, smem
         // SAFETY: the application's callback, per the API contract: takes a block size,
         // returns the dynamic shared memory it needs.
         let smem = match smem_of { Some(cb) => unsafe { cb(bs) }, None => dyn_smem };
-        let blocks = occupancy(f, bs, smem)?;
+        let blocks = occupancy(&k, &a, bs, smem);
         if blocks * bs > best_threads {
             (best_block, best_blocks, best_threads) = (bs, blocks, blocks * bs);
         }
