@@ -15,10 +15,26 @@ fn backend() -> SimBackend {
     SimBackend::new(DeviceProfile::default(), 64 << 20)
 }
 
-fn hello(c: &mut Connection) {
+/// A Hello request's payload: protocol version, client pid, HELLO_* flags.
+fn hello_payload(pid: u32, flags: u32) -> Vec<u8> {
     let mut p = PROTOCOL_VERSION_BYTES.to_vec();
-    p.extend_from_slice(&1234u32.to_le_bytes());
-    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&pid.to_le_bytes());
+    p.extend_from_slice(&flags.to_le_bytes());
+    p
+}
+
+/// A mediator serving the sim backend on a fresh socket in its own thread: (dir, socket).
+fn serve(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vgpu-proto-{tag}-{}", std::process::id()));
+    let sock = dir.join("s.sock");
+    let listener = vgpu_host::server::bind(&sock).unwrap();
+    let b: Arc<dyn Backend> = Arc::new(backend());
+    std::thread::spawn(move || vgpu_host::server::serve_listener(listener, b));
+    (dir, sock)
+}
+
+fn hello(c: &mut Connection) {
+    let p = hello_payload(1234, 0);
     let mut out = Vec::new();
     c.handle(Op::Hello as u32, &p, &mut out).unwrap();
 }
@@ -141,11 +157,7 @@ fn recv(s: &mut UnixStream) -> (MsgHeader, Vec<u8>) {
 
 #[test]
 fn framing_errors_close_only_that_connection() {
-    let dir = std::env::temp_dir().join(format!("vgpu-proto-test-{}", std::process::id()));
-    let sock = dir.join("s.sock");
-    let listener = vgpu_host::server::bind(&sock).unwrap();
-    let b: Arc<dyn Backend> = Arc::new(backend());
-    std::thread::spawn(move || vgpu_host::server::serve_listener(listener, b));
+    let (dir, sock) = serve("framing");
 
     // Bad magic: an error reply, then the connection is closed.
     let mut bad = UnixStream::connect(&sock).unwrap();
@@ -164,10 +176,7 @@ fn framing_errors_close_only_that_connection() {
 
     // A well-behaved client is unaffected; an error reply carries the request's seq and op.
     let mut good = UnixStream::connect(&sock).unwrap();
-    let mut p = PROTOCOL_VERSION_BYTES.to_vec();
-    p.extend_from_slice(&1u32.to_le_bytes());
-    p.extend_from_slice(&0u32.to_le_bytes());
-    let (h, body) = send(&mut good, Op::Hello as u32, &p);
+    let (h, body) = send(&mut good, Op::Hello as u32, &hello_payload(1, 0));
     assert_eq!((h.status, h.seq, h.op), (CUDA_SUCCESS, 7, Op::Hello as u32));
     assert_eq!(body.len(), 8);
     let (h, _) = send(&mut good, Op::MemFree as u32, &[1, 2, 3]);
@@ -186,10 +195,7 @@ fn device_usage_counts_every_client_and_returns_to_zero() {
         hello(&mut c1);
         hello(&mut c2);
         let mut observer = Connection::new(&b);
-        let mut p = PROTOCOL_VERSION_BYTES.to_vec();
-        p.extend_from_slice(&77u32.to_le_bytes());
-        p.extend_from_slice(&HELLO_OBSERVER.to_le_bytes());
-        observer.handle(Op::Hello as u32, &p, &mut Vec::new()).unwrap();
+        observer.handle(Op::Hello as u32, &hello_payload(77, HELLO_OBSERVER), &mut Vec::new()).unwrap();
         c1.handle(Op::MemAlloc as u32, &(1u64 << 20).to_le_bytes(), &mut Vec::new()).unwrap();
         c2.handle(Op::MemAlloc as u32, &(3u64 << 20).to_le_bytes(), &mut Vec::new()).unwrap();
         assert_eq!(usage(&b), 4 << 20);
@@ -207,17 +213,8 @@ fn device_usage_counts_every_client_and_returns_to_zero() {
 /// to the sim's instruction budget, minutes) and frees the client's session.
 #[test]
 fn a_disconnected_clients_kernel_stops_and_its_session_is_freed() {
-    let dir = std::env::temp_dir().join(format!("vgpu-proto-hangup-{}", std::process::id()));
-    let sock = dir.join("s.sock");
-    let listener = vgpu_host::server::bind(&sock).unwrap();
-    let b: Arc<dyn Backend> = Arc::new(backend());
-    std::thread::spawn(move || vgpu_host::server::serve_listener(listener, b));
-    let hello_as = |s: &mut UnixStream, flags: u32| {
-        let mut p = PROTOCOL_VERSION_BYTES.to_vec();
-        p.extend_from_slice(&1u32.to_le_bytes());
-        p.extend_from_slice(&flags.to_le_bytes());
-        assert_eq!(send(s, Op::Hello as u32, &p).0.status, CUDA_SUCCESS);
-    };
+    let (dir, sock) = serve("hangup");
+    let hello_as = |s: &mut UnixStream, flags: u32| assert_eq!(send(s, Op::Hello as u32, &hello_payload(1, flags)).0.status, CUDA_SUCCESS);
 
     let mut client = UnixStream::connect(&sock).unwrap();
     hello_as(&mut client, 0);
