@@ -4,9 +4,9 @@
 # guest sees PCI 10de:2331 class 0x030200 at 00:05.0, vgpu.ko binds it (BAR0 magic, version,
 # scratch self-test) and unloads cleanly.
 #
-# The initramfs holds busybox, the driver (built and installed by DKMS, loaded by modprobe), a glibc userland for dynamically linked programs
-# (the host's loader and the libraries the payload and our libraries need; this host is
-# Debian 12 like the guest userland), /sbin/ldconfig, and our libraries installed as a driver
+# The initramfs holds busybox, the driver (built and installed by DKMS, loaded by modprobe), a
+# glibc userland for dynamically linked programs (the host's loader and the libraries the
+# payload and our libraries need; this host is Debian 12 like the guest userland), /sbin/ldconfig, and our libraries installed as a driver
 # package would: /usr/lib/x86_64-linux-gnu/vgpu/{libcuda.so.1,libnvidia-ml.so.1} (+ .so links),
 # found through /etc/ld.so.conf.d/vgpu.conf and ldconfig's cache only; vgpu-smi as
 # /usr/bin/nvidia-smi when built.
@@ -160,19 +160,13 @@ chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 echo "boot-guest: initramfs $(( $(stat -c %s "$WORK/initramfs.cpio.gz") / 1024 )) KiB gzip'd ($(du -sk "$R" | cut -f1) KiB unpacked)"
 
-# The mediator, and the device in front of it (told about the mediator once it can be).
+# The mediator, and the device in front of it.
 VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --socket "$WORK/hostd.sock" --backend sim > "$WORK/hostd.log" 2>&1 &
 HOSTD_PID=$!
 for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && break; sleep 0.05; done
 [ -S "$WORK/hostd.sock" ] || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
-STUB_ARGS=(--socket "$WORK/vgpu.sock")
-if "$STUB" --help 2>&1 | grep -q -- '--mediator'; then
-  STUB_ARGS+=(--mediator "$WORK/hostd.sock")
-  echo "boot-guest: vgpu-stub --mediator $WORK/hostd.sock"
-else
-  echo "boot-guest: vgpu-stub has no --mediator option; the device runs without the mediator"
-fi
-"$STUB" "${STUB_ARGS[@]}" 2> "$WORK/stub.log" &
+echo "boot-guest: vgpu-stub --mediator $WORK/hostd.sock"
+"$STUB" --socket "$WORK/vgpu.sock" --mediator "$WORK/hostd.sock" 2> "$WORK/stub.log" &
 STUB_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/vgpu.sock" ] && break; sleep 0.05; done
 start=$(date +%s%N)

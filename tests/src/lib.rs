@@ -154,21 +154,17 @@ impl Cudart {
 
 /// Puts tests/cuda programs, built for the guest ([`build_guest_program`]), into
 /// `<payload>/cu12|cu13/` next to a copy of NVIDIA's libcudart.so.12|13 (which they find
-/// through their `$ORIGIN` runpath). Returns the programs' paths in the guest
-/// (`/opt/vgpu/cu12/<name>`: boot-guest.sh copies the payload to /opt/vgpu).
-pub fn add_guest_programs(payload: &Path, names: &[&str], cudart: Cudart) -> Vec<String> {
+/// through their `$ORIGIN` runpath). In the guest they are `/opt/vgpu/cu12/<name>` (boot-guest.sh
+/// copies the payload to /opt/vgpu).
+pub fn add_guest_programs(payload: &Path, names: &[&str], cudart: Cudart) {
     let dir = payload.join(cudart.payload_dir());
     std::fs::create_dir_all(&dir).unwrap();
     let lib = cudart.lib_dir().join(cudart.soname());
     std::fs::copy(&lib, dir.join(cudart.soname())).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
-    names
-        .iter()
-        .map(|name| {
-            let exe = build_guest_program(name, cudart);
-            std::fs::copy(&exe, dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", exe.display()));
-            format!("/opt/vgpu/{}/{name}", cudart.payload_dir())
-        })
-        .collect()
+    for name in names {
+        let exe = build_guest_program(name, cudart);
+        std::fs::copy(&exe, dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", exe.display()));
+    }
 }
 
 /// Compiles tests/c/<name>.c with the host's cc (plain C, linked with -ldl) into
