@@ -51,6 +51,8 @@ pub trait Backend: Send + Sync {
 /// is rejected with CUDA_ERROR_INVALID_HANDLE / CUDA_ERROR_INVALID_VALUE.
 pub trait DeviceSession: Send {
     fn mem_get_info(&self) -> (u64, u64);
+    /// Device memory this session holds (allocations and module variables).
+    fn used_bytes(&self) -> u64;
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64>;
     fn mem_free(&mut self, dptr: u64) -> CmdResult<()>;
     fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)>;

@@ -3,6 +3,9 @@
 //! CUDA_ERROR_NOT_SUPPORTED. Nothing here panics on any input.
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims};
+use crate::vms::{Client, Gpu, Vm};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_OBSERVER, MAX_NAME_LEN, MAX_PARAM_BYTES};
 use vgpu_uapi::wire::{Reader, Truncated, Writer};
@@ -19,6 +22,20 @@ pub struct Connection<'b> {
     backend: &'b dyn Backend,
     session: Option<Box<dyn DeviceSession>>,
     pub client_pid: u32,
+    share: Option<Share>,
+}
+
+/// The VM a connection belongs to and the GPU it is served on: its work is scheduled among
+/// the GPU's VMs, its memory counts against the VM's quota, and what it does is accounted.
+pub struct Share {
+    pub vm: Arc<Vm>,
+    pub gpu: Arc<Gpu>,
+    pub client: Arc<Client>,
+}
+
+/// Requests that occupy the GPU (the scheduler's unit of work).
+fn is_gpu_work(op: Op) -> bool {
+    matches!(op, Op::Launch | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset)
 }
 
 fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
@@ -29,8 +46,89 @@ fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
 }
 
 impl<'b> Connection<'b> {
+    /// A connection outside any VM: no scheduling, quota or accounting (tests, tools).
     pub fn new(backend: &'b dyn Backend) -> Self {
-        Connection { backend, session: None, client_pid: 0 }
+        Connection { backend, session: None, client_pid: 0, share: None }
+    }
+
+    /// A connection of `share.vm`, served on `backend` (that of `share.gpu`).
+    pub fn shared(backend: &'b dyn Backend, share: Share) -> Self {
+        Connection { backend, session: None, client_pid: 0, share: Some(share) }
+    }
+
+    /// Charges the VM for the session's memory as it is now.
+    fn reconcile_memory(&mut self) {
+        let (Some(sh), Some(sess)) = (&self.share, &self.session) else { return };
+        let now = sess.used_bytes();
+        let before = sh.client.used.swap(now, Ordering::Relaxed);
+        if now >= before {
+            sh.vm.stats.memory_used.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            sh.vm.stats.memory_used.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
+    /// Allocation under the VM's memory quota: the bytes are reserved against the quota first,
+    /// so that two processes of one VM cannot both pass the check.
+    fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
+        let mut reserved = 0;
+        if let Some(sh) = &self.share {
+            if let Some(quota) = sh.vm.settings().memory_quota {
+                let used = sh.vm.stats.memory_used.fetch_add(bytes, Ordering::Relaxed);
+                reserved = bytes;
+                if used.saturating_add(bytes) > quota {
+                    sh.vm.stats.memory_used.fetch_sub(bytes, Ordering::Relaxed);
+                    sh.vm.stats.quota_rejections.fetch_add(1, Ordering::Relaxed);
+                    return Err(CmdError::new(
+                        CUDA_ERROR_OUT_OF_MEMORY,
+                        format!("allocating {bytes} bytes would exceed VM {}'s memory quota of {quota} bytes ({used} in use)", sh.vm.name),
+                    ));
+                }
+            }
+        }
+        let r = self.session().and_then(|s| s.mem_alloc(bytes));
+        if let Some(sh) = &self.share {
+            sh.vm.stats.memory_used.fetch_sub(reserved, Ordering::Relaxed);
+        }
+        self.reconcile_memory();
+        r
+    }
+
+    /// Runs a GPU command in the VM's turn on the GPU, accounting its time; a launch is
+    /// stopped when it runs past the VM's execution time limit.
+    fn gpu_work(&mut self, op: Op, payload: &[u8], out: &mut Vec<u8>) -> CmdResult<()> {
+        let Some(sh) = &self.share else { return self.run(op, payload, out) };
+        let (vm, gpu, cancel) = (sh.vm.clone(), sh.gpu.clone(), sh.client.cancel.clone());
+        let gone = || CmdError::new(CUDA_ERROR_LAUNCH_FAILED, format!("VM {} was evicted or its client disconnected", vm.name));
+        if !vm.pace(&cancel) {
+            return Err(gone());
+        }
+        let settings = vm.settings();
+        let grant = gpu.sched.acquire(vm.id, settings.weight, &|| cancel.is_hung_up()).map_err(|_| gone())?;
+        vm.stats.queue_wait_ns.fetch_add(grant.waited.as_nanos() as u64, Ordering::Relaxed);
+        let limit = if op == Op::Launch { settings.exec_time_limit } else { None };
+        cancel.arm(limit);
+        let r = self.run(op, payload, out);
+        cancel.arm(None);
+        let ran = grant.started.elapsed();
+        drop(grant);
+        vm.stats.gpu_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        match (&r, op) {
+            (Err(e), Op::Launch) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| ran >= l) => {
+                vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
+            }
+            (Ok(()), Op::Launch) => {
+                vm.stats.launches.fetch_add(1, Ordering::Relaxed);
+            }
+            (Ok(()), Op::MemcpyHtoD) => {
+                vm.stats.bytes_to_device.fetch_add(payload.len().saturating_sub(8) as u64, Ordering::Relaxed);
+            }
+            (Ok(()), Op::MemcpyDtoH) => {
+                vm.stats.bytes_from_device.fetch_add(out.len() as u64, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        r
     }
 
     fn session(&mut self) -> CmdResult<&mut dyn DeviceSession> {
@@ -42,7 +140,23 @@ impl<'b> Connection<'b> {
 
     /// Handles one request; on success the reply payload is appended to `out`.
     pub fn handle(&mut self, op: u32, payload: &[u8], out: &mut Vec<u8>) -> CmdResult<()> {
-        let op = Op::from_u32(op).ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_SUPPORTED, format!("unknown opcode {op}")))?;
+        let start = out.len();
+        let r = match Op::from_u32(op) {
+            None => Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, format!("unknown opcode {op}"))),
+            Some(op) if is_gpu_work(op) => self.gpu_work(op, payload, out),
+            Some(op) => self.run(op, payload, out),
+        };
+        if let Some(sh) = &self.share {
+            sh.vm.stats.calls.fetch_add(1, Ordering::Relaxed);
+            if r.is_err() {
+                sh.vm.stats.errors.fetch_add(1, Ordering::Relaxed);
+                out.truncate(start);
+            }
+        }
+        r
+    }
+
+    fn run(&mut self, op: Op, payload: &[u8], out: &mut Vec<u8>) -> CmdResult<()> {
         let mut r = Reader::new(payload);
         match op {
             Op::Hello => {
@@ -54,10 +168,20 @@ impl<'b> Connection<'b> {
                         format!("protocol version {version} not supported (mediator speaks {PROTOCOL_VERSION})"),
                     ));
                 }
+                let observer = flags & HELLO_OBSERVER != 0;
+                if let Some(sh) = &self.share {
+                    if sh.vm.is_evicted() {
+                        return Err(CmdError::new(CUDA_ERROR_NO_DEVICE, format!("VM {} is evicted from its GPU", sh.vm.name)));
+                    }
+                }
                 if self.session.is_none() {
-                    self.session = Some(self.backend.open_session(0, pid, flags & HELLO_OBSERVER != 0)?);
+                    self.session = Some(self.backend.open_session(0, pid, observer)?);
                 }
                 self.client_pid = pid;
+                if let Some(sh) = &self.share {
+                    sh.client.pid.store(pid, Ordering::Relaxed);
+                    sh.client.observer.store(observer, Ordering::Relaxed);
+                }
                 out.put_u32(PROTOCOL_VERSION);
                 out.put_u32(self.backend.devices().len() as u32);
             }
@@ -73,14 +197,22 @@ impl<'b> Connection<'b> {
             Op::DeviceMemoryInfo => {
                 let ordinal = r.u32()?;
                 r.finish()?;
-                let (total, used) = self.backend.memory_usage(ordinal)?;
+                let (mut total, mut used) = self.backend.memory_usage(ordinal)?;
+                // Inside a VM the device is the VM's part of it: its quota and its use.
+                if let Some(sh) = &self.share {
+                    total = sh.vm.settings().memory_quota.map_or(total, |q| q.min(total));
+                    used = sh.vm.stats.memory_used.load(Ordering::Relaxed);
+                }
                 out.put_u64(total);
                 out.put_u64(used);
             }
             Op::DeviceProcesses => {
                 let ordinal = r.u32()?;
                 r.finish()?;
-                let procs = self.backend.processes(ordinal)?;
+                let mut procs = self.backend.processes(ordinal)?;
+                if let Some(sh) = &self.share {
+                    procs = sh.vm.processes();
+                }
                 out.put_u32(procs.len() as u32);
                 for p in procs {
                     out.put_u32(p.pid);
@@ -89,20 +221,28 @@ impl<'b> Connection<'b> {
             }
             Op::MemGetInfo => {
                 r.finish()?;
-                let (free, total) = self.session()?.mem_get_info();
+                let (mut free, mut total) = self.session()?.mem_get_info();
+                if let Some(sh) = &self.share {
+                    if let Some(q) = sh.vm.settings().memory_quota {
+                        total = total.min(q);
+                        free = free.min(q.saturating_sub(sh.vm.stats.memory_used.load(Ordering::Relaxed)));
+                    }
+                }
                 out.put_u64(free);
                 out.put_u64(total);
             }
             Op::MemAlloc => {
                 let bytes = r.u64()?;
                 r.finish()?;
-                let p = self.session()?.mem_alloc(bytes)?;
+                let p = self.mem_alloc(bytes)?;
                 out.put_u64(p);
             }
             Op::MemFree => {
                 let p = r.u64()?;
                 r.finish()?;
-                self.session()?.mem_free(p)?;
+                let r = self.session()?.mem_free(p);
+                self.reconcile_memory();
+                r?;
             }
             Op::MemGetAddressRange => {
                 let p = r.u64()?;
@@ -138,13 +278,29 @@ impl<'b> Connection<'b> {
             }
             Op::ModuleLoad => {
                 let image = r.rest();
-                let m = self.session()?.module_load(image)?;
+                let m = self.session()?.module_load(image);
+                self.reconcile_memory();
+                let m = m?;
+                if let Some(sh) = &self.share {
+                    // Module variables are device memory too: a module that takes the VM past
+                    // its quota is not loaded.
+                    if let Some(q) = sh.vm.settings().memory_quota {
+                        let used = sh.vm.stats.memory_used.load(Ordering::Relaxed);
+                        if used > q {
+                            let _ = self.session()?.module_unload(m);
+                            self.reconcile_memory();
+                            return Err(CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, "the module's variables exceed the VM's memory quota"));
+                        }
+                    }
+                }
                 out.put_u64(m);
             }
             Op::ModuleUnload => {
                 let m = r.u64()?;
                 r.finish()?;
-                self.session()?.module_unload(m)?;
+                let r = self.session()?.module_unload(m);
+                self.reconcile_memory();
+                r?;
             }
             Op::ModuleGetFunction => {
                 let m = r.u64()?;
@@ -241,5 +397,16 @@ impl<'b> Connection<'b> {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Connection<'_> {
+    /// The session goes with the connection: so does what it was charged.
+    fn drop(&mut self) {
+        self.session = None;
+        if let Some(sh) = &self.share {
+            let used = sh.client.used.swap(0, Ordering::Relaxed);
+            sh.vm.stats.memory_used.fetch_sub(used, Ordering::Relaxed);
+        }
     }
 }

@@ -1,8 +1,14 @@
-//! The vgpu mediator: serves guest CUDA sessions on a backend.
+//! The vgpu mediator: serves guest CUDA sessions on a backend, sharing each GPU among VMs.
 
+pub mod admin;
 pub mod backend;
 pub mod cancel;
+pub mod config;
 pub mod dispatch;
+pub mod mediator;
+pub mod metrics;
 pub mod profile;
+pub mod sched;
 pub mod server;
 pub mod sim;
+pub mod vms;

@@ -4,15 +4,34 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use vgpu_host::backend::Backend;
+use vgpu_host::config::Config;
+use vgpu_host::mediator::Mediator;
 use vgpu_host::profile::DeviceProfile;
 use vgpu_host::sim::SimBackend;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "vgpu mediator: runs guests' CUDA work on a (simulated or real) GPU")]
+#[command(
+    version,
+    about = "vgpu mediator: runs guests' CUDA work on a (simulated or real) GPU shared among VMs",
+    long_about = "vgpu mediator: runs guests' CUDA work on a (simulated or real) GPU shared among VMs.\n\n\
+        With --config FILE, the GPUs and VMs (socket, priority, memory quota, limits) come from the \
+        file (see host/vgpu-hostd.example.toml); SIGHUP or `vgpu-admin reload` re-reads it. \
+        Without it, one GPU is described by the options below and served to one VM on --socket."
+)]
 struct Args {
-    /// Unix socket clients (libcuda.so.1, the vgpu-stub device) connect to.
+    /// Configuration file (TOML) of GPUs and VMs; the options below then only set what the
+    /// file leaves out (the admin socket, the metrics address).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket clients (libcuda.so.1, the vgpu-stub device) connect to (without --config).
     #[arg(long, default_value = "/run/vgpu/hostd.sock", env = "VGPU_SOCKET")]
     socket: PathBuf,
+    /// Admin socket for vgpu-admin (default with --config: /run/vgpu/admin.sock).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Backend executing the work: `sim` (CPU) is the only one in this build.
     #[arg(long, default_value = "sim")]
     backend: String,
@@ -33,6 +52,11 @@ struct Args {
     sim_memory_mib: u64,
 }
 
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("vgpu-hostd: {msg}");
+    std::process::exit(2);
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,36 +66,51 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let Some((major, minor)) = args
-        .compute_capability
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-    else {
-        eprintln!("vgpu-hostd: --compute-capability must look like 9.0");
-        std::process::exit(2);
-    };
-    let profile = DeviceProfile {
-        name: args.gpu_name,
-        total_mem: args.gpu_memory_gib << 30,
-        cc_major: major,
-        cc_minor: minor,
-        sm_count: args.sm_count,
-        ..DeviceProfile::default()
-    };
-    let backend: Arc<dyn Backend> = match args.backend.as_str() {
-        "sim" => Arc::new(SimBackend::new(profile, args.sim_memory_mib << 20)),
-        other => {
-            eprintln!("vgpu-hostd: unknown backend `{other}` (this build has: sim)");
-            std::process::exit(2);
+    let (mediator, admin_socket, metrics_listen) = match &args.config {
+        Some(path) => {
+            let cfg = Config::load(path).unwrap_or_else(|e| fail(e));
+            let m = Mediator::from_config(&cfg, Some(path.clone())).unwrap_or_else(|e| fail(e));
+            let admin = args.admin_socket.clone().or(cfg.admin_socket.clone()).unwrap_or_else(|| "/run/vgpu/admin.sock".into());
+            (m, Some(admin), args.metrics_listen.clone().or(cfg.metrics_listen.clone()))
+        }
+        None => {
+            let Some((major, minor)) = vgpu_host::config::parse_cc(&args.compute_capability) else {
+                fail("--compute-capability must look like 9.0");
+            };
+            let profile = DeviceProfile {
+                name: args.gpu_name.clone(),
+                total_mem: args.gpu_memory_gib << 30,
+                cc_major: major,
+                cc_minor: minor,
+                sm_count: args.sm_count,
+                ..DeviceProfile::default()
+            };
+            let backend: Arc<dyn Backend> = match args.backend.as_str() {
+                "sim" => Arc::new(SimBackend::new(profile, args.sim_memory_mib << 20)),
+                other => fail(format!("unknown backend `{other}` (this build has: sim)")),
+            };
+            tracing::info!(backend = backend.name(), device = %backend.devices()[0].name_str(), "backend selected");
+            let m = Mediator::single(backend, &args.socket).unwrap_or_else(|e| fail(e));
+            (m, args.admin_socket.clone(), args.metrics_listen.clone())
         }
     };
-    tracing::info!(
-        backend = backend.name(),
-        device = %backend.devices()[0].name_str(),
-        "backend selected"
-    );
-    if let Err(e) = vgpu_host::server::serve(&args.socket, backend) {
-        eprintln!("vgpu-hostd: cannot serve on {}: {e}", args.socket.display());
-        std::process::exit(1);
+    if let Some(p) = admin_socket {
+        if let Err(e) = vgpu_host::admin::start(mediator.clone(), &p) {
+            fail(format!("cannot serve the admin socket {}: {e}", p.display()));
+        }
+    }
+    if let Some(a) = metrics_listen {
+        if let Err(e) = vgpu_host::metrics::start(mediator.clone(), &a) {
+            fail(e);
+        }
+    }
+    // SIGHUP re-reads the configuration; the VMs' accept loops run in their own threads.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .unwrap_or_else(|e| fail(format!("cannot watch SIGHUP: {e}")));
+    for _ in signals.forever() {
+        match mediator.reload() {
+            Ok(summary) => tracing::info!("reloaded: {summary}"),
+            Err(e) => tracing::error!("reload refused, configuration unchanged: {e}"),
+        }
     }
 }

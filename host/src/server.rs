@@ -1,23 +1,23 @@
-//! The mediator's Unix-socket front end: one thread per client connection, each with its own
-//! device session. A framing error (bad magic, oversized payload) gets an error reply and the
-//! connection is closed, since the stream can no longer be trusted to be in sync.
+//! The mediator's Unix-socket front end. Each VM has its own socket (the one its device process
+//! connects to), so a connection's VM is known from where it came in, never from what the
+//! guest says. One thread per client connection, each with its own device session. A framing
+//! error (bad magic, oversized payload) gets an error reply and the connection is closed, since
+//! the stream can no longer be trusted to be in sync.
 
 use crate::backend::Backend;
-use crate::dispatch::Connection;
+use crate::cancel::{Cancel, HangupWatch};
+use crate::config::{SchedulerConfig, VmConfig};
+use crate::dispatch::{Connection, Share};
+use crate::vms::{Client, Gpu, Vm};
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use vgpu_uapi::cuda::{CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS};
 use vgpu_uapi::proto::{MsgHeader, HEADER_LEN, MSG_MAGIC};
 
-/// Binds `path` (replacing a stale socket file) and serves clients until the process ends.
-pub fn serve(path: &Path, backend: Arc<dyn Backend>) -> io::Result<()> {
-    let listener = bind(path)?;
-    tracing::info!(socket = %path.display(), backend = backend.name(), "vgpu mediator listening");
-    serve_listener(listener, backend)
-}
-
+/// Creates `path`'s directory and binds it, replacing a stale socket file.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -30,33 +30,48 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// Serves `backend` to every client of `listener` as one VM without limits (tests, tools).
 pub fn serve_listener(listener: UnixListener, backend: Arc<dyn Backend>) -> io::Result<()> {
+    let s = SchedulerConfig::default();
+    let gpu = Arc::new(Gpu {
+        name: "gpu0".into(),
+        backend,
+        sched: crate::sched::Scheduler::new(Duration::from_millis(s.time_slice_ms), Duration::from_micros(s.anticipation_us)),
+    });
+    let vm = Arc::new(Vm::new(&VmConfig::unlimited("default", "gpu0", Path::new("")), gpu));
+    serve_vm(listener, vm)
+}
+
+/// Accepts `vm`'s clients until the VM is removed from the configuration or moves to another
+/// socket.
+pub fn serve_vm(listener: UnixListener, vm: Arc<Vm>) -> io::Result<()> {
+    let mine = vm.socket();
     for stream in listener.incoming() {
+        if vm.is_removed() || vm.socket() != mine {
+            break;
+        }
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                tracing::warn!(vm = %vm.name, "accept failed: {e}");
                 continue;
             }
         };
-        let backend = backend.clone();
+        let vm = vm.clone();
         std::thread::Builder::new().name("vgpu-client".into()).spawn(move || {
             let peer = peer_pid(&stream);
-            tracing::info!(pid = peer, "client connected");
-            match serve_client(stream, backend.as_ref()) {
-                Ok(()) => tracing::info!(pid = peer, "client disconnected; its resources are freed"),
-                Err(e) => tracing::warn!(pid = peer, "client connection ended: {e}; its resources are freed"),
+            tracing::info!(vm = %vm.name, pid = peer, "client connected");
+            match serve_client(stream, &vm) {
+                Ok(()) => tracing::info!(vm = %vm.name, pid = peer, "client disconnected; its resources are freed"),
+                Err(e) => tracing::warn!(vm = %vm.name, pid = peer, "client connection ended: {e}; its resources are freed"),
             }
         })?;
     }
+    tracing::info!(vm = %vm.name, "no longer accepting clients");
     Ok(())
 }
 
 fn peer_pid(stream: &UnixStream) -> i32 {
-    nix_peer_pid(stream).unwrap_or(-1)
-}
-
-fn nix_peer_pid(stream: &UnixStream) -> Option<i32> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -71,14 +86,29 @@ fn nix_peer_pid(stream: &UnixStream) -> Option<i32> {
             &mut len,
         )
     };
-    (rc == 0).then_some(cred.pid)
+    if rc == 0 { cred.pid } else { -1 }
 }
 
-/// Serves one client until it disconnects. The session (and everything it owns) is dropped on return.
-pub fn serve_client(mut stream: UnixStream, backend: &dyn Backend) -> io::Result<()> {
-    // Dropped after `conn` (declared first): the session is freed before the watch ends.
-    let _watch = crate::cancel::HangupWatch::start(&stream)?;
-    let mut conn = Connection::new(backend);
+/// Takes the client off its VM's list once everything it held is freed.
+struct Registered<'v>(&'v Vm, Arc<Client>);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.unregister(&self.1);
+    }
+}
+
+/// Serves one client of `vm` until it disconnects. The session (and everything it owns) is
+/// dropped on return.
+pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
+    // Dropped in reverse order: the session first, then the registration, then the watch.
+    let cancel = Arc::new(Cancel::default());
+    let _watch = HangupWatch::start(&stream, cancel.clone())?;
+    let client = vm.register(&stream, cancel)?;
+    let _registered = Registered(vm, client.clone());
+    let gpu = vm.gpu();
+    let backend = gpu.backend.clone();
+    let mut conn = Connection::shared(backend.as_ref(), Share { vm: vm.clone(), gpu, client });
     let mut payload = Vec::new();
     let mut reply = Vec::new();
     loop {
@@ -101,7 +131,7 @@ pub fn serve_client(mut stream: UnixStream, backend: &dyn Backend) -> io::Result
         match conn.handle(h.op, &payload, &mut reply) {
             Ok(()) => send(&mut stream, h.op, h.seq, CUDA_SUCCESS, &reply)?,
             Err(e) => {
-                tracing::debug!(pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
+                tracing::debug!(vm = %vm.name, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
                 send(&mut stream, h.op, h.seq, e.code, e.message.as_bytes())?
             }
         }

@@ -206,6 +206,10 @@ impl DeviceSession for SimSession {
         (free, self.total_mem)
     }
 
+    fn used_bytes(&self) -> u64 {
+        self.mem.used()
+    }
+
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
         let p = self.mem.alloc(bytes)?;
         self.account();

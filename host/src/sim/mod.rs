@@ -17,7 +17,7 @@ pub fn exec_error_code(e: &ptx::ExecError) -> vgpu_uapi::cuda::CuResult {
         Unsupported(_) => CUDA_ERROR_NOT_SUPPORTED,
         Trap(_) => CUDA_ERROR_LAUNCH_FAILED,
         BarrierDeadlock(_) | Undefined(_) => CUDA_ERROR_LAUNCH_FAILED,
-        Timeout(_) => CUDA_ERROR_LAUNCH_TIMEOUT,
+        Timeout(_) | TimeLimit(_) => CUDA_ERROR_LAUNCH_TIMEOUT,
         OutOfResources(_) => CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
         Cancelled => CUDA_ERROR_LAUNCH_FAILED,
     }

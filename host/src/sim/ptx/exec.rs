@@ -86,8 +86,8 @@ struct LaunchRun {
     total: AtomicU64,
     /// Set when a block failed: the others stop.
     stop: AtomicBool,
-    /// The client's hang-up flag (crate::cancel), if any.
-    cancel: Option<std::sync::Arc<AtomicBool>>,
+    /// The client's cancel token (crate::cancel), if any.
+    cancel: Option<std::sync::Arc<crate::cancel::Cancel>>,
     next_block: AtomicU64,
     /// (block index, error) of failed blocks; printf output of blocks by index.
     errors: Mutex<Vec<(u64, ExecError)>>,
@@ -145,7 +145,7 @@ pub fn launch_with_budget(
         budget,
         total: AtomicU64::new(0),
         stop: AtomicBool::new(false),
-        cancel: crate::cancel::flag(),
+        cancel: crate::cancel::token(),
         next_block: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
         outputs: Mutex::new(Vec::new()),
@@ -667,8 +667,10 @@ impl<'a> Ctx<'a> {
         if total > run.budget {
             return Err(ExecError::Timeout(run.budget));
         }
-        if run.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(ExecError::Cancelled);
+        match run.cancel.as_ref().and_then(|c| c.check()) {
+            None => {}
+            Some(crate::cancel::Reason::Hangup) => return Err(ExecError::Cancelled),
+            Some(crate::cancel::Reason::TimeLimit(ms)) => return Err(ExecError::TimeLimit(ms)),
         }
         if run.stop.load(Ordering::Relaxed) {
             // Another block failed; its error is the launch's.

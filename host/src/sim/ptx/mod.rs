@@ -47,6 +47,8 @@ pub enum ExecError {
     Undefined(String),
     /// The launch ran past its instruction budget (an endless loop, or simply too big for sim).
     Timeout(u64),
+    /// The launch ran past its VM's execution time limit (ms).
+    TimeLimit(u64),
     /// Launch configuration the interpreter cannot honour (too much shared/local memory).
     OutOfResources(String),
     /// The client went away while its kernel ran (see crate::cancel).
@@ -65,8 +67,9 @@ impl std::fmt::Display for ExecError {
             ExecError::BarrierDeadlock(s) => write!(f, "barrier deadlock: {s}"),
             ExecError::Undefined(s) => write!(f, "undefined behaviour: {s}"),
             ExecError::Timeout(n) => write!(f, "launch exceeded the sim backend's budget of {n} instructions"),
+            ExecError::TimeLimit(ms) => write!(f, "launch stopped: it ran past this VM's execution time limit of {ms} ms"),
             ExecError::OutOfResources(s) => write!(f, "{s}"),
-            ExecError::Cancelled => write!(f, "stopped: the client disconnected"),
+            ExecError::Cancelled => write!(f, "stopped: the client disconnected or was evicted"),
         }
     }
 }
