@@ -192,7 +192,12 @@ impl<'b> Connection<'b> {
                 let d = devices
                     .get(ordinal as usize)
                     .ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_DEVICE, format!("no device {ordinal}")))?;
-                out.put_device_info(d);
+                // A VM's device has the VM's memory: its quota, as a vGPU has its framebuffer.
+                let mut d = *d;
+                if let Some(q) = self.share.as_ref().and_then(|sh| sh.vm.settings().memory_quota) {
+                    d.total_mem = d.total_mem.min(q);
+                }
+                out.put_device_info(&d);
             }
             Op::DeviceMemoryInfo => {
                 let ordinal = r.u32()?;

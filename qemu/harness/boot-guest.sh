@@ -12,6 +12,7 @@
 # /usr/bin/nvidia-smi when built.
 #
 #   usage: qemu/harness/boot-guest.sh [--payload DIR] [--run PATH] [--timeout SECONDS]
+#                                     [--memory-quota-mib N]
 #     --payload DIR   copied into the guest at /opt/vgpu
 #     --run PATH      a script in the payload (relative to DIR, or /opt/vgpu/...), run with sh by
 #                     init after modprobe and before modprobe -r; its output is printed between the
@@ -24,13 +25,14 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-PAYLOAD="" RUN="" TIMEOUT=""
+PAYLOAD="" RUN="" TIMEOUT="" QUOTA=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --payload) PAYLOAD=${2:?--payload DIR}; shift 2 ;;
     --run) RUN=${2:?--run PATH}; shift 2 ;;
     --timeout) TIMEOUT=${2:?--timeout SECONDS}; shift 2 ;;
-    *) echo "boot-guest: unknown argument $1 (usage: boot-guest.sh [--payload DIR] [--run PATH] [--timeout S])" >&2; exit 2 ;;
+    --memory-quota-mib) QUOTA=${2:?--memory-quota-mib N}; shift 2 ;;
+    *) echo "boot-guest: unknown argument $1 (usage: boot-guest.sh [--payload DIR] [--run PATH] [--timeout S] [--memory-quota-mib N])" >&2; exit 2 ;;
   esac
 done
 if [ -n "$RUN" ]; then
@@ -46,7 +48,8 @@ QEMU=$(bash "$HERE/setup-qemu-sysroot.sh")
 REL="$ROOT/target/release"
 STUB="$REL/vgpu-stub"
 HOSTD="$REL/vgpu-hostd"
-for f in "$STUB" "$HOSTD" "$REL/libcuda.so" "$REL/libnvidia_ml.so"; do
+ADMIN="$REL/vgpu-admin"
+for f in "$STUB" "$HOSTD" "$ADMIN" "$REL/libcuda.so" "$REL/libnvidia_ml.so"; do
   [ -e "$f" ] || { echo "boot-guest: $f missing: build first (cargo build --release --workspace)" >&2; exit 1; }
 done
 WORK=$(mktemp -d)
@@ -160,8 +163,14 @@ chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 echo "boot-guest: initramfs $(( $(stat -c %s "$WORK/initramfs.cpio.gz") / 1024 )) KiB gzip'd ($(du -sk "$R" | cut -f1) KiB unpacked)"
 
-# The mediator, and the device in front of it.
-VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --socket "$WORK/hostd.sock" --backend sim > "$WORK/hostd.log" 2>&1 &
+# The mediator, configured as a host serving VMs is: one sim GPU, this guest a VM on it with
+# its own socket (and memory quota, if asked), and the admin socket. Then the device in front.
+{
+  printf '[[gpu]]\nname = "gpu0"\nbackend = "sim"\n'
+  printf '[[vm]]\nname = "guest"\ngpu = "gpu0"\nsocket = "%s"\n' "$WORK/hostd.sock"
+  [ -z "$QUOTA" ] || printf 'memory_quota_mib = %s\n' "$QUOTA"
+} > "$WORK/hostd.toml"
+VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --config "$WORK/hostd.toml" --admin-socket "$WORK/admin.sock" > "$WORK/hostd.log" 2>&1 &
 HOSTD_PID=$!
 for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && break; sleep 0.05; done
 [ -S "$WORK/hostd.sock" ] || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
@@ -179,6 +188,8 @@ timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-rebo
   > "$WORK/guest.raw" 2>&1 || qrc=$?
 end=$(date +%s%N)
 tr -d '\r' < "$WORK/guest.raw" > "$WORK/guest.log"
+# What the host's admin saw of this VM.
+"$ADMIN" --socket "$WORK/admin.sock" vms 2>&1 | sed 's/^/HOST-ADMIN /' || true
 grep -a -E '^(MODULE |PCI |LSPCI |DMESG |LDCONFIG |LDCONFIG-FAILED|RMMOD-OK|MODPROBE-FAILED|GUEST-DONE)' "$WORK/guest.log" || true
 echo "boot-guest: boot to poweroff took $(( (end - start) / 1000000 )) ms"
 [ "$qrc" != 124 ] || echo "boot-guest: QEMU timed out after $TIMEOUT s (guest log tail below)" >&2

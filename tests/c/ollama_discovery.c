@@ -3,6 +3,7 @@
 // checked; prints PASS only if the virtual GPU looks like the H100 the mediator serves.
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int CUresult;
@@ -26,7 +27,9 @@ typedef int (*nvmlInit_v2_t)(void);
 typedef int (*nvmlSystemGetDriverVersion_t)(char *, unsigned);
 typedef int (*nvmlShutdown_t)(void);
 
-int main(void) {
+int main(int argc, char **argv) {
+  // The device memory to expect, in MiB (a VM's memory quota); default: the H100's 80 GiB.
+  size_t want_mem = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) << 20 : 80ull << 30;
   void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
   EXPECT(cuda, "dlopen libcuda.so.1: %s", dlerror());
   LOAD(cuda, cuInit) LOAD(cuda, cuDriverGetVersion) LOAD(cuda, cuDeviceGetCount) LOAD(cuda, cuDeviceGet)
@@ -44,7 +47,7 @@ int main(void) {
   char name[256] = {0}, bus[64] = {0};
   EXPECT(cuDeviceGetName(name, sizeof(name), dev) == 0 && strcmp(name, "NVIDIA H100 80GB HBM3") == 0, "name '%s'", name);
   size_t mem = 0;
-  EXPECT(cuDeviceTotalMem_v2(&mem, dev) == 0 && mem == 80ull << 30, "total memory %zu", mem);
+  EXPECT(cuDeviceTotalMem_v2(&mem, dev) == 0 && mem == want_mem, "total memory %zu, want %zu", mem, want_mem);
   EXPECT(cuDeviceGetPCIBusId(bus, sizeof(bus), dev) == 0 && strcmp(bus, "0000:00:05.0") == 0, "bus id '%s'", bus);
   unsigned char uuid[16];
   EXPECT(cuDeviceGetUuid(uuid, dev) == 0, "cuDeviceGetUuid");

@@ -224,13 +224,18 @@ pub fn add_guest_python(payload: &Path, modules: &[&str], path: &Path) {
 /// holds the guest's report, the run script's output between `RUN-BEGIN` and `RUN-END rc=N`,
 /// and `boot-guest: PASS` when the device checks passed.
 pub fn boot_guest(payload: Option<(&Path, &str)>) -> Output {
+    boot_guest_with(payload, &[])
+}
+
+/// [`boot_guest`] with more boot-guest.sh options (`--memory-quota-mib N`).
+pub fn boot_guest_with(payload: Option<(&Path, &str)>, options: &[&str]) -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("qemu/harness/boot-guest.sh"));
     if let Some((dir, run)) = payload {
         cmd.arg("--payload").arg(dir).arg("--run").arg(run);
     }
-    cmd.stdin(Stdio::null()).output().expect("run boot-guest.sh")
+    cmd.args(options).stdin(Stdio::null()).output().expect("run boot-guest.sh")
 }
 
 /// The lines the guest's run script printed (between `RUN-BEGIN` and `RUN-END`, exclusive),
