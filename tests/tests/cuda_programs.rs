@@ -38,6 +38,24 @@ cases! {
     warp_scan_cudart13: "warp_scan", V13;
     histogram_cudart12: "histogram", V12;
     histogram_cudart13: "histogram", V13;
+    graphs_cudart12: "graphs", V12;
+    graphs_cudart13: "graphs", V13;
+}
+
+/// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it
+/// ("Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: no"), and its compute
+/// graph, captured and replayed, gives the CPU's results.
+#[test]
+fn ggml_cuda_sequence() {
+    for cudart in [Cudart::V12, Cudart::V13] {
+        let exe = build_program("ggml_init", cudart);
+        let m = Mediator::start();
+        let out = run_program(&exe, cudart, &m.socket);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.lines().any(|l| l == "PASS"), "{cudart:?}: {}\n--- mediator\n{}", describe(&out), m.log());
+        let line = stdout.lines().find(|l| l.starts_with("  Device 0: ")).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.starts_with("  Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: no, ID: GPU-"), "{line}");
+    }
 }
 
 /// __noinline__ device functions with warp shuffles, barriers, recursion and printf inside.

@@ -29,6 +29,13 @@ pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
 pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: CuResult = 900;
+pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CuResult = 901;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNMATCHED: CuResult = 903;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNJOINED: CuResult = 904;
+pub const CUDA_ERROR_CAPTURED_EVENT: CuResult = 907;
+pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CuResult = 908;
+pub const CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE: CuResult = 910;
 pub const CUDA_ERROR_UNKNOWN: CuResult = 999;
 
 /// Name and description of a CUresult, as cuGetErrorName / cuGetErrorString report them.
@@ -67,6 +74,23 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
         CUDA_ERROR_NOT_PERMITTED => ("CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
         CUDA_ERROR_NOT_SUPPORTED => ("CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
         CUDA_ERROR_SYSTEM_NOT_READY => ("CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"),
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED => {
+            ("CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", "operation not permitted when stream is capturing")
+        }
+        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED => {
+            ("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", "operation failed due to a previous error during capture")
+        }
+        CUDA_ERROR_STREAM_CAPTURE_UNMATCHED => {
+            ("CUDA_ERROR_STREAM_CAPTURE_UNMATCHED", "capture was not initiated in this stream")
+        }
+        CUDA_ERROR_STREAM_CAPTURE_UNJOINED => {
+            ("CUDA_ERROR_STREAM_CAPTURE_UNJOINED", "capturing stream has unjoined work")
+        }
+        CUDA_ERROR_CAPTURED_EVENT => ("CUDA_ERROR_CAPTURED_EVENT", "operation not permitted on an event last recorded in a capturing stream"),
+        CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD => {
+            ("CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD", "attempt to terminate a thread-local capture sequence from another thread")
+        }
+        CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE => ("CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE", "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update"),
         CUDA_ERROR_UNKNOWN => ("CUDA_ERROR_UNKNOWN", "unknown error"),
         _ => return None,
     })

@@ -12,7 +12,7 @@ const CU_LAUNCH_PARAM_BUFFER_SIZE: usize = 0x02;
 
 /// The packed parameter buffer, from `kernelParams` (one pointer per parameter) or from
 /// `extra` (CU_LAUNCH_PARAM_BUFFER_POINTER / _SIZE).
-unsafe fn pack_params(meta: &state::KernelMeta, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<Vec<u8>, CUresult> {
+pub(crate) unsafe fn pack_params(meta: &state::KernelMeta, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<Vec<u8>, CUresult> {
     let mut buf = vec![0u8; meta.info.param_bytes as usize];
     if !params.is_null() {
         for (i, &(offset, size)) in meta.params.iter().enumerate() {
@@ -64,13 +64,22 @@ unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uin
     }
     // SAFETY: forwarded API contract.
     let packed = unsafe { pack_params(&meta, params, extra)? };
+    // On a capturing stream the launch becomes a graph node (its parameters copied now).
+    if super::graph::record(stream, super::graph::Work::Kernel(super::graph::KernelNode::new(handle_of(f), grid, block, shared, packed.clone())))? {
+        return Ok(());
+    }
+    submit_launch(d, &meta, grid, block, shared, stream, &packed)
+}
+
+/// Sends one launch with its packed parameters, and writes what the kernel printed.
+pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, packed: &[u8]) -> Result<(), CUresult> {
     let mut head = Vec::with_capacity(48);
     head.extend_from_slice(&meta.info.handle.to_le_bytes());
     for v in grid.iter().chain(block.iter()).chain(std::iter::once(&shared)) {
         head.extend_from_slice(&v.to_le_bytes());
     }
     head.extend_from_slice(&handle_of(stream).to_le_bytes());
-    let printed = d.call(Op::Launch, &[&head, &packed])?;
+    let printed = d.call(Op::Launch, &[&head, packed])?;
     write_device_printf(&printed);
     Ok(())
 }

@@ -13,8 +13,19 @@ fn ctx_driver() -> Result<&'static Driver, CUresult> {
 }
 
 /// Async copies complete before they return (see the module comment), so the stream they name
-/// only orders them, which submission order already does.
-fn on_stream(_stream: Handle) {}
+/// only orders them, which submission order already does; on a capturing stream they become
+/// graph nodes instead (true: recorded, not run).
+fn captured(stream: Handle, work: super::graph::Work) -> Result<bool, CUresult> {
+    super::graph::record(stream, work)
+}
+
+fn captured_copy(stream: Handle, dst: u64, src: u64, bytes: usize) -> Result<bool, CUresult> {
+    captured(stream, super::graph::Work::Memcpy { dst, src, bytes })
+}
+
+fn captured_memset(stream: Handle, dst: u64, value: u32, elem: u32, count: usize) -> Result<bool, CUresult> {
+    captured(stream, super::graph::Work::Memset { dst, pitch: 0, value, elem, width: count, height: 1 })
+}
 
 pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
     if n == 0 {
@@ -60,7 +71,7 @@ pub(crate) fn dtod(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUres
 }
 
 /// cuMemcpy with unified addressing: the pointers' values say where they live.
-fn copy_any(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
+pub(crate) fn copy_any(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
     match (is_device_ptr(dst), is_device_ptr(src)) {
         (true, true) => dtod(d, dst, src, n),
         (true, false) => htod(d, dst, src as usize as *const u8, n),
@@ -75,6 +86,15 @@ fn copy_any(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
             Ok(())
         }
     }
+}
+
+/// A memset of `height` rows of `width` elements, `pitch` bytes apart.
+pub(crate) fn memset_2d(dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> Result<(), CUresult> {
+    for row in 0..height as u64 {
+        let at = row.checked_mul(pitch as u64).and_then(|o| dst.checked_add(o)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        memset(at, value, elem, width)?;
+    }
+    Ok(())
 }
 
 fn memset(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
@@ -158,7 +178,9 @@ pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyHtoDAsync", || {
-        on_stream(stream);
+        if captured_copy(stream, dst, src as u64, n)? {
+            return Ok(());
+        }
         htod(ctx_driver()?, dst, src.cast(), n)
     })
 }
@@ -166,7 +188,9 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_vo
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyDtoHAsync", || {
-        on_stream(stream);
+        if captured_copy(stream, dst as u64, src, n)? {
+            return Ok(());
+        }
         dtoh(ctx_driver()?, dst.cast(), src, n)
     })
 }
@@ -174,7 +198,9 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyDtoDAsync", || {
-        on_stream(stream);
+        if captured_copy(stream, dst, src, n)? {
+            return Ok(());
+        }
         dtod(ctx_driver()?, dst, src, n)
     })
 }
@@ -182,7 +208,9 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyAsync", || {
-        on_stream(stream);
+        if captured_copy(stream, dst, src, n)? {
+            return Ok(());
+        }
         copy_any(ctx_driver()?, dst, src, n)
     })
 }
@@ -205,7 +233,9 @@ pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) -
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stream: Handle) -> CUresult {
     guard("cuMemsetD8Async", || {
-        on_stream(stream);
+        if captured_memset(stream, dst, v as u32, 1, n)? {
+            return Ok(());
+        }
         memset(dst, v as u32, 1, n)
     })
 }
@@ -213,7 +243,9 @@ pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stre
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, stream: Handle) -> CUresult {
     guard("cuMemsetD16Async", || {
-        on_stream(stream);
+        if captured_memset(stream, dst, v as u32, 2, n)? {
+            return Ok(());
+        }
         memset(dst, v as u32, 2, n)
     })
 }
@@ -221,7 +253,9 @@ pub unsafe extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, st
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize, stream: Handle) -> CUresult {
     guard("cuMemsetD32Async", || {
-        on_stream(stream);
+        if captured_memset(stream, dst, v, 4, n)? {
+            return Ok(());
+        }
         memset(dst, v, 4, n)
     })
 }

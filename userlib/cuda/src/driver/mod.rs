@@ -12,6 +12,7 @@ use vgpu_uapi::cuda::*;
 
 mod context;
 mod device;
+mod graph;
 mod init;
 mod launch;
 mod memory;
@@ -20,6 +21,7 @@ mod stream;
 
 pub use context::*;
 pub use device::*;
+pub use graph::*;
 pub use init::*;
 pub use launch::*;
 pub use memory::*;

@@ -44,7 +44,10 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
-    guard("cuStreamSynchronize", || call_h(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ()))
+    guard("cuStreamSynchronize", || {
+        super::graph::forbid_while_capturing(s)?;
+        call_h(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ())
+    })
 }
 
 #[no_mangle]
@@ -54,7 +57,10 @@ pub unsafe extern "C" fn cuStreamSynchronize_ptsz(s: Handle) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
-    guard("cuStreamQuery", || call_h(Op::StreamQuery, &[handle_of(s)]).map(|_| ()))
+    guard("cuStreamQuery", || {
+        super::graph::forbid_while_capturing(s)?;
+        call_h(Op::StreamQuery, &[handle_of(s)]).map(|_| ())
+    })
 }
 
 #[no_mangle]
@@ -67,6 +73,9 @@ pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, e: Handle, flags: c_uint) 
     guard("cuStreamWaitEvent", || {
         if flags & !1 != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if super::graph::wait_event(s, e)? {
+            return Ok(());
         }
         call_h(Op::StreamWaitEvent, &[handle_of(s), handle_of(e)]).map(|_| ())
     })
@@ -95,7 +104,12 @@ pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(e: Handle, s: Handle) -> CUresult {
-    guard("cuEventRecord", || call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ()))
+    guard("cuEventRecord", || {
+        if super::graph::record_event(e, s)? {
+            return Ok(());
+        }
+        call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ())
+    })
 }
 
 #[no_mangle]
@@ -106,9 +120,13 @@ pub unsafe extern "C" fn cuEventRecord_ptsz(e: Handle, s: Handle) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecordWithFlags(e: Handle, s: Handle, flags: c_uint) -> CUresult {
     guard("cuEventRecordWithFlags", || {
-        // CU_EVENT_RECORD_EXTERNAL (1) only matters inside graph capture, which is not supported.
+        // CU_EVENT_RECORD_EXTERNAL (1) only matters inside graph capture, where it would need an
+        // event-record node, which is not supported.
         if flags != 0 {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if super::graph::record_event(e, s)? {
+            return Ok(());
         }
         call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ())
     })
@@ -121,12 +139,18 @@ pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(e: Handle, s: Handle, flags
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
-    guard("cuEventSynchronize", || call_h(Op::EventSynchronize, &[handle_of(e)]).map(|_| ()))
+    guard("cuEventSynchronize", || {
+        super::graph::check_event_not_captured(e)?;
+        call_h(Op::EventSynchronize, &[handle_of(e)]).map(|_| ())
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(e: Handle) -> CUresult {
-    guard("cuEventQuery", || call_h(Op::EventQuery, &[handle_of(e)]).map(|_| ()))
+    guard("cuEventQuery", || {
+        super::graph::check_event_not_captured(e)?;
+        call_h(Op::EventQuery, &[handle_of(e)]).map(|_| ())
+    })
 }
 
 fn elapsed(ms: *mut f32, a: Handle, b: Handle) -> Result<(), CUresult> {
@@ -164,17 +188,17 @@ pub unsafe extern "C" fn cuEventDestroy(e: Handle) -> CUresult {
     cuEventDestroy_v2(e)
 }
 
-/// Stream capture (CUDA graphs) is not supported (cuStreamBeginCapture returns
-/// CUDA_ERROR_NOT_SUPPORTED), so a valid stream is never capturing: CU_STREAM_CAPTURE_STATUS_NONE.
-/// Frameworks (CuPy, PyTorch) ask before every copy. The stream is checked with the mediator.
-fn capture_status(s: Handle, status: *mut c_int) -> Result<(), CUresult> {
-    if status.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
+/// The stream is one the mediator knows (a busy stream is valid too).
+pub(crate) fn check_stream(s: Handle) -> Result<(), CUresult> {
     match call_h(Op::StreamQuery, &[handle_of(s)]) {
-        Ok(_) | Err(CUDA_ERROR_NOT_READY) => put(status, 0),
+        Ok(_) | Err(CUDA_ERROR_NOT_READY) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Frameworks (CuPy, PyTorch) ask before every copy whether the stream is capturing.
+fn capture_status(s: Handle, status: *mut c_int) -> Result<(), CUresult> {
+    super::graph::capture_info(s, status, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
 }
 
 #[no_mangle]
@@ -187,10 +211,9 @@ pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: Handle, status: *mut c_int)
     cuStreamIsCapturing(s, status)
 }
 
-/// The other outputs are defined only while capturing, which never happens.
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo(s: Handle, status: *mut c_int, _id: *mut u64) -> CUresult {
-    guard("cuStreamGetCaptureInfo", || capture_status(s, status))
+pub unsafe extern "C" fn cuStreamGetCaptureInfo(s: Handle, status: *mut c_int, id: *mut u64) -> CUresult {
+    guard("cuStreamGetCaptureInfo", || super::graph::capture_info(s, status, id, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()))
 }
 
 #[no_mangle]
@@ -199,8 +222,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_ptsz(s: Handle, status: *mut c_i
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(s: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle, _deps: *mut *const Handle, _num_deps: *mut usize) -> CUresult {
-    cuStreamGetCaptureInfo(s, status, id)
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, num_deps: *mut usize) -> CUresult {
+    guard("cuStreamGetCaptureInfo_v2", || super::graph::capture_info(s, status, id, graph, deps, num_deps))
 }
 
 #[no_mangle]
@@ -209,8 +232,14 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(s: Handle, status: *mut 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(s: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle, _deps: *mut *const Handle, _edges: *mut *const u8, _num_deps: *mut usize) -> CUresult {
-    cuStreamGetCaptureInfo(s, status, id)
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, edges: *mut *const u8, num_deps: *mut usize) -> CUresult {
+    guard("cuStreamGetCaptureInfo_v3", || {
+        // Edge data: none (all edges are default edges), which CUDA signals with NULL.
+        if !edges.is_null() {
+            put(edges, std::ptr::null())?;
+        }
+        super::graph::capture_info(s, status, id, graph, deps, num_deps)
+    })
 }
 
 #[no_mangle]

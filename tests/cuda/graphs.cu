@@ -1,0 +1,170 @@
+// CUDA graphs as llama.cpp's ggml-cuda uses them: capture a stream's work (relaxed mode),
+// instantiate, launch again and again with new inputs, update the instance from a new capture
+// of the same shape (and see a changed shape refused), plus graphs built node by node, a capture
+// forked to a second stream and joined back, and the errors CUDA gives for work capture forbids.
+#include "check.h"
+#include <vector>
+
+__global__ void scale(const float *x, float *y, float a, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = a * x[i];
+}
+
+__global__ void add(const float *a, const float *b, float *c, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) c[i] = a[i] + b[i];
+}
+
+static const int N = 1000;
+
+// Captures: upload h_in -> x, y = a*x, out = y + x, download out -> h_out.
+static cudaGraph_t capture(cudaStream_t s, float *x, float *y, float *out, const float *h_in, float *h_out, float a, bool extra) {
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  cudaStreamCaptureStatus st;
+  CK(cudaStreamIsCapturing(s, &st));
+  EXPECT(st == cudaStreamCaptureStatusActive, "capture status %d", (int)st);
+  CK(cudaMemcpyAsync(x, h_in, N * sizeof(float), cudaMemcpyHostToDevice, s));
+  CK(cudaMemsetAsync(out, 0, N * sizeof(float), s));
+  scale<<<(N + 255) / 256, 256, 0, s>>>(x, y, a, N);
+  CK(cudaGetLastError());
+  add<<<(N + 255) / 256, 256, 0, s>>>(y, x, out, N);
+  if (extra) add<<<(N + 255) / 256, 256, 0, s>>>(out, x, out, N);
+  CK(cudaMemcpyAsync(h_out, out, N * sizeof(float), cudaMemcpyDeviceToHost, s));
+  cudaGraph_t g;
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaStreamIsCapturing(s, &st));
+  EXPECT(st == cudaStreamCaptureStatusNone, "capture status after the end %d", (int)st);
+  return g;
+}
+
+static void check(const float *h_in, const float *h_out, float a, int extra, const char *what) {
+  for (int i = 0; i < N; i++) {
+    float want = a * h_in[i] + h_in[i] + extra * h_in[i];
+    EXPECT(h_out[i] == want, "%s: out[%d] = %f, want %f", what, i, h_out[i], want);
+  }
+}
+
+int main() {
+  cudaStream_t s, s2;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  float *x, *y, *out;
+  CK(cudaMalloc(&x, N * sizeof(float)));
+  CK(cudaMalloc(&y, N * sizeof(float)));
+  CK(cudaMalloc(&out, N * sizeof(float)));
+  std::vector<float> h_in(N), h_out(N);
+
+  // Capture records, it does not run: nothing is computed until the graph is launched.
+  for (int i = 0; i < N; i++) h_in[i] = 1.0f;
+  for (int i = 0; i < N; i++) h_out[i] = -7.0f;
+  cudaGraph_t g = capture(s, x, y, out, h_in.data(), h_out.data(), 2.0f, false);
+  EXPECT(h_out[0] == -7.0f, "the capture ran the work (%f)", h_out[0]);
+  size_t nodes = 0;
+  CK(cudaGraphGetNodes(g, nullptr, &nodes));
+  EXPECT(nodes == 5, "%zu nodes captured, want 5", nodes);
+  cudaGraphExec_t exec;
+  CK(cudaGraphInstantiate(&exec, g, 0));
+
+  // Launched again and again, it reads the inputs as they are at each launch.
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < N; i++) h_in[i] = (float)(i % 17) + round;
+    CK(cudaGraphLaunch(exec, s));
+    CK(cudaStreamSynchronize(s));
+    check(h_in.data(), h_out.data(), 2.0f, 0, "launch");
+  }
+
+  // Updated from a new capture of the same shape (ggml's path): new parameters, same instance.
+  cudaGraph_t g2 = capture(s, x, y, out, h_in.data(), h_out.data(), 3.0f, false);
+  cudaGraphExecUpdateResultInfo info;
+  CK(cudaGraphExecUpdate(exec, g2, &info));
+  EXPECT(info.result == cudaGraphExecUpdateSuccess, "update result %d", (int)info.result);
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  check(h_in.data(), h_out.data(), 3.0f, 0, "after update");
+  // A capture with another shape cannot update it: the application instantiates anew.
+  cudaGraph_t g3 = capture(s, x, y, out, h_in.data(), h_out.data(), 3.0f, true);
+  cudaError_t e = cudaGraphExecUpdate(exec, g3, &info);
+  EXPECT(e == cudaErrorGraphExecUpdateFailure && info.result == cudaGraphExecUpdateErrorTopologyChanged,
+         "update with another shape: %s, result %d", cudaGetErrorName(e), (int)info.result);
+  (void)cudaGetLastError();
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphInstantiate(&exec, g3, 0));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  check(h_in.data(), h_out.data(), 3.0f, 1, "new shape");
+
+  // Built node by node: memset, then scale, then add; parameters read back and changed.
+  cudaGraph_t gb;
+  CK(cudaGraphCreate(&gb, 0));
+  cudaGraphNode_t ms, k1, k2;
+  cudaMemsetParams mp = {};
+  mp.dst = out; mp.value = 0; mp.elementSize = 4; mp.width = N; mp.height = 1;
+  CK(cudaGraphAddMemsetNode(&ms, gb, nullptr, 0, &mp));
+  int n = N;
+  float a = 5.0f;
+  void *args1[] = {&x, &y, &a, &n};
+  cudaKernelNodeParams kp = {};
+  kp.func = (void *)scale; kp.gridDim = dim3((N + 255) / 256); kp.blockDim = dim3(256); kp.kernelParams = args1;
+  CK(cudaGraphAddKernelNode(&k1, gb, &ms, 1, &kp));
+  void *args2[] = {&y, &x, &out, &n};
+  cudaKernelNodeParams kp2 = kp;
+  kp2.func = (void *)add; kp2.kernelParams = args2;
+  CK(cudaGraphAddKernelNode(&k2, gb, &k1, 1, &kp2));
+  a = 100.0f;  // the node holds a copy of the parameters
+  cudaKernelNodeParams got = {};
+  CK(cudaGraphKernelNodeGetParams(k1, &got));
+  EXPECT(got.func == (void *)scale && got.blockDim.x == 256 && *(float *)got.kernelParams[2] == 5.0f, "kernel node params read back");
+  float a2 = 4.0f;
+  void *args3[] = {&x, &y, &a2, &n};
+  got.kernelParams = args3;
+  CK(cudaGraphKernelNodeSetParams(k1, &got));
+  cudaGraphExec_t eb;
+  CK(cudaGraphInstantiate(&eb, gb, 0));
+  CK(cudaMemcpy(x, h_in.data(), N * sizeof(float), cudaMemcpyHostToDevice));
+  CK(cudaGraphLaunch(eb, s));
+  CK(cudaMemcpyAsync(h_out.data(), out, N * sizeof(float), cudaMemcpyDeviceToHost, s));
+  CK(cudaStreamSynchronize(s));
+  check(h_in.data(), h_out.data(), 4.0f, 0, "built graph");
+
+  // Fork and join: s2 joins the capture by waiting on an event recorded in it.
+  cudaEvent_t fork, join;
+  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  scale<<<(N + 255) / 256, 256, 0, s>>>(x, y, 6.0f, N);
+  CK(cudaEventRecord(fork, s));
+  CK(cudaStreamWaitEvent(s2, fork, 0));
+  cudaStreamCaptureStatus st2;
+  CK(cudaStreamIsCapturing(s2, &st2));
+  EXPECT(st2 == cudaStreamCaptureStatusActive, "the joined stream is not capturing (%d)", (int)st2);
+  add<<<(N + 255) / 256, 256, 0, s2>>>(y, x, out, N);
+  CK(cudaEventRecord(join, s2));
+  CK(cudaStreamWaitEvent(s, join, 0));
+  cudaGraph_t gf;
+  CK(cudaStreamEndCapture(s, &gf));
+  CK(cudaGraphGetNodes(gf, nullptr, &nodes));
+  EXPECT(nodes == 2, "fork/join capture has %zu nodes", nodes);
+  cudaGraphExec_t ef;
+  CK(cudaGraphInstantiate(&ef, gf, 0));
+  CK(cudaGraphLaunch(ef, s));
+  CK(cudaMemcpy(h_out.data(), out, N * sizeof(float), cudaMemcpyDeviceToHost));
+  check(h_in.data(), h_out.data(), 6.0f, 0, "fork/join");
+
+  // What capture forbids: synchronizing the capturing stream invalidates the capture; the
+  // legacy default stream cannot be captured.
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  e = cudaStreamSynchronize(s);
+  EXPECT(e == cudaErrorStreamCaptureUnsupported, "synchronize while capturing: %s", cudaGetErrorName(e));
+  cudaGraph_t bad = nullptr;
+  e = cudaStreamEndCapture(s, &bad);
+  EXPECT(e == cudaErrorStreamCaptureInvalidated && bad == nullptr, "end of an invalidated capture: %s", cudaGetErrorName(e));
+  (void)cudaGetLastError();
+  e = cudaStreamBeginCapture(0, cudaStreamCaptureModeRelaxed);
+  EXPECT(e != cudaSuccess, "the legacy stream was captured");
+  (void)cudaGetLastError();
+
+  for (cudaGraph_t gg : {g, g2, g3, gb, gf}) CK(cudaGraphDestroy(gg));
+  for (cudaGraphExec_t ee : {exec, eb, ef}) CK(cudaGraphExecDestroy(ee));
+  printf("PASS\n");
+  return 0;
+}

@@ -1,0 +1,847 @@
+//! CUDA graphs and stream capture, kept in libcuda: a graph is a list of recorded operations
+//! (kernel launches with their parameters copied, copies, memsets) in an order that respects
+//! their dependencies; launching an instantiated graph replays them on the stream. Capture
+//! records, instead of running, what is submitted to a capturing stream (and to streams that
+//! join the capture by waiting on one of its events). Work runs in submission order in vgpu
+//! (see memory.rs), so replaying nodes in dependency order is a valid schedule.
+//!
+//! Not supported (CUDA_ERROR_NOT_SUPPORTED): host, child-graph, event, memory-allocation and
+//! conditional nodes, memcpy nodes added explicitly (captured copies work), and capturing a
+//! graph launch into another graph.
+
+use super::launch::submit_launch;
+use super::memory::{copy_any, memset_2d};
+use super::module::kernel_meta;
+use super::*;
+use crate::state;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_uint};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// One recorded operation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Work {
+    Kernel(KernelNode),
+    Memcpy { dst: u64, src: u64, bytes: usize },
+    Memset { dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize },
+    Empty,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct KernelNode {
+    pub func: u64,
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared: c_uint,
+    /// The parameters, packed as the kernel takes them (copied when the node was made).
+    pub packed: Vec<u8>,
+    /// One pointer per parameter into `packed`, for cuGraphKernelNodeGetParams.
+    arg_ptrs: Vec<usize>,
+}
+
+impl KernelNode {
+    pub(crate) fn new(func: u64, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, packed: Vec<u8>) -> KernelNode {
+        KernelNode { func, grid, block, shared, packed, arg_ptrs: Vec::new() }
+    }
+}
+
+impl Work {
+    fn node_type(&self) -> c_int {
+        match self {
+            Work::Kernel(_) => 0,
+            Work::Memcpy { .. } => 1,
+            Work::Memset { .. } => 2,
+            Work::Empty => 5,
+        }
+    }
+}
+
+struct Node {
+    graph: u64,
+    work: Work,
+    deps: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Graph {
+    /// Node handles, each after its dependencies.
+    order: Vec<u64>,
+}
+
+struct Exec {
+    /// (node type, indices of dependencies) per node: what an update must keep.
+    shape: Vec<(c_int, Vec<usize>)>,
+    work: Vec<Work>,
+    /// The source graph's node handles, by position (for cuGraphExecKernelNodeSetParams).
+    nodes: Vec<u64>,
+}
+
+struct Capture {
+    graph: u64,
+    /// The nodes the next captured operation depends on.
+    deps: Vec<u64>,
+    /// The stream that began the capture (only it may end it).
+    origin: u64,
+    invalidated: bool,
+    id: u64,
+    mode: c_int,
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    graphs: HashMap<u64, Graph>,
+    nodes: HashMap<u64, Node>,
+    execs: HashMap<u64, Exec>,
+    captures: HashMap<u64, Capture>,
+    /// Events recorded in a capture: the capture's graph and the nodes the record followed.
+    events: HashMap<u64, (u64, Vec<u64>)>,
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    fn handle(&mut self) -> u64 {
+        // Opaque, non-null, never reused; far from anything else libcuda hands out.
+        self.next += 1;
+        0x6e00_0000_0000 + self.next * 16
+    }
+
+    fn add_node(&mut self, graph: u64, work: Work, deps: &[u64]) -> Result<u64, CUresult> {
+        if !self.graphs.contains_key(&graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if deps.iter().any(|d| self.nodes.get(d).is_none_or(|n| n.graph != graph)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.nodes.insert(h, Node { graph, work, deps: deps.to_vec() });
+        self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.order.push(h);
+        Ok(h)
+    }
+
+    fn destroy_graph(&mut self, graph: u64) -> Result<(), CUresult> {
+        let g = self.graphs.remove(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        for n in g.order {
+            self.nodes.remove(&n);
+        }
+        Ok(())
+    }
+
+    fn instantiate(&self, graph: u64) -> Result<Exec, CUresult> {
+        let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let index: HashMap<u64, usize> = g.order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut exec = Exec { shape: Vec::new(), work: Vec::new(), nodes: g.order.clone() };
+        for n in &g.order {
+            let node = &self.nodes[n];
+            exec.shape.push((node.work.node_type(), node.deps.iter().map(|d| index[d]).collect()));
+            exec.work.push(node.work.clone());
+        }
+        Ok(exec)
+    }
+
+    /// The capture `stream` takes part in, if any.
+    fn capture(&mut self, stream: u64) -> Option<&mut Capture> {
+        self.captures.get_mut(&stream)
+    }
+}
+
+/// Records `work` if `stream` is capturing; Ok(false) if it is not (run it now).
+pub(crate) fn record(stream: Handle, work: Work) -> Result<bool, CUresult> {
+    let s = handle_of(stream);
+    let mut r = registry();
+    let Some(c) = r.capture(s) else { return Ok(false) };
+    if c.invalidated {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    }
+    let (graph, deps) = (c.graph, c.deps.clone());
+    let n = r.add_node(graph, work, &deps)?;
+    if let Some(c) = r.capture(s) {
+        c.deps = vec![n];
+    }
+    Ok(true)
+}
+
+/// A synchronizing call on `stream` (or an event recorded in a capture): not allowed while
+/// capturing; it invalidates the capture as CUDA does.
+pub(crate) fn forbid_while_capturing(stream: Handle) -> Result<(), CUresult> {
+    let mut r = registry();
+    match r.capture(handle_of(stream)) {
+        Some(c) => {
+            c.invalidated = true;
+            Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+        }
+        None => Ok(()),
+    }
+}
+
+/// cuEventRecord on a capturing stream: the event stands for the capture's current point.
+pub(crate) fn record_event(event: Handle, stream: Handle) -> Result<bool, CUresult> {
+    let mut r = registry();
+    let e = handle_of(event);
+    match r.capture(handle_of(stream)) {
+        Some(c) => {
+            let v = (c.graph, c.deps.clone());
+            r.events.insert(e, v);
+            Ok(true)
+        }
+        None => {
+            r.events.remove(&e);
+            Ok(false)
+        }
+    }
+}
+
+/// cuStreamWaitEvent: waiting on an event recorded in a capture joins the capture.
+pub(crate) fn wait_event(stream: Handle, event: Handle) -> Result<bool, CUresult> {
+    let mut r = registry();
+    let (s, e) = (handle_of(stream), handle_of(event));
+    let Some((graph, deps)) = r.events.get(&e).cloned() else {
+        // An event from outside any capture: its work has already run (submission order).
+        return Ok(r.captures.contains_key(&s));
+    };
+    if !r.graphs.contains_key(&graph) {
+        return Ok(false);
+    }
+    if s == 0 || s == STREAM_LEGACY {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    }
+    match r.capture(s) {
+        Some(c) if c.graph == graph => {
+            for d in deps {
+                if !c.deps.contains(&d) {
+                    c.deps.push(d);
+                }
+            }
+        }
+        Some(_) => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        None => {
+            let (id, mode, origin) = r.captures.values().find(|c| c.graph == graph).map_or((0, 2, 0), |c| (c.id, c.mode, c.origin));
+            r.captures.insert(s, Capture { graph, deps, origin, invalidated: false, id, mode });
+        }
+    }
+    Ok(true)
+}
+
+/// An event recorded in a capture cannot be waited for on the host.
+pub(crate) fn check_event_not_captured(event: Handle) -> Result<(), CUresult> {
+    let r = registry();
+    match r.events.get(&handle_of(event)) {
+        Some((g, _)) if r.captures.values().any(|c| c.graph == *g) => Err(CUDA_ERROR_CAPTURED_EVENT),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn capture_status(stream: Handle) -> (c_int, u64, u64, Vec<u64>) {
+    let mut r = registry();
+    match r.capture(handle_of(stream)) {
+        Some(c) if c.invalidated => (2, c.id, c.graph, c.deps.clone()),
+        Some(c) => (1, c.id, c.graph, c.deps.clone()),
+        None => (0, 0, 0, Vec::new()),
+    }
+}
+
+const STREAM_LEGACY: u64 = vgpu_uapi::proto::STREAM_LEGACY;
+
+fn begin_capture(stream: Handle, mode: c_int) -> Result<(), CUresult> {
+    let s = handle_of(stream);
+    if s == 0 || s == STREAM_LEGACY {
+        // The legacy NULL stream synchronizes with every other stream: it cannot be captured.
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    }
+    if !(0..=2).contains(&mode) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // The stream must be valid (the mediator knows its streams).
+    state::current_device()?.0.call(vgpu_uapi::proto::Op::StreamQuery, &[&s.to_le_bytes()]).or_else(|e| {
+        if e == CUDA_ERROR_NOT_READY { Ok(Vec::new()) } else { Err(e) }
+    })?;
+    let mut r = registry();
+    if r.captures.contains_key(&s) {
+        return Err(CUDA_ERROR_ILLEGAL_STATE);
+    }
+    let graph = r.handle();
+    r.graphs.insert(graph, Graph::default());
+    let id = r.handle();
+    r.captures.insert(s, Capture { graph, deps: Vec::new(), origin: s, invalidated: false, id, mode });
+    Ok(())
+}
+
+const CUDA_ERROR_ILLEGAL_STATE: CUresult = 401;
+
+fn end_capture(stream: Handle, out: *mut Handle) -> Result<(), CUresult> {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let s = handle_of(stream);
+    let mut r = registry();
+    let c = r.captures.get(&s).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+    if c.origin != s {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
+    }
+    let (graph, invalidated) = (c.graph, c.invalidated);
+    // The capture ends for every stream that joined it.
+    r.captures.retain(|_, c| c.graph != graph);
+    if invalidated {
+        let _ = r.destroy_graph(graph);
+        put(out, std::ptr::null_mut())?;
+        return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    }
+    put(out, to_handle(graph))
+}
+
+/// Runs an instantiated graph's operations now, in order.
+fn launch_exec(exec: Handle, stream: Handle) -> Result<(), CUresult> {
+    let work = {
+        let mut r = registry();
+        if r.capture(handle_of(stream)).is_some() {
+            // A graph launched into a capture would become a child-graph node.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        r.execs.get(&handle_of(exec)).ok_or(CUDA_ERROR_INVALID_VALUE)?.work.clone()
+    };
+    let (d, _) = state::current_device()?;
+    for w in work {
+        match w {
+            Work::Kernel(k) => {
+                let meta = kernel_meta(to_handle(k.func))?;
+                submit_launch(d, &meta, k.grid, k.block, k.shared, stream, &k.packed)?;
+            }
+            Work::Memcpy { dst, src, bytes } => copy_any(d, dst, src, bytes)?,
+            Work::Memset { dst, pitch, value, elem, width, height } => memset_2d(dst, pitch, value, elem, width, height)?,
+            Work::Empty => {}
+        }
+    }
+    Ok(())
+}
+
+/// CUDA_KERNEL_NODE_PARAMS (v1) and _v2: v2 appends `kern` and `ctx`.
+#[repr(C)]
+pub struct KernelNodeParams {
+    func: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+#[repr(C)]
+pub struct KernelNodeParamsV2 {
+    base: KernelNodeParams,
+    kern: Handle,
+    ctx: Handle,
+}
+
+/// A kernel node from application parameters (the parameter values are copied now).
+unsafe fn kernel_work(p: *const KernelNodeParams, kern: Handle) -> Result<Work, CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null pointer to the application's CUDA_KERNEL_NODE_PARAMS (API contract).
+    let p = unsafe { &*p };
+    let f = if p.func.is_null() { kern } else { p.func };
+    let meta = kernel_meta(f)?;
+    // SAFETY: forwarded API contract for kernelParams / extra.
+    let packed = unsafe { super::launch::pack_params(&meta, p.kernel_params, p.extra)? };
+    Ok(Work::Kernel(KernelNode::new(handle_of(f), p.grid, p.block, p.shared, packed)))
+}
+
+fn deps_of<'a>(deps: *const Handle, n: usize) -> Result<Vec<u64>, CUresult> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if deps.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: `deps` points at `n` node handles (API contract).
+    Ok(unsafe { std::slice::from_raw_parts(deps, n) }.iter().map(|&h| handle_of(h)).collect())
+}
+
+fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, work: Work) -> Result<(), CUresult> {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let deps = deps_of(deps, n)?;
+    let h = registry().add_node(handle_of(graph), work, &deps)?;
+    put(out, to_handle(h))
+}
+
+fn kernel_params_out(node: Handle, out: *mut KernelNodeParams, v2: bool) -> Result<(), CUresult> {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut r = registry();
+    let n = r.nodes.get_mut(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let Work::Kernel(k) = &mut n.work else { return Err(CUDA_ERROR_INVALID_VALUE) };
+    let meta = kernel_meta(to_handle(k.func))?;
+    let base = k.packed.as_ptr() as usize;
+    k.arg_ptrs = meta.params.iter().map(|&(off, _)| base + off as usize).collect();
+    let p = KernelNodeParams {
+        func: to_handle(k.func),
+        grid: k.grid,
+        block: k.block,
+        shared: k.shared,
+        kernel_params: if k.arg_ptrs.is_empty() { std::ptr::null_mut() } else { k.arg_ptrs.as_mut_ptr().cast() },
+        extra: std::ptr::null_mut(),
+    };
+    if v2 {
+        // SAFETY: for _v2 the application passes a CUDA_KERNEL_NODE_PARAMS_v2.
+        unsafe { out.cast::<KernelNodeParamsV2>().write_unaligned(KernelNodeParamsV2 { kern: p.func, ctx: std::ptr::null_mut(), base: p }) };
+        Ok(())
+    } else {
+        put(out, p)
+    }
+}
+
+unsafe fn kernel_params_in(node: Handle, p: *const KernelNodeParams, kern: Handle) -> Result<(), CUresult> {
+    // SAFETY: forwarded API contract.
+    let work = unsafe { kernel_work(p, kern)? };
+    let mut r = registry();
+    let n = r.nodes.get_mut(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if !matches!(n.work, Work::Kernel(_)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    n.work = work;
+    Ok(())
+}
+
+fn kern_of_v2(p: *const KernelNodeParamsV2) -> Handle {
+    if p.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: non-null pointer to a CUDA_KERNEL_NODE_PARAMS_v2 (API contract).
+    unsafe { (*p).kern }
+}
+
+/// Updates `exec` from `graph` if their shapes match; the CUgraphExecUpdateResult otherwise.
+fn exec_update(exec: Handle, graph: Handle) -> Result<(), (c_int, u64)> {
+    let mut r = registry();
+    let new = r.instantiate(handle_of(graph)).map_err(|_| (1, 0))?;
+    let e = r.execs.get_mut(&handle_of(exec)).ok_or((1, 0))?;
+    if new.shape.len() != e.shape.len() {
+        return Err((2, 0));
+    }
+    for (i, (a, b)) in new.shape.iter().zip(&e.shape).enumerate() {
+        if a.0 != b.0 {
+            return Err((3, new.nodes[i]));
+        }
+        if a.1 != b.1 {
+            return Err((2, new.nodes[i]));
+        }
+    }
+    e.work = new.work;
+    e.nodes = new.nodes;
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(s: Handle, mode: c_int) -> CUresult {
+    guard("cuStreamBeginCapture", || begin_capture(s, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2_ptsz(s: Handle, mode: c_int) -> CUresult {
+    cuStreamBeginCapture_v2(s, mode)
+}
+
+/// The 10.0 entry point: global capture mode.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture(s: Handle) -> CUresult {
+    cuStreamBeginCapture_v2(s, 0)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture_ptsz(s: Handle) -> CUresult {
+    cuStreamBeginCapture_v2(s, 0)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamEndCapture(s: Handle, graph: *mut Handle) -> CUresult {
+    guard("cuStreamEndCapture", || end_capture(s, graph))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamEndCapture_ptsz(s: Handle, graph: *mut Handle) -> CUresult {
+    cuStreamEndCapture(s, graph)
+}
+
+thread_local! {
+    static CAPTURE_MODE: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// The thread's capture-interaction mode (it only restricts what other threads may do while a
+/// global capture runs; vgpu does not enforce those restrictions, but keeps the value).
+#[no_mangle]
+pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> CUresult {
+    guard("cuThreadExchangeStreamCaptureMode", || {
+        if mode.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null pointer to a CUstreamCaptureMode (API contract).
+        let new = unsafe { *mode };
+        if !(0..=2).contains(&new) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        put(mode, CAPTURE_MODE.with(|m| m.replace(new)))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphCreate(out: *mut Handle, flags: c_uint) -> CUresult {
+    guard("cuGraphCreate", || {
+        if out.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut r = registry();
+        let g = r.handle();
+        r.graphs.insert(g, Graph::default());
+        put(out, to_handle(g))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphDestroy(g: Handle) -> CUresult {
+    guard("cuGraphDestroy", || {
+        let mut r = registry();
+        if r.captures.values().any(|c| c.graph == handle_of(g)) {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        r.destroy_graph(handle_of(g))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddKernelNode(out: *mut Handle, g: Handle, deps: *const Handle, n: usize, p: *const KernelNodeParams) -> CUresult {
+    guard("cuGraphAddKernelNode", || add_node(out, g, deps, n, unsafe { kernel_work(p, std::ptr::null_mut())? }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddKernelNode_v2(out: *mut Handle, g: Handle, deps: *const Handle, n: usize, p: *const KernelNodeParamsV2) -> CUresult {
+    guard("cuGraphAddKernelNode_v2", || add_node(out, g, deps, n, unsafe { kernel_work(p.cast(), kern_of_v2(p))? }))
+}
+
+/// CUDA_MEMSET_NODE_PARAMS.
+#[repr(C)]
+pub struct MemsetNodeParams {
+    dst: u64,
+    pitch: usize,
+    value: c_uint,
+    elem: c_uint,
+    width: usize,
+    height: usize,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemsetNode(out: *mut Handle, g: Handle, deps: *const Handle, n: usize, p: *const MemsetNodeParams, _ctx: Handle) -> CUresult {
+    guard("cuGraphAddMemsetNode", || {
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null pointer to a CUDA_MEMSET_NODE_PARAMS (API contract).
+        let p = unsafe { &*p };
+        if !matches!(p.elem, 1 | 2 | 4) || (p.height > 1 && p.pitch < p.width * p.elem as usize) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        add_node(out, g, deps, n, Work::Memset { dst: p.dst, pitch: p.pitch, value: p.value, elem: p.elem, width: p.width, height: p.height })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddEmptyNode(out: *mut Handle, g: Handle, deps: *const Handle, n: usize) -> CUresult {
+    guard("cuGraphAddEmptyNode", || add_node(out, g, deps, n, Work::Empty))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetNodes(g: Handle, nodes: *mut Handle, count: *mut usize) -> CUresult {
+    guard("cuGraphGetNodes", || {
+        if count.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = registry();
+        let order = &r.graphs.get(&handle_of(g)).ok_or(CUDA_ERROR_INVALID_VALUE)?.order;
+        if !nodes.is_null() {
+            // SAFETY: `count` is readable; the caller provides `*count` slots at `nodes`.
+            let room = unsafe { *count };
+            for (i, &n) in order.iter().take(room).enumerate() {
+                // SAFETY: i < room slots.
+                unsafe { nodes.add(i).write(to_handle(n)) };
+            }
+        }
+        put(count, order.len())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetRootNodes(g: Handle, nodes: *mut Handle, count: *mut usize) -> CUresult {
+    guard("cuGraphGetRootNodes", || {
+        if count.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = registry();
+        let order = &r.graphs.get(&handle_of(g)).ok_or(CUDA_ERROR_INVALID_VALUE)?.order;
+        let roots: Vec<u64> = order.iter().copied().filter(|n| r.nodes[n].deps.is_empty()).collect();
+        if !nodes.is_null() {
+            // SAFETY: `count` is readable; the caller provides `*count` slots at `nodes`.
+            let room = unsafe { *count };
+            for (i, &n) in roots.iter().take(room).enumerate() {
+                // SAFETY: i < room slots.
+                unsafe { nodes.add(i).write(to_handle(n)) };
+            }
+        }
+        put(count, roots.len())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphNodeGetType(node: Handle, t: *mut c_int) -> CUresult {
+    guard("cuGraphNodeGetType", || {
+        let ty = registry().nodes.get(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?.work.node_type();
+        put(t, ty)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphNodeGetDependencies(node: Handle, deps: *mut Handle, count: *mut usize) -> CUresult {
+    guard("cuGraphNodeGetDependencies", || {
+        if count.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = registry();
+        let d = &r.nodes.get(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?.deps;
+        if !deps.is_null() {
+            // SAFETY: `count` is readable; the caller provides `*count` slots at `deps`.
+            let room = unsafe { *count };
+            for (i, &n) in d.iter().take(room).enumerate() {
+                // SAFETY: i < room slots.
+                unsafe { deps.add(i).write(to_handle(n)) };
+            }
+        }
+        put(count, d.len())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeGetParams(node: Handle, p: *mut KernelNodeParams) -> CUresult {
+    guard("cuGraphKernelNodeGetParams", || kernel_params_out(node, p, false))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeGetParams_v2(node: Handle, p: *mut KernelNodeParamsV2) -> CUresult {
+    guard("cuGraphKernelNodeGetParams_v2", || kernel_params_out(node, p.cast(), true))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeSetParams(node: Handle, p: *const KernelNodeParams) -> CUresult {
+    guard("cuGraphKernelNodeSetParams", || unsafe { kernel_params_in(node, p, std::ptr::null_mut()) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeSetParams_v2(node: Handle, p: *const KernelNodeParamsV2) -> CUresult {
+    guard("cuGraphKernelNodeSetParams_v2", || unsafe { kernel_params_in(node, p.cast(), kern_of_v2(p)) })
+}
+
+unsafe fn exec_kernel_params(exec: Handle, node: Handle, p: *const KernelNodeParams, kern: Handle) -> Result<(), CUresult> {
+    // SAFETY: forwarded API contract.
+    let work = unsafe { kernel_work(p, kern)? };
+    let mut r = registry();
+    let e = r.execs.get_mut(&handle_of(exec)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let i = e.nodes.iter().position(|&n| n == handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if !matches!(e.work[i], Work::Kernel(_)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    e.work[i] = work;
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecKernelNodeSetParams(exec: Handle, node: Handle, p: *const KernelNodeParams) -> CUresult {
+    guard("cuGraphExecKernelNodeSetParams", || unsafe { exec_kernel_params(exec, node, p, std::ptr::null_mut()) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecKernelNodeSetParams_v2(exec: Handle, node: Handle, p: *const KernelNodeParamsV2) -> CUresult {
+    guard("cuGraphExecKernelNodeSetParams_v2", || unsafe { exec_kernel_params(exec, node, p.cast(), kern_of_v2(p)) })
+}
+
+fn instantiate(out: *mut Handle, g: Handle) -> Result<(), CUresult> {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut r = registry();
+    let exec = r.instantiate(handle_of(g))?;
+    let h = r.handle();
+    r.execs.insert(h, exec);
+    put(out, to_handle(h))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(out: *mut Handle, g: Handle, flags: u64) -> CUresult {
+    guard("cuGraphInstantiateWithFlags", || {
+        // AUTO_FREE_ON_LAUNCH (1), UPLOAD (2), DEVICE_LAUNCH (4), USE_NODE_PRIORITY (8): only
+        // the ones that mean nothing without memory-allocation nodes or device launch.
+        if flags & !(1 | 2 | 8) != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        instantiate(out, g)
+    })
+}
+
+/// cuGraphInstantiate (11.0 signature, the _v2 symbol): error node and log buffer outputs.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiate_v2(out: *mut Handle, g: Handle, err_node: *mut Handle, log: *mut std::ffi::c_char, log_size: usize) -> CUresult {
+    guard("cuGraphInstantiate", || {
+        if !err_node.is_null() {
+            put(err_node, std::ptr::null_mut())?;
+        }
+        if !log.is_null() && log_size > 0 {
+            // SAFETY: the caller provides `log_size` bytes at `log`.
+            unsafe { log.write(0) };
+        }
+        instantiate(out, g)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiate(out: *mut Handle, g: Handle, err_node: *mut Handle, log: *mut std::ffi::c_char, log_size: usize) -> CUresult {
+    cuGraphInstantiate_v2(out, g, err_node, log, log_size)
+}
+
+/// CUDA_GRAPH_INSTANTIATE_PARAMS.
+#[repr(C)]
+pub struct InstantiateParams {
+    flags: u64,
+    upload_stream: Handle,
+    err_node: Handle,
+    result: c_int,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams(out: *mut Handle, g: Handle, p: *mut InstantiateParams) -> CUresult {
+    guard("cuGraphInstantiateWithParams", || {
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null pointer to the application's CUDA_GRAPH_INSTANTIATE_PARAMS.
+        let params = unsafe { &mut *p };
+        let r = if params.flags & !(1 | 2 | 8) != 0 { Err(CUDA_ERROR_NOT_SUPPORTED) } else { instantiate(out, g) };
+        params.err_node = std::ptr::null_mut();
+        // CUgraphInstantiateResult: SUCCESS 0, ERROR 1, ..., NOT_SUPPORTED... 4 (flags).
+        params.result = match r {
+            Ok(()) => 0,
+            Err(CUDA_ERROR_NOT_SUPPORTED) => 4,
+            Err(_) => 1,
+        };
+        r
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(out: *mut Handle, g: Handle, p: *mut InstantiateParams) -> CUresult {
+    cuGraphInstantiateWithParams(out, g, p)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
+    guard("cuGraphExecDestroy", || registry().execs.remove(&handle_of(exec)).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch(exec: Handle, s: Handle) -> CUresult {
+    guard("cuGraphLaunch", || launch_exec(exec, s))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch_ptsz(exec: Handle, s: Handle) -> CUresult {
+    cuGraphLaunch(exec, s)
+}
+
+/// Nothing to upload ahead of a launch: the graph lives in libcuda until it is launched.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphUpload(exec: Handle, _s: Handle) -> CUresult {
+    guard("cuGraphUpload", || registry().execs.get(&handle_of(exec)).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphUpload_ptsz(exec: Handle, s: Handle) -> CUresult {
+    cuGraphUpload(exec, s)
+}
+
+/// CUgraphExecUpdateResultInfo.
+#[repr(C)]
+pub struct ExecUpdateResultInfo {
+    result: c_int,
+    error_node: Handle,
+    error_from_node: Handle,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecUpdate_v2(exec: Handle, g: Handle, info: *mut ExecUpdateResultInfo) -> CUresult {
+    guard("cuGraphExecUpdate", || {
+        let (result, node) = match exec_update(exec, g) {
+            Ok(()) => (0, 0),
+            Err(e) => e,
+        };
+        if !info.is_null() {
+            put(info, ExecUpdateResultInfo { result, error_node: to_handle(node), error_from_node: std::ptr::null_mut() })?;
+        }
+        if result == 0 { Ok(()) } else { Err(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecUpdate(exec: Handle, g: Handle, err_node: *mut Handle, result: *mut c_int) -> CUresult {
+    guard("cuGraphExecUpdate", || {
+        let (res, node) = match exec_update(exec, g) {
+            Ok(()) => (0, 0),
+            Err(e) => e,
+        };
+        if !err_node.is_null() {
+            put(err_node, to_handle(node))?;
+        }
+        put(result, res)?;
+        if res == 0 { Ok(()) } else { Err(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE) }
+    })
+}
+
+/// For cuStreamGetCaptureInfo_v2/_v3: the dependency array handed out stays valid until the
+/// next call on this thread (CUDA: until the next capture operation on the stream).
+pub(crate) fn capture_info(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, num_deps: *mut usize) -> Result<(), CUresult> {
+    thread_local! {
+        static DEPS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if status.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let (st, cid, g, d) = capture_status(s);
+    if st == 0 {
+        // Not capturing: check the stream with the mediator.
+        super::stream::check_stream(s)?;
+    }
+    put(status, st)?;
+    if st == 0 {
+        return Ok(());
+    }
+    if !id.is_null() {
+        put(id, cid)?;
+    }
+    if !graph.is_null() {
+        put(graph, to_handle(g))?;
+    }
+    let ptr = DEPS.with(|v| {
+        let mut v = v.borrow_mut();
+        *v = d.iter().map(|&n| n as usize).collect();
+        v.as_ptr() as *const Handle
+    });
+    if !deps.is_null() {
+        put(deps, ptr)?;
+    }
+    if !num_deps.is_null() {
+        put(num_deps, d.len())?;
+    }
+    Ok(())
+}
