@@ -85,4 +85,14 @@ pub trait DeviceSession: Send {
     fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32>;
 
     fn synchronize(&mut self) -> CmdResult<()>;
+
+    // Virtual memory management (cuMemCreate, cuMemAddressReserve, cuMemMap...).
+    fn vmm_create(&mut self, size: u64) -> CmdResult<u64>;
+    fn vmm_release(&mut self, handle: u64) -> CmdResult<()>;
+    fn vmm_reserve(&mut self, size: u64, alignment: u64, hint: u64) -> CmdResult<u64>;
+    fn vmm_unreserve(&mut self, va: u64, size: u64) -> CmdResult<()>;
+    fn vmm_map(&mut self, va: u64, size: u64, offset: u64, handle: u64) -> CmdResult<()>;
+    fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()>;
+    /// Access can only be given to memory that is mapped.
+    fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
 }

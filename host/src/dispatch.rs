@@ -71,6 +71,10 @@ impl<'b> Connection<'b> {
     /// Allocation under the VM's memory quota: the bytes are reserved against the quota first,
     /// so that two processes of one VM cannot both pass the check.
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
+        self.charged_alloc(bytes, |s| s.mem_alloc(bytes))
+    }
+
+    fn charged_alloc(&mut self, bytes: u64, alloc: impl FnOnce(&mut dyn DeviceSession) -> CmdResult<u64>) -> CmdResult<u64> {
         let mut reserved = 0;
         if let Some(sh) = &self.share {
             if let Some(quota) = sh.vm.settings().memory_quota {
@@ -86,7 +90,7 @@ impl<'b> Connection<'b> {
                 }
             }
         }
-        let r = self.session().and_then(|s| s.mem_alloc(bytes));
+        let r = self.session().and_then(alloc);
         if let Some(sh) = &self.share {
             sh.vm.stats.memory_used.fetch_sub(reserved, Ordering::Relaxed);
         }
@@ -399,6 +403,47 @@ impl<'b> Connection<'b> {
             Op::Synchronize => {
                 r.finish()?;
                 self.session()?.synchronize()?;
+            }
+            Op::MemCreate => {
+                let size = r.u64()?;
+                r.finish()?;
+                let h = self.charged_alloc(size, |s| s.vmm_create(size))?;
+                out.put_u64(h);
+            }
+            Op::MemRelease => {
+                let h = r.u64()?;
+                r.finish()?;
+                let res = self.session()?.vmm_release(h);
+                self.reconcile_memory();
+                res?;
+            }
+            Op::MemAddressReserve => {
+                let (size, align, hint) = (r.u64()?, r.u64()?, r.u64()?);
+                r.finish()?;
+                let va = self.session()?.vmm_reserve(size, align, hint)?;
+                out.put_u64(va);
+            }
+            Op::MemAddressFree => {
+                let (va, size) = (r.u64()?, r.u64()?);
+                r.finish()?;
+                self.session()?.vmm_unreserve(va, size)?;
+            }
+            Op::MemMap => {
+                let (va, size, offset, h) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+                r.finish()?;
+                self.session()?.vmm_map(va, size, offset, h)?;
+            }
+            Op::MemUnmap => {
+                let (va, size) = (r.u64()?, r.u64()?);
+                r.finish()?;
+                let res = self.session()?.vmm_unmap(va, size);
+                self.reconcile_memory();
+                res?;
+            }
+            Op::MemSetAccess => {
+                let (va, size) = (r.u64()?, r.u64()?);
+                r.finish()?;
+                self.session()?.vmm_set_access(va, size)?;
             }
         }
         Ok(())

@@ -108,8 +108,8 @@ impl DeviceProfile {
             (attr::MAX_BLOCKS_PER_MULTIPROCESSOR, 32),
             (attr::MAX_PERSISTING_L2_CACHE_SIZE, 82_837_504),
             (attr::RESERVED_SHARED_MEMORY_PER_BLOCK, 1024),
+            (attr::VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1),
             // Not (yet) implemented by vgpu, so reported as absent rather than faked:
-            (attr::VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0),
             (attr::MEMORY_POOLS_SUPPORTED, 0),
             (attr::COOPERATIVE_LAUNCH, 0),
             (attr::HOST_REGISTER_SUPPORTED, 0),

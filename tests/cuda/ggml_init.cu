@@ -14,6 +14,21 @@ typedef int (*cuDeviceGet_t)(int *, int);
 typedef int (*cuDeviceGetAttribute_t)(int *, int, int);
 static const int CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102;
 
+// The driver API's VMM types and entry points, as ggml's VMM pool uses them.
+struct MemLocation { int type, id; };
+struct MemAllocationProp { int type, handleTypes; MemLocation location; void *win32; unsigned char flags[8]; };
+struct MemAccessDesc { MemLocation location; int flags; };
+typedef int (*cuMemGetAllocationGranularity_t)(size_t *, const MemAllocationProp *, int);
+typedef int (*cuMemAddressReserve_t)(unsigned long long *, size_t, size_t, unsigned long long, unsigned long long);
+typedef int (*cuMemCreate_t)(unsigned long long *, size_t, const MemAllocationProp *, unsigned long long);
+typedef int (*cuMemMap_t)(unsigned long long, size_t, size_t, unsigned long long, unsigned long long);
+typedef int (*cuMemRelease_t)(unsigned long long);
+typedef int (*cuMemSetAccess_t)(unsigned long long, size_t, const MemAccessDesc *, size_t);
+typedef int (*cuMemUnmap_t)(unsigned long long, size_t);
+typedef int (*cuMemAddressFree_t)(unsigned long long, size_t);
+#define SYM(name) name##_t name = (name##_t)dlsym(cuda, #name); EXPECT(name != nullptr, #name " missing")
+#define CU(x) do { int r_ = (x); EXPECT(r_ == 0, #x " failed: %d", r_); } while (0)
+
 // A matrix-vector product like ggml's mul_mat_vec: one warp per row, the row staged in dynamic
 // shared memory, a warp-shuffle reduction.
 __global__ void mul_mat_vec(const float *m, const float *v, float *out, int ncols) {
@@ -47,13 +62,29 @@ int main() {
   cuDeviceGet_t cuDeviceGet = (cuDeviceGet_t)dlsym(cuda, "cuDeviceGet");
   cuDeviceGetAttribute_t cuDeviceGetAttribute = (cuDeviceGetAttribute_t)dlsym(cuda, "cuDeviceGetAttribute");
   EXPECT(cuDeviceGet && cuDeviceGetAttribute, "driver entry points missing");
+  SYM(cuMemGetAllocationGranularity);
+  SYM(cuMemAddressReserve);
+  SYM(cuMemCreate);
+  SYM(cuMemMap);
+  SYM(cuMemRelease);
+  SYM(cuMemSetAccess);
+  SYM(cuMemUnmap);
+  SYM(cuMemAddressFree);
   printf("ggml_cuda_init: found %d CUDA devices:\n", count);
   cudaDeviceProp prop;
   int vmm = -1;
+  size_t granularity = 0;
+  MemAllocationProp aprop = {};
+  aprop.type = 1;           // CU_MEM_ALLOCATION_TYPE_PINNED
+  aprop.location.type = 1;  // CU_MEM_LOCATION_TYPE_DEVICE
   for (int id = 0; id < count; id++) {
     int dev = -1;
     EXPECT(cuDeviceGet(&dev, id) == 0, "cuDeviceGet");
     EXPECT(cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev) == 0, "VMM attribute");
+    if (vmm) {
+      aprop.location.id = id;
+      CU(cuMemGetAllocationGranularity(&granularity, &aprop, 1 /* RECOMMENDED */));
+    }
     CK(cudaGetDeviceProperties(&prop, id));
     char uuid[64];
     int n = snprintf(uuid, sizeof uuid, "GPU-");
@@ -80,7 +111,40 @@ int main() {
   CK(cudaMalloc(&buf, weights + 2 * cols * sizeof(float) + 2 * rows * sizeof(float)));
   CK(cudaMemset(buf, 0, weights));
   CK(cudaDeviceSynchronize());
-  float *m = buf, *v = buf + (size_t)rows * cols, *normed = v + cols, *out = normed + cols;
+  float *m = buf, *v = buf + (size_t)rows * cols;
+
+  // The compute pool (ggml_cuda_pool_vmm): a large address range reserved once, grown by
+  // physical chunks mapped one after the other, each released at once (the mapping keeps it).
+  EXPECT(vmm && granularity > 0, "VMM %d, granularity %zu", vmm, granularity);
+  unsigned long long pool = 0;
+  size_t pool_size = 0;
+  CU(cuMemAddressReserve(&pool, 1ull << 35, 0, 0, 0));
+  // Two growth steps: the second chunk follows the first, and a buffer straddles them.
+  for (size_t want : {granularity, 2 * granularity}) {
+    unsigned long long handle;
+    CU(cuMemCreate(&handle, want, &aprop, 0));
+    CU(cuMemMap(pool + pool_size, want, 0, handle, 0));
+    CU(cuMemRelease(handle));
+    MemAccessDesc access = {{1, 0}, 3 /* READWRITE */};
+    CU(cuMemSetAccess(pool + pool_size, want, &access, 1));
+    pool_size += want;
+  }
+  // `normed` ends just past the first chunk's end: it lives in two physical allocations.
+  float *normed = (float *)(pool + granularity - 4096), *out = normed + cols;
+  // What the driver refuses: cudaFree of mapped memory, a mapping off the granularity or over
+  // another one, freeing a reservation that still has mappings.
+  EXPECT(cudaFree(normed) != cudaSuccess, "cudaFree of VMM memory succeeded");
+  (void)cudaGetLastError();
+  {
+    unsigned long long h;
+    CU(cuMemCreate(&h, granularity, &aprop, 0));
+    EXPECT(cuMemMap(pool + pool_size + 4096, granularity, 0, h, 0) != 0, "unaligned mapping accepted");
+    EXPECT(cuMemMap(pool, granularity, 0, h, 0) != 0, "mapping over a mapping accepted");
+    EXPECT(cuMemCreate(&h, granularity + 1, &aprop, 0) != 0, "size off the granularity accepted");
+    CU(cuMemRelease(h));
+    EXPECT(cuMemRelease(h) != 0, "double release accepted");
+    EXPECT(cuMemAddressFree(pool, 1ull << 35) != 0, "reservation with mappings freed");
+  }
   std::vector<float> hm((size_t)rows * cols), hv(cols);
   for (size_t i = 0; i < hm.size(); i++) hm[i] = (float)((i * 7) % 13) - 6.0f;
   CK(cudaMemcpyAsync(m, hm.data(), weights, cudaMemcpyHostToDevice, cudaStreamPerThread));
@@ -148,6 +212,8 @@ int main() {
   CK(cudaStreamDestroy(stream));
   CK(cudaFreeHost(pinned));
   CK(cudaFree(buf));
+  CU(cuMemUnmap(pool, pool_size));
+  CU(cuMemAddressFree(pool, 1ull << 35));
   printf("PASS\n");
   return 0;
 }

@@ -43,8 +43,9 @@ cases! {
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it
-/// ("Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: no"), and its compute
-/// graph, captured and replayed, gives the CPU's results.
+/// ("Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: yes"), its VMM memory pool
+/// works (a buffer straddling two physical chunks), and its compute graph, captured and
+/// replayed, gives the CPU's results.
 #[test]
 fn ggml_cuda_sequence() {
     for cudart in [Cudart::V12, Cudart::V13] {
@@ -54,7 +55,7 @@ fn ggml_cuda_sequence() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && stdout.lines().any(|l| l == "PASS"), "{cudart:?}: {}\n--- mediator\n{}", describe(&out), m.log());
         let line = stdout.lines().find(|l| l.starts_with("  Device 0: ")).unwrap_or_else(|| panic!("{stdout}"));
-        assert!(line.starts_with("  Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: no, ID: GPU-"), "{line}");
+        assert!(line.starts_with("  Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: yes, ID: GPU-"), "{line}");
     }
 }
 

@@ -152,7 +152,24 @@ opcodes! {
     EventElapsedTime = 55,
     /// req: -> reply:  (waits for all work of this client)
     Synchronize = 60,
+    /// Virtual memory management (cuMemCreate & co.). req: size u64 -> reply: handle u64
+    MemCreate = 70,
+    /// req: handle u64 -> reply:  (freed once no longer mapped)
+    MemRelease = 71,
+    /// req: size u64, alignment u64, hint u64 -> reply: va u64
+    MemAddressReserve = 72,
+    /// req: va u64, size u64 -> reply:
+    MemAddressFree = 73,
+    /// req: va u64, size u64, offset u64, handle u64 -> reply:
+    MemMap = 74,
+    /// req: va u64, size u64 -> reply:
+    MemUnmap = 75,
+    /// req: va u64, size u64 -> reply:  (the range must be mapped)
+    MemSetAccess = 76,
 }
+
+/// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).
+pub const VMM_GRANULARITY: u64 = 2 << 20;
 
 /// Hello flag: the client only observes (NVML, the CLI); it is not listed as a GPU process.
 pub const HELLO_OBSERVER: u32 = 1;

@@ -230,13 +230,11 @@ impl DeviceSession for SimSession {
     }
 
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {
-        self.mem.slice_mut(dst, data.len() as u64).map_err(fault)?.copy_from_slice(data);
-        Ok(())
+        self.mem.write(dst, data).map_err(fault)
     }
 
     fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()> {
-        out.copy_from_slice(self.mem.slice(src, out.len() as u64).map_err(fault)?);
-        Ok(())
+        self.mem.read(src, out).map_err(fault)
     }
 
     fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {
@@ -250,12 +248,8 @@ impl DeviceSession for SimSession {
         if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(elem_size as u64) {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset element must be 1, 2 or 4 bytes, aligned"));
         }
-        let s = self.mem.slice_mut(dst, bytes).map_err(fault)?;
         let pattern = value.to_le_bytes();
-        for chunk in s.chunks_exact_mut(elem_size as usize) {
-            chunk.copy_from_slice(&pattern[..elem_size as usize]);
-        }
-        Ok(())
+        self.mem.fill(dst, bytes, &pattern[..elem_size as usize]).map_err(fault)
     }
 
     fn module_load(&mut self, image: &[u8]) -> CmdResult<u64> {
@@ -429,6 +423,44 @@ impl DeviceSession for SimSession {
 
     fn synchronize(&mut self) -> CmdResult<()> {
         Ok(())
+    }
+
+    fn vmm_create(&mut self, size: u64) -> CmdResult<u64> {
+        let h = self.mem.create_physical(size)?;
+        self.account();
+        Ok(h)
+    }
+
+    fn vmm_release(&mut self, handle: u64) -> CmdResult<()> {
+        self.mem.release_physical(handle)?;
+        self.account();
+        Ok(())
+    }
+
+    fn vmm_reserve(&mut self, size: u64, alignment: u64, hint: u64) -> CmdResult<u64> {
+        self.mem.reserve(size, alignment, hint)
+    }
+
+    fn vmm_unreserve(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.mem.unreserve(va, size)
+    }
+
+    fn vmm_map(&mut self, va: u64, size: u64, offset: u64, handle: u64) -> CmdResult<()> {
+        self.mem.map(va, size, offset, handle)
+    }
+
+    fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.mem.unmap(va, size)?;
+        self.account();
+        Ok(())
+    }
+
+    fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        if self.mem.is_mapped(va, size) {
+            Ok(())
+        } else {
+            Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{size} bytes at {va:#x} are not mapped")))
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod launch;
 mod memory;
 mod module;
 mod stream;
+mod vmm;
 
 pub use context::*;
 pub use device::*;
@@ -27,6 +28,7 @@ pub use launch::*;
 pub use memory::*;
 pub use module::*;
 pub use stream::*;
+pub use vmm::*;
 pub use crate::dark_api::cuGetExportTable;
 
 pub type CUresult = u32;
