@@ -193,6 +193,36 @@ int main() {
     }
   }
 
+  // cudaLaunchKernelEx with programmatic stream serialization (as recent ggml launches some
+  // kernels): allowed; a cooperative launch is refused, not run as an ordinary one.
+  {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1);
+    cfg.blockDim = dim3(32);
+    cfg.stream = stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    CK(cudaMemset(normed, 0, cols * sizeof(float)));
+    CK(cudaLaunchKernelEx(&cfg, rms_norm, (const float *)v, normed, cols, 1e-6f));
+    CK(cudaStreamSynchronize(stream));
+    std::vector<float> hn(cols);
+    CK(cudaMemcpy(hn.data(), normed, cols * sizeof(float), cudaMemcpyDeviceToHost));
+    double ss = 0;
+    for (int c = 0; c < cols; c++) ss += (double)pinned[c] * pinned[c];
+    for (int c = 0; c < cols; c++) {
+      double want = pinned[c] / sqrt(ss / cols + 1e-6);
+      EXPECT(fabs(hn[c] - want) < 1e-4, "cudaLaunchKernelEx result %d: %f, want %f", c, hn[c], want);
+    }
+    at[0].id = cudaLaunchAttributeCooperative;
+    at[0].val.cooperative = 1;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, rms_norm, (const float *)v, normed, cols, 1e-6f);
+    EXPECT(e == cudaErrorNotSupported, "cooperative launch: %s", cudaGetErrorName(e));
+    (void)cudaGetLastError();
+  }
+
   // An event orders a second stream after the first (ggml's cross-backend copies).
   cudaStream_t other;
   CK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));

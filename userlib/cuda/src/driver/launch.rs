@@ -138,6 +138,46 @@ pub unsafe extern "C" fn cuLaunchKernel_ptsz(
     cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
 }
 
+/// CUlaunchAttribute: an id, then a 64-byte value union.
+#[repr(C)]
+pub struct LaunchAttribute {
+    id: c_uint,
+    pad: [u8; 4],
+    value: [u8; 64],
+}
+
+/// Launch attributes that only hint or allow overlap keep their meaning when kernels run one
+/// after another, as they do in vgpu; the ones that change what a kernel may do (cooperative
+/// grids, clusters, programmatic events) are refused rather than ignored.
+unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> Result<(), CUresult> {
+    if n == 0 {
+        return Ok(());
+    }
+    if attrs.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: `attrs` points at `n` attributes (caller's contract).
+    for a in unsafe { std::slice::from_raw_parts(attrs, n as usize) } {
+        let word = |i: usize| u32::from_le_bytes(a.value[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4]));
+        let ok = match a.id {
+            // IGNORE, ACCESS_POLICY_WINDOW, SYNCHRONIZATION_POLICY, CLUSTER_SCHEDULING_POLICY_PREFERENCE,
+            // PROGRAMMATIC_STREAM_SERIALIZATION, PRIORITY, MEM_SYNC_DOMAIN_MAP, MEM_SYNC_DOMAIN,
+            // PREFERRED_SHARED_MEMORY_CARVEOUT
+            0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 14 => true,
+            // COOPERATIVE: only "not cooperative".
+            2 => word(0) == 0,
+            // CLUSTER_DIMENSION: only clusters of one block.
+            4 => (0..3).all(|i| word(i) <= 1),
+            _ => false,
+        };
+        if !ok {
+            vlog!(crate::log::WARN, "cuLaunchKernelEx launch attribute {} is not supported yet", a.id);
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+    }
+    Ok(())
+}
+
 /// CUlaunchConfig.
 #[repr(C)]
 pub struct LaunchConfig {
@@ -145,7 +185,7 @@ pub struct LaunchConfig {
     block: [c_uint; 3],
     shared: c_uint,
     stream: Handle,
-    attrs: *mut c_void,
+    attrs: *const LaunchAttribute,
     num_attrs: c_uint,
 }
 
@@ -157,12 +197,8 @@ pub unsafe extern "C" fn cuLaunchKernelEx(config: *const LaunchConfig, f: Handle
         }
         // SAFETY: non-null pointer to a CUlaunchConfig (API contract).
         let c = unsafe { &*config };
-        if c.num_attrs != 0 {
-            // Launch attributes (clusters, priorities, programmatic serialization...) change
-            // semantics; none is implemented yet, so do not pretend.
-            vlog!(crate::log::WARN, "cuLaunchKernelEx with launch attributes is not supported yet");
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
+        // SAFETY: `attrs` holds `num_attrs` CUlaunchAttribute (API contract).
+        unsafe { check_launch_attributes(c.attrs, c.num_attrs)? };
         unsafe { launch(f, c.grid, c.block, c.shared, c.stream, params, extra) }
     })
 }
