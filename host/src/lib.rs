@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
+pub mod fuzz;
 pub mod mediator;
 pub mod metrics;
 pub mod profile;

@@ -2,13 +2,10 @@
 //! (rust-vmm's `vfio_user` server): PCI identity, BAR0 registers, MSI-X, the guest RAM QEMU
 //! shares with us (DMA_MAP), and channels to the mediator (`channels.rs`).
 
-mod channels;
-mod device;
-mod identity;
-mod ram;
 #[cfg(test)]
 mod tests;
 
+use vgpu_stub::{channels, device, identity};
 use channels::Channels;
 use clap::Parser;
 use device::{Config, Effect, Registers};

@@ -428,3 +428,20 @@ fn bar0_identity_registers_carry_the_mediators_gpu() {
     r.set_identity(&"x".repeat(200), uuid);
     assert_eq!(bytes(&r, bar0::GPU_NAME, bar0::GPU_NAME_LEN)[63], 0, "a long name is cut and stays terminated");
 }
+
+/// The stub_guest fuzz target's seeds and every input it once failed on (fuzz/), replayed.
+#[test]
+fn fuzz_inputs_replay() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut n = 0;
+    for dir in ["seeds/stub_guest", "regressions/stub_guest"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if e.file_name() == "README" {
+                continue;
+            }
+            vgpu_stub::fuzz::guest(&std::fs::read(e.path()).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+}

@@ -1,0 +1,133 @@
+//! A hostile guest against the mediator: every bad request it can make gets an error reply
+//! with the right code, the mediator stays up, and another VM sharing the GPU (and the hostile
+//! VM's own later work) is unaffected. Prints how many bad inputs were tried.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use support::{Proc, Vadd};
+use vgpu_host::config::Config;
+use vgpu_host::mediator::Mediator;
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::Op;
+
+fn start(tag: &str) -> (PathBuf, Arc<Mediator>) {
+    let dir = std::env::temp_dir().join(format!("vgpu-hostile-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg: Config = toml::from_str(&format!(
+        "[[gpu]]\nname = \"gpu0\"\nsim_memory_mib = 256\n\
+         [[vm]]\nname = \"evil\"\ngpu = \"gpu0\"\nsocket = \"{d}/evil.sock\"\nmemory_quota_mib = 64\nexec_time_limit_ms = 500\n\
+         [[vm]]\nname = \"good\"\ngpu = \"gpu0\"\nsocket = \"{d}/good.sock\"\n",
+        d = dir.display()
+    ))
+    .unwrap();
+    (dir, Mediator::from_config(&cfg, None).unwrap())
+}
+
+fn u64s(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn launch_raw(p: &Proc, f: u64, grid: [u32; 3], block: [u32; 3], shared: u32, params: &[u8]) -> Result<(), CuResult> {
+    let mut dims = Vec::new();
+    for v in grid.iter().chain(&block).chain(std::iter::once(&shared)) {
+        dims.extend_from_slice(&v.to_le_bytes());
+    }
+    dims.extend_from_slice(&0u64.to_le_bytes());
+    p.call(Op::Launch, &[&f.to_le_bytes(), &dims, params]).map(drop)
+}
+
+#[test]
+fn every_bad_request_is_refused_and_the_other_vm_is_unaffected() {
+    let (dir, m) = start("all");
+    let good = Proc::connect(&dir.join("good.sock"), 10).unwrap();
+    let gv = Vadd::new(&good, 4096);
+    gv.run().unwrap();
+    let good_ptr = u64::from_le_bytes(gv.params[16..24].try_into().unwrap());
+    let good_fn = good.function("vadd");
+
+    let evil = Proc::connect(&dir.join("evil.sock"), 66).unwrap();
+    let mut tried = 0;
+    let mut expect = |what: &str, r: Result<(), CuResult>, code: CuResult| {
+        tried += 1;
+        assert_eq!(r, Err(code), "{what}");
+    };
+    // Another VM's handles and addresses, before this session has any of its own.
+    expect("other VM's function", launch_raw(&evil, good_fn, [1, 1, 1], [32, 1, 1], 0, &[0; 28]), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's memory", evil.read(good_ptr, 16).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("other VM's memory, freed", evil.free(good_ptr), CUDA_ERROR_INVALID_VALUE);
+    expect("other VM's memory, written", evil.write(good_ptr, &[0; 16]), CUDA_ERROR_INVALID_VALUE);
+
+    let v = Vadd::new(&evil, 1024);
+    let f = evil.function("vadd");
+    let p = evil.alloc(4096).unwrap();
+    // Launch geometry past the device's limits, and parameters of the wrong size.
+    for (what, grid, block, shared) in [
+        ("grid y > 65535", [1, 65536, 1], [32, 1, 1], 0),
+        ("grid x > 2^31-1", [1 << 31, 1, 1], [32, 1, 1], 0),
+        ("empty grid", [0, 1, 1], [32, 1, 1], 0),
+        ("block of 1025 threads", [1, 1, 1], [1025, 1, 1], 0),
+        ("block z > 64", [1, 1, 1], [1, 1, 65], 0),
+        ("1 GiB of shared memory", [1, 1, 1], [32, 1, 1], 1 << 30),
+    ] {
+        expect(what, launch_raw(&evil, f, grid, block, shared, &v.params), CUDA_ERROR_INVALID_VALUE);
+    }
+    expect("short parameters", launch_raw(&evil, f, [1, 1, 1], [32, 1, 1], 0, &v.params[..20]), CUDA_ERROR_INVALID_VALUE);
+    // The largest legal grid: it would run for hours; the VM's time limit stops it.
+    let mut none = v.params.clone();
+    none[24..28].copy_from_slice(&0i32.to_le_bytes());
+    expect("the largest grid", launch_raw(&evil, f, [i32::MAX as u32, 65535, 65535], [1024, 1, 1], 0, &none), CUDA_ERROR_LAUNCH_TIMEOUT);
+    // Memory: out of bounds, wrapping, huge, double free, use after free.
+    expect("read past the end", evil.read(p, 4097).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("read wrapping the address space", evil.read(u64::MAX - 8, 16).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("read larger than a chunk", evil.read(p, 1 << 40).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("copy past the end", evil.call(Op::MemcpyDtoD, &[&u64s(&[p, p + 2048, 4096])]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("memset count overflow", evil.call(Op::Memset, &[&u64s(&[p]), &0u32.to_le_bytes(), &4u32.to_le_bytes(), &u64::MAX.to_le_bytes()]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("memset of 3-byte elements", evil.call(Op::Memset, &[&u64s(&[p]), &0u32.to_le_bytes(), &3u32.to_le_bytes(), &1u64.to_le_bytes()]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("allocation past the quota", evil.alloc(65 << 20).map(drop), CUDA_ERROR_OUT_OF_MEMORY);
+    expect("allocation of 2^64-1 bytes", evil.alloc(u64::MAX).map(drop), CUDA_ERROR_OUT_OF_MEMORY);
+    expect("zero-byte allocation", evil.alloc(0).map(drop), CUDA_ERROR_INVALID_VALUE);
+    evil.free(p).unwrap();
+    expect("double free", evil.free(p), CUDA_ERROR_INVALID_VALUE);
+    expect("use after free", evil.read(p, 4).map(drop), CUDA_ERROR_INVALID_VALUE);
+    // Handles never issued, modules that are nothing, requests that are no request.
+    expect("unknown stream", evil.call(Op::StreamSynchronize, &[&u64s(&[0xdead])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("unknown event", evil.call(Op::EventQuery, &[&u64s(&[0xbeef])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("unknown module", evil.call(Op::ModuleUnload, &[&u64s(&[0x1234])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("a cubin (or garbage after an ELF magic)", evil.call(Op::ModuleLoad, &[b"\x7fELF garbage"]).map(drop), CUDA_ERROR_NO_BINARY_FOR_GPU);
+    expect("garbage module", evil.call(Op::ModuleLoad, &[b"\x00\x01garbage"]).map(drop), CUDA_ERROR_INVALID_IMAGE);
+    let cubin_only = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vadd_cubin_only.fatbin")).unwrap();
+    expect("module without PTX", evil.call(Op::ModuleLoad, &[&cubin_only]).map(drop), CUDA_ERROR_NO_BINARY_FOR_GPU);
+    expect("truncated request", evil.call(Op::MemAlloc, &[&[1, 2, 3]]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("request with trailing bytes", evil.call(Op::MemFree, &[&[0; 9]]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    // Virtual memory: unknown physical handles, ranges that are not reserved or mapped.
+    expect("map an unknown physical allocation", evil.call(Op::MemMap, &[&u64s(&[0x2000_0000_0000, 2 << 20, 0, 0x42])]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let va = Proc::u64s(&evil.call(Op::MemAddressReserve, &[&u64s(&[4 << 20, 0, 0])]).unwrap())[0];
+    let h = Proc::u64s(&evil.call(Op::MemCreate, &[&u64s(&[2 << 20])]).unwrap())[0];
+    expect("map a bogus handle", evil.call(Op::MemMap, &[&u64s(&[va, 2 << 20, 0, h + 1])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("map outside the reservation", evil.call(Op::MemMap, &[&u64s(&[va + (4 << 20), 2 << 20, 0, h])]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("unmap what is not mapped", evil.call(Op::MemUnmap, &[&u64s(&[va, 2 << 20])]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("reserve 2^63 bytes", evil.call(Op::MemAddressReserve, &[&u64s(&[1 << 63, 0, 0])]).map(drop), CUDA_ERROR_OUT_OF_MEMORY);
+    expect("release twice", evil.call(Op::MemRelease, &[&u64s(&[h])]).and_then(|_| evil.call(Op::MemRelease, &[&u64s(&[h])])).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    eprintln!("hostile inputs tried: {tried}");
+    assert!(tried >= 35);
+
+    // The hostile VM's own session still works, and so does the other VM, with right results.
+    v.run().unwrap();
+    let q = evil.alloc(1 << 20).unwrap();
+    evil.write(q, &[9; 1000]).unwrap();
+    assert_eq!(evil.read(q, 1000).unwrap(), vec![9; 1000]);
+    gv.run().unwrap();
+    let out = good.read(good_ptr, 4096 * 4).unwrap();
+    assert!(out.chunks_exact(4).enumerate().all(|(i, x)| f32::from_le_bytes(x.try_into().unwrap()) == 2.0 * i as f32));
+    drop((gv, v));
+    drop((good, evil));
+    let start = std::time::Instant::now();
+    while m.registry.vms().iter().any(|v| v.stats.memory_used.load(std::sync::atomic::Ordering::Relaxed) != 0 || v.client_count() != 0) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "resources left after the clients went away");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,96 @@
+//! Entry point for the `stub_guest` fuzz target (`fuzz/`) and its regression tests: a guest
+//! that writes anything into BAR0 and into its channel areas. The device must neither panic
+//! nor hang, and must not touch memory outside guest RAM (all guest RAM accesses go through
+//! `GuestRam`, which refuses them).
+
+use crate::channels::Channels;
+use crate::device::{Effect, Registers};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Guest RAM of the fuzzed device: 8 MiB at 1 GiB.
+pub const GPA: u64 = 0x4000_0000;
+pub const RAM: u64 = 8 << 20;
+
+/// A mediator that answers every connection with a fixed stream of bytes and swallows what it
+/// is sent, so that a channel's receives never wait for long.
+fn mediator() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("vgpu-stub-fuzz-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).expect("bind the fuzz mediator");
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut w = match s.try_clone() {
+                        Ok(w) => w,
+                        Err(_) => return,
+                    };
+                    std::thread::spawn(move || {
+                        let chunk = [0x5au8; 4096];
+                        for _ in 0..64 {
+                            if w.write_all(&chunk).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let mut r = s;
+                    let mut sink = [0u8; 65536];
+                    while let Ok(1..) = r.read(&mut sink) {}
+                });
+            }
+        });
+        path
+    })
+}
+
+fn memfd(size: u64) -> Option<File> {
+    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"vgpu-stub-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor owned by nothing else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size).ok()?;
+    Some(f)
+}
+
+/// Input: a 4-byte length L, L bytes written into guest RAM at GPA (the channel areas'
+/// headers, rings and descriptors), then BAR0 writes of (offset u16 LE, value u32 LE) each.
+/// Channels are closed at the end, as a guest's reset would.
+pub fn guest(data: &[u8]) {
+    let Some(f) = memfd(RAM) else { return };
+    let mut chans = Channels::new(mediator().clone());
+    if chans.ram.map(GPA, RAM, f, 0).is_err() {
+        return;
+    }
+    let (len, rest) = match data {
+        [a, b, c, d, rest @ ..] => ((u32::from_le_bytes([*a, *b, *c, *d]) as usize).min(rest.len()), rest),
+        _ => return,
+    };
+    let _ = chans.ram.write(GPA, &rest[..len.min(RAM as usize)]);
+    let mut regs = Registers::default();
+    for w in rest[len..].chunks_exact(6) {
+        let off = u16::from_le_bytes([w[0], w[1]]) as u64 & !3;
+        let v = u32::from_le_bytes([w[2], w[3], w[4], w[5]]);
+        let _ = regs.read(off);
+        match regs.write(off, v) {
+            Effect::Open { channel, addr, size } => {
+                let status = chans.open(channel, addr, size);
+                regs.opened(channel, status);
+            }
+            Effect::Close(n) => {
+                chans.close(n);
+            }
+            Effect::Doorbell(n) => chans.ring(n),
+            Effect::None | Effect::RaiseIrq(_) => {}
+        }
+    }
+    chans.close_all();
+}
