@@ -53,8 +53,8 @@ for f in "$STUB" "$HOSTD" "$ADMIN" "$REL/libcuda.so" "$REL/libnvidia_ml.so"; do
   [ -e "$f" ] || { echo "boot-guest: $f missing: build first (cargo build --release --workspace)" >&2; exit 1; }
 done
 WORK=$(mktemp -d)
-STUB_PID="" HOSTD_PID=""
-trap '[ -z "$STUB_PID" ] || kill $STUB_PID 2>/dev/null || true; [ -z "$HOSTD_PID" ] || kill $HOSTD_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STUB_PID="" HOSTCTL_PID=""
+trap '[ -z "$HOSTCTL_PID" ] || kill $HOSTCTL_PID 2>/dev/null || true; [ -z "$STUB_PID" ] || kill $STUB_PID 2>/dev/null || true; [ ! -e "$WORK/hostd.pid" ] || kill "$(cat "$WORK/hostd.pid")" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # The guest driver, built and installed by DKMS (dkms.conf) against the guest kernel tree, into
 # the initramfs's /lib/modules/<release>/updates/dkms with modules.dep: the guest modprobes it.
@@ -170,26 +170,73 @@ echo "boot-guest: initramfs $(( $(stat -c %s "$WORK/initramfs.cpio.gz") / 1024 )
   printf '[[vm]]\nname = "guest"\ngpu = "gpu0"\nsocket = "%s"\n' "$WORK/hostd.sock"
   [ -z "$QUOTA" ] || printf 'memory_quota_mib = %s\n' "$QUOTA"
 } > "$WORK/hostd.toml"
-VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --config "$WORK/hostd.toml" --admin-socket "$WORK/admin.sock" > "$WORK/hostd.log" 2>&1 &
-HOSTD_PID=$!
-for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && break; sleep 0.05; done
-[ -S "$WORK/hostd.sock" ] || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
+start_hostd() {
+  rm -f "$WORK/hostd.sock"
+  VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --config "$WORK/hostd.toml" --admin-socket "$WORK/admin.sock" >> "$WORK/hostd.log" 2>&1 &
+  echo $! > "$WORK/hostd.pid"
+  for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && return 0; sleep 0.05; done
+  return 1
+}
+start_hostd || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
 echo "boot-guest: vgpu-stub --mediator $WORK/hostd.sock"
 "$STUB" --socket "$WORK/vgpu.sock" --mediator "$WORK/hostd.sock" 2> "$WORK/stub.log" &
 STUB_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/vgpu.sock" ] && break; sleep 0.05; done
+# Faults on request, for the tests: a line "HOSTCTL restart-mediator" from the guest kills
+# vgpu-hostd (-9) and starts it again (same configuration and sockets); "HOSTCTL kill-vm" kills
+# QEMU (-9), as a VM that crashes. Each is done once; what was done goes to hostctl.log.
+hostctl() {
+  local restarted=0 killed=0
+  while [ ! -e "$WORK/qemu.exited" ]; do
+    if [ $restarted = 0 ] && grep -a -q 'HOSTCTL restart-mediator' "$WORK/guest.raw" 2>/dev/null; then
+      restarted=1
+      kill -9 "$(cat "$WORK/hostd.pid")" 2>/dev/null || true
+      sleep 0.2
+      if start_hostd; then echo "restarted the mediator" >> "$WORK/hostctl.log"; else echo "the mediator did not come back" >> "$WORK/hostctl.log"; fi
+    fi
+    if [ $killed = 0 ] && grep -a -q 'HOSTCTL kill-vm' "$WORK/guest.raw" 2>/dev/null; then
+      killed=1
+      "$ADMIN" --socket "$WORK/admin.sock" vms 2>&1 | sed 's/^/HOST-ADMIN-BEFORE-KILL /' >> "$WORK/hostctl.log"
+      kill -9 "$(cat "$WORK/qemu.pid")" 2>/dev/null || true
+      echo "killed the VM" >> "$WORK/hostctl.log"
+    fi
+    sleep 0.1
+  done
+}
+: > "$WORK/guest.raw"
+hostctl &
+HOSTCTL_PID=$!
 start=$(date +%s%N)
 qrc=0
-timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot \
+timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot -pidfile "$WORK/qemu.pid" \
   -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
   -kernel "$KDIR/arch/x86/boot/bzImage" -initrd "$WORK/initramfs.cpio.gz" \
   -append "console=ttyS0 quiet panic=-1" -nic none \
   -device "{\"driver\":\"vfio-user-pci\",\"addr\":\"0x5\",\"socket\":{\"path\":\"$WORK/vgpu.sock\",\"type\":\"unix\"}}" \
   > "$WORK/guest.raw" 2>&1 || qrc=$?
 end=$(date +%s%N)
+touch "$WORK/qemu.exited"
+wait $HOSTCTL_PID 2>/dev/null || true
+HOSTCTL_PID=""
+[ ! -e "$WORK/hostctl.log" ] || sed 's/^/boot-guest: hostctl: /' "$WORK/hostctl.log"
 tr -d '\r' < "$WORK/guest.raw" > "$WORK/guest.log"
 # What the host's admin saw of this VM.
 "$ADMIN" --socket "$WORK/admin.sock" vms 2>&1 | sed 's/^/HOST-ADMIN /' || true
+if grep -q '^killed the VM' "$WORK/hostctl.log" 2>/dev/null; then
+  # The VM was killed on request (a crash): the host must free everything it held, soon.
+  t0=$(date +%s%N) freed=""
+  for _ in $(seq 200); do
+    j=$("$ADMIN" --socket "$WORK/admin.sock" --json vms 2>/dev/null || true)
+    if echo "$j" | grep -q '"clients":0' && echo "$j" | grep -q '"memory_used":0'; then freed=1; break; fi
+    sleep 0.1
+  done
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  "$ADMIN" --socket "$WORK/admin.sock" vms 2>&1 | sed 's/^/HOST-ADMIN-AFTER-KILL /' || true
+  sed -n '/^RUN-BEGIN /,$p' "$WORK/guest.log" | grep -a -v '^HOSTCTL' || true
+  [ -n "$freed" ] || { echo "boot-guest: FAIL: the killed VM's resources were not freed within 20 s" >&2; exit 1; }
+  echo "boot-guest: VM killed on request; the mediator freed everything it held within $ms ms of QEMU's exit"
+  exit 0
+fi
 grep -a -E '^(MODULE |PCI |LSPCI |DMESG |LDCONFIG |LDCONFIG-FAILED|RMMOD-OK|MODPROBE-FAILED|GUEST-DONE)' "$WORK/guest.log" || true
 echo "boot-guest: boot to poweroff took $(( (end - start) / 1000000 )) ms"
 [ "$qrc" != 124 ] || echo "boot-guest: QEMU timed out after $TIMEOUT s (guest log tail below)" >&2

@@ -309,6 +309,32 @@ impl Mediator {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.0.join("hostd.log")).unwrap_or_default()
     }
+
+    /// Kills the mediator (-9) as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the mediator again on the same socket (after `kill`).
+    pub fn restart(&mut self, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().append(true).open(self._dir.0.join("hostd.log")).unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Command::new(target_dir().join("vgpu-hostd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("VGPU_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vgpu-hostd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "vgpu-hostd did not create {}", self.socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Mediator {
