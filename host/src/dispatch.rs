@@ -4,6 +4,8 @@
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims};
 use crate::vms::{Client, Gpu, Vm};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vgpu_uapi::cuda::*;
@@ -23,7 +25,17 @@ pub struct Connection<'b> {
     session: Option<Box<dyn DeviceSession>>,
     pub client_pid: u32,
     share: Option<Share>,
+    /// The client's pinned host memory, shared with us (HostRegister), by handle.
+    host: HashMap<u64, memmap2::MmapMut>,
+    next_host: u64,
+    /// Descriptors the client sent with its current request.
+    fds: Vec<OwnedFd>,
 }
+
+/// Pinned host memory a client may share with the mediator: at most this many regions,
+/// this much in all (they are the client's own pages; the limit bounds our address space).
+const MAX_HOST_REGIONS: usize = 4096;
+const MAX_HOST_BYTES: u64 = 1 << 40;
 
 /// The VM a connection belongs to and the GPU it is served on: its work is scheduled among
 /// the GPU's VMs, its memory counts against the VM's quota, and what it does is accounted.
@@ -33,9 +45,17 @@ pub struct Share {
     pub client: Arc<Client>,
 }
 
+/// The registered host memory `handle` + [offset, offset + len).
+fn host_range(host: &mut HashMap<u64, memmap2::MmapMut>, handle: u64, offset: u64, len: u64) -> CmdResult<&mut [u8]> {
+    let m = host.get_mut(&handle).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{handle} is not registered host memory")))?;
+    let end = offset.checked_add(len).filter(|&e| e <= m.len() as u64);
+    let end = end.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "range outside the registered host memory"))?;
+    Ok(&mut m[offset as usize..end as usize])
+}
+
 /// Requests that occupy the GPU (the scheduler's unit of work).
 fn is_gpu_work(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset)
+    matches!(op, Op::Launch | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost)
 }
 
 fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
@@ -48,12 +68,49 @@ fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
 impl<'b> Connection<'b> {
     /// A connection outside any VM: no scheduling, quota or accounting (tests, tools).
     pub fn new(backend: &'b dyn Backend) -> Self {
-        Connection { backend, session: None, client_pid: 0, share: None }
+        Connection { backend, session: None, client_pid: 0, share: None, host: HashMap::new(), next_host: 0, fds: Vec::new() }
     }
+
+    /// Takes the descriptors that arrived with the next request (the rest are closed after it).
+    pub fn attach_fds(&mut self, fds: &mut Vec<OwnedFd>) {
+        self.fds.append(fds);
+    }
+
+    /// Maps a client's pinned memory: a memfd of at least `size` bytes that can no longer shrink
+    /// (so that no access to our mapping can fault).
+    fn host_register(&mut self, size: u64) -> CmdResult<u64> {
+        let fd = if self.fds.is_empty() { None } else { Some(self.fds.remove(0)) };
+        let fd = fd.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "HostRegister without a file descriptor"))?;
+        let bad = |m: &str| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("host memory registration: {m}"));
+        let total: u64 = self.host.values().map(|m| m.len() as u64).sum();
+        if size == 0 || self.host.len() >= MAX_HOST_REGIONS || total.saturating_add(size) > MAX_HOST_BYTES {
+            return Err(bad("size zero or over the limits"));
+        }
+        // SAFETY: F_GET_SEALS on a descriptor we own; no memory is passed.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(bad("the memory must be a memfd sealed against shrinking"));
+        }
+        let file = std::fs::File::from(fd);
+        let len = file.metadata().map_err(|_| bad("cannot stat it"))?.len();
+        if len < size {
+            return Err(bad("the file is smaller than the size given"));
+        }
+        let len = usize::try_from(size).map_err(|_| bad("too large"))?;
+        // SAFETY: a shared mapping of a memfd that cannot shrink (checked above), so every
+        // access within `len` bytes is backed; the client may write to it concurrently, which
+        // is the point (it is its pinned buffer) and only ever yields bytes, never a fault.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file) }.map_err(|_| bad("cannot map it"))?;
+        self.next_host += 1;
+        self.host.insert(self.next_host, map);
+        Ok(self.next_host)
+    }
+
+
 
     /// A connection of `share.vm`, served on `backend` (that of `share.gpu`).
     pub fn shared(backend: &'b dyn Backend, share: Share) -> Self {
-        Connection { backend, session: None, client_pid: 0, share: Some(share) }
+        Connection { backend, session: None, client_pid: 0, share: Some(share), host: HashMap::new(), next_host: 0, fds: Vec::new() }
     }
 
     /// Charges the VM for the session's memory as it is now.
@@ -130,6 +187,11 @@ impl<'b> Connection<'b> {
             (Ok(()), Op::MemcpyDtoH) => {
                 vm.stats.bytes_from_device.fetch_add(out.len() as u64, Ordering::Relaxed);
             }
+            (Ok(()), Op::MemcpyHtoDHost | Op::MemcpyDtoHHost) if payload.len() >= 32 => {
+                let len = u64::from_le_bytes(payload[24..32].try_into().unwrap_or([0; 8]));
+                let counter = if op == Op::MemcpyHtoDHost { &vm.stats.bytes_to_device } else { &vm.stats.bytes_from_device };
+                counter.fetch_add(len, Ordering::Relaxed);
+            }
             _ => {}
         }
         r
@@ -150,6 +212,8 @@ impl<'b> Connection<'b> {
             Some(op) if is_gpu_work(op) => self.gpu_work(op, payload, out),
             Some(op) => self.run(op, payload, out),
         };
+        // Descriptors not claimed by this request are closed.
+        self.fds.clear();
         if let Some(sh) = &self.share {
             sh.vm.stats.calls.fetch_add(1, Ordering::Relaxed);
             if r.is_err() {
@@ -403,6 +467,35 @@ impl<'b> Connection<'b> {
             Op::Synchronize => {
                 r.finish()?;
                 self.session()?.synchronize()?;
+            }
+            Op::HostRegister => {
+                let size = r.u64()?;
+                r.finish()?;
+                let h = self.host_register(size)?;
+                out.put_u64(h);
+            }
+            Op::HostUnregister => {
+                let h = r.u64()?;
+                r.finish()?;
+                self.host.remove(&h).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{h} is not registered host memory")))?;
+            }
+            Op::MemcpyHtoDHost => {
+                let (dst, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+                r.finish()?;
+                self.session()?;
+                let Connection { session, host, .. } = self;
+                let data = host_range(host, h, off, len)?;
+                let sess = session.as_deref_mut().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello"))?;
+                sess.write(dst, data)?;
+            }
+            Op::MemcpyDtoHHost => {
+                let (src, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+                r.finish()?;
+                self.session()?;
+                let Connection { session, host, .. } = self;
+                let into = host_range(host, h, off, len)?;
+                let sess = session.as_deref_mut().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello"))?;
+                sess.read(src, into)?;
             }
             Op::MemCreate => {
                 let size = r.u64()?;

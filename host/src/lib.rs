@@ -6,6 +6,7 @@ pub mod cancel;
 pub mod config;
 pub mod dispatch;
 pub mod fuzz;
+pub mod input;
 pub mod mediator;
 pub mod metrics;
 pub mod profile;

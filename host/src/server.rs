@@ -9,7 +9,7 @@ use crate::cancel::{Cancel, HangupWatch};
 use crate::config::{SchedulerConfig, VmConfig};
 use crate::dispatch::{Connection, Share};
 use crate::vms::{Client, Gpu, Vm};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -109,11 +109,20 @@ pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
     let gpu = vm.gpu();
     let backend = gpu.backend.clone();
     let mut conn = Connection::shared(backend.as_ref(), Share { vm: vm.clone(), gpu, client });
+    // Requests are read through a buffer and replies collected in one, written out only when
+    // no further request is already waiting: a client that queues many requests (asynchronous
+    // launches) costs one read and one write system call per batch, not per request.
+    let mut input = crate::input::Input::new(stream.try_clone()?, 256 << 10);
+    let mut output: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut payload = Vec::new();
     let mut reply = Vec::new();
     loop {
+        if input.buffered() < HEADER_LEN && !output.is_empty() {
+            stream.write_all(&output)?;
+            output.clear();
+        }
         let mut hdr = [0u8; HEADER_LEN];
-        match stream.read_exact(&mut hdr) {
+        match input.read_exact(&mut hdr) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -121,25 +130,36 @@ pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
         let h = MsgHeader::from_bytes(&hdr);
         if let Err(e) = h.validate() {
             let msg = format!("{e}; closing connection");
-            send(&mut stream, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, msg.as_bytes())?;
+            push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, msg.as_bytes());
+            stream.write_all(&output)?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
         payload.clear();
         payload.resize(h.payload_len as usize, 0);
-        stream.read_exact(&mut payload)?;
+        input.read_exact(&mut payload)?;
+        // Descriptors that came with this request (HostRegister's memfd).
+        conn.attach_fds(&mut input.fds);
         reply.clear();
         match conn.handle(h.op, &payload, &mut reply) {
-            Ok(()) => send(&mut stream, h.op, h.seq, CUDA_SUCCESS, &reply)?,
+            Ok(()) => push_reply(&mut output, h.op, h.seq, CUDA_SUCCESS, &reply),
             Err(e) => {
                 tracing::debug!(vm = %vm.name, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
-                send(&mut stream, h.op, h.seq, e.code, e.message.as_bytes())?
+                push_reply(&mut output, h.op, h.seq, e.code, e.message.as_bytes())
+            }
+        }
+        // Large replies (device-to-host data) go out at once rather than being copied along.
+        if output.len() >= 1 << 20 {
+            stream.write_all(&output)?;
+            output.clear();
+            if output.capacity() > 16 << 20 {
+                output.shrink_to(64 << 10);
             }
         }
     }
 }
 
-fn send(stream: &mut UnixStream, op: u32, seq: u32, status: u32, payload: &[u8]) -> io::Result<()> {
+fn push_reply(out: &mut Vec<u8>, op: u32, seq: u32, status: u32, payload: &[u8]) {
     let h = MsgHeader { magic: MSG_MAGIC, op, seq, status, payload_len: payload.len() as u32, reserved: 0 };
-    stream.write_all(&h.to_bytes())?;
-    stream.write_all(payload)
+    out.extend_from_slice(&h.to_bytes());
+    out.extend_from_slice(payload);
 }

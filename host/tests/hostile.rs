@@ -131,3 +131,62 @@ fn every_bad_request_is_refused_and_the_other_vm_is_unaffected() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A memfd the mediator can map: `len` bytes, sealed against shrinking if `sealed`.
+fn memfd(len: u64, sealed: bool) -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a NUL-terminated name and valid flags; returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"vgpu-test".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor nobody else owns.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(len).unwrap();
+    if sealed {
+        // SAFETY: fcntl on our descriptor with an integer argument.
+        assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) }, 0);
+    }
+    f
+}
+
+/// Pinned host memory shared with the mediator: only a sealed memfd at least as large as
+/// claimed is taken; copies stay inside it; a handle is the client's own.
+#[test]
+fn shared_host_memory_is_checked() {
+    use std::os::fd::AsFd;
+    let (dir, _m) = start("host-memory");
+    let p = Proc::connect(&dir.join("evil.sock"), 1).unwrap();
+    let size = 1u64 << 20;
+    let register = |f: &std::fs::File, claimed: u64| p.call_with_fd(Op::HostRegister, &[&claimed.to_le_bytes()], f.as_fd()).map(|r| Proc::u64s(&r)[0]);
+    assert_eq!(register(&memfd(size, false), size), Err(CUDA_ERROR_INVALID_VALUE), "a file that could shrink under our mapping");
+    assert_eq!(register(&memfd(size, true), size * 2), Err(CUDA_ERROR_INVALID_VALUE), "smaller than claimed");
+    assert_eq!(p.call(Op::HostRegister, &[&size.to_le_bytes()]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "no descriptor");
+    let f = memfd(size, true);
+    let h = register(&f, size).unwrap();
+    // A copy through it: the mediator reads what we wrote into the file.
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[7u8; 4096], 100).unwrap();
+    let d = p.alloc(4096).unwrap();
+    p.call(Op::MemcpyHtoDHost, &[&u64s(&[d, h, 100, 4096])]).unwrap();
+    assert_eq!(p.read(d, 4096).unwrap(), vec![7u8; 4096]);
+    p.memset32(d, 0x01010101, 1024).unwrap();
+    p.call(Op::MemcpyDtoHHost, &[&u64s(&[d, h, 8192, 4096])]).unwrap();
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 8192).unwrap();
+    assert_eq!(back, vec![1u8; 4096]);
+    for (what, args) in [
+        ("past the end of the shared memory", [d, h, size - 100, 4096]),
+        ("offset overflow", [d, h, u64::MAX, 2]),
+        ("unknown handle", [d, h + 1, 0, 16]),
+        ("outside device memory", [0x1000, h, 0, 16]),
+    ] {
+        assert_eq!(p.call(Op::MemcpyHtoDHost, &[&u64s(&args)]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
+        assert_eq!(p.call(Op::MemcpyDtoHHost, &[&u64s(&args)]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
+    }
+    // Another client cannot use this client's handle.
+    let other = Proc::connect(&dir.join("good.sock"), 2).unwrap();
+    let od = other.alloc(4096).unwrap();
+    assert_eq!(other.call(Op::MemcpyHtoDHost, &[&u64s(&[od, h, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE));
+    p.call(Op::HostUnregister, &[&u64s(&[h])]).unwrap();
+    assert_eq!(p.call(Op::MemcpyHtoDHost, &[&u64s(&[d, h, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "after unregistering");
+    let _ = std::fs::remove_dir_all(&dir);
+}

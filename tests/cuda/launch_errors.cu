@@ -2,6 +2,8 @@
 // configuration, an impossible allocation, a bad free; then a good launch still works.
 #include "check.h"
 
+__global__ void wild(int *p) { p[1 << 28] = 1; }  // far outside the allocation
+
 __global__ void fill(int *p, int v, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) p[i] = v + i;
@@ -37,7 +39,16 @@ int main() {
   int h[1024];
   CK(cudaMemcpy(h, d, sizeof(h), cudaMemcpyDeviceToHost));
   for (int i = 0; i < 1024; i++) EXPECT(h[i] == 100 + i, "h[%d] = %d", i, h[i]);
-  CK(cudaFree(d));
+
+  // Last (on a GPU the context is unusable after it): a kernel that faults. The launch is
+  // asynchronous, so the fault comes from the next synchronizing call (a transport that runs
+  // launches synchronously reports it from the launch).
+  wild<<<1, 1>>>(d);
+  cudaError_t at_launch = cudaGetLastError();
+  cudaError_t at_sync = cudaDeviceSynchronize();
+  printf("faulting kernel -> launch %d, synchronize %d\n", (int)at_launch, (int)at_sync);
+  EXPECT(at_launch == cudaErrorIllegalAddress || at_sync == cudaErrorIllegalAddress, "launch %s, synchronize %s",
+         cudaGetErrorName(at_launch), cudaGetErrorName(at_sync));
   printf("PASS\n");
   return 0;
 }

@@ -38,6 +38,8 @@ cases! {
     warp_scan_cudart13: "warp_scan", V13;
     histogram_cudart12: "histogram", V12;
     histogram_cudart13: "histogram", V13;
+    pinned_async_cudart12: "pinned_async", V12;
+    pinned_async_cudart13: "pinned_async", V13;
     graphs_cudart12: "graphs", V12;
     graphs_cudart13: "graphs", V13;
 }
@@ -115,4 +117,11 @@ fn cuinit_without_mediator_fails_fast_with_a_clear_message() {
     assert!(stderr.contains("cannot reach the vgpu mediator"), "{}", describe(&out));
     // cudart reports the driver's CUDA_ERROR_NO_DEVICE as cudaErrorNoDevice (100).
     assert!(stderr.contains("failed: 100"), "{}", describe(&out));
+}
+
+/// Not a test: builds tests/cuda/data_path.cu for scripts/bench-data-path.sh and prints its path.
+#[test]
+#[ignore]
+fn build_data_path_program() {
+    println!("DATA_PATH_EXE {}", build_program("data_path", Cudart::V12).display());
 }

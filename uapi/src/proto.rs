@@ -166,6 +166,15 @@ opcodes! {
     MemUnmap = 75,
     /// req: va u64, size u64 -> reply:  (the range must be mapped)
     MemSetAccess = 76,
+    /// Pinned host memory shared with the mediator (socket transport only): req: size u64, with
+    /// a memfd of that size attached (SCM_RIGHTS), sealed against shrinking -> reply: handle u64
+    HostRegister = 80,
+    /// req: handle u64 -> reply:
+    HostUnregister = 81,
+    /// req: dst u64, handle u64, offset u64, len u64 -> reply:  (copy from registered memory)
+    MemcpyHtoDHost = 82,
+    /// req: src u64, handle u64, offset u64, len u64 -> reply:  (copy into registered memory)
+    MemcpyDtoHHost = 83,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).

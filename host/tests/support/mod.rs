@@ -35,6 +35,13 @@ impl Proc {
         Ok(r)
     }
 
+    /// A request with a file descriptor attached (SCM_RIGHTS).
+    pub fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<u8>, CuResult> {
+        let mut r = Vec::new();
+        self.t.call_with_fd(op, parts, fd, &mut r)?;
+        Ok(r)
+    }
+
     pub fn u64s(reply: &[u8]) -> Vec<u64> {
         reply.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
     }

@@ -10,7 +10,15 @@ use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Connections the fake mediator is still serving (each input waits for its own to end, so
+/// that no thread of one input is still running into the next: leak checkers look in between).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Connections the fake mediator has accepted so far.
+static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Guest RAM of the fuzzed device: 8 MiB at 1 GiB.
 pub const GPA: u64 = 0x4000_0000;
@@ -26,22 +34,24 @@ fn mediator() -> &'static PathBuf {
         let l = UnixListener::bind(&path).expect("bind the fuzz mediator");
         std::thread::spawn(move || {
             for s in l.incoming().flatten() {
+                ACTIVE.fetch_add(1, Ordering::SeqCst);
+                ACCEPTED.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
-                    let mut w = match s.try_clone() {
-                        Ok(w) => w,
-                        Err(_) => return,
-                    };
-                    std::thread::spawn(move || {
-                        let chunk = [0x5au8; 4096];
-                        for _ in 0..64 {
-                            if w.write_all(&chunk).is_err() {
-                                return;
+                    if let Ok(mut w) = s.try_clone() {
+                        let writer = std::thread::spawn(move || {
+                            let chunk = [0x5au8; 4096];
+                            for _ in 0..64 {
+                                if w.write_all(&chunk).is_err() {
+                                    return;
+                                }
                             }
-                        }
-                    });
-                    let mut r = s;
-                    let mut sink = [0u8; 65536];
-                    while let Ok(1..) = r.read(&mut sink) {}
+                        });
+                        let mut r = s;
+                        let mut sink = [0u8; 65536];
+                        while let Ok(1..) = r.read(&mut sink) {}
+                        let _ = writer.join();
+                    }
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -76,6 +86,8 @@ pub fn guest(data: &[u8]) {
     };
     let _ = chans.ram.write(GPA, &rest[..len.min(RAM as usize)]);
     let mut regs = Registers::default();
+    let accepted_before = ACCEPTED.load(Ordering::SeqCst);
+    let mut connected = 0;
     for w in rest[len..].chunks_exact(6) {
         let off = u16::from_le_bytes([w[0], w[1]]) as u64 & !3;
         let v = u32::from_le_bytes([w[2], w[3], w[4], w[5]]);
@@ -83,6 +95,7 @@ pub fn guest(data: &[u8]) {
         match regs.write(off, v) {
             Effect::Open { channel, addr, size } => {
                 let status = chans.open(channel, addr, size);
+                connected += usize::from(status == 0);
                 regs.opened(channel, status);
             }
             Effect::Close(n) => {
@@ -93,4 +106,9 @@ pub fn guest(data: &[u8]) {
         }
     }
     chans.close_all();
+    // The fake mediator's side of the closed channels ends too.
+    let t = Instant::now();
+    while (ACCEPTED.load(Ordering::SeqCst) < accepted_before + connected || ACTIVE.load(Ordering::SeqCst) != 0) && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }

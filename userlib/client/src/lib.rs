@@ -71,6 +71,11 @@ impl Client {
         self.transport.call(op, parts, &mut reply)?;
         Ok(reply)
     }
+
+    /// See [`Transport::call_async`].
+    pub fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CuResult> {
+        self.transport.call_async(op, parts)
+    }
 }
 
 /// Time allowed for the mediator to answer the first request; after that, calls may take as

@@ -6,8 +6,9 @@ use crate::vlog;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{MsgHeader, Op, HEADER_LEN, MSG_MAGIC};
@@ -15,7 +16,31 @@ use vgpu_uapi::proto::{MsgHeader, Op, HEADER_LEN, MSG_MAGIC};
 pub trait Transport: Send + Sync {
     /// Sends `op` with a payload made of `parts` (concatenated) and appends the reply payload to
     /// `reply`. A non-success status comes back as Err with the mediator's message logged.
+    /// An error of earlier asynchronous work not yet reported is returned instead (the call
+    /// itself was carried out), as CUDA reports errors of asynchronous launches.
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult>;
+
+    /// Sends `op` without waiting for its reply (asynchronous work: launches, async copies and
+    /// memsets). Its failure, if any, is reported by a later `call`; what a launch printed is
+    /// collected for `take_async_output`. A transport that cannot queue runs the call now and
+    /// returns its reply.
+    fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CUresult> {
+        let mut reply = Vec::new();
+        self.call(op, parts, &mut reply)?;
+        Ok(Some(reply))
+    }
+
+    /// `call` with a file descriptor attached (HostRegister: the memfd of pinned host memory).
+    /// Only a socket can carry one.
+    fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>, reply: &mut Vec<u8>) -> Result<(), CUresult> {
+        let _ = (op, parts, fd, reply);
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+
+    /// What asynchronous launches printed (device printf), once their replies came in.
+    fn take_async_output(&self) -> Vec<u8> {
+        Vec::new()
+    }
 
     /// Called once the mediator answered the first request: start-up timeouts end.
     fn connected(&self) {}
@@ -44,40 +69,237 @@ impl Owner {
     }
 }
 
+/// The socket transport pipelines: requests are written as they come, and a reader thread
+/// takes the replies in order, handing each synchronous caller its own and keeping what
+/// asynchronous requests left (an error, printf output). The reader always reads, so a client
+/// writing a long queue and a mediator writing replies cannot block each other.
 pub struct SocketTransport {
     stream: Mutex<UnixStream>,
     owner: Owner,
+    replies: Arc<Replies>,
+    /// Bounds the wait for a reply until `connected` (start-up).
+    hello_timeout: Mutex<Option<Duration>>,
+}
+
+#[derive(Default)]
+struct Replies {
+    state: Mutex<ReplyState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct ReplyState {
+    /// Requests written and not yet answered, in order: (seq, op, asynchronous).
+    pending: VecDeque<(u32, Op, bool)>,
+    /// Replies for synchronous callers, by seq: (status, payload).
+    done: HashMap<u32, (u32, Vec<u8>)>,
+    /// The first failure of asynchronous work not yet reported.
+    deferred: Option<CUresult>,
+    output: Vec<u8>,
+    /// The connection broke (or went out of sync): every call fails from now on.
+    broken: bool,
+}
+
+/// Most asynchronous requests in flight before a caller waits for some replies (bounds the
+/// mediator's backlog, not a deadlock guard: the reader thread always reads).
+const MAX_IN_FLIGHT: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SocketTransport {
-    /// `hello_timeout` bounds each read and write until `connected`.
+    /// `hello_timeout` bounds each write and the wait for each reply until `connected`.
     pub fn connect(path: &Path, hello_timeout: Duration) -> io::Result<Self> {
         let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(hello_timeout))?;
         stream.set_write_timeout(Some(hello_timeout))?;
-        Ok(SocketTransport { stream: Mutex::new(stream), owner: Owner::new() })
+        let replies = Arc::new(Replies::default());
+        let (r, reader) = (replies.clone(), stream.try_clone()?);
+        std::thread::Builder::new().name("vgpu-replies".into()).spawn(move || read_replies(reader, &r))?;
+        Ok(SocketTransport { stream: Mutex::new(stream), owner: Owner::new(), replies, hello_timeout: Mutex::new(Some(hello_timeout)) })
+    }
+
+    /// Writes one request; registers it as pending first, so the reader can match its reply.
+    fn send(&self, op: Op, parts: &[&[u8]], asynchronous: bool, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<u32, CUresult> {
+        let seq = self.owner.next_seq()?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let payload_len = u32::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        // A poisoned lock means another thread panicked mid-message: the stream is out of sync.
+        let mut s = self.stream.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        {
+            let mut st = lock(&self.replies.state);
+            if st.broken {
+                return Err(CUDA_ERROR_DEINITIALIZED);
+            }
+            st.pending.push_back((seq, op, asynchronous));
+        }
+        let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
+        // Small messages go out in one system call; big ones (copies) without copying them.
+        let written = if let Some(fd) = fd {
+            let mut msg = Vec::with_capacity(HEADER_LEN + len);
+            msg.extend_from_slice(&h.to_bytes());
+            parts.iter().for_each(|p| msg.extend_from_slice(p));
+            send_with_fd(&s, &msg, fd)
+        } else if len <= 64 << 10 {
+            let mut msg = Vec::with_capacity(HEADER_LEN + len);
+            msg.extend_from_slice(&h.to_bytes());
+            parts.iter().for_each(|p| msg.extend_from_slice(p));
+            s.write_all(&msg)
+        } else {
+            s.write_all(&h.to_bytes()).and_then(|()| parts.iter().try_for_each(|p| s.write_all(p)))
+        };
+        if let Err(e) = written {
+            lock(&self.replies.state).broken = true;
+            self.replies.cv.notify_all();
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            return Err(io_err(op, e));
+        }
+        Ok(seq)
+    }
+}
+
+/// Writes `msg` with `fd` attached to its first byte (SCM_RIGHTS).
+fn send_with_fd(s: &UnixStream, msg: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let sent = loop {
+        match sendmsg::<()>(s.as_raw_fd(), &[io::IoSlice::new(msg)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    };
+    (&*s).write_all(&msg[sent..])
+}
+
+impl Drop for SocketTransport {
+    /// Ends the connection (the reader thread holds a second handle to it): the mediator frees
+    /// the session, and the reader thread ends.
+    fn drop(&mut self) {
+        if let Ok(s) = self.stream.lock() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The reader thread: matches replies to requests in order until the connection ends.
+fn read_replies(s: UnixStream, r: &Replies) {
+    let mut s = io::BufReader::with_capacity(64 << 10, s);
+    loop {
+        let mut hb = [0u8; HEADER_LEN];
+        let got = s.read_exact(&mut hb).map(|()| MsgHeader::from_bytes(&hb));
+        let mut payload = Vec::new();
+        let got = got.and_then(|h| {
+            payload.resize(h.payload_len as usize, 0);
+            s.read_exact(&mut payload).map(|()| h)
+        });
+        let mut st = lock(&r.state);
+        let h = match got {
+            Ok(h) if h.validate().is_ok() && st.pending.front().is_some_and(|&(seq, op, _)| seq == h.seq && op as u32 == h.op) => h,
+            other => {
+                if let Ok(h) = other {
+                    vlog!(crate::log::ERROR, "mediator reply out of sync (op {}, seq {})", h.op, h.seq);
+                } else if !st.pending.is_empty() {
+                    vlog!(crate::log::ERROR, "lost the mediator with {} request(s) unanswered", st.pending.len());
+                }
+                st.broken = true;
+                r.cv.notify_all();
+                return;
+            }
+        };
+        let Some((seq, op, asynchronous)) = st.pending.pop_front() else { return };
+        if !asynchronous {
+            st.done.insert(seq, (h.status, payload));
+        } else if h.status != CUDA_SUCCESS {
+            let msg = String::from_utf8_lossy(&payload);
+            vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(h.status).map_or("?", |n| n.0));
+            st.deferred.get_or_insert(h.status);
+        } else if op == Op::Launch {
+            st.output.extend_from_slice(&payload);
+        }
+        r.cv.notify_all();
+    }
+}
+
+impl Transport for SocketTransport {
+    fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult> {
+        self.wait_reply(op, self.send(op, parts, false, None)?, reply)
+    }
+
+    fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>, reply: &mut Vec<u8>) -> Result<(), CUresult> {
+        self.wait_reply(op, self.send(op, parts, false, Some(fd))?, reply)
+    }
+
+    fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CUresult> {
+        {
+            let mut st = lock(&self.replies.state);
+            while st.pending.len() >= MAX_IN_FLIGHT && !st.broken {
+                st = self.replies.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        self.send(op, parts, true, None)?;
+        Ok(None)
+    }
+
+    fn take_async_output(&self) -> Vec<u8> {
+        std::mem::take(&mut lock(&self.replies.state).output)
+    }
+
+    fn connected(&self) {
+        *lock(&self.hello_timeout) = None;
+        if let Ok(s) = self.stream.lock() {
+            let _ = s.set_write_timeout(None);
+        }
+    }
+}
+
+impl SocketTransport {
+    /// Waits for the reply to request `seq`.
+    fn wait_reply(&self, op: Op, seq: u32, reply: &mut Vec<u8>) -> Result<(), CUresult> {
+        let timeout = *lock(&self.hello_timeout);
+        let started = std::time::Instant::now();
+        let mut st = lock(&self.replies.state);
+        let (status, payload) = loop {
+            if let Some(r) = st.done.remove(&seq) {
+                break r;
+            }
+            if st.broken {
+                vlog!(crate::log::ERROR, "lost the mediator during {op:?}");
+                return Err(CUDA_ERROR_DEINITIALIZED);
+            }
+            st = match timeout {
+                Some(t) => {
+                    let left = t.checked_sub(started.elapsed()).ok_or_else(|| {
+                        vlog!(crate::log::ERROR, "the mediator did not answer {op:?} within {t:?}");
+                        CUDA_ERROR_DEINITIALIZED
+                    })?;
+                    self.replies.cv.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+                None => self.replies.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        };
+        // Earlier asynchronous work failed: that is this call's result (CUDA reports errors of
+        // asynchronous launches at a later call).
+        if let Some(e) = st.deferred.take() {
+            return Err(e);
+        }
+        drop(st);
+        if status != CUDA_SUCCESS {
+            let msg = String::from_utf8_lossy(&payload);
+            let level = if status == CUDA_ERROR_NOT_FOUND { crate::log::DEBUG } else { crate::log::WARN };
+            vlog!(level, "{op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
+            return Err(status);
+        }
+        reply.extend_from_slice(&payload);
+        Ok(())
     }
 }
 
 fn io_err(op: Op, e: io::Error) -> CUresult {
     vlog!(crate::log::ERROR, "lost the mediator during {op:?}: {e}");
     CUDA_ERROR_DEINITIALIZED
-}
-
-impl Transport for SocketTransport {
-    fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult> {
-        let seq = self.owner.next_seq()?;
-        // A poisoned lock means another thread panicked mid-message: the stream is out of sync.
-        let mut s = self.stream.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        exchange(&mut *s, op, seq, parts, reply)
-    }
-
-    fn connected(&self) {
-        if let Ok(s) = self.stream.lock() {
-            let _ = s.set_read_timeout(None);
-            let _ = s.set_write_timeout(None);
-        }
-    }
 }
 
 /// One request and its reply over any byte stream (socket or channel).

@@ -14,8 +14,22 @@ pub struct Driver {
     client: vgpu_client::Client,
     pub contexts: Mutex<Contexts>,
     pub functions: Mutex<HashMap<u64, KernelMeta>>,
-    /// Page-locked host allocations (cuMemAllocHost/cuMemHostAlloc): base -> length.
-    pub host_allocs: Mutex<BTreeMap<usize, usize>>,
+    /// Page-locked host allocations (cuMemAllocHost/cuMemHostAlloc): base -> allocation.
+    pub host_allocs: Mutex<BTreeMap<usize, HostAlloc>>,
+}
+
+/// Pinned host memory: a shared mapping of a memfd, registered with the mediator where the
+/// transport can pass it (`handle`), so copies to and from it need no bytes on the wire.
+#[derive(Clone, Copy, Debug)]
+pub struct HostAlloc {
+    pub len: usize,
+    pub handle: Option<u64>,
+}
+
+impl Driver {
+    pub fn transport(&self) -> &dyn vgpu_client::transport::Transport {
+        self.client.transport.as_ref()
+    }
 }
 
 /// What a launch needs to pack `kernelParams`.
@@ -83,8 +97,20 @@ pub fn is_device_ptr(p: u64) -> bool {
 }
 
 impl Driver {
+    /// A synchronous request. It is also where what asynchronous launches printed reaches
+    /// stdout: after a call that waited for the mediator, as CUDA flushes device printf at
+    /// synchronizing calls.
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CUresult> {
-        self.client.call(op, parts)
+        let r = self.client.call(op, parts);
+        let printed = self.client.transport.take_async_output();
+        crate::driver::launch_output(&printed);
+        r
+    }
+
+    /// Asynchronous work (launches, async copies and memsets): queued without waiting where the
+    /// transport can; Some(reply) where it ran at once.
+    pub fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CUresult> {
+        self.client.call_async(op, parts)
     }
 
     pub fn devices(&self) -> &[DeviceInfo] {

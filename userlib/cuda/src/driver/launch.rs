@@ -59,9 +59,7 @@ pub(crate) unsafe fn pack_params(meta: &state::KernelMeta, params: *mut *mut c_v
 unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<(), CUresult> {
     let (d, _) = state::current_device()?;
     let meta = kernel_meta(f)?;
-    if shared as i64 > meta.max_dynamic_shared as i64 {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
+    check_geometry(&meta, grid, block, shared)?;
     // SAFETY: forwarded API contract.
     let packed = unsafe { pack_params(&meta, params, extra)? };
     // On a capturing stream the launch becomes a graph node (its parameters copied now).
@@ -79,8 +77,31 @@ pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [
         head.extend_from_slice(&v.to_le_bytes());
     }
     head.extend_from_slice(&handle_of(stream).to_le_bytes());
-    let printed = d.call(Op::Launch, &[&head, packed])?;
-    write_device_printf(&printed);
+    // Queued: what the kernel prints comes out at the next synchronizing call.
+    if let Some(printed) = d.call_async(Op::Launch, &[&head, packed])? {
+        write_device_printf(&printed);
+    }
+    Ok(())
+}
+
+/// What cuLaunchKernel refuses at once (the launch itself is asynchronous, so these checks
+/// cannot wait for the mediator): the device's limits on grid, block and shared memory.
+fn check_geometry(meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint) -> Result<(), CUresult> {
+    let [bx, by, bz] = block;
+    let [gx, gy, gz] = grid;
+    let threads = bx as u64 * by as u64 * bz as u64;
+    if grid.contains(&0) || block.contains(&0) || bx > 1024 || by > 1024 || bz > 64 || threads > 1024 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if threads > meta.info.max_threads_per_block as u64 && meta.info.max_threads_per_block > 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if shared as i64 > meta.max_dynamic_shared as i64 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
     Ok(())
 }
 
@@ -91,7 +112,7 @@ extern "C" {
 
 /// Device printf output goes where NVIDIA's driver puts it: C's stdout stream, so it is ordered
 /// with the application's own printf output (which may still sit in stdio's buffer).
-fn write_device_printf(text: &[u8]) {
+pub(crate) fn write_device_printf(text: &[u8]) {
     if text.is_empty() {
         return;
     }

@@ -6,6 +6,7 @@
 use super::*;
 use crate::state::{self, is_device_ptr, Driver};
 use std::ffi::c_uint;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use vgpu_uapi::proto::{Op, COPY_CHUNK};
 
 fn ctx_driver() -> Result<&'static Driver, CUresult> {
@@ -34,6 +35,10 @@ pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(),
     if src.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    if let Some((h, off)) = pinned_range(d, src as u64, n) {
+        let args: Vec<u8> = [dst, h, off, n as u64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        return d.call(Op::MemcpyHtoDHost, &[&args]).map(drop);
+    }
     // SAFETY: the caller of the copy API guarantees `n` readable bytes at `src`.
     let data = unsafe { std::slice::from_raw_parts(src, n) };
     for (i, chunk) in data.chunks(COPY_CHUNK).enumerate() {
@@ -49,6 +54,10 @@ pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), C
     }
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some((h, off)) = pinned_range(d, dst as u64, n) {
+        let args: Vec<u8> = [src, h, off, n as u64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        return d.call(Op::MemcpyDtoHHost, &[&args]).map(drop);
     }
     // SAFETY: the caller of the copy API guarantees `n` writable bytes at `dst`.
     let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
@@ -95,6 +104,41 @@ pub(crate) fn memset_2d(dst: u64, pitch: usize, value: u32, elem: u32, width: us
         memset(at, value, elem, width)?;
     }
     Ok(())
+}
+
+/// Queued work of an async copy or memset: sent without waiting for the reply (errors come
+/// from a later synchronizing call).
+fn queue(d: &Driver, op: Op, args: &[u64]) -> Result<(), CUresult> {
+    let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_le_bytes()).collect();
+    d.call_async(op, &[&bytes]).map(drop)
+}
+
+/// cuMemcpyHtoDAsync and friends: from registered pinned memory the copy is queued (the
+/// mediator reads the memory when it gets to it, as a GPU would); from pageable memory the
+/// data is taken now, as CUDA stages it.
+fn htod_async(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
+    match pinned_range(d, src as u64, n) {
+        Some((h, off)) if n > 0 => queue(d, Op::MemcpyHtoDHost, &[dst, h, off, n as u64]),
+        _ => htod(d, dst, src, n),
+    }
+}
+
+/// To registered pinned memory the copy is queued (the data is there after a synchronizing
+/// call); to pageable memory it completes before returning.
+fn dtoh_async(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), CUresult> {
+    match pinned_range(d, dst as u64, n) {
+        Some((h, off)) if n > 0 => queue(d, Op::MemcpyDtoHHost, &[src, h, off, n as u64]),
+        _ => dtoh(d, dst, src, n),
+    }
+}
+
+fn memset_async(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
+    let d = ctx_driver()?;
+    if count == 0 {
+        return Ok(());
+    }
+    let bytes: Vec<u8> = [&dst.to_le_bytes()[..], &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()].concat();
+    d.call_async(Op::Memset, &[&bytes]).map(drop)
 }
 
 fn memset(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
@@ -181,7 +225,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_vo
         if captured_copy(stream, dst, src as u64, n)? {
             return Ok(());
         }
-        htod(ctx_driver()?, dst, src.cast(), n)
+        htod_async(ctx_driver()?, dst, src.cast(), n)
     })
 }
 
@@ -191,7 +235,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr
         if captured_copy(stream, dst as u64, src, n)? {
             return Ok(());
         }
-        dtoh(ctx_driver()?, dst.cast(), src, n)
+        dtoh_async(ctx_driver()?, dst.cast(), src, n)
     })
 }
 
@@ -201,7 +245,11 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr
         if captured_copy(stream, dst, src, n)? {
             return Ok(());
         }
-        dtod(ctx_driver()?, dst, src, n)
+        let d = ctx_driver()?;
+        if n == 0 {
+            return Ok(());
+        }
+        queue(d, Op::MemcpyDtoD, &[dst, src, n as u64])
     })
 }
 
@@ -211,7 +259,12 @@ pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: us
         if captured_copy(stream, dst, src, n)? {
             return Ok(());
         }
-        copy_any(ctx_driver()?, dst, src, n)
+        let d = ctx_driver()?;
+        match (is_device_ptr(dst), is_device_ptr(src)) {
+            (true, false) => htod_async(d, dst, src as usize as *const u8, n),
+            (false, true) => dtoh_async(d, dst as usize as *mut u8, src, n),
+            _ => copy_any(d, dst, src, n),
+        }
     })
 }
 
@@ -236,7 +289,7 @@ pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stre
         if captured_memset(stream, dst, v as u32, 1, n)? {
             return Ok(());
         }
-        memset(dst, v as u32, 1, n)
+        memset_async(dst, v as u32, 1, n)
     })
 }
 
@@ -246,7 +299,7 @@ pub unsafe extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, st
         if captured_memset(stream, dst, v as u32, 2, n)? {
             return Ok(());
         }
-        memset(dst, v as u32, 2, n)
+        memset_async(dst, v as u32, 2, n)
     })
 }
 
@@ -256,28 +309,57 @@ pub unsafe extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize,
         if captured_memset(stream, dst, v, 4, n)? {
             return Ok(());
         }
-        memset(dst, v, 4, n)
+        memset_async(dst, v, 4, n)
     })
 }
 
 const PAGE: usize = 4096;
 
-/// Page-locked host memory. Over the socket transport "pinned" buys nothing (the copy goes
-/// through the socket either way), but the memory is real, page-aligned and known to
-/// cuPointerGetAttribute as host memory, as applications expect.
+/// Page-locked host memory: a shared mapping of a sealed memfd, which the mediator maps too
+/// where the transport can hand it over (the Unix socket): copies from and to it then move no
+/// bytes over the connection (the mediator copies straight between it and device memory), and
+/// asynchronous ones really are asynchronous. Over the kernel device it is ordinary memory.
 fn host_alloc(pp: *mut *mut c_void, bytes: usize) -> Result<(), CUresult> {
     let d = ctx_driver()?;
     if pp.is_null() || bytes == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let layout = std::alloc::Layout::from_size_align(bytes, PAGE).map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
-    // SAFETY: the layout has non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    if p.is_null() {
+    let len = bytes.checked_next_multiple_of(PAGE).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+    // SAFETY: a NUL-terminated name and valid flags; returns a new descriptor or -1.
+    let raw = unsafe { libc::memfd_create(c"vgpu-pinned".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
-    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, bytes);
-    put(pp, p.cast())
+    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let file = std::fs::File::from(fd);
+    file.set_len(len as u64).map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
+    // Sealed: its size can never change, so a mapping of it can never fault.
+    // SAFETY: fcntl on a descriptor we own with a plain integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) } < 0 {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    // SAFETY: a new shared mapping of `len` bytes of our memfd (exactly its size); the kernel
+    // picks the address.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    let mut reply = Vec::new();
+    let handle = match d.transport().call_with_fd(Op::HostRegister, &[&(len as u64).to_le_bytes()], file.as_fd(), &mut reply) {
+        Ok(()) => vgpu_uapi::wire::Reader::new(&reply).u64().ok(),
+        Err(_) => None,
+    };
+    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, state::HostAlloc { len, handle });
+    put(pp, p)
+}
+
+/// The registered pinned memory holding all of `[p, p + n)`: (handle, offset).
+fn pinned_range(d: &Driver, p: u64, n: usize) -> Option<(u64, u64)> {
+    let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+    let (&base, a) = t.range(..=(p as usize)).next_back()?;
+    let off = (p as usize).checked_sub(base)?;
+    (off.checked_add(n)? <= a.len).then_some((a.handle?, off as u64))
 }
 
 #[no_mangle]
@@ -304,16 +386,14 @@ pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flag
 pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     guard("cuMemFreeHost", || {
         let d = state::driver()?;
-        let len = d
-            .host_allocs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(p as usize))
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let layout = std::alloc::Layout::from_size_align(len, PAGE).map_err(|_| CUDA_ERROR_UNKNOWN)?;
-        // SAFETY: `p` was returned by alloc_zeroed with exactly this layout (recorded at
-        // allocation) and is removed from the table, so it is freed once.
-        unsafe { std::alloc::dealloc(p.cast(), layout) };
+        let a = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(p as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if let Some(h) = a.handle {
+            // The mediator finishes queued copies from and to it before it lets go.
+            d.call(Op::HostUnregister, &[&h.to_le_bytes()])?;
+        }
+        // SAFETY: `p` is the start of a mapping of `a.len` bytes made in host_alloc, removed
+        // from the table above so it is unmapped once.
+        unsafe { libc::munmap(p, a.len) };
         Ok(())
     })
 }
@@ -321,8 +401,8 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
 /// The page-locked allocation containing `p`, as (base, len).
 fn host_alloc_of(d: &Driver, p: u64) -> Option<(usize, usize)> {
     let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
-    let (&base, &len) = t.range(..=(p as usize)).next_back()?;
-    ((p as usize) - base < len).then_some((base, len))
+    let (&base, a) = t.range(..=(p as usize)).next_back()?;
+    ((p as usize) - base < a.len).then_some((base, a.len))
 }
 
 #[no_mangle]

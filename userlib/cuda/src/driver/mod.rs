@@ -31,6 +31,11 @@ pub use stream::*;
 pub use vmm::*;
 pub use crate::dark_api::cuGetExportTable;
 
+/// Writes what kernels printed to the application's stdout (see launch.rs).
+pub(crate) fn launch_output(text: &[u8]) {
+    launch::write_device_printf(text);
+}
+
 pub type CUresult = u32;
 pub type CUdevice = i32;
 pub type CUdeviceptr = u64;
