@@ -21,7 +21,9 @@ trap 'kill $HOSTD 2>/dev/null || true; rm -rf "$OUT"' EXIT
 echo "(a) in-process ..." >&2
 cargo bench -q -p vgpu-host --bench data_path 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/a"
 # The CUDA program, built by the test crate's helper (nvcc from the cached wheels).
-EXE=$(cargo test -q --release -p vgpu-tests --test cuda_programs -- --ignored build_data_path_program --nocapture 2>/dev/null | sed -n 's/^DATA_PATH_EXE //p')
+BUILT=$(cargo test -q --release -p vgpu-tests --test cuda_programs -- --ignored build_data_path_program --nocapture 2>/dev/null)
+EXE=$(echo "$BUILT" | sed -n 's/^DATA_PATH_EXE //p')
+GUEST_EXE=$(echo "$BUILT" | sed -n 's/^DATA_PATH_GUEST_EXE //p')
 [ -x "$EXE" ] || { echo "could not build tests/cuda/data_path.cu" >&2; exit 1; }
 LIBS="$PWD/target/release/vgpu-lib:$(ls -d "${VGPU_CACHE:-$HOME/.cache/vgpu}"/cuda-wheels/cu12/nvidia/cuda_runtime/lib)"
 echo "(b) socket ..." >&2
@@ -33,7 +35,7 @@ LD_LIBRARY_PATH="$LIBS" VGPU_SOCKET="$OUT/hostd.sock" "$EXE" 256 | grep -E '^[a-
 if [ "$GUEST" = 1 ]; then
   echo "(c) guest ..." >&2
   mkdir -p "$OUT/payload/cu12"
-  cp "$EXE" "$OUT/payload/cu12/"
+  cp "$GUEST_EXE" "$OUT/payload/cu12/"
   cp "$(ls -d "${VGPU_CACHE:-$HOME/.cache/vgpu}"/cuda-wheels/cu12/nvidia/cuda_runtime/lib)/libcudart.so.12" "$OUT/payload/cu12/"
   printf '/opt/vgpu/cu12/data_path %s\n' "$GUEST_MAX" > "$OUT/payload/run.sh"
   bash qemu/harness/boot-guest.sh --payload "$OUT/payload" --run run.sh 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/c" || true

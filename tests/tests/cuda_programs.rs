@@ -124,4 +124,5 @@ fn cuinit_without_mediator_fails_fast_with_a_clear_message() {
 #[ignore]
 fn build_data_path_program() {
     println!("DATA_PATH_EXE {}", build_program("data_path", Cudart::V12).display());
+    println!("DATA_PATH_GUEST_EXE {}", build_guest_program("data_path", Cudart::V12).display());
 }
