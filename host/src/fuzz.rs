@@ -13,16 +13,22 @@ fn backend() -> SimBackend {
     SimBackend::new(DeviceProfile::default(), 64 << 20)
 }
 
+/// A connection past its Hello.
+fn connected(b: &SimBackend) -> Connection<'_> {
+    let mut c = Connection::new(b);
+    let mut hello = vgpu_uapi::PROTOCOL_VERSION.to_le_bytes().to_vec();
+    hello.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    let _ = c.handle(Op::Hello as u32, &hello, &mut Vec::new());
+    c
+}
+
 /// Requests as a client sends them, after a valid Hello: the input is a sequence of
 /// (opcode u8, payload length u16 LE, payload). Kernel launches are left out (a launch of a
 /// valid endless kernel runs to the sim's budget: a hang for a fuzzer, not a bug); module images
 /// come from the input too.
 pub fn mediator_requests(data: &[u8]) {
     let b = backend();
-    let mut c = Connection::new(&b);
-    let mut hello = vgpu_uapi::PROTOCOL_VERSION.to_le_bytes().to_vec();
-    hello.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
-    let _ = c.handle(Op::Hello as u32, &hello, &mut Vec::new());
+    let mut c = connected(&b);
     let mut rest = data;
     let mut out = Vec::new();
     while rest.len() >= 3 {
@@ -45,10 +51,7 @@ pub fn mediator_requests(data: &[u8]) {
 /// lookup.
 pub fn module_image(data: &[u8]) {
     let b = backend();
-    let mut c = Connection::new(&b);
-    let mut hello = vgpu_uapi::PROTOCOL_VERSION.to_le_bytes().to_vec();
-    hello.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
-    let _ = c.handle(Op::Hello as u32, &hello, &mut Vec::new());
+    let mut c = connected(&b);
     let mut out = Vec::new();
     if c.handle(Op::ModuleLoad as u32, data, &mut out).is_err() {
         return;

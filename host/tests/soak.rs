@@ -7,7 +7,6 @@ mod support;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{Proc, Vadd};
-use vgpu_host::backend::Backend;
 use vgpu_host::config::Config;
 use vgpu_host::mediator::Mediator;
 

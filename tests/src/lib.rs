@@ -289,20 +289,7 @@ impl Mediator {
         let dir = TempDir::new("mediator");
         let socket = dir.0.join("hostd.sock");
         let log = std::fs::File::create(dir.0.join("hostd.log")).unwrap();
-        let child = Command::new(target_dir().join("vgpu-hostd"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .env("VGPU_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start vgpu-hostd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "vgpu-hostd did not create {}", socket.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_hostd(&socket, args, log);
         Mediator { child, socket, _dir: dir }
     }
 
@@ -320,21 +307,27 @@ impl Mediator {
     pub fn restart(&mut self, args: &[&str]) {
         let log = std::fs::OpenOptions::new().append(true).open(self._dir.0.join("hostd.log")).unwrap();
         let _ = std::fs::remove_file(&self.socket);
-        self.child = Command::new(target_dir().join("vgpu-hostd"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env("VGPU_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start vgpu-hostd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "vgpu-hostd did not create {}", self.socket.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = spawn_hostd(&self.socket, args, log);
     }
+}
+
+/// vgpu-hostd on `socket`, logging to `log`; returns once the socket exists.
+fn spawn_hostd(socket: &Path, args: &[&str], log: std::fs::File) -> Child {
+    let child = Command::new(target_dir().join("vgpu-hostd"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("VGPU_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start vgpu-hostd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "vgpu-hostd did not create {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Mediator {

@@ -351,7 +351,7 @@ unsafe fn kernel_work(p: *const KernelNodeParams, kern: Handle) -> Result<Work, 
     Ok(Work::Kernel(KernelNode::new(handle_of(f), p.grid, p.block, p.shared, packed)))
 }
 
-fn deps_of<'a>(deps: *const Handle, n: usize) -> Result<Vec<u64>, CUresult> {
+fn deps_of(deps: *const Handle, n: usize) -> Result<Vec<u64>, CUresult> {
     if n == 0 {
         return Ok(Vec::new());
     }
