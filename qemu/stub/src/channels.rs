@@ -116,7 +116,19 @@ impl Channels {
         };
         let Ok(theirs) = sock.try_clone() else { return ECONNREFUSED };
         let bell = Arc::new(Bell { state: Mutex::new((true, false)), cv: Condvar::new() });
-        let w = Worker { n, area: addr, size, ram: self.ram.clone(), irqs: self.irqs.clone(), sock: theirs, bell: bell.clone(), head, cq_tail, buf: Vec::new() };
+        let w = Worker {
+            n,
+            area: addr,
+            size,
+            ram: self.ram.clone(),
+            irqs: self.irqs.clone(),
+            sock: theirs,
+            bell: bell.clone(),
+            head,
+            cq_tail,
+            buf: Vec::new(),
+            held: std::collections::VecDeque::new(),
+        };
         match std::thread::Builder::new().name(format!("vgpu-chan{n}")).spawn(move || w.run()) {
             Ok(worker) => {
                 self.open.insert(n, Open { sock, bell, worker });
@@ -191,6 +203,9 @@ struct Worker {
     head: u32,
     cq_tail: u32,
     buf: Vec<u8>,
+    /// Reply bytes read from the mediator while a SEND was being written (so that neither side
+    /// waits for the other to read), handed out first by the next RECVs.
+    held: std::collections::VecDeque<u8>,
 }
 
 impl Worker {
@@ -245,6 +260,54 @@ impl Worker {
         }
     }
 
+    /// Writes `self.buf[..n]` to the mediator; while the socket is full, reads what the
+    /// mediator sends meanwhile into `held` (it may be answering earlier requests of a batch and
+    /// wait for us to read before it reads on).
+    fn send_all(&mut self, n: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.sock.as_raw_fd();
+        let mut done = 0;
+        while done < n {
+            let mut pfd = [libc::pollfd { fd, events: libc::POLLOUT | libc::POLLIN, revents: 0 }];
+            // SAFETY: one valid pollfd for a descriptor `self.sock` keeps open.
+            if unsafe { libc::poll(pfd.as_mut_ptr(), 1, -1) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let ev = pfd[0].revents;
+            if ev & libc::POLLIN != 0 {
+                let mut tmp = [0u8; 65536];
+                // SAFETY: reads at most tmp.len() bytes into `tmp`, without blocking.
+                let r = unsafe { libc::recv(fd, tmp.as_mut_ptr().cast(), tmp.len(), libc::MSG_DONTWAIT) };
+                if r > 0 {
+                    self.held.extend(&tmp[..r as usize]);
+                } else if r == 0 {
+                    // The mediator closed the session.
+                    return Err(ErrorKind::BrokenPipe.into());
+                }
+            }
+            if ev & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 && ev & libc::POLLOUT == 0 {
+                return Err(ErrorKind::BrokenPipe.into());
+            }
+            if ev & libc::POLLOUT != 0 {
+                // SAFETY: writes at most n - done bytes of `self.buf`, without blocking or SIGPIPE.
+                let w = unsafe { libc::send(fd, self.buf[done..n].as_ptr().cast(), n - done, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+                if w < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                } else {
+                    done += w as usize;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one descriptor: (status, bytes moved).
     fn execute(&mut self, d: &Desc) -> (u32, u32) {
         let in_staging = d.offset >= STAGING as u64 && d.offset.checked_add(d.len).is_some_and(|end| end <= self.size);
@@ -262,12 +325,25 @@ impl Worker {
                     if self.ram.read(addr + done as u64, &mut self.buf[..n]).is_none() {
                         return (EFAULT, done as u32);
                     }
-                    if self.sock.write_all(&self.buf[..n]).is_err() {
+                    if self.send_all(n).is_err() {
                         return (EPIPE, done as u32);
                     }
                     done += n;
                 }
                 (0, len as u32)
+            }
+            OP_RECV if len > 0 && !self.held.is_empty() => {
+                let n = len.min(self.held.len());
+                let (a, b) = self.held.as_slices();
+                let from_a = n.min(a.len());
+                self.buf.clear();
+                self.buf.extend_from_slice(&a[..from_a]);
+                self.buf.extend_from_slice(&b[..n - from_a]);
+                self.held.drain(..n);
+                match self.ram.write(addr, &self.buf[..n]) {
+                    Some(()) => (0, n as u32),
+                    None => (EFAULT, 0),
+                }
             }
             OP_RECV if len > 0 => {
                 self.buf.resize(len.min(CHUNK), 0);

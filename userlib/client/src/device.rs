@@ -3,7 +3,9 @@
 //! as SEND/RECV descriptors (uapi/src/channel.rs), the device moving them to and from the
 //! mediator.
 
-use crate::transport::{exchange, Owner, Transport};
+use crate::transport::{read_reply, reply_result, write_request, Owner, Transport};
+use crate::vlog;
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -33,7 +35,19 @@ struct Channel {
     next_tag: u64,
     /// How long a wait for the mediator may take before the call fails (start-up only).
     deadline: Option<Duration>,
+    /// Request bytes gathered in the first half of staging, not yet sent.
+    pending: usize,
+    /// Asynchronous requests sent or gathered whose replies are still to be read, in order.
+    unanswered: VecDeque<(u32, Op)>,
+    /// The first failure of asynchronous work, not yet reported.
+    deferred: Option<CuResult>,
+    /// What asynchronous launches printed.
+    output: Vec<u8>,
 }
+
+/// Asynchronous requests gathered at most before they are sent and their replies read (a
+/// batch goes to the device with one doorbell).
+const MAX_QUEUED: usize = 64;
 
 // SAFETY: the mapping is owned by `Channel` and only touched under the `Mutex` in
 // `DeviceTransport`; the device is the only other party and it follows the ring protocol.
@@ -107,6 +121,10 @@ impl DeviceTransport {
             cq_head: 0,
             next_tag: 1,
             deadline: Some(hello_timeout),
+            pending: 0,
+            unanswered: VecDeque::new(),
+            deferred: None,
+            output: Vec::new(),
         };
         // The rings start where the device starts: zeroed by the driver.
         ch.sq_tail = ch.load(SQ_TAIL);
@@ -198,12 +216,11 @@ impl Channel {
     }
 }
 
-/// `exchange`'s view of a channel: writes gather in the first half of staging and go out as
-/// one SEND together with the RECV for the reply (one doorbell per call when both fit).
+/// A channel as a byte stream: writes gather in the first half of staging (across calls, for
+/// queued asynchronous requests) and go out as one SEND together with the RECV for the replies
+/// (one doorbell for a whole batch when it fits).
 struct ChannelIo<'a> {
     ch: &'a mut Channel,
-    /// Bytes gathered for the next SEND.
-    pending: usize,
     /// Received bytes not yet read: `[rx.0, rx.1)` of the receive half.
     rx: (usize, usize),
 }
@@ -212,15 +229,16 @@ impl ChannelIo<'_> {
     /// Posts the gathered bytes (and `recv`, if any) and waits for them; returns the RECV length.
     fn send(&mut self, recv: Option<(usize, usize)>) -> io::Result<usize> {
         let (off, _) = self.ch.staging();
-        let send = (self.pending > 0).then(|| self.ch.post(OP_SEND, off, self.pending));
+        let pending = self.ch.pending;
+        let send = (pending > 0).then(|| self.ch.post(OP_SEND, off, pending));
         let recv = recv.map(|(at, len)| self.ch.post(OP_RECV, at, len));
         self.ch.kick()?;
         if let Some(tag) = send {
             let n = self.ch.expect(tag)? as usize;
-            if n != self.pending {
+            self.ch.pending = 0;
+            if n != pending {
                 return Err(io::Error::other("the device sent a partial chunk"));
             }
-            self.pending = 0;
         }
         match recv {
             Some(tag) => Ok(self.ch.expect(tag)? as usize),
@@ -232,13 +250,13 @@ impl ChannelIo<'_> {
 impl io::Write for ChannelIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (off, size) = self.ch.staging();
-        if self.pending == size / 2 {
+        if self.ch.pending == size / 2 {
             self.send(None)?;
         }
-        let n = buf.len().min(size / 2 - self.pending);
+        let n = buf.len().min(size / 2 - self.ch.pending);
         // SAFETY: `[off + pending, off + pending + n)` is inside the first half of staging.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ch.area.add(off + self.pending), n) };
-        self.pending += n;
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ch.area.add(off + self.ch.pending), n) };
+        self.ch.pending += n;
         Ok(n)
     }
 
@@ -268,11 +286,77 @@ impl io::Read for ChannelIo<'_> {
     }
 }
 
+impl Channel {
+    /// Sends what is gathered and reads the replies of the queued asynchronous requests, in
+    /// order: failures are kept for the caller (`deferred`), printf output for the next
+    /// synchronizing call.
+    fn drain(io: &mut ChannelIo<'_>, unanswered: &mut VecDeque<(u32, Op)>, deferred: &mut Option<CuResult>, output: &mut Vec<u8>) -> Result<(), CuResult> {
+        let mut payload = Vec::new();
+        while let Some((seq, op)) = unanswered.pop_front() {
+            payload.clear();
+            let status = read_reply(io, op, seq, &mut payload)?;
+            if status != CUDA_SUCCESS {
+                let msg = String::from_utf8_lossy(&payload);
+                vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
+                deferred.get_or_insert(status);
+            } else if op == Op::Launch {
+                output.extend_from_slice(&payload);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Transport for DeviceTransport {
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CuResult> {
         let seq = self.owner.next_seq()?;
-        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        exchange(&mut ChannelIo { ch: &mut ch, pending: 0, rx: (0, 0) }, op, seq, parts, reply)
+        let mut guard = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let ch = &mut *guard;
+        // This request goes out behind the queued ones, in the same SEND; their replies come
+        // first.
+        let mut unanswered = std::mem::take(&mut ch.unanswered);
+        let (mut deferred, mut output) = (ch.deferred.take(), std::mem::take(&mut ch.output));
+        let mut io = ChannelIo { ch, rx: (0, 0) };
+        write_request(&mut io, op, seq, parts)?;
+        let mut drained = Channel::drain(&mut io, &mut unanswered, &mut deferred, &mut output);
+        let start = reply.len();
+        let own = drained.as_mut().map_err(|e| *e).and_then(|()| read_reply(&mut io, op, seq, reply));
+        let ch = &mut *guard;
+        ch.deferred = deferred;
+        ch.output = output;
+        let status = own?;
+        if let Some(e) = ch.deferred.take() {
+            reply.truncate(start);
+            return Err(e);
+        }
+        reply_result(op, status, reply, start)
+    }
+
+    fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CuResult> {
+        let seq = self.owner.next_seq()?;
+        let mut guard = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let ch = &mut *guard;
+        let mut io = ChannelIo { ch, rx: (0, 0) };
+        write_request(&mut io, op, seq, parts)?;
+        guard.unanswered.push_back((seq, op));
+        if guard.unanswered.len() >= MAX_QUEUED {
+            // Send the batch and take its replies now: bounds what waits in the device and the
+            // mediator for us to read.
+            let ch = &mut *guard;
+            let mut unanswered = std::mem::take(&mut ch.unanswered);
+            let (mut deferred, mut output) = (ch.deferred.take(), std::mem::take(&mut ch.output));
+            let mut io = ChannelIo { ch, rx: (0, 0) };
+            let r = Channel::drain(&mut io, &mut unanswered, &mut deferred, &mut output);
+            let ch = &mut *guard;
+            ch.deferred = deferred;
+            ch.output = output;
+            r?;
+        }
+        Ok(None)
+    }
+
+    fn take_async_output(&self) -> Vec<u8> {
+        self.chan.lock().map(|mut c| std::mem::take(&mut c.output)).unwrap_or_default()
     }
 
     fn connected(&self) {

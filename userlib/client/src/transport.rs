@@ -302,8 +302,8 @@ fn io_err(op: Op, e: io::Error) -> CUresult {
     CUDA_ERROR_DEINITIALIZED
 }
 
-/// One request and its reply over any byte stream (socket or channel).
-pub(crate) fn exchange<S: Read + Write>(s: &mut S, op: Op, seq: u32, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult> {
+/// Writes one request to a byte stream (a channel).
+pub(crate) fn write_request<S: Write>(s: &mut S, op: Op, seq: u32, parts: &[&[u8]]) -> Result<(), CUresult> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let payload_len = u32::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
@@ -311,6 +311,11 @@ pub(crate) fn exchange<S: Read + Write>(s: &mut S, op: Op, seq: u32, parts: &[&[
     for p in parts {
         s.write_all(p).map_err(|e| io_err(op, e))?;
     }
+    Ok(())
+}
+
+/// Reads the reply to request (`op`, `seq`): its status, with its payload appended to `out`.
+pub(crate) fn read_reply<S: Read>(s: &mut S, op: Op, seq: u32, out: &mut Vec<u8>) -> Result<u32, CUresult> {
     let mut hb = [0u8; HEADER_LEN];
     s.read_exact(&mut hb).map_err(|e| io_err(op, e))?;
     let r = MsgHeader::from_bytes(&hb);
@@ -318,15 +323,21 @@ pub(crate) fn exchange<S: Read + Write>(s: &mut S, op: Op, seq: u32, parts: &[&[
         vlog!(crate::log::ERROR, "mediator reply out of sync during {op:?}");
         return Err(CUDA_ERROR_DEINITIALIZED);
     }
-    let start = reply.len();
-    reply.resize(start + r.payload_len as usize, 0);
-    s.read_exact(&mut reply[start..]).map_err(|e| io_err(op, e))?;
-    if r.status != CUDA_SUCCESS {
+    let start = out.len();
+    out.resize(start + r.payload_len as usize, 0);
+    s.read_exact(&mut out[start..]).map_err(|e| io_err(op, e))?;
+    Ok(r.status)
+}
+
+/// A reply's status as the caller's result: on failure the payload (appended to `reply` from
+/// `start`) is the mediator's message, logged and taken off.
+pub(crate) fn reply_result(op: Op, status: u32, reply: &mut Vec<u8>, start: usize) -> Result<(), CUresult> {
+    if status != CUDA_SUCCESS {
         let msg = String::from_utf8_lossy(&reply[start..]).into_owned();
         reply.truncate(start);
-        let level = if r.status == CUDA_ERROR_NOT_FOUND { crate::log::DEBUG } else { crate::log::WARN };
-        vlog!(level, "{op:?} failed ({}): {msg}", error_name(r.status).map_or("?", |n| n.0));
-        return Err(r.status);
+        let level = if status == CUDA_ERROR_NOT_FOUND { crate::log::DEBUG } else { crate::log::WARN };
+        vlog!(level, "{op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
+        return Err(status);
     }
     Ok(())
 }
