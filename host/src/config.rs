@@ -56,6 +56,8 @@ pub struct GpuConfig {
     /// sim: host memory one client may hold as device memory, in MiB.
     #[serde(default = "default_sim_memory_mib")]
     pub sim_memory_mib: u64,
+    /// sim: instructions one launch may execute before it fails with CUDA_ERROR_LAUNCH_TIMEOUT.
+    pub sim_instruction_budget: Option<u64>,
 }
 
 fn default_backend() -> String {

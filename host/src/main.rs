@@ -50,6 +50,10 @@ struct Args {
     /// Host memory one client may hold as sim device memory, in MiB.
     #[arg(long, default_value_t = 4096)]
     sim_memory_mib: u64,
+    /// Instructions one kernel launch may execute on the sim backend before it fails with
+    /// CUDA_ERROR_LAUNCH_TIMEOUT (raise it for long kernels, e.g. CuPy's random generator setup).
+    #[arg(long, default_value_t = vgpu_host::sim::ptx::INSTRUCTION_BUDGET)]
+    sim_instruction_budget: u64,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -86,7 +90,7 @@ fn main() {
                 ..DeviceProfile::default()
             };
             let backend: Arc<dyn Backend> = match args.backend.as_str() {
-                "sim" => Arc::new(SimBackend::new(profile, args.sim_memory_mib << 20)),
+                "sim" => Arc::new(SimBackend::new(profile, args.sim_memory_mib << 20).with_instruction_budget(args.sim_instruction_budget)),
                 other => fail(format!("unknown backend `{other}` (this build has: sim)")),
             };
             tracing::info!(backend = backend.name(), device = %backend.devices()[0].name_str(), "backend selected");

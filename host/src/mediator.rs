@@ -40,7 +40,12 @@ impl Mediator {
             .gpus
             .iter()
             .map(|g| {
-                let backend: Arc<dyn Backend> = Arc::new(SimBackend::new(sim_profile(g), g.sim_memory_mib << 20));
+                let sim = SimBackend::new(sim_profile(g), g.sim_memory_mib << 20);
+                let sim = match g.sim_instruction_budget {
+                    Some(b) => sim.with_instruction_budget(b),
+                    None => sim,
+                };
+                let backend: Arc<dyn Backend> = Arc::new(sim);
                 Arc::new(Gpu { name: g.name.clone(), backend, sched: scheduler(&cfg.scheduler) })
             })
             .collect();

@@ -48,3 +48,23 @@ fn cupy_elementwise_reductions_and_raw_kernels_match_numpy() {
 fn cupy_with_cub_reductions_matches_numpy() {
     run_cupy_check("cub");
 }
+
+/// cupy.random's generator: its state is set up by a long PTX kernel (XORWOW skip-ahead, some
+/// 10^10 instructions for the sim), so the mediator gets a raised instruction budget; the
+/// numbers drawn are checked statistically.
+#[test]
+fn cupy_random_numbers_have_the_right_distribution() {
+    let m = Mediator::start_with(&["--sim-instruction-budget", "200000000000"]);
+    let cache = TempDir::new("cupy-cache");
+    let out = Command::new(cupy_python())
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cupy_random.py"))
+        .env("LD_LIBRARY_PATH", libcuda_dir())
+        .env("VGPU_SOCKET", &m.socket)
+        .env("CUPY_COMPILE_WITH_PTX", "1")
+        .env("CUPY_CACHE_DIR", &cache.0)
+        .output()
+        .expect("run CuPy's python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let checks = stdout.lines().filter(|l| l.starts_with("CUPY-RANDOM ok ")).count();
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks == 7, "cupy.random on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+}

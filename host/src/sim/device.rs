@@ -22,6 +22,8 @@ pub struct SimBackend {
     /// Host memory one session may use for device allocations (the profile's size is what the
     /// guest is told; this is what the host will really give).
     memory_limit: u64,
+    /// Instructions one launch may execute (ptx::INSTRUCTION_BUDGET unless set).
+    budget: u64,
     usage: Arc<Usage>,
 }
 
@@ -34,7 +36,14 @@ struct Usage {
 
 impl SimBackend {
     pub fn new(profile: DeviceProfile, memory_limit: u64) -> Self {
-        SimBackend { profile, memory_limit, usage: Arc::default() }
+        SimBackend { profile, memory_limit, budget: ptx::INSTRUCTION_BUDGET, usage: Arc::default() }
+    }
+
+    /// Launches may execute up to `budget` instructions (long kernels on a slow interpreter;
+    /// a VM's execution time limit and a client hanging up still stop a launch at any time).
+    pub fn with_instruction_budget(mut self, budget: u64) -> Self {
+        self.budget = budget.max(1);
+        self
     }
 
     fn check_device(&self, device: u32) -> CmdResult<()> {
@@ -76,6 +85,7 @@ impl Backend for SimBackend {
             usage: self.usage.clone(),
             usage_id: id,
             mem: DeviceMemory::new(capacity),
+            budget: self.budget,
             total_mem: self.profile.total_mem,
             next_handle: 0x10,
             modules: HashMap::new(),
@@ -112,6 +122,7 @@ pub struct SimSession {
     usage: Arc<Usage>,
     usage_id: u64,
     mem: DeviceMemory,
+    budget: u64,
     total_mem: u64,
     next_handle: u64,
     modules: HashMap<u64, LoadedModule>,
@@ -350,7 +361,7 @@ impl DeviceSession for SimSession {
         let kernel_name = f.name.clone();
         let k = module.kernel(&kernel_name).ok_or_else(|| invalid_handle("function", function))?;
         tracing::debug!(grid = ?cfg.grid, block = ?cfg.block, dynamic_shared = cfg.dynamic_shared_bytes, params = ?params, "launch {kernel_name}");
-        ptx::launch(&module, k, &cfg, params, &globals, &mut self.mem)
+        ptx::launch_with_budget(&module, k, &cfg, params, &globals, &mut self.mem, self.budget)
             .map(|stats| stats.output)
             .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")))
     }

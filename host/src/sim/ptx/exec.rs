@@ -40,6 +40,7 @@ const WINDOW_SIZE: u64 = 0x0100_0000_0000;
 /// A launch may execute at most this many instructions (an endless loop must end, and the
 /// guest must get an error rather than a hung mediator).
 pub const INSTRUCTION_BUDGET: u64 = 4_000_000_000;
+
 /// Local memory of all threads of one block, in bytes.
 const MAX_BLOCK_LOCAL: u64 = 64 << 20;
 

@@ -16,7 +16,7 @@ mod global;
 mod parse;
 mod printf;
 
-pub use exec::{launch, LaunchConfig, LaunchStats};
+pub use exec::{launch, launch_with_budget, LaunchConfig, LaunchStats, INSTRUCTION_BUDGET};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError};
 
 /// Global device memory as the interpreter sees it: the session's allocations, each as (device
