@@ -451,3 +451,53 @@ fn many_clients_come_and_go_and_nothing_leaks() {
     assert!(calls > 6 * 8 * 4, "{calls} calls");
     env.assert_all_freed();
 }
+
+/// Two GPUs (pools) in one mediator: each VM is served by the GPU its configuration names and
+/// sees that GPU's model and memory; the admin lists each GPU with its VMs; moving a VM to the
+/// other GPU by reload applies to its next connection.
+#[test]
+fn vms_are_served_by_the_gpu_they_are_configured_for() {
+    let _s = serial();
+    let env = Env::start(
+        "pools",
+        r#"
+[[gpu]]
+name = "big"
+model = "NVIDIA H100 80GB HBM3"
+memory_gib = 80
+[[gpu]]
+name = "small"
+model = "NVIDIA L4"
+memory_gib = 24
+compute_capability = "8.9"
+sm_count = 58
+[[vm]]
+name = "a"
+gpu = "big"
+socket = "{dir}/a.sock"
+[[vm]]
+name = "b"
+gpu = "small"
+socket = "{dir}/b.sock"
+"#,
+    );
+    let device = |vm: &str| {
+        let p = Proc::connect(&env.sock(vm), 1).unwrap();
+        let info = p.call(vgpu_uapi::proto::Op::DeviceInfo, &[&0u32.to_le_bytes()]).unwrap();
+        let d = vgpu_uapi::wire::Reader::new(&info).device_info().unwrap();
+        (d.name_str().to_string(), d.total_mem, d.uuid)
+    };
+    let (a, b) = (device("a"), device("b"));
+    assert_eq!((a.0.as_str(), a.1), ("NVIDIA H100 80GB HBM3", 80 << 30));
+    assert_eq!((b.0.as_str(), b.1), ("NVIDIA L4", 24 << 30));
+    assert_ne!(a.2, b.2, "two GPUs, two UUIDs");
+    let gpus = env.gpus();
+    assert_eq!(gpus.iter().map(|g| (g.name.as_str(), g.vms.clone())).collect::<Vec<_>>(), [("big", vec!["a".to_string()]), ("small", vec!["b".to_string()])]);
+    // Reload: VM a moves to the small GPU; its next process sees it.
+    let body = std::fs::read_to_string(&env.config).unwrap().replacen("gpu = \"big\"", "gpu = \"small\"", 1);
+    std::fs::write(&env.config, body).unwrap();
+    let out = env.admin_cli(&["reload"]);
+    assert!(out.contains("VM a: new connections go to GPU small"), "{out}");
+    assert_eq!(device("a").0, "NVIDIA L4");
+    env.assert_all_freed();
+}
