@@ -11,6 +11,8 @@
 //! 0x040 sq_head  u32   written by the device: descriptors 0..sq_head have been consumed
 //! 0x080 cq_tail  u32   written by the device: completions 0..cq_tail are valid
 //! 0x0c0 cq_head  u32   written by the guest: completions 0..cq_head have been read
+//! 0x0e0 polling  u32   written by the device: 1 while it watches sq_tail on its own, so a
+//!                      guest that posts then needs no doorbell
 //! 0x100 sq[SQ_ENTRIES] of Desc (32 bytes each)
 //! 0x800 cq[CQ_ENTRIES] of Completion (16 bytes each)
 //! 0x1000 staging buffer up to the end of the area
@@ -30,6 +32,10 @@ pub const SQ_TAIL: usize = 0x000;
 pub const SQ_HEAD: usize = 0x040;
 pub const CQ_TAIL: usize = 0x080;
 pub const CQ_HEAD: usize = 0x0c0;
+/// The device's "watching sq_tail" flag. Lost wake-ups are ruled out by ordering: the guest
+/// stores sq_tail, then (full fence) reads `polling`; the device clears `polling`, then (full
+/// fence) reads sq_tail once more before it waits for a doorbell.
+pub const POLLING: usize = 0x0e0;
 pub const SQ_RING: usize = 0x100;
 pub const CQ_RING: usize = 0x800;
 pub const SQ_ENTRIES: u32 = 32;

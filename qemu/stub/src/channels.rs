@@ -23,6 +23,10 @@ const EFAULT: u32 = libc::EFAULT as u32;
 const EPIPE: u32 = libc::EPIPE as u32;
 const ECONNREFUSED: u32 = libc::ECONNREFUSED as u32;
 
+/// How long a worker keeps watching its ring after it ran dry (a host thread spinning that
+/// long, for a guest that calls again within it, saves the guest the doorbell's VM exit).
+const POLL_FOR: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// Most bytes copied per step: bounds the worker's buffer and how long it holds the RAM lock.
 const CHUNK: usize = 1 << 20;
 
@@ -211,7 +215,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) -> Exit {
         while self.bell.wait() {
-            if let Err(e) = self.drain() {
+            if let Err(e) = self.serve() {
                 if e != Exit::Closed {
                     eprintln!("vgpu-stub: channel {}: stopped: {e:?}", self.n);
                 }
@@ -219,6 +223,35 @@ impl Worker {
             }
         }
         Exit::Closed
+    }
+
+    /// Drains the ring, then keeps watching sq_tail for a while with `polling` set, so that a
+    /// guest issuing calls back to back rings no doorbell (each one is a trap out of the VM).
+    fn serve(&mut self) -> Result<(), Exit> {
+        let flag = self.area.checked_add(POLLING as u64).ok_or(Exit::Fault)?;
+        let tail = self.area.checked_add(SQ_TAIL as u64).ok_or(Exit::Fault)?;
+        loop {
+            self.drain()?;
+            self.ram.store_u32(flag, 1, Ordering::SeqCst).ok_or(Exit::Fault)?;
+            let since = std::time::Instant::now();
+            let mut posted = false;
+            while since.elapsed() < POLL_FOR && !self.bell.stopped() {
+                if self.ram.load_u32(tail, Ordering::Acquire).ok_or(Exit::Fault)? != self.head {
+                    posted = true;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if posted {
+                continue;
+            }
+            self.ram.store_u32(flag, 0, Ordering::SeqCst).ok_or(Exit::Fault)?;
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // A descriptor posted while we were clearing the flag had no doorbell: take it.
+            if self.ram.load_u32(tail, Ordering::Acquire).ok_or(Exit::Fault)? == self.head {
+                return Ok(());
+            }
+        }
     }
 
     /// Processes every posted descriptor, in order.

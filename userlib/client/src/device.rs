@@ -160,11 +160,18 @@ impl Channel {
         tag
     }
 
-    /// Publishes the posted descriptors and rings the doorbell.
+    /// Publishes the posted descriptors and rings the doorbell, unless the device is watching
+    /// the ring anyway (see POLLING in uapi).
     fn kick(&mut self) -> io::Result<()> {
         // Descriptors before the tail (the device reads the tail, then the descriptors).
         fence(Ordering::Release);
         self.store(SQ_TAIL, self.sq_tail);
+        // The tail before the flag is read: the device clears the flag before it reads the
+        // tail a last time, so one of us sees the other's write.
+        fence(Ordering::SeqCst);
+        if self.load(POLLING) == 1 {
+            return Ok(());
+        }
         ioctl::<u8>(self.fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut())
     }
 
