@@ -199,12 +199,31 @@ unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> R
     Ok(())
 }
 
+/// The cluster shape a launch configuration asks for (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION),
+/// as its number of blocks; 1 without one.
+pub(crate) unsafe fn cluster_blocks(c: &LaunchConfig) -> Result<u64, CUresult> {
+    if c.num_attrs == 0 {
+        return Ok(1);
+    }
+    if c.attrs.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: `attrs` points at `num_attrs` attributes (caller's contract).
+    let attrs = unsafe { std::slice::from_raw_parts(c.attrs, c.num_attrs as usize) };
+    Ok(attrs
+        .iter()
+        .filter(|a| a.id == 4)
+        .map(|a| (0..3).map(|i| u32::from_le_bytes(a.value[i * 4..i * 4 + 4].try_into().unwrap_or([1, 0, 0, 0])).max(1) as u64).product())
+        .next_back()
+        .unwrap_or(1))
+}
+
 /// CUlaunchConfig.
 #[repr(C)]
 pub struct LaunchConfig {
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared: c_uint,
+    pub(crate) grid: [c_uint; 3],
+    pub(crate) block: [c_uint; 3],
+    pub(crate) shared: c_uint,
     stream: Handle,
     attrs: *const LaunchAttribute,
     num_attrs: c_uint,

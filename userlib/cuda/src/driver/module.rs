@@ -245,6 +245,10 @@ const FA_PREFERRED_SHARED_MEMORY_CARVEOUT: c_int = 9;
 // declares a cluster shape (.reqnctapercluster) or a scheduling policy, so all read 0, as for
 // such a kernel on a real H100.
 const FA_CLUSTER_SIZE_MUST_BE_SET: c_int = 10;
+const FA_REQUIRED_CLUSTER_WIDTH: c_int = 11;
+const FA_REQUIRED_CLUSTER_HEIGHT: c_int = 12;
+const FA_REQUIRED_CLUSTER_DEPTH: c_int = 13;
+const FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED: c_int = 14;
 const FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE: c_int = 15;
 
 fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
@@ -292,6 +296,11 @@ fn set_func_attribute(f: Handle, attrib: c_int, value: c_int) -> Result<(), CUre
         }
         // A carveout preference is a hint the hardware may ignore.
         FA_PREFERRED_SHARED_MEMORY_CARVEOUT if (-1..=100).contains(&value) => Ok(()),
+        // Clusters: only of one block (what vgpu launches). Allowing non-portable cluster
+        // sizes, or a scheduling preference, changes nothing for those.
+        FA_REQUIRED_CLUSTER_WIDTH | FA_REQUIRED_CLUSTER_HEIGHT | FA_REQUIRED_CLUSTER_DEPTH if (0..=1).contains(&value) => Ok(()),
+        FA_NON_PORTABLE_CLUSTER_SIZE_ALLOWED if (0..=1).contains(&value) => Ok(()),
+        FA_CLUSTER_SCHEDULING_POLICY_PREFERENCE if (0..=2).contains(&value) => Ok(()),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
@@ -378,6 +387,48 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n:
         }
         active_blocks(n, f, block_size, dyn_smem)
     })
+}
+
+/// The most dynamic shared memory a block of `block_size` threads may use so that `blocks` of
+/// them still fit on a multiprocessor together (0 if they do not fit for other reasons): the
+/// inverse of `occupancy`'s shared-memory bound.
+fn available_dynamic_smem(out: *mut usize, f: Handle, blocks: c_int, block_size: c_int) -> Result<(), CUresult> {
+    use vgpu_uapi::cuda::attr;
+    let (k, a) = occupancy_inputs(f)?;
+    if blocks <= 0 || block_size <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let fits = occupancy(&k, &a, block_size, 0) >= blocks;
+    let per_block = (a[attr::MAX_SHARED_MEMORY_PER_MULTIPROCESSOR] as u64 / blocks as u64).saturating_sub(1024);
+    let cap = a[attr::MAX_SHARED_MEMORY_PER_BLOCK_OPTIN] as u64;
+    let dynamic = per_block.min(cap).saturating_sub(k.info.static_shared_bytes as u64);
+    put(out, if fits { dynamic as usize } else { 0 })
+}
+
+/// How many clusters of the configuration's shape can be resident at once: vgpu launches
+/// clusters of one block only, so a larger cluster shape gets 0 (it cannot run); a launch
+/// without clusters gets as many one-block clusters as blocks fit on the device.
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(out: *mut c_int, f: Handle, config: *const super::launch::LaunchConfig) -> CUresult {
+    guard("cuOccupancyMaxActiveClusters", || {
+        if config.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null pointer to the application's CUlaunchConfig.
+        let c = unsafe { &*config };
+        // SAFETY: its attribute array, per the API contract.
+        let cluster = unsafe { super::launch::cluster_blocks(c)? };
+        let (k, a) = occupancy_inputs(f)?;
+        let threads = (c.block[0] as u64 * c.block[1] as u64 * c.block[2] as u64).min(c_int::MAX as u64) as c_int;
+        let per_sm = occupancy(&k, &a, threads, c.shared as usize) as i64;
+        let sms = a[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT] as i64;
+        put(out, if cluster > 1 { 0 } else { (per_sm * sms).min(c_int::MAX as i64) as c_int })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyAvailableDynamicSMemPerBlock(out: *mut usize, f: Handle, blocks: c_int, block_size: c_int) -> CUresult {
+    guard("cuOccupancyAvailableDynamicSMemPerBlock", || available_dynamic_smem(out, f, blocks, block_size))
 }
 
 /// `size_t (*)(int blockSize)`: dynamic shared memory a block of that size needs.
