@@ -380,7 +380,7 @@ impl Worker {
             }
             OP_RECV if len > 0 => {
                 self.buf.resize(len.min(CHUNK), 0);
-                let got = loop {
+                let mut got = loop {
                     match self.sock.read(&mut self.buf) {
                         Ok(0) => return (EPIPE, 0), // the mediator closed the session
                         Ok(n) => break n,
@@ -388,6 +388,18 @@ impl Worker {
                         Err(_) => return (EPIPE, 0),
                     }
                 };
+                // Take what else has arrived already (a large reply comes in socket-buffer
+                // pieces): fewer, fuller receives for the guest, each one a round trip.
+                while got < self.buf.len() {
+                    use std::os::fd::AsRawFd;
+                    let rest = &mut self.buf[got..];
+                    // SAFETY: reads at most rest.len() bytes into `rest`, without blocking.
+                    let r = unsafe { libc::recv(self.sock.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
+                    if r <= 0 {
+                        break;
+                    }
+                    got += r as usize;
+                }
                 match self.ram.write(addr, &self.buf[..got]) {
                     Some(()) => (0, got as u32),
                     None => (EFAULT, 0),
