@@ -45,9 +45,21 @@ pub struct Share {
     pub client: Arc<Client>,
 }
 
+/// The session a Hello opened.
+fn opened(session: &mut Option<Box<dyn DeviceSession>>) -> CmdResult<&mut dyn DeviceSession> {
+    match session.as_deref_mut() {
+        Some(s) => Ok(s),
+        None => Err(CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello")),
+    }
+}
+
+fn not_registered(handle: u64) -> CmdError {
+    CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{handle} is not registered host memory"))
+}
+
 /// The registered host memory `handle` + [offset, offset + len).
 fn host_range(host: &mut HashMap<u64, memmap2::MmapMut>, handle: u64, offset: u64, len: u64) -> CmdResult<&mut [u8]> {
-    let m = host.get_mut(&handle).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{handle} is not registered host memory")))?;
+    let m = host.get_mut(&handle).ok_or_else(|| not_registered(handle))?;
     let end = offset.checked_add(len).filter(|&e| e <= m.len() as u64);
     let end = end.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "range outside the registered host memory"))?;
     Ok(&mut m[offset as usize..end as usize])
@@ -106,11 +118,11 @@ impl<'b> Connection<'b> {
         Ok(self.next_host)
     }
 
-
-
     /// A connection of `share.vm`, served on `backend` (that of `share.gpu`).
     pub fn shared(backend: &'b dyn Backend, share: Share) -> Self {
-        Connection { backend, session: None, client_pid: 0, share: Some(share), host: HashMap::new(), next_host: 0, fds: Vec::new() }
+        let mut c = Connection::new(backend);
+        c.share = Some(share);
+        c
     }
 
     /// Charges the VM for the session's memory as it is now.
@@ -161,10 +173,10 @@ impl<'b> Connection<'b> {
         let Some(sh) = &self.share else { return self.run(op, payload, out) };
         let (vm, gpu, cancel) = (sh.vm.clone(), sh.gpu.clone(), sh.client.cancel.clone());
         let gone = || CmdError::new(CUDA_ERROR_LAUNCH_FAILED, format!("VM {} was evicted or its client disconnected", vm.name));
-        if !vm.pace(&cancel) {
+        let settings = vm.settings();
+        if !vm.pace(settings.rate_limit, &cancel) {
             return Err(gone());
         }
-        let settings = vm.settings();
         let grant = gpu.sched.acquire(vm.id, settings.weight, &|| cancel.is_hung_up()).map_err(|_| gone())?;
         vm.stats.queue_wait_ns.fetch_add(grant.waited.as_nanos() as u64, Ordering::Relaxed);
         let limit = if op == Op::Launch { settings.exec_time_limit } else { None };
@@ -198,10 +210,7 @@ impl<'b> Connection<'b> {
     }
 
     fn session(&mut self) -> CmdResult<&mut dyn DeviceSession> {
-        match self.session.as_deref_mut() {
-            Some(s) => Ok(s),
-            None => Err(CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello")),
-        }
+        opened(&mut self.session)
     }
 
     /// Handles one request; on success the reply payload is appended to `out`.
@@ -477,25 +486,21 @@ impl<'b> Connection<'b> {
             Op::HostUnregister => {
                 let h = r.u64()?;
                 r.finish()?;
-                self.host.remove(&h).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{h} is not registered host memory")))?;
+                self.host.remove(&h).ok_or_else(|| not_registered(h))?;
             }
             Op::MemcpyHtoDHost => {
                 let (dst, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
                 r.finish()?;
-                self.session()?;
                 let Connection { session, host, .. } = self;
-                let data = host_range(host, h, off, len)?;
-                let sess = session.as_deref_mut().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello"))?;
-                sess.write(dst, data)?;
+                let sess = opened(session)?;
+                sess.write(dst, host_range(host, h, off, len)?)?;
             }
             Op::MemcpyDtoHHost => {
                 let (src, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
                 r.finish()?;
-                self.session()?;
                 let Connection { session, host, .. } = self;
-                let into = host_range(host, h, off, len)?;
-                let sess = session.as_deref_mut().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_INITIALIZED, "request before Hello"))?;
-                sess.read(src, into)?;
+                let sess = opened(session)?;
+                sess.read(src, host_range(host, h, off, len)?)?;
             }
             Op::MemCreate => {
                 let size = r.u64()?;

@@ -197,9 +197,10 @@ impl Vm {
         v
     }
 
-    /// Waits until the rate limit allows one more command; false if `cancel` was raised meanwhile.
-    pub fn pace(&self, cancel: &Cancel) -> bool {
-        let Some(rate) = self.settings().rate_limit else { return true };
+    /// Waits until the rate limit (`rate`, this VM's setting) allows one more command; false if
+    /// `cancel` was raised meanwhile.
+    pub fn pace(&self, rate: Option<f64>, cancel: &Cancel) -> bool {
+        let Some(rate) = rate else { return true };
         let burst = (rate / 10.0).max(1.0);
         let wait = {
             let mut b = lock(&self.bucket);

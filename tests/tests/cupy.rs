@@ -12,20 +12,28 @@ fn cupy_python() -> std::path::PathBuf {
     py
 }
 
-/// Runs cupy_check.py with `accelerators` (CUPY_ACCELERATORS: "" = CuPy's own reduction
-/// kernels, "cub" = NVIDIA's CUB, shipped precompiled in CuPy's fatbin).
-fn run_cupy_check(accelerators: &str) {
-    let m = Mediator::start();
+/// Runs `script` (in tests/) with CuPy's python on vgpu: a mediator started with
+/// `mediator_args`, CUPY_ACCELERATORS = `accelerators` if given (else CuPy's default). Returns the run and the mediator (for
+/// its log).
+fn run_cupy(script: &str, mediator_args: &[&str], accelerators: Option<&str>) -> (std::process::Output, Mediator) {
+    let m = Mediator::start_with(mediator_args);
     let cache = TempDir::new("cupy-cache");
-    let out = Command::new(cupy_python())
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cupy_check.py"))
+    let mut cmd = Command::new(cupy_python());
+    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
         .env("LD_LIBRARY_PATH", libcuda_dir())
         .env("VGPU_SOCKET", &m.socket)
         .env("CUPY_COMPILE_WITH_PTX", "1")
-        .env("CUPY_CACHE_DIR", &cache.0)
-        .env("CUPY_ACCELERATORS", accelerators)
-        .output()
-        .expect("run CuPy's python");
+        .env("CUPY_CACHE_DIR", &cache.0);
+    if let Some(a) = accelerators {
+        cmd.env("CUPY_ACCELERATORS", a);
+    }
+    (cmd.output().expect("run CuPy's python"), m)
+}
+
+/// Runs cupy_check.py with `accelerators` (CUPY_ACCELERATORS: "" = CuPy's own reduction
+/// kernels, "cub" = NVIDIA's CUB, shipped precompiled in CuPy's fatbin).
+fn run_cupy_check(accelerators: &str) {
+    let (out, m) = run_cupy("cupy_check.py", &[], Some(accelerators));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checks = stdout.lines().filter(|l| l.starts_with("CUPY-CHECK ok ")).count();
     assert!(
@@ -54,16 +62,7 @@ fn cupy_with_cub_reductions_matches_numpy() {
 /// numbers drawn are checked statistically.
 #[test]
 fn cupy_random_numbers_have_the_right_distribution() {
-    let m = Mediator::start_with(&["--sim-instruction-budget", "200000000000"]);
-    let cache = TempDir::new("cupy-cache");
-    let out = Command::new(cupy_python())
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cupy_random.py"))
-        .env("LD_LIBRARY_PATH", libcuda_dir())
-        .env("VGPU_SOCKET", &m.socket)
-        .env("CUPY_COMPILE_WITH_PTX", "1")
-        .env("CUPY_CACHE_DIR", &cache.0)
-        .output()
-        .expect("run CuPy's python");
+    let (out, m) = run_cupy("cupy_random.py", &["--sim-instruction-budget", "200000000000"], None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checks = stdout.lines().filter(|l| l.starts_with("CUPY-RANDOM ok ")).count();
     assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks == 7, "cupy.random on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());

@@ -293,46 +293,38 @@ impl io::Read for ChannelIo<'_> {
     }
 }
 
-impl Channel {
-    /// Sends what is gathered and reads the replies of the queued asynchronous requests, in
-    /// order: failures are kept for the caller (`deferred`), printf output for the next
-    /// synchronizing call.
-    fn drain(io: &mut ChannelIo<'_>, unanswered: &mut VecDeque<(u32, Op)>, deferred: &mut Option<CuResult>, output: &mut Vec<u8>) -> Result<(), CuResult> {
-        let mut payload = Vec::new();
-        while let Some((seq, op)) = unanswered.pop_front() {
-            payload.clear();
-            let status = read_reply(io, op, seq, &mut payload)?;
-            if status != CUDA_SUCCESS {
-                let msg = String::from_utf8_lossy(&payload);
-                vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
-                deferred.get_or_insert(status);
-            } else if op == Op::Launch {
-                output.extend_from_slice(&payload);
-            }
+/// Reads, in order, the replies of the queued asynchronous requests (sending what is
+/// gathered first): a failure is kept for the caller (`deferred`), what a launch printed for
+/// the next synchronizing call.
+fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
+    let queued = std::mem::take(&mut io.ch.unanswered);
+    let mut payload = Vec::new();
+    for (seq, op) in queued {
+        payload.clear();
+        let status = read_reply(io, op, seq, &mut payload)?;
+        if status != CUDA_SUCCESS {
+            let msg = String::from_utf8_lossy(&payload);
+            vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
+            io.ch.deferred.get_or_insert(status);
+        } else if op == Op::Launch {
+            io.ch.output.extend_from_slice(&payload);
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl Transport for DeviceTransport {
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CuResult> {
         let seq = self.owner.next_seq()?;
-        let mut guard = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        let ch = &mut *guard;
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
         // This request goes out behind the queued ones, in the same SEND; their replies come
         // first.
-        let mut unanswered = std::mem::take(&mut ch.unanswered);
-        let (mut deferred, mut output) = (ch.deferred.take(), std::mem::take(&mut ch.output));
-        let mut io = ChannelIo { ch, rx: (0, 0) };
+        let mut io = ChannelIo { ch: &mut ch, rx: (0, 0) };
         write_request(&mut io, op, seq, parts)?;
-        let mut drained = Channel::drain(&mut io, &mut unanswered, &mut deferred, &mut output);
+        read_queued(&mut io)?;
         let start = reply.len();
-        let own = drained.as_mut().map_err(|e| *e).and_then(|()| read_reply(&mut io, op, seq, reply));
-        let ch = &mut *guard;
-        ch.deferred = deferred;
-        ch.output = output;
-        let status = own?;
-        if let Some(e) = ch.deferred.take() {
+        let status = read_reply(&mut io, op, seq, reply)?;
+        if let Some(e) = io.ch.deferred.take() {
             reply.truncate(start);
             return Err(e);
         }
@@ -341,23 +333,14 @@ impl Transport for DeviceTransport {
 
     fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CuResult> {
         let seq = self.owner.next_seq()?;
-        let mut guard = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        let ch = &mut *guard;
-        let mut io = ChannelIo { ch, rx: (0, 0) };
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let mut io = ChannelIo { ch: &mut ch, rx: (0, 0) };
         write_request(&mut io, op, seq, parts)?;
-        guard.unanswered.push_back((seq, op));
-        if guard.unanswered.len() >= MAX_QUEUED {
+        io.ch.unanswered.push_back((seq, op));
+        if io.ch.unanswered.len() >= MAX_QUEUED {
             // Send the batch and take its replies now: bounds what waits in the device and the
             // mediator for us to read.
-            let ch = &mut *guard;
-            let mut unanswered = std::mem::take(&mut ch.unanswered);
-            let (mut deferred, mut output) = (ch.deferred.take(), std::mem::take(&mut ch.output));
-            let mut io = ChannelIo { ch, rx: (0, 0) };
-            let r = Channel::drain(&mut io, &mut unanswered, &mut deferred, &mut output);
-            let ch = &mut *guard;
-            ch.deferred = deferred;
-            ch.output = output;
-            r?;
+            read_queued(&mut io)?;
         }
         Ok(None)
     }

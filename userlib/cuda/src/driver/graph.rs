@@ -556,44 +556,38 @@ pub unsafe extern "C" fn cuGraphAddEmptyNode(out: *mut Handle, g: Handle, deps: 
     guard("cuGraphAddEmptyNode", || add_node(out, g, deps, n, Work::Empty))
 }
 
+/// The API's handle-list outputs: `*count` is the room at `out` (NULL: only the count is
+/// wanted); as many handles as fit are written, and `*count` becomes the list's length.
+fn put_handles(list: &[u64], out: *mut Handle, count: *mut usize) -> Result<(), CUresult> {
+    if count.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if !out.is_null() {
+        // SAFETY: `count` is readable; the caller provides `*count` slots at `out`.
+        let room = unsafe { *count };
+        for (i, &h) in list.iter().take(room).enumerate() {
+            // SAFETY: i < room slots.
+            unsafe { out.add(i).write(to_handle(h)) };
+        }
+    }
+    put(count, list.len())
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphGetNodes(g: Handle, nodes: *mut Handle, count: *mut usize) -> CUresult {
     guard("cuGraphGetNodes", || {
-        if count.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
         let r = registry();
-        let order = &r.graphs.get(&handle_of(g)).ok_or(CUDA_ERROR_INVALID_VALUE)?.order;
-        if !nodes.is_null() {
-            // SAFETY: `count` is readable; the caller provides `*count` slots at `nodes`.
-            let room = unsafe { *count };
-            for (i, &n) in order.iter().take(room).enumerate() {
-                // SAFETY: i < room slots.
-                unsafe { nodes.add(i).write(to_handle(n)) };
-            }
-        }
-        put(count, order.len())
+        put_handles(&r.graphs.get(&handle_of(g)).ok_or(CUDA_ERROR_INVALID_VALUE)?.order, nodes, count)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphGetRootNodes(g: Handle, nodes: *mut Handle, count: *mut usize) -> CUresult {
     guard("cuGraphGetRootNodes", || {
-        if count.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
         let r = registry();
         let order = &r.graphs.get(&handle_of(g)).ok_or(CUDA_ERROR_INVALID_VALUE)?.order;
         let roots: Vec<u64> = order.iter().copied().filter(|n| r.nodes[n].deps.is_empty()).collect();
-        if !nodes.is_null() {
-            // SAFETY: `count` is readable; the caller provides `*count` slots at `nodes`.
-            let room = unsafe { *count };
-            for (i, &n) in roots.iter().take(room).enumerate() {
-                // SAFETY: i < room slots.
-                unsafe { nodes.add(i).write(to_handle(n)) };
-            }
-        }
-        put(count, roots.len())
+        put_handles(&roots, nodes, count)
     })
 }
 
@@ -608,20 +602,8 @@ pub unsafe extern "C" fn cuGraphNodeGetType(node: Handle, t: *mut c_int) -> CUre
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphNodeGetDependencies(node: Handle, deps: *mut Handle, count: *mut usize) -> CUresult {
     guard("cuGraphNodeGetDependencies", || {
-        if count.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
         let r = registry();
-        let d = &r.nodes.get(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?.deps;
-        if !deps.is_null() {
-            // SAFETY: `count` is readable; the caller provides `*count` slots at `deps`.
-            let room = unsafe { *count };
-            for (i, &n) in d.iter().take(room).enumerate() {
-                // SAFETY: i < room slots.
-                unsafe { deps.add(i).write(to_handle(n)) };
-            }
-        }
-        put(count, d.len())
+        put_handles(&r.nodes.get(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?.deps, deps, count)
     })
 }
 

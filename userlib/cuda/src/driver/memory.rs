@@ -28,7 +28,28 @@ fn captured_memset(stream: Handle, dst: u64, value: u32, elem: u32, count: usize
     captured(stream, super::graph::Work::Memset { dst, pitch: 0, value, elem, width: count, height: 1 })
 }
 
+/// One request, waited for, or (`queued`) sent without waiting: its errors come from a later
+/// call that waits.
+fn send(d: &Driver, op: Op, bytes: &[u8], queued: bool) -> Result<(), CUresult> {
+    if queued {
+        d.call_async(op, &[bytes]).map(drop)
+    } else {
+        d.call(op, &[bytes]).map(drop)
+    }
+}
+
+fn u64s(args: &[u64]) -> Vec<u8> {
+    args.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
+    htod_on(d, dst, src, n, false)
+}
+
+/// A host-to-device copy. From registered pinned memory the mediator reads the memory itself,
+/// and with `queued` it does so when it gets to the copy, as a GPU would; from pageable memory
+/// the data is taken now (as CUDA stages it) and the copy completes before returning.
+fn htod_on(d: &Driver, dst: u64, src: *const u8, n: usize, queued: bool) -> Result<(), CUresult> {
     if n == 0 {
         return Ok(());
     }
@@ -36,8 +57,7 @@ pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(),
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if let Some((h, off)) = pinned_range(d, src as u64, n) {
-        let args: Vec<u8> = [dst, h, off, n as u64].iter().flat_map(|v| v.to_le_bytes()).collect();
-        return d.call(Op::MemcpyHtoDHost, &[&args]).map(drop);
+        return send(d, Op::MemcpyHtoDHost, &u64s(&[dst, h, off, n as u64]), queued);
     }
     // SAFETY: the caller of the copy API guarantees `n` readable bytes at `src`.
     let data = unsafe { std::slice::from_raw_parts(src, n) };
@@ -49,6 +69,13 @@ pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(),
 }
 
 pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), CUresult> {
+    dtoh_on(d, dst, src, n, false)
+}
+
+/// A device-to-host copy. Into registered pinned memory the mediator writes itself, and with
+/// `queued` the data is there after a synchronizing call; into pageable memory the copy
+/// completes before returning.
+fn dtoh_on(d: &Driver, dst: *mut u8, src: u64, n: usize, queued: bool) -> Result<(), CUresult> {
     if n == 0 {
         return Ok(());
     }
@@ -56,8 +83,7 @@ pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), C
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if let Some((h, off)) = pinned_range(d, dst as u64, n) {
-        let args: Vec<u8> = [src, h, off, n as u64].iter().flat_map(|v| v.to_le_bytes()).collect();
-        return d.call(Op::MemcpyDtoHHost, &[&args]).map(drop);
+        return send(d, Op::MemcpyDtoHHost, &u64s(&[src, h, off, n as u64]), queued);
     }
     // SAFETY: the caller of the copy API guarantees `n` writable bytes at `dst`.
     let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
@@ -73,10 +99,14 @@ pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), C
 }
 
 pub(crate) fn dtod(d: &Driver, dst: u64, src: u64, n: usize) -> Result<(), CUresult> {
+    dtod_on(d, dst, src, n, false)
+}
+
+fn dtod_on(d: &Driver, dst: u64, src: u64, n: usize, queued: bool) -> Result<(), CUresult> {
     if n == 0 {
         return Ok(());
     }
-    d.call(Op::MemcpyDtoD, &[&dst.to_le_bytes(), &src.to_le_bytes(), &(n as u64).to_le_bytes()]).map(|_| ())
+    send(d, Op::MemcpyDtoD, &u64s(&[dst, src, n as u64]), queued)
 }
 
 /// cuMemcpy with unified addressing: the pointers' values say where they live.
@@ -106,48 +136,18 @@ pub(crate) fn memset_2d(dst: u64, pitch: usize, value: u32, elem: u32, width: us
     Ok(())
 }
 
-/// Queued work of an async copy or memset: sent without waiting for the reply (errors come
-/// from a later synchronizing call).
-fn queue(d: &Driver, op: Op, args: &[u64]) -> Result<(), CUresult> {
-    let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_le_bytes()).collect();
-    d.call_async(op, &[&bytes]).map(drop)
-}
-
-/// cuMemcpyHtoDAsync and friends: from registered pinned memory the copy is queued (the
-/// mediator reads the memory when it gets to it, as a GPU would); from pageable memory the
-/// data is taken now, as CUDA stages it.
-fn htod_async(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
-    match pinned_range(d, src as u64, n) {
-        Some((h, off)) if n > 0 => queue(d, Op::MemcpyHtoDHost, &[dst, h, off, n as u64]),
-        _ => htod(d, dst, src, n),
-    }
-}
-
-/// To registered pinned memory the copy is queued (the data is there after a synchronizing
-/// call); to pageable memory it completes before returning.
-fn dtoh_async(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), CUresult> {
-    match pinned_range(d, dst as u64, n) {
-        Some((h, off)) if n > 0 => queue(d, Op::MemcpyDtoHHost, &[src, h, off, n as u64]),
-        _ => dtoh(d, dst, src, n),
-    }
-}
-
-fn memset_async(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
-    let d = ctx_driver()?;
-    if count == 0 {
-        return Ok(());
-    }
-    let bytes: Vec<u8> = [&dst.to_le_bytes()[..], &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()].concat();
-    d.call_async(Op::Memset, &[&bytes]).map(drop)
-}
-
 fn memset(dst: u64, value: u32, elem: u32, count: usize) -> Result<(), CUresult> {
+    memset_on(dst, value, elem, count, false)
+}
+
+/// A memset, waited for or (async memsets) `queued`.
+fn memset_on(dst: u64, value: u32, elem: u32, count: usize, queued: bool) -> Result<(), CUresult> {
     let d = ctx_driver()?;
     if count == 0 {
         return Ok(());
     }
-    d.call(Op::Memset, &[&dst.to_le_bytes(), &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()])
-        .map(|_| ())
+    let bytes = [&dst.to_le_bytes()[..], &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()].concat();
+    send(d, Op::Memset, &bytes, queued)
 }
 
 #[no_mangle]
@@ -225,7 +225,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_vo
         if captured_copy(stream, dst, src as u64, n)? {
             return Ok(());
         }
-        htod_async(ctx_driver()?, dst, src.cast(), n)
+        htod_on(ctx_driver()?, dst, src.cast(), n, true)
     })
 }
 
@@ -235,7 +235,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr
         if captured_copy(stream, dst as u64, src, n)? {
             return Ok(());
         }
-        dtoh_async(ctx_driver()?, dst.cast(), src, n)
+        dtoh_on(ctx_driver()?, dst.cast(), src, n, true)
     })
 }
 
@@ -245,11 +245,7 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr
         if captured_copy(stream, dst, src, n)? {
             return Ok(());
         }
-        let d = ctx_driver()?;
-        if n == 0 {
-            return Ok(());
-        }
-        queue(d, Op::MemcpyDtoD, &[dst, src, n as u64])
+        dtod_on(ctx_driver()?, dst, src, n, true)
     })
 }
 
@@ -261,8 +257,8 @@ pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: us
         }
         let d = ctx_driver()?;
         match (is_device_ptr(dst), is_device_ptr(src)) {
-            (true, false) => htod_async(d, dst, src as usize as *const u8, n),
-            (false, true) => dtoh_async(d, dst as usize as *mut u8, src, n),
+            (true, false) => htod_on(d, dst, src as usize as *const u8, n, true),
+            (false, true) => dtoh_on(d, dst as usize as *mut u8, src, n, true),
             _ => copy_any(d, dst, src, n),
         }
     })
@@ -289,7 +285,7 @@ pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stre
         if captured_memset(stream, dst, v as u32, 1, n)? {
             return Ok(());
         }
-        memset_async(dst, v as u32, 1, n)
+        memset_on(dst, v as u32, 1, n, true)
     })
 }
 
@@ -299,7 +295,7 @@ pub unsafe extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, st
         if captured_memset(stream, dst, v as u32, 2, n)? {
             return Ok(());
         }
-        memset_async(dst, v as u32, 2, n)
+        memset_on(dst, v as u32, 2, n, true)
     })
 }
 
@@ -309,7 +305,7 @@ pub unsafe extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize,
         if captured_memset(stream, dst, v, 4, n)? {
             return Ok(());
         }
-        memset_async(dst, v, 4, n)
+        memset_on(dst, v, 4, n, true)
     })
 }
 
