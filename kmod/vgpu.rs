@@ -8,6 +8,9 @@
 //!   and a staging buffer (layout in uapi/src/channel.rs), which the process maps with mmap.
 //!   The process posts descriptors, rings the doorbell (ioctl) and sleeps until completions
 //!   arrive (ioctl, woken by MSI-X). Closing the file closes the channel on the device.
+//! - Pinned memory: a process may pin ranges of its memory (ioctl); the driver page-locks them,
+//!   maps each page for DMA and gives the device the list, so that copies from and to pinned
+//!   host memory need no copy in the guest. The pins end with an unpin ioctl or the file.
 //! - /proc/driver/nvidia/version and /proc/driver/nvidia/gpus/<bdf>/information.
 //!
 //! The driver is a transport: it never looks at what goes through a channel.
@@ -16,7 +19,9 @@ use core::{ffi::c_void, ptr, sync::atomic::{fence, Ordering}};
 use kernel::{
     bindings,
     device::{self, Core},
-    dma::{Coherent, Device as _, DmaMask},
+    alloc::VVec,
+    dma::{Coherent, CoherentBox, Device as _, DmaMask},
+    page::PAGE_SIZE,
     fs::File,
     io::Io,
     irq::{self, IrqReturn},
@@ -42,7 +47,7 @@ mod channel;
 #[allow(dead_code, unreachable_pub)]
 mod version;
 
-use channel::{ChannelInfo, VersionInfo, WaitArgs};
+use channel::{ChannelInfo, PinArgs, VersionInfo, WaitArgs};
 
 // SAFETY: plain `#[repr(C)]` structs of integers without padding (sizes asserted in uapi).
 unsafe impl AsBytes for ChannelInfo {}
@@ -50,12 +55,18 @@ unsafe impl AsBytes for ChannelInfo {}
 unsafe impl AsBytes for VersionInfo {}
 // SAFETY: as above; every bit pattern is a valid `WaitArgs`.
 unsafe impl FromBytes for WaitArgs {}
+// SAFETY: as above (24 bytes, no padding); every bit pattern is a valid `PinArgs`.
+unsafe impl FromBytes for PinArgs {}
+// SAFETY: as above.
+unsafe impl AsBytes for PinArgs {}
 
 /// The register block below the MSI-X table.
 const REGS_END: usize = bar0::REGS_END as usize;
 type Bar0 = pci::DevresBar<REGS_END>;
 /// Channels one device serves at most (the device may offer fewer).
 const MAX_CHANNELS: u32 = 64;
+/// Largest range one pin may cover: 1 GiB (its page list is one DMA-coherent allocation).
+const MAX_PIN_BYTES: u64 = 1 << 30;
 
 /// What a device shares with its open files and its interrupt handler. Files may outlive the
 /// device's binding: everything that needs the device checks `gone` or the revocable BAR.
@@ -65,6 +76,8 @@ struct Shared {
     index: u32,
     protocol_version: u32,
     channels: u32,
+    /// BAR0 CAPS.
+    caps: u32,
     bar: Bar0,
     dev: ARef<device::Device>,
     /// Serialises channel open/close on the device (CHAN_* registers are one latch set).
@@ -100,6 +113,36 @@ impl Shared {
         Ok(bar.read32(bar0::CHAN_STATUS as usize))
     }
 
+    /// Tells the device about pinned region `p` of channel `index` (its page list in `list`):
+    /// 0 or the device's errno value.
+    fn pin_cmd(&self, index: u32, p: &Pinned, offset: u32, len: u64, list: &Coherent<[u64]>) -> Result<u32> {
+        let bar = self.bar.try_access().ok_or(ENODEV)?;
+        let addr = list.dma_address() as u64;
+        bar.write32(addr as u32, bar0::CHAN_ADDR_LO as usize);
+        bar.write32((addr >> 32) as u32, bar0::CHAN_ADDR_HI as usize);
+        bar.write32(p.id, bar0::PIN_ID as usize);
+        bar.write32(p.dma.len() as u32, bar0::PIN_PAGES as usize);
+        bar.write32(offset, bar0::PIN_OFFSET as usize);
+        bar.write32(len as u32, bar0::PIN_LEN_LO as usize);
+        bar.write32((len >> 32) as u32, bar0::PIN_LEN_HI as usize);
+        bar.write32(if p.writable { 0 } else { bar0::PIN_READ_ONLY }, bar0::PIN_FLAGS as usize);
+        bar.write32((bar0::CMD_PIN << 16) | index, bar0::CHAN_CMD as usize);
+        Ok(bar.read32(bar0::CHAN_STATUS as usize))
+    }
+
+    /// Makes the device forget region `id` of channel `index`; its pages may be released after.
+    fn unpin_cmd(&self, index: u32, id: u32) {
+        // Without the BAR the device is unbound, and unbinding closed every channel.
+        if let Some(bar) = self.bar.try_access() {
+            bar.write32(id, bar0::PIN_ID as usize);
+            bar.write32((bar0::CMD_UNPIN << 16) | index, bar0::CHAN_CMD as usize);
+            let status = bar.read32(bar0::CHAN_STATUS as usize);
+            if status != 0 {
+                pr_warn!("vgpu: unpinning region {} of channel {} failed on the device ({})\n", id, index, status);
+            }
+        }
+    }
+
     fn close_on_device(&self, ctrl: &mut Ctrl, index: u32) {
         if ctrl.open & (1 << index) == 0 {
             return;
@@ -129,10 +172,41 @@ impl irq::Handler for IrqHandler {
     }
 }
 
-/// An open channel: its area, owned by the file.
+/// An open channel: its pinned regions and its area, owned by the file (dropped in this order,
+/// after the device let go of them).
 struct Channel {
     index: u32,
+    pins: KVec<Pinned>,
+    next_pin: u32,
     area: Coherent<[u8]>,
+}
+
+/// Pages of a process pinned for the device (VGPU_IOCTL_PIN), each mapped for DMA. Dropping it
+/// unmaps and unpins them; that happens only once the device forgot the region (CMD_UNPIN or
+/// the channel's close).
+struct Pinned {
+    id: u32,
+    dev: ARef<device::Device>,
+    /// `pages[i]` is pinned; the first `dma.len()` of them are mapped at `dma[i]`.
+    pages: VVec<*mut bindings::page>,
+    dma: VVec<u64>,
+    writable: bool,
+}
+
+// SAFETY: the page pointers are references the pin holds on pages, usable from any thread.
+unsafe impl Send for Pinned {}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        for &addr in self.dma.iter() {
+            // SAFETY: `addr` is a mapping of one page made by `dma_map_page_attrs` for `dev`
+            // in `OpenFile::pin` and not unmapped since.
+            unsafe { bindings::dma_unmap_page_attrs(raw_device(&self.dev), addr, PAGE_SIZE, bindings::dma_data_direction::DMA_BIDIRECTIONAL, 0) };
+        }
+        // SAFETY: the pages were pinned by `pin_user_pages_fast` and are unpinned once, here;
+        // the device may have written to writable ones, hence dirty.
+        unsafe { bindings::unpin_user_pages_dirty_lock(self.pages.as_mut_ptr(), self.pages.len() as _, self.writable) };
+    }
 }
 
 impl Channel {
@@ -183,11 +257,7 @@ impl MiscDevice for OpenFile {
     }
 
     fn release(me: Pin<KBox<Self>>, _file: &File) {
-        if let Some(ch) = me.chan.lock().take() {
-            let mut ctrl = me.shared.ctrl.lock();
-            // The device must stop touching the area before it is freed (when `ch` drops).
-            me.shared.close_on_device(&mut ctrl, ch.index);
-        }
+        me.close_channel();
     }
 
     fn ioctl(me: Pin<&OpenFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
@@ -204,7 +274,11 @@ impl MiscDevice for OpenFile {
             }
             channel::VGPU_IOCTL_CHANNEL_OPEN => {
                 let info = me.open_channel()?;
-                user.writer().write(&info)?;
+                if let Err(e) = user.writer().write(&info) {
+                    // The caller never learned of the channel: it is not open.
+                    me.close_channel();
+                    return Err(e);
+                }
             }
             channel::VGPU_IOCTL_DOORBELL => {
                 let chan = me.chan.lock();
@@ -217,6 +291,16 @@ impl MiscDevice for OpenFile {
             channel::VGPU_IOCTL_WAIT => {
                 let args: WaitArgs = user.reader().read()?;
                 me.wait(args)?;
+            }
+            channel::VGPU_IOCTL_PIN => {
+                let (mut reader, mut writer) = user.reader_writer();
+                let mut args: PinArgs = reader.read()?;
+                args.id = me.pin(&args)?;
+                writer.write(&args)?;
+            }
+            channel::VGPU_IOCTL_UNPIN => {
+                let id: u32 = user.reader().read()?;
+                me.unpin(id)?;
             }
             _ => return Err(ENOTTY),
         }
@@ -285,8 +369,120 @@ impl OpenFile {
             channel: index,
             reserved: 0,
         };
-        *chan = Some(Channel { index, area });
+        *chan = Some(Channel { index, pins: KVec::new(), next_pin: 1, area });
         Ok(info)
+    }
+
+    /// Closes this file's channel, if open: on the device first, then its pins and area go.
+    fn close_channel(&self) {
+        if let Some(ch) = self.chan.lock().take() {
+            let mut ctrl = self.shared.ctrl.lock();
+            // The device must stop touching the area and pinned pages before they are
+            // released (when `ch` drops).
+            self.shared.close_on_device(&mut ctrl, ch.index);
+        }
+    }
+
+    /// Pins `args.addr..+args.len` of the calling process and registers it with the device:
+    /// the region's id.
+    fn pin(&self, args: &PinArgs) -> Result<u32> {
+        let shared = &self.shared;
+        if shared.caps & bar0::CAP_PINNED == 0 {
+            return Err(EOPNOTSUPP);
+        }
+        if args.flags & !(channel::PIN_READ_ONLY | channel::PIN_TRANSIENT) != 0 || args.len == 0 {
+            return Err(EINVAL);
+        }
+        if args.len > MAX_PIN_BYTES {
+            return Err(E2BIG);
+        }
+        let page = PAGE_SIZE as u64;
+        let end = args.addr.checked_add(args.len).ok_or(EINVAL)?;
+        let first = args.addr & !(page - 1);
+        let count = usize::try_from((end - first).div_ceil(page)).map_err(|_| EINVAL)?;
+        let writable = args.flags & channel::PIN_READ_ONLY == 0;
+        let mut chan = self.chan.lock();
+        let ch = Option::as_mut(&mut *chan).ok_or(EINVAL)?;
+        if ch.pins.len() >= bar0::MAX_PINS as usize {
+            return Err(ENOSPC);
+        }
+        let mut id = ch.next_pin;
+        while ch.pins.iter().any(|p| p.id == id) {
+            id = id.wrapping_add(1);
+        }
+        ch.next_pin = id.wrapping_add(1);
+        let mut p = Pinned {
+            id,
+            dev: shared.dev.clone(),
+            pages: VVec::with_capacity(count, GFP_KERNEL)?,
+            dma: VVec::with_capacity(count, GFP_KERNEL)?,
+            writable,
+        };
+        // Long-term pins may not hold pages that would block migration or writeback (the
+        // kernel refuses file-backed ones); a pin for one copy may.
+        let longterm = if args.flags & channel::PIN_TRANSIENT == 0 { bindings::FOLL_LONGTERM } else { 0 };
+        let gup = longterm | if writable { bindings::FOLL_WRITE } else { 0 };
+        let mut buf: VVec<*mut bindings::page> = VVec::with_capacity(count, GFP_KERNEL)?;
+        while p.pages.len() < count {
+            let done = p.pages.len();
+            let want = (count - done).min(i32::MAX as usize) as i32;
+            // SAFETY: `buf` has room for `count` pointers; the kernel fills at most `want` of
+            // them from the start and returns how many (it checks the range is the caller's).
+            let got = unsafe { bindings::pin_user_pages_fast((first + (done as u64) * page) as usize, want, gup, buf.as_mut_ptr()) };
+            if got <= 0 {
+                // `p` unpins what was pinned so far.
+                return Err(if got < 0 { Error::from_errno(got) } else { EFAULT });
+            }
+            for i in 0..got as usize {
+                // SAFETY: the first `got` entries of `buf` were just written by the kernel.
+                let pg = unsafe { *buf.as_mut_ptr().add(i) };
+                p.pages.push(pg, GFP_KERNEL)?;
+            }
+        }
+        for &pg in p.pages.iter() {
+            // SAFETY: `pg` is a page pinned above; the mapping is undone in `Pinned::drop`.
+            let addr = unsafe { bindings::dma_map_page_attrs(raw_device(&shared.dev), pg, 0, PAGE_SIZE, bindings::dma_data_direction::DMA_BIDIRECTIONAL, 0) };
+            // DMA_MAPPING_ERROR (what dma_mapping_error() tests for; that helper is inline C).
+            if addr == u64::MAX {
+                return Err(ENOMEM);
+            }
+            p.dma.push(addr, GFP_KERNEL)?;
+        }
+        let ctrl = shared.ctrl.lock();
+        if ctrl.gone {
+            return Err(ENODEV);
+        }
+        // SAFETY: `ctrl.gone` is false and we hold `ctrl`, as in `open_channel`.
+        let bound = unsafe { shared.dev.as_bound() };
+        let mut list = CoherentBox::<[u64]>::zeroed_slice(bound, p.dma.len(), GFP_KERNEL)?;
+        for (entry, &addr) in list.iter_mut().zip(p.dma.iter()) {
+            *entry = addr.to_le();
+        }
+        let list: Coherent<[u64]> = list.into();
+        let offset = (args.addr - first) as u32;
+        match shared.pin_cmd(ch.index, &p, offset, args.len, &list)? {
+            0 => {}
+            errno => {
+                pr_warn!("vgpu: the device refused to pin {} pages (errno {})\n", count, errno);
+                return Err(if (1..4096).contains(&errno) { Error::from_errno(-(errno as i32)) } else { EIO });
+            }
+        }
+        drop(ctrl);
+        ch.pins.push(p, GFP_KERNEL)?;
+        Ok(id)
+    }
+
+    fn unpin(&self, id: u32) -> Result {
+        let mut chan = self.chan.lock();
+        let ch = Option::as_mut(&mut *chan).ok_or(EINVAL)?;
+        let i = ch.pins.iter().position(|p| p.id == id).ok_or(ENOENT)?;
+        {
+            let _ctrl = self.shared.ctrl.lock();
+            self.shared.unpin_cmd(ch.index, id);
+        }
+        // The device let go: unmap and unpin.
+        drop(ch.pins.remove(i));
+        Ok(())
     }
 
     /// Sleeps until the completion tail moves past `args.seen`.
@@ -522,6 +718,7 @@ impl pci::Driver for VgpuDriver {
                 return Err(ENODEV);
             }
             let channels = bar.read32(bar0::CHANNELS as usize).min(MAX_CHANNELS);
+            let caps = bar.read32(bar0::CAPS as usize);
             let gpu_name = read_bar_bytes::<{ bar0::GPU_NAME_LEN }>(&bar, bar0::GPU_NAME);
             let gpu_uuid = read_bar_bytes::<{ bar0::GPU_UUID_LEN }>(&bar, bar0::GPU_UUID);
             let dev: ARef<device::Device> = pdev.as_ref().into();
@@ -530,6 +727,7 @@ impl pci::Driver for VgpuDriver {
                     index: 0,
                     protocol_version,
                     channels,
+                    caps,
                     bar: bar.into_devres()?,
                     dev,
                     ctrl <- new_mutex!(Ctrl { gone: false, open: 0 }),

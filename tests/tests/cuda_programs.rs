@@ -40,6 +40,8 @@ cases! {
     histogram_cudart13: "histogram", V13;
     pinned_async_cudart12: "pinned_async", V12;
     pinned_async_cudart13: "pinned_async", V13;
+    host_register_cudart12: "host_register", V12;
+    host_register_cudart13: "host_register", V13;
     occupancy_cudart12: "occupancy", V12;
     occupancy_cudart13: "occupancy", V13;
     graphs_cudart12: "graphs", V12;

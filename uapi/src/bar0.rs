@@ -8,10 +8,12 @@ pub const MAGIC: u64 = 0x000;
 pub const MAGIC_VALUE: u32 = 0x5550_4756; // "VGPU"
 /// RO: the command protocol version the device speaks (`PROTOCOL_VERSION` in uapi).
 pub const VERSION: u64 = 0x004;
-/// RO: capability bits ([`CAP_CHANNELS`]).
+/// RO: capability bits ([`CAP_CHANNELS`], [`CAP_PINNED`]).
 pub const CAPS: u64 = 0x008;
 /// The device serves channels (rings in guest memory, see `channel.rs`).
 pub const CAP_CHANNELS: u32 = 1 << 0;
+/// The device reaches pinned guest pages directly: [`CMD_PIN`], `OP_SEND_PINNED`, `OP_RECV_PINNED`.
+pub const CAP_PINNED: u32 = 1 << 1;
 /// RW: scratch register for the driver's self-test.
 pub const SCRATCH: u64 = 0x00c;
 /// WO: writing N raises MSI-X vector N (the driver's interrupt self-test).
@@ -30,6 +32,18 @@ pub const CHAN_SIZE: u64 = 0x028;
 pub const CHAN_CMD: u64 = 0x02c;
 pub const CMD_OPEN: u32 = 1;
 pub const CMD_CLOSE: u32 = 2;
+/// `CMD_PIN << 16 | N`: channel N may use pinned region PIN_ID from now on. The driver pinned a
+/// process's pages and lists their bus addresses (one u64 per page, in order) in a buffer at
+/// CHAN_ADDR_LO/HI: PIN_PAGES entries; the region is PIN_LEN bytes from PIN_OFFSET in the first
+/// page. The device copies the list while handling the command (the buffer may be freed after
+/// CHAN_STATUS is read). Status: 0, EINVAL (bad shape), EEXIST (id in use), ENOSPC (over
+/// [`MAX_PINS`] or the device's total), EFAULT (list or pages outside guest RAM), ENOENT
+/// (channel not open).
+pub const CMD_PIN: u32 = 3;
+/// `CMD_UNPIN << 16 | N`: forgets region PIN_ID of channel N. Once CHAN_STATUS is read the device
+/// no longer touches its pages (a descriptor still using it completes with EFAULT). Closing a
+/// channel forgets all its regions.
+pub const CMD_UNPIN: u32 = 4;
 /// RO: result of the last CHAN_CMD: 0, or a Linux errno value (EINVAL, EBUSY, ECONNREFUSED...).
 pub const CHAN_STATUS: u64 = 0x030;
 /// WO: the number of a channel with new submissions (its submission ring's tail moved).
@@ -43,8 +57,21 @@ pub const GPU_NAME: u64 = 0x040;
 pub const GPU_NAME_LEN: usize = 64;
 pub const GPU_UUID: u64 = 0x080;
 pub const GPU_UUID_LEN: usize = 16;
+/// RW: the pinned region of the next CMD_PIN / CMD_UNPIN: its number (chosen by the driver,
+/// unique per channel), page count, start in the first page, length and flags ([`PIN_READ_ONLY`]).
+pub const PIN_ID: u64 = 0x090;
+pub const PIN_PAGES: u64 = 0x094;
+pub const PIN_OFFSET: u64 = 0x098;
+pub const PIN_LEN_LO: u64 = 0x09c;
+pub const PIN_LEN_HI: u64 = 0x0a0;
+pub const PIN_FLAGS: u64 = 0x0a4;
+/// The region's pages were pinned for reading only: the device never writes them.
+pub const PIN_READ_ONLY: u32 = 1 << 0;
+/// Largest region (pages; 4 GiB) and most regions per channel.
+pub const MAX_PIN_PAGES: u32 = 1 << 20;
+pub const MAX_PINS: u32 = 4096;
 /// End of the register block the driver maps.
-pub const REGS_END: u64 = 0x090;
+pub const REGS_END: u64 = 0x0a8;
 
 /// MSI-X table and pending-bit array offsets. Completions on any channel raise
 /// [`COMPLETION_VECTOR`]; the driver then checks the channels' completion rings.

@@ -51,8 +51,16 @@ pub const AREA_SIZE: usize = 2 << 20;
 /// Descriptor opcodes.
 pub const OP_SEND: u32 = 1;
 pub const OP_RECV: u32 = 2;
+/// Pinned memory (devices with `bar0::CAP_PINNED`): the bytes come from or go to a region of a
+/// process's memory the driver pinned ([`VGPU_IOCTL_PIN`]), not staging: `flags` is the region's
+/// id, `offset` is relative to the region's start. `OP_SEND_PINNED` hands the mediator `len`
+/// bytes of the region; `OP_RECV_PINNED` writes exactly `len` bytes of the mediator's reply into
+/// it (waiting for all of them). So a copy from or to pinned memory is not copied in the guest.
+pub const OP_SEND_PINNED: u32 = 3;
+pub const OP_RECV_PINNED: u32 = 4;
 
-/// A submission (32 bytes). `offset` is relative to the channel area and must lie in staging.
+/// A submission (32 bytes). For SEND/RECV `offset` is relative to the channel area and the bytes
+/// must lie in staging; for the pinned ops see [`OP_SEND_PINNED`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Desc {
@@ -173,11 +181,35 @@ pub struct WaitArgs {
     pub timeout_ms: u32,
 }
 
+/// `VGPU_IOCTL_PIN`: pins `len` bytes of the caller's memory at `addr` (page-locked until
+/// unpinned or the file is closed) and lets the device reach them; returns the region's `id`
+/// for `OP_SEND_PINNED`/`OP_RECV_PINNED`. Needs an open channel (EINVAL). EOPNOTSUPP: the device
+/// cannot; ENOSPC: too many regions; EFAULT: the range is not (writable) memory of the caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinArgs {
+    pub addr: u64,
+    pub len: u64,
+    /// [`PIN_READ_ONLY`], [`PIN_TRANSIENT`].
+    pub flags: u32,
+    /// Out: the region's id.
+    pub id: u32,
+}
+/// Pin for reading only (the memory may be read-only; the device only sends from it).
+pub const PIN_READ_ONLY: u32 = 1;
+/// Pinned for the duration of one copy (pageable memory, file mappings included), not kept
+/// page-locked for long.
+pub const PIN_TRANSIENT: u32 = 2;
+
 pub const VGPU_IOCTL_VERSION: u32 = ioc(IOC_READ, 0x40, core::mem::size_of::<VersionInfo>());
 pub const VGPU_IOCTL_CHANNEL_OPEN: u32 = ioc(IOC_READ, 0x41, core::mem::size_of::<ChannelInfo>());
 /// `VGPU_IOCTL_DOORBELL` (no argument): tells the device this channel's submission tail moved.
 pub const VGPU_IOCTL_DOORBELL: u32 = ioc(0, 0x42, 0);
 pub const VGPU_IOCTL_WAIT: u32 = ioc(IOC_WRITE, 0x43, core::mem::size_of::<WaitArgs>());
+pub const VGPU_IOCTL_PIN: u32 = ioc(IOC_READ | IOC_WRITE, 0x44, core::mem::size_of::<PinArgs>());
+/// `VGPU_IOCTL_UNPIN` (argument: the region's id, u32): the device forgets the region, then its
+/// pages are released. ENOENT: no such region.
+pub const VGPU_IOCTL_UNPIN: u32 = ioc(IOC_WRITE, 0x45, 4);
 
 #[cfg(test)]
 mod tests {
@@ -197,6 +229,9 @@ mod tests {
         assert_eq!(VGPU_IOCTL_VERSION, 0x8010_5640);
         assert_eq!(VGPU_IOCTL_DOORBELL, 0x0000_5642);
         assert_eq!(VGPU_IOCTL_WAIT, 0x4008_5643);
+        // _IOWR('V', 0x44, 24-byte struct), _IOW('V', 0x45, u32).
+        assert_eq!(VGPU_IOCTL_PIN, 0xc018_5644);
+        assert_eq!(VGPU_IOCTL_UNPIN, 0x4004_5645);
         assert_eq!(sq_slot(SQ_ENTRIES + 1), SQ_RING + DESC_SIZE);
     }
 }

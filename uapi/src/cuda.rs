@@ -23,6 +23,8 @@ pub const CUDA_ERROR_NOT_READY: CuResult = 600;
 pub const CUDA_ERROR_ILLEGAL_ADDRESS: CuResult = 700;
 pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CuResult = 701;
 pub const CUDA_ERROR_LAUNCH_TIMEOUT: CuResult = 702;
+pub const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
+pub const CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: CuResult = 713;
 pub const CUDA_ERROR_ILLEGAL_INSTRUCTION: CuResult = 715;
 pub const CUDA_ERROR_MISALIGNED_ADDRESS: CuResult = 716;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
@@ -70,6 +72,12 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
             ("CUDA_ERROR_ILLEGAL_INSTRUCTION", "an illegal instruction was encountered")
         }
         CUDA_ERROR_MISALIGNED_ADDRESS => ("CUDA_ERROR_MISALIGNED_ADDRESS", "misaligned address"),
+        CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED => {
+            ("CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED", "part or all of the requested memory range is already mapped")
+        }
+        CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED => {
+            ("CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED", "pointer does not correspond to a registered memory region")
+        }
         CUDA_ERROR_LAUNCH_FAILED => ("CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"),
         CUDA_ERROR_NOT_PERMITTED => ("CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
         CUDA_ERROR_NOT_SUPPORTED => ("CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),

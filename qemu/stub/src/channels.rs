@@ -1,7 +1,9 @@
 //! Channels (uapi `channel.rs`): each open channel is one connection to the mediator and one
-//! worker thread that moves the bytes of its descriptors between the channel area in guest RAM
-//! and that connection. The device never interprets the bytes.
+//! worker thread that moves the bytes of its descriptors between guest RAM (the channel area's
+//! staging buffer, or pages the guest driver pinned) and that connection. The device never
+//! interprets the bytes.
 
+use crate::device::{Effect, Registers};
 use crate::ram::GuestRam;
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,7 +12,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use vgpu_uapi::bar0;
 use vgpu_uapi::channel::*;
@@ -19,6 +21,7 @@ use vgpu_uapi::channel::*;
 pub type Irqs = Arc<Mutex<Vec<Option<File>>>>;
 
 const EINVAL: u32 = libc::EINVAL as u32;
+const ENOSPC: u32 = libc::ENOSPC as u32;
 const EFAULT: u32 = libc::EFAULT as u32;
 const EPIPE: u32 = libc::EPIPE as u32;
 const ECONNREFUSED: u32 = libc::ECONNREFUSED as u32;
@@ -29,6 +32,39 @@ const POLL_FOR: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Most bytes copied per step: bounds the worker's buffer and how long it holds the RAM lock.
 const CHUNK: usize = 1 << 20;
+
+/// Most reply bytes a worker keeps for the guest while it is still sending (see `held`): far
+/// more than vgpu's libcuda ever leaves unread; a guest past it loses its channel rather than
+/// host memory.
+const MAX_HELD: usize = 256 << 20;
+
+/// Most pinned pages the device keeps track of, over all channels (32 GiB of guest memory;
+/// the lists cost 8 bytes a page here).
+const MAX_PINNED_PAGES: usize = 1 << 23;
+
+const PAGE: u64 = 4096;
+
+/// A region of a process's memory the guest driver pinned (bar0 CMD_PIN): the guest-physical
+/// addresses of its pages, where it starts in the first page, its length.
+struct Region {
+    pages: Vec<u64>,
+    offset: u64,
+    len: u64,
+    read_only: bool,
+}
+
+/// A channel's pinned regions by id, shared by the device (CMD_PIN/CMD_UNPIN) and the worker.
+/// The worker holds the read lock only while it copies one chunk between guest RAM and its
+/// buffer, so an unpin waits at most that long and after it the pages are never touched.
+type Regions = Arc<RwLock<HashMap<u32, Region>>>;
+
+fn read_regions(r: &Regions) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Region>> {
+    r.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_regions(r: &Regions) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Region>> {
+    r.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Why a worker ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +118,7 @@ struct Open {
     sock: UnixStream,
     bell: Arc<Bell>,
     worker: JoinHandle<Exit>,
+    pins: Regions,
 }
 
 pub struct Channels {
@@ -120,6 +157,7 @@ impl Channels {
         };
         let Ok(theirs) = sock.try_clone() else { return ECONNREFUSED };
         let bell = Arc::new(Bell { state: Mutex::new((true, false)), cv: Condvar::new() });
+        let pins = Regions::default();
         let w = Worker {
             n,
             area: addr,
@@ -132,10 +170,11 @@ impl Channels {
             cq_tail,
             buf: Vec::new(),
             held: std::collections::VecDeque::new(),
+            pins: pins.clone(),
         };
         match std::thread::Builder::new().name(format!("vgpu-chan{n}")).spawn(move || w.run()) {
             Ok(worker) => {
-                self.open.insert(n, Open { sock, bell, worker });
+                self.open.insert(n, Open { sock, bell, worker, pins });
                 0
             }
             Err(e) => {
@@ -171,6 +210,77 @@ impl Channels {
     pub fn ring(&self, n: u32) {
         if let Some(o) = self.open.get(&n) {
             o.bell.ring(false);
+        }
+    }
+
+    /// Carries out what a BAR0 write asked of the channels, reporting the outcome to `regs`
+    /// (read back from CHAN_STATUS); returns the MSI-X vector to raise for an IRQ_TEST write.
+    pub fn carry_out(&mut self, regs: &mut Registers, effect: Effect, trace: bool) -> Option<u32> {
+        match effect {
+            Effect::None => {}
+            Effect::RaiseIrq(vector) => return Some(vector),
+            Effect::Open { channel, addr, size } => {
+                let status = self.open(channel, addr, size);
+                regs.opened(channel, status);
+                if trace || status != 0 {
+                    eprintln!("vgpu-stub: channel {channel} open at {addr:#x}+{size:#x}: status {status}");
+                }
+            }
+            Effect::Close(channel) => {
+                self.close(channel);
+            }
+            Effect::Doorbell(channel) => self.ring(channel),
+            Effect::Pin { channel, id, list, pages, offset, len, read_only } => {
+                let status = self.pin(channel, id, list, pages, offset, len, read_only);
+                regs.done(status);
+                if trace || status != 0 {
+                    eprintln!("vgpu-stub: channel {channel} pin {id} ({pages} pages): status {status}");
+                }
+            }
+            Effect::Unpin { channel, id } => regs.done(self.unpin(channel, id)),
+        }
+        None
+    }
+
+    /// Registers pinned region `id` of channel `n` (shape checked by the register model): copies
+    /// the page list from `list` and checks every page is guest RAM. 0 or an errno value.
+    fn pin(&mut self, n: u32, id: u32, list: u64, pages: u32, offset: u32, len: u64, read_only: bool) -> u32 {
+        let total: usize = self.open.values().map(|o| read_regions(&o.pins).values().map(|r| r.pages.len()).sum::<usize>()).sum();
+        let Some(o) = self.open.get(&n) else { return libc::ENOENT as u32 };
+        {
+            let regions = read_regions(&o.pins);
+            if regions.contains_key(&id) {
+                return libc::EEXIST as u32;
+            }
+            if regions.len() >= bar0::MAX_PINS as usize || total + pages as usize > MAX_PINNED_PAGES {
+                return ENOSPC;
+            }
+        }
+        let mut raw = vec![0u8; pages as usize * 8];
+        if self.ram.read(list, &mut raw).is_none() {
+            return EFAULT;
+        }
+        let mut addrs = Vec::with_capacity(pages as usize);
+        for entry in raw.chunks_exact(8) {
+            let a = u64::from_le_bytes(entry.try_into().unwrap_or([0xff; 8]));
+            if a % PAGE != 0 {
+                return EINVAL;
+            }
+            if !self.ram.contains(a, PAGE) {
+                return EFAULT;
+            }
+            addrs.push(a);
+        }
+        write_regions(&o.pins).insert(id, Region { pages: addrs, offset: offset as u64, len, read_only });
+        0
+    }
+
+    /// Forgets pinned region `id` of channel `n`: once this returns its pages are not touched.
+    fn unpin(&mut self, n: u32, id: u32) -> u32 {
+        let Some(o) = self.open.get(&n) else { return libc::ENOENT as u32 };
+        match write_regions(&o.pins).remove(&id) {
+            Some(_) => 0,
+            None => libc::ENOENT as u32,
         }
     }
 }
@@ -210,6 +320,7 @@ struct Worker {
     /// Reply bytes read from the mediator while a SEND was being written (so that neither side
     /// waits for the other to read), handed out first by the next RECVs.
     held: std::collections::VecDeque<u8>,
+    pins: Regions,
 }
 
 impl Worker {
@@ -316,6 +427,10 @@ impl Worker {
                 // SAFETY: reads at most tmp.len() bytes into `tmp`, without blocking.
                 let r = unsafe { libc::recv(fd, tmp.as_mut_ptr().cast(), tmp.len(), libc::MSG_DONTWAIT) };
                 if r > 0 {
+                    if self.held.len() + r as usize > MAX_HELD {
+                        eprintln!("vgpu-stub: channel {}: the guest leaves over {MAX_HELD} bytes of replies unread", self.n);
+                        return Err(ErrorKind::OutOfMemory.into());
+                    }
                     self.held.extend(&tmp[..r as usize]);
                 } else if r == 0 {
                     // The mediator closed the session.
@@ -341,8 +456,63 @@ impl Worker {
         Ok(())
     }
 
+    /// Copies between `buf` and bytes `at..at + buf.len()` of pinned region `id`, into the
+    /// region if `into`: false if the region is gone, too short or read-only (for `into`), or a
+    /// page is no longer guest RAM.
+    fn pinned_copy(&self, id: u32, at: u64, buf: &mut [u8], into: bool) -> bool {
+        let regions = read_regions(&self.pins);
+        let Some(r) = regions.get(&id) else { return false };
+        if (into && r.read_only) || at.checked_add(buf.len() as u64).is_none_or(|end| end > r.len) {
+            return false;
+        }
+        // Within the pages: offset + len <= pages * PAGE was checked when it was pinned.
+        let mut pos = r.offset + at;
+        let mut done = 0;
+        while done < buf.len() {
+            let first = (pos / PAGE) as usize;
+            let start = r.pages[first] + pos % PAGE;
+            // Extend over pages that follow one another in guest-physical memory.
+            let mut end = r.pages[first] + PAGE;
+            let mut next = first + 1;
+            while end - start < (buf.len() - done) as u64 && r.pages.get(next) == Some(&end) {
+                end += PAGE;
+                next += 1;
+            }
+            let n = ((end - start) as usize).min(buf.len() - done);
+            let ok = if into { self.ram.write(start, &buf[done..done + n]) } else { self.ram.read(start, &mut buf[done..done + n]) };
+            if ok.is_none() {
+                return false;
+            }
+            done += n;
+            pos += n as u64;
+        }
+        true
+    }
+
+    /// Fills `self.buf[..n]` from the mediator's reply: first what is held, then the socket.
+    fn recv_exact(&mut self, n: usize) -> Result<(), u32> {
+        self.buf.resize(n, 0);
+        let from_held = n.min(self.held.len());
+        for (d, s) in self.buf[..from_held].iter_mut().zip(self.held.drain(..from_held)) {
+            *d = s;
+        }
+        let mut got = from_held;
+        while got < n {
+            match self.sock.read(&mut self.buf[got..n]) {
+                Ok(0) => return Err(EPIPE),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(EPIPE),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one descriptor: (status, bytes moved).
     fn execute(&mut self, d: &Desc) -> (u32, u32) {
+        if matches!(d.op, OP_SEND_PINNED | OP_RECV_PINNED) {
+            return self.execute_pinned(d);
+        }
         let in_staging = d.offset >= STAGING as u64 && d.offset.checked_add(d.len).is_some_and(|end| end <= self.size);
         let (Some(addr), Ok(len), true) = (self.area.checked_add(d.offset), u32::try_from(d.len), in_staging) else {
             return (EINVAL, 0);
@@ -407,5 +577,43 @@ impl Worker {
             }
             _ => (EINVAL, 0),
         }
+    }
+
+    /// OP_SEND_PINNED / OP_RECV_PINNED: the bytes go straight between pinned pages and the
+    /// mediator, a chunk at a time.
+    fn execute_pinned(&mut self, d: &Desc) -> (u32, u32) {
+        let (Ok(len), Some(_)) = (u32::try_from(d.len), d.offset.checked_add(d.len)) else {
+            return (EINVAL, 0);
+        };
+        let (id, into) = (d.flags, d.op == OP_RECV_PINNED);
+        // A descriptor that cannot be carried out moves no byte (the stream stays in step).
+        let usable = read_regions(&self.pins).get(&id).is_some_and(|r| !(into && r.read_only) && d.offset + d.len <= r.len);
+        if !usable {
+            return (EFAULT, 0);
+        }
+        let len = len as usize;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            if into {
+                if let Err(e) = self.recv_exact(n) {
+                    return (e, done as u32);
+                }
+            } else {
+                self.buf.resize(n, 0);
+            }
+            let mut buf = std::mem::take(&mut self.buf);
+            // d.offset + len was checked above.
+            let ok = self.pinned_copy(id, d.offset + done as u64, &mut buf[..n], into);
+            self.buf = buf;
+            if !ok {
+                return (EFAULT, done as u32);
+            }
+            if !into && self.send_all(n).is_err() {
+                return (EPIPE, done as u32);
+            }
+            done += n;
+        }
+        (0, len as u32)
     }
 }

@@ -81,6 +81,11 @@ pub enum Effect {
     Close(u32),
     /// Wake the worker of open channel N.
     Doorbell(u32),
+    /// Register pinned region `id` of open channel `channel` (its shape already checked): the
+    /// caller reads the page list at `list` and reports with [`Registers::done`].
+    Pin { channel: u32, id: u32, list: u64, pages: u32, offset: u32, len: u64, read_only: bool },
+    /// Forget pinned region `id` of open channel `channel`; report with [`Registers::done`].
+    Unpin { channel: u32, id: u32 },
 }
 
 pub struct Registers {
@@ -93,12 +98,28 @@ pub struct Registers {
     open: u64,
     /// GPU_NAME then GPU_UUID (see bar0.rs).
     identity: [u8; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN],
+    /// PIN_ID, PIN_PAGES, PIN_OFFSET, PIN_LEN_LO, PIN_LEN_HI, PIN_FLAGS.
+    pin: [u32; 6],
 }
 
 impl Default for Registers {
     fn default() -> Self {
-        Registers { scratch: 0, addr_lo: 0, addr_hi: 0, size: 0, status: 0, open: 0, identity: [0; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN] }
+        Registers {
+            scratch: 0,
+            addr_lo: 0,
+            addr_hi: 0,
+            size: 0,
+            status: 0,
+            open: 0,
+            identity: [0; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN],
+            pin: [0; 6],
+        }
     }
+}
+
+/// Index of a PIN_* register in `Registers::pin`.
+fn pin_reg(off: u64) -> Option<usize> {
+    (bar0::PIN_ID..=bar0::PIN_FLAGS).contains(&off).then(|| (off - bar0::PIN_ID) as usize / 4).filter(|_| off % 4 == 0)
 }
 
 /// Whether a channel area has an acceptable shape: 4 KiB aligned, a whole number of pages
@@ -113,13 +134,14 @@ impl Registers {
         match off {
             bar0::MAGIC => bar0::MAGIC_VALUE,
             bar0::VERSION => vgpu_uapi::PROTOCOL_VERSION,
-            bar0::CAPS => bar0::CAP_CHANNELS,
+            bar0::CAPS => bar0::CAP_CHANNELS | bar0::CAP_PINNED,
             bar0::SCRATCH => self.scratch,
             bar0::CHAN_ADDR_LO => self.addr_lo,
             bar0::CHAN_ADDR_HI => self.addr_hi,
             bar0::CHAN_SIZE => self.size,
             bar0::CHAN_STATUS => self.status,
             bar0::CHANNELS => CHANNELS,
+            o if pin_reg(o).is_some() => pin_reg(o).map_or(0, |i| self.pin[i]),
             o if (bar0::GPU_NAME..bar0::GPU_UUID + bar0::GPU_UUID_LEN as u64).contains(&o) && o % 4 == 0 => {
                 let i = (o - bar0::GPU_NAME) as usize;
                 self.identity.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -151,6 +173,11 @@ impl Registers {
             bar0::CHAN_SIZE => self.size = v,
             bar0::CHAN_CMD => return self.command(v >> 16, v & 0xffff),
             bar0::DOORBELL if self.is_open(v) => return Effect::Doorbell(v),
+            o if pin_reg(o).is_some() => {
+                if let Some(i) = pin_reg(o) {
+                    self.pin[i] = v;
+                }
+            }
             _ => {} // read-only or unknown: ignored, as hardware does
         }
         Effect::None
@@ -174,6 +201,19 @@ impl Registers {
                 self.open &= !(1 << n);
                 (0, Effect::Close(n))
             }
+            bar0::CMD_PIN | bar0::CMD_UNPIN if !self.is_open(n) => (libc::ENOENT as u32, Effect::None),
+            bar0::CMD_PIN => {
+                let [id, pages, offset, lo, hi, flags] = self.pin;
+                let len = (hi as u64) << 32 | lo as u64;
+                let fits = offset < 4096 && len > 0 && (offset as u64).checked_add(len).is_some_and(|e| e <= pages as u64 * 4096);
+                if !fits || pages == 0 || pages > bar0::MAX_PIN_PAGES || flags & !bar0::PIN_READ_ONLY != 0 || addr & 7 != 0 {
+                    (EINVAL, Effect::None)
+                } else {
+                    let read_only = flags & bar0::PIN_READ_ONLY != 0;
+                    (libc::EIO as u32, Effect::Pin { channel: n, id, list: addr, pages, offset, len, read_only })
+                }
+            }
+            bar0::CMD_UNPIN => (libc::EIO as u32, Effect::Unpin { channel: n, id: self.pin[0] }),
             _ => (EINVAL, Effect::None),
         };
         self.status = status;
@@ -186,6 +226,11 @@ impl Registers {
         if status == 0 && n < CHANNELS {
             self.open |= 1 << n;
         }
+    }
+
+    /// The outcome of an [`Effect::Pin`] or [`Effect::Unpin`], read back from CHAN_STATUS.
+    pub fn done(&mut self, status: u32) {
+        self.status = status;
     }
 }
 
@@ -237,7 +282,7 @@ mod tests {
         assert_eq!(r.read(bar0::MAGIC), bar0::MAGIC_VALUE, "read-only");
         assert_eq!(r.write(bar0::IRQ_TEST, 2), Effect::RaiseIrq(2));
         assert_eq!(r.write(bar0::IRQ_TEST, 99), Effect::None, "no such vector");
-        assert_eq!(r.read(bar0::CAPS), bar0::CAP_CHANNELS);
+        assert_eq!(r.read(bar0::CAPS), bar0::CAP_CHANNELS | bar0::CAP_PINNED);
         assert_eq!(r.read(bar0::CHANNELS), 64);
     }
 
@@ -281,5 +326,49 @@ mod tests {
         assert_eq!(r.write(bar0::DOORBELL, 3), Effect::None);
         assert_eq!(r.write(bar0::CHAN_CMD, 9 << 16 | 3), Effect::None);
         assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32, "unknown command");
+    }
+
+    fn pin_cmd(r: &mut Registers, n: u32, list: u64, [id, pages, offset, flags]: [u32; 4], len: u64) -> Effect {
+        r.write(bar0::CHAN_ADDR_LO, list as u32);
+        r.write(bar0::CHAN_ADDR_HI, (list >> 32) as u32);
+        for (reg, v) in [(bar0::PIN_ID, id), (bar0::PIN_PAGES, pages), (bar0::PIN_OFFSET, offset), (bar0::PIN_FLAGS, flags)] {
+            r.write(reg, v);
+        }
+        r.write(bar0::PIN_LEN_LO, len as u32);
+        r.write(bar0::PIN_LEN_HI, (len >> 32) as u32);
+        r.write(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | n)
+    }
+
+    #[test]
+    fn pin_commands_validate_the_region_shape() {
+        let mut r = Registers::default();
+        let list = 0x8000_0000u64;
+        assert_eq!(pin_cmd(&mut r, 2, list, [1, 1, 0, 0], 4096), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::ENOENT as u32, "channel not open");
+        r.opened(2, 0);
+        assert_eq!(r.read(bar0::PIN_PAGES), 1, "latches read back");
+        let bad: [([u32; 4], u64); 7] = [
+            ([1, 0, 0, 0], 1),                      // no pages
+            ([1, 1, 0, 0], 0),                      // empty
+            ([1, 1, 4096, 0], 1),                   // offset past the first page
+            ([1, 1, 100, 0], 4000),                 // runs past the last page
+            ([1, bar0::MAX_PIN_PAGES + 1, 0, 0], 1), // too many pages
+            ([1, 1, 0, 2], 1),                      // unknown flag
+            ([1, 2, 0, 0], u64::MAX),               // overflow
+        ];
+        for (regs, len) in bad {
+            assert_eq!(pin_cmd(&mut r, 2, list, regs, len), Effect::None, "{regs:?} {len}");
+            assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32);
+        }
+        assert_eq!(pin_cmd(&mut r, 2, list + 4, [1, 1, 0, 0], 1), Effect::None, "misaligned list");
+        assert_eq!(
+            pin_cmd(&mut r, 2, list, [7, 3, 100, 1], 3 * 4096 - 100),
+            Effect::Pin { channel: 2, id: 7, list, pages: 3, offset: 100, len: 3 * 4096 - 100, read_only: true }
+        );
+        r.done(0);
+        assert_eq!(r.read(bar0::CHAN_STATUS), 0);
+        assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_UNPIN << 16 | 2), Effect::Unpin { channel: 2, id: 7 });
+        assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_UNPIN << 16 | 3), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), libc::ENOENT as u32);
     }
 }

@@ -92,18 +92,10 @@ pub fn guest(data: &[u8]) {
         let off = u16::from_le_bytes([w[0], w[1]]) as u64 & !3;
         let v = u32::from_le_bytes([w[2], w[3], w[4], w[5]]);
         let _ = regs.read(off);
-        match regs.write(off, v) {
-            Effect::Open { channel, addr, size } => {
-                let status = chans.open(channel, addr, size);
-                connected += usize::from(status == 0);
-                regs.opened(channel, status);
-            }
-            Effect::Close(n) => {
-                chans.close(n);
-            }
-            Effect::Doorbell(n) => chans.ring(n),
-            Effect::None | Effect::RaiseIrq(_) => {}
-        }
+        let effect = regs.write(off, v);
+        let opening = matches!(effect, Effect::Open { .. });
+        chans.carry_out(&mut regs, effect, false);
+        connected += usize::from(opening && regs.read(vgpu_uapi::bar0::CHAN_STATUS) == 0);
     }
     chans.close_all();
     // The fake mediator's side of the closed channels ends too.

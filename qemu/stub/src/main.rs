@@ -8,7 +8,7 @@ mod tests;
 use vgpu_stub::{channels, device, identity};
 use channels::Channels;
 use clap::Parser;
-use device::{Config, Effect, Registers};
+use device::{Config, Registers};
 use std::fs::File;
 use std::path::PathBuf;
 use vfio_bindings::bindings::vfio::*;
@@ -49,20 +49,9 @@ impl Vgpu {
     }
 
     fn bar0_write(&mut self, off: u64, v: u32) {
-        match self.regs.write(off, v) {
-            Effect::None => {}
-            Effect::RaiseIrq(vector) => self.raise(vector),
-            Effect::Open { channel, addr, size } => {
-                let status = self.chans.open(channel, addr, size);
-                self.regs.opened(channel, status);
-                if self.trace || status != 0 {
-                    eprintln!("vgpu-stub: channel {channel} open at {addr:#x}+{size:#x}: status {status}");
-                }
-            }
-            Effect::Close(channel) => {
-                self.chans.close(channel);
-            }
-            Effect::Doorbell(channel) => self.chans.ring(channel),
+        let effect = self.regs.write(off, v);
+        if let Some(vector) = self.chans.carry_out(&mut self.regs, effect, self.trace) {
+            self.raise(vector);
         }
     }
 }

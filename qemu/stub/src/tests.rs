@@ -180,6 +180,103 @@ fn ok(tag: u64, len: u32) -> Completion {
     Completion { tag, status: 0, len }
 }
 
+fn pinned(op: u32, tag: u64, id: u32, offset: u64, len: u64) -> Desc {
+    Desc { op, tag, flags: id, offset, len }
+}
+
+impl Guest {
+    /// Pins region `id` of channel `n` whose pages are at `pages` (list written at `list`).
+    fn pin(&mut self, n: u32, id: u32, list: u64, pages: &[u64], offset: u32, len: u64, flags: u32) -> u32 {
+        self.write(list, &pages.iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>());
+        self.reg_w(bar0::CHAN_ADDR_LO, list as u32);
+        self.reg_w(bar0::CHAN_ADDR_HI, (list >> 32) as u32);
+        for (r, v) in [(bar0::PIN_ID, id), (bar0::PIN_PAGES, pages.len() as u32), (bar0::PIN_OFFSET, offset), (bar0::PIN_FLAGS, flags)] {
+            self.reg_w(r, v);
+        }
+        self.reg_w(bar0::PIN_LEN_LO, len as u32);
+        self.reg_w(bar0::PIN_LEN_HI, (len >> 32) as u32);
+        self.reg_w(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | n);
+        self.reg_r(bar0::CHAN_STATUS)
+    }
+
+    fn unpin(&mut self, n: u32, id: u32) -> u32 {
+        self.reg_w(bar0::PIN_ID, id);
+        self.reg_w(bar0::CHAN_CMD, bar0::CMD_UNPIN << 16 | n);
+        self.reg_r(bar0::CHAN_STATUS)
+    }
+}
+
+#[test]
+fn pinned_pages_go_straight_to_and_from_the_mediator() {
+    let mut g = Guest::new(&mediator("pinned", echo));
+    assert_eq!(g.open(3, AREA, SIZE), 0);
+    let page = |i: u64| GPA + (10 << 20) + i * 4096;
+    // A region over scattered pages (two of them adjacent), starting 100 bytes into the first.
+    let (src, dst) = ([page(5), page(1), page(2), page(9)], [page(20), page(30), page(31), page(22)]);
+    let len = 4 * 4096 - 100 - 7;
+    let data: Vec<u8> = (0..len).map(|i| (i * 13 % 253) as u8).collect();
+    let mut at = 0;
+    for (i, &p) in src.iter().enumerate() {
+        let start = if i == 0 { 100 } else { 0 };
+        let n = (4096 - start).min(len - at);
+        g.write(p + start as u64, &data[at..at + n]);
+        at += n;
+    }
+    let list = AREA + 0x10_0000;
+    assert_eq!(g.pin(3, 7, list, &src, 100, len as u64, bar0::PIN_READ_ONLY), 0);
+    assert_eq!(g.pin(3, 8, list, &dst, 0, 4 * 4096, 0), 0);
+    assert_eq!(g.pin(3, 8, list, &dst, 0, 4096, 0), libc::EEXIST as u32);
+    // The guest may reuse the list buffer at once: the device copied it.
+    g.write(list, &[0xff; 64]);
+    let n = len as u64 - 50;
+    let c = g.submit(3, AREA, &[pinned(OP_SEND_PINNED, 1, 7, 50, n), pinned(OP_RECV_PINNED, 2, 8, 3, n)]);
+    assert_eq!(c, [ok(1, n as u32), ok(2, n as u32)]);
+    let mut back = g.read(page(20), 4096);
+    back.extend(g.read(page(30), 2 * 4096));
+    back.extend(g.read(page(22), 4096));
+    assert!(back[3..3 + n as usize] == data[50..], "the bytes went through the page lists");
+    assert!(back[..3].iter().all(|&b| b == 0), "nothing written before the range");
+
+    // Refused without moving a byte: outside the region, unknown region, writing a read-only one.
+    let efault = |tag| Completion { tag, status: libc::EFAULT as u32, len: 0 };
+    let bad = [
+        pinned(OP_SEND_PINNED, 3, 7, 51, n),
+        pinned(OP_SEND_PINNED, 4, 9, 0, 1),
+        pinned(OP_RECV_PINNED, 5, 7, 0, 1),
+        pinned(OP_RECV_PINNED, 6, 8, u64::MAX, 2),
+    ];
+    let c = g.submit(3, AREA, &bad);
+    assert_eq!(c[..3], [efault(3), efault(4), efault(5)]);
+    assert_eq!(c[3].status, EINVAL, "offset + len overflows");
+    g.write(AREA + 0x1000, b"next");
+    let c = g.submit(3, AREA, &[send(10, 0x1000, 4), pinned(OP_RECV_PINNED, 11, 8, 0, 4)]);
+    assert_eq!(c, [ok(10, 4), ok(11, 4)]);
+    assert_eq!(g.read(page(20), 4), b"next");
+
+    // Pinning is checked: the list and every page must be guest RAM, pages aligned.
+    let efault = libc::EFAULT as u32;
+    assert_eq!(g.pin(3, 20, list, &[GPA + RAM], 0, 1, 0), efault, "page outside RAM");
+    assert_eq!(g.pin(3, 21, list, &[page(1) + 8], 0, 1, 0), EINVAL, "misaligned page");
+    g.reg_w(bar0::CHAN_ADDR_LO, 0);
+    g.reg_w(bar0::CHAN_ADDR_HI, 0);
+    g.reg_w(bar0::PIN_ID, 22);
+    g.reg_w(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | 3);
+    assert_eq!(g.reg_r(bar0::CHAN_STATUS), efault, "list outside RAM");
+    assert_eq!(g.pin(4, 23, list, &[page(1)], 0, 1, 0), libc::ENOENT as u32, "channel not open");
+
+    // Unpinned or closed: the pages are out of reach.
+    assert_eq!(g.unpin(3, 7), 0);
+    assert_eq!(g.unpin(3, 7), libc::ENOENT as u32);
+    assert_eq!(g.submit(3, AREA, &[pinned(OP_SEND_PINNED, 12, 7, 0, 1)]), [efault_c(12)]);
+    assert_eq!(g.close(3), 0);
+    assert_eq!(g.open(3, AREA, SIZE), 0);
+    assert_eq!(g.submit(3, AREA, &[pinned(OP_SEND_PINNED, 13, 8, 0, 1)]), [efault_c(13)]);
+}
+
+fn efault_c(tag: u64) -> Completion {
+    Completion { tag, status: libc::EFAULT as u32, len: 0 }
+}
+
 #[test]
 fn registers_advertise_channels() {
     let mut g = Guest::new(Path::new("/nonexistent"));

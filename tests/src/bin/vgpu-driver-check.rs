@@ -87,7 +87,14 @@ fn abi() -> i32 {
     // Address 8: never mapped in user space, so the driver's copy to it must fail.
     #[allow(clippy::manual_dangling_ptr)]
     let unmapped = 8usize as *mut ChannelInfo;
+    let mut buf = vec![0u8; 3 * 4096];
+    let mut pin = PinArgs { addr: buf.as_mut_ptr() as u64, len: buf.len() as u64, flags: 0, id: 0 };
+    c.errno("pin without a channel is EINVAL", ioctl(fd, VGPU_IOCTL_PIN, &mut pin), libc::EINVAL);
     c.errno("bad user pointer is EFAULT", ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, unmapped), libc::EFAULT);
+    let r = ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut ChannelInfo::default());
+    c.check("a channel the caller could not be told of is not left open", r.is_ok(), format!("{r:?}"));
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
 
     let fd = open("/dev/nvidia0");
     let mut info = ChannelInfo::default();
@@ -132,6 +139,7 @@ fn abi() -> i32 {
                 r.is_ok() && waited.is_ok() && done.tag == 77 && done.status == libc::EINVAL as u32,
                 format!("doorbell {r:?}, wait {waited:?}, completion {done:?}"),
             );
+            pinned(&mut c, fd, area, &mut buf);
         }
     }
     // SAFETY: closing our own descriptor (the mapping keeps the file until exit).
@@ -140,6 +148,112 @@ fn abi() -> i32 {
         println!("DRIVER-CHECK all passed");
     }
     c.failed as i32
+}
+
+/// Posts `descs` (ring slots from `first`), rings, and waits for their completions.
+fn exchange(fd: i32, area: *mut u8, first: u32, descs: &[Desc]) -> Result<Vec<Completion>, String> {
+    for (i, d) in descs.iter().enumerate() {
+        // SAFETY: ring slots are inside the mapped header page.
+        unsafe { std::ptr::copy_nonoverlapping(d.to_bytes().as_ptr(), area.add(sq_slot(first + i as u32)), DESC_SIZE) };
+    }
+    let end = first + descs.len() as u32;
+    // SAFETY: the tail word is inside the mapped header page.
+    unsafe {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        std::ptr::write_volatile(area.add(SQ_TAIL).cast::<u32>(), end);
+    }
+    ioctl::<u8>(fd, VGPU_IOCTL_DOORBELL, std::ptr::null_mut()).map_err(|e| format!("doorbell: errno {e}"))?;
+    let t = Instant::now();
+    loop {
+        // SAFETY: as above; the device writes the completion tail.
+        let tail = unsafe { std::ptr::read_volatile(area.add(CQ_TAIL).cast::<u32>()) };
+        if tail == end {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(format!("completion tail {tail}, want {end}"));
+        }
+        let mut w = WaitArgs { seen: tail, timeout_ms: 1000 };
+        let _ = ioctl(fd, VGPU_IOCTL_WAIT, &mut w);
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    Ok((first..end)
+        .map(|i| {
+            let mut b = [0u8; COMPLETION_SIZE];
+            // SAFETY: completion slots are inside the mapped header page.
+            unsafe { std::ptr::copy_nonoverlapping(area.add(cq_slot(i)), b.as_mut_ptr(), COMPLETION_SIZE) };
+            Completion::from_bytes(&b)
+        })
+        .collect())
+}
+
+/// Pinned memory on an open channel (one descriptor was used): the driver's answers, and a
+/// request sent from and its reply received into pinned pages by the device itself.
+fn pinned(c: &mut Checks, fd: i32, area: *mut u8, buf: &mut [u8]) {
+    use vgpu_uapi::proto::{MsgHeader, Op, HELLO_OBSERVER, MSG_MAGIC};
+    let mut bad = |name: &str, addr: u64, len: u64, flags: u32, want: i32| {
+        let mut a = PinArgs { addr, len, flags, id: 0 };
+        c.errno(name, ioctl(fd, VGPU_IOCTL_PIN, &mut a), want);
+    };
+    let p = buf.as_mut_ptr() as u64;
+    bad("pin of zero bytes is EINVAL", p, 0, 0, libc::EINVAL);
+    bad("pin with an unknown flag is EINVAL", p, 16, 4, libc::EINVAL);
+    bad("pin of more than 1 GiB is E2BIG", p, (1 << 30) + 1, 0, libc::E2BIG);
+    bad("pin of unmapped memory is EFAULT", 8, 16, 0, libc::EFAULT);
+    bad("pin wrapping the address space is EINVAL", u64::MAX - 8, 16, 0, libc::EINVAL);
+    // SAFETY: a fresh private read-only mapping, unmapped below.
+    let ro = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    bad("writable pin of read-only memory is EFAULT", ro as u64, 4096, 0, libc::EFAULT);
+    let mut a = PinArgs { addr: ro as u64, len: 4096, flags: PIN_READ_ONLY, id: 0 };
+    let r = ioctl(fd, VGPU_IOCTL_PIN, &mut a);
+    c.check("read-only pin of read-only memory", r.is_ok() && a.id != 0, format!("{r:?} {a:?}"));
+    c.check("unpin it", ioctl(fd, VGPU_IOCTL_UNPIN, &mut a.id).is_ok(), String::new());
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(ro, 4096) };
+    c.errno("unpin of an unknown region is ENOENT", ioctl(fd, VGPU_IOCTL_UNPIN, &mut 12345u32), libc::ENOENT);
+
+    // An unaligned range over three pages; a Hello to the mediator is sent from it and the
+    // reply written into it by the device, through the page list.
+    let mut a = PinArgs { addr: p + 5, len: buf.len() as u64 - 9, flags: 0, id: 0 };
+    let r = ioctl(fd, VGPU_IOCTL_PIN, &mut a);
+    c.check("pin an unaligned range over three pages", r.is_ok() && a.id != 0, format!("{r:?} {a:?}"));
+    let mut hello = MsgHeader { magic: MSG_MAGIC, op: Op::Hello as u32, seq: 1, status: 0, payload_len: 12, reserved: 0 }.to_bytes().to_vec();
+    for v in [vgpu_uapi::PROTOCOL_VERSION, std::process::id(), HELLO_OBSERVER] {
+        hello.extend_from_slice(&v.to_le_bytes());
+    }
+    // Region offset 4090: the request straddles the first and second pages.
+    buf[5 + 4090..5 + 4090 + hello.len()].copy_from_slice(&hello);
+    let descs = [
+        Desc { op: OP_SEND_PINNED, flags: a.id, tag: 1, offset: 4090, len: hello.len() as u64 },
+        Desc { op: OP_RECV_PINNED, flags: a.id, tag: 2, offset: 8190, len: 32 },
+        Desc { op: OP_SEND_PINNED, flags: a.id, tag: 3, offset: buf.len() as u64 - 9, len: 1 },
+        Desc { op: OP_SEND_PINNED, flags: a.id + 1, tag: 4, offset: 0, len: 1 },
+    ];
+    let r = exchange(fd, area, 1, &descs);
+    let reply = MsgHeader::from_bytes(buf[5 + 8190..5 + 8190 + 24].try_into().unwrap());
+    let ok = |c: &Completion, tag, len| c.tag == tag && c.status == 0 && c.len == len;
+    let efault = |c: &Completion, tag| c.tag == tag && c.status == libc::EFAULT as u32;
+    c.check(
+        "the device sends from and receives into pinned pages (a Hello and its reply)",
+        r.as_ref().is_ok_and(|v| ok(&v[0], 1, hello.len() as u32) && ok(&v[1], 2, 32))
+            && reply.validate().is_ok()
+            && reply.op == Op::Hello as u32
+            && reply.seq == 1
+            && reply.status == 0,
+        format!("{r:?}, reply {reply:?}"),
+    );
+    c.check(
+        "past the region's end or another region: EFAULT",
+        r.as_ref().is_ok_and(|v| efault(&v[2], 3) && efault(&v[3], 4)),
+        format!("{r:?}"),
+    );
+    c.check("unpin the region", ioctl(fd, VGPU_IOCTL_UNPIN, &mut a.id).is_ok(), String::new());
+    let r = exchange(fd, area, 5, &[Desc { op: OP_SEND_PINNED, flags: a.id, tag: 5, offset: 0, len: 1 }]);
+    c.check("an unpinned region is out of the device's reach", r.as_ref().is_ok_and(|v| efault(&v[0], 5)), format!("{r:?}"));
+    c.errno("unpin twice is ENOENT", ioctl(fd, VGPU_IOCTL_UNPIN, &mut a.id), libc::ENOENT);
+    // Left pinned: closing the file releases it.
+    let mut a = PinArgs { addr: p, len: 4096, flags: 0, id: 0 };
+    c.check("pin left for close to release", ioctl(fd, VGPU_IOCTL_PIN, &mut a).is_ok(), String::new());
 }
 
 /// A CUDA session with the mediator; None (after a `<tag> cannot connect` line) if there is none.

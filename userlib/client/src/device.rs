@@ -1,11 +1,12 @@
 //! The kernel-device transport: a channel of /dev/nvidia0 (vgpu's guest driver). The bytes are
 //! the same messages the socket carries; they travel through the channel area's staging buffer
 //! as SEND/RECV descriptors (uapi/src/channel.rs), the device moving them to and from the
-//! mediator.
+//! mediator. The data of copies from and to pinned host memory goes straight between the
+//! pinned pages and the mediator (SEND_PINNED/RECV_PINNED), never through staging.
 
-use crate::transport::{read_reply, reply_result, write_request, Owner, Transport};
+use crate::transport::{read_header, read_reply, reply_result, write_header, write_request, Direction, HostUse, Owner, Transport};
 use crate::vlog;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -15,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vgpu_uapi::channel::*;
 use vgpu_uapi::cuda::*;
-use vgpu_uapi::proto::Op;
+use vgpu_uapi::proto::{Op, COPY_CHUNK};
 
 /// The node libcuda opens; its existence selects this transport.
 pub const DEVICE_NODE: &str = "/dev/nvidia0";
@@ -38,7 +39,11 @@ struct Channel {
     /// Request bytes gathered in the first half of staging, not yet sent.
     pending: usize,
     /// Asynchronous requests sent or gathered whose replies are still to be read, in order.
-    unanswered: VecDeque<(u32, Op)>,
+    unanswered: VecDeque<Queued>,
+    /// Data bytes their replies carry (copies into pinned memory).
+    unanswered_bytes: usize,
+    /// Pinned regions (VGPU_IOCTL_PIN): id -> the address they start at.
+    pins: HashMap<u32, usize>,
     /// The first failure of asynchronous work, not yet reported.
     deferred: Option<CuResult>,
     /// What asynchronous launches printed.
@@ -48,6 +53,24 @@ struct Channel {
 /// Asynchronous requests gathered at most before they are sent and their replies read (a
 /// batch goes to the device with one doorbell).
 const MAX_QUEUED: usize = 64;
+/// Reply data (copies into pinned memory) left unread at most: what waits for us in the device
+/// stays bounded (it refuses to hold more than 256 MiB).
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// A request whose reply is still to be read; `into`: a copy whose data goes into pinned memory.
+struct Queued {
+    seq: u32,
+    op: Op,
+    into: Option<PinnedRange>,
+}
+
+/// Bytes `offset..offset + len` of pinned region `id`.
+#[derive(Clone, Copy)]
+struct PinnedRange {
+    id: u32,
+    offset: usize,
+    len: usize,
+}
 
 // SAFETY: the mapping is owned by `Channel` and only touched under the `Mutex` in
 // `DeviceTransport`; the device is the only other party and it follows the ring protocol.
@@ -123,6 +146,8 @@ impl DeviceTransport {
             deadline: Some(hello_timeout),
             pending: 0,
             unanswered: VecDeque::new(),
+            unanswered_bytes: 0,
+            pins: HashMap::new(),
             deferred: None,
             output: Vec::new(),
         };
@@ -149,10 +174,10 @@ impl Channel {
     }
 
     /// Posts one descriptor (not yet announced to the device).
-    fn post(&mut self, op: u32, offset: usize, len: usize) -> u64 {
+    fn post(&mut self, op: u32, flags: u32, offset: usize, len: usize) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
-        let d = Desc { op, flags: 0, tag, offset: offset as u64, len: len as u64 };
+        let d = Desc { op, flags, tag, offset: offset as u64, len: len as u64 };
         let bytes = d.to_bytes();
         // SAFETY: `sq_slot` is inside the header page of the mapping.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.area.add(sq_slot(self.sq_tail)), bytes.len()) };
@@ -230,15 +255,25 @@ struct ChannelIo<'a> {
     ch: &'a mut Channel,
     /// Received bytes not yet read: `[rx.0, rx.1)` of the receive half.
     rx: (usize, usize),
+    /// Receive no more than a read asks for (a header whose payload goes into pinned memory).
+    precise: bool,
 }
 
-impl ChannelIo<'_> {
-    /// Posts the gathered bytes (and `recv`, if any) and waits for them; returns the RECV length.
-    fn send(&mut self, recv: Option<(usize, usize)>) -> io::Result<usize> {
+/// A descriptor to post after the gathered bytes' SEND: (op, flags, offset, len).
+type Extra = (u32, u32, usize, usize);
+
+impl<'a> ChannelIo<'a> {
+    fn new(ch: &'a mut Channel) -> Self {
+        ChannelIo { ch, rx: (0, 0), precise: false }
+    }
+
+    /// Posts the gathered bytes (and `extra`, if any) and waits for them; returns the length
+    /// `extra` moved.
+    fn send(&mut self, extra: Option<Extra>) -> io::Result<usize> {
         let (off, _) = self.ch.staging();
         let pending = self.ch.pending;
-        let send = (pending > 0).then(|| self.ch.post(OP_SEND, off, pending));
-        let recv = recv.map(|(at, len)| self.ch.post(OP_RECV, at, len));
+        let send = (pending > 0).then(|| self.ch.post(OP_SEND, 0, off, pending));
+        let recv = extra.map(|(op, flags, at, len)| self.ch.post(op, flags, at, len));
         self.ch.kick()?;
         if let Some(tag) = send {
             let n = self.ch.expect(tag)? as usize;
@@ -251,6 +286,33 @@ impl ChannelIo<'_> {
             Some(tag) => Ok(self.ch.expect(tag)? as usize),
             None => Ok(0),
         }
+    }
+
+    /// Sends the gathered bytes, then `r` of pinned memory.
+    fn send_pinned(&mut self, r: PinnedRange) -> io::Result<()> {
+        if self.send(Some((OP_SEND_PINNED, r.id, r.offset, r.len)))? != r.len {
+            return Err(io::Error::other("the device sent part of a pinned range"));
+        }
+        Ok(())
+    }
+
+    /// Receives `r.len` bytes into pinned memory: what was already received into staging is
+    /// copied, the rest the device writes there itself.
+    fn recv_pinned(&mut self, r: PinnedRange) -> io::Result<()> {
+        let base = *self.ch.pins.get(&r.id).ok_or_else(|| io::Error::other("no such pinned region"))?;
+        let (off, size) = self.ch.staging();
+        let have = (self.rx.1 - self.rx.0).min(r.len);
+        // SAFETY: the source lies in the receive half of staging; the destination is inside the
+        // pinned range the caller registered and vouched for (`copy_host`'s contract).
+        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(off + size / 2 + self.rx.0), (base + r.offset) as *mut u8, have) };
+        self.rx.0 += have;
+        if have < r.len {
+            let rest = r.len - have;
+            if self.send(Some((OP_RECV_PINNED, r.id, r.offset + have, rest)))? != rest {
+                return Err(io::Error::other("the device received part of a pinned range"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -279,8 +341,9 @@ impl io::Read for ChannelIo<'_> {
         let (off, size) = self.ch.staging();
         let rx = off + size / 2;
         if self.rx.0 == self.rx.1 {
-            let n = self.send(Some((rx, size - size / 2)))?;
-            if n > size - size / 2 {
+            let want = if self.precise { buf.len().min(size - size / 2) } else { size - size / 2 };
+            let n = self.send(Some((OP_RECV, 0, rx, want)))?;
+            if n > want {
                 return Err(io::Error::other("the device returned more than asked"));
             }
             self.rx = (0, n);
@@ -298,10 +361,14 @@ impl io::Read for ChannelIo<'_> {
 /// the next synchronizing call.
 fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
     let queued = std::mem::take(&mut io.ch.unanswered);
+    io.ch.unanswered_bytes = 0;
     let mut payload = Vec::new();
-    for (seq, op) in queued {
+    for Queued { seq, op, into } in queued {
         payload.clear();
-        let status = read_reply(io, op, seq, &mut payload)?;
+        let status = match into {
+            Some(r) => read_reply_pinned(io, op, seq, r, &mut payload)?,
+            None => read_reply(io, op, seq, &mut payload)?,
+        };
         if status != CUDA_SUCCESS {
             let msg = String::from_utf8_lossy(&payload);
             vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
@@ -313,13 +380,115 @@ fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
     Ok(())
 }
 
+/// `read_reply` for a copy into pinned memory: its data goes to `r`, a failure's message to
+/// `out`.
+fn read_reply_pinned(io: &mut ChannelIo<'_>, op: Op, seq: u32, r: PinnedRange, out: &mut Vec<u8>) -> Result<u32, CuResult> {
+    io.precise = true;
+    let h = read_header(io, op, seq);
+    io.precise = false;
+    let h = h?;
+    let lost = |e: io::Error| {
+        vlog!(crate::log::ERROR, "lost the mediator during {op:?}: {e}");
+        CUDA_ERROR_DEINITIALIZED
+    };
+    if h.status == CUDA_SUCCESS && h.payload_len as usize == r.len {
+        io.recv_pinned(r).map_err(lost)?;
+    } else {
+        out.resize(h.payload_len as usize, 0);
+        io::Read::read_exact(io, out).map_err(lost)?;
+    }
+    Ok(h.status)
+}
+
+impl DeviceTransport {
+    /// Sends what `queued` asks for now if the batch is full, or everything if it is not a
+    /// queued operation (its failure, or an earlier one, is then the result).
+    fn settle(&self, io: &mut ChannelIo<'_>, queued: bool) -> Result<(), CuResult> {
+        if !queued || io.ch.unanswered.len() >= MAX_QUEUED || io.ch.unanswered_bytes >= MAX_QUEUED_BYTES {
+            read_queued(io)?;
+        }
+        match io.ch.deferred.take() {
+            Some(e) if !queued => Err(e),
+            other => {
+                io.ch.deferred = other;
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Transport for DeviceTransport {
+    /// The driver pins the pages and gives the device their addresses.
+    fn register_host(&self, p: *mut u8, len: usize, _memfd: Option<std::os::fd::BorrowedFd<'_>>, how: HostUse) -> Result<Option<u64>, CuResult> {
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let flags = if how.read_only { PIN_READ_ONLY } else { 0 } | if how.transient { PIN_TRANSIENT } else { 0 };
+        let mut a = PinArgs { addr: p as u64, len: len as u64, flags, id: 0 };
+        match ioctl(ch.fd, VGPU_IOCTL_PIN, &mut a) {
+            Ok(()) => {
+                ch.pins.insert(a.id, p as usize);
+                Ok(Some(a.id as u64))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(CUDA_ERROR_INVALID_VALUE),
+            Err(e) => {
+                let level = if how.transient { crate::log::DEBUG } else { crate::log::INFO };
+                vlog!(level, "the vgpu driver did not pin {len} bytes ({e}); copies from and to them go through staging");
+                Ok(None)
+            }
+        }
+    }
+
+    fn unregister_host(&self, handle: u64) -> Result<(), CuResult> {
+        let id = u32::try_from(handle).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        // Copies into the region whose replies are unread must land before it goes.
+        read_queued(&mut ChannelIo::new(&mut ch))?;
+        let mut arg = id;
+        ioctl(ch.fd, VGPU_IOCTL_UNPIN, &mut arg).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        ch.pins.remove(&id);
+        Ok(())
+    }
+
+    /// Plain MemcpyHtoD/MemcpyDtoH requests (split into COPY_CHUNK pieces) whose data the device
+    /// takes from or puts into the pinned pages.
+    fn copy_host(&self, dir: Direction, device: u64, handle: u64, offset: usize, len: usize, queued: bool) -> Result<(), CuResult> {
+        let id = u32::try_from(handle).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let mut io = ChannelIo::new(&mut ch);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(COPY_CHUNK);
+            let at = device.checked_add(done as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let r = PinnedRange { id, offset: offset + done, len: n };
+            let seq = self.owner.next_seq()?;
+            match dir {
+                Direction::ToDevice => {
+                    write_header(&mut io, Op::MemcpyHtoD, seq, 8 + n)?;
+                    io::Write::write_all(&mut io, &at.to_le_bytes()).and_then(|()| io.send_pinned(r)).map_err(|e| {
+                        vlog!(crate::log::ERROR, "lost the mediator during a pinned copy: {e}");
+                        CUDA_ERROR_DEINITIALIZED
+                    })?;
+                    io.ch.unanswered.push_back(Queued { seq, op: Op::MemcpyHtoD, into: None });
+                }
+                Direction::FromDevice => {
+                    write_request(&mut io, Op::MemcpyDtoH, seq, &[&at.to_le_bytes(), &(n as u64).to_le_bytes()])?;
+                    io.ch.unanswered.push_back(Queued { seq, op: Op::MemcpyDtoH, into: Some(r) });
+                    io.ch.unanswered_bytes += n;
+                }
+            }
+            done += n;
+            if done < len {
+                self.settle(&mut io, true)?;
+            }
+        }
+        self.settle(&mut io, queued)
+    }
+
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CuResult> {
         let seq = self.owner.next_seq()?;
         let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
         // This request goes out behind the queued ones, in the same SEND; their replies come
         // first.
-        let mut io = ChannelIo { ch: &mut ch, rx: (0, 0) };
+        let mut io = ChannelIo::new(&mut ch);
         write_request(&mut io, op, seq, parts)?;
         read_queued(&mut io)?;
         let start = reply.len();
@@ -334,14 +503,12 @@ impl Transport for DeviceTransport {
     fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CuResult> {
         let seq = self.owner.next_seq()?;
         let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
-        let mut io = ChannelIo { ch: &mut ch, rx: (0, 0) };
+        let mut io = ChannelIo::new(&mut ch);
         write_request(&mut io, op, seq, parts)?;
-        io.ch.unanswered.push_back((seq, op));
-        if io.ch.unanswered.len() >= MAX_QUEUED {
-            // Send the batch and take its replies now: bounds what waits in the device and the
-            // mediator for us to read.
-            read_queued(&mut io)?;
-        }
+        io.ch.unanswered.push_back(Queued { seq, op, into: None });
+        // A full batch is sent and its replies taken now: bounds what waits in the device and
+        // the mediator for us to read.
+        self.settle(&mut io, true)?;
         Ok(None)
     }
 

@@ -4,6 +4,7 @@
 use vgpu_uapi::cuda::CuResult as CUresult;
 use crate::vlog;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::collections::{HashMap, VecDeque};
@@ -30,10 +31,26 @@ pub trait Transport: Send + Sync {
         Ok(Some(reply))
     }
 
-    /// `call` with a file descriptor attached (HostRegister: the memfd of pinned host memory).
-    /// Only a socket can carry one.
-    fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>, reply: &mut Vec<u8>) -> Result<(), CUresult> {
-        let _ = (op, parts, fd, reply);
+    /// Lets the other end reach page-locked host memory `[p, p + len)` directly: the mediator
+    /// maps `memfd` (the sealed memfd backing exactly that range, if there is one), the guest
+    /// driver pins the pages for the device. Returns a handle for `copy_host`, or None where this
+    /// transport cannot reach that memory (copies then carry the bytes, as for pageable memory).
+    /// Err: the range is not memory of this process.
+    fn register_host(&self, p: *mut u8, len: usize, memfd: Option<BorrowedFd<'_>>, how: HostUse) -> Result<Option<u64>, CUresult> {
+        let _ = (p, len, memfd, how);
+        Ok(None)
+    }
+
+    /// Undoes `register_host`, after the copies queued on it.
+    fn unregister_host(&self, handle: u64) -> Result<(), CUresult> {
+        let _ = handle;
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+
+    /// Copies `len` bytes between device address `device` and registered host memory `handle`
+    /// at `offset` (inside what was registered; the caller checks). `queued`: as `call_async`.
+    fn copy_host(&self, dir: Direction, device: u64, handle: u64, offset: usize, len: usize, queued: bool) -> Result<(), CUresult> {
+        let _ = (dir, device, handle, offset, len, queued);
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
 
@@ -44,6 +61,22 @@ pub trait Transport: Send + Sync {
 
     /// Called once the mediator answered the first request: start-up timeouts end.
     fn connected(&self) {}
+}
+
+/// How registered host memory will be used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostUse {
+    /// Only copied from (it may be read-only memory).
+    pub read_only: bool,
+    /// For one copy of pageable memory, unregistered right after.
+    pub transient: bool,
+}
+
+/// Which way a copy between device memory and host memory goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ToDevice,
+    FromDevice,
 }
 
 /// What every transport's connection has: the process that opened it, and request numbers.
@@ -228,8 +261,33 @@ impl Transport for SocketTransport {
         self.wait_reply(op, self.send(op, parts, false, None)?, reply)
     }
 
-    fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>, reply: &mut Vec<u8>) -> Result<(), CUresult> {
-        self.wait_reply(op, self.send(op, parts, false, Some(fd))?, reply)
+    /// Memory with a memfd is mapped by the mediator (HostRegister); other memory it cannot
+    /// reach.
+    fn register_host(&self, _p: *mut u8, len: usize, memfd: Option<BorrowedFd<'_>>, _how: HostUse) -> Result<Option<u64>, CUresult> {
+        let Some(fd) = memfd else { return Ok(None) };
+        let mut reply = Vec::new();
+        let op = Op::HostRegister;
+        match self.call_with_fd(op, &[&(len as u64).to_le_bytes()], fd, &mut reply) {
+            Ok(()) => Ok(vgpu_uapi::wire::Reader::new(&reply).u64().ok()),
+            Err(CUDA_ERROR_DEINITIALIZED) => Err(CUDA_ERROR_DEINITIALIZED),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn unregister_host(&self, handle: u64) -> Result<(), CUresult> {
+        // The mediator finishes queued copies from and to it before it lets go.
+        self.call(Op::HostUnregister, &[&handle.to_le_bytes()], &mut Vec::new())
+    }
+
+    /// The mediator copies between device memory and its mapping: no bytes on the connection.
+    fn copy_host(&self, dir: Direction, device: u64, handle: u64, offset: usize, len: usize, queued: bool) -> Result<(), CUresult> {
+        let op = if dir == Direction::ToDevice { Op::MemcpyHtoDHost } else { Op::MemcpyDtoHHost };
+        let args: Vec<u8> = [device, handle, offset as u64, len as u64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        if queued {
+            self.call_async(op, &[&args]).map(drop)
+        } else {
+            self.call(op, &[&args], &mut Vec::new())
+        }
     }
 
     fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CUresult> {
@@ -256,6 +314,11 @@ impl Transport for SocketTransport {
 }
 
 impl SocketTransport {
+    /// `call` with a file descriptor attached (SCM_RIGHTS).
+    pub fn call_with_fd(&self, op: Op, parts: &[&[u8]], fd: BorrowedFd<'_>, reply: &mut Vec<u8>) -> Result<(), CUresult> {
+        self.wait_reply(op, self.send(op, parts, false, Some(fd))?, reply)
+    }
+
     /// Waits for the reply to request `seq`.
     fn wait_reply(&self, op: Op, seq: u32, reply: &mut Vec<u8>) -> Result<(), CUresult> {
         let timeout = *lock(&self.hello_timeout);
@@ -302,20 +365,24 @@ fn io_err(op: Op, e: io::Error) -> CUresult {
     CUDA_ERROR_DEINITIALIZED
 }
 
+/// Writes a request's header to a byte stream (a channel); `payload_len` bytes must follow.
+pub(crate) fn write_header<S: Write>(s: &mut S, op: Op, seq: u32, payload_len: usize) -> Result<(), CUresult> {
+    let payload_len = u32::try_from(payload_len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
+    s.write_all(&h.to_bytes()).map_err(|e| io_err(op, e))
+}
+
 /// Writes one request to a byte stream (a channel).
 pub(crate) fn write_request<S: Write>(s: &mut S, op: Op, seq: u32, parts: &[&[u8]]) -> Result<(), CUresult> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let payload_len = u32::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-    let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq, status: 0, payload_len, reserved: 0 };
-    s.write_all(&h.to_bytes()).map_err(|e| io_err(op, e))?;
+    write_header(s, op, seq, parts.iter().map(|p| p.len()).sum())?;
     for p in parts {
         s.write_all(p).map_err(|e| io_err(op, e))?;
     }
     Ok(())
 }
 
-/// Reads the reply to request (`op`, `seq`): its status, with its payload appended to `out`.
-pub(crate) fn read_reply<S: Read>(s: &mut S, op: Op, seq: u32, out: &mut Vec<u8>) -> Result<u32, CUresult> {
+/// Reads the header of the reply to request (`op`, `seq`); its payload follows.
+pub(crate) fn read_header<S: Read>(s: &mut S, op: Op, seq: u32) -> Result<MsgHeader, CUresult> {
     let mut hb = [0u8; HEADER_LEN];
     s.read_exact(&mut hb).map_err(|e| io_err(op, e))?;
     let r = MsgHeader::from_bytes(&hb);
@@ -323,6 +390,12 @@ pub(crate) fn read_reply<S: Read>(s: &mut S, op: Op, seq: u32, out: &mut Vec<u8>
         vlog!(crate::log::ERROR, "mediator reply out of sync during {op:?}");
         return Err(CUDA_ERROR_DEINITIALIZED);
     }
+    Ok(r)
+}
+
+/// Reads the reply to request (`op`, `seq`): its status, with its payload appended to `out`.
+pub(crate) fn read_reply<S: Read>(s: &mut S, op: Op, seq: u32, out: &mut Vec<u8>) -> Result<u32, CUresult> {
+    let r = read_header(s, op, seq)?;
     let start = out.len();
     out.resize(start + r.payload_len as usize, 0);
     s.read_exact(&mut out[start..]).map_err(|e| io_err(op, e))?;

@@ -14,16 +14,22 @@ pub struct Driver {
     client: vgpu_client::Client,
     pub contexts: Mutex<Contexts>,
     pub functions: Mutex<HashMap<u64, KernelMeta>>,
-    /// Page-locked host allocations (cuMemAllocHost/cuMemHostAlloc): base -> allocation.
+    /// Page-locked host memory (cuMemAllocHost/cuMemHostAlloc, cuMemHostRegister): base -> range.
     pub host_allocs: Mutex<BTreeMap<usize, HostAlloc>>,
 }
 
-/// Pinned host memory: a shared mapping of a memfd, registered with the mediator where the
-/// transport can pass it (`handle`), so copies to and from it need no bytes on the wire.
+/// Page-locked host memory: ours (a shared mapping of a sealed memfd) or the application's
+/// (cuMemHostRegister). `handle`: the transport reaches it directly (the mediator maps the memfd;
+/// in a guest the driver pins the pages for the device), so copies to and from it carry no bytes
+/// through the connection or staging.
 #[derive(Clone, Copy, Debug)]
 pub struct HostAlloc {
     pub len: usize,
     pub handle: Option<u64>,
+    /// cuMemHostRegister'ed: the application's memory, not ours to unmap.
+    pub registered: bool,
+    /// The flags it was allocated or registered with.
+    pub flags: u32,
 }
 
 impl Driver {

@@ -7,6 +7,7 @@ use super::*;
 use crate::state::{self, is_device_ptr, Driver};
 use std::ffi::c_uint;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use vgpu_client::transport::{Direction, HostUse};
 use vgpu_uapi::proto::{Op, COPY_CHUNK};
 
 fn ctx_driver() -> Result<&'static Driver, CUresult> {
@@ -42,6 +43,23 @@ fn u64s(args: &[u64]) -> Vec<u8> {
     args.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Pageable copies at least this large pin the memory for the copy where the transport can (in a
+/// guest the device then moves the bytes itself: no copy through staging, which under
+/// emulation costs more than pinning); smaller ones carry their bytes through the connection.
+const PIN_FOR_COPY: usize = 1 << 20;
+
+/// Runs `copy` on pageable `[p, p + n)` registered for just this copy; None if it is small or
+/// the transport cannot (the caller then copies through the connection).
+fn pinned_for_copy(d: &Driver, p: *mut u8, n: usize, read_only: bool, copy: impl FnOnce(u64) -> Result<(), CUresult>) -> Option<Result<(), CUresult>> {
+    if n < PIN_FOR_COPY {
+        return None;
+    }
+    let h = d.transport().register_host(p, n, None, HostUse { read_only, transient: true }).ok().flatten()?;
+    let copied = copy(h);
+    let released = d.transport().unregister_host(h);
+    Some(copied.and(released))
+}
+
 pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(), CUresult> {
     htod_on(d, dst, src, n, false)
 }
@@ -57,7 +75,10 @@ fn htod_on(d: &Driver, dst: u64, src: *const u8, n: usize, queued: bool) -> Resu
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if let Some((h, off)) = pinned_range(d, src as u64, n) {
-        return send(d, Op::MemcpyHtoDHost, &u64s(&[dst, h, off, n as u64]), queued);
+        return d.transport().copy_host(Direction::ToDevice, dst, h, off, n, queued);
+    }
+    if let Some(r) = pinned_for_copy(d, src.cast_mut(), n, true, |h| d.transport().copy_host(Direction::ToDevice, dst, h, 0, n, false)) {
+        return r;
     }
     // SAFETY: the caller of the copy API guarantees `n` readable bytes at `src`.
     let data = unsafe { std::slice::from_raw_parts(src, n) };
@@ -83,7 +104,10 @@ fn dtoh_on(d: &Driver, dst: *mut u8, src: u64, n: usize, queued: bool) -> Result
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if let Some((h, off)) = pinned_range(d, dst as u64, n) {
-        return send(d, Op::MemcpyDtoHHost, &u64s(&[src, h, off, n as u64]), queued);
+        return d.transport().copy_host(Direction::FromDevice, src, h, off, n, queued);
+    }
+    if let Some(r) = pinned_for_copy(d, dst, n, false, |h| d.transport().copy_host(Direction::FromDevice, src, h, 0, n, false)) {
+        return r;
     }
     // SAFETY: the caller of the copy API guarantees `n` writable bytes at `dst`.
     let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
@@ -311,11 +335,11 @@ pub unsafe extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize,
 
 const PAGE: usize = 4096;
 
-/// Page-locked host memory: a shared mapping of a sealed memfd, which the mediator maps too
-/// where the transport can hand it over (the Unix socket): copies from and to it then move no
-/// bytes over the connection (the mediator copies straight between it and device memory), and
-/// asynchronous ones really are asynchronous. Over the kernel device it is ordinary memory.
-fn host_alloc(pp: *mut *mut c_void, bytes: usize) -> Result<(), CUresult> {
+/// Page-locked host memory: a shared mapping of a sealed memfd, which the transport makes
+/// reachable to the other end (the mediator maps it over the Unix socket; in a guest the driver
+/// pins its pages for the device): copies from and to it then carry no bytes through the
+/// connection or staging, and asynchronous ones really are asynchronous.
+fn host_alloc(pp: *mut *mut c_void, bytes: usize, flags: u32) -> Result<(), CUresult> {
     let d = ctx_driver()?;
     if pp.is_null() || bytes == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -341,40 +365,43 @@ fn host_alloc(pp: *mut *mut c_void, bytes: usize) -> Result<(), CUresult> {
     if p == libc::MAP_FAILED {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
-    let mut reply = Vec::new();
-    let handle = match d.transport().call_with_fd(Op::HostRegister, &[&(len as u64).to_le_bytes()], file.as_fd(), &mut reply) {
-        Ok(()) => vgpu_uapi::wire::Reader::new(&reply).u64().ok(),
-        Err(_) => None,
-    };
-    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, state::HostAlloc { len, handle });
+    // Without a handle it is still correct page-locked memory; copies carry its bytes.
+    let handle = d.transport().register_host(p.cast(), len, Some(file.as_fd()), HostUse::default()).unwrap_or(None);
+    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, state::HostAlloc { len, handle, registered: false, flags });
     put(pp, p)
 }
 
 /// The registered pinned memory holding all of `[p, p + n)`: (handle, offset).
-fn pinned_range(d: &Driver, p: u64, n: usize) -> Option<(u64, u64)> {
+fn pinned_range(d: &Driver, p: u64, n: usize) -> Option<(u64, usize)> {
     let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
     let (&base, a) = t.range(..=(p as usize)).next_back()?;
     let off = (p as usize).checked_sub(base)?;
-    (off.checked_add(n)? <= a.len).then_some((a.handle?, off as u64))
+    (off.checked_add(n)? <= a.len).then_some((a.handle?, off))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) -> CUresult {
-    guard("cuMemAllocHost", || host_alloc(pp, bytes))
+    guard("cuMemAllocHost", || host_alloc(pp, bytes, 0))
 }
+
+// CU_MEMHOSTALLOC_* and CU_MEMHOSTREGISTER_* flags.
+const HOST_PORTABLE: u32 = 1;
+const HOST_DEVICEMAP: u32 = 2;
+const HOST_WRITECOMBINED_OR_IOMEMORY: u32 = 4;
+const HOST_REGISTER_READ_ONLY: u32 = 8;
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
     guard("cuMemHostAlloc", || {
-        // PORTABLE (1) is meaningless with one device; DEVICEMAP (2) would need mapped
-        // host memory the device can address, WRITECOMBINED (4) is a hint.
-        if flags & 2 != 0 {
+        // PORTABLE is meaningless with one device; DEVICEMAP would need mapped host memory
+        // the device can address, WRITECOMBINED is a hint.
+        if flags & HOST_DEVICEMAP != 0 {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
-        if flags & !7 != 0 {
+        if flags & !(HOST_PORTABLE | HOST_WRITECOMBINED_OR_IOMEMORY) != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        host_alloc(pp, bytes)
+        host_alloc(pp, bytes, flags)
     })
 }
 
@@ -382,15 +409,88 @@ pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flag
 pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     guard("cuMemFreeHost", || {
         let d = state::driver()?;
-        let a = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(p as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let a = {
+            let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+            match t.get(&(p as usize)) {
+                Some(a) if !a.registered => t.remove(&(p as usize)),
+                _ => None,
+            }
+        };
+        let a = a.ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if let Some(h) = a.handle {
-            // The mediator finishes queued copies from and to it before it lets go.
-            d.call(Op::HostUnregister, &[&h.to_le_bytes()])?;
+            // After the copies queued on it.
+            d.transport().unregister_host(h)?;
         }
         // SAFETY: `p` is the start of a mapping of `a.len` bytes made in host_alloc, removed
         // from the table above so it is unmapped once.
         unsafe { libc::munmap(p, a.len) };
         Ok(())
+    })
+}
+
+/// Whether every page of `[p, p + len)` is mapped in this process.
+fn is_mapped(p: usize, len: usize) -> bool {
+    let start = p & !(PAGE - 1);
+    let Some(end) = p.checked_add(len) else { return false };
+    let mut vec = vec![0u8; (end - start).div_ceil(PAGE)];
+    // SAFETY: mincore only reads the page tables of the range and writes one byte per page
+    // into `vec`, which has that many; it fails with ENOMEM where a page is not mapped.
+    unsafe { libc::mincore(start as *mut c_void, end - start, vec.as_mut_ptr()) == 0 }
+}
+
+fn host_register(p: *mut c_void, bytes: usize, flags: u32) -> Result<(), CUresult> {
+    let d = ctx_driver()?;
+    if p.is_null() || bytes == 0 || flags & !(HOST_PORTABLE | HOST_DEVICEMAP | HOST_WRITECOMBINED_OR_IOMEMORY | HOST_REGISTER_READ_ONLY) != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // DEVICEMAP: kernels would address host memory; IOMEMORY: a device's registers.
+    if flags & (HOST_DEVICEMAP | HOST_WRITECOMBINED_OR_IOMEMORY) != 0 {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    let base = p as usize;
+    if !is_mapped(base, bytes) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+    let end = base.checked_add(bytes).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let overlaps = t.range(..end).next_back().is_some_and(|(&b, a)| b + a.len > base);
+    if overlaps {
+        return Err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+    }
+    let how = HostUse { read_only: flags & HOST_REGISTER_READ_ONLY != 0, transient: false };
+    let handle = d.transport().register_host(p.cast(), bytes, None, how)?;
+    t.insert(base, state::HostAlloc { len: bytes, handle, registered: true, flags });
+    Ok(())
+}
+
+/// cuMemHostRegister: the range becomes page-locked memory as far as copies go; in a guest the
+/// driver pins it for the device, so copies from and to it are not copied in the guest.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostRegister_v2(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    guard("cuMemHostRegister", || host_register(p, bytes, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostRegister(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    guard("cuMemHostRegister", || host_register(p, bytes, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
+    guard("cuMemHostUnregister", || {
+        let d = ctx_driver()?;
+        let a = {
+            let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+            match t.get(&(p as usize)) {
+                Some(a) if a.registered => t.remove(&(p as usize)),
+                _ => None,
+            }
+        };
+        let a = a.ok_or(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)?;
+        match a.handle {
+            Some(h) => d.transport().unregister_host(h),
+            None => Ok(()),
+        }
     })
 }
 
@@ -404,8 +504,10 @@ fn host_alloc_of(d: &Driver, p: u64) -> Option<(usize, usize)> {
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostGetFlags(flags: *mut c_uint, p: *mut c_void) -> CUresult {
     guard("cuMemHostGetFlags", || {
-        host_alloc_of(state::driver()?, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        put(flags, 0)
+        let d = state::driver()?;
+        let (base, _) = host_alloc_of(d, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let f = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).get(&base).map_or(0, |a| a.flags);
+        put(flags, f)
     })
 }
 
