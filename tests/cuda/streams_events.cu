@@ -62,6 +62,10 @@ int main() {
   (void)cudaGetLastError();
 
   CK(cudaEventDestroy(start)); CK(cudaEventDestroy(copied)); CK(cudaEventDestroy(taken)); CK(cudaEventDestroy(stop)); CK(cudaEventDestroy(untimed));
+  // Records are queued, but a destroyed event is refused by the call itself.
+  cudaError_t dead = cudaEventRecord(untimed, s1);
+  EXPECT(dead == cudaErrorInvalidResourceHandle, "recording a destroyed event: %d", (int)dead);
+  (void)cudaGetLastError();
   CK(cudaStreamDestroy(s1)); CK(cudaStreamDestroy(s2));
   CK(cudaFree(d1)); CK(cudaFree(d2));
   printf("PASS\n");

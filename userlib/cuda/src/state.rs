@@ -16,6 +16,9 @@ pub struct Driver {
     pub functions: Mutex<HashMap<u64, KernelMeta>>,
     /// Page-locked host memory (cuMemAllocHost/cuMemHostAlloc, cuMemHostRegister): base -> range.
     pub host_allocs: Mutex<BTreeMap<usize, HostAlloc>>,
+    /// Events this process created and has not destroyed: a record is checked here and then
+    /// queued like a launch (no round trip).
+    pub events: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Page-locked host memory: ours (a shared mapping of a sealed memfd) or the application's
@@ -74,6 +77,7 @@ fn connect() -> Result<Driver, CUresult> {
         contexts: Mutex::new(Contexts::default()),
         functions: Mutex::new(HashMap::new()),
         host_allocs: Mutex::new(BTreeMap::new()),
+        events: Mutex::new(std::collections::HashSet::new()),
     })
 }
 

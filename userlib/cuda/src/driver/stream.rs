@@ -93,23 +93,41 @@ pub unsafe extern "C" fn cuEventCreate(out: *mut Handle, flags: c_uint) -> CUres
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let (d, _) = state::current_device()?;
-        new_handle(d.call(Op::EventCreate, &[&flags.to_le_bytes()])?, out)
+        let reply = d.call(Op::EventCreate, &[&flags.to_le_bytes()])?;
+        let h = Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        d.events.lock().unwrap_or_else(|e| e.into_inner()).insert(h);
+        put(out, to_handle(h))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
-    guard("cuEventDestroy", || call_h(Op::EventDestroy, &[handle_of(e)]).map(|_| ()))
+    guard("cuEventDestroy", || {
+        let r = call_h(Op::EventDestroy, &[handle_of(e)]).map(|_| ());
+        if r.is_ok() {
+            state::driver()?.events.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle_of(e));
+        }
+        r
+    })
+}
+
+/// Records `e` on `s`: an event of ours is queued without waiting (its stream checked by the
+/// mediator, a failure reported by a later call, as for launches).
+fn record(e: Handle, s: Handle) -> Result<(), CUresult> {
+    if super::graph::record_event(e, s)? {
+        return Ok(());
+    }
+    let (d, _) = state::current_device()?;
+    if !d.events.lock().unwrap_or_else(|e| e.into_inner()).contains(&handle_of(e)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    let bytes: Vec<u8> = [handle_of(e), handle_of(s)].iter().flat_map(|a| a.to_le_bytes()).collect();
+    d.call_async(Op::EventRecord, &[&bytes]).map(drop)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(e: Handle, s: Handle) -> CUresult {
-    guard("cuEventRecord", || {
-        if super::graph::record_event(e, s)? {
-            return Ok(());
-        }
-        call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ())
-    })
+    guard("cuEventRecord", || record(e, s))
 }
 
 #[no_mangle]
@@ -125,10 +143,7 @@ pub unsafe extern "C" fn cuEventRecordWithFlags(e: Handle, s: Handle, flags: c_u
         if flags != 0 {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
-        if super::graph::record_event(e, s)? {
-            return Ok(());
-        }
-        call_h(Op::EventRecord, &[handle_of(e), handle_of(s)]).map(|_| ())
+        record(e, s)
     })
 }
 
