@@ -500,6 +500,31 @@ impl Transport for DeviceTransport {
         reply_result(op, status, reply, start)
     }
 
+    /// The payload goes from staging straight into `out` (one copy in the guest, not three).
+    fn call_into(&self, op: Op, parts: &[&[u8]], out: &mut [u8]) -> Result<(), CuResult> {
+        let seq = self.owner.next_seq()?;
+        let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
+        let mut io = ChannelIo::new(&mut ch);
+        write_request(&mut io, op, seq, parts)?;
+        read_queued(&mut io)?;
+        let h = read_header(&mut io, op, seq)?;
+        let mut message = Vec::new();
+        let (status, into) = if h.status == CUDA_SUCCESS && h.payload_len as usize == out.len() {
+            (h.status, &mut *out)
+        } else {
+            message.resize(h.payload_len as usize, 0);
+            (if h.status == CUDA_SUCCESS { CUDA_ERROR_UNKNOWN } else { h.status }, &mut message[..])
+        };
+        io::Read::read_exact(&mut io, into).map_err(|e| {
+            vlog!(crate::log::ERROR, "lost the mediator during {op:?}: {e}");
+            CUDA_ERROR_DEINITIALIZED
+        })?;
+        if let Some(e) = io.ch.deferred.take() {
+            return Err(e);
+        }
+        reply_result(op, status, &mut message, 0)
+    }
+
     fn call_async(&self, op: Op, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, CuResult> {
         let seq = self.owner.next_seq()?;
         let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;

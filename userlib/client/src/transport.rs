@@ -21,6 +21,19 @@ pub trait Transport: Send + Sync {
     /// itself was carried out), as CUDA reports errors of asynchronous launches.
     fn call(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), CUresult>;
 
+    /// `call` for a reply whose payload is exactly `out.len()` bytes of data (a device-to-host
+    /// copy), put straight into `out` where the transport can.
+    fn call_into(&self, op: Op, parts: &[&[u8]], out: &mut [u8]) -> Result<(), CUresult> {
+        let mut reply = Vec::with_capacity(out.len());
+        self.call(op, parts, &mut reply)?;
+        if reply.len() != out.len() {
+            vlog!(crate::log::ERROR, "{op:?}: the mediator returned {} bytes, not {}", reply.len(), out.len());
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        out.copy_from_slice(&reply);
+        Ok(())
+    }
+
     /// Sends `op` without waiting for its reply (asynchronous work: launches, async copies and
     /// memsets). Its failure, if any, is reported by a later `call`; what a launch printed is
     /// collected for `take_async_output`. A transport that cannot queue runs the call now and

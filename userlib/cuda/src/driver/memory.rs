@@ -113,11 +113,7 @@ fn dtoh_on(d: &Driver, dst: *mut u8, src: u64, n: usize, queued: bool) -> Result
     let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
     for (i, chunk) in out.chunks_mut(COPY_CHUNK).enumerate() {
         let at = src.checked_add((i * COPY_CHUNK) as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let reply = d.call(Op::MemcpyDtoH, &[&at.to_le_bytes(), &(chunk.len() as u64).to_le_bytes()])?;
-        if reply.len() != chunk.len() {
-            return Err(CUDA_ERROR_UNKNOWN);
-        }
-        chunk.copy_from_slice(&reply);
+        d.transport().call_into(Op::MemcpyDtoH, &[&at.to_le_bytes(), &(chunk.len() as u64).to_le_bytes()], chunk)?;
     }
     Ok(())
 }
