@@ -65,8 +65,9 @@ const REGS_END: usize = bar0::REGS_END as usize;
 type Bar0 = pci::DevresBar<REGS_END>;
 /// Channels one device serves at most (the device may offer fewer).
 const MAX_CHANNELS: u32 = 64;
-/// Largest range one pin may cover: 1 GiB (its page list is one DMA-coherent allocation).
-const MAX_PIN_BYTES: u64 = 1 << 30;
+/// Largest range one pin may cover: 512 MiB (its request, 8 bytes a page, is one DMA-coherent
+/// allocation: at most 2 MiB of contiguous memory).
+const MAX_PIN_BYTES: u64 = 512 << 20;
 
 /// What a device shares with its open files and its interrupt handler. Files may outlive the
 /// device's binding: everything that needs the device checks `gone` or the revocable BAR.
@@ -113,19 +114,13 @@ impl Shared {
         Ok(bar.read32(bar0::CHAN_STATUS as usize))
     }
 
-    /// Tells the device about pinned region `p` of channel `index` (its page list in `list`):
-    /// 0 or the device's errno value.
-    fn pin_cmd(&self, index: u32, p: &Pinned, offset: u32, len: u64, list: &Coherent<[u64]>) -> Result<u32> {
+    /// Hands the device the pin request `request` for channel `index` (three register accesses:
+    /// each is a trap out of the VM): 0 or the device's errno value.
+    fn pin_cmd(&self, index: u32, request: &Coherent<[u64]>) -> Result<u32> {
         let bar = self.bar.try_access().ok_or(ENODEV)?;
-        let addr = list.dma_address() as u64;
+        let addr = request.dma_address() as u64;
         bar.write32(addr as u32, bar0::CHAN_ADDR_LO as usize);
         bar.write32((addr >> 32) as u32, bar0::CHAN_ADDR_HI as usize);
-        bar.write32(p.id, bar0::PIN_ID as usize);
-        bar.write32(p.dma.len() as u32, bar0::PIN_PAGES as usize);
-        bar.write32(offset, bar0::PIN_OFFSET as usize);
-        bar.write32(len as u32, bar0::PIN_LEN_LO as usize);
-        bar.write32((len >> 32) as u32, bar0::PIN_LEN_HI as usize);
-        bar.write32(if p.writable { 0 } else { bar0::PIN_READ_ONLY }, bar0::PIN_FLAGS as usize);
         bar.write32((bar0::CMD_PIN << 16) | index, bar0::CHAN_CMD as usize);
         Ok(bar.read32(bar0::CHAN_STATUS as usize))
     }
@@ -454,13 +449,15 @@ impl OpenFile {
         }
         // SAFETY: `ctrl.gone` is false and we hold `ctrl`, as in `open_channel`.
         let bound = unsafe { shared.dev.as_bound() };
-        let mut list = CoherentBox::<[u64]>::zeroed_slice(bound, p.dma.len(), GFP_KERNEL)?;
-        for (entry, &addr) in list.iter_mut().zip(p.dma.iter()) {
-            *entry = addr.to_le();
+        // The request: its head, then the pages' bus addresses (bar0 CMD_PIN).
+        let flags = if writable { 0 } else { bar0::PIN_READ_ONLY };
+        let head = bar0::pin_request(id, flags, (args.addr - first) as u32, count as u32, args.len);
+        let mut request = CoherentBox::<[u64]>::zeroed_slice(bound, head.len() + count, GFP_KERNEL)?;
+        for (word, v) in request.iter_mut().zip(Iterator::chain(head.iter(), p.dma.iter())) {
+            *word = v.to_le();
         }
-        let list: Coherent<[u64]> = list.into();
-        let offset = (args.addr - first) as u32;
-        match shared.pin_cmd(ch.index, &p, offset, args.len, &list)? {
+        let request: Coherent<[u64]> = request.into();
+        match shared.pin_cmd(ch.index, &request)? {
             0 => {}
             errno => {
                 pr_warn!("vgpu: the device refused to pin {} pages (errno {})\n", count, errno);

@@ -32,12 +32,12 @@ pub const CHAN_SIZE: u64 = 0x028;
 pub const CHAN_CMD: u64 = 0x02c;
 pub const CMD_OPEN: u32 = 1;
 pub const CMD_CLOSE: u32 = 2;
-/// `CMD_PIN << 16 | N`: channel N may use pinned region PIN_ID from now on. The driver pinned a
-/// process's pages and lists their bus addresses (one u64 per page, in order) in a buffer at
-/// CHAN_ADDR_LO/HI: PIN_PAGES entries; the region is PIN_LEN bytes from PIN_OFFSET in the first
-/// page. The device copies the list while handling the command (the buffer may be freed after
-/// CHAN_STATUS is read). Status: 0, EINVAL (bad shape), EEXIST (id in use), ENOSPC (over
-/// [`MAX_PINS`] or the device's total), EFAULT (list or pages outside guest RAM), ENOENT
+/// `CMD_PIN << 16 | N`: channel N may use a pinned region from now on. The driver pinned a
+/// process's pages and wrote a pin request at CHAN_ADDR_LO/HI (8-byte aligned): the words of
+/// [`pin_request`], then one u64 bus address per page, in order. The region is `len` bytes from
+/// `offset` in the first page. The device copies the request while handling the command (it may
+/// be freed after CHAN_STATUS is read). Status: 0, EINVAL (bad shape), EEXIST (id in use), ENOSPC
+/// (over [`MAX_PINS`] or the device's total), EFAULT (request or pages outside guest RAM), ENOENT
 /// (channel not open).
 pub const CMD_PIN: u32 = 3;
 /// `CMD_UNPIN << 16 | N`: forgets region PIN_ID of channel N. Once CHAN_STATUS is read the device
@@ -57,21 +57,28 @@ pub const GPU_NAME: u64 = 0x040;
 pub const GPU_NAME_LEN: usize = 64;
 pub const GPU_UUID: u64 = 0x080;
 pub const GPU_UUID_LEN: usize = 16;
-/// RW: the pinned region of the next CMD_PIN / CMD_UNPIN: its number (chosen by the driver,
-/// unique per channel), page count, start in the first page, length and flags ([`PIN_READ_ONLY`]).
+/// RW: the region the next CMD_UNPIN forgets.
 pub const PIN_ID: u64 = 0x090;
-pub const PIN_PAGES: u64 = 0x094;
-pub const PIN_OFFSET: u64 = 0x098;
-pub const PIN_LEN_LO: u64 = 0x09c;
-pub const PIN_LEN_HI: u64 = 0x0a0;
-pub const PIN_FLAGS: u64 = 0x0a4;
 /// The region's pages were pinned for reading only: the device never writes them.
 pub const PIN_READ_ONLY: u32 = 1 << 0;
 /// Largest region (pages; 4 GiB) and most regions per channel.
 pub const MAX_PIN_PAGES: u32 = 1 << 20;
 pub const MAX_PINS: u32 = 4096;
+/// Words of a pin request's head (its page addresses follow).
+pub const PIN_REQUEST_WORDS: usize = 3;
+
+/// A pin request's head: region `id` (chosen by the driver, unique per channel), `flags`
+/// ([`PIN_READ_ONLY`]), `offset` of the region in the first page, number of `pages`, `len` bytes.
+pub const fn pin_request(id: u32, flags: u32, offset: u32, pages: u32, len: u64) -> [u64; PIN_REQUEST_WORDS] {
+    [id as u64 | (flags as u64) << 32, offset as u64 | (pages as u64) << 32, len]
+}
+
+/// The fields of a pin request's head: (id, flags, offset, pages, len).
+pub const fn parse_pin_request(w: [u64; PIN_REQUEST_WORDS]) -> (u32, u32, u32, u32, u64) {
+    (w[0] as u32, (w[0] >> 32) as u32, w[1] as u32, (w[1] >> 32) as u32, w[2])
+}
 /// End of the register block the driver maps.
-pub const REGS_END: u64 = 0x0a8;
+pub const REGS_END: u64 = 0x094;
 
 /// MSI-X table and pending-bit array offsets. Completions on any channel raise
 /// [`COMPLETION_VECTOR`]; the driver then checks the channels' completion rings.

@@ -184,7 +184,8 @@ pub struct WaitArgs {
 /// `VGPU_IOCTL_PIN`: pins `len` bytes of the caller's memory at `addr` (page-locked until
 /// unpinned or the file is closed) and lets the device reach them; returns the region's `id`
 /// for `OP_SEND_PINNED`/`OP_RECV_PINNED`. Needs an open channel (EINVAL). EOPNOTSUPP: the device
-/// cannot; ENOSPC: too many regions; EFAULT: the range is not (writable) memory of the caller.
+/// cannot; ENOSPC: too many regions; E2BIG: over 512 MiB; EFAULT: the range is not (writable)
+/// memory of the caller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinArgs {

@@ -230,11 +230,11 @@ impl Channels {
                 self.close(channel);
             }
             Effect::Doorbell(channel) => self.ring(channel),
-            Effect::Pin { channel, id, list, pages, offset, len, read_only } => {
-                let status = self.pin(channel, id, list, pages, offset, len, read_only);
+            Effect::Pin { channel, request } => {
+                let status = self.pin(channel, request);
                 regs.done(status);
                 if trace || status != 0 {
-                    eprintln!("vgpu-stub: channel {channel} pin {id} ({pages} pages): status {status}");
+                    eprintln!("vgpu-stub: channel {channel} pin request at {request:#x}: status {status}");
                 }
             }
             Effect::Unpin { channel, id } => regs.done(self.unpin(channel, id)),
@@ -242,11 +242,24 @@ impl Channels {
         None
     }
 
-    /// Registers pinned region `id` of channel `n` (shape checked by the register model): copies
-    /// the page list from `list` and checks every page is guest RAM. 0 or an errno value.
-    fn pin(&mut self, n: u32, id: u32, list: u64, pages: u32, offset: u32, len: u64, read_only: bool) -> u32 {
+    /// Registers the pinned region the pin request at `request` describes (bar0 CMD_PIN) for
+    /// channel `n`: copies it and checks its shape and that every page is guest RAM. 0 or an
+    /// errno value.
+    fn pin(&mut self, n: u32, request: u64) -> u32 {
         let total: usize = self.open.values().map(|o| read_regions(&o.pins).values().map(|r| r.pages.len()).sum::<usize>()).sum();
         let Some(o) = self.open.get(&n) else { return libc::ENOENT as u32 };
+        let mut head = [0u8; bar0::PIN_REQUEST_WORDS * 8];
+        if self.ram.read(request, &mut head).is_none() {
+            return EFAULT;
+        }
+        let word = |i: usize| u64::from_le_bytes(head[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let (id, flags, offset, pages, len) = bar0::parse_pin_request([word(0), word(1), word(2)]);
+        let fits = offset < PAGE as u32 && len > 0 && (offset as u64).checked_add(len).is_some_and(|e| e <= pages as u64 * PAGE);
+        if !fits || pages == 0 || pages > bar0::MAX_PIN_PAGES || flags & !bar0::PIN_READ_ONLY != 0 {
+            return EINVAL;
+        }
+        let read_only = flags & bar0::PIN_READ_ONLY != 0;
+        let Some(list) = request.checked_add(head.len() as u64) else { return EFAULT };
         {
             let regions = read_regions(&o.pins);
             if regions.contains_key(&id) {

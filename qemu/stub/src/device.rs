@@ -81,9 +81,9 @@ pub enum Effect {
     Close(u32),
     /// Wake the worker of open channel N.
     Doorbell(u32),
-    /// Register pinned region `id` of open channel `channel` (its shape already checked): the
-    /// caller reads the page list at `list` and reports with [`Registers::done`].
-    Pin { channel: u32, id: u32, list: u64, pages: u32, offset: u32, len: u64, read_only: bool },
+    /// Register a pinned region of open channel `channel`: the caller reads and checks the pin
+    /// request at `request` (8-byte aligned) and reports with [`Registers::done`].
+    Pin { channel: u32, request: u64 },
     /// Forget pinned region `id` of open channel `channel`; report with [`Registers::done`].
     Unpin { channel: u32, id: u32 },
 }
@@ -98,8 +98,7 @@ pub struct Registers {
     open: u64,
     /// GPU_NAME then GPU_UUID (see bar0.rs).
     identity: [u8; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN],
-    /// PIN_ID, PIN_PAGES, PIN_OFFSET, PIN_LEN_LO, PIN_LEN_HI, PIN_FLAGS.
-    pin: [u32; 6],
+    pin_id: u32,
 }
 
 impl Default for Registers {
@@ -112,15 +111,11 @@ impl Default for Registers {
             status: 0,
             open: 0,
             identity: [0; bar0::GPU_NAME_LEN + bar0::GPU_UUID_LEN],
-            pin: [0; 6],
+            pin_id: 0,
         }
     }
 }
 
-/// Index of a PIN_* register in `Registers::pin`.
-fn pin_reg(off: u64) -> Option<usize> {
-    (bar0::PIN_ID..=bar0::PIN_FLAGS).contains(&off).then(|| (off - bar0::PIN_ID) as usize / 4).filter(|_| off % 4 == 0)
-}
 
 /// Whether a channel area has an acceptable shape: 4 KiB aligned, a whole number of pages
 /// within [MIN_AREA_SIZE, MAX_AREA_SIZE], not wrapping the address space.
@@ -141,7 +136,7 @@ impl Registers {
             bar0::CHAN_SIZE => self.size,
             bar0::CHAN_STATUS => self.status,
             bar0::CHANNELS => CHANNELS,
-            o if pin_reg(o).is_some() => pin_reg(o).map_or(0, |i| self.pin[i]),
+            bar0::PIN_ID => self.pin_id,
             o if (bar0::GPU_NAME..bar0::GPU_UUID + bar0::GPU_UUID_LEN as u64).contains(&o) && o % 4 == 0 => {
                 let i = (o - bar0::GPU_NAME) as usize;
                 self.identity.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -173,11 +168,7 @@ impl Registers {
             bar0::CHAN_SIZE => self.size = v,
             bar0::CHAN_CMD => return self.command(v >> 16, v & 0xffff),
             bar0::DOORBELL if self.is_open(v) => return Effect::Doorbell(v),
-            o if pin_reg(o).is_some() => {
-                if let Some(i) = pin_reg(o) {
-                    self.pin[i] = v;
-                }
-            }
+            bar0::PIN_ID => self.pin_id = v,
             _ => {} // read-only or unknown: ignored, as hardware does
         }
         Effect::None
@@ -202,18 +193,9 @@ impl Registers {
                 (0, Effect::Close(n))
             }
             bar0::CMD_PIN | bar0::CMD_UNPIN if !self.is_open(n) => (libc::ENOENT as u32, Effect::None),
-            bar0::CMD_PIN => {
-                let [id, pages, offset, lo, hi, flags] = self.pin;
-                let len = (hi as u64) << 32 | lo as u64;
-                let fits = offset < 4096 && len > 0 && (offset as u64).checked_add(len).is_some_and(|e| e <= pages as u64 * 4096);
-                if !fits || pages == 0 || pages > bar0::MAX_PIN_PAGES || flags & !bar0::PIN_READ_ONLY != 0 || addr & 7 != 0 {
-                    (EINVAL, Effect::None)
-                } else {
-                    let read_only = flags & bar0::PIN_READ_ONLY != 0;
-                    (libc::EIO as u32, Effect::Pin { channel: n, id, list: addr, pages, offset, len, read_only })
-                }
-            }
-            bar0::CMD_UNPIN => (libc::EIO as u32, Effect::Unpin { channel: n, id: self.pin[0] }),
+            bar0::CMD_PIN if addr % 8 != 0 => (EINVAL, Effect::None),
+            bar0::CMD_PIN => (libc::EIO as u32, Effect::Pin { channel: n, request: addr }),
+            bar0::CMD_UNPIN => (libc::EIO as u32, Effect::Unpin { channel: n, id: self.pin_id }),
             _ => (EINVAL, Effect::None),
         };
         self.status = status;
@@ -328,45 +310,24 @@ mod tests {
         assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32, "unknown command");
     }
 
-    fn pin_cmd(r: &mut Registers, n: u32, list: u64, [id, pages, offset, flags]: [u32; 4], len: u64) -> Effect {
-        r.write(bar0::CHAN_ADDR_LO, list as u32);
-        r.write(bar0::CHAN_ADDR_HI, (list >> 32) as u32);
-        for (reg, v) in [(bar0::PIN_ID, id), (bar0::PIN_PAGES, pages), (bar0::PIN_OFFSET, offset), (bar0::PIN_FLAGS, flags)] {
-            r.write(reg, v);
-        }
-        r.write(bar0::PIN_LEN_LO, len as u32);
-        r.write(bar0::PIN_LEN_HI, (len >> 32) as u32);
-        r.write(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | n)
-    }
-
     #[test]
-    fn pin_commands_validate_the_region_shape() {
+    fn pin_commands_need_an_open_channel_and_an_aligned_request() {
         let mut r = Registers::default();
-        let list = 0x8000_0000u64;
-        assert_eq!(pin_cmd(&mut r, 2, list, [1, 1, 0, 0], 4096), Effect::None);
+        let pin = |r: &mut Registers, addr: u64, n: u32| {
+            r.write(bar0::CHAN_ADDR_LO, addr as u32);
+            r.write(bar0::CHAN_ADDR_HI, (addr >> 32) as u32);
+            r.write(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | n)
+        };
+        assert_eq!(pin(&mut r, 0x8000_0000, 2), Effect::None);
         assert_eq!(r.read(bar0::CHAN_STATUS), libc::ENOENT as u32, "channel not open");
         r.opened(2, 0);
-        assert_eq!(r.read(bar0::PIN_PAGES), 1, "latches read back");
-        let bad: [([u32; 4], u64); 7] = [
-            ([1, 0, 0, 0], 1),                      // no pages
-            ([1, 1, 0, 0], 0),                      // empty
-            ([1, 1, 4096, 0], 1),                   // offset past the first page
-            ([1, 1, 100, 0], 4000),                 // runs past the last page
-            ([1, bar0::MAX_PIN_PAGES + 1, 0, 0], 1), // too many pages
-            ([1, 1, 0, 2], 1),                      // unknown flag
-            ([1, 2, 0, 0], u64::MAX),               // overflow
-        ];
-        for (regs, len) in bad {
-            assert_eq!(pin_cmd(&mut r, 2, list, regs, len), Effect::None, "{regs:?} {len}");
-            assert_eq!(r.read(bar0::CHAN_STATUS), libc::EINVAL as u32);
-        }
-        assert_eq!(pin_cmd(&mut r, 2, list + 4, [1, 1, 0, 0], 1), Effect::None, "misaligned list");
-        assert_eq!(
-            pin_cmd(&mut r, 2, list, [7, 3, 100, 1], 3 * 4096 - 100),
-            Effect::Pin { channel: 2, id: 7, list, pages: 3, offset: 100, len: 3 * 4096 - 100, read_only: true }
-        );
+        assert_eq!(pin(&mut r, 0x8000_0004, 2), Effect::None);
+        assert_eq!(r.read(bar0::CHAN_STATUS), EINVAL, "misaligned request");
+        assert_eq!(pin(&mut r, 0x1_8000_0008, 2), Effect::Pin { channel: 2, request: 0x1_8000_0008 });
         r.done(0);
         assert_eq!(r.read(bar0::CHAN_STATUS), 0);
+        r.write(bar0::PIN_ID, 7);
+        assert_eq!(r.read(bar0::PIN_ID), 7, "latch reads back");
         assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_UNPIN << 16 | 2), Effect::Unpin { channel: 2, id: 7 });
         assert_eq!(r.write(bar0::CHAN_CMD, bar0::CMD_UNPIN << 16 | 3), Effect::None);
         assert_eq!(r.read(bar0::CHAN_STATUS), libc::ENOENT as u32);

@@ -185,16 +185,16 @@ fn pinned(op: u32, tag: u64, id: u32, offset: u64, len: u64) -> Desc {
 }
 
 impl Guest {
-    /// Pins region `id` of channel `n` whose pages are at `pages` (list written at `list`).
-    fn pin(&mut self, n: u32, id: u32, list: u64, pages: &[u64], offset: u32, len: u64, flags: u32) -> u32 {
-        self.write(list, &pages.iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>());
-        self.reg_w(bar0::CHAN_ADDR_LO, list as u32);
-        self.reg_w(bar0::CHAN_ADDR_HI, (list >> 32) as u32);
-        for (r, v) in [(bar0::PIN_ID, id), (bar0::PIN_PAGES, pages.len() as u32), (bar0::PIN_OFFSET, offset), (bar0::PIN_FLAGS, flags)] {
-            self.reg_w(r, v);
-        }
-        self.reg_w(bar0::PIN_LEN_LO, len as u32);
-        self.reg_w(bar0::PIN_LEN_HI, (len >> 32) as u32);
+    /// Pins region `id` of channel `n` whose pages are at `pages` (the request written at `at`).
+    fn pin(&mut self, n: u32, id: u32, at: u64, pages: &[u64], offset: u32, len: u64, flags: u32) -> u32 {
+        self.pin_shaped(n, at, bar0::pin_request(id, flags, offset, pages.len() as u32, len), pages)
+    }
+
+    /// Pins with the request head given word by word.
+    fn pin_shaped(&mut self, n: u32, at: u64, head: [u64; bar0::PIN_REQUEST_WORDS], pages: &[u64]) -> u32 {
+        self.write(at, &head.iter().chain(pages).flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>());
+        self.reg_w(bar0::CHAN_ADDR_LO, at as u32);
+        self.reg_w(bar0::CHAN_ADDR_HI, (at >> 32) as u32);
         self.reg_w(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | n);
         self.reg_r(bar0::CHAN_STATUS)
     }
@@ -227,7 +227,7 @@ fn pinned_pages_go_straight_to_and_from_the_mediator() {
     assert_eq!(g.pin(3, 8, list, &dst, 0, 4 * 4096, 0), 0);
     assert_eq!(g.pin(3, 8, list, &dst, 0, 4096, 0), libc::EEXIST as u32);
     // The guest may reuse the list buffer at once: the device copied it.
-    g.write(list, &[0xff; 64]);
+    g.write(list, &[0xff; 80]);
     let n = len as u64 - 50;
     let c = g.submit(3, AREA, &[pinned(OP_SEND_PINNED, 1, 7, 50, n), pinned(OP_RECV_PINNED, 2, 8, 3, n)]);
     assert_eq!(c, [ok(1, n as u32), ok(2, n as u32)]);
@@ -253,16 +253,28 @@ fn pinned_pages_go_straight_to_and_from_the_mediator() {
     assert_eq!(c, [ok(10, 4), ok(11, 4)]);
     assert_eq!(g.read(page(20), 4), b"next");
 
-    // Pinning is checked: the list and every page must be guest RAM, pages aligned.
+    // Pinning is checked: the shape, the request and every page in guest RAM, pages aligned.
     let efault = libc::EFAULT as u32;
+    let one = [page(1)];
+    let bad_shapes = [
+        (bar0::pin_request(30, 0, 0, 0, 1), "no pages"),
+        (bar0::pin_request(30, 0, 0, 1, 0), "empty"),
+        (bar0::pin_request(30, 0, 4096, 1, 1), "offset past the first page"),
+        (bar0::pin_request(30, 0, 100, 1, 4000), "runs past the last page"),
+        (bar0::pin_request(30, 0, 0, bar0::MAX_PIN_PAGES + 1, 1), "too many pages"),
+        (bar0::pin_request(30, 2, 0, 1, 1), "unknown flag"),
+        (bar0::pin_request(30, 0, 8, 1, u64::MAX), "length overflows"),
+    ];
+    for (head, what) in bad_shapes {
+        assert_eq!(g.pin_shaped(3, list, head, &one), EINVAL, "{what}");
+    }
     assert_eq!(g.pin(3, 20, list, &[GPA + RAM], 0, 1, 0), efault, "page outside RAM");
     assert_eq!(g.pin(3, 21, list, &[page(1) + 8], 0, 1, 0), EINVAL, "misaligned page");
-    g.reg_w(bar0::CHAN_ADDR_LO, 0);
-    g.reg_w(bar0::CHAN_ADDR_HI, 0);
-    g.reg_w(bar0::PIN_ID, 22);
+    g.reg_w(bar0::CHAN_ADDR_LO, (GPA + RAM - 16) as u32);
+    g.reg_w(bar0::CHAN_ADDR_HI, ((GPA + RAM - 16) >> 32) as u32);
     g.reg_w(bar0::CHAN_CMD, bar0::CMD_PIN << 16 | 3);
-    assert_eq!(g.reg_r(bar0::CHAN_STATUS), efault, "list outside RAM");
-    assert_eq!(g.pin(4, 23, list, &[page(1)], 0, 1, 0), libc::ENOENT as u32, "channel not open");
+    assert_eq!(g.reg_r(bar0::CHAN_STATUS), efault, "request running out of RAM");
+    assert_eq!(g.pin(4, 23, list, &one, 0, 1, 0), libc::ENOENT as u32, "channel not open");
 
     // Unpinned or closed: the pages are out of reach.
     assert_eq!(g.unpin(3, 7), 0);

@@ -198,7 +198,7 @@ fn pinned(c: &mut Checks, fd: i32, area: *mut u8, buf: &mut [u8]) {
     let p = buf.as_mut_ptr() as u64;
     bad("pin of zero bytes is EINVAL", p, 0, 0, libc::EINVAL);
     bad("pin with an unknown flag is EINVAL", p, 16, 4, libc::EINVAL);
-    bad("pin of more than 1 GiB is E2BIG", p, (1 << 30) + 1, 0, libc::E2BIG);
+    bad("pin of more than 512 MiB is E2BIG", p, (512 << 20) + 1, 0, libc::E2BIG);
     bad("pin of unmapped memory is EFAULT", 8, 16, 0, libc::EFAULT);
     bad("pin wrapping the address space is EINVAL", u64::MAX - 8, 16, 0, libc::EINVAL);
     // SAFETY: a fresh private read-only mapping, unmapped below.
