@@ -193,7 +193,7 @@ impl Registers {
                 (0, Effect::Close(n))
             }
             bar0::CMD_PIN | bar0::CMD_UNPIN if !self.is_open(n) => (libc::ENOENT as u32, Effect::None),
-            bar0::CMD_PIN if addr % 8 != 0 => (EINVAL, Effect::None),
+            bar0::CMD_PIN if !addr.is_multiple_of(8) => (EINVAL, Effect::None),
             bar0::CMD_PIN => (libc::EIO as u32, Effect::Pin { channel: n, request: addr }),
             bar0::CMD_UNPIN => (libc::EIO as u32, Effect::Unpin { channel: n, id: self.pin_id }),
             _ => (EINVAL, Effect::None),
