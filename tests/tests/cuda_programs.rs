@@ -42,6 +42,8 @@ cases! {
     pinned_async_cudart13: "pinned_async", V13;
     host_register_cudart12: "host_register", V12;
     host_register_cudart13: "host_register", V13;
+    cublaslt_needs_cudart12: "cublaslt_needs", V12;
+    cublaslt_needs_cudart13: "cublaslt_needs", V13;
     occupancy_cudart12: "occupancy", V12;
     occupancy_cudart13: "occupancy", V13;
     graphs_cudart12: "graphs", V12;

@@ -6,6 +6,8 @@ pub const ERROR: u8 = 1;
 pub const WARN: u8 = 2;
 pub const INFO: u8 = 3;
 pub const DEBUG: u8 = 4;
+/// Every CUDA entry point called, with its result.
+pub const TRACE: u8 = 5;
 
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
@@ -15,7 +17,8 @@ pub fn level() -> u8 {
             let l = match std::env::var("VGPU_LOG").as_deref() {
                 Ok("error") => ERROR,
                 Ok("info") => INFO,
-                Ok("debug") | Ok("trace") => DEBUG,
+                Ok("debug") => DEBUG,
+                Ok("trace") => TRACE,
                 Ok("off") => 0xff,
                 _ => WARN,
             };

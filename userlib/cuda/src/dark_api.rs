@@ -23,6 +23,9 @@ pub const TOOLS_TLS: Uuid = hex("42d85a8123f6cb478298f6e78a3aecdc");
 pub const CONTEXT_LOCAL_STORAGE: Uuid = hex("c693336e1121df11a8c368f355d89593");
 pub const CONTEXT_CHECKS: Uuid = hex("263e88607cd2614392f6bbd5006dfa7e");
 pub const INTEGRITY_CHECK: Uuid = hex("d4082055bde6704b8d34ba123c66e1f2");
+/// cuBLASLt's: slot 4 (context, u64 *id) before each gemm; without the table cublasSgemm
+/// answers CUBLAS_STATUS_NOT_SUPPORTED.
+pub const CONTEXT_IDENTITY: Uuid = hex("21318c60971432488ca641ff7324c8f2");
 
 const fn hex(s: &str) -> Uuid {
     let b = s.as_bytes();
@@ -68,6 +71,7 @@ unused_slots!("CUDART_INTERFACE", cudart_3 = 3, cudart_4 = 4, cudart_5 = 5, cuda
 unused_slots!("TOOLS_RUNTIME_CALLBACK_HOOKS", hooks_1 = 1, hooks_3 = 3, hooks_4 = 4, hooks_5 = 5);
 unused_slots!("TOOLS_TLS", tls_1 = 1);
 unused_slots!("CONTEXT_CHECKS", checks_1 = 1);
+unused_slots!("CONTEXT_IDENTITY", identity_1 = 1, identity_2 = 2, identity_3 = 3);
 
 // --- CUDART_INTERFACE -------------------------------------------------------------------------
 
@@ -132,6 +136,14 @@ unsafe extern "C" fn hooks_buffer2(ptr: *mut *mut c_void, size: *mut usize) -> C
 /// Slot 2: called before most runtime calls; 0 means "no tool is attached".
 unsafe extern "C" fn tls_no_tool() -> CUresult {
     CUDA_SUCCESS
+}
+
+// --- CONTEXT_IDENTITY --------------------------------------------------------------------------
+
+/// Slot 4: a context's unique id, as cuCtxGetId gives it (the current context for NULL).
+unsafe extern "C" fn identity_context_id(ctx: Handle, id: *mut u64) -> CUresult {
+    // SAFETY: same contract as cuCtxGetId.
+    unsafe { crate::driver::cuCtxGetId(ctx, id) }
 }
 
 // --- CONTEXT_LOCAL_STORAGE ---------------------------------------------------------------------
@@ -269,6 +281,8 @@ fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
         checks[3] = checks_flags as *const () as usize;
         m.insert(CONTEXT_CHECKS, sized(checks));
         m.insert(INTEGRITY_CHECK, sized(vec![0, integrity_check as *const () as usize, 0]));
+        let identity = vec![0, f(identity_1), f(identity_2), f(identity_3), identity_context_id as *const () as usize];
+        m.insert(CONTEXT_IDENTITY, sized(identity));
         m
     })
 }

@@ -48,3 +48,30 @@ fn the_shared_object_exports_the_driver_api() {
     let soname = std::process::Command::new("readelf").arg("-d").arg(&so).output().expect("readelf");
     assert!(String::from_utf8_lossy(&soname.stdout).contains("[libcuda.so.1]"), "soname is not libcuda.so.1");
 }
+
+#[test]
+fn cublaslt_context_identity_table_answers_like_cu_ctx_get_id() {
+    // cuBLASLt asks for this table before each gemm and calls slot 4 (context, u64 *id); without
+    // it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED.
+    let id: [u8; 16] = [0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2];
+    let mut table: *const std::ffi::c_void = std::ptr::null();
+    // SAFETY: valid out-pointer and a 16-byte id.
+    assert_eq!(unsafe { cuda::driver::cuGetExportTable(&mut table, &id) }, 0);
+    // SAFETY: the table's first word is its size in bytes; five slots.
+    let slots = unsafe { std::slice::from_raw_parts(table.cast::<usize>(), 5) };
+    assert_eq!(slots[0], 5 * std::mem::size_of::<usize>());
+    for &s in &slots[1..4] {
+        // SAFETY: unknown slots are `extern "C" fn() -> CUresult` stubs.
+        let f: unsafe extern "C" fn() -> u32 = unsafe { std::mem::transmute(s) };
+        assert_eq!(unsafe { f() }, vgpu_uapi::cuda::CUDA_ERROR_NOT_SUPPORTED);
+    }
+    // SAFETY: slot 4 has cuCtxGetId's signature.
+    let get_id: unsafe extern "C" fn(*mut std::ffi::c_void, *mut u64) -> u32 = unsafe { std::mem::transmute(slots[4]) };
+    let (mut a, mut b) = (7u64, 7u64);
+    // No driver initialised in this test process: both refuse the same way and write nothing.
+    let via_table = unsafe { get_id(std::ptr::null_mut(), &mut a) };
+    let direct = unsafe { cuda::driver::cuCtxGetId(std::ptr::null_mut(), &mut b) };
+    assert_eq!(via_table, direct);
+    assert_ne!(via_table, 0);
+    assert_eq!((a, b), (7, 7));
+}

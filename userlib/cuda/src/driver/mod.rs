@@ -47,7 +47,10 @@ include!(concat!(env!("OUT_DIR"), "/driver_api.rs"));
 /// `extern "C"` boundary (it becomes CUDA_ERROR_UNKNOWN).
 pub(crate) fn guard(name: &str, f: impl FnOnce() -> Result<(), CUresult>) -> CUresult {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => CUDA_SUCCESS,
+        Ok(Ok(())) => {
+            vlog!(crate::log::TRACE, "{name} -> 0");
+            CUDA_SUCCESS
+        }
         Ok(Err(e)) => {
             vlog!(crate::log::DEBUG, "{name} -> {e}");
             e

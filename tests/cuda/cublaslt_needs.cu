@@ -1,0 +1,41 @@
+// What cuBLASLt asks of the driver before each gemm (../shared/recipes/cuda/FINDINGS.md): the
+// private export table 21318c60-... whose slot 4 gives a context's id, as cuCtxGetId does.
+// Without it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED before touching the GPU.
+#include "check.h"
+#include <cstdint>
+#include <cstring>
+
+typedef int (*get_export_table_t)(const void **, const unsigned char *);
+typedef int (*ctx_get_id_t)(void *, unsigned long long *);
+typedef int (*ctx_get_current_t)(void **);
+
+template <typename T> static T entry(const char *name) {
+  void *p = nullptr;
+  cudaDriverEntryPointQueryResult q;
+  CK(cudaGetDriverEntryPoint(name, &p, cudaEnableDefault, &q));
+  EXPECT(p != nullptr && q == cudaDriverEntryPointSuccess, "%s not found", name);
+  return (T)p;
+}
+
+int main() {
+  CK(cudaFree(0));  // a current context
+  auto get_table = entry<get_export_table_t>("cuGetExportTable");
+  auto get_id = entry<ctx_get_id_t>("cuCtxGetId");
+  auto get_current = entry<ctx_get_current_t>("cuCtxGetCurrent");
+  const unsigned char uuid[16] = {0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2};
+  const void *table = nullptr;
+  EXPECT(get_table(&table, uuid) == 0 && table != nullptr, "no context-identity table");
+  const uintptr_t *slots = (const uintptr_t *)table;
+  EXPECT(slots[0] >= 5 * sizeof(void *), "table size %zu", (size_t)slots[0]);
+  auto slot4 = (ctx_get_id_t)slots[4];
+  void *ctx = nullptr;
+  EXPECT(get_current(&ctx) == 0 && ctx != nullptr, "no current context");
+  unsigned long long a = 0, b = 1, c = 2;
+  EXPECT(slot4(ctx, &a) == 0, "slot 4 failed for the current context");
+  EXPECT(get_id(ctx, &b) == 0, "cuCtxGetId failed");
+  EXPECT(slot4(nullptr, &c) == 0, "slot 4 failed for NULL (the current context)");
+  printf("context id via the table %llu, via cuCtxGetId %llu\n", a, b);
+  EXPECT(a == b && c == b, "ids differ: %llu %llu %llu", a, b, c);
+  printf("PASS\n");
+  return 0;
+}
