@@ -197,6 +197,11 @@ nvidia-smi --query-gpu=name,pci.bus_id,driver_version,memory.used --format=csv,n
 # This VM's memory quota (boot-guest.sh --memory-quota-mib) is its device's memory.
 nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>&1 | sed 's/^/SMI-TOTAL /'
 /opt/vgpu/cu12/mem_fill 2>&1 | sed 's/^/MEM-FILL /'
+# Pinned memory: every registration and every large pageable copy is pinned for the device
+# (libcuda says "did not pin" where it falls back to staging).
+VGPU_LOG=debug /opt/vgpu/cu12/host_register > /tmp/hr.out 2>&1
+echo "HOST-REGISTER rc=$? pass=$(grep -c '^PASS$' /tmp/hr.out) fallbacks=$(grep -c 'did not pin' /tmp/hr.out)"
+grep 'did not pin' /tmp/hr.out | head -3 | sed 's/^/HOST-REGISTER-FALLBACK /'
 # A process killed with -9 while holding device memory: everything it held is freed.
 : > /tmp/hold.out
 /opt/vgpu/vgpu-driver-check hold > /tmp/hold.out 2>&1 &
@@ -259,7 +264,7 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     let pynvml_dir = wheels_dir().parent().unwrap().join("py");
     add_guest_python(&payload.0, &["pynvml"], &pynvml_dir);
     std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nvml_query.py"), payload.0.join("nvml_query.py")).unwrap();
-    add_guest_programs(&payload.0, &["mem_fill", "keep_working"], Cudart::V12);
+    add_guest_programs(&payload.0, &["mem_fill", "keep_working", "host_register"], Cudart::V12);
     std::fs::write(payload.0.join("driver.sh"), DRIVER_SCRIPT).unwrap();
     let out = boot_guest_with(Some((&payload.0, "driver.sh")), &["--memory-quota-mib", "384"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -313,6 +318,8 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     for k in ["device_total", "meminfo_total", "allocated"] {
         assert_eq!(fill.get(k), Some(&quota.as_str()), "{k} in the guest: {fill:?}");
     }
+    // Pinned host memory reaches the device directly: nothing fell back to staging.
+    assert_eq!(values(&body, "HOST-REGISTER"), ["rc=0 pass=1 fallbacks=0"], "host_register in the guest:\n{}", whole());
     let admin = stdout.lines().find_map(|l| l.strip_prefix("HOST-ADMIN guest ")).unwrap_or_else(|| panic!("no HOST-ADMIN line for the VM:\n{}", whole()));
     assert!(admin.contains("/384 MiB") && admin.ends_with("serving"), "vgpu-admin vms: {admin}");
 

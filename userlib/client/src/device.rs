@@ -428,11 +428,15 @@ impl Transport for DeviceTransport {
                 ch.pins.insert(a.id, p as usize);
                 Ok(Some(a.id as u64))
             }
-            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(CUDA_ERROR_INVALID_VALUE),
             Err(e) => {
                 let level = if how.transient { crate::log::DEBUG } else { crate::log::INFO };
                 vlog!(level, "the vgpu driver did not pin {len} bytes ({e}); copies from and to them go through staging");
-                Ok(None)
+                // Registering memory that is not the caller's is the caller's error; a copy of
+                // such memory fails later, where it is read or written.
+                match e.raw_os_error() {
+                    Some(libc::EFAULT) if !how.transient => Err(CUDA_ERROR_INVALID_VALUE),
+                    _ => Ok(None),
+                }
             }
         }
     }

@@ -54,6 +54,7 @@ fn pinned_for_copy(d: &Driver, p: *mut u8, n: usize, read_only: bool, copy: impl
     if n < PIN_FOR_COPY {
         return None;
     }
+    // Transient registrations do not fail: at worst there is no handle.
     let h = d.transport().register_host(p, n, None, HostUse { read_only, transient: true }).ok().flatten()?;
     let copied = copy(h);
     let released = d.transport().unregister_host(h);
