@@ -17,17 +17,32 @@ use std::time::Duration;
 use vgpu_uapi::cuda::{CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS};
 use vgpu_uapi::proto::{MsgHeader, HEADER_LEN, MSG_MAGIC};
 
-/// Creates `path`'s directory and binds it, replacing a stale socket file.
+/// Creates `path`'s directory and binds it, replacing a stale socket file. The socket is bound
+/// under a temporary name and renamed into place, so that whoever waits for `path` to appear
+/// can connect as soon as it does (a bound socket refuses connections until it listens).
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    let remove = |p: &Path| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    remove(&tmp)?;
+    match UnixListener::bind(&tmp) {
+        Ok(l) => {
+            std::fs::rename(&tmp, path)?;
+            Ok(l)
+        }
+        // A path at the length limit has no room for the suffix: bind it directly.
+        Err(_) => {
+            remove(path)?;
+            UnixListener::bind(path)
+        }
     }
-    UnixListener::bind(path)
 }
 
 /// Serves `backend` to every client of `listener` as one VM without limits (tests, tools).
