@@ -417,22 +417,20 @@ impl OpenFile {
         // kernel refuses file-backed ones); a pin for one copy may.
         let longterm = if args.flags & channel::PIN_TRANSIENT == 0 { bindings::FOLL_LONGTERM } else { 0 };
         let gup = longterm | if writable { bindings::FOLL_WRITE } else { 0 };
-        let mut buf: VVec<*mut bindings::page> = VVec::with_capacity(count, GFP_KERNEL)?;
         while p.pages.len() < count {
             let done = p.pages.len();
             let want = (count - done).min(i32::MAX as usize) as i32;
-            // SAFETY: `buf` has room for `count` pointers; the kernel fills at most `want` of
-            // them from the start and returns how many (it checks the range is the caller's).
-            let got = unsafe { bindings::pin_user_pages_fast((first + (done as u64) * page) as usize, want, gup, buf.as_mut_ptr()) };
+            let spare = p.pages.spare_capacity_mut();
+            // SAFETY: `spare` has room for the `count - done >= want` pointers still to come; the
+            // kernel writes at most `want` of them from its start and returns how many (it
+            // checks the range is the caller's).
+            let got = unsafe { bindings::pin_user_pages_fast((first + (done as u64) * page) as usize, want, gup, spare.as_mut_ptr().cast()) };
             if got <= 0 {
                 // `p` unpins what was pinned so far.
                 return Err(if got < 0 { Error::from_errno(got) } else { EFAULT });
             }
-            for i in 0..got as usize {
-                // SAFETY: the first `got` entries of `buf` were just written by the kernel.
-                let pg = unsafe { *buf.as_mut_ptr().add(i) };
-                p.pages.push(pg, GFP_KERNEL)?;
-            }
+            // SAFETY: the kernel initialised the next `got` entries (got <= want <= spare).
+            unsafe { p.pages.inc_len(got as usize) };
         }
         for &pg in p.pages.iter() {
             // SAFETY: `pg` is a page pinned above; the mapping is undone in `Pinned::drop`.

@@ -53,6 +53,13 @@ struct Region {
     read_only: bool,
 }
 
+impl Region {
+    /// Whether bytes `at..at + n` may be read, or written (`into`).
+    fn allows(&self, at: u64, n: u64, into: bool) -> bool {
+        !(into && self.read_only) && at.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+}
+
 /// A channel's pinned regions by id, shared by the device (CMD_PIN/CMD_UNPIN) and the worker.
 /// The worker holds the read lock only while it copies one chunk between guest RAM and its
 /// buffer, so an unpin waits at most that long and after it the pages are never touched.
@@ -475,7 +482,7 @@ impl Worker {
     fn pinned_copy(&self, id: u32, at: u64, buf: &mut [u8], into: bool) -> bool {
         let regions = read_regions(&self.pins);
         let Some(r) = regions.get(&id) else { return false };
-        if (into && r.read_only) || at.checked_add(buf.len() as u64).is_none_or(|end| end > r.len) {
+        if !r.allows(at, buf.len() as u64, into) {
             return false;
         }
         // Within the pages: offset + len <= pages * PAGE was checked when it was pinned.
@@ -600,7 +607,7 @@ impl Worker {
         };
         let (id, into) = (d.flags, d.op == OP_RECV_PINNED);
         // A descriptor that cannot be carried out moves no byte (the stream stays in step).
-        let usable = read_regions(&self.pins).get(&id).is_some_and(|r| !(into && r.read_only) && d.offset + d.len <= r.len);
+        let usable = read_regions(&self.pins).get(&id).is_some_and(|r| r.allows(d.offset, d.len, into));
         if !usable {
             return (EFAULT, 0);
         }

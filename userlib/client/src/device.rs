@@ -366,7 +366,7 @@ fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
     for Queued { seq, op, into } in queued {
         payload.clear();
         let status = match into {
-            Some(r) => read_reply_pinned(io, op, seq, r, &mut payload)?,
+            Some(r) => read_data_reply(io, op, seq, r.len, true, |io| io.recv_pinned(r), &mut payload)?,
             None => read_reply(io, op, seq, &mut payload)?,
         };
         if status != CUDA_SUCCESS {
@@ -380,10 +380,20 @@ fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
     Ok(())
 }
 
-/// `read_reply` for a copy into pinned memory: its data goes to `r`, a failure's message to
-/// `out`.
-fn read_reply_pinned(io: &mut ChannelIo<'_>, op: Op, seq: u32, r: PinnedRange, out: &mut Vec<u8>) -> Result<u32, CuResult> {
-    io.precise = true;
+/// `read_reply` for a reply whose payload is `len` bytes of data (a device-to-host copy), which
+/// `take` reads from the channel to where it belongs; a failure's message goes to `message`. A
+/// success with another length is not data: CUDA_ERROR_UNKNOWN. `precise`: receive the header
+/// alone (the data is not to pass through staging).
+fn read_data_reply(
+    io: &mut ChannelIo<'_>,
+    op: Op,
+    seq: u32,
+    len: usize,
+    precise: bool,
+    take: impl FnOnce(&mut ChannelIo<'_>) -> io::Result<()>,
+    message: &mut Vec<u8>,
+) -> Result<u32, CuResult> {
+    io.precise = precise;
     let h = read_header(io, op, seq);
     io.precise = false;
     let h = h?;
@@ -391,11 +401,15 @@ fn read_reply_pinned(io: &mut ChannelIo<'_>, op: Op, seq: u32, r: PinnedRange, o
         vlog!(crate::log::ERROR, "lost the mediator during {op:?}: {e}");
         CUDA_ERROR_DEINITIALIZED
     };
-    if h.status == CUDA_SUCCESS && h.payload_len as usize == r.len {
-        io.recv_pinned(r).map_err(lost)?;
-    } else {
-        out.resize(h.payload_len as usize, 0);
-        io::Read::read_exact(io, out).map_err(lost)?;
+    if h.status == CUDA_SUCCESS && h.payload_len as usize == len {
+        take(io).map_err(lost)?;
+        return Ok(CUDA_SUCCESS);
+    }
+    message.resize(h.payload_len as usize, 0);
+    io::Read::read_exact(io, message).map_err(lost)?;
+    if h.status == CUDA_SUCCESS {
+        vlog!(crate::log::ERROR, "{op:?}: the mediator returned {} bytes, not {len}", h.payload_len);
+        return Ok(CUDA_ERROR_UNKNOWN);
     }
     Ok(h.status)
 }
@@ -511,18 +525,9 @@ impl Transport for DeviceTransport {
         let mut io = ChannelIo::new(&mut ch);
         write_request(&mut io, op, seq, parts)?;
         read_queued(&mut io)?;
-        let h = read_header(&mut io, op, seq)?;
         let mut message = Vec::new();
-        let (status, into) = if h.status == CUDA_SUCCESS && h.payload_len as usize == out.len() {
-            (h.status, &mut *out)
-        } else {
-            message.resize(h.payload_len as usize, 0);
-            (if h.status == CUDA_SUCCESS { CUDA_ERROR_UNKNOWN } else { h.status }, &mut message[..])
-        };
-        io::Read::read_exact(&mut io, into).map_err(|e| {
-            vlog!(crate::log::ERROR, "lost the mediator during {op:?}: {e}");
-            CUDA_ERROR_DEINITIALIZED
-        })?;
+        let len = out.len();
+        let status = read_data_reply(&mut io, op, seq, len, false, |io| io::Read::read_exact(io, out), &mut message)?;
         if let Some(e) = io.ch.deferred.take() {
             return Err(e);
         }

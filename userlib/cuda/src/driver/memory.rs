@@ -39,10 +39,6 @@ fn send(d: &Driver, op: Op, bytes: &[u8], queued: bool) -> Result<(), CUresult> 
     }
 }
 
-fn u64s(args: &[u64]) -> Vec<u8> {
-    args.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// Pageable copies at least this large pin the memory for the copy where the transport can (in a
 /// guest the device then moves the bytes itself: no copy through staging, which under
 /// emulation costs more than pinning); smaller ones carry their bytes through the connection.
@@ -368,11 +364,11 @@ fn host_alloc(pp: *mut *mut c_void, bytes: usize, flags: u32) -> Result<(), CUre
     put(pp, p)
 }
 
-/// The registered pinned memory holding all of `[p, p + n)`: (handle, offset).
+/// The page-locked memory the transport reaches that holds all of `[p, p + n)` (n > 0):
+/// (handle, offset).
 fn pinned_range(d: &Driver, p: u64, n: usize) -> Option<(u64, usize)> {
-    let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
-    let (&base, a) = t.range(..=(p as usize)).next_back()?;
-    let off = (p as usize).checked_sub(base)?;
+    let (base, a) = host_alloc_of(d, p)?;
+    let off = p as usize - base;
     (off.checked_add(n)? <= a.len).then_some((a.handle?, off))
 }
 
@@ -406,14 +402,7 @@ pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flag
 pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     guard("cuMemFreeHost", || {
         let d = state::driver()?;
-        let a = {
-            let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
-            match t.get(&(p as usize)) {
-                Some(a) if !a.registered => t.remove(&(p as usize)),
-                _ => None,
-            }
-        };
-        let a = a.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let a = take_host(d, p, false).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if let Some(h) = a.handle {
             // After the copies queued on it.
             d.transport().unregister_host(h)?;
@@ -476,14 +465,7 @@ pub unsafe extern "C" fn cuMemHostRegister(p: *mut c_void, bytes: usize, flags: 
 pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     guard("cuMemHostUnregister", || {
         let d = ctx_driver()?;
-        let a = {
-            let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
-            match t.get(&(p as usize)) {
-                Some(a) if a.registered => t.remove(&(p as usize)),
-                _ => None,
-            }
-        };
-        let a = a.ok_or(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)?;
+        let a = take_host(d, p, true).ok_or(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)?;
         match a.handle {
             Some(h) => d.transport().unregister_host(h),
             None => Ok(()),
@@ -491,20 +473,27 @@ pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     })
 }
 
-/// The page-locked allocation containing `p`, as (base, len).
-fn host_alloc_of(d: &Driver, p: u64) -> Option<(usize, usize)> {
+/// The page-locked memory containing `p`, with its base.
+fn host_alloc_of(d: &Driver, p: u64) -> Option<(usize, state::HostAlloc)> {
     let t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
     let (&base, a) = t.range(..=(p as usize)).next_back()?;
-    ((p as usize) - base < a.len).then_some((base, a.len))
+    ((p as usize) - base < a.len).then_some((base, *a))
+}
+
+/// Takes the page-locked memory starting at `p` out of the table if it is of the kind asked
+/// for: registered by the application (cuMemHostRegister) or allocated by us.
+fn take_host(d: &Driver, p: *mut c_void, registered: bool) -> Option<state::HostAlloc> {
+    let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
+    t.get(&(p as usize)).filter(|a| a.registered == registered)?;
+    t.remove(&(p as usize))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostGetFlags(flags: *mut c_uint, p: *mut c_void) -> CUresult {
     guard("cuMemHostGetFlags", || {
         let d = state::driver()?;
-        let (base, _) = host_alloc_of(d, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let f = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).get(&base).map_or(0, |a| a.flags);
-        put(flags, f)
+        let (_, a) = host_alloc_of(d, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(flags, a.flags)
     })
 }
 
@@ -538,7 +527,7 @@ fn owner_of(d: &Driver, p: u64) -> Owner {
         return Owner::Unknown;
     }
     match host_alloc_of(d, p) {
-        Some((base, len)) => Owner::PinnedHost { base, len },
+        Some((base, a)) => Owner::PinnedHost { base, len: a.len },
         None => Owner::Unknown,
     }
 }

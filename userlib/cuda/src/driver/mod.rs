@@ -70,6 +70,17 @@ pub(crate) fn not_supported(name: &str, logged: &AtomicBool) -> CUresult {
     CUDA_ERROR_NOT_SUPPORTED
 }
 
+/// Request arguments as the wire carries them: little-endian u64s.
+pub(crate) fn u64s(args: &[u64]) -> Vec<u8> {
+    args.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A request of u64 arguments to the current device's mediator session, waited for.
+pub(crate) fn call_u64s(op: vgpu_uapi::proto::Op, args: &[u64]) -> Result<Vec<u8>, CUresult> {
+    let (d, _) = crate::state::current_device()?;
+    d.call(op, &[&u64s(args)])
+}
+
 /// Writes `v` through an application's out-pointer, rejecting NULL.
 pub(crate) fn put<T>(p: *mut T, v: T) -> Result<(), CUresult> {
     if p.is_null() {

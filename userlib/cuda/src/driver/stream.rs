@@ -6,15 +6,11 @@ use std::ffi::{c_int, c_uint};
 use vgpu_uapi::proto::Op;
 use vgpu_uapi::wire::Reader;
 
-fn call_h(op: Op, args: &[u64]) -> Result<Vec<u8>, CUresult> {
-    let (d, _) = state::current_device()?;
-    let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
-    d.call(op, &[&bytes])
-}
-
-fn new_handle(reply: Vec<u8>, out: *mut Handle) -> Result<(), CUresult> {
+/// Hands the application the handle a create request returned; returns it too.
+fn new_handle(reply: Vec<u8>, out: *mut Handle) -> Result<u64, CUresult> {
     let h = Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?;
-    put(out, to_handle(h))
+    put(out, to_handle(h))?;
+    Ok(h)
 }
 
 fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), CUresult> {
@@ -24,7 +20,7 @@ fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(),
     let (d, _) = state::current_device()?;
     let mut args = flags.to_le_bytes().to_vec();
     args.extend_from_slice(&priority.clamp(-5, 0).to_le_bytes());
-    new_handle(d.call(Op::StreamCreate, &[&args])?, out)
+    new_handle(d.call(Op::StreamCreate, &[&args])?, out).map(drop)
 }
 
 #[no_mangle]
@@ -39,14 +35,14 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(out: *mut Handle, flags: c_u
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
-    guard("cuStreamDestroy", || call_h(Op::StreamDestroy, &[handle_of(s)]).map(|_| ()))
+    guard("cuStreamDestroy", || call_u64s(Op::StreamDestroy, &[handle_of(s)]).map(|_| ()))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
     guard("cuStreamSynchronize", || {
         super::graph::forbid_while_capturing(s)?;
-        call_h(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ())
+        call_u64s(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ())
     })
 }
 
@@ -59,7 +55,7 @@ pub unsafe extern "C" fn cuStreamSynchronize_ptsz(s: Handle) -> CUresult {
 pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
     guard("cuStreamQuery", || {
         super::graph::forbid_while_capturing(s)?;
-        call_h(Op::StreamQuery, &[handle_of(s)]).map(|_| ())
+        call_u64s(Op::StreamQuery, &[handle_of(s)]).map(|_| ())
     })
 }
 
@@ -77,7 +73,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, e: Handle, flags: c_uint) 
         if super::graph::wait_event(s, e)? {
             return Ok(());
         }
-        call_h(Op::StreamWaitEvent, &[handle_of(s), handle_of(e)]).map(|_| ())
+        call_u64s(Op::StreamWaitEvent, &[handle_of(s), handle_of(e)]).map(|_| ())
     })
 }
 
@@ -93,17 +89,16 @@ pub unsafe extern "C" fn cuEventCreate(out: *mut Handle, flags: c_uint) -> CUres
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let (d, _) = state::current_device()?;
-        let reply = d.call(Op::EventCreate, &[&flags.to_le_bytes()])?;
-        let h = Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        let h = new_handle(d.call(Op::EventCreate, &[&flags.to_le_bytes()])?, out)?;
         d.events.lock().unwrap_or_else(|e| e.into_inner()).insert(h);
-        put(out, to_handle(h))
+        Ok(())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
     guard("cuEventDestroy", || {
-        let r = call_h(Op::EventDestroy, &[handle_of(e)]).map(|_| ());
+        let r = call_u64s(Op::EventDestroy, &[handle_of(e)]).map(|_| ());
         if r.is_ok() {
             state::driver()?.events.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle_of(e));
         }
@@ -121,8 +116,7 @@ fn record(e: Handle, s: Handle) -> Result<(), CUresult> {
     if !d.events.lock().unwrap_or_else(|e| e.into_inner()).contains(&handle_of(e)) {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
-    let bytes: Vec<u8> = [handle_of(e), handle_of(s)].iter().flat_map(|a| a.to_le_bytes()).collect();
-    d.call_async(Op::EventRecord, &[&bytes]).map(drop)
+    d.call_async(Op::EventRecord, &[&u64s(&[handle_of(e), handle_of(s)])]).map(drop)
 }
 
 #[no_mangle]
@@ -156,7 +150,7 @@ pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(e: Handle, s: Handle, flags
 pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
     guard("cuEventSynchronize", || {
         super::graph::check_event_not_captured(e)?;
-        call_h(Op::EventSynchronize, &[handle_of(e)]).map(|_| ())
+        call_u64s(Op::EventSynchronize, &[handle_of(e)]).map(|_| ())
     })
 }
 
@@ -164,12 +158,12 @@ pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
 pub unsafe extern "C" fn cuEventQuery(e: Handle) -> CUresult {
     guard("cuEventQuery", || {
         super::graph::check_event_not_captured(e)?;
-        call_h(Op::EventQuery, &[handle_of(e)]).map(|_| ())
+        call_u64s(Op::EventQuery, &[handle_of(e)]).map(|_| ())
     })
 }
 
 fn elapsed(ms: *mut f32, a: Handle, b: Handle) -> Result<(), CUresult> {
-    let reply = call_h(Op::EventElapsedTime, &[handle_of(a), handle_of(b)])?;
+    let reply = call_u64s(Op::EventElapsedTime, &[handle_of(a), handle_of(b)])?;
     let bits = Reader::new(&reply).u32().map_err(|_| CUDA_ERROR_UNKNOWN)?;
     put(ms, f32::from_bits(bits))
 }
@@ -205,7 +199,7 @@ pub unsafe extern "C" fn cuEventDestroy(e: Handle) -> CUresult {
 
 /// The stream is one the mediator knows (a busy stream is valid too).
 pub(crate) fn check_stream(s: Handle) -> Result<(), CUresult> {
-    match call_h(Op::StreamQuery, &[handle_of(s)]) {
+    match call_u64s(Op::StreamQuery, &[handle_of(s)]) {
         Ok(_) | Err(CUDA_ERROR_NOT_READY) => Ok(()),
         Err(e) => Err(e),
     }

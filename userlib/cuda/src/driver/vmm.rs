@@ -39,12 +39,6 @@ const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
 const CU_MEM_ACCESS_FLAGS_PROT_READ: c_int = 1;
 const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_int = 3;
 
-fn call(op: Op, args: &[u64]) -> Result<Vec<u8>, CUresult> {
-    let (d, _) = state::current_device()?;
-    let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
-    d.call(op, &[&bytes])
-}
-
 fn device_location(l: MemLocation) -> Result<(), CUresult> {
     let d = state::driver()?;
     if l.ty != CU_MEM_LOCATION_TYPE_DEVICE || l.id < 0 || l.id as usize >= d.devices().len() {
@@ -86,14 +80,14 @@ pub unsafe extern "C" fn cuMemCreate(handle: *mut u64, size: usize, prop: *const
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         check_prop(prop)?;
-        let reply = call(Op::MemCreate, &[size as u64])?;
+        let reply = call_u64s(Op::MemCreate, &[size as u64])?;
         put(handle, Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
-    guard("cuMemRelease", || call(Op::MemRelease, &[handle]).map(drop))
+    guard("cuMemRelease", || call_u64s(Op::MemRelease, &[handle]).map(drop))
 }
 
 #[no_mangle]
@@ -102,14 +96,14 @@ pub unsafe extern "C" fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize,
         if ptr.is_null() || flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let reply = call(Op::MemAddressReserve, &[size as u64, alignment as u64, addr])?;
+        let reply = call_u64s(Op::MemAddressReserve, &[size as u64, alignment as u64, addr])?;
         put(ptr, Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)?)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
-    guard("cuMemAddressFree", || call(Op::MemAddressFree, &[ptr, size as u64]).map(drop))
+    guard("cuMemAddressFree", || call_u64s(Op::MemAddressFree, &[ptr, size as u64]).map(drop))
 }
 
 #[no_mangle]
@@ -118,13 +112,13 @@ pub unsafe extern "C" fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, 
         if flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        call(Op::MemMap, &[ptr, size as u64, offset as u64, handle]).map(drop)
+        call_u64s(Op::MemMap, &[ptr, size as u64, offset as u64, handle]).map(drop)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
-    guard("cuMemUnmap", || call(Op::MemUnmap, &[ptr, size as u64]).map(drop))
+    guard("cuMemUnmap", || call_u64s(Op::MemUnmap, &[ptr, size as u64]).map(drop))
 }
 
 #[no_mangle]
@@ -141,7 +135,7 @@ pub unsafe extern "C" fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *co
                 return Err(CUDA_ERROR_NOT_SUPPORTED);
             }
         }
-        call(Op::MemSetAccess, &[ptr, size as u64]).map(drop)
+        call_u64s(Op::MemSetAccess, &[ptr, size as u64]).map(drop)
     })
 }
 
@@ -153,7 +147,7 @@ pub unsafe extern "C" fn cuMemGetAccess(flags: *mut u64, location: *const MemLoc
         }
         // SAFETY: non-null pointer to a CUmemLocation (API contract).
         device_location(unsafe { *location })?;
-        call(Op::MemSetAccess, &[ptr, 1])?;
+        call_u64s(Op::MemSetAccess, &[ptr, 1])?;
         put(flags, CU_MEM_ACCESS_FLAGS_PROT_READWRITE as u64)
     })
 }
