@@ -296,8 +296,15 @@ impl DeviceSession for SimSession {
 
     fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)> {
         let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
-        if let Some(e) = m.ptx.unsupported(name) {
-            return Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("kernel {name} cannot run on the sim backend: PTX: {e}")));
+        match m.ptx.unsupported(name) {
+            Some((e, ptx::Rejection::Invalid)) => {
+                return Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("kernel {name} cannot run on the sim backend: PTX: {e}")));
+            }
+            Some((e, ptx::Rejection::Unsupported)) => {
+                log_lacking_once(&e.message);
+                return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, format!("kernel {name} cannot run on the sim backend: {e}")));
+            }
+            None => {}
         }
         let k = m
             .ptx
@@ -506,5 +513,18 @@ fn dump_ptx(text: &str) -> String {
     match std::fs::write(&path, text) {
         Ok(()) => format!(" (PTX written to {})", path.display()),
         Err(e) => format!(" (could not write the PTX to {}: {e})", path.display()),
+    }
+}
+
+/// Says once per process which instruction the sim lacks (a library module can have hundreds of
+/// kernels using the same one; each lookup still fails with the full reason).
+fn log_lacking_once(message: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    // The opcode: the text between the first two backquotes, up to its first space.
+    let opcode = message.split('`').nth(1).and_then(|t| t.split_whitespace().find(|w| !w.starts_with('@'))).unwrap_or(message).to_string();
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&opcode) {
+        tracing::warn!("sim backend: kernels using `{opcode}` cannot run here ({message})");
+        seen.push(opcode);
     }
 }

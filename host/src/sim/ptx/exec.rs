@@ -4,6 +4,7 @@
 //! names have arrived at it; then it runs for all of them at once. A thread's device-function
 //! calls are explicit frames too (not host recursion), so it can park inside a callee as well.
 
+use super::float::{self, mask, sext, to_f64};
 use super::parse::*;
 use super::global::Global;
 use super::{ExecError, Memory};
@@ -283,10 +284,10 @@ fn resolve(space: Space, addr: u64) -> (Space, u64) {
 /// The value an atomic operation stores, from the old value (sign-extended for signed types).
 fn atom_new(op: AtomOp, ty: Ty, old: u64, bv: u64, cv: u64) -> u64 {
     match op {
-        AtomOp::Add if ty.float() => float_bin(Bin::Add, ty, old, bv).unwrap_or(old),
+        AtomOp::Add if ty.float() => float::bin(Bin::Add, ty, Mods::default(), old, bv).unwrap_or(old),
         AtomOp::Add => int_bin(Bin::Add, ty, old, bv),
-        AtomOp::Min if ty.float() => float_bin(Bin::Min, ty, old, bv).unwrap_or(old),
-        AtomOp::Max if ty.float() => float_bin(Bin::Max, ty, old, bv).unwrap_or(old),
+        AtomOp::Min if ty.float() => float::bin(Bin::Min, ty, Mods::default(), old, bv).unwrap_or(old),
+        AtomOp::Max if ty.float() => float::bin(Bin::Max, ty, Mods::default(), old, bv).unwrap_or(old),
         AtomOp::Min => int_bin(Bin::Min, ty, old, bv),
         AtomOp::Max => int_bin(Bin::Max, ty, old, bv),
         AtomOp::Exch => bv,
@@ -315,85 +316,6 @@ fn atom_new(op: AtomOp, ty: Ty, old: u64, bv: u64, cv: u64) -> u64 {
             }
         }
     }
-}
-
-fn mask(v: u64, bits: u32) -> u64 {
-    if bits >= 64 {
-        v
-    } else {
-        v & ((1u64 << bits) - 1)
-    }
-}
-
-fn sext(v: u64, bits: u32) -> i64 {
-    if bits >= 64 {
-        v as i64
-    } else {
-        let s = 64 - bits;
-        ((v << s) as i64) >> s
-    }
-}
-
-fn f32_of(v: u64) -> f32 {
-    f32::from_bits(v as u32)
-}
-
-fn f16_to_f32(v: u64) -> f32 {
-    half::f16::from_bits(v as u16).to_f32()
-}
-
-fn bf16_to_f32(v: u64) -> f32 {
-    half::bf16::from_bits(v as u16).to_f32()
-}
-
-/// A float operand as f64 (exact for f16/bf16/f32).
-fn to_f64(v: u64, ty: Ty) -> f64 {
-    match ty {
-        Ty::F64 => f64::from_bits(v),
-        Ty::F32 => f32_of(v) as f64,
-        Ty::F16 => f16_to_f32(v) as f64,
-        Ty::Bf16 => bf16_to_f32(v) as f64,
-        _ => v as f64,
-    }
-}
-
-/// An f64 result stored as `ty` (rounded to nearest).
-fn from_f64(x: f64, ty: Ty) -> u64 {
-    match ty {
-        Ty::F64 => x.to_bits(),
-        Ty::F32 => (x as f32).to_bits() as u64,
-        Ty::F16 => half::f16::from_f64(x).to_bits() as u64,
-        Ty::Bf16 => half::bf16::from_f64(x).to_bits() as u64,
-        _ => x as u64,
-    }
-}
-
-/// f32 arithmetic is done in f32 (not via f64) so results round exactly as on the GPU.
-fn float_bin(op: Bin, ty: Ty, a: u64, b: u64) -> Option<u64> {
-    if ty == Ty::F32 {
-        let (x, y) = (f32_of(a), f32_of(b));
-        let r = match op {
-            Bin::Add => x + y,
-            Bin::Sub => x - y,
-            Bin::MulLo => x * y,
-            Bin::Div => x / y,
-            Bin::Min => x.min(y),
-            Bin::Max => x.max(y),
-            _ => return None,
-        };
-        return Some(r.to_bits() as u64);
-    }
-    let (x, y) = (to_f64(a, ty), to_f64(b, ty));
-    let r = match op {
-        Bin::Add => x + y,
-        Bin::Sub => x - y,
-        Bin::MulLo => x * y,
-        Bin::Div => x / y,
-        Bin::Min => x.min(y),
-        Bin::Max => x.max(y),
-        _ => return None,
-    };
-    Some(from_f64(r, ty))
 }
 
 fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
@@ -471,6 +393,15 @@ fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
     mask(r, bits)
 }
 
+/// A comparison as setp/set make it; `.ftz` compares subnormal f32 operands as zeros.
+fn compare_ftz(cmp: Cmp, ty: Ty, ftz: bool, a: u64, b: u64) -> bool {
+    if ty.float() {
+        compare(cmp, ty, float::flush(a, ty, ftz), float::flush(b, ty, ftz))
+    } else {
+        compare(cmp, ty, a, b)
+    }
+}
+
 fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
     if ty.float() {
         let (x, y) = (to_f64(a, ty), to_f64(b, ty));
@@ -509,72 +440,6 @@ fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
         Cmp::Hs => ua >= ub,
         Cmp::Num => true,
         Cmp::Nan => false,
-    }
-}
-
-fn round(x: f64, r: Rnd) -> f64 {
-    match r {
-        Rnd::Near => x.round_ties_even(),
-        Rnd::Zero | Rnd::None => x.trunc(),
-        Rnd::Down => x.floor(),
-        Rnd::Up => x.ceil(),
-    }
-}
-
-fn convert(dty: Ty, sty: Ty, rnd: Rnd, sat: bool, v: u64) -> u64 {
-    let dbits = dty.bits();
-    match (dty.float(), sty.float()) {
-        (false, false) => {
-            let x: i128 = if sty.signed() { sext(v, sty.bits()) as i128 } else { mask(v, sty.bits()) as i128 };
-            if sat {
-                let (lo, hi) = int_range(dty);
-                mask(x.clamp(lo, hi) as u64, dbits)
-            } else {
-                mask(x as u64, dbits)
-            }
-        }
-        (false, true) => {
-            let x = to_f64(v, sty);
-            if x.is_nan() {
-                return 0;
-            }
-            // Float-to-integer conversions saturate in PTX.
-            let (lo, hi) = int_range(dty);
-            let r = round(x, rnd);
-            let i = if r <= lo as f64 { lo } else if r >= hi as f64 { hi } else { r as i128 };
-            mask(i as u64, dbits)
-        }
-        (true, false) => {
-            let x = if sty.signed() { sext(v, sty.bits()) as f64 } else { mask(v, sty.bits()) as f64 };
-            // i64/u64 -> f32 must round once: go straight from the integer.
-            if dty == Ty::F32 && sty.bits() == 64 {
-                let f = if sty.signed() { v as i64 as f32 } else { v as f32 };
-                return f.to_bits() as u64;
-            }
-            from_f64(x, dty)
-        }
-        (true, true) => {
-            let mut x = to_f64(v, sty);
-            if matches!(rnd, Rnd::Near | Rnd::Zero | Rnd::Down | Rnd::Up) && dty == sty {
-                x = round(x, rnd); // cvt.rni.f32.f32 and friends: round to an integral value
-            }
-            if sat {
-                x = if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) };
-            }
-            if dty == Ty::F32 && sty == Ty::F32 {
-                return (x as f32).to_bits() as u64;
-            }
-            from_f64(x, dty)
-        }
-    }
-}
-
-fn int_range(t: Ty) -> (i128, i128) {
-    let bits = t.bits();
-    if t.signed() {
-        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
-    } else {
-        (0, (1i128 << bits) - 1)
     }
 }
 
@@ -954,7 +819,16 @@ impl<'a> Ctx<'a> {
         match o {
             Opnd::Reg(r) => {
                 if let Some(slot) = regs.get_mut(*r as usize) {
-                    *slot = if ty == Ty::Pred { (v != 0) as u64 } else { mask(v, ty.bits()) };
+                    // A register wider than the instruction's type receives the value
+                    // sign-extended for signed types, zero-extended for the others (PTX ISA,
+                    // "Operand Size Exceeding Instruction-Type Size"). Slots are 64 bits and
+                    // every reader truncates to its own type, so extending to 64 bits here is
+                    // the same as extending to the register's declared width.
+                    *slot = match ty {
+                        Ty::Pred => (v != 0) as u64,
+                        t if t.signed() => sext(v, t.bits()) as u64,
+                        t => mask(v, t.bits()),
+                    };
                 }
                 Ok(())
             }
@@ -1121,8 +995,9 @@ impl<'a> Ctx<'a> {
             Op::Mov { ty, d, a } => {
                 let v = match a {
                     Opnd::Vec(parts) => {
-                        // mov.b64 %rd, {%r1, %r2}: pack
-                        let w = 64 / parts.len().max(1) as u32;
+                        // mov.b64 %rd, {%r1, %r2} / mov.b32 %r, {%h1, %h2}: pack, the first
+                        // element in the lowest bits; each element is the type's width / count.
+                        let w = ty.bits() / parts.len().max(1) as u32;
                         let mut acc = 0u64;
                         for (k, p) in parts.iter().enumerate() {
                             acc |= mask(g!(p), w) << (w * k as u32);
@@ -1132,9 +1007,14 @@ impl<'a> Ctx<'a> {
                     _ => g!(a),
                 };
                 if let Opnd::Vec(parts) = d {
-                    // mov.b64 {%r1, %r2}, %rd: unpack
-                    let w = 64 / parts.len().max(1) as u32;
-                    let ety = if w == 32 { Ty::B32 } else { Ty::B16 };
+                    // mov.b64 {%r1, %r2}, %rd / mov.b32 {%h1, %h2}, %r: unpack (`_` skips one)
+                    let w = ty.bits() / parts.len().max(1) as u32;
+                    let ety = match w {
+                        8 => Ty::B8,
+                        16 => Ty::B16,
+                        32 => Ty::B32,
+                        _ => return Err(ExecError::Unsupported(format!("vector of {} elements in {}", parts.len(), self.at(i)))),
+                    };
                     for (k, p) in parts.iter().enumerate() {
                         self.set(p, ety, v >> (w * k as u32), regs, i)?;
                     }
@@ -1172,10 +1052,10 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
-            Op::Bin { op, ty, d, a, b } => {
+            Op::Bin { op, ty, m, d, a, b } => {
                 let (x, y) = (g!(a), g!(b));
                 let r = if ty.float() {
-                    float_bin(*op, *ty, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
+                    float::bin(*op, *ty, *m, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
                 } else if *ty == Ty::Pred {
                     match op {
                         Bin::And => x & y,
@@ -1183,6 +1063,11 @@ impl<'a> Ctx<'a> {
                         Bin::Xor => x ^ y,
                         _ => return Err(ExecError::Unsupported(self.at(i))),
                     }
+                } else if m.sat {
+                    // add.sat.s32 / sub.sat.s32 (the parser admits no other): clamped to s32.
+                    let (p, q) = (sext(x, 32), sext(y, 32));
+                    let r = if *op == Bin::Add { p + q } else { p - q };
+                    r.clamp(i32::MIN as i64, i32::MAX as i64) as u64
                 } else {
                     int_bin(*op, *ty, x, y)
                 };
@@ -1200,71 +1085,35 @@ impl<'a> Ctx<'a> {
                 let p = if ty.signed() { (sext(x, bits).wrapping_mul(sext(y, bits))) as u64 } else { mask(x, bits).wrapping_mul(mask(y, bits)) };
                 self.set(d, Ty::B64, mask(p.wrapping_add(z), bits * 2), regs, i)?;
             }
-            Op::Mad { hi, ty, d, a, b, c } => {
+            Op::Mad { hi, ty, m, d, a, b, c } => {
                 let (x, y, z) = (g!(a), g!(b), g!(c));
-                let r = match ty {
-                    Ty::F32 => f32_of(x).mul_add(f32_of(y), f32_of(z)).to_bits() as u64,
-                    Ty::F64 => f64::from_bits(x).mul_add(f64::from_bits(y), f64::from_bits(z)).to_bits(),
-                    t if t.float() => from_f64(to_f64(x, *t).mul_add(to_f64(y, *t), to_f64(z, *t)), *t),
-                    _ => {
-                        let p = int_bin(if *hi { Bin::MulHi } else { Bin::MulLo }, *ty, x, y);
-                        int_bin(Bin::Add, *ty, p, z)
-                    }
+                let r = if ty.float() {
+                    float::fma(*ty, *m, x, y, z)
+                } else {
+                    let p = int_bin(if *hi { Bin::MulHi } else { Bin::MulLo }, *ty, x, y);
+                    int_bin(Bin::Add, *ty, p, z)
                 };
                 self.set(d, *ty, r, regs, i)?;
             }
-            Op::Half2 { op, ty, d, a, b, c } => {
+            Op::Half2 { op, ty, m, d, a, b, c } => {
                 let (x, y, z) = (g!(a), g!(b), g!(c));
                 let lane = |k: u32| -> Result<u64, ExecError> {
                     let (x, y, z) = ((x >> k) & 0xffff, (y >> k) & 0xffff, (z >> k) & 0xffff);
                     Ok(match op {
-                        Half2Op::Bin(bin) => float_bin(*bin, *ty, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?,
-                        Half2Op::Fma => from_f64(to_f64(x, *ty).mul_add(to_f64(y, *ty), to_f64(z, *ty)), *ty),
-                        // Sign-bit operations: exact for NaNs too, as on the GPU.
-                        Half2Op::Neg => x ^ 0x8000,
-                        Half2Op::Abs => x & 0x7fff,
+                        Half2Op::Bin(bin) => float::bin(*bin, *ty, *m, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?,
+                        Half2Op::Fma => float::fma(*ty, *m, x, y, z),
+                        Half2Op::Neg => float::unary(Un::Neg, *ty, *m, x).unwrap_or(x),
+                        Half2Op::Abs => float::unary(Un::Abs, *ty, *m, x).unwrap_or(x),
                     })
                 };
                 let r = lane(0)? | lane(16)? << 16;
                 self.set(d, Ty::B32, r, regs, i)?;
             }
-            Op::Un { op, ty, d, a } => {
+            Op::Un { op, ty, m, d, a } => {
                 let x = g!(a);
                 let bits = ty.bits();
                 let r = if ty.float() {
-                    let f = to_f64(x, *ty);
-                    if *ty == Ty::F32 {
-                        let v = f32_of(x);
-                        let r32 = match op {
-                            Un::Neg => -v,
-                            Un::Abs => v.abs(),
-                            Un::Sqrt => v.sqrt(),
-                            Un::Rsqrt => 1.0 / v.sqrt(),
-                            Un::Rcp => 1.0 / v,
-                            Un::Sin => v.sin(),
-                            Un::Cos => v.cos(),
-                            Un::Ex2 => v.exp2(),
-                            Un::Lg2 => v.log2(),
-                            Un::Tanh => v.tanh(),
-                            _ => return Err(ExecError::Unsupported(self.at(i))),
-                        };
-                        r32.to_bits() as u64
-                    } else {
-                        let r = match op {
-                            Un::Neg => -f,
-                            Un::Abs => f.abs(),
-                            Un::Sqrt => f.sqrt(),
-                            Un::Rsqrt => 1.0 / f.sqrt(),
-                            Un::Rcp => 1.0 / f,
-                            Un::Sin => f.sin(),
-                            Un::Cos => f.cos(),
-                            Un::Ex2 => f.exp2(),
-                            Un::Lg2 => f.log2(),
-                            Un::Tanh => f.tanh(),
-                            _ => return Err(ExecError::Unsupported(self.at(i))),
-                        };
-                        from_f64(r, *ty)
-                    }
+                    float::unary(*op, *ty, *m, x).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
                 } else {
                     match op {
                         Un::Not if *ty == Ty::Pred => (x == 0) as u64,
@@ -1281,29 +1130,125 @@ impl<'a> Ctx<'a> {
                 let dty = if matches!(op, Un::Popc | Un::Clz) { Ty::U32 } else { *ty };
                 self.set(d, dty, r, regs, i)?;
             }
-            Op::Setp { cmp, ty, p, q, a, b, comb } => {
-                let r = compare(*cmp, *ty, g!(a), g!(b));
-                let (rp, rq) = match comb {
-                    None => (r, !r),
-                    Some((op, c, neg)) => {
-                        let cv = (regs.get(*c as usize).copied().unwrap_or(0) != 0) != *neg;
-                        let f = |x: bool| match op {
-                            BoolOp::And => x && cv,
-                            BoolOp::Or => x || cv,
-                            BoolOp::Xor => x ^ cv,
-                        };
-                        (f(r), f(!r))
-                    }
+            Op::Setp { cmp, ty, m, packed, p, q, a, b, comb } => {
+                let cv = comb.map(|(op, c, neg)| (op, (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg));
+                let combine = |x: bool| match cv {
+                    None => x,
+                    Some((BoolOp::And, c)) => x && c,
+                    Some((BoolOp::Or, c)) => x || c,
+                    Some((BoolOp::Xor, c)) => x ^ c,
+                };
+                let (x, y) = (g!(a), g!(b));
+                let (rp, rq) = if *packed {
+                    let half = |k: u32| compare_ftz(*cmp, *ty, m.ftz, (x >> k) & 0xffff, (y >> k) & 0xffff);
+                    (combine(half(0)), combine(half(16)))
+                } else {
+                    let r = compare_ftz(*cmp, *ty, m.ftz, x, y);
+                    (combine(r), combine(!r))
                 };
                 self.set(p, Ty::Pred, rp as u64, regs, i)?;
                 self.set(q, Ty::Pred, rq as u64, regs, i)?;
+            }
+            Op::Set { cmp, dty, sty, m, packed, d, a, b, comb } => {
+                let cv = comb.map(|(op, c, neg)| (op, (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg));
+                let combine = |x: bool| match cv {
+                    None => x,
+                    Some((BoolOp::And, c)) => x && c,
+                    Some((BoolOp::Or, c)) => x || c,
+                    Some((BoolOp::Xor, c)) => x ^ c,
+                };
+                // True is 1.0 for a float destination, all ones for an integer one.
+                let truth = |ty: Ty, width: u32| if ty.float() { float::from_f64(1.0, ty) } else { mask(u64::MAX, width) };
+                let (x, y) = (g!(a), g!(b));
+                let r = if *packed {
+                    let half = |k: u32| if combine(compare_ftz(*cmp, *sty, m.ftz, (x >> k) & 0xffff, (y >> k) & 0xffff)) { truth(*dty, 16) } else { 0 };
+                    half(0) | half(16) << 16
+                } else if combine(compare_ftz(*cmp, *sty, m.ftz, x, y)) {
+                    truth(*dty, dty.bits())
+                } else {
+                    0
+                };
+                self.set(d, if *packed { Ty::B32 } else { *dty }, r, regs, i)?;
+            }
+            Op::Bfind { ty, shift, d, a } => {
+                let bits = ty.bits();
+                let x = mask(g!(a), bits);
+                // For a negative signed value the first bit that differs from the sign counts.
+                let v = if ty.signed() && (x >> (bits - 1)) & 1 == 1 { mask(!x, bits) } else { x };
+                let r = match (v.checked_ilog2(), shift) {
+                    (None, _) => u32::MAX as u64,
+                    (Some(pos), false) => pos as u64,
+                    (Some(pos), true) => (bits - 1 - pos) as u64,
+                };
+                self.set(d, Ty::U32, r, regs, i)?;
+            }
+            Op::CopySign { ty, d, a, b } => {
+                let sign = 1u64 << (ty.bits() - 1);
+                self.set(d, *ty, (g!(b) & !sign) | (g!(a) & sign), regs, i)?;
+            }
+            Op::CvtPack { ty, m, d, a, b } => {
+                let hi = float::convert(*ty, Ty::F32, *m, g!(a));
+                let lo = float::convert(*ty, Ty::F32, *m, g!(b));
+                self.set(d, Ty::B32, lo | hi << 16, regs, i)?;
+            }
+            Op::Dot { halves, hi, sa, sb, d, a, b, c } => {
+                let (x, y) = (g!(a), g!(b));
+                let part = |v: u64, k: u32, width: u32, signed: bool| -> i64 {
+                    let p = (v >> (k * width)) & ((1 << width) - 1);
+                    if signed {
+                        sext(p, width)
+                    } else {
+                        p as i64
+                    }
+                };
+                let sum: i64 = if *halves {
+                    let first = if *hi { 2 } else { 0 };
+                    (0..2).map(|k| part(x, k, 16, *sa) * part(y, first + k, 8, *sb)).sum()
+                } else {
+                    (0..4).map(|k| part(x, k, 8, *sa) * part(y, k, 8, *sb)).sum()
+                };
+                self.set(d, Ty::B32, (g!(c) as i64).wrapping_add(sum) as u64, regs, i)?;
+            }
+            Op::Prmt { mode, d, a, b, c } => {
+                let bytes = (g!(a) & 0xffff_ffff) | (g!(b) & 0xffff_ffff) << 32; // {b, a}: bytes 0..7
+                let byte = |n: u64| (bytes >> (8 * (n & 7))) & 0xff;
+                let sel = g!(c);
+                let r = match mode {
+                    // Each selector nibble picks a byte; its bit 3 replicates that byte's sign.
+                    None => (0..4).fold(0, |acc, k| {
+                        let s = (sel >> (4 * k)) & 0xf;
+                        let v = byte(s);
+                        let v = if s & 8 != 0 { if v & 0x80 != 0 { 0xff } else { 0 } } else { v };
+                        acc | v << (8 * k)
+                    }),
+                    // The ISA's table: per mode and selector, the source byte of d.b0..d.b3.
+                    Some(mode) => {
+                        const ROWS: [[[u64; 4]; 4]; 6] = [
+                            [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], // f4e
+                            [[0, 7, 6, 5], [1, 0, 7, 6], [2, 1, 0, 7], [3, 2, 1, 0]], // b4e
+                            [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]], // rc8
+                            [[0, 1, 2, 3], [1, 1, 2, 3], [2, 2, 2, 3], [3, 3, 3, 3]], // ecl
+                            [[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 1, 2, 3]], // ecr
+                            [[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1], [2, 3, 2, 3]], // rc16
+                        ];
+                        let row = ROWS[*mode as usize % 6][(sel & 3) as usize];
+                        (0..4).fold(0, |acc, k| acc | byte(row[k]) << (8 * k))
+                    }
+                };
+                self.set(d, Ty::B32, r, regs, i)?;
+            }
+            Op::Sad { ty, d, a, b, c } => {
+                let bits = ty.bits();
+                let (x, y) = (g!(a), g!(b));
+                let diff = if ty.signed() { (sext(x, bits) as i128 - sext(y, bits) as i128).unsigned_abs() as u64 } else { mask(x, bits).abs_diff(mask(y, bits)) };
+                self.set(d, *ty, diff.wrapping_add(g!(c)), regs, i)?;
             }
             Op::Selp { ty, d, a, b, c } => {
                 let v = if g!(c) != 0 { g!(a) } else { g!(b) };
                 self.set(d, *ty, v, regs, i)?;
             }
-            Op::Cvt { dty, sty, rnd, sat, d, a } => {
-                let v = convert(*dty, *sty, *rnd, *sat, g!(a));
+            Op::Cvt { dty, sty, m, d, a } => {
+                let v = float::convert(*dty, *sty, *m, g!(a));
                 self.set(d, *dty, v, regs, i)?;
             }
             Op::Cvta { to, space, d, a } => {
@@ -1318,28 +1263,15 @@ impl<'a> Ctx<'a> {
                 self.set(d, Ty::U64, r, regs, i)?;
             }
             Op::Bfe { ty, d, a, b, c } => {
-                let bits = ty.bits() as u64;
-                let (x, pos, len) = (g!(a), g!(b) & 0xff, g!(c) & 0xff);
-                let r = if len == 0 {
-                    0
-                } else {
-                    let pos = pos.min(bits);
-                    let field = mask(x, bits as u32) >> pos.min(63);
-                    let len_eff = len.min(bits);
-                    let v = mask(field, len_eff as u32);
-                    if ty.signed() {
-                        // Sign bit is bit (pos+len-1), or the operand's top bit past the end.
-                        let sbit = (pos + len - 1).min(bits - 1);
-                        let s = (mask(x, bits as u32) >> sbit) & 1;
-                        if s == 1 {
-                            v | !mask(u64::MAX, len_eff as u32)
-                        } else {
-                            v
-                        }
-                    } else {
-                        v
-                    }
-                };
+                // The PTX ISA's definition: bit i of the result is bit pos+i of a while i < len
+                // and pos+i is within the type, else the sign bit (a[min(pos+len-1, msb)] for
+                // signed types with len > 0, 0 otherwise).
+                let msb = ty.bits() as u64 - 1;
+                let (x, pos, len) = (mask(g!(a), ty.bits()), g!(b) & 0xff, g!(c) & 0xff);
+                let sbit = if ty.signed() && len > 0 { (x >> (pos + len - 1).min(msb)) & 1 } else { 0 };
+                let take = len.min(msb.saturating_sub(pos) + 1).min(if pos > msb { 0 } else { 64 });
+                let field = if take == 0 { 0 } else { mask(x >> pos, take as u32) };
+                let r = if sbit == 1 { field | !mask(u64::MAX, take as u32) } else { field };
                 self.set(d, *ty, r, regs, i)?;
             }
             Op::Bfi { ty, d, f, b, c, e } => {

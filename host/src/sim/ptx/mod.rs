@@ -12,12 +12,13 @@
 //! memory are bounded, and a launch has an instruction budget.
 
 mod exec;
+mod float;
 mod global;
 mod parse;
 mod printf;
 
 pub use exec::{launch, launch_with_budget, LaunchConfig, LaunchStats, INSTRUCTION_BUDGET};
-pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError};
+pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection};
 
 /// Global device memory as the interpreter sees it: the session's allocations, each as (device
 /// address, host bytes). A launch reaches nothing else; every access is bounds-checked.

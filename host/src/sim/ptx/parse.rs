@@ -237,15 +237,27 @@ pub enum BoolOp {
     Xor,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Rnd {
     /// Default for the conversion.
+    #[default]
     None,
     /// To nearest even (rn / rni).
     Near,
     Zero,
     Down,
     Up,
+}
+
+/// Modifiers of arithmetic and conversions: rounding (`.rn/.rz/.rm/.rp`, `.rni`...), `.ftz`,
+/// `.sat`, `.NaN` (min/max), `.relu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mods {
+    pub rnd: Rnd,
+    pub ftz: bool,
+    pub sat: bool,
+    pub nan: bool,
+    pub relu: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,16 +279,36 @@ pub enum Op {
     Mov { ty: Ty, d: Opnd, a: Opnd },
     Ld { space: Space, ty: Ty, d: Opnd, addr: Opnd },
     St { space: Space, ty: Ty, addr: Opnd, a: Opnd },
-    Bin { op: Bin, ty: Ty, d: Opnd, a: Opnd, b: Opnd },
+    Bin { op: Bin, ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd },
     MulWide { ty: Ty, d: Opnd, a: Opnd, b: Opnd },
     /// mad.lo / mad.hi / fma / mad.f
-    Mad { hi: bool, ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    Mad { hi: bool, ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     MadWide { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
-    Un { op: Un, ty: Ty, d: Opnd, a: Opnd },
+    Un { op: Un, ty: Ty, m: Mods, d: Opnd, a: Opnd },
     /// `comb`: setp.CMP.BOOLOP: (op, predicate register, negated)
-    Setp { cmp: Cmp, ty: Ty, p: Opnd, q: Opnd, a: Opnd, b: Opnd, comb: Option<(BoolOp, u32, bool)> },
+    /// `packed`: `.f16x2`/`.bf16x2` operands, compared half by half (`p` gets the low halves',
+    /// `q` the high halves' result).
+    Setp { cmp: Cmp, ty: Ty, m: Mods, packed: bool, p: Opnd, q: Opnd, a: Opnd, b: Opnd, comb: Option<(BoolOp, u32, bool)> },
+    /// `set`: a comparison written as a value of `dty` (all ones, or 1.0); with packed halves,
+    /// one value per half.
+    Set { cmp: Cmp, dty: Ty, sty: Ty, m: Mods, packed: bool, d: Opnd, a: Opnd, b: Opnd, comb: Option<(BoolOp, u32, bool)> },
+    /// bfind[.shiftamt]: the position of the most significant non-sign bit (or its distance
+    /// from the top), 0xffffffff if there is none.
+    Bfind { ty: Ty, shift: bool, d: Opnd, a: Opnd },
+    /// copysign: `b` with the sign of `a`.
+    CopySign { ty: Ty, d: Opnd, a: Opnd, b: Opnd },
+    /// cvt.rn[.relu].f16x2.f32 / .bf16x2.f32: `a` rounded into the upper half, `b` the lower.
+    CvtPack { ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd },
+    /// dp4a (`halves` false) and dp2a.lo/.hi: byte (or halfword by byte) dot product plus `c`;
+    /// `sa`/`sb`: the signedness of a's and b's parts.
+    Dot { halves: bool, hi: bool, sa: bool, sb: bool, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// prmt: bytes of {b, a} picked by selector `c`; `mode` None is the default (generic) mode,
+    /// else the row table of f4e, b4e, rc8, ecl, ecr, rc16.
+    Prmt { mode: Option<u8>, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// sad: |a - b| + c.
+    Sad { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Selp { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
-    Cvt { dty: Ty, sty: Ty, rnd: Rnd, sat: bool, d: Opnd, a: Opnd },
+    Cvt { dty: Ty, sty: Ty, m: Mods, d: Opnd, a: Opnd },
     Cvta { to: bool, space: Space, d: Opnd, a: Opnd },
     Bfe { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Bfi { ty: Ty, d: Opnd, f: Opnd, b: Opnd, c: Opnd, e: Opnd },
@@ -293,7 +325,7 @@ pub enum Op {
     Ret,
     /// Arithmetic on two halves packed in 32 bits (`.f16x2`/`.bf16x2`), lane by lane: `op` is
     /// Add/Sub/MulLo/Min/Max (with `b`), or Fma (with `b`, `c`), Neg or Abs (on `a` alone).
-    Half2 { op: Half2Op, ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    Half2 { op: Half2Op, ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Bar,
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
@@ -371,6 +403,22 @@ pub struct GlobalVar {
     pub init: Vec<u8>,
 }
 
+/// Why a kernel of a module cannot run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Its PTX is malformed or breaks a limit.
+    Invalid,
+    /// It uses an instruction (or form) the interpreter does not implement.
+    Unsupported,
+}
+
+#[derive(Clone, Debug)]
+struct Rejected {
+    kernel: String,
+    error: PtxError,
+    why: Rejection,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Module {
     kernels: Vec<Kernel>,
@@ -378,7 +426,7 @@ pub struct Module {
     /// Kernels the interpreter cannot run, with the reason. Libraries ship every kernel of a
     /// template family in one module (CUB: hundreds); one using an unsupported instruction fails
     /// when it is looked up, not the whole module.
-    unsupported: Vec<(String, PtxError)>,
+    unsupported: Vec<Rejected>,
     /// The `.target sm_XY` architecture the PTX was written for (XY, e.g. 90), 0 if none.
     target: u32,
     /// Device functions (`.func` with a body), which `call` runs.
@@ -409,14 +457,14 @@ impl Module {
         &self.kernels
     }
 
-    /// Why kernel `name` cannot run here, if it is one of the module's unsupported kernels.
-    pub fn unsupported(&self, name: &str) -> Option<&PtxError> {
-        self.unsupported.iter().find(|(n, _)| n == name).map(|(_, e)| e)
+    /// Why kernel `name` cannot run here, if it is one of the module's rejected kernels.
+    pub fn unsupported(&self, name: &str) -> Option<(&PtxError, Rejection)> {
+        self.unsupported.iter().find(|r| r.kernel == name).map(|r| (&r.error, r.why))
     }
 
     /// Every kernel's name, runnable or not.
     pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
-        self.kernels.iter().map(|k| k.name.as_str()).chain(self.unsupported.iter().map(|(n, _)| n.as_str()))
+        self.kernels.iter().map(|k| k.name.as_str()).chain(self.unsupported.iter().map(|r| r.kernel.as_str()))
     }
 
     pub fn globals(&self) -> &[GlobalVar] {
@@ -721,7 +769,7 @@ struct Parser {
     shared: Vec<(String, u64, u32)>,
     extern_shared: Vec<(String, u32)>,
     kernels: Vec<Kernel>,
-    unsupported: Vec<(String, PtxError)>,
+    unsupported: Vec<Rejected>,
     target: u32,
     funcs: Vec<Kernel>,
 }
@@ -807,7 +855,7 @@ impl Parser {
                         let end = matching_close(&stmts, i + 1).ok_or_else(|| PtxError { line: *line, message: "unterminated function body".into() })?;
                         match (s.contains(".entry"), self.function(*line, s, &stmts[i + 2..end])) {
                             (true, Ok(k)) => self.kernels.push(k),
-                            (true, Err(e)) => self.unsupported.push((decl_name(s), e)),
+                            (true, Err(error)) => self.unsupported.push(Rejected { kernel: decl_name(s), error, why: Rejection::Invalid }),
                             (false, Ok(f)) => self.funcs.push(f),
                             // A call to it fails, naming it, when it runs.
                             (false, Err(e)) => tracing::debug!("device function {} cannot run on the sim: {e}", decl_name(s)),
@@ -821,9 +869,9 @@ impl Parser {
             }
             i += 1;
         }
-        // A module none of whose kernels can run fails to load, with the first reason.
+        // A module none of whose kernels is valid PTX fails to load, with the first reason.
         if self.kernels.is_empty() && !self.unsupported.is_empty() {
-            return Err(self.unsupported.swap_remove(0).1);
+            return Err(self.unsupported.swap_remove(0).error);
         }
         // Calls name their callee; resolve the names to indices now that all are known.
         let index: HashMap<String, u32> = self.funcs.iter().enumerate().map(|(i, f)| (f.name.clone(), i as u32)).collect();
@@ -834,8 +882,47 @@ impl Parser {
                 }
             }
         }
+        self.reject_lacking();
         self.place_func_shared();
         Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
+    }
+
+    /// A kernel that reaches an instruction the interpreter lacks (itself or in a device
+    /// function it calls) is rejected here, so that looking it up fails at once, naming the
+    /// instruction, instead of a launch failing later (CUDA reports launch errors late).
+    fn reject_lacking(&mut self) {
+        let funcs = &self.funcs;
+        let lacking = |k: &Kernel| -> Option<PtxError> {
+            let mut seen = vec![false; funcs.len()];
+            let mut todo = vec![k];
+            while let Some(f) = todo.pop() {
+                for i in &f.insts {
+                    match &i.op {
+                        Op::Unsupported => {
+                            let message = format!("`{}` is an instruction the sim backend does not implement{}", i.text, if f.name == k.name { String::new() } else { format!(" (in {})", f.name) });
+                            return Some(PtxError { line: i.line as usize, message });
+                        }
+                        Op::Call { callee, .. } => {
+                            if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
+                                seen[*callee as usize] = true;
+                                todo.push(c);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            None
+        };
+        let mut rejected = Vec::new();
+        self.kernels.retain(|k| match lacking(k) {
+            Some(error) => {
+                rejected.push(Rejected { kernel: k.name.clone(), error, why: Rejection::Unsupported });
+                false
+            }
+            None => true,
+        });
+        self.unsupported.extend(rejected);
     }
 
     /// Device functions' own shared variables: each kernel gets those of the functions it
@@ -858,7 +945,7 @@ impl Parser {
                 end = start + f.func_shared as u64;
                 if end > MAX_SHARED {
                     let message = format!("{} and the device functions it calls declare more than {MAX_SHARED} bytes of shared memory", k.name);
-                    self.unsupported.push((k.name.clone(), PtxError { line: 0, message }));
+                    self.unsupported.push(Rejected { kernel: k.name.clone(), error: PtxError { line: 0, message }, why: Rejection::Invalid });
                     return false;
                 }
                 at[c] = start as u32;
@@ -1214,6 +1301,18 @@ impl Parser {
             self.operand(f, line, a, ty)
         };
         let need_ty = || ty0.ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") });
+        let rnd = if has("rn") || has("rni") {
+            Rnd::Near
+        } else if has("rz") || has("rzi") {
+            Rnd::Zero
+        } else if has("rm") || has("rmi") {
+            Rnd::Down
+        } else if has("rp") || has("rpi") {
+            Rnd::Up
+        } else {
+            Rnd::None
+        };
+        let m = Mods { rnd, ftz: has("ftz"), sat: has("sat"), nan: has("NaN"), relu: has("relu") };
         let space = || {
             if has("global") {
                 Space::Global
@@ -1229,11 +1328,12 @@ impl Parser {
                 Space::Generic
             }
         };
-        if let Some(ty) = mods.iter().find_map(|m| match *m {
+        let packed = mods.iter().find_map(|m| match *m {
             "f16x2" => Some(Ty::F16),
             "bf16x2" => Some(Ty::Bf16),
             _ => None,
-        }) {
+        });
+        if let Some(ty) = packed.filter(|_| !matches!(name, "setp" | "set" | "cvt" | "mov" | "ld" | "st")) {
             let h2 = match name {
                 "add" => Some(Half2Op::Bin(Bin::Add)),
                 "sub" => Some(Half2Op::Bin(Bin::Sub)),
@@ -1245,11 +1345,12 @@ impl Parser {
                 "abs" => Some(Half2Op::Abs),
                 _ => None,
             };
-            // Saturation, relu and the rest of the packed family are not run by the sim.
+            // The rest of the packed family (and directed rounding, which PTX lacks for
+            // halves) is not run by the sim.
             let op = match h2 {
-                Some(op) if !has("sat") && !has("relu") && !has("ftz") => {
+                Some(op) if !matches!(rnd, Rnd::Zero | Rnd::Down | Rnd::Up) => {
                     let opt = |k: usize| if ops.len() > k { o(k, Some(Ty::B32)) } else { Ok(Opnd::Sink) };
-                    Op::Half2 { op, ty, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: opt(2)?, c: opt(3)? }
+                    Op::Half2 { op, ty, m, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: opt(2)?, c: opt(3)? }
                 }
                 _ => Op::Unsupported,
             };
@@ -1317,7 +1418,12 @@ impl Parser {
                     _ => Bin::MulLo,
                 };
                 let bty = if matches!(bin, Bin::Shl | Bin::Shr) { Some(Ty::U32) } else { Some(ty) };
-                Op::Bin { op: bin, ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, bty)? }
+                // Saturating integer arithmetic exists for add/sub.s32 only.
+                if m.sat && !ty.float() && !(ty == Ty::S32 && matches!(bin, Bin::Add | Bin::Sub)) {
+                    Op::Unsupported
+                } else {
+                    Op::Bin { op: bin, ty, m, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, bty)? }
+                }
             }
             "mad" | "fma" => {
                 let ty = need_ty()?;
@@ -1325,7 +1431,11 @@ impl Parser {
                     let wide = wide_of(ty).ok_or_else(|| PtxError { line, message: format!("mad.wide of {ty:?}") })?;
                     Op::MadWide { ty, d: o(0, Some(wide))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(wide))? }
                 } else {
-                    Op::Mad { hi: has("hi"), ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(ty))? }
+                    if m.sat && !ty.float() {
+                        Op::Unsupported // mad.hi.sat.s32
+                    } else {
+                        Op::Mad { hi: has("hi"), ty, m, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(ty))? }
+                    }
                 }
             }
             "not" | "cnot" | "neg" | "abs" | "popc" | "clz" | "brev" | "sqrt" | "rsqrt" | "rcp" | "sin" | "cos" | "ex2" | "lg2" | "tanh" => {
@@ -1349,10 +1459,11 @@ impl Parser {
                 };
                 // popc/clz write a u32 from a wider source.
                 let dty = if matches!(un, Un::Popc | Un::Clz) { Ty::U32 } else { ty };
-                Op::Un { op: un, ty, d: o(0, Some(dty))?, a: o(1, Some(ty))? }
+                Op::Un { op: un, ty, m, d: o(0, Some(dty))?, a: o(1, Some(ty))? }
             }
-            "setp" => {
-                let ty = *types.last().ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") })?;
+            "setp" | "set" => {
+                let sty = packed.or_else(|| types.last().copied()).ok_or_else(|| PtxError { line, message: format!("no type in `{s}`") })?;
+                let opty = if packed.is_some() { Ty::B32 } else { sty };
                 let cmp = mods.iter().find_map(|m| cmp_of(m)).ok_or_else(|| PtxError { line, message: format!("no comparison in `{s}`") })?;
                 let comb = mods.iter().find_map(|m| match *m {
                     "and" => Some(BoolOp::And),
@@ -1360,11 +1471,6 @@ impl Parser {
                     "xor" => Some(BoolOp::Xor),
                     _ => None,
                 });
-                let dst = ops.first().cloned().unwrap_or_default();
-                let (p, q) = match dst.split_once('|') {
-                    Some((p, q)) => (self.operand(f, line, p, None)?, self.operand(f, line, q, None)?),
-                    None => (self.operand(f, line, &dst, None)?, Opnd::Sink),
-                };
                 let comb = match comb {
                     Some(b) => {
                         let c = ops.get(3).ok_or_else(|| PtxError { line, message: format!("missing predicate operand in `{s}`") })?;
@@ -1377,27 +1483,69 @@ impl Parser {
                     }
                     None => None,
                 };
-                Op::Setp { cmp, ty, p, q, a: o(1, Some(ty))?, b: o(2, Some(ty))?, comb }
+                let (a, b) = (o(1, Some(opty))?, o(2, Some(opty))?);
+                if name == "set" {
+                    // set.CMP[.BOOL].dtype.stype: the destination type is the first one named.
+                    let dty = match mods.iter().filter(|m| Ty::from_name(m).is_some() || m.ends_with("x2")).next() {
+                        Some(&"f16x2") => Ty::F16,
+                        Some(&"bf16x2") => Ty::Bf16,
+                        Some(t) => Ty::from_name(t).unwrap_or(Ty::U32),
+                        None => Ty::U32,
+                    };
+                    let packed = packed.is_some();
+                    Op::Set { cmp, dty, sty, m, packed, d: o(0, Some(if packed { Ty::B32 } else { dty }))?, a, b, comb }
+                } else {
+                    let dst = ops.first().cloned().unwrap_or_default();
+                    let (p, q) = match dst.split_once('|') {
+                        Some((p, q)) => (self.operand(f, line, p, None)?, self.operand(f, line, q, None)?),
+                        None => (self.operand(f, line, &dst, None)?, Opnd::Sink),
+                    };
+                    Op::Setp { cmp, ty: sty, m, packed: packed.is_some(), p, q, a, b, comb }
+                }
+            }
+            "bfind" => Op::Bfind { ty: need_ty()?, shift: has("shiftamt"), d: o(0, Some(Ty::U32))?, a: o(1, ty0)? },
+            "copysign" => {
+                let ty = need_ty()?;
+                Op::CopySign { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))? }
+            }
+            "dp4a" | "dp2a" => {
+                let (ta, tb) = (types.first().copied(), types.get(1).copied());
+                let (Some(ta), Some(tb)) = (ta, tb) else { return err(line, format!("{name} needs two types: `{s}`")) };
+                let halves = name == "dp2a";
+                if halves && !has("lo") && !has("hi") {
+                    return err(line, format!("dp2a needs .lo or .hi: `{s}`"));
+                }
+                Op::Dot { halves, hi: has("hi"), sa: ta.signed(), sb: tb.signed(), d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::B32))? }
+            }
+            "prmt" => {
+                let mode = ["f4e", "b4e", "rc8", "ecl", "ecr", "rc16"].iter().position(|m| has(m)).map(|i| i as u8);
+                Op::Prmt { mode, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::B32))? }
+            }
+            "sad" => {
+                let ty = need_ty()?;
+                Op::Sad { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, Some(ty))? }
             }
             "selp" => {
                 let ty = need_ty()?;
                 Op::Selp { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, None)? }
             }
             "cvt" => {
-                let dty = need_ty()?;
-                let sty = *types.get(1).ok_or_else(|| PtxError { line, message: format!("cvt needs two types: `{s}`") })?;
-                let rnd = if has("rn") || has("rni") {
-                    Rnd::Near
-                } else if has("rz") || has("rzi") {
-                    Rnd::Zero
-                } else if has("rm") || has("rmi") {
-                    Rnd::Down
-                } else if has("rp") || has("rpi") {
-                    Rnd::Up
+                if let (Some(ty), Some(&"f32")) = (packed, mods.last()) {
+                    // cvt.rn[.relu].f16x2.f32 d, a, b
+                    if rnd != Rnd::Near || has("satfinite") {
+                        Op::Unsupported
+                    } else {
+                        Op::CvtPack { ty, m, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::F32))?, b: o(2, Some(Ty::F32))? }
+                    }
                 } else {
-                    Rnd::None
-                };
-                Op::Cvt { dty, sty, rnd, sat: has("sat"), d: o(0, Some(dty))?, a: o(1, Some(sty))? }
+                    let dty = need_ty()?;
+                    let sty = *types.get(1).ok_or_else(|| PtxError { line, message: format!("cvt needs two types: `{s}`") })?;
+                    if has("rna") || has("satfinite") || types.len() != 2 {
+                        Op::Unsupported
+                    } else {
+                        Op::Cvt { dty, sty, m, d: o(0, Some(dty))?, a: o(1, Some(sty))? }
+                    }
+                }
             }
             "cvta" => {
                 let sp = space();

@@ -320,8 +320,9 @@ ret;
     run(&m, "copy_plus", [1, 1, 1], [1, 1, 1], 0, &[src, dst], &mut mem).unwrap();
     assert_eq!(read::<u32>(mem.get(dst), 1), [5 + 7 + 1]);
     assert!(m.kernel("uses_fp8").is_none());
-    let why = m.unsupported("uses_fp8").expect("the unsupported kernel is known by name").to_string();
-    assert!(why.contains("e4m3x2"), "{why}");
+    let (why, rejection) = m.unsupported("uses_fp8").expect("the unsupported kernel is known by name");
+    assert!(why.to_string().contains("e4m3x2"), "{why}");
+    assert_eq!(rejection, Rejection::Invalid);
     assert_eq!(m.kernel_names().collect::<Vec<_>>(), ["copy_plus", "uses_fp8"]);
     // Alone, it fails the module.
     assert!(Module::parse(&text[text.find(".visible .entry uses_fp8").unwrap()..]).is_err());
@@ -687,4 +688,51 @@ fn shared_memory_of_kernel_callee_and_dynamic_are_distinct() {
     assert_eq!(read::<i32>(mem.get(p), 64), want);
     // Kernels that call no function with shared variables keep their own size.
     assert_eq!(m.kernel("block_sum").unwrap().static_shared_bytes, 1024);
+}
+
+#[test]
+fn a_kernel_reaching_an_instruction_the_sim_lacks_is_rejected_at_lookup_naming_it() {
+    // Directly, and through a device function; the module's other kernel still runs, and a
+    // module made only of such kernels loads (each lookup fails, not the load).
+    let text = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.func helper(.param .b32 x)
+{
+.reg .b32 %r<3>;
+.reg .pred %p<2>;
+ld.param.b32 %r1, [x];
+bar.red.popc.u32 %r2, 0, 1, %p1;
+ret;
+}
+.visible .entry direct(.param .u64 p)
+{
+.reg .b32 %r<3>;
+bar.arrive 1, 64;
+ret;
+}
+.visible .entry indirect(.param .u64 p)
+{
+.param .b32 a;
+st.param.b32 [a], 1;
+call helper, (a);
+ret;
+}
+.visible .entry fine(.param .u64 p)
+{
+ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    assert!(m.kernel("fine").is_some());
+    for (name, inst) in [("direct", "bar.arrive 1, 64"), ("indirect", "bar.red.popc.u32")] {
+        assert!(m.kernel(name).is_none(), "{name}");
+        let (why, rejection) = m.unsupported(name).unwrap();
+        assert_eq!(rejection, Rejection::Unsupported, "{name}");
+        assert!(why.message.contains(inst) && why.message.contains("does not implement"), "{name}: {why}");
+    }
+    assert!(m.unsupported("indirect").unwrap().0.message.contains("in helper"));
+    let alone = Module::parse(&text[..text.find(".visible .entry indirect").unwrap()]).unwrap();
+    assert_eq!(alone.unsupported("direct").unwrap().1, Rejection::Unsupported);
 }

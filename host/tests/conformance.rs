@@ -1,0 +1,220 @@
+//! The sim's PTX interpreter against an independent reference, instruction form by form.
+//!
+//! `tests/conformance/corpus.py` writes the corpus: a kernel per instruction form (type,
+//! rounding mode, register widths...) with edge-case inputs and the results the PTX ISA gives
+//! (computed in Python with exact rational arithmetic, sharing nothing with the interpreter).
+//! Every form the interpreter accepts must give exactly those results. Forms it does not
+//! implement yet are listed in `tests/conformance/unsupported.txt` (the list must be exact: a
+//! listed form that now runs fails the test too). Where a GPU's golden file exists
+//! (`tests/conformance/golden/*.json`, written by `scripts/gpu-check.sh`), the sim must also
+//! equal the real GPU on every case, the ones the ISA leaves open included.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vgpu_host::sim::ptx::{launch, LaunchConfig, Memory, Module};
+
+const SLOT: usize = 8;
+const SLOTS: usize = 4;
+const IN_BASE: u64 = 0x2000_0000_0000;
+const OUT_BASE: u64 = 0x2000_1000_0000;
+const FILL: u8 = 0xA5;
+
+struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Memory for Buffers {
+    fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
+        vec![(IN_BASE, &mut self.input[..]), (OUT_BASE, &mut self.output[..])]
+    }
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
+}
+
+fn corpus() -> Value {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptx-conformance.json");
+    let status = Command::new("python3").arg(dir().join("corpus.py")).arg(&out).status().expect("python3 runs corpus.py");
+    assert!(status.success(), "corpus.py failed");
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// Is `got` (an output's bits) what `want` (the reference's value) allows under `check`?
+fn matches(want: &Value, got: u64, check: &Value) -> bool {
+    let bits = check["bits"].as_u64().unwrap() as u32;
+    let got = if bits == 64 { got } else { got & ((1u64 << bits) - 1) };
+    if let Some(lanes) = check["lanes"].as_str() {
+        let want = want.as_array().expect("per-lane values");
+        return want.iter().enumerate().all(|(i, w)| matches(w, (got >> (16 * i)) & 0xffff, &serde_json::json!({"bits": 16, "float": lanes})));
+    }
+    match want {
+        Value::Null => true,
+        Value::String(s) if s == "nan" => is_nan(got, check["float"].as_str().expect("a NaN needs a float format")),
+        v => v.as_u64() == Some(got),
+    }
+}
+
+fn is_nan(v: u64, fmt: &str) -> bool {
+    let (e, m) = match fmt {
+        "f16" => (5, 10),
+        "bf16" => (8, 7),
+        "f32" => (8, 23),
+        "f64" => (11, 52),
+        _ => panic!("format {fmt}"),
+    };
+    (v >> m) & ((1 << e) - 1) == (1 << e) - 1 && v & ((1 << m) - 1) != 0
+}
+
+enum Outcome {
+    /// Each case's outputs.
+    Ran(Vec<Vec<u64>>),
+    /// The interpreter does not run this form (rejected at load or lookup, or at launch).
+    Unsupported(String),
+}
+
+fn run(form: &Value) -> Outcome {
+    let module = match Module::parse(form["ptx"].as_str().unwrap()) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Unsupported(format!("load: {e}")),
+    };
+    let Some(k) = module.kernel("conformance") else {
+        let (why, _) = module.unsupported("conformance").expect("the kernel is known");
+        return Outcome::Unsupported(format!("lookup: {why}"));
+    };
+    let cases = form["cases"].as_array().unwrap();
+    let n = cases.len();
+    let mut input = vec![0u8; n * SLOT * SLOTS];
+    for (i, c) in cases.iter().enumerate() {
+        for (j, v) in c["in"].as_array().unwrap().iter().enumerate() {
+            let at = (i * SLOTS + j) * SLOT;
+            input[at..at + SLOT].copy_from_slice(&v.as_u64().unwrap().to_le_bytes());
+        }
+    }
+    let mut mem = Buffers { input, output: vec![FILL; n * SLOT * SLOTS] };
+    let mut params = vec![0u8; k.param_bytes as usize];
+    for (p, v) in k.params.iter().zip([IN_BASE, OUT_BASE, n as u64]) {
+        let o = p.offset as usize;
+        params[o..o + p.size as usize].copy_from_slice(&v.to_le_bytes()[..p.size as usize]);
+    }
+    let block = 128u32;
+    let cfg = LaunchConfig { grid: [(n as u32).div_ceil(block), 1, 1], block: [block, 1, 1], dynamic_shared_bytes: 0 };
+    if let Err(e) = launch(&module, k, &cfg, &params, &HashMap::new(), &mut mem) {
+        return Outcome::Unsupported(format!("launch: {e}"));
+    }
+    let outs = form["checks"].as_array().unwrap().len();
+    Outcome::Ran(
+        (0..n)
+            .map(|i| {
+                (0..outs)
+                    .map(|j| {
+                        let at = (i * SLOTS + j) * SLOT;
+                        u64::from_le_bytes(mem.output[at..at + SLOT].try_into().unwrap())
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// unsupported.txt: one form name a line, then `#` and why.
+fn listed_unsupported() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(dir().join("unsupported.txt")).unwrap();
+    text.lines().map(|l| l.split('#').next().unwrap().trim()).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// Golden files written on real GPUs: {"device": .., "forms": {name: [[outputs] per case]}}.
+fn goldens() -> Vec<(String, BTreeMap<String, Vec<Vec<Option<u64>>>>)> {
+    let Ok(rd) = std::fs::read_dir(dir().join("golden")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
+        let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let forms = v["forms"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, cases)| {
+                let cases = cases.as_array().unwrap().iter().map(|c| c.as_array().unwrap().iter().map(Value::as_u64).collect()).collect();
+                (name.clone(), cases)
+            })
+            .collect();
+        out.push((v["device"].as_str().unwrap_or("?").to_string(), forms));
+    }
+    out
+}
+
+fn hex_list(v: &Value) -> String {
+    v.as_array().unwrap().iter().map(|x| format!("{:#x}", x.as_u64().unwrap())).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
+    let corpus = corpus();
+    let forms = corpus["forms"].as_array().unwrap();
+    let listed = listed_unsupported();
+    let goldens = goldens();
+    let mut wrong = Vec::new();
+    let mut unsupported = BTreeMap::new();
+    let mut cases_checked = 0usize;
+    for form in forms {
+        let name = form["name"].as_str().unwrap();
+        let got = match run(form) {
+            Outcome::Unsupported(why) => {
+                unsupported.insert(name.to_string(), why);
+                continue;
+            }
+            Outcome::Ran(got) => got,
+        };
+        let checks = form["checks"].as_array().unwrap();
+        let mut bad = 0;
+        for (c, outs) in form["cases"].as_array().unwrap().iter().zip(&got) {
+            cases_checked += 1;
+            for (j, (want, check)) in c["out"].as_array().unwrap().iter().zip(checks).enumerate() {
+                if !matches(want, outs[j], check) {
+                    bad += 1;
+                    if bad <= 3 {
+                        let bits = check["bits"].as_u64().unwrap() as u32;
+                        let sim = if bits == 64 { outs[j] } else { outs[j] & ((1u64 << bits) - 1) };
+                        let want = want.as_u64().map_or_else(|| want.to_string(), |w| format!("{w:#x}"));
+                        wrong.push(format!("{name}: inputs [{}] output {j}: sim {sim:#x}, ISA reference {want}", hex_list(&c["in"])));
+                    }
+                }
+            }
+        }
+        if bad > 3 {
+            wrong.push(format!("{name}: ... {bad} wrong outputs in all"));
+        }
+        for (device, g) in &goldens {
+            let Some(gcases) = g.get(name) else { continue };
+            for ((c, outs), gouts) in form["cases"].as_array().unwrap().iter().zip(&got).zip(gcases) {
+                for (j, (gv, check)) in gouts.iter().zip(checks).enumerate() {
+                    let Some(gv) = gv else { continue };
+                    let want = match check["float"].as_str() {
+                        Some(f) if is_nan(*gv, f) => serde_json::json!("nan"),
+                        _ => serde_json::json!(gv),
+                    };
+                    let check = if check["lanes"].is_string() { serde_json::json!({"bits": check["bits"]}) } else { check.clone() };
+                    if !matches(&want, outs[j], &check) {
+                        wrong.push(format!("{name}: inputs [{}] output {j}: sim {:#x}, {device} {gv:#x}", hex_list(&c["in"]), outs[j]));
+                    }
+                }
+            }
+        }
+    }
+    let now: BTreeSet<String> = unsupported.keys().cloned().collect();
+    let newly: Vec<_> = now.difference(&listed).map(|n| format!("{n}: {}", unsupported[n])).collect();
+    let stale: Vec<_> = listed.difference(&now).collect();
+    eprintln!(
+        "conformance: {} forms, {} run ({cases_checked} cases), {} not implemented by the sim, {} golden file(s)",
+        forms.len(),
+        forms.len() - now.len(),
+        now.len(),
+        goldens.len()
+    );
+    assert!(wrong.is_empty(), "{} wrong results:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(newly.is_empty(), "forms the sim rejects that unsupported.txt does not list:\n{}", newly.join("\n"));
+    assert!(stale.is_empty(), "forms unsupported.txt lists that now run (take them off the list): {stale:?}");
+}

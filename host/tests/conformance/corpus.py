@@ -1,0 +1,757 @@
+#!/usr/bin/env python3
+"""The PTX conformance corpus: one small kernel per instruction form, with edge-case inputs and the
+results the PTX ISA gives for them (reference.py), as JSON.
+
+    python3 corpus.py OUT.json
+
+Each form's kernel runs one thread per case: it loads the case's operands from 8-byte input
+slots into registers of the operand's class (pred, b16, b32, b64), executes the instruction
+under test, and stores each result register (full register width) into an 8-byte output slot.
+The output buffer starts filled with 0xA5 bytes, so a store that writes too much or too little
+shows. Runners: host/tests/conformance.rs (the sim, in CI) and run_driver.py (any libcuda.so.1:
+NVIDIA's on a GPU machine writes the golden file, see scripts/gpu-check.sh).
+
+Expected values: an integer (the output's bits), "nan" (any NaN of the output's float format),
+a list of those per 16-bit lane for packed halves, or null where the ISA leaves the result
+undefined (only a GPU's golden file then says what it is).
+"""
+
+import json
+import random
+import struct
+import sys
+from fractions import Fraction
+
+import reference as R
+from reference import NAN, F16, BF16, F32, F64
+
+SEED = 20261205
+WIDTH = {"pred": 1, "b16": 16, "b32": 32, "b64": 64}
+REG = {"pred": "%p", "b16": "%h", "b32": "%r", "b64": "%rd"}
+PLACE_IN = ["a", "b", "c", "e"]
+PLACE_OUT = ["d", "q", "d2", "d3"]
+
+HEADER = """.version 8.0
+.target sm_90
+.address_size 64
+
+.visible .entry conformance(.param .u64 in_ptr, .param .u64 out_ptr, .param .u32 n)
+{
+\t.reg .pred %p<8>;
+\t.reg .b16 %h<8>;
+\t.reg .b32 %r<8>;
+\t.reg .b64 %rd<8>;
+\t.reg .pred %pdone;
+\t.reg .b32 %ri, %rn, %rt;
+\tmov.u32 %ri, %ctaid.x;
+\tmov.u32 %rt, %ntid.x;
+\tmov.u32 %rn, %tid.x;
+\tmad.lo.u32 %ri, %ri, %rt, %rn;
+\tld.param.u32 %rn, [n];
+\tsetp.ge.u32 %pdone, %ri, %rn;
+\t@%pdone bra $DONE;
+\tld.param.u64 %rd7, [in_ptr];
+\tcvta.to.global.u64 %rd7, %rd7;
+\tmul.wide.u32 %rd6, %ri, 32;
+\tadd.s64 %rd7, %rd7, %rd6;
+\tld.param.u64 %rd6, [out_ptr];
+\tcvta.to.global.u64 %rd6, %rd6;
+\tmul.wide.u32 %rd5, %ri, 32;
+\tadd.s64 %rd6, %rd6, %rd5;
+"""
+FOOTER = """$DONE:
+\tret;
+}
+"""
+
+
+class Form:
+    """An instruction form: PTX text with {a},{b},{c},{e} for inputs and {d},{q},{d2},{d3} for
+    outputs; operand classes pred/b16/b32/b64, or "mem" (the slot itself: {x} is its address)."""
+
+    def __init__(self, name, text, ins, outs, checks=None):
+        self.name, self.text, self.ins, self.outs = name, text, ins, outs
+        # Per output: {"bits": W} or {"bits": W, "float": fmt} or {"bits": W, "lanes": fmt}.
+        self.checks = checks or [{"bits": 64 if c == "mem" else WIDTH[c]} for c in outs]
+        self.cases = []
+
+    def case(self, ins, outs):
+        self.cases.append({"in": [int(v) & (2**64 - 1) for v in ins], "out": outs})
+
+    def ptx(self):
+        body, counters, names = [], {}, {}
+        for k, cls in enumerate(self.ins):
+            if cls == "mem":
+                names[PLACE_IN[k]] = f"%rd7+{8 * k}"
+                continue
+            j = counters.get(cls, 0)
+            counters[cls] = j + 1
+            reg = f"{REG[cls]}{j}"
+            names[PLACE_IN[k]] = reg
+            if cls == "pred":
+                body.append(f"\tld.global.b32 %rt, [%rd7+{8 * k}];\n\tsetp.ne.b32 {reg}, %rt, 0;")
+            else:
+                body.append(f"\tld.global.b{WIDTH[cls]} {reg}, [%rd7+{8 * k}];")
+        stores = []
+        for k, cls in enumerate(self.outs):
+            if cls == "mem":
+                names[PLACE_OUT[k]] = f"%rd6+{8 * k}"
+                continue
+            j = counters.get(cls, 0)
+            counters[cls] = j + 1
+            reg = f"{REG[cls]}{j}"
+            names[PLACE_OUT[k]] = reg
+            if cls == "pred":
+                stores.append(f"\tselp.b32 %rt, 1, 0, {reg};\n\tst.global.b32 [%rd6+{8 * k}], %rt;")
+            else:
+                stores.append(f"\tst.global.b{WIDTH[cls]} [%rd6+{8 * k}], {reg};")
+        assert all(v <= 5 for c, v in counters.items() if c == "b64"), self.name
+        inst = "\t" + self.text.format(**names).replace("\n", "\n\t")
+        return HEADER + "\n".join(body + [inst] + stores) + "\n" + FOOTER
+
+    def json(self):
+        return {"name": self.name, "ptx": self.ptx(), "checks": self.checks, "cases": self.cases}
+
+
+# ---------------------------------------------------------------- input values
+
+def int_edges(bits):
+    m = (1 << bits) - 1
+    top = 1 << (bits - 1)
+    vals = {0, 1, 2, 3, 5, 7, 8, 31, 32, 33, 63, 64, 0x7f, 0x80, 0xff, 0x100, m, m - 1, top, top - 1, top + 1,
+            m & 0x5555555555555555, m & 0xAAAAAAAAAAAAAAAA, m & 0x0123456789ABCDEF, m & 0xFEDCBA9876543210}
+    return sorted(v & m for v in vals)
+
+
+def rand_ints(rng, bits, n):
+    return [rng.getrandbits(bits) for _ in range(n)]
+
+
+def float_edges(f):
+    enc = lambda s, x: R.encode(s, Fraction(x), f)
+    sub_min = 1
+    sub_max = (1 << f.mbits) - 1
+    norm_min = 1 << f.mbits
+    inf = ((1 << f.ebits) - 1) << f.mbits
+    qnan = inf | (1 << (f.mbits - 1))
+    snan = inf | 1
+    maxf = R.encode(0, f.max_finite, f)
+    vals = [0, sub_min, sub_max, norm_min, enc(0, 1), enc(0, Fraction(3, 2)), enc(0, 2), enc(0, 3),
+            enc(0, Fraction(1, 3)), enc(0, Fraction(1, 10)), enc(0, 100), enc(0, Fraction(5, 2)),
+            enc(0, Fraction(7, 2)), maxf, inf, enc(0, 1) + 1]
+    sign = 1 << (f.bits - 1)
+    out = vals + [v | sign for v in vals] + [qnan, snan, qnan | sign, qnan | 0x5]
+    return out
+
+
+def rand_floats(rng, f, n):
+    out = []
+    for _ in range(n):
+        # Mostly ordinary magnitudes around 1, some anywhere in the format.
+        if rng.random() < 0.7:
+            e = rng.randint(-8, 8) + f.bias
+            v = (rng.getrandbits(1) << (f.bits - 1)) | (e << f.mbits) | rng.getrandbits(f.mbits)
+        else:
+            v = rng.getrandbits(f.bits)
+        out.append(v)
+    return out
+
+
+def pairs(xs, ys):
+    return [(x, y) for x in xs for y in ys]
+
+
+# ---------------------------------------------------------------- families
+
+INT_TYPES = [(t, b, s) for b in (16, 32, 64) for (t, s) in ((f"u{b}", False), (f"s{b}", True))]
+
+
+def cls_of(bits):
+    return {1: "pred", 8: "b16", 16: "b16", 32: "b32", 64: "b64"}[bits]
+
+
+def integer_forms(rng):
+    forms = []
+    for ty, bits, sg in INT_TYPES:
+        c = cls_of(bits)
+        xs = int_edges(bits)
+        two = pairs(xs[::2], xs[1::2]) + list(zip(rand_ints(rng, bits, 48), rand_ints(rng, bits, 48)))
+        v = lambda x: R.int_value(x, bits, sg)
+        w = lambda x: R.wrap(x, bits)
+        binops = {
+            "add": lambda x, y: w(v(x) + v(y)),
+            "sub": lambda x, y: w(v(x) - v(y)),
+            "mul.lo": lambda x, y: w(v(x) * v(y)),
+            "mul.hi": lambda x, y: w((v(x) * v(y)) >> bits),
+            "min": lambda x, y: w(min(v(x), v(y))),
+            "max": lambda x, y: w(max(v(x), v(y))),
+            # Division truncates toward zero; by zero the ISA leaves the result unspecified.
+            "div": lambda x, y: None if v(y) == 0 else w(abs(v(x)) // abs(v(y)) * (-1 if (v(x) < 0) != (v(y) < 0) else 1)),
+            "rem": lambda x, y: None if v(y) == 0 else w(v(x) - v(y) * (abs(v(x)) // abs(v(y)) * (-1 if (v(x) < 0) != (v(y) < 0) else 1))),
+        }
+        for op, fn in binops.items():
+            f = Form(f"{op}.{ty}", f"{op}.{ty} {{d}}, {{a}}, {{b}};", [c, c], [c])
+            for x, y in two:
+                f.case([x, y], [fn(x, y)])
+            forms.append(f)
+        # mad.lo / mad.hi
+        for hl in ("lo", "hi"):
+            f = Form(f"mad.{hl}.{ty}", f"mad.{hl}.{ty} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, c], [c])
+            for (x, y), z in zip(two, rand_ints(rng, bits, len(two))):
+                p = v(x) * v(y)
+                p = w(p) if hl == "lo" else w(p >> bits)
+                f.case([x, y, z], [w(p + z)])
+            forms.append(f)
+        if bits < 64:
+            wc = cls_of(bits * 2)
+            f = Form(f"mul.wide.{ty}", f"mul.wide.{ty} {{d}}, {{a}}, {{b}};", [c, c], [wc])
+            for x, y in two:
+                f.case([x, y], [R.wrap(v(x) * v(y), bits * 2)])
+            forms.append(f)
+            f = Form(f"mad.wide.{ty}", f"mad.wide.{ty} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, wc], [wc])
+            for (x, y), z in zip(two, rand_ints(rng, bits * 2, len(two))):
+                f.case([x, y, z], [R.wrap(v(x) * v(y) + R.int_value(z, bits * 2, sg), bits * 2)])
+            forms.append(f)
+        if sg:
+            for op, fn in (("abs", lambda x: w(abs(v(x)))), ("neg", lambda x: w(-v(x)))):
+                f = Form(f"{op}.{ty}", f"{op}.{ty} {{d}}, {{a}};", [c], [c])
+                for x in xs + rand_ints(rng, bits, 16):
+                    f.case([x], [fn(x)])
+                forms.append(f)
+        # Comparisons, all integer operators.
+        for cmp in ("eq", "ne", "lt", "le", "gt", "ge") + (() if sg else ("lo", "ls", "hi", "hs")):
+            f = Form(f"setp.{cmp}.{ty}", f"setp.{cmp}.{ty} {{d}}|{{q}}, {{a}}, {{b}};", [c, c], ["pred", "pred"])
+            py = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "lo": "<", "ls": "<=", "hi": ">", "hs": ">="}[cmp]
+            for x, y in two + [(x, x) for x in xs[:6]]:
+                r = eval(f"v(x) {py} v(y)")
+                f.case([x, y], [int(r), int(not r)])
+            forms.append(f)
+        # Shifts (amount in a u32 register; amounts >= width clamp).
+        if ty[0] == "u" or ty[0] == "s":
+            for op in ("shl", "shr"):
+                sty = f"b{bits}" if op == "shl" else ty
+                f = Form(f"{op}.{sty}", f"{op}.{sty} {{d}}, {{a}}, {{b}};", [c, "b32"], [c])
+                for x in xs[::3]:
+                    for n in (0, 1, 3, bits - 1, bits, bits + 1, 255, 2**32 - 1):
+                        if op == "shl":
+                            r = w(x << min(n, bits))
+                        else:
+                            r = w(v(x) >> min(n, bits)) if sg else w(x >> min(n, bits))
+                        f.case([x, n], [r])
+                if not (op == "shl" and sg):
+                    forms.append(f)
+    # Saturating 32-bit add/sub.
+    for op in ("add", "sub"):
+        f = Form(f"{op}.sat.s32", f"{op}.sat.s32 {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"])
+        xs = int_edges(32)
+        for x, y in pairs(xs[::2], xs[1::2]):
+            r = R.signed(x, 32) + (R.signed(y, 32) if op == "add" else -R.signed(y, 32))
+            f.case([x, y], [R.clamp_int(r, 32, True)])
+        forms.append(f)
+    # Bitwise and bit-field instructions.
+    for bits in (16, 32, 64):
+        c = cls_of(bits)
+        xs = int_edges(bits)
+        m = (1 << bits) - 1
+        for op, fn in (("and", lambda x, y: x & y), ("or", lambda x, y: x | y), ("xor", lambda x, y: x ^ y)):
+            f = Form(f"{op}.b{bits}", f"{op}.b{bits} {{d}}, {{a}}, {{b}};", [c, c], [c])
+            for x, y in pairs(xs[::3], xs[1::3]):
+                f.case([x, y], [fn(x, y)])
+            forms.append(f)
+        for op, fn in (("not", lambda x: ~x & m), ("cnot", lambda x: int(x == 0))):
+            f = Form(f"{op}.b{bits}", f"{op}.b{bits} {{d}}, {{a}};", [c], [c])
+            for x in xs:
+                f.case([x], [fn(x)])
+            forms.append(f)
+        if bits >= 32:
+            for op, fn in (("popc", lambda x: bin(x).count("1")), ("clz", lambda x: bits - x.bit_length())):
+                f = Form(f"{op}.b{bits}", f"{op}.b{bits} {{d}}, {{a}};", [c], ["b32"])
+                for x in xs + rand_ints(rng, bits, 16):
+                    f.case([x], [fn(x)])
+                forms.append(f)
+            f = Form(f"brev.b{bits}", f"brev.b{bits} {{d}}, {{a}};", [c], [c])
+            for x in xs + rand_ints(rng, bits, 16):
+                f.case([x], [int(format(x, f"0{bits}b")[::-1], 2)])
+            forms.append(f)
+            for sg in (False, True):
+                ty = f"{'s' if sg else 'u'}{bits}"
+                f = Form(f"bfe.{ty}", f"bfe.{ty} {{d}}, {{a}}, {{b}}, {{c}};", [c, "b32", "b32"], [c])
+                for x in xs[::2] + rand_ints(rng, bits, 4):
+                    for pos in (0, 1, 7, bits // 2, bits - 1, bits, 255, 256 + 3):
+                        for ln in (0, 1, 4, 8, bits - 1, bits, 255, 256 + 2):
+                            f.case([x, pos, ln], [bfe_ref(x, pos, ln, bits, sg)])
+                forms.append(f)
+            f = Form(f"bfi.b{bits}", f"bfi.b{bits} {{d}}, {{a}}, {{b}}, {{c}}, {{e}};", [c, c, "b32", "b32"], [c])
+            for x, y in list(zip(rand_ints(rng, bits, 6), rand_ints(rng, bits, 6))):
+                for pos in (0, 1, 7, bits // 2, bits - 1, bits, 255, 256 + 3):
+                    for ln in (0, 1, 4, 8, bits - 1, bits, 255, 256 + 2):
+                        f.case([x, y, pos, ln], [bfi_ref(x, y, pos, ln, bits)])
+            forms.append(f)
+    for lut in (0x00, 0xFF, 0x96, 0xE8, 0xF0, 0xCC, 0xAA, 0x1E, 0x80, 0xFE, 0x6A):
+        f = Form(f"lop3.b32.{lut:#04x}", f"lop3.b32 {{d}}, {{a}}, {{b}}, {{c}}, {lut};", ["b32"] * 3, ["b32"])
+        for x, y, z in zip(rand_ints(rng, 32, 24), rand_ints(rng, 32, 24), rand_ints(rng, 32, 24)):
+            r = 0
+            for i in range(32):
+                idx = ((x >> i) & 1) << 2 | ((y >> i) & 1) << 1 | ((z >> i) & 1)
+                r |= ((lut >> idx) & 1) << i
+            f.case([x, y, z], [r])
+        forms.append(f)
+    # selp and predicate logic.
+    for bits in (16, 32, 64):
+        c = cls_of(bits)
+        f = Form(f"selp.b{bits}", f"selp.b{bits} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, "pred"], [c])
+        for x, y in zip(rand_ints(rng, bits, 8), rand_ints(rng, bits, 8)):
+            for p in (0, 1):
+                f.case([x, y, p], [x if p else y])
+        forms.append(f)
+    for op in ("and", "or", "xor"):
+        f = Form(f"{op}.pred", f"{op}.pred {{d}}, {{a}}, {{b}};", ["pred", "pred"], ["pred"])
+        for x, y in pairs((0, 1), (0, 1)):
+            f.case([x, y], [{"and": x & y, "or": x | y, "xor": x ^ y}[op]])
+        forms.append(f)
+    f = Form("setp.and.lt.s32", "setp.lt.and.s32 {d}|{q}, {a}, {b}, !{c};", ["b32", "b32", "pred"], ["pred", "pred"])
+    for x, y in pairs(int_edges(32)[::4], int_edges(32)[1::4]):
+        for p in (0, 1):
+            r = R.signed(x, 32) < R.signed(y, 32)
+            f.case([x, y, p], [int(r and not p), int((not r) and not p)])
+    forms.append(f)
+    return forms
+
+
+def bfe_ref(x, pos, ln, bits, sg):
+    pos, ln = pos & 0xff, ln & 0xff
+    msb = bits - 1
+    sbit = 0 if (not sg or ln == 0) else ((x >> min(pos + ln - 1, msb)) & 1)
+    r = 0
+    for i in range(bits):
+        bit = ((x >> (pos + i)) & 1) if (i < ln and pos + i <= msb) else sbit
+        r |= bit << i
+    return r
+
+
+def bfi_ref(f_, b, pos, ln, bits):
+    pos, ln = pos & 0xff, ln & 0xff
+    r = b
+    for i in range(ln):
+        if pos + i > bits - 1:
+            break
+        r = (r & ~(1 << (pos + i))) | (((f_ >> i) & 1) << (pos + i))
+    return r & ((1 << bits) - 1)
+
+
+def move_forms(rng):
+    forms = []
+    # Pack and unpack (nvcc's __halves2half2, __low2float, __high2float; 64-bit halves).
+    f = Form("mov.b32.unpack", "mov.b32 {{{d}, {q}}}, {a};", ["b32"], ["b16", "b16"])
+    for x in int_edges(32) + [0x40003C00]:
+        f.case([x], [x & 0xffff, x >> 16])
+    forms.append(f)
+    f = Form("mov.b32.unpack.sink_low", "mov.b32 {{_, {d}}}, {a};", ["b32"], ["b16"])
+    for x in int_edges(32) + [0x40003C00]:
+        f.case([x], [x >> 16])
+    forms.append(f)
+    f = Form("mov.b32.unpack.sink_high", "mov.b32 {{{d}, _}}, {a};", ["b32"], ["b16"])
+    for x in int_edges(32) + [0x40003C00]:
+        f.case([x], [x & 0xffff])
+    forms.append(f)
+    f = Form("mov.b32.pack", "mov.b32 {d}, {{{a}, {b}}};", ["b16", "b16"], ["b32"])
+    for x, y in pairs(int_edges(16)[::3], int_edges(16)[1::3]):
+        f.case([x, y], [x | y << 16])
+    forms.append(f)
+    f = Form("mov.b64.unpack", "mov.b64 {{{d}, {q}}}, {a};", ["b64"], ["b32", "b32"])
+    for x in int_edges(64):
+        f.case([x], [x & 0xffffffff, x >> 32])
+    forms.append(f)
+    f = Form("mov.b64.pack", "mov.b64 {d}, {{{a}, {b}}};", ["b32", "b32"], ["b64"])
+    for x, y in pairs(int_edges(32)[::3], int_edges(32)[1::3]):
+        f.case([x, y], [x | y << 32])
+    forms.append(f)
+    f = Form("mov.b64.unpack4", "mov.b64 {{{d}, {q}, {d2}, {d3}}}, {a};", ["b64"], ["b16"] * 4)
+    for x in int_edges(64):
+        f.case([x], [(x >> s) & 0xffff for s in (0, 16, 32, 48)])
+    forms.append(f)
+    f = Form("mov.b64.pack4", "mov.b64 {d}, {{{a}, {b}, {c}, {e}}};", ["b16"] * 4, ["b64"])
+    for vals in zip(*(rand_ints(rng, 16, 12) for _ in range(4))):
+        f.case(list(vals), [sum(v << (16 * i) for i, v in enumerate(vals))])
+    forms.append(f)
+    # cuda_fp16.hpp's inline asm: a scoped block reusing names, as __high2half writes it.
+    f = Form("mov.b32.unpack.scoped", "{{ .reg .f16 low, high;\n  mov.b32 {{low, high}}, {a};\n  mov.b16 {d}, high; }}", ["b32"], ["b16"])
+    for x in int_edges(32) + [0x40003C00]:
+        f.case([x], [x >> 16])
+    forms.append(f)
+    return forms
+
+
+LD_TYPES = [("u8", 8, False), ("s8", 8, True), ("u16", 16, False), ("s16", 16, True), ("u32", 32, False), ("s32", 32, True),
+            ("u64", 64, False), ("s64", 64, True), ("b8", 8, False), ("b16", 16, False), ("b32", 32, False), ("b64", 64, False),
+            ("f32", 32, False), ("f64", 64, False)]
+
+
+def memory_forms(rng):
+    forms = []
+    for ty, bits, sg in LD_TYPES:
+        for rc in ("b16", "b32", "b64"):
+            if WIDTH[rc] < max(bits, 16) or (ty[0] == "f" and WIDTH[rc] != bits):
+                continue
+            # A load into a wider register: sign-extended for signed types, zero-extended else.
+            f = Form(f"ld.global.{ty}.{rc}", f"ld.global.{ty} {{d}}, [{{a}}];", ["mem"], [rc])
+            for x in int_edges(64) + rand_ints(rng, 64, 8):
+                r = R.wrap(R.int_value(x, bits, sg), WIDTH[rc])
+                f.case([x], [r])
+            forms.append(f)
+            # A store of the low bits of a wider register; the rest of the slot is untouched.
+            f = Form(f"st.global.{ty}.{rc}", f"st.global.{ty} [{{d}}], {{a}};", [rc], ["mem"])
+            for x in int_edges(WIDTH[rc]) + rand_ints(rng, WIDTH[rc], 8):
+                keep = (2**64 - 1) ^ ((1 << bits) - 1)
+                f.case([x], [(0xA5A5A5A5A5A5A5A5 & keep) | (x & ((1 << bits) - 1))])
+            forms.append(f)
+    # Vector loads of narrow signed elements.
+    f = Form("ld.global.v2.s8.b16", "ld.global.v2.s8 {{{d}, {q}}}, [{a}];", ["mem"], ["b16", "b16"])
+    for x in int_edges(16) + rand_ints(rng, 16, 8):
+        f.case([x], [R.wrap(R.signed(x, 8), 16), R.wrap(R.signed(x >> 8, 8), 16)])
+    forms.append(f)
+    f = Form("ld.global.v4.s16.b32", "ld.global.v4.s16 {{{d}, {q}, {d2}, {d3}}}, [{a}];", ["mem"], ["b32"] * 4)
+    for x in int_edges(64) + rand_ints(rng, 64, 8):
+        f.case([x], [R.wrap(R.signed(x >> (16 * i), 16), 32) for i in range(4)])
+    forms.append(f)
+    return forms
+
+
+INT_CVT = [("u8", 8, False), ("s8", 8, True), ("u16", 16, False), ("s16", 16, True), ("u32", 32, False), ("s32", 32, True),
+           ("u64", 64, False), ("s64", 64, True)]
+
+
+def conversion_forms(rng):
+    forms = []
+    # Integer to integer: truncation or extension (by the source type), .sat clamps; the
+    # destination register (at least 16 bits) gets the result extended by the destination type.
+    for dty, dbits, dsg in INT_CVT:
+        for sty, sbits, ssg in INT_CVT:
+            if dty == sty:
+                continue
+            for sat in (False, True):
+                dc, sc = cls_of(max(dbits, 16)), cls_of(max(sbits, 16))
+                name = f"cvt{'.sat' if sat else ''}.{dty}.{sty}"
+                f = Form(name, f"{name} {{d}}, {{a}};", [sc], [dc])
+                for x in int_edges(WIDTH[sc]) + rand_ints(rng, WIDTH[sc], 6):
+                    n = R.int_value(x, sbits, ssg)
+                    r = R.clamp_int(n, dbits, dsg) if sat else R.wrap(n, dbits)
+                    f.case([x], [R.wrap(R.int_value(r, dbits, dsg), WIDTH[dc])])
+                forms.append(f)
+    fmts = [("f16", F16), ("bf16", BF16), ("f32", F32), ("f64", F64)]
+    # Float to integer: rni/rzi/rmi/rpi, saturating, NaN to 0.
+    for fname, f_ in fmts:
+        if fname == "bf16":
+            continue
+        fc = cls_of(f_.bits)
+        for ity, ibits, isg in INT_CVT:
+            if ibits == 8:
+                continue
+            for mode in ("rni", "rzi", "rmi", "rpi"):
+                name = f"cvt.{mode}.{ity}.{fname}"
+                f = Form(name, f"{name} {{d}}, {{a}};", [fc], [cls_of(ibits)])
+                for x in float_edges(f_) + rand_floats(rng, f_, 24) + big_floats(f_):
+                    f.case([x], [R.wrap(R.int_value(R.float_to_int(x, f_, ibits, isg, mode[:2]), ibits, isg), ibits)])
+                forms.append(f)
+            # Integer to float: rn/rz/rm/rp.
+            for mode in ("rn", "rz", "rm", "rp"):
+                name = f"cvt.{mode}.{fname}.{ity}"
+                f = Form(name, f"{name} {{d}}, {{a}};", [cls_of(ibits)], [fc], [{"bits": f_.bits, "float": fname}])
+                for x in int_edges(ibits) + rand_ints(rng, ibits, 24):
+                    f.case([x], [R.int_to_float(x, ibits, isg, f_, mode)])
+                forms.append(f)
+    # Float to float.
+    for dname, df in fmts:
+        for sname, sf in fmts:
+            if dname == sname:
+                # Round to an integral value in the same format.
+                if dname in ("f32", "f64"):
+                    for mode in ("rni", "rzi", "rmi", "rpi"):
+                        name = f"cvt.{mode}.{dname}.{sname}"
+                        f = Form(name, f"{name} {{d}}, {{a}};", [cls_of(sf.bits)], [cls_of(df.bits)], [{"bits": df.bits, "float": dname}])
+                        for x in float_edges(sf) + rand_floats(rng, sf, 24):
+                            f.case([x], [R.round_to_integral(x, sf, mode[:2])])
+                        forms.append(f)
+                continue
+            narrowing = df.bits < sf.bits or (dname, sname) in (("bf16", "f16"), ("f16", "bf16"))
+            modes = ("rn", "rz", "rm", "rp") if narrowing else ("",)
+            for mode in modes:
+                if ("bf16" in (dname, sname) and "f16" in (dname, sname)):
+                    continue  # no such cvt in PTX
+                for sat in ((False, True) if dname in ("f32", "f64") or dname in ("f16",) else (False,)):
+                    name = "cvt" + (f".{mode}" if mode else "") + (".sat" if sat else "") + f".{dname}.{sname}"
+                    f = Form(name, f"{name} {{d}}, {{a}};", [cls_of(sf.bits)], [cls_of(df.bits)], [{"bits": df.bits, "float": dname}])
+                    for x in float_edges(sf) + rand_floats(rng, sf, 32):
+                        f.case([x], [R.float_to_float(x, sf, df, mode or "rn", sat=sat)])
+                    forms.append(f)
+    # Packing two f32 into f16x2 / bf16x2: the first source goes to the upper half.
+    for hname, hf in (("f16x2", F16), ("bf16x2", BF16)):
+        name = f"cvt.rn.{hname}.f32"
+        f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"], [{"bits": 32, "lanes": hf.name}])
+        for x, y in zip(float_edges(F32) + rand_floats(rng, F32, 8), rand_floats(rng, F32, 48)):
+            f.case([x, y], [[R.float_to_float(y, F32, hf, "rn"), R.float_to_float(x, F32, hf, "rn")]])
+        forms.append(f)
+    return forms
+
+
+def big_floats(f):
+    """Values beyond every integer range, to check saturation."""
+    return [R.encode(s, Fraction(2) ** e, f) for s in (0, 1) for e in (15, 16, 31, 32, 63, 64, 100) if Fraction(2) ** e <= f.max_finite]
+
+
+def float_forms(rng):
+    forms = []
+    for fname, f_ in (("f32", F32), ("f64", F64)):
+        c = cls_of(f_.bits)
+        chk = [{"bits": f_.bits, "float": fname}]
+        edges = float_edges(f_)
+        two = pairs(edges, edges[::3]) + list(zip(rand_floats(rng, f_, 64), rand_floats(rng, f_, 64)))
+        three = [(x, y, z) for (x, y), z in zip(two, (edges * 40)[::7])]
+        ftzs = (False, True) if fname == "f32" else (False,)
+        for mode in ("rn", "rz", "rm", "rp"):
+            for ftz in ftzs:
+                mods = f".{mode}" + (".ftz" if ftz else "")
+                for op in ("add", "sub", "mul", "div"):
+                    name = f"{op}{mods}.{fname}"
+                    f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", [c, c], [c], chk)
+                    for x, y in two:
+                        r = (R.add(x, y, f_, mode, ftz) if op == "add" else R.add(x, y, f_, mode, ftz, sub=True) if op == "sub"
+                             else R.mul(x, y, f_, mode, ftz) if op == "mul" else R.div(x, y, f_, mode, ftz))
+                        f.case([x, y], [r])
+                    forms.append(f)
+                name = f"fma{mods}.{fname}"
+                f = Form(name, f"{name} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, c], [c], chk)
+                for x, y, z in three:
+                    f.case([x, y, z], [R.fma(x, y, z, f_, mode, ftz)])
+                forms.append(f)
+                for op, fn in (("sqrt", R.sqrt), ("rcp", R.rcp)):
+                    name = f"{op}{mods}.{fname}"
+                    f = Form(name, f"{name} {{d}}, {{a}};", [c], [c], chk)
+                    for x in edges + rand_floats(rng, f_, 32):
+                        f.case([x], [fn(x, f_, mode, ftz)])
+                    forms.append(f)
+        if fname == "f32":
+            for op in ("add", "mul"):
+                name = f"{op}.sat.f32"
+                f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", [c, c], [c], chk)
+                for x, y in two:
+                    f.case([x, y], [R.add(x, y, f_, sat=True) if op == "add" else R.mul(x, y, f_, sat=True)])
+                forms.append(f)
+        for op in ("min", "max"):
+            for nan in (False, True):
+                if nan and fname == "f64":
+                    continue  # min.NaN is f32/f16 only
+                name = f"{op}{'.NaN' if nan else ''}.{fname}"
+                f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", [c, c], [c], chk)
+                for x, y in two:
+                    f.case([x, y], [R.minmax(x, y, f_, op == "max", nan)])
+                forms.append(f)
+        sign = 1 << (f_.bits - 1)
+        for op, fn in (("neg", lambda x: x ^ sign), ("abs", lambda x: x & (sign - 1))):
+            name = f"{op}.{fname}"
+            # Sign-bit operations; a NaN's payload is left to the golden file.
+            f = Form(name, f"{name} {{d}}, {{a}};", [c], [c], chk)
+            for x in edges:
+                f.case([x], [NAN if R.is_nan(x, f_) else fn(x)])
+            forms.append(f)
+        for cmp in ("eq", "ne", "lt", "le", "gt", "ge", "equ", "neu", "ltu", "leu", "gtu", "geu", "num", "nan"):
+            name = f"setp.{cmp}.{fname}"
+            f = Form(name, f"{name} {{d}}|{{q}}, {{a}}, {{b}};", [c, c], ["pred", "pred"])
+            for x, y in two:
+                r = R.compare(cmp, x, y, f_)
+                f.case([x, y], [int(r), int(not r)])
+            forms.append(f)
+    # Half precision, scalar and packed.
+    for hname, hf in (("f16", F16), ("bf16", BF16)):
+        edges = float_edges(hf)
+        two = pairs(edges, edges[::3]) + list(zip(rand_floats(rng, hf, 48), rand_floats(rng, hf, 48)))
+        chk = [{"bits": 16, "float": hname}]
+        ops = (("add", lambda x, y: R.add(x, y, hf)), ("sub", lambda x, y: R.add(x, y, hf, sub=True)), ("mul", lambda x, y: R.mul(x, y, hf)),
+               ("min", lambda x, y: R.minmax(x, y, hf, False)), ("max", lambda x, y: R.minmax(x, y, hf, True)))
+        for op, fn in ops:
+            rn = ".rn" if op in ("add", "sub", "mul") else ""
+            name = f"{op}{rn}.{hname}"
+            f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b16", "b16"], ["b16"], chk)
+            for x, y in two:
+                f.case([x, y], [fn(x, y)])
+            forms.append(f)
+            name2 = f"{op}{rn}.{hname}x2"
+            f = Form(name2, f"{name2} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"], [{"bits": 32, "lanes": hname}])
+            for (x, y), (x2, y2) in zip(two, two[7:] + two[:7]):
+                f.case([x | x2 << 16, y | y2 << 16], [[fn(x, y), fn(x2, y2)]])
+            forms.append(f)
+        name = f"fma.rn.{hname}"
+        f = Form(name, f"{name} {{d}}, {{a}}, {{b}}, {{c}};", ["b16"] * 3, ["b16"], chk)
+        for (x, y), z in zip(two, (edges * 20)[::5]):
+            f.case([x, y, z], [R.fma(x, y, z, hf)])
+        forms.append(f)
+        for cmp in ("eq", "ne", "lt", "le", "gt", "ge", "equ", "neu", "ltu", "leu", "gtu", "geu", "num", "nan"):
+            name = f"setp.{cmp}.{hname}"
+            f = Form(name, f"{name} {{d}}|{{q}}, {{a}}, {{b}};", ["b16", "b16"], ["pred", "pred"])
+            for x, y in two:
+                r = R.compare(cmp, x, y, hf)
+                f.case([x, y], [int(r), int(not r)])
+            forms.append(f)
+        for op, fn in (("neg", lambda x: x ^ 0x8000), ("abs", lambda x: x & 0x7fff)):
+            name = f"{op}.{hname}"
+            f = Form(name, f"{name} {{d}}, {{a}};", ["b16"], ["b16"], chk)
+            for x in edges:
+                f.case([x], [NAN if R.is_nan(x, hf) else fn(x)])
+            forms.append(f)
+    return forms
+
+
+def new_instruction_forms(rng):
+    """Instructions the issue lists as used by llama.cpp, numba and CuPy."""
+    forms = []
+    # prmt.b32: each selector nibble picks a byte of {b, a}; bit 3 replicates its sign (default mode).
+    f = Form("prmt.b32", "prmt.b32 {d}, {a}, {b}, {c};", ["b32"] * 3, ["b32"])
+    for x, y, s in zip(rand_ints(rng, 32, 32), rand_ints(rng, 32, 32), [0x3210, 0x7654, 0x0123, 0x4444, 0x8888, 0xba98, 0xffff, 0x5140] * 4):
+        bs = [(x >> (8 * i)) & 0xff for i in range(4)] + [(y >> (8 * i)) & 0xff for i in range(4)]
+        r = 0
+        for i in range(4):
+            sel = (s >> (4 * i)) & 0xf
+            byte = bs[sel & 7]
+            if sel & 8:
+                byte = 0xff if byte & 0x80 else 0
+            r |= byte << (8 * i)
+        f.case([x, y, s], [r])
+    forms.append(f)
+    # prmt's other modes: the selector's low two bits pick a row of the ISA's table (bytes of
+    # {b, a} numbered 0..7, listed for d.b3 d.b2 d.b1 d.b0).
+    table = {
+        "f4e": ["3210", "4321", "5432", "6543"], "b4e": ["5670", "6701", "7012", "0123"],
+        "rc8": ["0000", "1111", "2222", "3333"], "ecl": ["3210", "3211", "3222", "3333"],
+        "ecr": ["0000", "1110", "2210", "3210"], "rc16": ["1010", "3232", "1010", "3232"],
+    }
+    for mode, rows in table.items():
+        f = Form(f"prmt.b32.{mode}", f"prmt.b32.{mode} {{d}}, {{a}}, {{b}}, {{c}};", ["b32"] * 3, ["b32"])
+        for x, y in zip(rand_ints(rng, 32, 8), rand_ints(rng, 32, 8)):
+            for sel in (0, 1, 2, 3, 0x7, 0xfffffffe):
+                bs = [(x >> (8 * i)) & 0xff for i in range(4)] + [(y >> (8 * i)) & 0xff for i in range(4)]
+                row = rows[sel & 3]
+                r = sum(bs[int(row[3 - i])] << (8 * i) for i in range(4))
+                f.case([x, y, sel], [r])
+        forms.append(f)
+    # dp4a / dp2a: four (two) byte products summed into a 32-bit accumulator.
+    for at, bt in (("u32", "u32"), ("s32", "s32"), ("s32", "u32"), ("u32", "s32")):
+        f = Form(f"dp4a.{at}.{bt}", f"dp4a.{at}.{bt} {{d}}, {{a}}, {{b}}, {{c}};", ["b32"] * 3, ["b32"])
+        for x, y, z in zip(rand_ints(rng, 32, 24) + [0x80808080, 0x7f7f7f7f], rand_ints(rng, 32, 24) + [0x80808080, 0xffffffff], rand_ints(rng, 32, 26)):
+            acc = R.int_value(z, 32, at[0] == "s" or bt[0] == "s")
+            for i in range(4):
+                acc += R.int_value(x >> (8 * i), 8, at[0] == "s") * R.int_value(y >> (8 * i), 8, bt[0] == "s")
+            f.case([x, y, z], [R.wrap(acc, 32)])
+        forms.append(f)
+        for hl in ("lo", "hi"):
+            f = Form(f"dp2a.{hl}.{at}.{bt}", f"dp2a.{hl}.{at}.{bt} {{d}}, {{a}}, {{b}}, {{c}};", ["b32"] * 3, ["b32"])
+            for x, y, z in zip(rand_ints(rng, 32, 24), rand_ints(rng, 32, 24), rand_ints(rng, 32, 24)):
+                acc = R.int_value(z, 32, at[0] == "s" or bt[0] == "s")
+                base = 0 if hl == "lo" else 2
+                for i in range(2):
+                    acc += R.int_value(x >> (16 * i), 16, at[0] == "s") * R.int_value(y >> (8 * (base + i)), 8, bt[0] == "s")
+                f.case([x, y, z], [R.wrap(acc, 32)])
+            forms.append(f)
+    # copysign: d = b with the sign of a.
+    for fname, f_ in (("f32", F32), ("f64", F64)):
+        c = cls_of(f_.bits)
+        sign = 1 << (f_.bits - 1)
+        f = Form(f"copysign.{fname}", f"copysign.{fname} {{d}}, {{a}}, {{b}};", [c, c], [c])
+        for x, y in pairs(float_edges(f_)[::4], float_edges(f_)[1::4]):
+            f.case([x, y], [(y & ~sign) | (x & sign)])
+        forms.append(f)
+    # bfind: the position of the most significant non-sign bit, 0xffffffff if none; .shiftamt: its
+    # distance from the top.
+    for ty, bits, sg in (("u32", 32, False), ("s32", 32, True), ("u64", 64, False), ("s64", 64, True)):
+        for shift in (False, True):
+            name = f"bfind{'.shiftamt' if shift else ''}.{ty}"
+            f = Form(name, f"{name} {{d}}, {{a}};", [cls_of(bits)], ["b32"])
+            for x in int_edges(bits) + rand_ints(rng, bits, 16):
+                v = x
+                if sg and (x >> (bits - 1)) & 1:
+                    v = ~x & ((1 << bits) - 1)
+                pos = v.bit_length() - 1 if v else -1
+                r = 0xffffffff if pos < 0 else ((bits - 1 - pos) if shift else pos)
+                f.case([x], [r])
+            forms.append(f)
+    # sad: |a - b| + c.
+    for ty, bits, sg in (("u32", 32, False), ("s32", 32, True), ("u16", 16, False), ("s16", 16, True)):
+        c = cls_of(bits)
+        f = Form(f"sad.{ty}", f"sad.{ty} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, c], [c])
+        for x, y, z in zip(int_edges(bits) + rand_ints(rng, bits, 16), rand_ints(rng, bits, 40), rand_ints(rng, bits, 40)):
+            f.case([x, y, z], [R.wrap(abs(R.int_value(x, bits, sg) - R.int_value(y, bits, sg)) + z, bits)])
+        forms.append(f)
+    # set: a comparison written as a value (all ones or 1.0f).
+    for cmp in ("lt", "eq", "nan", "gtu"):
+        for dty in ("u32", "f32"):
+            name = f"set.{cmp}.{dty}.f32"
+            f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"])
+            for x, y in pairs(float_edges(F32)[::3], float_edges(F32)[1::3]):
+                r = R.compare(cmp, x, y, F32)
+                f.case([x, y], [(0xffffffff if dty == "u32" else 0x3f800000) if r else 0])
+            forms.append(f)
+    # set with f16 results (CuPy's float16 min/max): 1.0 or 0.0 in each half.
+    for cmp in ("lt", "nan", "gtu"):
+        name = f"set.{cmp}.f16.f16"
+        f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b16", "b16"], ["b16"])
+        for x, y in pairs(float_edges(F16)[::3], float_edges(F16)[1::3]):
+            f.case([x, y], [0x3c00 if R.compare(cmp, x, y, F16) else 0])
+        forms.append(f)
+    # Packed half comparisons: setp gives one predicate per half, set one value per half.
+    for hname, hf, one in (("f16x2", F16, 0x3c00), ("bf16x2", BF16, 0x3f80)):
+        pairs16 = pairs(float_edges(hf)[::2], float_edges(hf)[1::2])
+        for cmp in ("lt", "equ", "nan", "ge"):
+            f = Form(f"setp.{cmp}.{hname}", f"setp.{cmp}.{hname} {{d}}|{{q}}, {{a}}, {{b}};", ["b32", "b32"], ["pred", "pred"])
+            for (x, y), (x2, y2) in zip(pairs16, pairs16[5:] + pairs16[:5]):
+                f.case([x | x2 << 16, y | y2 << 16], [int(R.compare(cmp, x, y, hf)), int(R.compare(cmp, x2, y2, hf))])
+            forms.append(f)
+            for dty, val in ((hname, one), ("u32", 0xffff)):
+                name = f"set.{cmp}.{dty}.{hname}"
+                f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"])
+                for (x, y), (x2, y2) in zip(pairs16, pairs16[5:] + pairs16[:5]):
+                    lo = val if R.compare(cmp, x, y, hf) else 0
+                    hi = val if R.compare(cmp, x2, y2, hf) else 0
+                    f.case([x | x2 << 16, y | y2 << 16], [lo | hi << 16])
+                forms.append(f)
+    return forms
+
+
+def self_check(rng):
+    """The reference against the host's own IEEE arithmetic where that is exact: Python floats are
+    binary64 with round-to-nearest, and struct's 'e' and 'f' formats round to nearest too."""
+    d = lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]
+    q = lambda x: struct.unpack("<Q", struct.pack("<d", x))[0]
+    import math
+    for x, y in zip(rand_floats(rng, F64, 400), rand_floats(rng, F64, 400)):
+        for fn, ref in ((lambda: R.add(x, y, F64), lambda: d(x) + d(y)), (lambda: R.mul(x, y, F64), lambda: d(x) * d(y)),
+                        (lambda: R.div(x, y, F64), lambda: d(x) / d(y) if d(y) != 0 else None),
+                        (lambda: R.sqrt(x, F64), lambda: math.sqrt(d(x)) if d(x) >= 0 else None)):
+            want = ref()
+            if want is None:
+                continue
+            got = fn()
+            assert (got == NAN and want != want) or got == q(want), (hex(x), hex(y), got, want)
+    for x in rand_floats(rng, F32, 400):
+        fx = struct.unpack("<f", struct.pack("<I", x))[0]
+        if fx != fx or abs(fx) > 65504 * 2:
+            continue
+        try:
+            want = struct.unpack("<H", struct.pack("<e", fx))[0]
+        except OverflowError:
+            continue
+        assert R.float_to_float(x, F32, F16, "rn") == want, hex(x)
+
+
+def main():
+    rng = random.Random(SEED)
+    self_check(random.Random(SEED + 1))
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng)
+    names = [f.name for f in forms]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    out = {"seed": SEED, "forms": [f.json() for f in forms]}
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh)
+    print(f"{len(forms)} forms, {sum(len(f.cases) for f in forms)} cases", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
