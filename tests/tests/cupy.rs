@@ -67,3 +67,14 @@ fn cupy_random_numbers_have_the_right_distribution() {
     let checks = stdout.lines().filter(|l| l.starts_with("CUPY-RANDOM ok ")).count();
     assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks == 7, "cupy.random on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
 }
+
+/// The wrong results CuPy's own suite once found on the sim (int8 signs, float16 halves, CUB's
+/// float16 min/max, wraparound, mixed-type integer arithmetic, conversions, transposed sums,
+/// clip), each against NumPy; with CUB reductions, as CuPy uses them by default.
+#[test]
+fn cupy_results_once_silently_wrong_on_the_sim_equal_numpy() {
+    let (out, m) = run_cupy("cupy_exactness.py", &[], Some("cub"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let checks = stdout.lines().filter(|l| l.starts_with("CUPY-EXACT ok ")).count();
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks >= 25, "CuPy exactness on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+}

@@ -198,6 +198,19 @@ impl SimSession {
                 }
             }
         }
+        if result.is_ok() {
+            // Address initializers, now that every variable has its address.
+            'vars: for g in module.globals() {
+                for (off, target, addend) in &g.relocs {
+                    let at = globals[&g.name] + off;
+                    let v = globals[target].wrapping_add_signed(*addend);
+                    if self.mem.slice_mut(at, 8).map(|s| s.copy_from_slice(&v.to_le_bytes())).is_err() {
+                        result = Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("initializer of {} out of its bounds", g.name)));
+                        break 'vars;
+                    }
+                }
+            }
+        }
         if let Err(e) = result {
             for p in allocated {
                 let _ = self.mem.free(p);

@@ -69,8 +69,8 @@ class Form:
     """An instruction form: PTX text with {a},{b},{c},{e} for inputs and {d},{q},{d2},{d3} for
     outputs; operand classes pred/b16/b32/b64, or "mem" (the slot itself: {x} is its address)."""
 
-    def __init__(self, name, text, ins, outs, checks=None):
-        self.name, self.text, self.ins, self.outs = name, text, ins, outs
+    def __init__(self, name, text, ins, outs, checks=None, decls=""):
+        self.name, self.text, self.ins, self.outs, self.decls = name, text, ins, outs, decls
         # Per output: {"bits": W} or {"bits": W, "float": fmt} or {"bits": W, "lanes": fmt}.
         self.checks = checks or [{"bits": 64 if c == "mem" else WIDTH[c]} for c in outs]
         self.cases = []
@@ -107,7 +107,8 @@ class Form:
                 stores.append(f"\tst.global.b{WIDTH[cls]} [%rd6+{8 * k}], {reg};")
         assert all(v <= 5 for c, v in counters.items() if c == "b64"), self.name
         inst = "\t" + self.text.format(**names).replace("\n", "\n\t")
-        return HEADER + "\n".join(body + [inst] + stores) + "\n" + FOOTER
+        decls = [f"\t{d}" for d in self.decls.splitlines() if d.strip()]
+        return HEADER + "\n".join(decls + body + [inst] + stores) + "\n" + FOOTER
 
     def json(self):
         return {"name": self.name, "ptx": self.ptx(), "checks": self.checks, "cases": self.cases}
@@ -715,6 +716,69 @@ def new_instruction_forms(rng):
     return forms
 
 
+def collective_forms(rng):
+    """Instructions whose result depends on other threads: a case is a thread, and the cases of
+    one warp (32) or block (128, the runners' block size) are computed together."""
+    forms = []
+    block = 128
+    for op in ("popc", "and", "or"):
+        out = "b32" if op == "popc" else "pred"
+        name = f"bar.red.{op}.{'u32' if op == 'popc' else 'pred'}"
+        f = Form(name, f"{name} {{d}}, 0, {{a}};", ["pred"], [out])
+        for density in (0.5, 1.0, 0.0, 0.02):
+            ps = [int(rng.random() < density) for _ in range(block)]
+            r = sum(ps) if op == "popc" else int(all(ps)) if op == "and" else int(any(ps))
+            for p in ps:
+                f.case([p], [r])
+        forms.append(f)
+    for ty, bits in (("b32", 32), ("b64", 64)):
+        c = cls_of(bits)
+        fa = Form(f"match.any.sync.{ty}", f"match.any.sync.{ty} {{d}}, {{a}}, 0xffffffff;", [c], ["b32"])
+        fl = Form(f"match.all.sync.{ty}", f"match.all.sync.{ty} {{d}}|{{q}}, {{a}}, 0xffffffff;", [c], ["b32", "pred"])
+        for kinds in (3, 1, 32, 2):
+            pool = rand_ints(rng, bits, kinds)
+            warp = [pool[rng.randrange(kinds)] for _ in range(32)]
+            for v in warp:
+                fa.case([v], [sum(1 << j for j, w in enumerate(warp) if w == v)])
+                same = all(w == warp[0] for w in warp)
+                fl.case([v], [0xffffffff if same else 0, int(same)])
+        forms += [fa, fl]
+    # isspacep on generic addresses of a shared, a global and a local variable.
+    f = Form("isspacep", "{{ .reg .pred %s0, %s2;\n  .reg .b64 %as, %al, %ax;\n  mov.u64 %as, sbuf;\n  cvta.shared.u64 %as, %as;\n"
+             "  mov.u64 %al, lbuf;\n  cvta.local.u64 %al, %al;\n  setp.eq.b32 %s0, {a}, 0;\n  setp.eq.b32 %s2, {a}, 2;\n"
+             "  selp.b64 %ax, %as, %rd7, %s0;\n  selp.b64 %ax, %al, %ax, %s2;\n"
+             "  isspacep.shared {d}, %ax;\n  isspacep.global {q}, %ax;\n  isspacep.local {d2}, %ax; }}",
+             ["b32"], ["pred", "pred", "pred"], decls=".shared .align 8 .b8 sbuf[64];\n.local .align 8 .b8 lbuf[8];")
+    for sel in (0, 1, 2) * 4:
+        f.case([sel], [int(sel == 0), int(sel == 1), int(sel == 2)])
+    forms.append(f)
+    # cp.async from global to shared, with a source size below the copy size zero-filling.
+    for kind, size in (("ca", 4), ("ca", 8), ("ca", 16), ("cg", 16)):
+        src = ", {c}" if kind == "cg" else ""
+        f = Form(f"cp.async.{kind}.{size}", "{{ .reg .b32 %o, %t;\n  mov.u32 %t, %tid.x;\n  mul.lo.u32 %t, %t, 16;\n  mov.u32 %o, cbuf;\n"
+                 "  add.u32 %o, %o, %t;\n  st.shared.v2.b64 [%o], {{%rd6, %rd6}};\n"
+                 f"  cp.async.{kind}.shared.global [%o], [%rd7], {size}{src};\n  cp.async.commit_group;\n  cp.async.wait_group 0;\n"
+                 "  bar.sync 0;\n  ld.shared.v2.b64 {{{d}, {q}}}, [%o]; }}",
+                 ["mem", "mem", "b32"], ["b64", "b64"], decls=".shared .align 16 .b8 cbuf[2048];")
+        for k in range(block):
+            lo, hi = rng.getrandbits(64), rng.getrandbits(64)
+            n = rng.choice((0, 3, 8, 11, 16)) if kind == "cg" else size
+            data = (lo | hi << 64) & ((1 << (8 * n)) - 1)
+            # Bytes past the copy keep what was stored there first: the output pointer (%rd6),
+            # which the expected value cannot know, so only copied bytes are compared.
+            f.case([lo, hi, n], [data & (2**64 - 1) if n >= 8 else None, (data >> 64) if n == 16 else None])
+        forms.append(f)
+    f = Form("mov.u32.WARP_SZ", "mov.u32 {d}, WARP_SZ;", [], ["b32"])
+    f.case([], [32])
+    forms.append(f)
+    f = Form("ld.shared::cta.u32", "{{ .reg .b32 %o;\n  mov.u32 %o, wbuf;\n  st.shared::cta.u32 [%o], {a};\n  ld.shared::cta.u32 {d}, [%o]; }}",
+             ["b32"], ["b32"], decls=".shared .align 4 .b8 wbuf[4];")
+    for x in rand_ints(rng, 32, 1):
+        f.case([x], [x])
+    forms.append(f)
+    return forms
+
+
 def self_check(rng):
     """The reference against the host's own IEEE arithmetic where that is exact: Python floats are
     binary64 with round-to-nearest, and struct's 'e' and 'f' formats round to nearest too."""
@@ -744,7 +808,7 @@ def self_check(rng):
 def main():
     rng = random.Random(SEED)
     self_check(random.Random(SEED + 1))
-    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng)
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng)
     names = [f.name for f in forms]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     out = {"seed": SEED, "forms": [f.json() for f in forms]}

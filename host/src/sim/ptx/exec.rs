@@ -515,6 +515,7 @@ impl<'a> Ctx<'a> {
             }
             // Everyone still alive is at a barrier: release them (exited threads count as
             // arrived, as on the hardware).
+            self.barrier_reduction(state, pcs, regs, nregs, calls)?;
             for t in 0..nthreads {
                 if state[t] == AT_BARRIER {
                     state[t] = RUN;
@@ -522,6 +523,42 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+    }
+
+    /// bar.red: the threads at the barrier that reduce each give a predicate; each of them
+    /// gets the population count, AND or OR of all of them.
+    fn barrier_reduction(&self, state: &[u8], pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
+        let reducing: Vec<(usize, &'a Inst)> = (0..state.len())
+            .filter(|&t| state[t] == AT_BARRIER)
+            .map(|t| (t, self.lane_inst(pcs[t], &calls[t]).1))
+            .filter(|(_, i)| matches!(i.op, Op::Bar { red: Some(_) }))
+            .collect();
+        let (mut count, mut all, mut any) = (0u64, true, false);
+        for &(t, i) in &reducing {
+            let Op::Bar { red: Some((_, _, c, neg)) } = &i.op else { continue };
+            let r = match calls[t].last() {
+                Some(fr) => &fr.regs[..],
+                None => &regs[t * nregs..(t + 1) * nregs],
+            };
+            let v = (r.get(*c as usize).copied().unwrap_or(0) != 0) != *neg;
+            count += v as u64;
+            all &= v;
+            any |= v;
+        }
+        for &(t, i) in &reducing {
+            let Op::Bar { red: Some((op, d, _, _)) } = &i.op else { continue };
+            let (v, ty) = match op {
+                BarRed::Popc => (count, Ty::U32),
+                BarRed::And => (all as u64, Ty::Pred),
+                BarRed::Or => (any as u64, Ty::Pred),
+            };
+            let r = match calls[t].last_mut() {
+                Some(fr) => &mut fr.regs[..],
+                None => &mut regs[t * nregs..(t + 1) * nregs],
+            };
+            self.set(d, ty, v, r, i)?;
+        }
+        Ok(())
     }
 
     /// Every CHECK_EVERY instructions: the launch's budget, a failed block elsewhere, a client
@@ -684,6 +721,14 @@ impl<'a> Ctx<'a> {
                 }
                 WarpOp::Sync => (0, 0),
                 WarpOp::ActiveMask => (group as u64, 0),
+                WarpOp::MatchAny(ty) => {
+                    let mine = mask(av, ty.bits());
+                    ((0..32).filter(|&x| members & (1 << x) != 0 && mask(vals[x][0], ty.bits()) == mine).fold(0u64, |acc, x| acc | 1 << x), 0)
+                }
+                WarpOp::MatchAll(ty) => {
+                    let all = (0..32).filter(|&x| members & (1 << x) != 0).all(|x| mask(vals[x][0], ty.bits()) == mask(av, ty.bits()));
+                    (if all { members as u64 } else { 0 }, all as u64)
+                }
             };
             let t = w0 + l;
             let r = match calls[t].last_mut() {
@@ -796,7 +841,7 @@ impl<'a> Ctx<'a> {
                 Op::Exit => return Ok(DONE),
                 Op::Ret => return Ok(RETURNED),
                 Op::Call { .. } => return Ok(CALLED),
-                Op::Bar => return Ok(AT_BARRIER),
+                Op::Bar { .. } => return Ok(AT_BARRIER),
                 Op::Warp { .. } => return Ok(AT_WARP),
                 _ => self.step(inst, tid, linear, regs, local)?,
             }
@@ -1237,6 +1282,24 @@ impl<'a> Ctx<'a> {
                 };
                 self.set(d, Ty::B32, r, regs, i)?;
             }
+            Op::IsSpace { space, p, a } => {
+                let (resolved, _) = resolve(Space::Generic, g!(a));
+                let r = match space {
+                    Space::Global | Space::Shared | Space::Local => resolved == *space,
+                    _ => false, // no generic address points at kernel parameters or constants here
+                };
+                self.set(p, Ty::Pred, r as u64, regs, i)?;
+            }
+            Op::CpAsync { dst, src, size, src_size } => {
+                let (d, s, n) = (self.addr(dst, regs, i)?, self.addr(src, regs, i)?, g!(size));
+                let from = src_size.as_ref().map(|o| self.get(o, regs, tid, linear, i)).transpose()?.unwrap_or(n).min(n);
+                if !matches!(n, 4 | 8 | 16) {
+                    return Err(ExecError::Unsupported(format!("cp.async of {n} bytes in {}", self.at(i))));
+                }
+                let mut buf = [0u8; 16];
+                self.access(Space::Global, s, from as usize, local, i, None, &mut buf[..from as usize])?;
+                self.access(Space::Shared, d, n as usize, local, i, Some(&buf[..n as usize]), &mut [])?;
+            }
             Op::Sad { ty, d, a, b, c } => {
                 let bits = ty.bits();
                 let (x, y) = (g!(a), g!(b));
@@ -1351,7 +1414,7 @@ impl<'a> Ctx<'a> {
             Op::Nop => {}
             Op::Fence => std::sync::atomic::fence(Ordering::SeqCst),
             Op::Unsupported => return Err(ExecError::Unsupported(format!("instruction {}", self.at(i)))),
-            Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar | Op::Warp { .. } => {} // handled by run() and run_thread()
+            Op::Bra { .. } | Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar { .. } | Op::Warp { .. } => {} // handled by run() and run_thread()
         }
         Ok(())
     }

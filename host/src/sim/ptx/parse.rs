@@ -187,6 +187,17 @@ pub enum WarpOp {
     Sync,
     /// activemask: the lanes that reached it together
     ActiveMask,
+    /// match.any.sync: the lanes whose value (of the type's width) equals this lane's.
+    MatchAny(Ty),
+    /// match.all.sync: the mask if every lane's value is equal (predicate true), else 0.
+    MatchAll(Ty),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarRed {
+    Popc,
+    And,
+    Or,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +318,11 @@ pub enum Op {
     Prmt { mode: Option<u8>, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     /// sad: |a - b| + c.
     Sad { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// isspacep.space: whether a generic address is in that state space.
+    IsSpace { space: Space, p: Opnd, a: Opnd },
+    /// cp.async (global to shared, `size` bytes of which the first `src_size` are copied and the
+    /// rest zeroed): done at once, so commit_group / wait_group have nothing to wait for.
+    CpAsync { dst: Opnd, src: Opnd, size: Opnd, src_size: Option<Opnd> },
     Selp { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Cvt { dty: Ty, sty: Ty, m: Mods, d: Opnd, a: Opnd },
     Cvta { to: bool, space: Space, d: Opnd, a: Opnd },
@@ -326,7 +342,9 @@ pub enum Op {
     /// Arithmetic on two halves packed in 32 bits (`.f16x2`/`.bf16x2`), lane by lane: `op` is
     /// Add/Sub/MulLo/Min/Max (with `b`), or Fma (with `b`, `c`), Neg or Abs (on `a` alone).
     Half2 { op: Half2Op, ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
-    Bar,
+    /// bar.sync / barrier.sync, and bar.red (`red`: the reduction, its destination, and the
+    /// predicate register each thread contributes, negated or not).
+    Bar { red: Option<(BarRed, Opnd, u32, bool)> },
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
     Warp { op: WarpOp, d: Opnd, p: Opnd, a: Opnd, b: Opnd, c: Opnd, mask: Opnd, neg_a: bool },
@@ -401,6 +419,10 @@ pub struct GlobalVar {
     pub size: u64,
     pub align: u32,
     pub init: Vec<u8>,
+    /// Initializers that are addresses of the module's variables (`generic(sym)`, `sym`,
+    /// `sym+8`): (byte offset in `init`, variable name, addend), written once the variables
+    /// have device addresses.
+    pub relocs: Vec<(u64, String, i64)>,
 }
 
 /// Why a kernel of a module cannot run.
@@ -542,7 +564,11 @@ fn statements(text: &str) -> Vec<Stmt> {
                 cur.clear();
                 out.push(Stmt::Open(line));
             }
-            '}' if cur.trim().is_empty() => {
+            // A block ends; a label may stand right before the brace (nvcc -G, NVVM debug builds).
+            '}' if cur.trim().is_empty() || cur.trim_end().ends_with(':') => {
+                if !cur.trim().is_empty() {
+                    out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
+                }
                 cur.clear();
                 out.push(Stmt::Close(line));
             }
@@ -745,21 +771,38 @@ fn parse_var(line: usize, s: &str) -> Result<VarDecl, PtxError> {
     Ok(VarDecl { space, name: base, align: align.max(ty.bytes() as u32), size, ty, init, external })
 }
 
-fn var_init(line: usize, v: &VarDecl) -> Result<Vec<u8>, PtxError> {
+/// A variable's initial bytes, and the address initializers among them (see GlobalVar::relocs).
+#[allow(clippy::type_complexity)]
+fn var_init(line: usize, v: &VarDecl) -> Result<(Vec<u8>, Vec<(u64, String, i64)>), PtxError> {
     let mut bytes = vec![0u8; v.size as usize];
+    let mut relocs = Vec::new();
     if let Some(init) = &v.init {
         let inner = init.trim().trim_start_matches('{').trim_end_matches('}');
         let w = v.ty.bytes();
-        for (i, item) in inner.split(',').map(str::trim).filter(|x| !x.is_empty()).enumerate() {
-            let val = parse_imm(item, Some(v.ty)).ok_or_else(|| PtxError { line, message: format!("unsupported initializer `{item}`") })?;
+        for (i, item) in split_operands(inner).iter().map(|x| x.trim()).filter(|x| !x.is_empty()).enumerate() {
             let at = i * w;
             if at + w > bytes.len() {
                 return err(line, "too many initializers");
             }
-            bytes[at..at + w].copy_from_slice(&val.to_le_bytes()[..w]);
+            match parse_imm(item, Some(v.ty)) {
+                Some(val) => bytes[at..at + w].copy_from_slice(&val.to_le_bytes()[..w]),
+                None => {
+                    // generic(sym)[+off] or sym[+off]: the variable's (generic) address.
+                    let (sym, off) = match item.split_once('+') {
+                        Some((sym, off)) => (sym.trim(), parse_int(off).ok_or_else(|| PtxError { line, message: format!("unsupported initializer `{item}`") })? as i64),
+                        None => (item, 0),
+                    };
+                    let sym = sym.strip_prefix("generic(").and_then(|r| r.strip_suffix(')')).unwrap_or(sym).trim();
+                    let ident = !sym.is_empty() && sym.chars().all(|c| c.is_ascii_alphanumeric() || "_$".contains(c));
+                    if !ident || w != 8 {
+                        return err(line, format!("unsupported initializer `{item}`"));
+                    }
+                    relocs.push((at as u64, sym.to_string(), off));
+                }
+            }
         }
     }
-    Ok(bytes)
+    Ok((bytes, relocs))
 }
 
 #[derive(Default)]
@@ -884,6 +927,13 @@ impl Parser {
         }
         self.reject_lacking();
         self.place_func_shared();
+        // Address initializers may name only the module's own variables (a function's address
+        // would be for calls through pointers, which the sim does not run).
+        for g in &self.globals {
+            if let Some((_, name, _)) = g.relocs.iter().find(|(_, n, _)| !self.globals.iter().any(|t| &t.name == n)) {
+                return err(0, format!("the initializer of {} names {name}, which is not a variable of this module", g.name));
+            }
+        }
         Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
     }
 
@@ -981,9 +1031,9 @@ impl Parser {
                 if v.size > MAX_GLOBAL_VAR {
                     return err(line, format!("variable {} of {} bytes is too large", v.name, v.size));
                 }
-                let init = var_init(line, &v)?;
+                let (init, relocs) = var_init(line, &v)?;
                 let space = if v.space == "const" { VarSpace::Const } else { VarSpace::Global };
-                self.globals.push(GlobalVar { name: v.name, space, size: v.size, align: v.align, init });
+                self.globals.push(GlobalVar { name: v.name, space, size: v.size, align: v.align, init, relocs });
                 Ok(())
             }
             _ if s.contains(".shared") => {
@@ -1141,7 +1191,8 @@ impl Parser {
         // Leading labels: "$L__BB0_2: ret"
         while let Some(colon) = s.find(':') {
             let label = s[..colon].trim();
-            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_$.".contains(c)) {
+            // A PTX identifier (no dots), and not the first colon of a `::` qualifier.
+            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_$".contains(c)) || s[colon + 1..].starts_with(':') {
                 break;
             }
             f.labels.insert(label.to_string(), f.insts.len() as u32);
@@ -1218,6 +1269,9 @@ impl Parser {
         if s == "_" {
             return Ok(Opnd::Sink);
         }
+        if s == "WARP_SZ" {
+            return Ok(Opnd::Imm(32)); // PTX's predefined constant
+        }
         if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             return self.address(f, line, inner);
         }
@@ -1291,7 +1345,12 @@ impl Parser {
         };
         let mut parts = opcode.split('.');
         let name = parts.next().unwrap_or("");
-        let mods: Vec<&str> = parts.collect();
+        // `.shared::cta`, `.shared::cluster` (a cluster is one block here), `.global::...`: the
+        // state space is the part before `::`; hints such as `.L2::128B` are kept as written.
+        let mods: Vec<&str> = parts.map(|m| match m.split_once("::") {
+            Some((space @ ("shared" | "global" | "local" | "const" | "param"), _)) => space,
+            _ => m,
+        }).collect();
         let types: Vec<Ty> = mods.iter().filter_map(|m| Ty::from_name(m)).collect();
         let has = |m: &str| mods.contains(&m);
         let ty0 = types.first().copied();
@@ -1648,13 +1707,57 @@ impl Parser {
             }
             "activemask" => Op::Warp { op: WarpOp::ActiveMask, d: o(0, Some(Ty::B32))?, p: Opnd::Sink, a: Opnd::Sink, b: Opnd::Sink, c: Opnd::Sink, mask: Opnd::Imm(0xffff_ffff), neg_a: false },
             "bar" if has("warp") => Op::Warp { op: WarpOp::Sync, d: Opnd::Sink, p: Opnd::Sink, a: Opnd::Sink, b: Opnd::Sink, c: Opnd::Sink, mask: o(0, Some(Ty::B32))?, neg_a: false },
-            "bar" | "barrier" => {
-                if has("arrive") || has("red") {
+            "bar" | "barrier" if has("red") => {
+                // bar.red.popc.u32 d, a{, b}, {!}c / bar.red.and|or.pred p, a{, b}, {!}c
+                let op = if has("popc") {
+                    BarRed::Popc
+                } else if has("and") {
+                    BarRed::And
+                } else if has("or") {
+                    BarRed::Or
+                } else {
+                    return err(line, format!("no reduction in `{s}`"));
+                };
+                let c = ops.last().filter(|_| ops.len() >= 3).ok_or_else(|| PtxError { line, message: format!("missing predicate in `{s}`") })?;
+                let (neg, c) = match c.strip_prefix('!') {
+                    Some(c) => (true, c),
+                    None => (false, c.as_str()),
+                };
+                let reg = f.reg(c).ok_or_else(|| PtxError { line, message: format!("unknown predicate {c}") })?;
+                let dty = if op == BarRed::Popc { Ty::U32 } else { Ty::Pred };
+                // A barrier over fewer threads than the block (operand b) is not run by the sim.
+                if ops.len() > 3 {
                     Op::Unsupported
                 } else {
-                    Op::Bar
+                    Op::Bar { red: Some((op, o(0, Some(dty))?, reg, neg)) }
                 }
             }
+            "bar" | "barrier" => {
+                if has("arrive") {
+                    Op::Unsupported
+                } else {
+                    Op::Bar { red: None }
+                }
+            }
+            "isspacep" => Op::IsSpace { space: space(), p: o(0, Some(Ty::Pred))?, a: o(1, Some(Ty::U64))? },
+            "match" if has("sync") => {
+                let ty = need_ty()?;
+                let op = if has("any") { WarpOp::MatchAny(ty) } else { WarpOp::MatchAll(ty) };
+                let dst = ops.first().ok_or_else(|| PtxError { line, message: format!("missing operands in `{s}`") })?;
+                let (d, p) = match dst.split_once('|') {
+                    Some((d, p)) => (self.operand(f, line, d.trim(), Some(Ty::B32))?, self.operand(f, line, p.trim(), Some(Ty::Pred))?),
+                    None => (self.operand(f, line, dst, Some(Ty::B32))?, Opnd::Sink),
+                };
+                Op::Warp { op, d, p, a: o(1, Some(ty))?, b: Opnd::Sink, c: Opnd::Sink, mask: o(2, Some(Ty::B32))?, neg_a: false }
+            }
+            "cp" if has("async") && (has("commit_group") || has("wait_group") || has("wait_all")) => Op::Nop,
+            "cp" if has("async") && !has("bulk") && has("shared") && has("global") => Op::CpAsync {
+                dst: o(0, None)?,
+                src: o(1, None)?,
+                size: o(2, Some(Ty::U32))?,
+                // With .L2::cache_hint the last operand is the cache policy, not the source size.
+                src_size: (ops.len() == 4 + mods.iter().any(|m| *m == "L2::cache_hint") as usize).then(|| o(3, Some(Ty::U32))).transpose()?,
+            },
             "ret" => Op::Ret,
             "exit" => Op::Exit,
             "trap" => Op::Trap,
