@@ -30,6 +30,7 @@ WIDTH = {"pred": 1, "b16": 16, "b32": 32, "b64": 64}
 REG = {"pred": "%p", "b16": "%h", "b32": "%r", "b64": "%rd"}
 PLACE_IN = ["a", "b", "c", "e"]
 PLACE_OUT = ["d", "q", "d2", "d3"]
+SLOTS = 16  # 8-byte input slots per case, and as many output slots
 
 HEADER = """.version 8.0
 .target sm_90
@@ -37,10 +38,11 @@ HEADER = """.version 8.0
 
 .visible .entry conformance(.param .u64 in_ptr, .param .u64 out_ptr, .param .u32 n)
 {
-\t.reg .pred %p<8>;
-\t.reg .b16 %h<8>;
-\t.reg .b32 %r<8>;
-\t.reg .b64 %rd<8>;
+\t.reg .pred %p<16>;
+\t.reg .b16 %h<16>;
+\t.reg .b32 %r<24>;
+\t.reg .b64 %rd<16>;
+\t.reg .b64 %in, %out, %off;
 \t.reg .pred %pdone;
 \t.reg .b32 %ri, %rn, %rt;
 \tmov.u32 %ri, %ctaid.x;
@@ -50,14 +52,13 @@ HEADER = """.version 8.0
 \tld.param.u32 %rn, [n];
 \tsetp.ge.u32 %pdone, %ri, %rn;
 \t@%pdone bra $DONE;
-\tld.param.u64 %rd7, [in_ptr];
-\tcvta.to.global.u64 %rd7, %rd7;
-\tmul.wide.u32 %rd6, %ri, 32;
-\tadd.s64 %rd7, %rd7, %rd6;
-\tld.param.u64 %rd6, [out_ptr];
-\tcvta.to.global.u64 %rd6, %rd6;
-\tmul.wide.u32 %rd5, %ri, 32;
-\tadd.s64 %rd6, %rd6, %rd5;
+\tld.param.u64 %in, [in_ptr];
+\tcvta.to.global.u64 %in, %in;
+\tmul.wide.u32 %off, %ri, 128;
+\tadd.s64 %in, %in, %off;
+\tld.param.u64 %out, [out_ptr];
+\tcvta.to.global.u64 %out, %out;
+\tadd.s64 %out, %out, %off;
 """
 FOOTER = """$DONE:
 \tret;
@@ -82,30 +83,39 @@ class Form:
         body, counters, names = [], {}, {}
         for k, cls in enumerate(self.ins):
             if cls == "mem":
-                names[PLACE_IN[k]] = f"%rd7+{8 * k}"
+                names[f"i{k}"] = f"%in+{8 * k}"
+                if k < 4:
+                    names[PLACE_IN[k]] = names[f"i{k}"]
                 continue
             j = counters.get(cls, 0)
             counters[cls] = j + 1
             reg = f"{REG[cls]}{j}"
-            names[PLACE_IN[k]] = reg
+            names[f"i{k}"] = reg
+            if k < 4:
+                names[PLACE_IN[k]] = reg
             if cls == "pred":
-                body.append(f"\tld.global.b32 %rt, [%rd7+{8 * k}];\n\tsetp.ne.b32 {reg}, %rt, 0;")
+                body.append(f"\tld.global.b32 %rt, [%in+{8 * k}];\n\tsetp.ne.b32 {reg}, %rt, 0;")
             else:
-                body.append(f"\tld.global.b{WIDTH[cls]} {reg}, [%rd7+{8 * k}];")
+                body.append(f"\tld.global.b{WIDTH[cls]} {reg}, [%in+{8 * k}];")
         stores = []
         for k, cls in enumerate(self.outs):
             if cls == "mem":
-                names[PLACE_OUT[k]] = f"%rd6+{8 * k}"
+                names[f"o{k}"] = f"%out+{8 * k}"
+                if k < 4:
+                    names[PLACE_OUT[k]] = names[f"o{k}"]
                 continue
             j = counters.get(cls, 0)
             counters[cls] = j + 1
             reg = f"{REG[cls]}{j}"
-            names[PLACE_OUT[k]] = reg
+            names[f"o{k}"] = reg
+            if k < 4:
+                names[PLACE_OUT[k]] = reg
             if cls == "pred":
-                stores.append(f"\tselp.b32 %rt, 1, 0, {reg};\n\tst.global.b32 [%rd6+{8 * k}], %rt;")
+                stores.append(f"\tselp.b32 %rt, 1, 0, {reg};\n\tst.global.b32 [%out+{8 * k}], %rt;")
             else:
-                stores.append(f"\tst.global.b{WIDTH[cls]} [%rd6+{8 * k}], {reg};")
-        assert all(v <= 5 for c, v in counters.items() if c == "b64"), self.name
+                stores.append(f"\tst.global.b{WIDTH[cls]} [%out+{8 * k}], {reg};")
+        assert len(self.ins) <= SLOTS and len(self.outs) <= SLOTS, self.name
+        assert all(v <= {"pred": 16, "b16": 16, "b32": 24, "b64": 16}[c] for c, v in counters.items()), self.name
         inst = "\t" + self.text.format(**names).replace("\n", "\n\t")
         decls = [f"\t{d}" for d in self.decls.splitlines() if d.strip()]
         return HEADER + "\n".join(decls + body + [inst] + stores) + "\n" + FOOTER
@@ -746,7 +756,7 @@ def collective_forms(rng):
     # isspacep on generic addresses of a shared, a global and a local variable.
     f = Form("isspacep", "{{ .reg .pred %s0, %s2;\n  .reg .b64 %as, %al, %ax;\n  mov.u64 %as, sbuf;\n  cvta.shared.u64 %as, %as;\n"
              "  mov.u64 %al, lbuf;\n  cvta.local.u64 %al, %al;\n  setp.eq.b32 %s0, {a}, 0;\n  setp.eq.b32 %s2, {a}, 2;\n"
-             "  selp.b64 %ax, %as, %rd7, %s0;\n  selp.b64 %ax, %al, %ax, %s2;\n"
+             "  selp.b64 %ax, %as, %in, %s0;\n  selp.b64 %ax, %al, %ax, %s2;\n"
              "  isspacep.shared {d}, %ax;\n  isspacep.global {q}, %ax;\n  isspacep.local {d2}, %ax; }}",
              ["b32"], ["pred", "pred", "pred"], decls=".shared .align 8 .b8 sbuf[64];\n.local .align 8 .b8 lbuf[8];")
     for sel in (0, 1, 2) * 4:
@@ -756,15 +766,15 @@ def collective_forms(rng):
     for kind, size in (("ca", 4), ("ca", 8), ("ca", 16), ("cg", 16)):
         src = ", {c}" if kind == "cg" else ""
         f = Form(f"cp.async.{kind}.{size}", "{{ .reg .b32 %o, %t;\n  mov.u32 %t, %tid.x;\n  mul.lo.u32 %t, %t, 16;\n  mov.u32 %o, cbuf;\n"
-                 "  add.u32 %o, %o, %t;\n  st.shared.v2.b64 [%o], {{%rd6, %rd6}};\n"
-                 f"  cp.async.{kind}.shared.global [%o], [%rd7], {size}{src};\n  cp.async.commit_group;\n  cp.async.wait_group 0;\n"
+                 "  add.u32 %o, %o, %t;\n  st.shared.v2.b64 [%o], {{%out, %out}};\n"
+                 f"  cp.async.{kind}.shared.global [%o], [%in], {size}{src};\n  cp.async.commit_group;\n  cp.async.wait_group 0;\n"
                  "  bar.sync 0;\n  ld.shared.v2.b64 {{{d}, {q}}}, [%o]; }}",
                  ["mem", "mem", "b32"], ["b64", "b64"], decls=".shared .align 16 .b8 cbuf[2048];")
         for k in range(block):
             lo, hi = rng.getrandbits(64), rng.getrandbits(64)
             n = rng.choice((0, 3, 8, 11, 16)) if kind == "cg" else size
             data = (lo | hi << 64) & ((1 << (8 * n)) - 1)
-            # Bytes past the copy keep what was stored there first: the output pointer (%rd6),
+            # Bytes past the copy keep what was stored there first: the output pointer (%out),
             # which the expected value cannot know, so only copied bytes are compared.
             f.case([lo, hi, n], [data & (2**64 - 1) if n >= 8 else None, (data >> 64) if n == 16 else None])
         forms.append(f)
@@ -776,6 +786,151 @@ def collective_forms(rng):
     for x in rand_ints(rng, 32, 1):
         f.case([x], [x])
     forms.append(f)
+    return forms
+
+
+def mma_layout(shape, kind):
+    """Per lane, the (row, col) of each element it holds of A, B (as (k, n)) and C/D, in register
+    order, from the PTX ISA's fragment figures for mma.sync (g = lane / 4, t = lane % 4)."""
+    def a(l):
+        g, t = l // 4, l % 4
+        if shape == "m16n8k16" and kind in ("f16", "bf16"):
+            return [(g + 8 * ((i // 2) % 2), 2 * t + i % 2 + 8 * (i // 4)) for i in range(8)]
+        if shape == "m16n8k8" and kind in ("f16", "bf16"):
+            return [(g + 8 * (i // 2), 2 * t + i % 2) for i in range(4)]
+        if shape == "m16n8k8" and kind == "tf32":
+            return [(g + 8 * (i % 2), t + 4 * (i // 2)) for i in range(4)]
+        if shape == "m16n8k32":
+            return [(g + 8 * ((i // 4) % 2), 4 * t + i % 4 + 16 * (i // 8)) for i in range(16)]
+        if shape == "m16n8k16":
+            return [(g + 8 * (i // 4), 4 * t + i % 4) for i in range(8)]
+        if shape == "m8n8k16":
+            return [(g, 4 * t + i) for i in range(4)]
+        if shape == "m8n8k4":
+            return [(g, t)]
+        raise ValueError(shape)
+
+    def b(l):
+        g, t = l // 4, l % 4
+        if shape == "m16n8k16" and kind in ("f16", "bf16"):
+            return [(2 * t + i % 2 + 8 * (i // 2), g) for i in range(4)]
+        if shape == "m16n8k8" and kind in ("f16", "bf16"):
+            return [(2 * t + i, g) for i in range(2)]
+        if shape == "m16n8k8" and kind == "tf32":
+            return [(t + 4 * i, g) for i in range(2)]
+        if shape == "m16n8k32":
+            return [(4 * t + i % 4 + 16 * (i // 4), g) for i in range(8)]
+        if shape in ("m16n8k16", "m8n8k16"):
+            return [(4 * t + i, g) for i in range(4)]
+        if shape == "m8n8k4":
+            return [(t, g)]
+        raise ValueError(shape)
+
+    def c(l):
+        g, t = l // 4, l % 4
+        if shape.startswith("m8n8"):
+            return [(g, 2 * t + i) for i in range(2)]
+        return [(g + 8 * (i // 2), 2 * t + i % 2) for i in range(4)]
+    return a, b, c
+
+
+def pack(vals, width):
+    """Elements of `width` bits into 32-bit registers (64-bit for f64), first element lowest."""
+    per = max(1, 32 // width)
+    return [sum((v & ((1 << width) - 1)) << (width * j) for j, v in enumerate(vals[i:i + per])) for i in range(0, len(vals), per)]
+
+
+def matrix_forms(rng):
+    forms = []
+    # ldmatrix: lanes store 16-byte rows to shared memory, then name rows (of their warp) by index.
+    for num in (1, 2, 4):
+        for trans in (False, True):
+            outs = ", ".join(f"{{o{i}}}" for i in range(num))
+            name = f"ldmatrix.sync.aligned.m8n8.x{num}{'.trans' if trans else ''}.shared.b16"
+            text = ("{{ .reg .b32 %t, %w, %o, %ad;\n  mov.u32 %t, %tid.x;\n  mov.u32 %o, lmbuf;\n  mad.lo.u32 %ad, %t, 16, %o;\n"
+                    "  st.shared.v2.b64 [%ad], {{{i0}, {i1}}};\n  and.b32 %w, %t, 0xffffffe0;\n  add.u32 %w, %w, {i2};\n"
+                    "  mad.lo.u32 %ad, %w, 16, %o;\n  bar.warp.sync 0xffffffff;\n"
+                    f"  {name} {{{{{outs}}}}}, [%ad]; }}}}")
+            f = Form(name, text, ["b64", "b64", "b32"], ["b32"] * num, decls=".shared .align 16 .b8 lmbuf[2048];")
+            for _ in range(4):
+                rows = [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(32)]
+                sel = list(range(32))
+                rng.shuffle(sel)
+                data = [lo | hi << 64 for lo, hi in rows]
+                elem = lambda m, r, c: (data[sel[8 * m + r]] >> (16 * c)) & 0xffff
+                for l in range(32):
+                    outv = []
+                    for m in range(num):
+                        if trans:
+                            lo, hi = elem(m, 2 * (l % 4), l // 4), elem(m, 2 * (l % 4) + 1, l // 4)
+                        else:
+                            lo, hi = elem(m, l // 4, 2 * (l % 4)), elem(m, l // 4, 2 * (l % 4) + 1)
+                        outv.append(lo | hi << 16)
+                    f.case([rows[l][0], rows[l][1], sel[l]], outv)
+            forms.append(f)
+    # mma.sync: a warp's fragments of A, B, C; D = A * B + C. Integer results are exact; float
+    # ones are the exact sum rounded once, within the accumulation error the ISA allows (the
+    # tensor cores' internal order and precision are not specified).
+    shapes = [("m16n8k16", "f16", "f32"), ("m16n8k8", "f16", "f32"), ("m16n8k16", "bf16", "f32"), ("m16n8k8", "bf16", "f32"),
+              ("m16n8k8", "tf32", "f32"), ("m16n8k16", "f16", "f16"), ("m16n8k32", "s8", "s32"), ("m16n8k32", "u8", "s32"),
+              ("m16n8k16", "s8", "s32"), ("m8n8k16", "s8", "s32"), ("m8n8k16", "u8", "s32"), ("m8n8k4", "f64", "f64")]
+    fmt = {"f16": F16, "bf16": BF16, "tf32": F32, "f32": F32, "f64": F64}
+    for shape, kind, acc in shapes:
+        la, lb, lc = mma_layout(shape, kind)
+        width = {"f16": 16, "bf16": 16, "tf32": 32, "s8": 8, "u8": 8, "f64": 64}[kind]
+        cw = {"f32": 32, "s32": 32, "f16": 16, "f64": 64}[acc]
+        rcls = "b64" if kind == "f64" else "b32"
+        na, nb, nc = (len(pack([0] * len(la(0)), width)), len(pack([0] * len(lb(0)), width)), len(pack([0] * len(lc(0)), cw)))
+        regs = lambda first, n: ", ".join(f"{{i{first + j}}}" for j in range(n))
+        outs = ", ".join(f"{{o{j}}}" for j in range(nc))
+        if kind in ("s8", "u8"):
+            types = f"s32.{kind}.{kind}.s32"
+        else:
+            types = f"{acc}.{kind}.{kind}.{acc}"
+        name = f"mma.sync.aligned.{shape}.row.col.{types}"
+        text = f"{name} {{{{{outs}}}}}, {{{{{regs(0, na)}}}}}, {{{{{regs(na, nb)}}}}}, {{{{{regs(na + nb, nc)}}}}};"
+        f = Form(name, text, [rcls] * (na + nb + nc), [rcls] * nc,
+                 [{"bits": 64 if rcls == "b64" else 32, **({"float": acc} if acc in ("f32", "f64") else {"lanes": "f16"} if acc == "f16" else {})}] * nc)
+        M = 8 if shape.startswith("m8") else 16
+        N, K = 8, int(shape.split("k")[1])
+        for _ in range(3):
+            if kind in ("s8", "u8"):
+                A = [[rng.randrange(-128, 128) if kind == "s8" else rng.randrange(256) for _ in range(K)] for _ in range(M)]
+                B = [[rng.randrange(-128, 128) if kind == "s8" else rng.randrange(256) for _ in range(N)] for _ in range(K)]
+                C = [[rng.randrange(-2**31, 2**31) for _ in range(N)] for _ in range(M)]
+                enc = lambda v: v & 0xff
+                cenc = lambda v: v & 0xffffffff
+            else:
+                ef = fmt[kind]
+                def rnd_val():
+                    v = Fraction(rng.randrange(-2048, 2048), 512)
+                    bits = R.encode(1 if v < 0 else 0, abs(v), ef)
+                    return bits & ~0x1fff if kind == "tf32" else bits  # tf32: f32 with 10 mantissa bits
+                A = [[rnd_val() for _ in range(K)] for _ in range(M)]
+                B = [[rnd_val() for _ in range(N)] for _ in range(K)]
+                C = [[R.encode(0, Fraction(rng.randrange(0, 4096), 256), fmt[acc]) ^ (rng.getrandbits(1) << (cw - 1)) for _ in range(N)] for _ in range(M)]
+                enc = cenc = lambda v: v
+            # D
+            D = [[None] * N for _ in range(M)]
+            for i in range(M):
+                for j in range(N):
+                    if kind in ("s8", "u8"):
+                        D[i][j] = R.wrap(sum(A[i][k] * B[k][j] for k in range(K)) + C[i][j], 32)
+                    else:
+                        terms = [R.value(A[i][k], fmt[kind]) * R.value(B[k][j], fmt[kind]) for k in range(K)]
+                        cv = R.value(C[i][j], fmt[acc])
+                        exact = sum(terms) + cv
+                        approx = R.encode(1 if exact < 0 else 0, abs(exact), fmt[acc])
+                        scale = sum(abs(x) for x in terms) + abs(cv)
+                        tol = float(scale) * (2.0 ** -19 if acc == "f32" else 2.0 ** -9 if acc == "f16" else 2.0 ** -48)
+                        D[i][j] = {"approx": approx, "tol": tol}
+            for l in range(32):
+                ins = pack([enc(A[r][c]) for r, c in la(l)], width) + pack([enc(B[k][n]) for k, n in lb(l)], width) + pack([cenc(C[r][c]) for r, c in lc(l)], cw)
+                outs_l = [D[r][c] for r, c in lc(l)]
+                if acc == "f16":
+                    outs_l = [[outs_l[2 * j], outs_l[2 * j + 1]] for j in range(nc)]
+                f.case(ins, outs_l)
+        forms.append(f)
     return forms
 
 
@@ -808,7 +963,7 @@ def self_check(rng):
 def main():
     rng = random.Random(SEED)
     self_check(random.Random(SEED + 1))
-    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng)
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng)
     names = [f.name for f in forms]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     out = {"seed": SEED, "forms": [f.json() for f in forms]}

@@ -638,6 +638,16 @@ impl<'a> Ctx<'a> {
     fn warp_op(&mut self, w0: usize, group: u32, live: u32, pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<u32, ExecError> {
         let bl = self.cfg.block;
         let tid_of = |t: u32| [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])];
+        let first = (0..32).find(|&l| group & (1 << l) != 0).map(|l| self.lane_inst(pcs[w0 + l], &calls[w0 + l]));
+        if let Some((f, i @ Inst { op: Op::Warp { op: WarpOp::Ldmatrix { .. } | WarpOp::Mma(_), .. }, .. })) = first {
+            // `.aligned`: all 32 lanes of the warp execute it together.
+            if group != u32::MAX || live != u32::MAX {
+                return Err(ExecError::Undefined(format!("{} is executed by lanes {group:#010x} of a warp, not by all 32 together", at_in(f, i))));
+            }
+            self.matrix_op(w0, i, regs, nregs, calls)?;
+            self.executed += 32;
+            return Ok(group);
+        }
         // Each member's instruction, and its operands read from its own registers.
         let mut insts: [Option<(&'a Kernel, &'a Inst)>; 32] = [None; 32];
         let mut vals = [[0u64; 4]; 32];
@@ -725,6 +735,8 @@ impl<'a> Ctx<'a> {
                     let mine = mask(av, ty.bits());
                     ((0..32).filter(|&x| members & (1 << x) != 0 && mask(vals[x][0], ty.bits()) == mine).fold(0u64, |acc, x| acc | 1 << x), 0)
                 }
+                // Run by matrix_op before this loop.
+                WarpOp::Ldmatrix { .. } | WarpOp::Mma(_) => continue,
                 WarpOp::MatchAll(ty) => {
                     let all = (0..32).filter(|&x| members & (1 << x) != 0).all(|x| mask(vals[x][0], ty.bits()) == mask(av, ty.bits()));
                     (if all { members as u64 } else { 0 }, all as u64)
@@ -744,6 +756,73 @@ impl<'a> Ctx<'a> {
         }
         self.executed += ready.count_ones() as u64;
         Ok(ready)
+    }
+
+    /// ldmatrix and mma.sync, for a whole warp (all lanes at instruction `i`).
+    fn matrix_op(&mut self, w0: usize, i: &'a Inst, regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
+        let Op::Warp { op, d, a, b, c, .. } = &i.op else { return Ok(()) };
+        let bl = self.cfg.block;
+        let lane_regs = |calls: &[Vec<Frame>], regs: &[u64], t: usize| -> (Vec<u64>, Vec<u64>) {
+            match calls[t].last() {
+                Some(fr) => (fr.regs.clone(), fr.syms.clone()),
+                None => (regs[t * nregs..(t + 1) * nregs].to_vec(), self.syms.clone()),
+            }
+        };
+        let parts = |o: &Opnd| -> Vec<Opnd> {
+            match o {
+                Opnd::Vec(v) => v.clone(),
+                o => vec![o.clone()],
+            }
+        };
+        // Each lane's operand registers (or, for ldmatrix, its row address).
+        let mut inputs: Vec<[Vec<u64>; 3]> = Vec::with_capacity(32);
+        for l in 0..32 {
+            let t = w0 + l;
+            let (r, syms) = lane_regs(calls, regs, t);
+            let tid = [t as u32 % bl[0], (t as u32 / bl[0]) % bl[1], t as u32 / (bl[0] * bl[1])];
+            let read = |o: &Opnd| -> Result<Vec<u64>, ExecError> { parts(o).iter().map(|p| self.get(p, &r, tid, t as u32, i)).collect() };
+            inputs.push(match op {
+                WarpOp::Ldmatrix { .. } => [vec![addr_in(a, &r, &syms).ok_or_else(|| ExecError::Unsupported(format!("address form in {}", self.at(i))))?], vec![], vec![]],
+                _ => [read(a)?, read(b)?, read(c)?],
+            });
+        }
+        let outputs: Vec<Vec<u64>> = match *op {
+            WarpOp::Ldmatrix { num, trans } => {
+                let row = |m: usize, r: usize| inputs[8 * m + r][0][0];
+                let mut out = vec![Vec::new(); 32];
+                for (l, o) in out.iter_mut().enumerate() {
+                    for m in 0..num as usize {
+                        let mut v = [0u8; 4];
+                        if trans {
+                            // Element (2*(l%4) + h, l/4) of matrix m: a column of its rows.
+                            for h in 0..2 {
+                                let at = row(m, 2 * (l % 4) + h) + 2 * (l / 4) as u64;
+                                self.access(Space::Shared, at, 2, &mut [], i, None, &mut v[2 * h..2 * h + 2])?;
+                            }
+                        } else {
+                            self.access(Space::Shared, row(m, l / 4) + 4 * (l % 4) as u64, 4, &mut [], i, None, &mut v)?;
+                        }
+                        o.push(u32::from_le_bytes(v) as u64);
+                    }
+                }
+                out
+            }
+            WarpOp::Mma(kind) => mma(kind, &inputs),
+            _ => return Ok(()),
+        };
+        let dparts = parts(d);
+        let rty = if matches!(op, WarpOp::Mma(k) if k.ab == MmaType::F64) { Ty::B64 } else { Ty::B32 };
+        for (l, vals) in outputs.iter().enumerate() {
+            let t = w0 + l;
+            let r = match calls[t].last_mut() {
+                Some(fr) => &mut fr.regs[..],
+                None => &mut regs[t * nregs..(t + 1) * nregs],
+            };
+            for (o, v) in dparts.iter().zip(vals) {
+                self.set(o, rty, *v, r, i)?;
+            }
+        }
+        Ok(())
     }
 
     fn at(&self, i: &Inst) -> String {
@@ -1418,6 +1497,99 @@ impl<'a> Ctx<'a> {
         }
         Ok(())
     }
+}
+
+/// Where each lane's fragment elements sit in an mma's matrices: for A (row, col), for B
+/// (k, n), for C and D (row, col), in register order (the PTX ISA's fragment figures; g is the
+/// lane's group, lane / 4, and t its index in the group, lane % 4).
+fn mma_layout(kind: MmaKind, lane: usize) -> [Vec<(usize, usize)>; 3] {
+    let (g, t) = (lane / 4, lane % 4);
+    let (m, k) = (kind.m, kind.k);
+    let a: Vec<(usize, usize)> = match (m, k, kind.ab) {
+        (16, 16, MmaType::F16 | MmaType::Bf16) => (0..8).map(|i| (g + 8 * ((i / 2) % 2), 2 * t + i % 2 + 8 * (i / 4))).collect(),
+        (16, 8, MmaType::F16 | MmaType::Bf16) => (0..4).map(|i| (g + 8 * (i / 2), 2 * t + i % 2)).collect(),
+        (16, 8, MmaType::Tf32) => (0..4).map(|i| (g + 8 * (i % 2), t + 4 * (i / 2))).collect(),
+        (16, 32, _) => (0..16).map(|i| (g + 8 * ((i / 4) % 2), 4 * t + i % 4 + 16 * (i / 8))).collect(),
+        (16, 16, _) => (0..8).map(|i| (g + 8 * (i / 4), 4 * t + i % 4)).collect(),
+        (8, 16, _) => (0..4).map(|i| (g, 4 * t + i)).collect(),
+        _ => vec![(g, t)], // m8n8k4 f64
+    };
+    let b: Vec<(usize, usize)> = match (m, k, kind.ab) {
+        (16, 16, MmaType::F16 | MmaType::Bf16) => (0..4).map(|i| (2 * t + i % 2 + 8 * (i / 2), g)).collect(),
+        (16, 8, MmaType::F16 | MmaType::Bf16) => (0..2).map(|i| (2 * t + i, g)).collect(),
+        (16, 8, MmaType::Tf32) => (0..2).map(|i| (t + 4 * i, g)).collect(),
+        (16, 32, _) => (0..8).map(|i| (4 * t + i % 4 + 16 * (i / 4), g)).collect(),
+        (_, 16, _) => (0..4).map(|i| (4 * t + i, g)).collect(),
+        _ => vec![(t, g)],
+    };
+    let c: Vec<(usize, usize)> = if m == 8 { (0..2).map(|i| (g, 2 * t + i)).collect() } else { (0..4).map(|i| (g + 8 * (i / 2), 2 * t + i % 2)).collect() };
+    [a, b, c]
+}
+
+/// mma.sync over a warp: `inputs[lane]` are its A, B and C fragment registers; returns each
+/// lane's D registers. Float products are exact in f64 and summed there, then rounded once to
+/// the accumulator type (the GPU's tensor cores keep at least that much: the ISA leaves the order
+/// and internal precision open); integer results wrap (or clamp with .satfinite) to s32.
+fn mma(kind: MmaKind, inputs: &[[Vec<u64>; 3]]) -> Vec<Vec<u64>> {
+    let (m, n, kk) = (kind.m as usize, kind.n as usize, kind.k as usize);
+    let elem = |regs: &[u64], i: usize, width: u32| -> u64 {
+        let per = (if width == 64 { 64 } else { 32 }) / width;
+        mask(regs.get(i / per as usize).copied().unwrap_or(0) >> (width * (i as u32 % per)), width)
+    };
+    let value = |v: u64, ty: MmaType, signed: bool| -> f64 {
+        match ty {
+            MmaType::F16 => to_f64(v, Ty::F16),
+            MmaType::Bf16 => to_f64(v, Ty::Bf16),
+            MmaType::Tf32 => to_f64(v & !0x1fff, Ty::F32), // tf32: an f32's top 19 bits
+            MmaType::F32 => to_f64(v, Ty::F32),
+            MmaType::F64 => f64::from_bits(v),
+            MmaType::I8 => (if signed { sext(v, 8) } else { v as i64 }) as f64,
+            MmaType::S32 => sext(v, 32) as f64,
+        }
+    };
+    let (aw, cw) = (kind.ab.width(), kind.acc.width());
+    let mut a = vec![vec![0.0f64; kk]; m];
+    let mut b = vec![vec![0.0f64; n]; kk];
+    let mut c = vec![vec![0u64; n]; m];
+    for (lane, [ra, rb, rc]) in inputs.iter().enumerate() {
+        let [la, lb, lc] = mma_layout(kind, lane);
+        for (i, &(r, col)) in la.iter().enumerate() {
+            a[r][col] = value(elem(ra, i, aw), kind.ab, kind.a_signed);
+        }
+        for (i, &(r, col)) in lb.iter().enumerate() {
+            b[r][col] = value(elem(rb, i, aw), kind.ab, kind.b_signed);
+        }
+        for (i, &(r, col)) in lc.iter().enumerate() {
+            c[r][col] = elem(rc, i, cw);
+        }
+    }
+    let d = |r: usize, col: usize| -> u64 {
+        match kind.acc {
+            MmaType::S32 => {
+                // |a*b| <= 2^16, so the f64 products and their sum over k <= 32 are exact.
+                let s = (0..kk).map(|x| a[r][x] * b[x][col]).sum::<f64>() as i64 + sext(c[r][col], 32);
+                if kind.satfinite {
+                    s.clamp(i32::MIN as i64, i32::MAX as i64) as u64
+                } else {
+                    mask(s as u64, 32)
+                }
+            }
+            MmaType::F64 => (0..kk).fold(f64::from_bits(c[r][col]), |acc, x| a[r][x].mul_add(b[x][col], acc)).to_bits(),
+            acc => {
+                let cty = if acc == MmaType::F16 { Ty::F16 } else { Ty::F32 };
+                let s = (0..kk).map(|x| a[r][x] * b[x][col]).sum::<f64>() + to_f64(c[r][col], cty);
+                float::from_f64(s, cty)
+            }
+        }
+    };
+    (0..inputs.len())
+        .map(|lane| {
+            let lc = &mma_layout(kind, lane)[2];
+            let vals: Vec<u64> = lc.iter().map(|&(r, col)| d(r, col)).collect();
+            let per = if kind.acc.width() == 16 { 2 } else { 1 };
+            vals.chunks(per).map(|ch| ch.iter().enumerate().fold(0u64, |acc, (j, v)| acc | v << (16 * j))).collect()
+        })
+        .collect()
 }
 
 /// The values of `k`'s symbols (device function `func`'s, or the kernel's) in a launch of

@@ -191,6 +191,49 @@ pub enum WarpOp {
     MatchAny(Ty),
     /// match.all.sync: the mask if every lane's value is equal (predicate true), else 0.
     MatchAll(Ty),
+    /// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].b16: `num` 8x8 matrices of 16-bit elements
+    /// from rows whose shared-memory addresses lanes give, spread over the warp's registers.
+    Ldmatrix { num: u8, trans: bool },
+    /// mma.sync.aligned (row.col): D = A * B + C over the warp's fragments.
+    Mma(MmaKind),
+}
+
+/// A tensor-core multiply-add the sim runs: its shape and element types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmaKind {
+    pub m: u8,
+    pub n: u8,
+    pub k: u8,
+    pub ab: MmaType,
+    /// For integer inputs: whether A's and B's elements are signed (s8) or not (u8).
+    pub a_signed: bool,
+    pub b_signed: bool,
+    pub acc: MmaType,
+    /// Integer results clamp to s32 instead of wrapping.
+    pub satfinite: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmaType {
+    F16,
+    Bf16,
+    Tf32,
+    F32,
+    F64,
+    I8,
+    S32,
+}
+
+impl MmaType {
+    /// Bits of one element in a fragment register.
+    pub fn width(self) -> u32 {
+        match self {
+            MmaType::I8 => 8,
+            MmaType::F16 | MmaType::Bf16 => 16,
+            MmaType::Tf32 | MmaType::F32 | MmaType::S32 => 32,
+            MmaType::F64 => 64,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1750,6 +1793,35 @@ impl Parser {
                 };
                 Op::Warp { op, d, p, a: o(1, Some(ty))?, b: Opnd::Sink, c: Opnd::Sink, mask: o(2, Some(Ty::B32))?, neg_a: false }
             }
+            "ldmatrix" => {
+                let num = [("x1", 1u8), ("x2", 2), ("x4", 4)].iter().find(|(m, _)| has(m)).map(|(_, n)| *n);
+                match num {
+                    Some(num) if has("m8n8") && has("b16") && has("sync") => {
+                        let (d, a) = (o(0, Some(Ty::B32))?, o(1, None)?);
+                        match &d {
+                            Opnd::Vec(v) if v.len() == num as usize => {
+                                Op::Warp { op: WarpOp::Ldmatrix { num, trans: has("trans") }, d, p: Opnd::Sink, a, b: Opnd::Sink, c: Opnd::Sink, mask: Opnd::Imm(0xffff_ffff), neg_a: false }
+                            }
+                            _ => return err(line, format!("ldmatrix .x{num} needs {num} destination registers: `{s}`")),
+                        }
+                    }
+                    _ => Op::Unsupported,
+                }
+            }
+            "mma" if has("sync") && has("aligned") => match mma_kind(&mods) {
+                Some(kind) => {
+                    let rty = if kind.ab == MmaType::F64 { Ty::B64 } else { Ty::B32 };
+                    let (d, a, b, c) = (o(0, Some(rty))?, o(1, Some(rty))?, o(2, Some(rty))?, o(3, Some(rty))?);
+                    let (nd, na, nb, nc) = mma_regs(kind);
+                    let len = |x: &Opnd| if let Opnd::Vec(v) = x { v.len() } else { 1 };
+                    if (len(&d), len(&a), len(&b), len(&c)) != (nd, na, nb, nc) {
+                        return err(line, format!("mma operands of the wrong length (want {nd}, {na}, {nb}, {nc} registers): `{s}`"));
+                    }
+                    let as_vec = |x: Opnd| if let Opnd::Vec(_) = x { x } else { Opnd::Vec(vec![x]) };
+                    Op::Warp { op: WarpOp::Mma(kind), d: as_vec(d), p: Opnd::Sink, a: as_vec(a), b: as_vec(b), c: as_vec(c), mask: Opnd::Imm(0xffff_ffff), neg_a: false }
+                }
+                None => Op::Unsupported,
+            },
             "cp" if has("async") && (has("commit_group") || has("wait_group") || has("wait_all")) => Op::Nop,
             "cp" if has("async") && !has("bulk") && has("shared") && has("global") => Op::CpAsync {
                 dst: o(0, None)?,
@@ -1767,6 +1839,56 @@ impl Parser {
         };
         Ok(Inst { guard, op, line: line as u32, text })
     }
+}
+
+/// The mma.sync forms the sim runs: (shape, A/B type, accumulator) of the PTX ISA's
+/// m16n8k8/m16n8k16 f16 and bf16, m16n8k8 tf32, m8n8k16/m16n8k16/m16n8k32 s8/u8 and m8n8k4 f64,
+/// all `.row.col`. None for any other.
+fn mma_kind(mods: &[&str]) -> Option<MmaKind> {
+    let shape = mods.iter().find(|m| m.starts_with('m') && m.contains('n') && m.contains('k'))?;
+    let (m, rest) = shape[1..].split_once('n')?;
+    let (n, k) = rest.split_once('k')?;
+    let (m, n, k): (u8, u8, u8) = (m.parse().ok()?, n.parse().ok()?, k.parse().ok()?);
+    if !(mods.contains(&"row") && mods.contains(&"col")) || mods.iter().any(|x| x.starts_with("kind") || *x == "sp") {
+        return None;
+    }
+    let pos = mods.iter().position(|x| *x == "col")?;
+    let types: Vec<&str> = mods[pos + 1..].iter().copied().filter(|x| *x != "satfinite").collect();
+    let [dt, at, bt, ct] = types[..] else { return None };
+    let ty = |t: &str| match t {
+        "f16" => Some(MmaType::F16),
+        "bf16" => Some(MmaType::Bf16),
+        "tf32" => Some(MmaType::Tf32),
+        "f32" => Some(MmaType::F32),
+        "f64" => Some(MmaType::F64),
+        "s8" | "u8" => Some(MmaType::I8),
+        "s32" => Some(MmaType::S32),
+        _ => None,
+    };
+    let (d, a, b, c) = (ty(dt)?, ty(at)?, ty(bt)?, ty(ct)?);
+    if d != c || a != b {
+        return None;
+    }
+    let ok = matches!(
+        (m, n, k, a, d),
+        (16, 8, 16, MmaType::F16, MmaType::F32 | MmaType::F16)
+            | (16, 8, 8, MmaType::F16, MmaType::F32 | MmaType::F16)
+            | (16, 8, 16 | 8, MmaType::Bf16, MmaType::F32)
+            | (16, 8, 8, MmaType::Tf32, MmaType::F32)
+            | (16, 8, 32 | 16, MmaType::I8, MmaType::S32)
+            | (8, 8, 16, MmaType::I8, MmaType::S32)
+            | (8, 8, 4, MmaType::F64, MmaType::F64)
+    );
+    ok.then_some(MmaKind { m, n, k, ab: a, a_signed: at == "s8", b_signed: bt == "s8", acc: d, satfinite: mods.contains(&"satfinite") })
+}
+
+/// Registers per lane of an mma's D, A, B and C fragments.
+pub(crate) fn mma_regs(k: MmaKind) -> (usize, usize, usize, usize) {
+    let reg = if k.ab == MmaType::F64 { 64 } else { 32 };
+    let per_lane = |elems: u32, width: u32| (elems * width).div_ceil(reg) as usize;
+    let (m, n, kk) = (k.m as u32, k.n as u32, k.k as u32);
+    let c = per_lane(m * n / 32, k.acc.width());
+    (c, per_lane(m * kk / 32, k.ab.width()), per_lane(kk * n / 32, k.ab.width()), c)
 }
 
 fn wide_of(t: Ty) -> Option<Ty> {
