@@ -51,6 +51,10 @@ fn matches(want: &Value, got: u64, check: &Value) -> bool {
         let want = want.as_array().expect("per-lane values");
         return want.iter().enumerate().all(|(i, w)| matches(w, (got >> (16 * i)) & 0xffff, &serde_json::json!({"bits": 16, "float": lanes})));
     }
+    if let Some(lanes) = check["lanes8"].as_str() {
+        let want = want.as_array().expect("per-byte values");
+        return want.iter().enumerate().all(|(i, w)| matches(w, (got >> (8 * i)) & 0xff, &serde_json::json!({"bits": 8, "float": lanes})));
+    }
     match want {
         Value::Null => true,
         Value::String(s) if s == "nan" => is_nan(got, check["float"].as_str().expect("a NaN needs a float format")),
@@ -75,6 +79,9 @@ fn float_value(v: u64, fmt: &str) -> f64 {
 
 fn is_nan(v: u64, fmt: &str) -> bool {
     let (e, m) = match fmt {
+        "e4m3" => return v & 0x7f == 0x7f, // OCP e4m3: no infinity, S.1111.111 is NaN
+        "ue8m0" => return v == 0xff,
+        "e5m2" => (5, 2),
         "f16" => (5, 10),
         "bf16" => (8, 7),
         "f32" => (8, 23),
@@ -215,7 +222,7 @@ fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
                         Some(f) if is_nan(*gv, f) => serde_json::json!("nan"),
                         _ => serde_json::json!(gv),
                     };
-                    let check = if check["lanes"].is_string() { serde_json::json!({"bits": check["bits"]}) } else { check.clone() };
+                    let check = if check["lanes"].is_string() || check["lanes8"].is_string() { serde_json::json!({"bits": check["bits"]}) } else { check.clone() };
                     if !matches(&want, outs[j], &check) {
                         wrong.push(format!("{name}: inputs [{}] output {j}: sim {:#x}, {device} {gv:#x}", hex_list(&c["in"]), outs[j]));
                     }

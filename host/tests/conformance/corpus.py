@@ -23,7 +23,7 @@ import sys
 from fractions import Fraction
 
 import reference as R
-from reference import NAN, F16, BF16, F32, F64
+from reference import NAN, F16, BF16, F32, F64, E4M3, E5M2
 
 SEED = 20261205
 WIDTH = {"pred": 1, "b16": 16, "b32": 32, "b64": 64}
@@ -934,6 +934,57 @@ def matrix_forms(rng):
     return forms
 
 
+def fp8_forms(rng):
+    """8-bit float conversions (OCP e4m3 and e5m2, and the exponent-only ue8m0), two at a time."""
+    forms = []
+    f32s = float_edges(F32) + rand_floats(rng, F32, 40) + [R.encode(s_, Fraction(x), F32) for s_ in (0, 1) for x in (448, 449, 464, 500, 57344, 61440, Fraction(1, 512), Fraction(1, 1024))]
+    for name8, f8 in (("e4m3x2", E4M3), ("e5m2x2", E5M2)):
+        for relu in (False, True):
+            name = f"cvt.rn.satfinite{'.relu' if relu else ''}.{name8}.f32"
+            f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b16"], [{"bits": 16, "lanes8": f8.name}])
+            for x, y in zip(f32s, f32s[7:] + f32s[:7]):
+                f.case([x, y], [[R.float_to_float(y, F32, f8, "rn", relu=relu, satfinite=True), R.float_to_float(x, F32, f8, "rn", relu=relu, satfinite=True)]])
+            forms.append(f)
+        name = f"cvt.rn.satfinite.{name8}.f16x2"
+        f = Form(name, f"{name} {{d}}, {{a}};", ["b32"], ["b16"], [{"bits": 16, "lanes8": f8.name}])
+        h = float_edges(F16) + rand_floats(rng, F16, 20)
+        for x, y in zip(h, h[5:] + h[:5]):
+            f.case([x | y << 16], [[R.float_to_float(x, F16, f8, "rn", satfinite=True), R.float_to_float(y, F16, f8, "rn", satfinite=True)]])
+        forms.append(f)
+        name = f"cvt.rn.f16x2.{name8}"
+        f = Form(name, f"{name} {{d}}, {{a}};", ["b16"], ["b32"], [{"bits": 32, "lanes": "f16"}])
+        for v in range(0, 65536, 97):
+            f.case([v], [[R.float_to_float(v & 0xff, f8, F16, "rn"), R.float_to_float(v >> 8, f8, F16, "rn")]])
+        forms.append(f)
+
+    def ue8m0(x, mode):
+        d = R.decode(x, F32)
+        if d[0] == "nan":
+            return 0xff
+        if d[0] == "inf":
+            return None if d[1] else 0xfe  # +inf saturates to the largest power of two
+        if d[1] or d[2] == 0:
+            return None  # no sign and no zero in ue8m0: the ISA does not say
+        e = R.floor_log2(d[2])
+        if mode == "rp" and d[2] != Fraction(2) ** e:
+            e += 1
+        if e < -127:
+            return None
+        return min(e + 127, 0xfe)
+    for mode in ("rz", "rp"):
+        name = f"cvt.{mode}.satfinite.ue8m0x2.f32"
+        f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b16"], [{"bits": 16, "lanes8": "ue8m0"}])
+        for x, y in zip(f32s, f32s[3:] + f32s[:3]):
+            f.case([x, y], [[ue8m0(y, mode), ue8m0(x, mode)]])
+        forms.append(f)
+    f = Form("cvt.rn.bf16x2.ue8m0x2", "cvt.rn.bf16x2.ue8m0x2 {d}, {a};", ["b16"], ["b32"], [{"bits": 32, "lanes": "bf16"}])
+    ue = lambda e: NAN if e == 0xff else R.encode(0, Fraction(2) ** (e - 127), BF16)
+    for v in list(range(0, 65536, 251)) + [0xff00, 0x00ff, 0xfe01]:
+        f.case([v], [[ue(v & 0xff), ue(v >> 8)]])
+    forms.append(f)
+    return forms
+
+
 def self_check(rng):
     """The reference against the host's own IEEE arithmetic where that is exact: Python floats are
     binary64 with round-to-nearest, and struct's 'e' and 'f' formats round to nearest too."""
@@ -963,7 +1014,7 @@ def self_check(rng):
 def main():
     rng = random.Random(SEED)
     self_check(random.Random(SEED + 1))
-    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng)
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng) + fp8_forms(rng)
     names = [f.name for f in forms]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     out = {"seed": SEED, "forms": [f.json() for f in forms]}

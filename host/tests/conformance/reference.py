@@ -95,9 +95,9 @@ def encode(sign, mag, f, mode="rn", ftz=False, satfinite=False):
     """The bits of (-1)^sign * mag rounded to format f. mag is a Fraction >= 0 or "inf"."""
     sbit = sign << (f.bits - 1)
     if mag == "inf":
-        if not f.ieee:
-            return NAN if not satfinite else sbit | encode(0, f.max_finite, f)
-        return sbit | (((1 << f.ebits) - 1) << f.mbits)
+        if satfinite:
+            return sbit | encode(0, f.max_finite, f)
+        return (sbit | (((1 << f.ebits) - 1) << f.mbits)) if f.ieee else NAN
     if mag == 0:
         return sbit
     e = max(floor_log2(mag), f.emin)

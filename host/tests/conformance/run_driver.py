@@ -109,6 +109,8 @@ def agrees(want, got, check):
     got &= (1 << bits) - 1
     if "lanes" in check:
         return all(agrees(w, (got >> (16 * i)) & 0xffff, {"bits": 16, "float": check["lanes"]}) for i, w in enumerate(want))
+    if "lanes8" in check:
+        return all(agrees(w, (got >> (8 * i)) & 0xff, {"bits": 8, "float": check["lanes8"]}) for i, w in enumerate(want))
     if want is None:
         return True
     if isinstance(want, dict):
@@ -118,7 +120,11 @@ def agrees(want, got, check):
                "f64": lambda v: struct.unpack("<d", struct.pack("<Q", v))[0]}[f]
         return abs(dec(got) - dec(want["approx"])) <= want["tol"]
     if want == "nan":
-        e, m = {"f16": (5, 10), "bf16": (8, 7), "f32": (8, 23), "f64": (11, 52)}[check["float"]]
+        if check["float"] == "e4m3":
+            return got & 0x7f == 0x7f
+        if check["float"] == "ue8m0":
+            return got == 0xff
+        e, m = {"e5m2": (5, 2), "f16": (5, 10), "bf16": (8, 7), "f32": (8, 23), "f64": (11, 52)}[check["float"]]
         return (got >> m) & ((1 << e) - 1) == (1 << e) - 1 and got & ((1 << m) - 1) != 0
     return want == got
 

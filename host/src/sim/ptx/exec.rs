@@ -1315,6 +1315,18 @@ impl<'a> Ctx<'a> {
                 let lo = float::convert(*ty, Ty::F32, *m, g!(b));
                 self.set(d, Ty::B32, lo | hi << 16, regs, i)?;
             }
+            Op::CvtF8 { f8, wide, to_f8, m, d, a, b } => {
+                let x = g!(a);
+                let r = if !*to_f8 {
+                    // Two bytes to two halves, the low byte to the low half.
+                    float::from_f8(*f8, *wide, x & 0xff) | float::from_f8(*f8, *wide, (x >> 8) & 0xff) << 16
+                } else if *wide == Ty::F32 {
+                    float::to_f8(*f8, Ty::F32, *m, g!(b)) | float::to_f8(*f8, Ty::F32, *m, x) << 8
+                } else {
+                    float::to_f8(*f8, *wide, *m, x & 0xffff) | float::to_f8(*f8, *wide, *m, (x >> 16) & 0xffff) << 8
+                };
+                self.set(d, if *to_f8 { Ty::B16 } else { Ty::B32 }, r, regs, i)?;
+            }
             Op::Dot { halves, hi, sa, sb, d, a, b, c } => {
                 let (x, y) = (g!(a), g!(b));
                 let part = |v: u64, k: u32, width: u32, signed: bool| -> i64 {

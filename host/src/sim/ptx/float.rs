@@ -7,8 +7,8 @@
 //! directed rounding (.rz, .rm, .rp), go through `rustc_apfloat` (LLVM's APFloat in Rust, the
 //! well-kept software float: each operation rounded once, in the mode asked for).
 
-use super::parse::{Bin, Mods, Rnd, Ty, Un};
-use rustc_apfloat::ieee::{BFloat, Double, Half, Single};
+use super::parse::{Bin, Mods, Rnd, Ty, Un, F8};
+use rustc_apfloat::ieee::{BFloat, Double, Float8E4M3FN, Float8E5M2, Half, Single};
 use rustc_apfloat::{Float, FloatConvert, Round};
 
 pub(crate) fn mask(v: u64, bits: u32) -> u64 {
@@ -399,5 +399,69 @@ pub(crate) fn convert(dty: Ty, sty: Ty, m: Mods, v: u64) -> u64 {
             };
             finish(r, dty, m)
         }
+    }
+}
+
+/// An f32 or f16 value (`ty`) as an 8-bit float, with .satfinite (out of range and infinities
+/// give the largest finite value of their sign; NaN stays NaN) and .relu. e4m3 and e5m2 round
+/// to nearest; ue8m0 (2^(e-127), no sign, no zero) rounds as `m.rnd` says, down or up.
+pub(crate) fn to_f8(f8: F8, ty: Ty, m: Mods, v: u64) -> u64 {
+    let nan = is_nan(v, ty);
+    let negative = v & sign_bit(ty) != 0;
+    if f8 == F8::Ue8m0 {
+        let x = to_f64(v, ty);
+        return if nan {
+            0xff
+        } else if negative || x == 0.0 {
+            0 // ue8m0 has neither: the smallest value, 2^-127
+        } else if x.is_infinite() {
+            0xfe
+        } else {
+            let e = x.log2().floor() as i64;
+            let e = if m.rnd == Rnd::Up && x != 2f64.powi(e as i32) { e + 1 } else { e };
+            (e + 127).clamp(0, 0xfe) as u64
+        };
+    }
+    if m.relu && negative && !nan {
+        return 0;
+    }
+    let mut lost = false;
+    let rnd = Round::NearestTiesToEven;
+    let (r, max, out_nan) = match (f8, ty) {
+        (F8::E4m3, Ty::F16) => {
+            let r = FloatConvert::<Float8E4M3FN>::convert_r(Half::from_bits(v as u128), rnd, &mut lost).value;
+            (r.to_bits() as u64, 0x7e, r.is_nan())
+        }
+        (F8::E4m3, _) => {
+            let r = FloatConvert::<Float8E4M3FN>::convert_r(Single::from_bits(v as u128), rnd, &mut lost).value;
+            (r.to_bits() as u64, 0x7e, r.is_nan())
+        }
+        (_, Ty::F16) => {
+            let r = FloatConvert::<Float8E5M2>::convert_r(Half::from_bits(v as u128), rnd, &mut lost).value;
+            (r.to_bits() as u64, 0x7b, r.is_nan() || r.is_infinite())
+        }
+        _ => {
+            let r = FloatConvert::<Float8E5M2>::convert_r(Single::from_bits(v as u128), rnd, &mut lost).value;
+            (r.to_bits() as u64, 0x7b, r.is_nan() || r.is_infinite())
+        }
+    };
+    if nan {
+        0x7f
+    } else if out_nan {
+        max | if negative { 0x80 } else { 0 }
+    } else {
+        r
+    }
+}
+
+/// An 8-bit float as `ty` (f16 for e4m3/e5m2, bf16 for ue8m0): exact.
+pub(crate) fn from_f8(f8: F8, ty: Ty, v: u64) -> u64 {
+    let mut lost = false;
+    let rnd = Round::NearestTiesToEven;
+    match f8 {
+        F8::Ue8m0 if v == 0xff => canonical_nan(ty),
+        F8::Ue8m0 => from_f64(2f64.powi(v as i32 - 127), ty),
+        F8::E4m3 => FloatConvert::<Half>::convert_r(Float8E4M3FN::from_bits(v as u128), rnd, &mut lost).value.to_bits() as u64,
+        F8::E5m2 => FloatConvert::<Half>::convert_r(Float8E5M2::from_bits(v as u128), rnd, &mut lost).value.to_bits() as u64,
     }
 }

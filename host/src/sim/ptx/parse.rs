@@ -198,6 +198,14 @@ pub enum WarpOp {
     Mma(MmaKind),
 }
 
+/// 8-bit float formats: OCP e4m3 (no infinity) and e5m2, and ue8m0 (a power of two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F8 {
+    E4m3,
+    E5m2,
+    Ue8m0,
+}
+
 /// A tensor-core multiply-add the sim runs: its shape and element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmaKind {
@@ -353,6 +361,10 @@ pub enum Op {
     CopySign { ty: Ty, d: Opnd, a: Opnd, b: Opnd },
     /// cvt.rn[.relu].f16x2.f32 / .bf16x2.f32: `a` rounded into the upper half, `b` the lower.
     CvtPack { ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd },
+    /// Conversions to and from pairs of 8-bit floats: `wide` is the other side's type (f32 as
+    /// two sources `a` (upper byte) and `b`, or f16/bf16 pairs in one 32-bit register `a`);
+    /// `to_f8` says the direction.
+    CvtF8 { f8: F8, wide: Ty, to_f8: bool, m: Mods, d: Opnd, a: Opnd, b: Opnd },
     /// dp4a (`halves` false) and dp2a.lo/.hi: byte (or halfword by byte) dot product plus `c`;
     /// `sa`/`sb`: the signedness of a's and b's parts.
     Dot { halves: bool, hi: bool, sa: bool, sb: bool, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
@@ -1630,6 +1642,39 @@ impl Parser {
             "selp" => {
                 let ty = need_ty()?;
                 Op::Selp { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c: o(3, None)? }
+            }
+            "cvt" if mods.iter().any(|m| matches!(*m, "e4m3x2" | "e5m2x2" | "ue8m0x2")) => {
+                let f8 = match mods.iter().find(|m| m.ends_with("x2") && m.contains('m')) {
+                    Some(&"e4m3x2") => F8::E4m3,
+                    Some(&"e5m2x2") => F8::E5m2,
+                    _ => F8::Ue8m0,
+                };
+                let (dst, src) = (mods[mods.len() - 2], mods[mods.len() - 1]);
+                let to_f8 = dst.ends_with("m3x2") || dst.ends_with("m2x2") || dst == "ue8m0x2";
+                let wide = match if to_f8 { src } else { dst } {
+                    "f32" => Ty::F32,
+                    "f16x2" => Ty::F16,
+                    _ => Ty::Bf16, // bf16x2
+                };
+                // What the ISA defines: from f32 or f16x2 with .satfinite (e4m3/e5m2 in .rn,
+                // ue8m0 in .rz or .rp), and back to f16x2 (e4m3/e5m2) or bf16x2 (ue8m0).
+                let valid = if to_f8 {
+                    has("satfinite")
+                        && match f8 {
+                            F8::Ue8m0 => wide == Ty::F32 && matches!(rnd, Rnd::Zero | Rnd::Up),
+                            _ => wide != Ty::Bf16 && rnd == Rnd::Near,
+                        }
+                } else {
+                    (f8 == F8::Ue8m0) == (wide == Ty::Bf16) && wide != Ty::F32
+                };
+                if !valid {
+                    Op::Unsupported
+                } else {
+                    let two = to_f8 && wide == Ty::F32;
+                    let (d, a) = (o(0, Some(if to_f8 { Ty::B16 } else { Ty::B32 }))?, o(1, Some(Ty::B32))?);
+                    let b = if two { o(2, Some(Ty::B32))? } else { Opnd::Sink };
+                    Op::CvtF8 { f8, wide, to_f8, m, d, a, b }
+                }
             }
             "cvt" => {
                 if let (Some(ty), Some(&"f32")) = (packed, mods.last()) {
