@@ -1391,6 +1391,36 @@ impl<'a> Ctx<'a> {
                 self.access(Space::Global, s, from as usize, local, i, None, &mut buf[..from as usize])?;
                 self.access(Space::Shared, d, n as usize, local, i, Some(&buf[..n as usize]), &mut [])?;
             }
+            Op::Shf { left, clamp, d, a, b, c } => {
+                let v = mask(g!(b), 32) << 32 | mask(g!(a), 32);
+                let n = if *clamp { g!(c).min(32) } else { g!(c) & 31 };
+                let r = if *left { (v << n) >> 32 } else { v >> n };
+                self.set(d, Ty::B32, r, regs, i)?;
+            }
+            Op::Mul24 { hi, signed, d, a, b, c } => {
+                let part = |v: u64| if *signed { sext(v, 24) } else { mask(v, 24) as i64 };
+                let p = part(g!(a)) * part(g!(b));
+                let r = if *hi { p >> 16 } else { p } as u64;
+                let add = match c {
+                    Some(c) => g!(c),
+                    None => 0,
+                };
+                self.set(d, if *signed { Ty::S32 } else { Ty::U32 }, mask(r.wrapping_add(add), 32), regs, i)?;
+            }
+            Op::Testp { class, ty, p, a } => {
+                let v = g!(a);
+                let x = to_f64(v, *ty);
+                let subnormal = float::is_subnormal(v, *ty);
+                let r = match class {
+                    0 => x.is_finite(),
+                    1 => x.is_infinite(),
+                    2 => !x.is_nan(),
+                    3 => x.is_nan(),
+                    4 => x.is_finite() && x != 0.0 && !subnormal,
+                    _ => subnormal,
+                };
+                self.set(p, Ty::Pred, r as u64, regs, i)?;
+            }
             Op::Sad { ty, d, a, b, c } => {
                 let bits = ty.bits();
                 let (x, y) = (g!(a), g!(b));

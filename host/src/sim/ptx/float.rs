@@ -82,6 +82,12 @@ pub(crate) fn is_nan(v: u64, ty: Ty) -> bool {
     (v >> m) & ((1 << e) - 1) == (1 << e) - 1 && mask(v, m) != 0
 }
 
+/// A subnormal of its format (exponent field 0, not a zero).
+pub(crate) fn is_subnormal(v: u64, ty: Ty) -> bool {
+    let (e, m) = layout(ty);
+    (v >> m) & ((1 << e) - 1) == 0 && mask(v, m) != 0
+}
+
 fn sign_bit(ty: Ty) -> u64 {
     1 << (ty.bits() - 1)
 }

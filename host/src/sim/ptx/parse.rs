@@ -373,6 +373,15 @@ pub enum Op {
     Prmt { mode: Option<u8>, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     /// sad: |a - b| + c.
     Sad { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// shf.l / shf.r: the 64-bit {b, a} shifted by c (mod 32 with .wrap, at most 32 with
+    /// .clamp); the high (left) or low (right) 32 bits.
+    Shf { left: bool, clamp: bool, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// mul24 / mad24 (`c` Some): the low 24 bits of a and b multiplied (48 bits), its low 32
+    /// bits or (`hi`) bits 47..16, plus c.
+    Mul24 { hi: bool, signed: bool, d: Opnd, a: Opnd, b: Opnd, c: Option<Opnd> },
+    /// testp: whether a float is of a class (`class`: finite, infinite, number, notanumber,
+    /// normal, subnormal).
+    Testp { class: u8, ty: Ty, p: Opnd, a: Opnd },
     /// isspacep.space: whether a generic address is in that state space.
     IsSpace { space: Space, p: Opnd, a: Opnd },
     /// cp.async (global to shared, `size` bytes of which the first `src_size` are copied and the
@@ -1634,6 +1643,26 @@ impl Parser {
             "prmt" => {
                 let mode = ["f4e", "b4e", "rc8", "ecl", "ecr", "rc16"].iter().position(|m| has(m)).map(|i| i as u8);
                 Op::Prmt { mode, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::B32))? }
+            }
+            "shf" => Op::Shf { left: has("l"), clamp: has("clamp"), d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: o(2, Some(Ty::B32))?, c: o(3, Some(Ty::U32))? },
+            "mul24" | "mad24" => {
+                let ty = need_ty()?;
+                let c = if name == "mad24" { Some(o(3, Some(ty))?) } else { None };
+                if has("sat") {
+                    Op::Unsupported // mad24.hi.sat.s32
+                } else {
+                    Op::Mul24 { hi: has("hi"), signed: ty.signed(), d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c }
+                }
+            }
+            "testp" => {
+                let class = ["finite", "infinite", "number", "notanumber", "normal", "subnormal"].iter().position(|c| has(c));
+                match class {
+                    Some(class) => {
+                        let ty = need_ty()?;
+                        Op::Testp { class: class as u8, ty, p: o(0, Some(Ty::Pred))?, a: o(1, Some(ty))? }
+                    }
+                    None => return err(line, format!("no class in `{s}`")),
+                }
             }
             "sad" => {
                 let ty = need_ty()?;
