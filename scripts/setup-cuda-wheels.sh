@@ -34,4 +34,15 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy cached in $venv"; else
     cuda-pathfinder==1.9.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
   touch "$venv/.complete-v1"
 fi
+# llama.cpp as users get it prebuilt with CUDA (cyllama-cuda12: ggml's CUDA backend with
+# compute_75 PTX, linked against cudart and cuBLAS 12), with the gguf package to write test
+# models; tests/llama_check.py compares it on vgpu with its own CPU backend.
+venv=$CACHE/llama-venv
+if [ -f "$venv/.complete-v1" ]; then echo "setup: llama.cpp (cyllama) cached in $venv"; else
+  echo "setup: installing llama.cpp (cyllama-cuda12 0.2.18) with cuBLAS 12 into $venv (about 1.2 GB)"
+  rm -rf "$venv" && python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cyllama-cuda12==0.2.18 gguf==0.19.0 numpy==2.4.6 \
+    nvidia-cublas-cu12==12.9.1.4 nvidia-cuda-runtime-cu12==12.9.79
+  touch "$venv/.complete-v1"
+fi
 touch "$CACHE/cuda-wheels/.complete-v1"

@@ -843,31 +843,32 @@ def pack(vals, width):
 def matrix_forms(rng):
     forms = []
     # ldmatrix: lanes store 16-byte rows to shared memory, then name rows (of their warp) by index.
-    for num in (1, 2, 4):
-        for trans in (False, True):
-            outs = ", ".join(f"{{o{i}}}" for i in range(num))
-            name = f"ldmatrix.sync.aligned.m8n8.x{num}{'.trans' if trans else ''}.shared.b16"
-            text = ("{{ .reg .b32 %t, %w, %o, %ad;\n  mov.u32 %t, %tid.x;\n  mov.u32 %o, lmbuf;\n  mad.lo.u32 %ad, %t, 16, %o;\n"
-                    "  st.shared.v2.b64 [%ad], {{{i0}, {i1}}};\n  and.b32 %w, %t, 0xffffffe0;\n  add.u32 %w, %w, {i2};\n"
-                    "  mad.lo.u32 %ad, %w, 16, %o;\n  bar.warp.sync 0xffffffff;\n"
-                    f"  {name} {{{{{outs}}}}}, [%ad]; }}}}")
-            f = Form(name, text, ["b64", "b64", "b32"], ["b32"] * num, decls=".shared .align 16 .b8 lmbuf[2048];")
-            for _ in range(4):
-                rows = [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(32)]
-                sel = list(range(32))
-                rng.shuffle(sel)
-                data = [lo | hi << 64 for lo, hi in rows]
-                elem = lambda m, r, c: (data[sel[8 * m + r]] >> (16 * c)) & 0xffff
-                for l in range(32):
-                    outv = []
-                    for m in range(num):
-                        if trans:
-                            lo, hi = elem(m, 2 * (l % 4), l // 4), elem(m, 2 * (l % 4) + 1, l // 4)
-                        else:
-                            lo, hi = elem(m, l // 4, 2 * (l % 4)), elem(m, l // 4, 2 * (l % 4) + 1)
-                        outv.append(lo | hi << 16)
-                    f.case([rows[l][0], rows[l][1], sel[l]], outv)
-            forms.append(f)
+    # (And with a generic address, the instruction naming no state space, as ggml writes it.)
+    for num, trans, generic in [(n, t, False) for n in (1, 2, 4) for t in (False, True)] + [(4, False, True), (2, True, True)]:
+        outs = ", ".join(f"{{o{i}}}" for i in range(num))
+        name = f"ldmatrix.sync.aligned.m8n8.x{num}{'.trans' if trans else ''}{'' if generic else '.shared'}.b16"
+        addr = "  cvt.u64.u32 %ag, %ad;\n  cvta.shared.u64 %ag, %ag;\n" if generic else ""
+        text = ("{{ .reg .b32 %t, %w, %o, %ad;\n  .reg .b64 %ag;\n  mov.u32 %t, %tid.x;\n  mov.u32 %o, lmbuf;\n  mad.lo.u32 %ad, %t, 16, %o;\n"
+                "  st.shared.v2.b64 [%ad], {{{i0}, {i1}}};\n  and.b32 %w, %t, 0xffffffe0;\n  add.u32 %w, %w, {i2};\n"
+                "  mad.lo.u32 %ad, %w, 16, %o;\n  bar.warp.sync 0xffffffff;\n" + addr +
+                f"  {name} {{{{{outs}}}}}, [{'%ag' if generic else '%ad'}]; }}}}")
+        f = Form(name, text, ["b64", "b64", "b32"], ["b32"] * num, decls=".shared .align 16 .b8 lmbuf[2048];")
+        for _ in range(4):
+            rows = [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(32)]
+            sel = list(range(32))
+            rng.shuffle(sel)
+            data = [lo | hi << 64 for lo, hi in rows]
+            elem = lambda m, r, c: (data[sel[8 * m + r]] >> (16 * c)) & 0xffff
+            for l in range(32):
+                outv = []
+                for m in range(num):
+                    if trans:
+                        lo, hi = elem(m, 2 * (l % 4), l // 4), elem(m, 2 * (l % 4) + 1, l // 4)
+                    else:
+                        lo, hi = elem(m, l // 4, 2 * (l % 4)), elem(m, l // 4, 2 * (l % 4) + 1)
+                    outv.append(lo | hi << 16)
+                f.case([rows[l][0], rows[l][1], sel[l]], outv)
+        forms.append(f)
     # mma.sync: a warp's fragments of A, B, C; D = A * B + C. Integer results are exact; float
     # ones are the exact sum rounded once, within the accumulation error the ISA allows (the
     # tensor cores' internal order and precision are not specified).

@@ -787,7 +787,8 @@ impl<'a> Ctx<'a> {
             });
         }
         let outputs: Vec<Vec<u64>> = match *op {
-            WarpOp::Ldmatrix { num, trans } => {
+            WarpOp::Ldmatrix { num, trans, generic } => {
+                let space = if generic { Space::Generic } else { Space::Shared };
                 let row = |m: usize, r: usize| inputs[8 * m + r][0][0];
                 let mut out = vec![Vec::new(); 32];
                 for (l, o) in out.iter_mut().enumerate() {
@@ -797,10 +798,10 @@ impl<'a> Ctx<'a> {
                             // Element (2*(l%4) + h, l/4) of matrix m: a column of its rows.
                             for h in 0..2 {
                                 let at = row(m, 2 * (l % 4) + h) + 2 * (l / 4) as u64;
-                                self.access(Space::Shared, at, 2, &mut [], i, None, &mut v[2 * h..2 * h + 2])?;
+                                self.access(space, at, 2, &mut [], i, None, &mut v[2 * h..2 * h + 2])?;
                             }
                         } else {
-                            self.access(Space::Shared, row(m, l / 4) + 4 * (l % 4) as u64, 4, &mut [], i, None, &mut v)?;
+                            self.access(space, row(m, l / 4) + 4 * (l % 4) as u64, 4, &mut [], i, None, &mut v)?;
                         }
                         o.push(u32::from_le_bytes(v) as u64);
                     }

@@ -192,8 +192,9 @@ pub enum WarpOp {
     /// match.all.sync: the mask if every lane's value is equal (predicate true), else 0.
     MatchAll(Ty),
     /// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].b16: `num` 8x8 matrices of 16-bit elements
-    /// from rows whose shared-memory addresses lanes give, spread over the warp's registers.
-    Ldmatrix { num: u8, trans: bool },
+    /// from rows whose shared-memory addresses lanes give, spread over the warp's registers
+    /// (`generic`: the addresses are generic ones, the instruction naming no state space).
+    Ldmatrix { num: u8, trans: bool, generic: bool },
     /// mma.sync.aligned (row.col): D = A * B + C over the warp's fragments.
     Mma(MmaKind),
 }
@@ -1874,7 +1875,7 @@ impl Parser {
                         let (d, a) = (o(0, Some(Ty::B32))?, o(1, None)?);
                         match &d {
                             Opnd::Vec(v) if v.len() == num as usize => {
-                                Op::Warp { op: WarpOp::Ldmatrix { num, trans: has("trans") }, d, p: Opnd::Sink, a, b: Opnd::Sink, c: Opnd::Sink, mask: Opnd::Imm(0xffff_ffff), neg_a: false }
+                                Op::Warp { op: WarpOp::Ldmatrix { num, trans: has("trans"), generic: !has("shared") }, d, p: Opnd::Sink, a, b: Opnd::Sink, c: Opnd::Sink, mask: Opnd::Imm(0xffff_ffff), neg_a: false }
                             }
                             _ => return err(line, format!("ldmatrix .x{num} needs {num} destination registers: `{s}`")),
                         }

@@ -1,0 +1,66 @@
+//! llama.cpp's prebuilt CUDA backend (PyPI's cyllama-cuda12, unmodified: ggml's CUDA kernels
+//! as compute_75 PTX) on vgpu's libcuda, sim backend, against llama.cpp's own CPU backend:
+//! tests/llama_check.py makes tiny random-weight models in each weight type and compares
+//! greedy decoding and logits. Installed by scripts/setup-cuda-wheels.sh.
+
+use std::path::PathBuf;
+use std::process::Command;
+use vgpu_tests::*;
+
+fn llama_python() -> PathBuf {
+    let venv = wheels_dir().parent().unwrap().join("llama-venv");
+    assert!(venv.join(".complete-v1").exists(), "llama.cpp missing at {}: run scripts/setup-cuda-wheels.sh (scripts/test.sh does)", venv.display());
+    venv.join("bin/python")
+}
+
+/// The libraries ggml's CUDA backend links against: NVIDIA's cudart and cuBLAS from the venv,
+/// and vgpu's libcuda.so.1.
+fn library_path(python: &std::path::Path) -> String {
+    let site = python.parent().unwrap().parent().unwrap().join("lib/python3.11/site-packages/nvidia");
+    format!("{}:{}:{}", site.join("cuda_runtime/lib").display(), site.join("cublas/lib").display(), libcuda_dir().display())
+}
+
+/// Every weight type, both KV cache types, the prompt a token at a time and as one batch (the
+/// batched quantized path is ggml's MMQ: int8 mma.sync and ldmatrix). F32 weights with a
+/// prompt batch go to cuBLAS, whose kernels are SASS only: GPU only.
+const CONFIGS: [&str; 11] = [
+    "F32:f32:one",
+    "F32:f16:one",
+    "F16:f16:one",
+    "F16:f32:prompt",
+    "F16:f16:prompt",
+    "Q8_0:f16:one",
+    "Q8_0:f32:prompt",
+    "Q4_0:f32:one",
+    "Q4_0:f16:prompt",
+    "Q4_K:f16:one",
+    "Q4_K:f32:prompt",
+];
+
+#[test]
+fn llama_cpp_cuda_backend_on_vgpu_equals_its_cpu_backend() {
+    let py = llama_python();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llama_check.py");
+    let models = TempDir::new("llama-models");
+    let make = Command::new(&py).arg(&script).arg("make").arg(&models.0).env("LD_LIBRARY_PATH", library_path(&py)).env("VGPU_SOCKET", "/nonexistent").output().unwrap();
+    assert!(make.status.success(), "making the models:\n{}", describe(&make));
+    let m = Mediator::start();
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg("compare")
+        .arg(&models.0)
+        .args(CONFIGS)
+        .env("LD_LIBRARY_PATH", library_path(&py))
+        .env("VGPU_SOCKET", &m.socket)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    let ok = stdout.lines().filter(|l| l.starts_with("LLAMA-CHECK ok ")).count();
+    assert!(
+        out.status.success() && stdout.lines().last() == Some("PASS") && ok == CONFIGS.len(),
+        "llama.cpp on vgpu:\n{}\n--- mediator log (tail)\n{}",
+        describe(&out),
+        m.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+}
