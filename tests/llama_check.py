@@ -4,6 +4,7 @@ own CPU backend, on tiny random-weight models this script makes.
     llama_check.py make DIR                      # write the models (F32, F16, Q8_0, Q4_0, Q4_K)
     llama_check.py run MODEL KV MODE N           # one run: prints the tokens and the logits' digest
     llama_check.py compare DIR [CONFIG ...]      # each config on the CPU and on vgpu, compared
+    llama_check.py bench DIR [CONFIG ...]        # decode tokens/s, CPU backend and vgpu side by side
 
 A CONFIG is WEIGHTS:KV:MODE, e.g. F16:f16:prompt (KV cache type f16 or f32; MODE `one` feeds the
 prompt a token at a time, `prompt` as one batch). A run greedily decodes N tokens after a fixed
@@ -133,6 +134,9 @@ def run(model_path, kv, mode, n, forced=None):
             last = feed([tok], j)
     out = []
     pos = len(PROMPT)
+    import time
+
+    t0 = time.perf_counter()
     for k in range(n):
         logits_out.append(last.tolist())
         tok = int(np.argmax(last))
@@ -141,7 +145,9 @@ def run(model_path, kv, mode, n, forced=None):
         # stay comparable position by position even where a near-tie went the other way.
         last = feed([forced[k] if forced else tok], pos)
         pos += 1
-    print(json.dumps({"tokens": out, "logits": logits_out}))
+    ctx.synchronize()
+    decode_s = time.perf_counter() - t0
+    print(json.dumps({"tokens": out, "logits": logits_out, "decode_tokens_per_s": n / decode_s}))
 
 
 def compare(model_dir, configs, n):
@@ -189,6 +195,26 @@ def compare(model_dir, configs, n):
     return 1 if failed else 0
 
 
+def bench(model_dir, configs, n):
+    """Decode speed (tokens/s after the prompt) of the CPU backend and of vgpu, in one run."""
+    here = os.path.abspath(__file__)
+    print(f"{'config':18} {'CPU backend':>14} {'vgpu (sim)':>14} {'ratio':>8}")
+    for config in configs:
+        weights, kv, mode = config.split(":")
+        model = os.path.join(model_dir, f"tiny-{weights}.gguf")
+        speed = {}
+        for where in ("cpu", "vgpu"):
+            env = dict(os.environ)
+            if where == "cpu":
+                env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"
+            r = subprocess.run([sys.executable, here, "run", model, kv, mode, str(n)], env=env, capture_output=True, text=True)
+            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "{}"
+            speed[where] = json.loads(line).get("decode_tokens_per_s") if line.startswith("{") else None
+        c, g = speed["cpu"], speed["vgpu"]
+        ratio = f"{g / c:.2e}" if c and g else "-"
+        print(f"{config:18} {c or 0:>12.1f}/s {g or 0:>12.2f}/s {ratio:>8}")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "make":
@@ -198,3 +224,5 @@ if __name__ == "__main__":
     elif cmd == "compare":
         n = int(os.environ.get("LLAMA_CHECK_TOKENS", "16"))
         sys.exit(compare(sys.argv[2], sys.argv[3:], n))
+    elif cmd == "bench":
+        bench(sys.argv[2], sys.argv[3:] or ["F32:f32:one", "F16:f16:one", "Q8_0:f16:one", "Q4_0:f16:one"], int(os.environ.get("LLAMA_CHECK_TOKENS", "16")))
