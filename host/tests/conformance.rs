@@ -148,8 +148,11 @@ fn listed_unsupported() -> BTreeSet<String> {
     text.lines().map(|l| l.split('#').next().unwrap().trim()).filter(|l| !l.is_empty()).map(String::from).collect()
 }
 
+/// A golden file's outputs: per form, per case, each output's bits.
+type GoldenForms = BTreeMap<String, Vec<Vec<Option<u64>>>>;
+
 /// Golden files written on real GPUs: {"device": .., "forms": {name: [[outputs] per case]}}.
-fn goldens() -> Vec<(String, BTreeMap<String, Vec<Vec<Option<u64>>>>)> {
+fn goldens() -> Vec<(String, GoldenForms)> {
     let Ok(rd) = std::fs::read_dir(dir().join("golden")) else { return Vec::new() };
     let mut out = Vec::new();
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {

@@ -289,7 +289,7 @@ pub(crate) fn unary(op: Un, ty: Ty, m: Mods, a: u64) -> Option<u64> {
 /// on an input scaled by an even power of two into [1, 4), where r*r - x is exact in fma.
 fn sqrt(ty: Ty, rnd: Rnd, a: u64) -> u64 {
     let x = to_f64(a, ty);
-    if !(x > 0.0) || x.is_infinite() {
+    if x.is_nan() || x <= 0.0 || x.is_infinite() {
         return from_f64(x.sqrt(), ty); // NaN, +-0, +inf, negatives (NaN)
     }
     let r = match ty {

@@ -1610,7 +1610,7 @@ impl Parser {
                 let (a, b) = (o(1, Some(opty))?, o(2, Some(opty))?);
                 if name == "set" {
                     // set.CMP[.BOOL].dtype.stype: the destination type is the first one named.
-                    let dty = match mods.iter().filter(|m| Ty::from_name(m).is_some() || m.ends_with("x2")).next() {
+                    let dty = match mods.iter().find(|m| Ty::from_name(m).is_some() || m.ends_with("x2")) {
                         Some(&"f16x2") => Ty::F16,
                         Some(&"bf16x2") => Ty::Bf16,
                         Some(t) => Ty::from_name(t).unwrap_or(Ty::U32),
@@ -1903,7 +1903,7 @@ impl Parser {
                 src: o(1, None)?,
                 size: o(2, Some(Ty::U32))?,
                 // With .L2::cache_hint the last operand is the cache policy, not the source size.
-                src_size: (ops.len() == 4 + mods.iter().any(|m| *m == "L2::cache_hint") as usize).then(|| o(3, Some(Ty::U32))).transpose()?,
+                src_size: (ops.len() == 4 + mods.contains(&"L2::cache_hint") as usize).then(|| o(3, Some(Ty::U32))).transpose()?,
             },
             "ret" => Op::Ret,
             "exit" => Op::Exit,
