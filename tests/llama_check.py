@@ -150,27 +150,36 @@ def run(model_path, kv, mode, n, forced=None):
     print(json.dumps({"tokens": out, "logits": logits_out, "decode_tokens_per_s": n / decode_s}))
 
 
+def run_child(model_dir, config, n, where, forced=None):
+    """One run of `config` in a child process, on llama.cpp's CPU backend (`where` "cpu": our
+    libcuda finds no mediator, so ggml sees no CUDA device) or on vgpu: its JSON result, or
+    None and the error lines of its stderr."""
+    weights, kv, mode = config.split(":")
+    args = [sys.executable, os.path.abspath(__file__), "run", os.path.join(model_dir, f"tiny-{weights}.gguf"), kv, mode, str(n)]
+    env = dict(os.environ)
+    if where == "cpu":
+        env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"
+    if forced:
+        args.append(json.dumps(forced))
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    if r.returncode != 0 or not line.startswith("{"):
+        err = "\n".join(l for l in r.stderr.splitlines() if "vgpu" in l or "error" in l.lower())[-1500:]
+        return None, f"exit {r.returncode}: {err}"
+    return json.loads(line), None
+
+
 def compare(model_dir, configs, n):
-    here = os.path.abspath(__file__)
     failed = 0
     for config in configs:
-        weights, kv, mode = config.split(":")
-        model = os.path.join(model_dir, f"tiny-{weights}.gguf")
+        weights = config.split(":")[0]
         results = {}
         for where in ("cpu", "vgpu"):
-            env = dict(os.environ)
-            args = [sys.executable, here, "run", model, kv, mode, str(n)]
-            if where == "cpu":
-                env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"  # cuInit finds no device
-            else:
-                args.append(json.dumps(results["cpu"]["tokens"]))
-            r = subprocess.run(args, env=env, capture_output=True, text=True)
-            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-            if r.returncode != 0 or not line.startswith("{"):
-                err = "\n".join(l for l in r.stderr.splitlines() if "vgpu" in l or "error" in l.lower())[-1500:]
-                print(f"LLAMA-CHECK FAIL {config}: the {where} run failed (exit {r.returncode}): {err}")
+            res, err = run_child(model_dir, config, n, where, results["cpu"]["tokens"] if where == "vgpu" else None)
+            if res is None:
+                print(f"LLAMA-CHECK FAIL {config}: the {where} run failed ({err})")
                 break
-            results[where] = json.loads(line)
+            results[where] = res
         if len(results) < 2:
             failed += 1
             continue
@@ -197,20 +206,9 @@ def compare(model_dir, configs, n):
 
 def bench(model_dir, configs, n):
     """Decode speed (tokens/s after the prompt) of the CPU backend and of vgpu, in one run."""
-    here = os.path.abspath(__file__)
     print(f"{'config':18} {'CPU backend':>14} {'vgpu (sim)':>14} {'ratio':>8}")
     for config in configs:
-        weights, kv, mode = config.split(":")
-        model = os.path.join(model_dir, f"tiny-{weights}.gguf")
-        speed = {}
-        for where in ("cpu", "vgpu"):
-            env = dict(os.environ)
-            if where == "cpu":
-                env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"
-            r = subprocess.run([sys.executable, here, "run", model, kv, mode, str(n)], env=env, capture_output=True, text=True)
-            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "{}"
-            speed[where] = json.loads(line).get("decode_tokens_per_s") if line.startswith("{") else None
-        c, g = speed["cpu"], speed["vgpu"]
+        c, g = ((run_child(model_dir, config, n, where)[0] or {}).get("decode_tokens_per_s") for where in ("cpu", "vgpu"))
         ratio = f"{g / c:.2e}" if c and g else "-"
         print(f"{config:18} {c or 0:>12.1f}/s {g or 0:>12.2f}/s {ratio:>8}")
 

@@ -80,40 +80,28 @@ class Form:
         self.cases.append({"in": [int(v) & (2**64 - 1) for v in ins], "out": outs})
 
     def ptx(self):
-        body, counters, names = [], {}, {}
-        for k, cls in enumerate(self.ins):
-            if cls == "mem":
-                names[f"i{k}"] = f"%in+{8 * k}"
+        body, stores, counters, names = [], [], {}, {}
+        # Registers by class, in order: the inputs' first, then the outputs'. `i<k>`/`o<k>` name
+        # each operand, and a/b/c/e and d/q/d2/d3 the first four of each.
+        for prefix, aliases, base, classes in (("i", PLACE_IN, "%in", self.ins), ("o", PLACE_OUT, "%out", self.outs)):
+            for k, cls in enumerate(classes):
+                if cls == "mem":
+                    place = f"{base}+{8 * k}"
+                else:
+                    j = counters.get(cls, 0)
+                    counters[cls] = j + 1
+                    place = f"{REG[cls]}{j}"
+                    if prefix == "i" and cls == "pred":
+                        body.append(f"\tld.global.b32 %rt, [%in+{8 * k}];\n\tsetp.ne.b32 {place}, %rt, 0;")
+                    elif prefix == "i":
+                        body.append(f"\tld.global.b{WIDTH[cls]} {place}, [%in+{8 * k}];")
+                    elif cls == "pred":
+                        stores.append(f"\tselp.b32 %rt, 1, 0, {place};\n\tst.global.b32 [%out+{8 * k}], %rt;")
+                    else:
+                        stores.append(f"\tst.global.b{WIDTH[cls]} [%out+{8 * k}], {place};")
+                names[f"{prefix}{k}"] = place
                 if k < 4:
-                    names[PLACE_IN[k]] = names[f"i{k}"]
-                continue
-            j = counters.get(cls, 0)
-            counters[cls] = j + 1
-            reg = f"{REG[cls]}{j}"
-            names[f"i{k}"] = reg
-            if k < 4:
-                names[PLACE_IN[k]] = reg
-            if cls == "pred":
-                body.append(f"\tld.global.b32 %rt, [%in+{8 * k}];\n\tsetp.ne.b32 {reg}, %rt, 0;")
-            else:
-                body.append(f"\tld.global.b{WIDTH[cls]} {reg}, [%in+{8 * k}];")
-        stores = []
-        for k, cls in enumerate(self.outs):
-            if cls == "mem":
-                names[f"o{k}"] = f"%out+{8 * k}"
-                if k < 4:
-                    names[PLACE_OUT[k]] = names[f"o{k}"]
-                continue
-            j = counters.get(cls, 0)
-            counters[cls] = j + 1
-            reg = f"{REG[cls]}{j}"
-            names[f"o{k}"] = reg
-            if k < 4:
-                names[PLACE_OUT[k]] = reg
-            if cls == "pred":
-                stores.append(f"\tselp.b32 %rt, 1, 0, {reg};\n\tst.global.b32 [%out+{8 * k}], %rt;")
-            else:
-                stores.append(f"\tst.global.b{WIDTH[cls]} [%out+{8 * k}], {reg};")
+                    names[aliases[k]] = place
         assert len(self.ins) <= SLOTS and len(self.outs) <= SLOTS, self.name
         assert all(v <= {"pred": 16, "b16": 16, "b32": 24, "b64": 16}[c] for c, v in counters.items()), self.name
         inst = "\t" + self.text.format(**names).replace("\n", "\n\t")

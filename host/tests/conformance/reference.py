@@ -180,34 +180,31 @@ def _sat(bits, f, sat):
     return bits
 
 
-def mul(x, y, f, mode="rn", ftz=False, sat=False):
-    x, y = flush(x, f, ftz), flush(y, f, ftz)
-    a, b = decode(x, f), decode(y, f)
+def _product(a, b):
+    """The exact product of two decoded values: NaN for a NaN operand or 0 * inf."""
     if a[0] == "nan" or b[0] == "nan":
-        return _sat(NAN, f, sat)
+        return ("nan",)
     sign = a[1] ^ b[1]
     if a[0] == "inf" or b[0] == "inf":
         other = b if a[0] == "inf" else a
-        if other[0] == "num" and other[2] == 0:
-            return _sat(NAN, f, sat)
-        return _sat(encode(sign, "inf", f), f, sat)
-    return _sat(encode(sign, a[2] * b[2], f, mode, ftz), f, sat)
+        return ("nan",) if other[0] == "num" and other[2] == 0 else ("inf", sign)
+    return ("num", sign, a[2] * b[2])
+
+
+def mul(x, y, f, mode="rn", ftz=False, sat=False):
+    x, y = flush(x, f, ftz), flush(y, f, ftz)
+    p = _product(decode(x, f), decode(y, f))
+    if p[0] == "nan":
+        return _sat(NAN, f, sat)
+    return _sat(encode(p[1], "inf" if p[0] == "inf" else p[2], f, mode, ftz), f, sat)
 
 
 def fma(x, y, z, f, mode="rn", ftz=False, sat=False):
     x, y, z = flush(x, f, ftz), flush(y, f, ftz), flush(z, f, ftz)
-    a, b, c = decode(x, f), decode(y, f), decode(z, f)
-    if "nan" in (a[0], b[0], c[0]):
+    p, c = _product(decode(x, f), decode(y, f)), decode(z, f)
+    if p[0] == "nan" or c[0] == "nan":
         return _sat(NAN, f, sat)
-    sign = a[1] ^ b[1]
-    if a[0] == "inf" or b[0] == "inf":
-        other = b if a[0] == "inf" else a
-        if other[0] == "num" and other[2] == 0:
-            return _sat(NAN, f, sat)
-        prod = ("inf", sign)
-    else:
-        prod = ("num", sign, a[2] * b[2])
-    return _finish_add(prod, c, f, mode, ftz, sat)
+    return _finish_add(p, c, f, mode, ftz, sat)
 
 
 def div(x, y, f, mode="rn", ftz=False):

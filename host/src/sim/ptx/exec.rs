@@ -393,6 +393,18 @@ fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
     mask(r, bits)
 }
 
+/// A comparison's result combined with a predicate register (setp/set `.and/.or/.xor`, the
+/// register maybe negated), or as it is.
+fn combined(comb: Option<(BoolOp, u32, bool)>, regs: &[u64], x: bool) -> bool {
+    let Some((op, c, neg)) = comb else { return x };
+    let c = (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg;
+    match op {
+        BoolOp::And => x && c,
+        BoolOp::Or => x || c,
+        BoolOp::Xor => x ^ c,
+    }
+}
+
 /// A comparison as setp/set make it; `.ftz` compares subnormal f32 operands as zeros.
 fn compare_ftz(cmp: Cmp, ty: Ty, ftz: bool, a: u64, b: u64) -> bool {
     if ty.float() {
@@ -1256,13 +1268,7 @@ impl<'a> Ctx<'a> {
                 self.set(d, dty, r, regs, i)?;
             }
             Op::Setp { cmp, ty, m, packed, p, q, a, b, comb } => {
-                let cv = comb.map(|(op, c, neg)| (op, (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg));
-                let combine = |x: bool| match cv {
-                    None => x,
-                    Some((BoolOp::And, c)) => x && c,
-                    Some((BoolOp::Or, c)) => x || c,
-                    Some((BoolOp::Xor, c)) => x ^ c,
-                };
+                let combine = |x: bool| combined(*comb, regs, x);
                 let (x, y) = (g!(a), g!(b));
                 let (rp, rq) = if *packed {
                     let half = |k: u32| compare_ftz(*cmp, *ty, m.ftz, (x >> k) & 0xffff, (y >> k) & 0xffff);
@@ -1275,13 +1281,7 @@ impl<'a> Ctx<'a> {
                 self.set(q, Ty::Pred, rq as u64, regs, i)?;
             }
             Op::Set { cmp, dty, sty, m, packed, d, a, b, comb } => {
-                let cv = comb.map(|(op, c, neg)| (op, (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg));
-                let combine = |x: bool| match cv {
-                    None => x,
-                    Some((BoolOp::And, c)) => x && c,
-                    Some((BoolOp::Or, c)) => x || c,
-                    Some((BoolOp::Xor, c)) => x ^ c,
-                };
+                let combine = |x: bool| combined(*comb, regs, x);
                 // True is 1.0 for a float destination, all ones for an integer one.
                 let truth = |ty: Ty, width: u32| if ty.float() { float::from_f64(1.0, ty) } else { mask(u64::MAX, width) };
                 let (x, y) = (g!(a), g!(b));
