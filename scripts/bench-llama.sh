@@ -14,7 +14,7 @@ trap 'kill $hostd 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/lib"
 ln -s "$PWD/target/release/libcuda.so" "$work/lib/libcuda.so.1"
 export LD_LIBRARY_PATH=$nv/cuda_runtime/lib:$nv/cublas/lib:$work/lib
-VGPU_SOCKET=/nonexistent "$py" tests/llama_check.py make "$work/models" >/dev/null
+VGPU_SOCKET=/nonexistent "$py" tests/llama_check.py make "$work/models" >/dev/null 2>&1
 target/release/vgpu-hostd --socket "$work/hostd.sock" 2>"$work/hostd.log" &
 hostd=$!
 while [ ! -S "$work/hostd.sock" ]; do sleep 0.1; done
