@@ -21,14 +21,20 @@ const IN_BASE: u64 = 0x2000_0000_0000;
 const OUT_BASE: u64 = 0x2000_1000_0000;
 const FILL: u8 = 0xA5;
 
+const VARS_BASE: u64 = 0x2000_2000_0000;
+
+/// The launch's memory: inputs, outputs, and the module's variables (one region each).
 struct Buffers {
     input: Vec<u8>,
     output: Vec<u8>,
+    vars: Vec<Vec<u8>>,
 }
 
 impl Memory for Buffers {
     fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
-        vec![(IN_BASE, &mut self.input[..]), (OUT_BASE, &mut self.output[..])]
+        let mut r = vec![(IN_BASE, &mut self.input[..]), (OUT_BASE, &mut self.output[..])];
+        r.extend(self.vars.iter_mut().enumerate().map(|(i, v)| (VARS_BASE + ((i as u64) << 24), &mut v[..])));
+        r
     }
 }
 
@@ -116,7 +122,24 @@ fn run(form: &Value) -> Outcome {
             input[at..at + SLOT].copy_from_slice(&v.as_u64().unwrap().to_le_bytes());
         }
     }
-    let mut mem = Buffers { input, output: vec![FILL; n * SLOT * SLOTS] };
+    // Module variables, placed and initialized as the device does at load.
+    let addrs: HashMap<String, u64> = module.globals().iter().enumerate().map(|(i, g)| (g.name.clone(), VARS_BASE + ((i as u64) << 24))).collect();
+    let mut vars: Vec<Vec<u8>> = module
+        .globals()
+        .iter()
+        .map(|g| {
+            let mut v = g.init.clone();
+            v.resize(g.size.max(1) as usize, 0);
+            v
+        })
+        .collect();
+    for (g, v) in module.globals().iter().zip(&mut vars) {
+        for (off, target, addend) in &g.relocs {
+            let at = *off as usize;
+            v[at..at + 8].copy_from_slice(&addrs[target].wrapping_add_signed(*addend).to_le_bytes());
+        }
+    }
+    let mut mem = Buffers { input, output: vec![FILL; n * SLOT * SLOTS], vars };
     let mut params = vec![0u8; k.param_bytes as usize];
     for (p, v) in k.params.iter().zip([IN_BASE, OUT_BASE, n as u64]) {
         let o = p.offset as usize;
@@ -124,7 +147,7 @@ fn run(form: &Value) -> Outcome {
     }
     let block = 128u32;
     let cfg = LaunchConfig { grid: [(n as u32).div_ceil(block), 1, 1], block: [block, 1, 1], dynamic_shared_bytes: 0 };
-    if let Err(e) = launch(&module, k, &cfg, &params, &HashMap::new(), &mut mem) {
+    if let Err(e) = launch(&module, k, &cfg, &params, &addrs, &mut mem) {
         return Outcome::Unsupported(format!("launch: {e}"));
     }
     let outs = form["checks"].as_array().unwrap().len();

@@ -70,8 +70,9 @@ class Form:
     """An instruction form: PTX text with {a},{b},{c},{e} for inputs and {d},{q},{d2},{d3} for
     outputs; operand classes pred/b16/b32/b64, or "mem" (the slot itself: {x} is its address)."""
 
-    def __init__(self, name, text, ins, outs, checks=None, decls=""):
+    def __init__(self, name, text, ins, outs, checks=None, decls="", module_decls=""):
         self.name, self.text, self.ins, self.outs, self.decls = name, text, ins, outs, decls
+        self.module_decls = module_decls  # before the kernel: .const / .global variables
         # Per output: {"bits": W} or {"bits": W, "float": fmt} or {"bits": W, "lanes": fmt}.
         self.checks = checks or [{"bits": 64 if c == "mem" else WIDTH[c]} for c in outs]
         self.cases = []
@@ -106,7 +107,8 @@ class Form:
         assert all(v <= {"pred": 16, "b16": 16, "b32": 24, "b64": 16}[c] for c, v in counters.items()), self.name
         inst = "\t" + self.text.format(**names).replace("\n", "\n\t")
         decls = [f"\t{d}" for d in self.decls.splitlines() if d.strip()]
-        return HEADER + "\n".join(decls + body + [inst] + stores) + "\n" + FOOTER
+        header = HEADER.replace(".visible .entry", self.module_decls + "\n\n.visible .entry") if self.module_decls else HEADER
+        return header + "\n".join(decls + body + [inst] + stores) + "\n" + FOOTER
 
     def json(self):
         return {"name": self.name, "ptx": self.ptx(), "checks": self.checks, "cases": self.cases}
@@ -974,6 +976,124 @@ def fp8_forms(rng):
     return forms
 
 
+def warp_forms(rng):
+    """Warp collectives over full warps (a case is a lane; 32 consecutive cases are one warp)."""
+    forms = []
+    # shfl.sync, by the ISA's pseudo-code: b's low 5 bits are the lane or offset, c's low 5 bits
+    # the clamp and c[12:8] the segment mask; a lane whose source is out of range keeps its value.
+    for mode in ("up", "down", "bfly", "idx"):
+        for b, c in ((1, 0x1f if mode != "up" else 0), (3, 0x1f if mode != "up" else 0), (5, 0x1c07 if mode != "up" else 0x1c00), (31, 0x1f), (0, 0x1f), (2, 0x181f)):
+            name = f"shfl.sync.{mode}.b32.{b}.{c:#x}"
+            f = Form(name, f"shfl.sync.{mode}.b32 {{d}}|{{q}}, {{a}}, {b}, {c:#x}, 0xffffffff;", ["b32"], ["b32", "pred"])
+            for _ in range(2):
+                vals = rand_ints(rng, 32, 32)
+                for lane in range(32):
+                    seg = (c >> 8) & 0x1f
+                    cv = c & 0x1f
+                    max_lane = (lane & seg) | (cv & ~seg & 0x1f)
+                    min_lane = lane & seg
+                    if mode == "up":
+                        j = lane - b
+                        ok = j >= max_lane
+                    elif mode == "down":
+                        j = lane + b
+                        ok = j <= max_lane
+                    elif mode == "bfly":
+                        j = lane ^ b
+                        ok = j <= max_lane
+                    else:
+                        j = min_lane | (b & ~seg & 0x1f)
+                        ok = j <= max_lane
+                    f.case([vals[lane]], [vals[j] if ok else vals[lane], int(ok)])
+            forms.append(f)
+    # vote and ballot over the warp's predicates.
+    for op in ("all", "any", "uni", "ballot"):
+        out = "b32" if op == "ballot" else "pred"
+        ty = "b32" if op == "ballot" else "pred"
+        for neg in ("", "!"):
+            name = f"vote.sync.{op}.{ty}{'.not' if neg else ''}"
+            f = Form(name, f"vote.sync.{op}.{ty} {{d}}, {neg}{{a}}, 0xffffffff;", ["pred"], [out])
+            for density in (0.5, 1.0, 0.0, 0.97):
+                ps = [int(rng.random() < density) for _ in range(32)]
+                qs = [p ^ 1 for p in ps] if neg else ps
+                r = {"all": int(all(qs)), "any": int(any(qs)), "uni": int(len(set(qs)) == 1), "ballot": sum(q << l for l, q in enumerate(qs))}[op]
+                for p in ps:
+                    f.case([p], [r])
+            forms.append(f)
+    # redux.sync over the warp.
+    for op in ("add", "min", "max", "and", "or", "xor"):
+        for ty in (("u32", "s32") if op in ("add", "min", "max") else ("b32",)):
+            name = f"redux.sync.{op}.{ty}"
+            f = Form(name, f"{name} {{d}}, {{a}}, 0xffffffff;", ["b32"], ["b32"])
+            for _ in range(3):
+                vals = rand_ints(rng, 32, 32)
+                sv = [R.int_value(v, 32, ty == "s32") for v in vals]
+                acc = {"add": sum(sv), "min": min(sv), "max": max(sv)}.get(op)
+                if acc is None:
+                    acc = vals[0]
+                    for v in vals[1:]:
+                        acc = {"and": acc & v, "or": acc | v, "xor": acc ^ v}[op]
+                for v in vals:
+                    f.case([v], [R.wrap(acc, 32)])
+            forms.append(f)
+    f = Form("activemask.b32", "activemask.b32 {d};", [], ["b32"])
+    for _ in range(64):
+        f.case([], [0xffffffff])
+    forms.append(f)
+    return forms
+
+
+def space_forms(rng):
+    """Loads, stores and atomics in the other state spaces, and cvta between them."""
+    forms = []
+    for space in ("shared", "local"):
+        decl = ".shared .align 8 .b8 sp[1024];" if space == "shared" else ".local .align 8 .b8 sp[8];"
+        # Each thread its own 8 bytes (shared: indexed by tid.x).
+        addr = "{{ .reg .b32 %t, %ad;\n  mov.u32 %t, %tid.x;\n  mov.u32 %ad, sp;\n  mad.lo.u32 %ad, %t, 8, %ad;\n" if space == "shared" else "{{ .reg .b64 %ad;\n  mov.u64 %ad, sp;\n"
+        for ty, bits, sg in (("s8", 8, True), ("u16", 16, False), ("s32", 32, True), ("b64", 64, False)):
+            rc = cls_of(max(bits, 32))
+            name = f"st.ld.{space}.{ty}"
+            f = Form(name, addr + f"  st.{space}.b64 [%ad], {{b}};\n  st.{space}.{ty} [%ad], {{a}};\n  ld.{space}.{ty} {{d}}, [%ad];\n  ld.{space}.b64 {{q}}, [%ad]; }}}}",
+                     [rc, "b64"], [rc, "b64"], decls=decl)
+            for x, y in zip(int_edges(WIDTH[rc]) + rand_ints(rng, WIDTH[rc], 8), rand_ints(rng, 64, 40)):
+                m = (1 << bits) - 1
+                f.case([x, y], [R.wrap(R.int_value(x, bits, sg), WIDTH[rc]), (y & ~m & (2**64 - 1)) | (x & m)])
+            forms.append(f)
+        for op, fn in (("add", lambda o, b: o + b), ("max", max), ("exch", lambda o, b: b), ("inc", lambda o, b: 0 if o >= b else o + 1)):
+            name = f"atom.{space}.{op}.u32"
+            f = Form(name, addr + f"  st.{space}.u32 [%ad], {{c}};\n  atom.{space}.{op}.u32 {{d}}, [%ad], {{b}};\n  ld.{space}.u32 {{q}}, [%ad]; }}}}",
+                     ["b32", "b32", "b32"], ["b32", "b32"], decls=decl)
+            for old, b in zip(int_edges(32) + rand_ints(rng, 32, 8), rand_ints(rng, 32, 8) + int_edges(32)):
+                if op == "inc":
+                    old, b = old % 70, b % 64
+                f.case([0, b, old], [old, R.wrap(fn(old, b), 32)])
+            forms.append(f)
+    for op, fn in (("add", lambda o, b: o + b), ("or", lambda o, b: o | b), ("min", lambda o, b: min(R.signed(o, 32), R.signed(b, 32)))):
+        ty = "s32" if op == "min" else "b32" if op == "or" else "u32"
+        name = f"red.global.{op}.{ty}"
+        f = Form(name, f"st.global.b32 [{{o0}}], {{b}};\n{name} [{{o0}}], {{a}};", ["b32", "b32"], ["mem"])
+        for x, old in zip(int_edges(32) + rand_ints(rng, 32, 8), rand_ints(rng, 32, 8) + int_edges(32)):
+            f.case([x, old], [0xA5A5A5A500000000 | R.wrap(fn(old, x), 32)])
+        forms.append(f)
+    # ld.const of an initialized constant array, at an offset the case gives.
+    f = Form("ld.const.u16", "{{ .reg .b64 %ad, %o;\n  mov.u64 %ad, ctab;\n  cvt.u64.u32 %o, {a};\n  add.s64 %ad, %ad, %o;\n  ld.const.u16 {d}, [%ad]; }}",
+             ["b32"], ["b16"], module_decls=".const .align 2 .u16 ctab[8] = {1, 65535, 32768, 4660, 0, 7, 43981, 2};")
+    table = [1, 65535, 32768, 4660, 0, 7, 43981, 2]
+    for k in range(8):
+        f.case([2 * k], [table[k]])
+    forms.append(f)
+    f = Form("ld.param.u32", "ld.param.u32 {d}, [n];", [], ["b32"])
+    for _ in range(7):
+        f.case([], [7])
+    forms.append(f)
+    # cvta there and back: a shared offset to a generic address and back.
+    f = Form("cvta.shared.roundtrip", "{{ .reg .b64 %g, %s;\n  cvt.u64.u32 %s, {a};\n  cvta.shared.u64 %g, %s;\n  cvta.to.shared.u64 {d}, %g; }}", ["b32"], ["b64"])
+    for x in (0, 8, 1024, 4096, 65536):
+        f.case([x], [x])
+    forms.append(f)
+    return forms
+
+
 def more_integer_forms(rng):
     forms = []
     # Funnel shifts: {b:a} shifted, the high (shf.l) or low (shf.r) word kept.
@@ -1139,7 +1259,7 @@ def self_check(rng):
 def main():
     rng = random.Random(SEED)
     self_check(random.Random(SEED + 1))
-    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng) + fp8_forms(rng) + more_integer_forms(rng) + approximate_forms(rng) + relu_forms(rng)
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng) + fp8_forms(rng) + more_integer_forms(rng) + approximate_forms(rng) + relu_forms(rng) + warp_forms(rng) + space_forms(rng)
     names = [f.name for f in forms]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     out = {"seed": SEED, "forms": [f.json() for f in forms]}
