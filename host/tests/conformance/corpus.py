@@ -520,11 +520,12 @@ def float_forms(rng):
                              else R.mul(x, y, f_, mode, ftz) if op == "mul" else R.div(x, y, f_, mode, ftz))
                         f.case([x, y], [r])
                     forms.append(f)
-                name = f"fma{mods}.{fname}"
-                f = Form(name, f"{name} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, c], [c], chk)
-                for x, y, z in three:
-                    f.case([x, y, z], [R.fma(x, y, z, f_, mode, ftz)])
-                forms.append(f)
+                for op in ("fma", "mad"):  # mad with a rounding mode is fma
+                    name = f"{op}{mods}.{fname}"
+                    f = Form(name, f"{name} {{d}}, {{a}}, {{b}}, {{c}};", [c, c, c], [c], chk)
+                    for x, y, z in three:
+                        f.case([x, y, z], [R.fma(x, y, z, f_, mode, ftz)])
+                    forms.append(f)
                 for op, fn in (("sqrt", R.sqrt), ("rcp", R.rcp)):
                     name = f"{op}{mods}.{fname}"
                     f = Form(name, f"{name} {{d}}, {{a}};", [c], [c], chk)
@@ -1081,6 +1082,10 @@ def space_forms(rng):
     table = [1, 65535, 32768, 4660, 0, 7, 43981, 2]
     for k in range(8):
         f.case([2 * k], [table[k]])
+    forms.append(f)
+    f = Form("ldu.global.b64", "ldu.global.b64 {d}, [{a}];", ["mem"], ["b64"])
+    for x in int_edges(64):
+        f.case([x], [x])
     forms.append(f)
     f = Form("ld.param.u32", "ld.param.u32 {d}, [n];", [], ["b32"])
     for _ in range(7):
