@@ -1,7 +1,8 @@
 //! llama.cpp's prebuilt CUDA backend (PyPI's cyllama-cuda12, unmodified: ggml's CUDA kernels
 //! as compute_75 PTX) on vgpu's libcuda, sim backend, against llama.cpp's own CPU backend:
 //! tests/llama_check.py makes tiny random-weight models in each weight type and compares
-//! greedy decoding and logits. Installed by scripts/setup-cuda-wheels.sh.
+//! greedy decoding and logits; tests/ggml_ops_check.py compares ggml's ops one by one, as
+//! ggml's test-backend-ops does. Installed by scripts/setup-cuda-wheels.sh.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -63,4 +64,24 @@ fn llama_cpp_cuda_backend_on_vgpu_equals_its_cpu_backend() {
         describe(&out),
         m.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+}
+
+/// ggml's ops one at a time on both backends (matrix products of 13 weight types by 1, 8 and 32
+/// columns, get_rows, rms_norm, soft_max, rope, add, mul, silu, scale, cpy to f16/q8_0/q4_0,
+/// flash attention), each within test-backend-ops' tolerance.
+#[test]
+fn ggml_ops_on_vgpu_equal_ggml_cpu_backend() {
+    let py = llama_python();
+    let libs = py.parent().unwrap().parent().unwrap().join("lib/python3.11/site-packages/cyllama_cuda12.libs");
+    let m = Mediator::start();
+    let out = Command::new(&py)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ggml_ops_check.py"))
+        .arg(&libs)
+        .env("LD_LIBRARY_PATH", library_path(&py))
+        .env("VGPU_SOCKET", &m.socket)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ok = stdout.lines().filter(|l| l.starts_with("GGML-OP ok ")).count();
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS") && ok >= 50, "ggml ops on vgpu ({ok} ok):\n{}\n--- mediator log (tail)\n{}", describe(&out), m.log().lines().rev().take(40).collect::<Vec<_>>().join("\n"));
 }
