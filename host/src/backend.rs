@@ -2,6 +2,9 @@
 //! client connection, owning every resource the client created. Dropping the session frees them
 //! all, which is how a client that dies leaks nothing.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use vgpu_uapi::cuda::CuResult;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
 
@@ -95,4 +98,82 @@ pub trait DeviceSession: Send {
     fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()>;
     /// Access can only be given to memory that is mapped.
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Device memory held by each live session of a backend, for NVML-style reporting
+/// (`Backend::memory_usage`, `Backend::processes`).
+#[derive(Default)]
+pub struct UsageTable {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<u64, (ProcessUsage, bool)>>,
+}
+
+impl UsageTable {
+    /// A new session of process `pid` (an observer is not listed as a GPU process); its id.
+    pub fn open(&self, pid: u32, observer: bool) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.sessions).insert(id, (ProcessUsage { pid, used_bytes: 0 }, observer));
+        id
+    }
+
+    pub fn set_used(&self, id: u64, used_bytes: u64) {
+        if let Some((u, _)) = lock(&self.sessions).get_mut(&id) {
+            u.used_bytes = used_bytes;
+        }
+    }
+
+    pub fn close(&self, id: u64) {
+        lock(&self.sessions).remove(&id);
+    }
+
+    pub fn total_used(&self) -> u64 {
+        lock(&self.sessions).values().map(|(u, _)| u.used_bytes).sum()
+    }
+
+    /// The non-observer sessions, by pid.
+    pub fn processes(&self) -> Vec<ProcessUsage> {
+        let mut v: Vec<ProcessUsage> = lock(&self.sessions).values().filter(|(_, obs)| !obs).map(|(u, _)| *u).collect();
+        v.sort_by_key(|u| u.pid);
+        v
+    }
+}
+
+/// The backend a GPU asked for (`auto`, `cuda` or `sim`): `cuda` on device `cuda_device` of the
+/// driver at `cuda_driver` (None: the system's), `sim` as `sim` builds it; `auto` takes cuda when
+/// the driver loads and has the device, else sim. Logs which, and why, in one line.
+pub fn choose(
+    gpu: &str,
+    kind: &str,
+    cuda_driver: Option<&std::path::Path>,
+    cuda_device: u32,
+    sim: impl FnOnce() -> crate::sim::SimBackend,
+) -> Result<std::sync::Arc<dyn Backend>, String> {
+    let cuda = || crate::cuda::CudaBackend::load(cuda_driver, cuda_device);
+    let backend: std::sync::Arc<dyn Backend> = match kind {
+        "sim" => {
+            tracing::info!(gpu, "backend sim: configured");
+            std::sync::Arc::new(sim())
+        }
+        "cuda" => {
+            let c = cuda().map_err(|e| format!("GPU `{gpu}`: backend cuda: {e}"))?;
+            tracing::info!(gpu, driver = %c.driver_path().display(), version = c.driver_version(), "backend cuda: configured");
+            std::sync::Arc::new(c)
+        }
+        "auto" => match cuda() {
+            Ok(c) => {
+                tracing::info!(gpu, driver = %c.driver_path().display(), version = c.driver_version(), "backend cuda: the driver loads and has the device");
+                std::sync::Arc::new(c)
+            }
+            Err(why) => {
+                tracing::info!(gpu, "backend sim: no usable CUDA driver ({why})");
+                std::sync::Arc::new(sim())
+            }
+        },
+        other => return Err(format!("GPU `{gpu}`: unknown backend `{other}` (auto, cuda or sim)")),
+    };
+    Ok(backend)
 }

@@ -41,9 +41,15 @@ impl Default for SchedulerConfig {
 #[serde(deny_unknown_fields)]
 pub struct GpuConfig {
     pub name: String,
-    /// `sim` (the CPU) or `cuda` (a physical GPU; not in this build).
+    /// `auto` (cuda when the driver loads and has a device, else sim), `cuda` (a physical GPU
+    /// through a CUDA driver) or `sim` (the CPU).
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// cuda: the driver to load (default: the system's libcuda.so.1, from ldconfig's cache).
+    pub cuda_driver: Option<std::path::PathBuf>,
+    /// cuda: which of the driver's devices this GPU is (its ordinal).
+    #[serde(default)]
+    pub cuda_device: u32,
     /// sim: the device guests see.
     #[serde(default = "default_model")]
     pub model: String,
@@ -61,7 +67,7 @@ pub struct GpuConfig {
 }
 
 fn default_backend() -> String {
-    "sim".into()
+    "auto".into()
 }
 fn default_model() -> String {
     crate::profile::DeviceProfile::default().name
@@ -165,8 +171,8 @@ impl Config {
             if !gpus.insert(g.name.as_str()) {
                 return Err(format!("GPU `{}` is configured twice", g.name));
             }
-            if g.backend != "sim" {
-                return Err(format!("GPU `{}`: backend `{}` is not in this build (it has: sim)", g.name, g.backend));
+            if !["auto", "cuda", "sim"].contains(&g.backend.as_str()) {
+                return Err(format!("GPU `{}`: backend `{}` is not one of auto, cuda, sim", g.name, g.backend));
             }
             parse_cc(&g.compute_capability).ok_or_else(|| format!("GPU `{}`: compute_capability must look like 9.0", g.name))?;
         }
@@ -232,7 +238,7 @@ mod tests {
         let gpu = "[[gpu]]\nname = \"g\"\n";
         for (body, why) in [
             ("", "no [[gpu]]"),
-            ("[[gpu]]\nname = \"g\"\nbackend = \"cuda\"\n", "not in this build"),
+            ("[[gpu]]\nname = \"g\"\nbackend = \"opencl\"\n", "not one of auto, cuda, sim"),
             (&format!("{gpu}[[vm]]\nname = \"a\"\ngpu = \"h\"\nsocket = \"/s\"\n"), "no GPU named"),
             (&format!("{gpu}[[vm]]\nname = \"a\"\ngpu = \"g\"\nsocket = \"/s\"\nweight = 0\n"), "weight must be"),
             (&format!("{gpu}[[vm]]\nname = \"a\"\ngpu = \"g\"\nsocket = \"/s\"\nweight = 2\npriority = \"low\"\n"), "not both"),

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backend;
 pub mod cancel;
 pub mod config;
+pub mod cuda;
 pub mod dispatch;
 pub mod fuzz;
 pub mod input;

@@ -32,9 +32,16 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics_listen: Option<String>,
-    /// Backend executing the work: `sim` (CPU) is the only one in this build.
-    #[arg(long, default_value = "sim")]
+    /// Backend executing the work: `cuda` (a GPU, through a CUDA driver), `sim` (the CPU), or
+    /// `auto`: cuda when the driver loads and has a device, else sim.
+    #[arg(long, default_value = "auto")]
     backend: String,
+    /// cuda: the driver to load (default: the system's libcuda.so.1, from ldconfig's cache).
+    #[arg(long)]
+    cuda_driver: Option<PathBuf>,
+    /// cuda: which of the driver's devices to serve (its ordinal).
+    #[arg(long, default_value_t = 0)]
+    cuda_device: u32,
     /// Device name reported to guests.
     #[arg(long, default_value_t = DeviceProfile::default().name)]
     gpu_name: String,
@@ -89,10 +96,8 @@ fn main() {
                 sm_count: args.sm_count,
                 ..DeviceProfile::default()
             };
-            let backend: Arc<dyn Backend> = match args.backend.as_str() {
-                "sim" => Arc::new(SimBackend::new(profile, args.sim_memory_mib << 20).with_instruction_budget(args.sim_instruction_budget)),
-                other => fail(format!("unknown backend `{other}` (this build has: sim)")),
-            };
+            let sim = || SimBackend::new(profile, args.sim_memory_mib << 20).with_instruction_budget(args.sim_instruction_budget);
+            let backend: Arc<dyn Backend> = vgpu_host::backend::choose("gpu0", &args.backend, args.cuda_driver.as_deref(), args.cuda_device, sim).unwrap_or_else(|e| fail(e));
             tracing::info!(backend = backend.name(), device = %backend.devices()[0].name_str(), "backend selected");
             let m = Mediator::single(backend, &args.socket).unwrap_or_else(|e| fail(e));
             (m, args.admin_socket.clone(), args.metrics_listen.clone())

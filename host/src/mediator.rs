@@ -40,15 +40,17 @@ impl Mediator {
             .gpus
             .iter()
             .map(|g| {
-                let sim = SimBackend::new(sim_profile(g), g.sim_memory_mib << 20);
-                let sim = match g.sim_instruction_budget {
-                    Some(b) => sim.with_instruction_budget(b),
-                    None => sim,
+                let sim = || {
+                    let sim = SimBackend::new(sim_profile(g), g.sim_memory_mib << 20);
+                    match g.sim_instruction_budget {
+                        Some(b) => sim.with_instruction_budget(b),
+                        None => sim,
+                    }
                 };
-                let backend: Arc<dyn Backend> = Arc::new(sim);
-                Arc::new(Gpu { name: g.name.clone(), backend, sched: scheduler(&cfg.scheduler) })
+                let backend = crate::backend::choose(&g.name, &g.backend, g.cuda_driver.as_deref(), g.cuda_device, sim)?;
+                Ok(Arc::new(Gpu { name: g.name.clone(), backend, sched: scheduler(&cfg.scheduler) }))
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let m = Arc::new(Mediator {
             registry: Registry::new(gpus),
             config_path: path,

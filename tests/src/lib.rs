@@ -286,11 +286,23 @@ impl Mediator {
     }
 
     pub fn start_with(args: &[&str]) -> Mediator {
+        Self::start_with_env(args, &[])
+    }
+
+    /// A mediator with `args` and environment variables `env` (name, value).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Mediator {
         let dir = TempDir::new("mediator");
         let socket = dir.0.join("hostd.sock");
         let log = std::fs::File::create(dir.0.join("hostd.log")).unwrap();
-        let child = spawn_hostd(&socket, args, log);
+        let child = spawn_hostd(&socket, args, env, log);
         Mediator { child, socket, _dir: dir }
+    }
+
+    /// The `cuda` backend in loopback: a mediator whose "GPU driver" is vgpu's own libcuda,
+    /// talking to `inner` (a sim mediator). The backend cannot tell it from NVIDIA's.
+    pub fn start_loopback(inner: &Mediator) -> Mediator {
+        let driver = target_dir().join("libcuda.so");
+        Self::start_with_env(&["--backend", "cuda", "--cuda-driver", driver.to_str().unwrap()], &[("VGPU_SOCKET", inner.socket.as_os_str())])
     }
 
     pub fn log(&self) -> String {
@@ -307,16 +319,21 @@ impl Mediator {
     pub fn restart(&mut self, args: &[&str]) {
         let log = std::fs::OpenOptions::new().append(true).open(self._dir.0.join("hostd.log")).unwrap();
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn_hostd(&self.socket, args, log);
+        self.child = spawn_hostd(&self.socket, args, &[], log);
     }
 }
 
 /// vgpu-hostd on `socket`, logging to `log`; returns once the socket exists.
-fn spawn_hostd(socket: &Path, args: &[&str], log: std::fs::File) -> Child {
+fn spawn_hostd(socket: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: std::fs::File) -> Child {
+    // The sim backend unless the test asks for another (the default, auto, would take a CUDA
+    // driver the machine happens to have).
+    let default_backend: &[&str] = if args.iter().any(|a| *a == "--backend" || *a == "--config") { &[] } else { &["--backend", "sim"] };
     let child = Command::new(target_dir().join("vgpu-hostd"))
         .arg("--socket")
         .arg(socket)
+        .args(default_backend)
         .args(args)
+        .envs(env.iter().copied())
         .env("VGPU_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(log)

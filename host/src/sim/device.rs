@@ -8,11 +8,10 @@
 use super::fatbin;
 use super::memory::{DeviceMemory, Fault};
 use super::ptx;
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
 use crate::profile::DeviceProfile;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
@@ -24,14 +23,7 @@ pub struct SimBackend {
     memory_limit: u64,
     /// Instructions one launch may execute (ptx::INSTRUCTION_BUDGET unless set).
     budget: u64,
-    usage: Arc<Usage>,
-}
-
-/// Device memory held by each live session, for NVML-style reporting.
-#[derive(Default)]
-struct Usage {
-    next_id: AtomicU64,
-    sessions: Mutex<HashMap<u64, (ProcessUsage, bool)>>,
+    usage: Arc<UsageTable>,
 }
 
 impl SimBackend {
@@ -65,22 +57,18 @@ impl Backend for SimBackend {
 
     fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)> {
         self.check_device(device)?;
-        let used = lock(&self.usage.sessions).values().map(|(u, _)| u.used_bytes).sum();
-        Ok((self.profile.total_mem, used))
+        Ok((self.profile.total_mem, self.usage.total_used()))
     }
 
     fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
         self.check_device(device)?;
-        let mut v: Vec<ProcessUsage> = lock(&self.usage.sessions).values().filter(|(_, obs)| !obs).map(|(u, _)| *u).collect();
-        v.sort_by_key(|u| u.pid);
-        Ok(v)
+        Ok(self.usage.processes())
     }
 
     fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
         self.check_device(device)?;
         let capacity = self.memory_limit.min(self.profile.total_mem);
-        let id = self.usage.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.usage.sessions).insert(id, (ProcessUsage { pid, used_bytes: 0 }, observer));
+        let id = self.usage.open(pid, observer);
         Ok(Box::new(SimSession {
             usage: self.usage.clone(),
             usage_id: id,
@@ -114,12 +102,8 @@ struct Event {
 
 const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 pub struct SimSession {
-    usage: Arc<Usage>,
+    usage: Arc<UsageTable>,
     usage_id: u64,
     mem: DeviceMemory,
     budget: u64,
@@ -148,16 +132,14 @@ impl ptx::Memory for DeviceMemory {
 
 impl Drop for SimSession {
     fn drop(&mut self) {
-        lock(&self.usage.sessions).remove(&self.usage_id);
+        self.usage.close(self.usage_id);
     }
 }
 
 impl SimSession {
     /// Publishes this session's memory use after it changed.
     fn account(&self) {
-        if let Some((u, _)) = lock(&self.usage.sessions).get_mut(&self.usage_id) {
-            u.used_bytes = self.mem.used();
-        }
+        self.usage.set_used(self.usage_id, self.mem.used());
     }
 
     fn handle(&mut self) -> u64 {

@@ -1,0 +1,623 @@
+//! The `cuda` backend: guests' work on a real NVIDIA GPU, through a CUDA driver loaded by path
+//! (`driver.rs`). Every address, length and handle a guest sends is checked against what this
+//! session created before it reaches the driver; device addresses are the driver's own, so
+//! pointers stored in device memory and pointer arithmetic in kernels work as on the GPU.
+//!
+//! This first version runs every session in the mediator's own process, each with the
+//! device's primary context and its own handle tables, and frees everything a session holds
+//! when it ends. Still to come (issue 17): a worker process per VM so that the GPU's own
+//! address spaces isolate VMs, device printf forwarded to the guest (the driver writes it to
+//! the mediator's stdout here), VMM and memory pools, host memory registration of guest RAM.
+
+pub mod driver;
+
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
+use driver::{c_name, CudaDriver, Ptr};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+use std::path::Path;
+use std::sync::Arc;
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
+
+/// A driver handle (context, module, function, stream, event) kept by a session.
+#[derive(Clone, Copy, Debug)]
+struct Raw(Ptr);
+
+// SAFETY: CUDA handles are process-wide values; any thread may pass them to the driver once
+// it has made their context current, which every session call does first (CudaSession::enter).
+unsafe impl Send for Raw {}
+
+/// CUDA's special stream handles as guests pass them (cuda.h: CU_STREAM_LEGACY = 0x1,
+/// CU_STREAM_PER_THREAD = 0x2): the driver takes them as they are.
+const STREAM_LEGACY: u64 = 1;
+const STREAM_PER_THREAD: u64 = 2;
+
+// CUfunction_attribute (cuda.h).
+const FUNC_MAX_THREADS_PER_BLOCK: i32 = 0;
+const FUNC_SHARED_SIZE_BYTES: i32 = 1;
+const FUNC_LOCAL_SIZE_BYTES: i32 = 3;
+const FUNC_NUM_REGS: i32 = 4;
+const FUNC_PTX_VERSION: i32 = 5;
+const FUNC_BINARY_VERSION: i32 = 6;
+
+/// One of the driver's devices, presented to guests as their device 0.
+pub struct CudaBackend {
+    drv: Arc<CudaDriver>,
+    /// The driver's ordinal of the device.
+    ordinal: i32,
+    info: DeviceInfo,
+    usage: Arc<UsageTable>,
+}
+
+impl CudaBackend {
+    /// The backend on device `ordinal` of the driver at `path` (None: the system's, from
+    /// ldconfig's cache). Fails, saying why, if it does not load or has no such device.
+    pub fn load(path: Option<&Path>, ordinal: u32) -> Result<CudaBackend, String> {
+        let path = path.unwrap_or(Path::new(driver::SYSTEM_DRIVER));
+        let drv = Arc::new(CudaDriver::load(path)?);
+        let mut n = 0;
+        // SAFETY: entry point of the initialized driver, valid out-pointer.
+        drv.ok(unsafe { (drv.api.cuDeviceGetCount)(&mut n) }, "cuDeviceGetCount").map_err(|e| e.message)?;
+        if n <= 0 {
+            return Err(format!("{} reports no CUDA device", path.display()));
+        }
+        if ordinal as i32 >= n {
+            return Err(format!("{} has {n} device(s), no device {ordinal}", path.display()));
+        }
+        let info = device_info(&drv, ordinal as i32).map_err(|e| e.message)?;
+        Ok(CudaBackend { drv, ordinal: ordinal as i32, info, usage: Arc::default() })
+    }
+
+    pub fn driver_path(&self) -> &Path {
+        &self.drv.path
+    }
+
+    pub fn driver_version(&self) -> i32 {
+        self.drv.version
+    }
+
+    fn check_device(&self, device: u32) -> CmdResult<()> {
+        if device == 0 {
+            Ok(())
+        } else {
+            Err(CmdError::new(CUDA_ERROR_INVALID_DEVICE, format!("no device {device}")))
+        }
+    }
+}
+
+/// What the driver says of device `ordinal`, as the mediator reports devices.
+fn device_info(drv: &CudaDriver, ordinal: i32) -> CmdResult<DeviceInfo> {
+    let api = &drv.api;
+    let mut dev = 0;
+    let mut name = [0 as std::ffi::c_char; 96];
+    let mut uuid = [0u8; 16];
+    let mut total = 0usize;
+    // SAFETY: entry points of the initialized driver with valid out-pointers; the name buffer's
+    // length is passed (the driver NUL-terminates within it).
+    unsafe {
+        drv.ok((api.cuDeviceGet)(&mut dev, ordinal), "cuDeviceGet")?;
+        drv.ok((api.cuDeviceGetName)(name.as_mut_ptr(), name.len() as i32 - 1, dev), "cuDeviceGetName")?;
+        drv.ok((api.cuDeviceGetUuid_v2)(&mut uuid, dev), "cuDeviceGetUuid_v2")?;
+        drv.ok((api.cuDeviceTotalMem_v2)(&mut total, dev), "cuDeviceTotalMem_v2")?;
+    }
+    let mut attrs = [0i32; DEVICE_ATTRIBUTE_SLOTS];
+    for (id, slot) in attrs.iter_mut().enumerate().skip(1) {
+        let mut v = 0;
+        // SAFETY: as above; an attribute the driver does not know is an error we leave at 0.
+        if unsafe { (api.cuDeviceGetAttribute)(&mut v, id as i32, dev) } == CUDA_SUCCESS {
+            *slot = v;
+        }
+    }
+    // What this backend does not provide yet must not be promised to guests (ggml, for one,
+    // takes the VMM path when the device says it has it).
+    attrs[attr_id::VIRTUAL_MEMORY_MANAGEMENT] = 0;
+    let mut info = DeviceInfo {
+        name: [0; 96],
+        uuid,
+        total_mem: total as u64,
+        pci_domain: attrs[attr_id::PCI_DOMAIN] as u32,
+        pci_bus: attrs[attr_id::PCI_BUS] as u32,
+        pci_device: attrs[attr_id::PCI_DEVICE] as u32,
+        attrs,
+    };
+    for (d, s) in info.name.iter_mut().zip(name.iter().take_while(|&&c| c != 0)) {
+        *d = *s as u8;
+    }
+    Ok(info)
+}
+
+/// CUdevice_attribute ids (cuda.h) this backend reads or overrides.
+mod attr_id {
+    pub const PCI_BUS: usize = 33;
+    pub const PCI_DEVICE: usize = 34;
+    pub const PCI_DOMAIN: usize = 50;
+    pub const VIRTUAL_MEMORY_MANAGEMENT: usize = 102;
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![self.info]
+    }
+
+    fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)> {
+        self.check_device(device)?;
+        Ok((self.info.total_mem, self.usage.total_used()))
+    }
+
+    fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
+        self.check_device(device)?;
+        Ok(self.usage.processes())
+    }
+
+    fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
+        self.check_device(device)?;
+        let mut ctx: Ptr = std::ptr::null_mut();
+        // SAFETY: entry point of the initialized driver, valid out-pointer; the retained
+        // context is released when the session drops.
+        self.drv.ok(unsafe { (self.drv.api.cuDevicePrimaryCtxRetain)(&mut ctx, self.ordinal) }, "cuDevicePrimaryCtxRetain")?;
+        let usage_id = self.usage.open(pid, observer);
+        Ok(Box::new(CudaSession {
+            drv: self.drv.clone(),
+            device: self.ordinal,
+            ctx: Raw(ctx),
+            usage: self.usage.clone(),
+            usage_id,
+            total_mem: self.info.total_mem,
+            next_handle: 0x10,
+            allocs: BTreeMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+        }))
+    }
+}
+
+struct Module {
+    raw: Raw,
+    /// Its variables this session has looked up: (address, size).
+    globals: Vec<(u64, u64)>,
+}
+
+struct Function {
+    raw: Raw,
+    module: u64,
+    name: String,
+    /// Each parameter's (offset, size) in the packed parameter buffer.
+    params: Vec<(u32, u32)>,
+}
+
+/// One client's work on the GPU. Handles given to the client are this session's own numbers;
+/// device addresses are the driver's, accepted only inside this session's allocations.
+pub struct CudaSession {
+    drv: Arc<CudaDriver>,
+    device: i32,
+    ctx: Raw,
+    usage: Arc<UsageTable>,
+    usage_id: u64,
+    total_mem: u64,
+    next_handle: u64,
+    /// base -> size of every allocation.
+    allocs: BTreeMap<u64, u64>,
+    modules: HashMap<u64, Module>,
+    functions: HashMap<u64, Function>,
+    streams: HashMap<u64, Raw>,
+    events: HashMap<u64, Raw>,
+}
+
+fn invalid_handle(what: &str, h: u64) -> CmdError {
+    CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} is not a {what} of this client"))
+}
+
+impl CudaSession {
+    /// Makes the session's context current on the calling thread (sessions are served from
+    /// several threads); every call into the driver comes after it.
+    fn enter(&self) -> CmdResult<()> {
+        // SAFETY: a context this session retained and has not released.
+        self.drv.ok(unsafe { (self.drv.api.cuCtxSetCurrent)(self.ctx.0) }, "cuCtxSetCurrent")
+    }
+
+    fn handle(&mut self) -> u64 {
+        self.next_handle += 1;
+        self.next_handle
+    }
+
+    fn account(&self) {
+        self.usage.set_used(self.usage_id, self.allocs.values().sum());
+    }
+
+    /// Checks that `len` bytes at `addr` lie inside one allocation (or one module variable)
+    /// of this session: nothing else of the GPU is the client's to touch.
+    fn check_range(&self, addr: u64, len: u64) -> CmdResult<()> {
+        let end = addr.checked_add(len).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "address range overflows"))?;
+        let in_alloc = self.allocs.range(..=addr).next_back().is_some_and(|(&b, &s)| end <= b + s);
+        let in_global = self.modules.values().flat_map(|m| &m.globals).any(|&(b, s)| addr >= b && end <= b + s);
+        if in_alloc || in_global {
+            Ok(())
+        } else {
+            Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{len} bytes at {addr:#x} are not inside one device allocation of this client")))
+        }
+    }
+
+    fn stream(&self, s: u64) -> CmdResult<Ptr> {
+        match s {
+            0 => Ok(std::ptr::null_mut()),
+            STREAM_LEGACY | STREAM_PER_THREAD => Ok(s as usize as Ptr),
+            _ => self.streams.get(&s).map(|r| r.0).ok_or_else(|| invalid_handle("stream", s)),
+        }
+    }
+
+    fn event(&self, e: u64) -> CmdResult<Ptr> {
+        self.events.get(&e).map(|r| r.0).ok_or_else(|| invalid_handle("event", e))
+    }
+}
+
+impl Drop for CudaSession {
+    /// Everything the client held goes back to the driver: a client that dies leaks nothing.
+    fn drop(&mut self) {
+        let api = &self.drv.api;
+        if self.enter().is_ok() {
+            // SAFETY: each handle was created by this session and not destroyed yet; work still
+            // running on them is finished by the synchronize first.
+            unsafe {
+                (api.cuCtxSynchronize)();
+                for e in self.events.values() {
+                    (api.cuEventDestroy_v2)(e.0);
+                }
+                for s in self.streams.values() {
+                    (api.cuStreamDestroy_v2)(s.0);
+                }
+                for m in self.modules.values() {
+                    (api.cuModuleUnload)(m.raw.0);
+                }
+                for &base in self.allocs.keys() {
+                    (api.cuMemFree_v2)(base);
+                }
+            }
+        }
+        // SAFETY: releases the retain done when the session opened.
+        unsafe { (api.cuDevicePrimaryCtxRelease_v2)(self.device) };
+        self.usage.close(self.usage_id);
+    }
+}
+
+impl DeviceSession for CudaSession {
+    fn mem_get_info(&self) -> (u64, u64) {
+        let used: u64 = self.allocs.values().sum();
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: valid out-pointers; the context is made current first.
+        let ok = self.enter().is_ok() && unsafe { (self.drv.api.cuMemGetInfo_v2)(&mut free, &mut total) } == CUDA_SUCCESS;
+        if ok {
+            (free as u64, total as u64)
+        } else {
+            (self.total_mem.saturating_sub(used), self.total_mem)
+        }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.allocs.values().sum()
+    }
+
+    fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
+        if bytes == 0 {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "allocation of 0 bytes"));
+        }
+        self.enter()?;
+        let mut p = 0u64;
+        // SAFETY: valid out-pointer; the size is the client's, the driver bounds it.
+        self.drv.ok(unsafe { (self.drv.api.cuMemAlloc_v2)(&mut p, bytes as usize) }, "cuMemAlloc_v2")?;
+        self.allocs.insert(p, bytes);
+        self.account();
+        Ok(p)
+    }
+
+    fn mem_free(&mut self, dptr: u64) -> CmdResult<()> {
+        if !self.allocs.contains_key(&dptr) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is not an allocation of this client")));
+        }
+        self.enter()?;
+        // SAFETY: an allocation of this session (checked above).
+        self.drv.ok(unsafe { (self.drv.api.cuMemFree_v2)(dptr) }, "cuMemFree_v2")?;
+        self.allocs.remove(&dptr);
+        self.account();
+        Ok(())
+    }
+
+    fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)> {
+        self.allocs
+            .range(..=dptr)
+            .next_back()
+            .filter(|(&b, &s)| dptr < b + s)
+            .map(|(&b, &s)| (b, s))
+            .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not inside an allocation of this client")))
+    }
+
+    fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {
+        self.check_range(dst, data.len() as u64)?;
+        self.enter()?;
+        // SAFETY: the destination is inside this session's memory (checked); the source is
+        // `data`, valid for its length.
+        self.drv.ok(unsafe { (self.drv.api.cuMemcpyHtoD_v2)(dst, data.as_ptr().cast(), data.len()) }, "cuMemcpyHtoD_v2")
+    }
+
+    fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()> {
+        self.check_range(src, out.len() as u64)?;
+        self.enter()?;
+        // SAFETY: the source is inside this session's memory (checked); `out` is writable for
+        // its length.
+        self.drv.ok(unsafe { (self.drv.api.cuMemcpyDtoH_v2)(out.as_mut_ptr().cast(), src, out.len()) }, "cuMemcpyDtoH_v2")
+    }
+
+    fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {
+        self.check_range(dst, len)?;
+        self.check_range(src, len)?;
+        self.enter()?;
+        // SAFETY: both ranges are this session's device memory (checked).
+        self.drv.ok(unsafe { (self.drv.api.cuMemcpyDtoD_v2)(dst, src, len as usize) }, "cuMemcpyDtoD_v2")
+    }
+
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64) -> CmdResult<()> {
+        let len = count.checked_mul(elem_size as u64).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "memset size overflows"))?;
+        self.check_range(dst, len)?;
+        self.enter()?;
+        let api = &self.drv.api;
+        // SAFETY: the range is this session's device memory (checked).
+        let r = unsafe {
+            match elem_size {
+                1 => (api.cuMemsetD8_v2)(dst, value as u8, count as usize),
+                2 => (api.cuMemsetD16_v2)(dst, value as u16, count as usize),
+                4 => (api.cuMemsetD32_v2)(dst, value, count as usize),
+                _ => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("memset of {elem_size}-byte elements"))),
+            }
+        };
+        self.drv.ok(r, "cuMemset")
+    }
+
+    fn module_load(&mut self, image: &[u8]) -> CmdResult<u64> {
+        // The driver reads PTX up to its NUL and other images by their headers' sizes: a copy
+        // that ends in a NUL keeps it inside what the client sent.
+        let mut owned = image.to_vec();
+        owned.push(0);
+        self.enter()?;
+        let mut m: Ptr = std::ptr::null_mut();
+        // SAFETY: `owned` stays alive across the call and is NUL-terminated.
+        self.drv.ok(unsafe { (self.drv.api.cuModuleLoadData)(&mut m, owned.as_ptr().cast()) }, "cuModuleLoadData")?;
+        let h = self.handle();
+        self.modules.insert(h, Module { raw: Raw(m), globals: Vec::new() });
+        Ok(h)
+    }
+
+    fn module_unload(&mut self, module: u64) -> CmdResult<()> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        self.enter()?;
+        // SAFETY: a module this session loaded.
+        self.drv.ok(unsafe { (self.drv.api.cuModuleUnload)(m.raw.0) }, "cuModuleUnload")?;
+        self.modules.remove(&module);
+        self.functions.retain(|_, f| f.module != module);
+        Ok(())
+    }
+
+    fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?.raw;
+        let cname = c_name(name)?;
+        self.enter()?;
+        let drv = self.drv.clone();
+        let api = &drv.api;
+        let mut f: Ptr = std::ptr::null_mut();
+        // SAFETY: a module of this session and a NUL-terminated name.
+        drv.ok(unsafe { (api.cuModuleGetFunction)(&mut f, m.0, cname.as_ptr()) }, "cuModuleGetFunction")?;
+        // The parameters' layout, as the driver knows it from the image.
+        let mut params = Vec::new();
+        loop {
+            let (mut off, mut size) = (0usize, 0usize);
+            // SAFETY: a function of the loaded module; valid out-pointers. Past the last
+            // parameter the driver answers CUDA_ERROR_INVALID_VALUE.
+            let r = unsafe { (api.cuFuncGetParamInfo)(f, params.len(), &mut off, &mut size) };
+            if r != CUDA_SUCCESS || params.len() as u32 >= vgpu_uapi::proto::MAX_KERNEL_PARAMS {
+                break;
+            }
+            params.push((off as u32, size as u32));
+        }
+        let attr = |a: i32| -> u32 {
+            let mut v = 0;
+            // SAFETY: as above.
+            unsafe { (api.cuFuncGetAttribute)(&mut v, a, f) };
+            v.max(0) as u32
+        };
+        let param_bytes = params.iter().map(|&(o, s)| o + s).max().unwrap_or(0);
+        let existing = self.functions.iter().find(|(_, x)| x.module == module && x.name == name).map(|(&h, _)| h);
+        let h = match existing {
+            Some(h) => h,
+            None => {
+                let h = self.handle();
+                self.functions.insert(h, Function { raw: Raw(f), module, name: name.to_string(), params: params.clone() });
+                h
+            }
+        };
+        let info = FunctionInfo {
+            handle: h,
+            param_count: params.len() as u32,
+            param_bytes,
+            static_shared_bytes: attr(FUNC_SHARED_SIZE_BYTES),
+            local_bytes: attr(FUNC_LOCAL_SIZE_BYTES),
+            max_threads_per_block: attr(FUNC_MAX_THREADS_PER_BLOCK),
+            num_regs: attr(FUNC_NUM_REGS),
+            ptx_version: attr(FUNC_PTX_VERSION),
+            binary_version: attr(FUNC_BINARY_VERSION),
+        };
+        Ok((info, params))
+    }
+
+    fn module_get_global(&mut self, module: u64, name: &str) -> CmdResult<(u64, u64)> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?.raw;
+        let cname = c_name(name)?;
+        self.enter()?;
+        let (mut p, mut size) = (0u64, 0usize);
+        // SAFETY: a module of this session and a NUL-terminated name; valid out-pointers.
+        self.drv.ok(unsafe { (self.drv.api.cuModuleGetGlobal_v2)(&mut p, &mut size, m.0, cname.as_ptr()) }, "cuModuleGetGlobal_v2")?;
+        if let Some(m) = self.modules.get_mut(&module) {
+            if !m.globals.contains(&(p, size as u64)) {
+                m.globals.push((p, size as u64));
+            }
+        }
+        Ok((p, size as u64))
+    }
+
+    fn module_functions(&self, _module: u64) -> CmdResult<Vec<String>> {
+        Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "listing a module's kernels is not supported by the cuda backend yet"))
+    }
+
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<Vec<u8>> {
+        let f = self.functions.get(&function).ok_or_else(|| invalid_handle("function", function))?;
+        let stream = self.stream(dims.stream)?;
+        // kernelParams: a pointer to each parameter inside the packed buffer the client sent.
+        let mut ptrs: Vec<*mut c_void> = Vec::with_capacity(f.params.len());
+        for &(off, size) in &f.params {
+            if off as usize + size as usize > params.len() {
+                return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{} needs {} bytes of parameters, got {}", f.name, off + size, params.len())));
+            }
+            ptrs.push(params[off as usize..].as_ptr() as *mut c_void);
+        }
+        let raw = f.raw;
+        self.enter()?;
+        let [gx, gy, gz] = dims.grid;
+        let [bx, by, bz] = dims.block;
+        // SAFETY: a function of this session; `ptrs` point into `params`, which outlives the
+        // call (the driver copies the parameters at launch); the stream is this session's.
+        let r = unsafe { (self.drv.api.cuLaunchKernel)(raw.0, gx, gy, gz, bx, by, bz, dims.dynamic_shared_bytes, stream, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+        self.drv.ok(r, "cuLaunchKernel")?;
+        Ok(Vec::new())
+    }
+
+    fn stream_create(&mut self, flags: u32, _priority: i32) -> CmdResult<u64> {
+        self.enter()?;
+        let mut s: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        self.drv.ok(unsafe { (self.drv.api.cuStreamCreate)(&mut s, flags) }, "cuStreamCreate")?;
+        let h = self.handle();
+        self.streams.insert(h, Raw(s));
+        Ok(h)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> CmdResult<()> {
+        let s = *self.streams.get(&stream).ok_or_else(|| invalid_handle("stream", stream))?;
+        self.enter()?;
+        // SAFETY: a stream of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuStreamDestroy_v2)(s.0) }, "cuStreamDestroy_v2")?;
+        self.streams.remove(&stream);
+        Ok(())
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()> {
+        let s = self.stream(stream)?;
+        self.enter()?;
+        // SAFETY: a stream of this session (or a special handle).
+        self.drv.ok(unsafe { (self.drv.api.cuStreamSynchronize)(s) }, "cuStreamSynchronize")
+    }
+
+    fn stream_query(&mut self, stream: u64) -> CmdResult<()> {
+        let s = self.stream(stream)?;
+        self.enter()?;
+        // SAFETY: as above.
+        self.drv.ok(unsafe { (self.drv.api.cuStreamQuery)(s) }, "cuStreamQuery")
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64) -> CmdResult<()> {
+        let (s, e) = (self.stream(stream)?, self.event(event)?);
+        self.enter()?;
+        // SAFETY: a stream and an event of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuStreamWaitEvent)(s, e, 0) }, "cuStreamWaitEvent")
+    }
+
+    fn event_create(&mut self, flags: u32) -> CmdResult<u64> {
+        self.enter()?;
+        let mut e: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        self.drv.ok(unsafe { (self.drv.api.cuEventCreate)(&mut e, flags) }, "cuEventCreate")?;
+        let h = self.handle();
+        self.events.insert(h, Raw(e));
+        Ok(h)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> CmdResult<()> {
+        let e = self.event(event)?;
+        self.enter()?;
+        // SAFETY: an event of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuEventDestroy_v2)(e) }, "cuEventDestroy_v2")?;
+        self.events.remove(&event);
+        Ok(())
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> CmdResult<()> {
+        let (e, s) = (self.event(event)?, self.stream(stream)?);
+        self.enter()?;
+        // SAFETY: an event and a stream of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuEventRecord)(e, s) }, "cuEventRecord")
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> CmdResult<()> {
+        let e = self.event(event)?;
+        self.enter()?;
+        // SAFETY: an event of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuEventSynchronize)(e) }, "cuEventSynchronize")
+    }
+
+    fn event_query(&mut self, event: u64) -> CmdResult<()> {
+        let e = self.event(event)?;
+        self.enter()?;
+        // SAFETY: as above.
+        self.drv.ok(unsafe { (self.drv.api.cuEventQuery)(e) }, "cuEventQuery")
+    }
+
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32> {
+        let (a, b) = (self.event(start)?, self.event(end)?);
+        self.enter()?;
+        let mut ms = 0f32;
+        // SAFETY: events of this session; valid out-pointer.
+        self.drv.ok(unsafe { (self.drv.api.cuEventElapsedTime)(&mut ms, a, b) }, "cuEventElapsedTime")?;
+        Ok(ms)
+    }
+
+    fn synchronize(&mut self) -> CmdResult<()> {
+        self.enter()?;
+        // SAFETY: the session's current context.
+        self.drv.ok(unsafe { (self.drv.api.cuCtxSynchronize)() }, "cuCtxSynchronize")
+    }
+
+    fn vmm_create(&mut self, _size: u64) -> CmdResult<u64> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_release(&mut self, _handle: u64) -> CmdResult<()> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_reserve(&mut self, _size: u64, _alignment: u64, _hint: u64) -> CmdResult<u64> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_unreserve(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_map(&mut self, _va: u64, _size: u64, _offset: u64, _handle: u64) -> CmdResult<()> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_unmap(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
+        Err(vmm_not_yet())
+    }
+
+    fn vmm_set_access(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
+        Err(vmm_not_yet())
+    }
+}
+
+fn vmm_not_yet() -> CmdError {
+    CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "virtual memory management is not supported by the cuda backend yet")
+}
