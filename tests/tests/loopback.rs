@@ -115,3 +115,36 @@ fn a_killed_client_leaves_nothing_in_either_mediator() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// CuPy (its checks and the exactness checks, with CUB) and NVML (pynvml) through the cuda
+/// backend: the same answers as straight on the sim (each script compares with NumPy or the
+/// device's profile itself and prints PASS).
+#[test]
+fn cupy_and_nvml_through_the_cuda_backend() {
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback(&sim);
+    let venv = wheels_dir().parent().unwrap().join("cupy-venv/bin/python");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for script in ["cupy_check.py", "cupy_exactness.py"] {
+        let cache = TempDir::new("cupy-cache");
+        let out = std::process::Command::new(&venv)
+            .arg(here.join(script))
+            .env("LD_LIBRARY_PATH", libcuda_dir())
+            .env("VGPU_SOCKET", &loopback.socket)
+            .env("CUPY_COMPILE_WITH_PTX", "1")
+            .env("CUPY_ACCELERATORS", "cub")
+            .env("CUPY_CACHE_DIR", &cache.0)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "{script} through the cuda backend:\n{}\n--- log\n{}", describe(&out), loopback.log());
+    }
+    let nvml = std::process::Command::new("python3")
+        .arg(here.join("nvml_query.py"))
+        .env("PYTHONPATH", wheels_dir().parent().unwrap().join("py"))
+        .env("LD_LIBRARY_PATH", libcuda_dir())
+        .env("VGPU_SOCKET", &loopback.socket)
+        .output()
+        .unwrap();
+    assert!(nvml.status.success() && String::from_utf8_lossy(&nvml.stdout).lines().last() == Some("PASS"), "pynvml through the cuda backend:\n{}", describe(&nvml));
+}
