@@ -38,32 +38,45 @@ const CONFIGS: [&str; 11] = [
     "Q4_K:f32:prompt",
 ];
 
-#[test]
-fn llama_cpp_cuda_backend_on_vgpu_equals_its_cpu_backend() {
+/// Runs llama_check.py's comparison of `configs` (`tokens` each) against the mediator `m`.
+fn llama_matches_cpu(m: &Mediator, configs: &[&str], tokens: u32) {
     let py = llama_python();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llama_check.py");
     let models = TempDir::new("llama-models");
     let make = Command::new(&py).arg(&script).arg("make").arg(&models.0).env("LD_LIBRARY_PATH", library_path(&py)).env("VGPU_SOCKET", "/nonexistent").output().unwrap();
     assert!(make.status.success(), "making the models:\n{}", describe(&make));
-    let m = Mediator::start();
     let out = Command::new(&py)
         .arg(&script)
         .arg("compare")
         .arg(&models.0)
-        .args(CONFIGS)
+        .args(configs)
         .env("LD_LIBRARY_PATH", library_path(&py))
         .env("VGPU_SOCKET", &m.socket)
+        .env("LLAMA_CHECK_TOKENS", tokens.to_string())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     let ok = stdout.lines().filter(|l| l.starts_with("LLAMA-CHECK ok ")).count();
     assert!(
-        out.status.success() && stdout.lines().last() == Some("PASS") && ok == CONFIGS.len(),
+        out.status.success() && stdout.lines().last() == Some("PASS") && ok == configs.len(),
         "llama.cpp on vgpu:\n{}\n--- mediator log (tail)\n{}",
         describe(&out),
         m.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+}
+
+#[test]
+fn llama_cpp_cuda_backend_on_vgpu_equals_its_cpu_backend() {
+    llama_matches_cpu(&Mediator::start(), &CONFIGS, 16);
+}
+
+/// The same through the mediator's cuda backend in loopback (its "driver" vgpu's own libcuda
+/// talking to a sim mediator): one float and one quantized prompt-batch config.
+#[test]
+fn llama_cpp_through_the_cuda_backend_equals_its_cpu_backend() {
+    let sim = Mediator::start();
+    llama_matches_cpu(&Mediator::start_loopback(&sim), &["F16:f16:one", "Q4_0:f16:prompt"], 8);
 }
 
 /// ggml's ops one at a time on both backends (matrix products of 13 weight types by 1, 8 and 32
@@ -71,9 +84,19 @@ fn llama_cpp_cuda_backend_on_vgpu_equals_its_cpu_backend() {
 /// flash attention), each within test-backend-ops' tolerance.
 #[test]
 fn ggml_ops_on_vgpu_equal_ggml_cpu_backend() {
+    ggml_ops_match_cpu(&Mediator::start());
+}
+
+/// The same through the cuda backend in loopback.
+#[test]
+fn ggml_ops_through_the_cuda_backend_equal_ggml_cpu_backend() {
+    let sim = Mediator::start();
+    ggml_ops_match_cpu(&Mediator::start_loopback(&sim));
+}
+
+fn ggml_ops_match_cpu(m: &Mediator) {
     let py = llama_python();
     let libs = py.parent().unwrap().parent().unwrap().join("lib/python3.11/site-packages/cyllama_cuda12.libs");
-    let m = Mediator::start();
     let out = Command::new(&py)
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ggml_ops_check.py"))
         .arg(&libs)

@@ -68,6 +68,7 @@ entry_points! {
     cuModuleGetFunction: fn(*mut Ptr, Ptr, *const c_char);
     cuModuleGetGlobal_v2: fn(*mut u64, *mut usize, Ptr, *const c_char);
     cuFuncGetAttribute: fn(*mut c_int, c_int, Ptr);
+    cuFuncSetAttribute: fn(Ptr, c_int, c_int);
     cuFuncGetParamInfo: fn(Ptr, usize, *mut usize, *mut usize);
     cuLaunchKernel: fn(Ptr, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Ptr, *mut *mut c_void, *mut *mut c_void);
     cuStreamCreate: fn(*mut Ptr, c_uint);

@@ -40,6 +40,9 @@ const FUNC_LOCAL_SIZE_BYTES: i32 = 3;
 const FUNC_NUM_REGS: i32 = 4;
 const FUNC_PTX_VERSION: i32 = 5;
 const FUNC_BINARY_VERSION: i32 = 6;
+const FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES: i32 = 8;
+/// Dynamic shared memory a launch may use without opting in (cuda.h: 48 KiB).
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 << 10;
 
 /// One of the driver's devices, presented to guests as their device 0.
 pub struct CudaBackend {
@@ -485,6 +488,13 @@ impl DeviceSession for CudaSession {
         }
         let raw = f.raw;
         self.enter()?;
+        if dims.dynamic_shared_bytes > DEFAULT_DYNAMIC_SHARED {
+            // The guest opted in with cuFuncSetAttribute, which its libcuda checked and kept; the
+            // real function needs the same opt-in (the driver refuses the launch otherwise).
+            // SAFETY: a function of this session.
+            let r = unsafe { (self.drv.api.cuFuncSetAttribute)(raw.0, FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES, dims.dynamic_shared_bytes as i32) };
+            self.drv.ok(r, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
+        }
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         // SAFETY: a function of this session; `ptrs` point into `params`, which outlives the
