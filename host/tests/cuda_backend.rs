@@ -84,6 +84,27 @@ fn addresses_handles_and_session_ends() {
     // A parameter buffer shorter than the kernel's parameters is refused before the driver.
     assert_eq!(a.launch(f.handle, dims, &p[..8]).unwrap_err().code, CUDA_ERROR_INVALID_VALUE);
 
+    // VMM: two physical allocations mapped side by side in one reservation; copies may span
+    // them once access is set, and nothing outside the mappings is reachable.
+    let g = 2u64 << 20;
+    let (h1, h2) = (a.vmm_create(g).unwrap(), a.vmm_create(g).unwrap());
+    let va = a.vmm_reserve(4 * g, 0, 0).unwrap();
+    a.vmm_map(va, g, 0, h1).unwrap();
+    a.vmm_map(va + g, g, 0, h2).unwrap();
+    assert_eq!(a.write(va, &[1u8; 16]).unwrap_err().code, CUDA_ERROR_INVALID_VALUE, "no access set yet");
+    a.vmm_set_access(va, 2 * g).unwrap();
+    a.write(va + g - 8, &[9u8; 16]).unwrap();
+    let mut across = [0u8; 16];
+    a.read(va + g - 8, &mut across).unwrap();
+    assert_eq!(across, [9u8; 16]);
+    assert_eq!(a.write(va + 2 * g - 8, &[1u8; 16]).unwrap_err().code, CUDA_ERROR_INVALID_VALUE, "past the mappings");
+    assert_eq!(b.vmm_map(va + 2 * g, g, 0, h1).unwrap_err().code, CUDA_ERROR_INVALID_VALUE, "another session's reservation");
+    assert_eq!(a.vmm_map(va + 2 * g, g, 0, 0x4242).unwrap_err().code, CUDA_ERROR_INVALID_HANDLE);
+    assert_eq!(a.vmm_map(va + 2 * g, g, g, h1).unwrap_err().code, CUDA_ERROR_INVALID_VALUE, "offset past the allocation");
+    assert_eq!(a.vmm_unreserve(va, g).unwrap_err().code, CUDA_ERROR_INVALID_VALUE, "part of a reservation");
+    assert!(a.used_bytes() >= 2 * g);
+    // Left mapped on purpose: the session's end must unmap, release and free it all.
+
     // Both sessions end: the driver (and the sim behind it) gets everything back.
     assert!(sim.memory_usage(0).unwrap().1 > 0);
     drop(a);

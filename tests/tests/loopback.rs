@@ -7,12 +7,11 @@ use vgpu_tests::*;
 
 /// Programs whose output through the cuda backend differs for a reason named here, and what
 /// remains of issue 17 for each: device printf reaches the mediator's stdout, not the guest
-/// (worker processes will forward it); VMM is not in the cuda backend yet; keep_working runs
-/// until it is killed (the fault tests' program, not a result).
-const NOT_YET: [(&str, &str); 4] = [
+/// (worker processes will forward it); keep_working runs until it is killed (the fault tests'
+/// program, not a result).
+const NOT_YET: [(&str, &str); 3] = [
     ("printf_kernel", "device printf is written to the mediator's stdout"),
     ("device_functions", "device printf is written to the mediator's stdout"),
-    ("ggml_init", "VMM (cuMemCreate/Map) is not in the cuda backend yet"),
     ("keep_working", "runs until killed"),
 ];
 

@@ -171,3 +171,41 @@ pub mod attr {
     pub const MEMORY_POOLS_SUPPORTED: usize = 115;
     pub const VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: usize = 102;
 }
+
+/// The virtual memory management structures of cuda.h, as libcuda receives them from
+/// applications and the host's cuda backend passes them to a real driver.
+pub mod vmm {
+    use core::ffi::{c_int, c_void};
+
+    /// CUmemLocation.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct MemLocation {
+        pub ty: c_int,
+        pub id: c_int,
+    }
+
+    /// CUmemAllocationProp.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct MemAllocationProp {
+        pub ty: c_int,
+        pub handle_types: c_int,
+        pub location: MemLocation,
+        pub win32_metadata: *mut c_void,
+        pub alloc_flags: [u8; 8],
+    }
+
+    /// CUmemAccessDesc.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct MemAccessDesc {
+        pub location: MemLocation,
+        pub flags: c_int,
+    }
+
+    pub const CU_MEM_ALLOCATION_TYPE_PINNED: c_int = 1;
+    pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
+    pub const CU_MEM_ACCESS_FLAGS_PROT_READ: c_int = 1;
+    pub const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_int = 3;
+}

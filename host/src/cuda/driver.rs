@@ -11,6 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
+use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp};
 use vgpu_uapi::cuda::*;
 
 pub type Ptr = *mut c_void;
@@ -82,6 +83,13 @@ entry_points! {
     cuEventSynchronize: fn(Ptr);
     cuEventQuery: fn(Ptr);
     cuEventElapsedTime: fn(*mut f32, Ptr, Ptr);
+    cuMemCreate: fn(*mut u64, usize, *const MemAllocationProp, u64);
+    cuMemRelease: fn(u64);
+    cuMemAddressReserve: fn(*mut u64, usize, usize, u64, u64);
+    cuMemAddressFree: fn(u64, usize);
+    cuMemMap: fn(u64, usize, usize, u64, u64);
+    cuMemUnmap: fn(u64, usize);
+    cuMemSetAccess: fn(u64, usize, *const MemAccessDesc, usize);
 }
 
 /// A loaded driver: the library (kept loaded) and its entry points.

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::path::Path;
 use std::sync::Arc;
+use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
 
@@ -112,9 +113,6 @@ fn device_info(drv: &CudaDriver, ordinal: i32) -> CmdResult<DeviceInfo> {
             *slot = v;
         }
     }
-    // What this backend does not provide yet must not be promised to guests (ggml, for one,
-    // takes the VMM path when the device says it has it).
-    attrs[attr_id::VIRTUAL_MEMORY_MANAGEMENT] = 0;
     let mut info = DeviceInfo {
         name: [0; 96],
         uuid,
@@ -135,7 +133,6 @@ mod attr_id {
     pub const PCI_BUS: usize = 33;
     pub const PCI_DEVICE: usize = 34;
     pub const PCI_DOMAIN: usize = 50;
-    pub const VIRTUAL_MEMORY_MANAGEMENT: usize = 102;
 }
 
 impl Backend for CudaBackend {
@@ -177,6 +174,9 @@ impl Backend for CudaBackend {
             functions: HashMap::new(),
             streams: HashMap::new(),
             events: HashMap::new(),
+            physical: HashMap::new(),
+            reserved: BTreeMap::new(),
+            mapped: BTreeMap::new(),
         }))
     }
 }
@@ -211,6 +211,12 @@ pub struct CudaSession {
     functions: HashMap<u64, Function>,
     streams: HashMap<u64, Raw>,
     events: HashMap<u64, Raw>,
+    /// VMM: physical allocations (client handle -> (driver handle, size)), reserved address
+    /// ranges (base -> size) and mappings (va -> (size, client handle of the physical
+    /// allocation, whether access was set)).
+    physical: HashMap<u64, (u64, u64)>,
+    reserved: BTreeMap<u64, u64>,
+    mapped: BTreeMap<u64, (u64, u64, bool)>,
 }
 
 fn invalid_handle(what: &str, h: u64) -> CmdError {
@@ -230,8 +236,34 @@ impl CudaSession {
         self.next_handle
     }
 
+    /// Device memory the session holds: allocations and VMM physical allocations.
+    fn held(&self) -> u64 {
+        self.allocs.values().sum::<u64>() + self.physical.values().map(|&(_, s)| s).sum::<u64>()
+    }
+
     fn account(&self) {
-        self.usage.set_used(self.usage_id, self.allocs.values().sum());
+        self.usage.set_used(self.usage_id, self.held());
+    }
+
+    /// Whether [addr, end) is covered by consecutive mappings with access set.
+    fn mapped_span(&self, addr: u64, end: u64) -> bool {
+        let mut at = addr;
+        while at < end {
+            match self.mapped.range(..=at).next_back() {
+                Some((&va, &(size, _, true))) if at < va + size => at = va + size,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Checks that [va, va + size) lies inside one reservation of this session.
+    fn check_reserved(&self, va: u64, size: u64) -> CmdResult<()> {
+        let end = va.checked_add(size).filter(|_| size > 0).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "empty or overflowing range"))?;
+        match self.reserved.range(..=va).next_back() {
+            Some((&b, &s)) if end <= b + s => Ok(()),
+            _ => Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{size} bytes at {va:#x} are not inside one reservation of this client"))),
+        }
     }
 
     /// Checks that `len` bytes at `addr` lie inside one allocation (or one module variable)
@@ -240,7 +272,7 @@ impl CudaSession {
         let end = addr.checked_add(len).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "address range overflows"))?;
         let in_alloc = self.allocs.range(..=addr).next_back().is_some_and(|(&b, &s)| end <= b + s);
         let in_global = self.modules.values().flat_map(|m| &m.globals).any(|&(b, s)| addr >= b && end <= b + s);
-        if in_alloc || in_global {
+        if in_alloc || in_global || (len > 0 && self.mapped_span(addr, end)) {
             Ok(())
         } else {
             Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{len} bytes at {addr:#x} are not inside one device allocation of this client")))
@@ -278,6 +310,15 @@ impl Drop for CudaSession {
                 for m in self.modules.values() {
                     (api.cuModuleUnload)(m.raw.0);
                 }
+                for (&va, &(size, _, _)) in &self.mapped {
+                    (api.cuMemUnmap)(va, size as usize);
+                }
+                for &(h, _) in self.physical.values() {
+                    (api.cuMemRelease)(h);
+                }
+                for (&va, &size) in &self.reserved {
+                    (api.cuMemAddressFree)(va, size as usize);
+                }
                 for &base in self.allocs.keys() {
                     (api.cuMemFree_v2)(base);
                 }
@@ -291,7 +332,7 @@ impl Drop for CudaSession {
 
 impl DeviceSession for CudaSession {
     fn mem_get_info(&self) -> (u64, u64) {
-        let used: u64 = self.allocs.values().sum();
+        let used = self.held();
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: valid out-pointers; the context is made current first.
         let ok = self.enter().is_ok() && unsafe { (self.drv.api.cuMemGetInfo_v2)(&mut free, &mut total) } == CUDA_SUCCESS;
@@ -303,7 +344,7 @@ impl DeviceSession for CudaSession {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.allocs.values().sum()
+        self.held()
     }
 
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
@@ -599,35 +640,105 @@ impl DeviceSession for CudaSession {
         self.drv.ok(unsafe { (self.drv.api.cuCtxSynchronize)() }, "cuCtxSynchronize")
     }
 
-    fn vmm_create(&mut self, _size: u64) -> CmdResult<u64> {
-        Err(vmm_not_yet())
+    fn vmm_create(&mut self, size: u64) -> CmdResult<u64> {
+        let prop = MemAllocationProp {
+            ty: CU_MEM_ALLOCATION_TYPE_PINNED,
+            handle_types: 0,
+            location: MemLocation { ty: CU_MEM_LOCATION_TYPE_DEVICE, id: self.device },
+            win32_metadata: std::ptr::null_mut(),
+            alloc_flags: [0; 8],
+        };
+        self.enter()?;
+        let mut h = 0u64;
+        // SAFETY: valid out-pointer and property struct; the driver checks size and granularity.
+        self.drv.ok(unsafe { (self.drv.api.cuMemCreate)(&mut h, size as usize, &prop, 0) }, "cuMemCreate")?;
+        let id = self.handle();
+        self.physical.insert(id, (h, size));
+        self.account();
+        Ok(id)
     }
 
-    fn vmm_release(&mut self, _handle: u64) -> CmdResult<()> {
-        Err(vmm_not_yet())
+    fn vmm_release(&mut self, handle: u64) -> CmdResult<()> {
+        let (h, _) = *self.physical.get(&handle).ok_or_else(|| invalid_handle("physical allocation", handle))?;
+        self.enter()?;
+        // SAFETY: a physical allocation of this session (the driver keeps mapped memory alive
+        // until it is unmapped, as CUDA specifies).
+        self.drv.ok(unsafe { (self.drv.api.cuMemRelease)(h) }, "cuMemRelease")?;
+        self.physical.remove(&handle);
+        self.account();
+        Ok(())
     }
 
-    fn vmm_reserve(&mut self, _size: u64, _alignment: u64, _hint: u64) -> CmdResult<u64> {
-        Err(vmm_not_yet())
+    fn vmm_reserve(&mut self, size: u64, alignment: u64, hint: u64) -> CmdResult<u64> {
+        self.enter()?;
+        let mut va = 0u64;
+        // SAFETY: valid out-pointer; the driver chooses the range (a hint is only a hint).
+        self.drv.ok(unsafe { (self.drv.api.cuMemAddressReserve)(&mut va, size as usize, alignment as usize, hint, 0) }, "cuMemAddressReserve")?;
+        self.reserved.insert(va, size);
+        Ok(va)
     }
 
-    fn vmm_unreserve(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
-        Err(vmm_not_yet())
+    fn vmm_unreserve(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        if self.reserved.get(&va) != Some(&size) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{size} bytes at {va:#x} are not a reservation of this client")));
+        }
+        self.enter()?;
+        // SAFETY: a whole reservation of this session.
+        self.drv.ok(unsafe { (self.drv.api.cuMemAddressFree)(va, size as usize) }, "cuMemAddressFree")?;
+        self.reserved.remove(&va);
+        Ok(())
     }
 
-    fn vmm_map(&mut self, _va: u64, _size: u64, _offset: u64, _handle: u64) -> CmdResult<()> {
-        Err(vmm_not_yet())
+    fn vmm_map(&mut self, va: u64, size: u64, offset: u64, handle: u64) -> CmdResult<()> {
+        self.check_reserved(va, size)?;
+        let (h, phys_size) = *self.physical.get(&handle).ok_or_else(|| invalid_handle("physical allocation", handle))?;
+        if offset.checked_add(size).is_none_or(|e| e > phys_size) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{size} bytes at offset {offset} exceed the physical allocation's {phys_size}")));
+        }
+        self.enter()?;
+        // SAFETY: the range is inside a reservation of this session and the allocation is its
+        // own; the driver refuses overlaps and misalignment.
+        self.drv.ok(unsafe { (self.drv.api.cuMemMap)(va, size as usize, offset as usize, h, 0) }, "cuMemMap")?;
+        self.mapped.insert(va, (size, handle, false));
+        Ok(())
     }
 
-    fn vmm_unmap(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
-        Err(vmm_not_yet())
+    fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.check_reserved(va, size)?;
+        let end = va + size;
+        let inside: Vec<u64> = self.mapped.range(va..end).filter(|(&m, &(s, _, _))| m + s <= end).map(|(&m, _)| m).collect();
+        if inside.is_empty() {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("nothing of this client is mapped at {va:#x}")));
+        }
+        self.enter()?;
+        // SAFETY: mappings of this session inside one of its reservations.
+        self.drv.ok(unsafe { (self.drv.api.cuMemUnmap)(va, size as usize) }, "cuMemUnmap")?;
+        for m in inside {
+            self.mapped.remove(&m);
+        }
+        self.account();
+        Ok(())
     }
 
-    fn vmm_set_access(&mut self, _va: u64, _size: u64) -> CmdResult<()> {
-        Err(vmm_not_yet())
+    fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.check_reserved(va, size)?;
+        let end = va + size;
+        let mut covered = va;
+        for (&m, &(s, _, _)) in self.mapped.range(..end) {
+            if m <= covered && m + s > covered {
+                covered = m + s;
+            }
+        }
+        if covered < end {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{size} bytes at {va:#x} are not mapped")));
+        }
+        let desc = MemAccessDesc { location: MemLocation { ty: CU_MEM_LOCATION_TYPE_DEVICE, id: self.device }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+        self.enter()?;
+        // SAFETY: mapped memory of this session; one valid access descriptor.
+        self.drv.ok(unsafe { (self.drv.api.cuMemSetAccess)(va, size as usize, &desc, 1) }, "cuMemSetAccess")?;
+        for (_, m) in self.mapped.range_mut(..end).filter(|(&m, v)| m + v.0 > va) {
+            m.2 = true;
+        }
+        Ok(())
     }
-}
-
-fn vmm_not_yet() -> CmdError {
-    CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "virtual memory management is not supported by the cuda backend yet")
 }

@@ -9,35 +9,7 @@ use std::ffi::c_int;
 use vgpu_uapi::proto::{Op, VMM_GRANULARITY};
 use vgpu_uapi::wire::Reader;
 
-/// CUmemLocation.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemLocation {
-    ty: c_int,
-    id: c_int,
-}
-
-/// CUmemAllocationProp.
-#[repr(C)]
-pub struct MemAllocationProp {
-    ty: c_int,
-    handle_types: c_int,
-    location: MemLocation,
-    win32_metadata: *mut c_void,
-    alloc_flags: [u8; 8],
-}
-
-/// CUmemAccessDesc.
-#[repr(C)]
-pub struct MemAccessDesc {
-    location: MemLocation,
-    flags: c_int,
-}
-
-const CU_MEM_ALLOCATION_TYPE_PINNED: c_int = 1;
-const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
-const CU_MEM_ACCESS_FLAGS_PROT_READ: c_int = 1;
-const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_int = 3;
+use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READ, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE};
 
 fn device_location(l: MemLocation) -> Result<(), CUresult> {
     let d = state::driver()?;
