@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The data path, side by side in one run: (a) the mediator in-process (no transport),
 # (b) libcuda over the Unix socket, (c) libcuda in a QEMU guest over /dev/nvidia0 (TCG: the
-# guest's CPU is emulated). Null-call round trip, launch rates, copy bandwidth by size from
+# guest's CPU is emulated), (d) over the socket to a mediator running the cuda backend in
+# loopback (its "driver" vgpu's own libcuda, talking to a sim mediator: the backend's own cost). Null-call round trip, launch rates, copy bandwidth by size from
 # pageable and pinned memory, each copy also as a ratio to this host's memcpy for the size.
 #   usage: scripts/bench-data-path.sh [--no-guest] [--guest-max-mib N]
 set -euo pipefail
@@ -17,7 +18,8 @@ done
 bash scripts/setup.sh >/dev/null
 cargo build --release --workspace --locked -q
 OUT=$(mktemp -d)
-trap 'kill $HOSTD 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'kill $HOSTD $LOOP 2>/dev/null || true; rm -rf "$OUT"' EXIT
+LOOP=
 echo "(a) in-process ..." >&2
 cargo bench -q -p vgpu-host --bench data_path 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/a"
 # The CUDA program, built by the test crate's helper (nvcc from the cached wheels).
@@ -31,6 +33,11 @@ target/release/vgpu-hostd --socket "$OUT/hostd.sock" --sim-memory-mib 2048 2>/de
 HOSTD=$!
 for _ in $(seq 100); do [ -S "$OUT/hostd.sock" ] && break; sleep 0.05; done
 LD_LIBRARY_PATH="$LIBS" VGPU_SOCKET="$OUT/hostd.sock" "$EXE" 256 | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/b"
+echo "(d) cuda backend in loopback ..." >&2
+VGPU_SOCKET="$OUT/hostd.sock" target/release/vgpu-hostd --socket "$OUT/loop.sock" --backend cuda --cuda-driver "$PWD/target/release/libcuda.so" 2>/dev/null &
+LOOP=$!
+for _ in $(seq 100); do [ -S "$OUT/loop.sock" ] && break; sleep 0.05; done
+LD_LIBRARY_PATH="$LIBS" VGPU_SOCKET="$OUT/loop.sock" "$EXE" 256 | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/d"
 : > "$OUT/c"
 if [ "$GUEST" = 1 ]; then
   echo "(c) guest ..." >&2
@@ -40,13 +47,13 @@ if [ "$GUEST" = 1 ]; then
   printf '/opt/vgpu/cu12/data_path %s\n' "$GUEST_MAX" > "$OUT/payload/run.sh"
   bash qemu/harness/boot-guest.sh --payload "$OUT/payload" --run run.sh 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/c" || true
 fi
-awk -v A="$OUT/a" -v B="$OUT/b" -v C="$OUT/c" '
+awk -v A="$OUT/a" -v B="$OUT/b" -v C="$OUT/c" -v D="$OUT/d" '
   function load(f, arr,   line, p) { while ((getline line < f) > 0) { split(line, p, " "); arr[p[1]] = p[2]; if (!(p[1] in seen)) { seen[p[1]] = 1; order[++n] = p[1] } } }
   function cell(arr, k, ratio,   v) { if (!(k in arr)) return sprintf("%12s", "-"); v = arr[k]; if (ratio > 0) return sprintf("%7.2f (%3.0f%%)", v, 100 * v / ratio); return sprintf("%12s", v) }
   function human(s) { s = s + 0; return s >= 1048576 ? s / 1048576 " MiB" : s / 1024 " KiB" }
   BEGIN {
-    load(A, a); load(B, b); load(C, c)
-    printf "%-26s %14s %14s %14s\n", "", "(a) in-process", "(b) socket", "(c) guest"
+    load(A, a); load(B, b); load(C, c); load(D, d)
+    printf "%-26s %14s %14s %14s %14s\n", "", "(a) in-process", "(b) socket", "(c) guest", "(d) loopback"
     for (i = 1; i <= n; i++) {
       k = order[i]
       if (k ~ /^memcpy_/) continue
@@ -55,7 +62,7 @@ awk -v A="$OUT/a" -v B="$OUT/b" -v C="$OUT/c" '
         size = substr(k, RSTART + 1); base = substr(k, 1, RSTART - 1)
         label = sprintf("%s %s", base, human(size)); unit = "GB/s"; ref = b["memcpy_" size]
       }
-      printf "%-26s %14s %14s %14s\n", label, cell(a, k, ref), cell(b, k, ref), cell(c, k, ref)
+      printf "%-26s %14s %14s %14s %14s\n", label, cell(a, k, ref), cell(b, k, ref), cell(c, k, ref), cell(d, k, ref)
     }
     print "copies in GB/s, (in parentheses: % of this host'"'"'s memcpy for the size, measured in (b)); null call in us; launches per second"
   }'
