@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE};
 use vgpu_uapi::cuda::*;
-use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
+use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
 
 /// A driver handle (context, module, function, stream, event) kept by a session.
 #[derive(Clone, Copy, Debug)]
@@ -29,10 +29,6 @@ struct Raw(Ptr);
 // it has made their context current, which every session call does first (CudaSession::enter).
 unsafe impl Send for Raw {}
 
-/// CUDA's special stream handles as guests pass them (cuda.h: CU_STREAM_LEGACY = 0x1,
-/// CU_STREAM_PER_THREAD = 0x2): the driver takes them as they are.
-const STREAM_LEGACY: u64 = 1;
-const STREAM_PER_THREAD: u64 = 2;
 
 // CUfunction_attribute (cuda.h).
 const FUNC_MAX_THREADS_PER_BLOCK: i32 = 0;
@@ -282,6 +278,7 @@ impl CudaSession {
     fn stream(&self, s: u64) -> CmdResult<Ptr> {
         match s {
             0 => Ok(std::ptr::null_mut()),
+            // CUDA's special stream handles: the driver takes them as they are.
             STREAM_LEGACY | STREAM_PER_THREAD => Ok(s as usize as Ptr),
             _ => self.streams.get(&s).map(|r| r.0).ok_or_else(|| invalid_handle("stream", s)),
         }
