@@ -152,7 +152,8 @@ pub fn choose(
     cuda_device: u32,
     sim: impl FnOnce() -> crate::sim::SimBackend,
 ) -> Result<std::sync::Arc<dyn Backend>, String> {
-    let cuda = || crate::cuda::CudaBackend::load(cuda_driver, cuda_device);
+    // The driver is loaded by workers only (one per guest process), never by the mediator.
+    let cuda = || crate::worker::WorkerSpec::this_executable(cuda_driver, cuda_device).and_then(crate::worker::WorkerBackend::start);
     let backend: std::sync::Arc<dyn Backend> = match kind {
         "sim" => {
             tracing::info!(gpu, "backend sim: configured");
@@ -160,12 +161,12 @@ pub fn choose(
         }
         "cuda" => {
             let c = cuda().map_err(|e| format!("GPU `{gpu}`: backend cuda: {e}"))?;
-            tracing::info!(gpu, driver = %c.driver_path().display(), version = c.driver_version(), "backend cuda: configured");
+            tracing::info!(gpu, driver = %c.driver_path().display(), device = %c.devices()[0].name_str(), "backend cuda: configured (a worker process per guest process)");
             std::sync::Arc::new(c)
         }
         "auto" => match cuda() {
             Ok(c) => {
-                tracing::info!(gpu, driver = %c.driver_path().display(), version = c.driver_version(), "backend cuda: the driver loads and has the device");
+                tracing::info!(gpu, driver = %c.driver_path().display(), device = %c.devices()[0].name_str(), "backend cuda: the driver loads and has the device (a worker process per guest process)");
                 std::sync::Arc::new(c)
             }
             Err(why) => {

@@ -70,6 +70,13 @@ fn is_gpu_work(op: Op) -> bool {
     matches!(op, Op::Launch | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost)
 }
 
+/// Requests during which a kernel runs: a launch (the sim runs it then), and the waits for the
+/// GPU and copies back that follow it on an asynchronous backend (cuda). Each is bounded by the
+/// VM's execution time limit.
+fn waits_for_kernels(op: Op) -> bool {
+    matches!(op, Op::Launch | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost)
+}
+
 fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "bad symbol name length"));
@@ -179,7 +186,7 @@ impl<'b> Connection<'b> {
         }
         let grant = gpu.sched.acquire(vm.id, settings.weight, &|| cancel.is_hung_up()).map_err(|_| gone())?;
         vm.stats.queue_wait_ns.fetch_add(grant.waited.as_nanos() as u64, Ordering::Relaxed);
-        let limit = if op == Op::Launch { settings.exec_time_limit } else { None };
+        let limit = if waits_for_kernels(op) { settings.exec_time_limit } else { None };
         cancel.arm(limit);
         let r = self.run(op, payload, out);
         cancel.arm(None);
@@ -187,7 +194,7 @@ impl<'b> Connection<'b> {
         drop(grant);
         vm.stats.gpu_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
         match (&r, op) {
-            (Err(e), Op::Launch) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| ran >= l) => {
+            (Err(e), _) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| ran >= l) => {
                 vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
             }
             (Ok(()), Op::Launch) => {
@@ -209,6 +216,21 @@ impl<'b> Connection<'b> {
         r
     }
 
+    /// A wait for the client's queued GPU work, under the VM's execution time limit.
+    fn wait_for_kernels(&mut self, op: Op, payload: &[u8], out: &mut Vec<u8>) -> CmdResult<()> {
+        let Some(sh) = &self.share else { return self.run(op, payload, out) };
+        let (vm, cancel) = (sh.vm.clone(), sh.client.cancel.clone());
+        let limit = vm.settings().exec_time_limit;
+        let started = std::time::Instant::now();
+        cancel.arm(limit);
+        let r = self.run(op, payload, out);
+        cancel.arm(None);
+        if matches!(&r, Err(e) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT) && limit.is_some_and(|l| started.elapsed() >= l) {
+            vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     fn session(&mut self) -> CmdResult<&mut dyn DeviceSession> {
         opened(&mut self.session)
     }
@@ -219,6 +241,7 @@ impl<'b> Connection<'b> {
         let r = match Op::from_u32(op) {
             None => Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, format!("unknown opcode {op}"))),
             Some(op) if is_gpu_work(op) => self.gpu_work(op, payload, out),
+            Some(op) if waits_for_kernels(op) => self.wait_for_kernels(op, payload, out),
             Some(op) => self.run(op, payload, out),
         };
         // Descriptors not claimed by this request are closed.
@@ -542,6 +565,11 @@ impl<'b> Connection<'b> {
                 let (va, size) = (r.u64()?, r.u64()?);
                 r.finish()?;
                 self.session()?.vmm_set_access(va, size)?;
+            }
+            Op::SessionUsage => {
+                r.finish()?;
+                let used = self.session()?.used_bytes();
+                out.put_u64(used);
             }
         }
         Ok(())

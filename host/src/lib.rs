@@ -15,3 +15,4 @@ pub mod sched;
 pub mod server;
 pub mod sim;
 pub mod vms;
+pub mod worker;

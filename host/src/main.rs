@@ -61,6 +61,10 @@ struct Args {
     /// CUDA_ERROR_LAUNCH_TIMEOUT (raise it for long kernels, e.g. CuPy's random generator setup).
     #[arg(long, default_value_t = vgpu_host::sim::ptx::INSTRUCTION_BUDGET)]
     sim_instruction_budget: u64,
+    /// (internal) Serve one guest process's session on the cuda backend over the socket on
+    /// standard input: how vgpu-hostd starts its workers.
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -77,6 +81,9 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.worker {
+        std::process::exit(vgpu_host::worker::run(args.cuda_driver.as_deref(), args.cuda_device));
+    }
     let (mediator, admin_socket, metrics_listen) = match &args.config {
         Some(path) => {
             let cfg = Config::load(path).unwrap_or_else(|e| fail(e));

@@ -115,7 +115,7 @@ impl Drop for Registered<'_> {
 
 /// Serves one client of `vm` until it disconnects. The session (and everything it owns) is
 /// dropped on return.
-pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
+pub fn serve_client(stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
     // Dropped in reverse order: the session first, then the registration, then the watch.
     let cancel = Arc::new(Cancel::default());
     let _watch = HangupWatch::start(&stream, cancel.clone())?;
@@ -124,6 +124,11 @@ pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
     let gpu = vm.gpu();
     let backend = gpu.backend.clone();
     let mut conn = Connection::shared(backend.as_ref(), Share { vm: vm.clone(), gpu, client });
+    serve_requests(stream, &mut conn, &vm.name)
+}
+
+/// Serves requests of `stream` on `conn` until the peer disconnects (`who`: for the log).
+pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &str) -> io::Result<()> {
     // Requests are read through a buffer and replies collected in one, written out only when
     // no further request is already waiting: a client that queues many requests (asynchronous
     // launches) costs one read and one write system call per batch, not per request.
@@ -158,7 +163,7 @@ pub fn serve_client(mut stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
         match conn.handle(h.op, &payload, &mut reply) {
             Ok(()) => push_reply(&mut output, h.op, h.seq, CUDA_SUCCESS, &reply),
             Err(e) => {
-                tracing::debug!(vm = %vm.name, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
+                tracing::debug!(vm = who, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
                 push_reply(&mut output, h.op, h.seq, e.code, e.message.as_bytes())
             }
         }

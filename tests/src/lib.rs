@@ -305,6 +305,28 @@ impl Mediator {
         Self::start_with_env(&["--backend", "cuda", "--cuda-driver", driver.to_str().unwrap()], &[("VGPU_SOCKET", inner.socket.as_os_str())])
     }
 
+    /// The loopback mediator started from a configuration: one cuda GPU (vgpu's own libcuda,
+    /// talking to `inner`) and one VM on this mediator's socket, with `vm_settings` (TOML lines).
+    pub fn start_loopback_vm(inner: &Mediator, vm_settings: &str) -> Mediator {
+        let dir = TempDir::new("mediator");
+        let socket = dir.0.join("hostd.sock");
+        let cfg = dir.0.join("hostd.toml");
+        let driver = target_dir().join("libcuda.so");
+        let body = format!(
+            "[[gpu]]\nname = \"gpu0\"\nbackend = \"cuda\"\ncuda_driver = \"{}\"\n[[vm]]\nname = \"vm0\"\ngpu = \"gpu0\"\nsocket = \"{}\"\n{vm_settings}\n",
+            driver.display(),
+            socket.display()
+        );
+        std::fs::write(&cfg, body).unwrap();
+        let log = std::fs::File::create(dir.0.join("hostd.log")).unwrap();
+        let child = spawn_hostd(&socket, &["--config", cfg.to_str().unwrap()], &[("VGPU_SOCKET", inner.socket.as_os_str())], log);
+        Mediator { child, socket, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.0.join("hostd.log")).unwrap_or_default()
     }
@@ -372,4 +394,22 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The live processes whose parent is `parent` (from /proc).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses, so parse after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(parent) && state != Some("Z") {
+            v.push(pid);
+        }
+    }
+    v.sort();
+    v
 }

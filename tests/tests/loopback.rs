@@ -7,7 +7,7 @@ use vgpu_tests::*;
 
 /// Programs whose output through the cuda backend differs for a reason named here, and what
 /// remains of issue 17 for each: device printf reaches the mediator's stdout, not the guest
-/// (worker processes will forward it); keep_working runs until it is killed (the fault tests'
+/// (the worker's stdout, which is the mediator's log); keep_working runs until it is killed (the fault tests'
 /// program, not a result).
 const NOT_YET: [(&str, &str); 3] = [
     ("printf_kernel", "device printf is written to the mediator's stdout"),
@@ -147,3 +147,144 @@ fn cupy_and_nvml_through_the_cuda_backend() {
         .unwrap();
     assert!(nvml.status.success() && String::from_utf8_lossy(&nvml.stdout).lines().last() == Some("PASS"), "pynvml through the cuda backend:\n{}", describe(&nvml));
 }
+
+fn guest_process(exe: &std::path::Path, socket: &std::path::Path) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .env("LD_LIBRARY_PATH", format!("{}:{}", libcuda_dir().display(), Cudart::V12.lib_dir().display()))
+        .env("VGPU_SOCKET", socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The worker of guest process `pid`, from the cuda-backend mediator's log.
+fn worker_of(log: &str, pid: u32) -> Option<u32> {
+    let line = log.lines().find(|l| l.contains("cuda worker started") && l.contains(&format!("client={pid} ")))?;
+    line.split("worker=").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Isolation: each guest process's work runs in a worker process of its own (a child of
+/// mediator A and, as the driver's client, the only kind of client B sees), so GPU contexts are
+/// never shared between guests. A worker that dies (as on a GPU fault or a driver crash) fails
+/// its own guest process with an error that stays (CUDA's sticky context errors), while the
+/// other guest process goes on; a guest process that ends takes its worker with it.
+#[test]
+fn each_guest_process_has_a_worker_of_its_own_and_a_lost_worker_harms_no_other() {
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback(&sim);
+    let exe = build_program("keep_working", Cudart::V12);
+    let (mut a, mut a_out) = guest_process(&exe, &loopback.socket);
+    let (mut b, mut b_out) = guest_process(&exe, &loopback.socket);
+    for out in [&mut a_out, &mut b_out] {
+        let first = out.next().unwrap().unwrap();
+        assert!(first.starts_with("ITER "), "{first}\n{}", loopback.log());
+    }
+    let workers = children_of(loopback.pid());
+    let (wa, wb) = (worker_of(&loopback.log(), a.id()), worker_of(&loopback.log(), b.id()));
+    let (wa, wb) = (wa.expect("a's worker in the log"), wb.expect("b's worker in the log"));
+    assert_ne!(wa, wb);
+    assert_eq!(workers, { let mut w = vec![wa, wb]; w.sort(); w }, "mediator A's children are the two workers");
+    let smi = std::process::Command::new(target_dir().join("vgpu-smi"))
+        .args(["--query-compute-apps=pid", "--format=csv,noheader"])
+        .env("LD_LIBRARY_PATH", libcuda_dir())
+        .env("VGPU_SOCKET", &sim.socket)
+        .output()
+        .unwrap();
+    let mut b_clients: Vec<u32> = String::from_utf8_lossy(&smi.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    b_clients.sort();
+    assert_eq!(b_clients, workers, "mediator B's GPU processes are A's workers:\n{}", describe(&smi));
+
+    // a's worker dies: a fails with an error that stays, b goes on.
+    // SAFETY: a signal to a process id, no memory involved.
+    assert_eq!(unsafe { libc::kill(wa as i32, libc::SIGKILL) }, 0);
+    let rest: Vec<String> = a_out.by_ref().map_while(Result::ok).collect();
+    let status = a.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "a after its worker died: {rest:?}");
+    assert!(rest.last().is_some_and(|l| l.starts_with("ERROR cudaErrorLaunchFailure")), "{rest:?}");
+    for _ in 0..5 {
+        let l = b_out.next().unwrap().unwrap();
+        assert!(l.starts_with("ITER "), "b after a's worker died: {l}\n{}", loopback.log());
+    }
+    assert!(loopback.log().contains("cuda worker lost"), "{}", loopback.log());
+
+    // b ends: its worker follows, and B holds nothing.
+    b.kill().unwrap();
+    b.wait().unwrap();
+    wait_until("b's worker exits", 20, || children_of(loopback.pid()).is_empty());
+}
+
+/// The execution time limit on the cuda backend: a kernel that runs past it is stopped by
+/// destroying its context (the worker ends), the wait for it returns CUDA_ERROR_LAUNCH_TIMEOUT
+/// and so does every later call of that process (sticky, as on a GPU); the VM's next process
+/// works. Driven through the Driver API with ctypes, a spinning PTX kernel.
+#[test]
+fn a_kernel_past_the_time_limit_loses_its_context_only() {
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback_vm(&sim, "exec_time_limit_ms = 1000");
+    let dir = TempDir::new("spin");
+    let script = dir.0.join("spin.py");
+    std::fs::write(&script, SPIN_PY).unwrap();
+    let run = |arg: &str| {
+        std::process::Command::new("python3").arg(&script).arg(arg).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &loopback.socket).output().unwrap()
+    };
+    let t = std::time::Instant::now();
+    let out = run("spin");
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", describe(&out), loopback.log());
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["launch 0", "synchronize 702", "alloc after 702"], "{}", loopback.log());
+    assert!(took < std::time::Duration::from_secs(30), "stopped after {took:?}");
+    assert!(loopback.log().contains("execution time limit"), "{}", loopback.log());
+    let out = run("finish");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(), ["launch 0", "synchronize 0", "alloc after 0"], "{}", describe(&out));
+    wait_until("no worker left", 20, || children_of(loopback.pid()).is_empty());
+}
+
+/// A kernel spinning on a flag in device memory ("spin": never set; "finish": set first).
+const SPIN_PY: &str = r#"
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, what):
+    if r != 0: raise SystemExit(f"{what}: CUresult {r}")
+ptx = b"""
+.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry spin(.param .u64 flag) {
+  .reg .u64 %rd<2>; .reg .u32 %r<2>; .reg .pred %p<2>;
+  ld.param.u64 %rd1, [flag];
+  cvta.to.global.u64 %rd1, %rd1;
+LOOP:
+  ld.volatile.global.u32 %r1, [%rd1];
+  setp.eq.u32 %p1, %r1, 0;
+  @%p1 bra LOOP;
+  ret;
+}
+"""
+ok(cu.cuInit(0), "cuInit")
+dev, ctx, mod, fn, flag = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint64()
+ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "retain")
+ok(cu.cuCtxSetCurrent(ctx), "current")
+ok(cu.cuModuleLoadData(ctypes.byref(mod), ptx), "load")
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"spin"), "function")
+ok(cu.cuMemAlloc_v2(ctypes.byref(flag), ctypes.c_size_t(4)), "alloc")
+ok(cu.cuMemsetD32_v2(flag, 1 if sys.argv[1] == "finish" else 0, ctypes.c_size_t(1)), "memset")
+arg = ctypes.c_uint64(flag.value)
+params = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.byref(arg), ctypes.c_void_p))
+print("launch", cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, None, params, None), flush=True)
+print("synchronize", cu.cuCtxSynchronize(), flush=True)
+p = ctypes.c_uint64()
+print("alloc after", cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(4)), flush=True)
+"#;

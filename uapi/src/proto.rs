@@ -175,6 +175,9 @@ opcodes! {
     MemcpyHtoDHost = 82,
     /// req: src u64, handle u64, offset u64, len u64 -> reply:  (copy into registered memory)
     MemcpyDtoHHost = 83,
+    /// req: -> reply: bytes u64 of device memory this client holds (allocations, module
+    /// variables, VMM physical memory): how the mediator accounts a cuda worker's session
+    SessionUsage = 90,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).

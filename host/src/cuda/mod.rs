@@ -3,11 +3,10 @@
 //! session created before it reaches the driver; device addresses are the driver's own, so
 //! pointers stored in device memory and pointer arithmetic in kernels work as on the GPU.
 //!
-//! This first version runs every session in the mediator's own process, each with the
-//! device's primary context and its own handle tables, and frees everything a session holds
-//! when it ends. Still to come (issue 17): a worker process per VM so that the GPU's own
-//! address spaces isolate VMs, device printf forwarded to the guest (the driver writes it to
-//! the mediator's stdout here), VMM and memory pools, host memory registration of guest RAM.
+//! The mediator does not run this in its own process: each guest process's session runs in a
+//! worker process of its own (`crate::worker`), so sessions never share a CUDA context. Still
+//! to come (issue 17): device printf forwarded to the guest (the driver writes it to the
+//! worker's stdout, the mediator's log), memory pools, host memory registration of guest RAM.
 
 pub mod driver;
 

@@ -1,0 +1,726 @@
+//! The cuda backend's isolation between guests: each guest process's work runs in a worker
+//! process of its own (`vgpu-hostd --worker`), which loads the CUDA driver and serves that one
+//! session with the ordinary request protocol over a socket pair. Each worker has its own CUDA
+//! context, so the GPU's own address spaces separate guests: a kernel of one guest that touches
+//! another's address faults in its own context only, and a fault or a driver crash ends one
+//! worker. That guest process gets the error from then on (sticky, as CUDA's context errors
+//! are); the mediator and every other guest go on. The mediator never loads the driver itself.
+//! A wait stopped for running past its VM's execution time limit ends the worker the same way:
+//! destroying the context is how a kernel on a GPU is stopped.
+//!
+//! The mediator keeps what is shared (scheduling, quotas, accounting, the client's pinned
+//! memory); the worker checks every handle and address again against its own session.
+
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
+use crate::cancel::Reason;
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vgpu_uapi::cuda::*;
+use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, MsgHeader, Op, COPY_CHUNK, HEADER_LEN, HELLO_OBSERVER, MSG_MAGIC};
+use vgpu_uapi::wire::{Reader, Writer};
+use vgpu_uapi::PROTOCOL_VERSION;
+
+/// How to start a worker: the executable (vgpu-hostd) and the driver and device it serves.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub exe: PathBuf,
+    pub driver: Option<PathBuf>,
+    pub device: u32,
+}
+
+impl WorkerSpec {
+    /// Workers of the running vgpu-hostd (or, from a test binary, of the vgpu-hostd built
+    /// beside it).
+    pub fn this_executable(driver: Option<&Path>, device: u32) -> Result<WorkerSpec, String> {
+        let me = std::env::current_exe().map_err(|e| format!("cannot find our own executable to start workers: {e}"))?;
+        let is_hostd = |p: &Path| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vgpu-hostd"));
+        let exe = if is_hostd(&me) {
+            me
+        } else {
+            me.ancestors().skip(1).take(2).map(|d| d.join("vgpu-hostd")).find(|p| p.is_file()).ok_or_else(|| format!("{} is not vgpu-hostd and none is built beside it", me.display()))?
+        };
+        Ok(WorkerSpec { exe, driver: driver.map(Path::to_path_buf), device })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("--worker").arg("--cuda-device").arg(self.device.to_string());
+        if let Some(d) = &self.driver {
+            c.arg("--cuda-driver").arg(d);
+        }
+        c
+    }
+}
+
+/// A request the worker could not answer: it replied with an error (the session goes on), or
+/// it is gone (every later request fails with this error).
+enum Failure {
+    Status(CmdError),
+    Lost(CmdError),
+}
+
+/// A running worker and the mediator's end of its socket.
+struct Worker {
+    child: Child,
+    stream: UnixStream,
+    seq: u32,
+    /// Requests sent whose replies are still to be read, oldest first.
+    unanswered: std::collections::VecDeque<Op>,
+}
+
+/// How long a worker may take to free its session and exit once its client is gone.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Most requests sent ahead without reading their replies. Each reply is a bare header, but
+/// one the worker writes alone costs the socket's buffer about a kilobyte: this many fit it
+/// (about 200 KiB), so the worker never blocks on its replies while we send to it.
+const MAX_AHEAD: usize = 64;
+/// How long one write to a worker waits before looking at the cancel token again.
+const SEND_POLL: Duration = Duration::from_millis(50);
+/// How often a request's wait looks at the client's cancel token.
+const CANCEL_POLL_MS: i32 = 20;
+
+impl Worker {
+    fn spawn(spec: &WorkerSpec) -> io::Result<Worker> {
+        let (ours, theirs) = UnixStream::pair()?;
+        // What the driver itself prints (device printf) goes where the mediator's log goes.
+        let log = io::stderr().as_fd().try_clone_to_owned()?;
+        let child = spec.command().stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::from(log)).spawn()?;
+        ours.set_write_timeout(Some(SEND_POLL))?;
+        Ok(Worker { child, stream: ours, seq: 0, unanswered: Default::default() })
+    }
+
+    /// Sends one request; its reply is read by `receive`, in order. A send that cannot go on
+    /// (the worker is stuck in the GPU and not reading) still watches the cancel token.
+    fn send(&mut self, op: Op, parts: &[&[u8]]) -> Result<(), Failure> {
+        self.seq = self.seq.wrapping_add(1);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq: self.seq, status: 0, payload_len: len as u32, reserved: 0 };
+        let header = h.to_bytes();
+        let token = crate::cancel::token();
+        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+            let mut at = 0;
+            while at < part.len() {
+                match self.stream.write(&part[at..]) {
+                    Ok(0) => return Err(self.lost(format!("cannot send {op:?} to the worker: it closed its socket"))),
+                    Ok(n) => at += n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                        if let Some(f) = token.as_ref().and_then(|t| t.check()).map(|r| self.cancelled(r)) {
+                            return Err(f);
+                        }
+                    }
+                    Err(e) => return Err(self.lost(format!("cannot send {op:?} to the worker: {e}"))),
+                }
+            }
+        }
+        self.unanswered.push_back(op);
+        Ok(())
+    }
+
+    /// The client's work was cancelled while the worker had it: the worker is killed.
+    fn cancelled(&mut self, reason: Reason) -> Failure {
+        match reason {
+            Reason::Hangup => self.kill(CmdError::new(CUDA_ERROR_LAUNCH_FAILED, "the client disconnected or was evicted")),
+            Reason::TimeLimit(ms) => {
+                let why = format!("the GPU work ran past the VM's execution time limit of {ms} ms: its context was destroyed");
+                self.kill(CmdError::new(CUDA_ERROR_LAUNCH_TIMEOUT, why))
+            }
+        }
+    }
+
+    /// The reply to the oldest unanswered request. While the worker works, the serving
+    /// thread's cancel token (client gone, time limit) is watched; when it fires the worker is
+    /// killed.
+    fn receive(&mut self, reply: &mut Vec<u8>) -> Result<(), Failure> {
+        let Some(op) = self.unanswered.pop_front() else {
+            return Err(self.kill(CmdError::new(CUDA_ERROR_UNKNOWN, "waiting for a reply to no request")));
+        };
+        if let Some(token) = crate::cancel::token() {
+            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            loop {
+                // SAFETY: one valid pollfd for a descriptor `self.stream` keeps open.
+                if unsafe { libc::poll(&mut pfd, 1, CANCEL_POLL_MS) } != 0 {
+                    break;
+                }
+                if let Some(reason) = token.check() {
+                    return Err(self.cancelled(reason));
+                }
+            }
+        }
+        let mut hdr = [0u8; HEADER_LEN];
+        if let Err(e) = self.stream.read_exact(&mut hdr) {
+            return Err(self.lost(format!("no reply to {op:?}: {e}")));
+        }
+        let r = MsgHeader::from_bytes(&hdr);
+        if r.validate().is_err() || r.op != op as u32 {
+            return Err(self.kill(CmdError::new(CUDA_ERROR_UNKNOWN, format!("the worker's reply to {op:?} is out of sync"))));
+        }
+        reply.clear();
+        reply.resize(r.payload_len as usize, 0);
+        if let Err(e) = self.stream.read_exact(reply) {
+            return Err(self.lost(format!("truncated reply to {op:?}: {e}")));
+        }
+        if r.status != CUDA_SUCCESS {
+            let message = String::from_utf8_lossy(reply).into_owned();
+            return Err(Failure::Status(CmdError::new(r.status, message)));
+        }
+        Ok(())
+    }
+
+    /// One request and its reply (nothing else unanswered).
+    fn call(&mut self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> Result<(), Failure> {
+        self.send(op, parts)?;
+        self.receive(reply)
+    }
+
+    /// The worker stopped answering: why, with how it ended.
+    fn lost(&mut self, what: String) -> Failure {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break format!("it ended ({s})"),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => break "it stopped answering".to_string(),
+            }
+        };
+        tracing::warn!(worker = self.child.id(), "cuda worker lost: {what}; {status}");
+        Failure::Lost(CmdError::new(CUDA_ERROR_LAUNCH_FAILED, format!("the GPU context of this process is gone ({what}; {status})")))
+    }
+
+    fn kill(&mut self, why: CmdError) -> Failure {
+        tracing::warn!(worker = self.child.id(), code = why.code, "stopping cuda worker: {}", why.message);
+        let _ = self.child.kill();
+        Failure::Lost(why)
+    }
+}
+
+impl Drop for Worker {
+    /// The worker sees end of file, frees its session and exits; one that does not in time is
+    /// killed (the driver frees what a dead process held).
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        tracing::warn!(worker = self.child.id(), "cuda worker did not exit within {EXIT_GRACE:?}; killed");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cuda backend as the mediator sees it: one worker per session, started at the session's
+/// first request (an NVML observer that never asks for GPU work costs no worker).
+pub struct WorkerBackend {
+    spec: WorkerSpec,
+    info: DeviceInfo,
+    usage: Arc<UsageTable>,
+}
+
+impl WorkerBackend {
+    /// Asks a first worker what the device is; fails, saying why, when the driver does not
+    /// load there or has no such device.
+    pub fn start(spec: WorkerSpec) -> Result<WorkerBackend, String> {
+        let mut w = Worker::spawn(&spec).map_err(|e| format!("cannot start a worker ({}): {e}", spec.exe.display()))?;
+        let mut reply = Vec::new();
+        let why = |f: Failure| match f {
+            Failure::Status(e) | Failure::Lost(e) => e.message,
+        };
+        w.call(Op::Hello, &[&hello(std::process::id(), HELLO_OBSERVER)], &mut reply).map_err(why)?;
+        w.call(Op::DeviceInfo, &[&0u32.to_le_bytes()], &mut reply).map_err(why)?;
+        let info = Reader::new(&reply).device_info().map_err(|_| "the worker's device description is malformed".to_string())?;
+        Ok(WorkerBackend { spec, info, usage: Arc::default() })
+    }
+
+    pub fn driver_path(&self) -> &Path {
+        self.spec.driver.as_deref().unwrap_or(Path::new(crate::cuda::driver::SYSTEM_DRIVER))
+    }
+
+    fn check_device(&self, device: u32) -> CmdResult<()> {
+        if device == 0 {
+            Ok(())
+        } else {
+            Err(CmdError::new(CUDA_ERROR_INVALID_DEVICE, format!("no device {device}")))
+        }
+    }
+}
+
+fn hello(pid: u32, flags: u32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.put_u32(PROTOCOL_VERSION);
+    h.put_u32(pid);
+    h.put_u32(flags);
+    h
+}
+
+impl Backend for WorkerBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![self.info]
+    }
+
+    fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
+        self.check_device(device)?;
+        let usage_id = self.usage.open(pid, observer);
+        Ok(Box::new(RemoteSession {
+            spec: self.spec.clone(),
+            pid,
+            worker: RefCell::new(None),
+            dead: RefCell::new(None),
+            usage: self.usage.clone(),
+            usage_id,
+            total_mem: self.info.total_mem,
+            used: RefCell::new(0),
+            deferred: RefCell::new(None),
+        }))
+    }
+
+    fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)> {
+        self.check_device(device)?;
+        Ok((self.info.total_mem, self.usage.total_used()))
+    }
+
+    fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
+        self.check_device(device)?;
+        Ok(self.usage.processes())
+    }
+}
+
+/// A session served by its own worker process.
+struct RemoteSession {
+    spec: WorkerSpec,
+    pid: u32,
+    worker: RefCell<Option<Worker>>,
+    /// Why the worker is gone: every request fails with this from then on.
+    dead: RefCell<Option<CmdError>>,
+    usage: Arc<UsageTable>,
+    usage_id: u64,
+    total_mem: u64,
+    /// What the worker last said the session holds.
+    used: RefCell<u64>,
+    /// The first failure of work sent ahead, not yet reported.
+    deferred: RefCell<Option<CmdError>>,
+}
+
+impl Drop for RemoteSession {
+    fn drop(&mut self) {
+        self.worker.get_mut().take();
+        self.usage.close(self.usage_id);
+    }
+}
+
+fn u64s(v: &[u64]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(v.len() * 8);
+    v.iter().for_each(|&x| b.put_u64(x));
+    b
+}
+
+fn malformed(op: Op) -> CmdError {
+    CmdError::new(CUDA_ERROR_UNKNOWN, format!("the worker's reply to {op:?} is malformed"))
+}
+
+/// Requests sent ahead without waiting for their replies, as CUDA queues them on a stream: a
+/// failure is reported by a later call, as the driver reports a stream's errors.
+fn goes_ahead(op: Op) -> bool {
+    matches!(op, Op::Launch | Op::Memset | Op::MemcpyHtoD | Op::MemcpyDtoD | Op::EventRecord | Op::StreamWaitEvent)
+}
+
+/// Calls that report an earlier failure of work sent ahead: those that wait for it or read its
+/// results, and further queued work. (Not an allocation: a client told it failed would lose it.)
+fn reports_deferred(op: Op) -> bool {
+    goes_ahead(op) || matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery | Op::MemcpyDtoH)
+}
+
+impl RemoteSession {
+    /// The running worker (started on first use), or why there is none.
+    fn worker(&self) -> CmdResult<std::cell::RefMut<'_, Worker>> {
+        if let Some(e) = &*self.dead.borrow() {
+            return Err(e.clone());
+        }
+        let mut slot = self.worker.borrow_mut();
+        if slot.is_none() {
+            match self.start_worker() {
+                Ok(w) => *slot = Some(w),
+                Err(Failure::Status(e) | Failure::Lost(e)) => {
+                    *self.dead.borrow_mut() = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(std::cell::RefMut::map(slot, |w| w.as_mut().expect("started above")))
+    }
+
+    /// The worker is gone: every call fails with `e` from now on.
+    fn died(&self, e: CmdError) -> CmdError {
+        *self.dead.borrow_mut() = Some(e.clone());
+        self.worker.borrow_mut().take();
+        // The driver freed everything the worker held.
+        *self.used.borrow_mut() = 0;
+        self.usage.set_used(self.usage_id, 0);
+        e
+    }
+
+    /// Reads replies of work sent ahead until at most `keep` are unanswered; the first failure
+    /// is kept for a later call to report.
+    fn collect(&self, w: &mut Worker, keep: usize) -> Result<(), CmdError> {
+        let mut scratch = Vec::new();
+        while w.unanswered.len() > keep {
+            match w.receive(&mut scratch) {
+                Ok(()) => {}
+                Err(Failure::Status(e)) => {
+                    self.deferred.borrow_mut().get_or_insert(e);
+                }
+                Err(Failure::Lost(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn call_into(&self, op: Op, parts: &[&[u8]], reply: &mut Vec<u8>) -> CmdResult<()> {
+        let mut w = self.worker()?;
+        let mut exchange = || -> Result<(), Failure> {
+            w.send(op, parts)?;
+            if goes_ahead(op) {
+                reply.clear();
+                self.collect(&mut w, MAX_AHEAD).map_err(Failure::Lost)
+            } else {
+                // Replies come in order: those of the work sent ahead first, then this one's.
+                self.collect(&mut w, 1).map_err(Failure::Lost)?;
+                w.receive(reply)
+            }
+        };
+        let r = exchange();
+        drop(w);
+        match r {
+            Err(Failure::Lost(e)) => Err(self.died(e)),
+            Err(Failure::Status(e)) => Err(e),
+            Ok(()) => match reports_deferred(op).then(|| self.deferred.borrow_mut().take()).flatten() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn call(&self, op: Op, parts: &[&[u8]]) -> CmdResult<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.call_into(op, parts, &mut reply)?;
+        Ok(reply)
+    }
+
+    fn call_u64(&self, op: Op, args: &[u64]) -> CmdResult<u64> {
+        let reply = self.call(op, &[&u64s(args)])?;
+        let mut r = Reader::new(&reply);
+        let v = r.u64().map_err(|_| malformed(op))?;
+        r.finish().map_err(|_| malformed(op))?;
+        Ok(v)
+    }
+
+    fn call_unit(&self, op: Op, args: &[u64]) -> CmdResult<()> {
+        self.call(op, &[&u64s(args)]).map(drop)
+    }
+
+    fn start_worker(&self) -> Result<Worker, Failure> {
+        let mut w = Worker::spawn(&self.spec).map_err(|e| Failure::Lost(CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot start a cuda worker: {e}"))))?;
+        tracing::debug!(client = self.pid, worker = w.child.id(), "cuda worker started");
+        w.call(Op::Hello, &[&hello(self.pid, 0)], &mut Vec::new())?;
+        Ok(w)
+    }
+
+    /// Asks the worker what the session holds now (after anything that allocates or frees).
+    fn refresh_usage(&self) {
+        if let Ok(used) = self.call_u64(Op::SessionUsage, &[]) {
+            *self.used.borrow_mut() = used;
+            self.usage.set_used(self.usage_id, used);
+        }
+    }
+
+    fn name_request(module: u64, name: &str) -> Vec<u8> {
+        let mut b = u64s(&[module]);
+        b.extend_from_slice(name.as_bytes());
+        b
+    }
+}
+
+impl DeviceSession for RemoteSession {
+    fn mem_get_info(&self) -> (u64, u64) {
+        match self.call(Op::MemGetInfo, &[]) {
+            Ok(reply) if reply.len() == 16 => {
+                let mut r = Reader::new(&reply);
+                (r.u64().unwrap_or(0), r.u64().unwrap_or(self.total_mem))
+            }
+            _ => (self.total_mem.saturating_sub(*self.used.borrow()), self.total_mem),
+        }
+    }
+
+    /// As of the last call that allocates or frees (each asks the worker afterwards).
+    fn used_bytes(&self) -> u64 {
+        *self.used.borrow()
+    }
+
+    fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
+        let r = self.call_u64(Op::MemAlloc, &[bytes]);
+        self.refresh_usage();
+        r
+    }
+
+    fn mem_free(&mut self, dptr: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::MemFree, &[dptr]);
+        self.refresh_usage();
+        r
+    }
+
+    fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)> {
+        let reply = self.call(Op::MemGetAddressRange, &[&u64s(&[dptr])])?;
+        let mut r = Reader::new(&reply);
+        Ok((r.u64().map_err(|_| malformed(Op::MemGetAddressRange))?, r.u64().map_err(|_| malformed(Op::MemGetAddressRange))?))
+    }
+
+    fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {
+        // In chunks, as a client sends them; the first failing chunk is the copy's result.
+        let mut at = 0;
+        loop {
+            let chunk = &data[at..data.len().min(at + COPY_CHUNK)];
+            self.call(Op::MemcpyHtoD, &[&u64s(&[dst.wrapping_add(at as u64)]), chunk])?;
+            at += chunk.len();
+            if at >= data.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()> {
+        let mut reply = Vec::new();
+        for (i, chunk) in out.chunks_mut(COPY_CHUNK).enumerate() {
+            let at = src.wrapping_add((i * COPY_CHUNK) as u64);
+            self.call_into(Op::MemcpyDtoH, &[&u64s(&[at, chunk.len() as u64])], &mut reply)?;
+            if reply.len() != chunk.len() {
+                return Err(malformed(Op::MemcpyDtoH));
+            }
+            chunk.copy_from_slice(&reply);
+        }
+        if out.is_empty() {
+            self.call_into(Op::MemcpyDtoH, &[&u64s(&[src, 0])], &mut reply)?;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {
+        self.call_unit(Op::MemcpyDtoD, &[dst, src, len])
+    }
+
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64) -> CmdResult<()> {
+        let mut b = u64s(&[dst]);
+        b.put_u32(value);
+        b.put_u32(elem_size);
+        b.put_u64(count);
+        self.call(Op::Memset, &[&b]).map(drop)
+    }
+
+    fn module_load(&mut self, image: &[u8]) -> CmdResult<u64> {
+        let reply = self.call(Op::ModuleLoad, &[image]);
+        self.refresh_usage();
+        let reply = reply?;
+        Reader::new(&reply).u64().map_err(|_| malformed(Op::ModuleLoad))
+    }
+
+    fn module_unload(&mut self, module: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::ModuleUnload, &[module]);
+        self.refresh_usage();
+        r
+    }
+
+    fn module_get_function(&mut self, module: u64, name: &str) -> CmdResult<(FunctionInfo, Vec<(u32, u32)>)> {
+        let reply = self.call(Op::ModuleGetFunction, &[&Self::name_request(module, name)])?;
+        let bad = || malformed(Op::ModuleGetFunction);
+        let mut r = Reader::new(&reply);
+        let info = r.function_info().map_err(|_| bad())?;
+        let mut params = Vec::new();
+        while r.remaining() > 0 {
+            params.push((r.u32().map_err(|_| bad())?, r.u32().map_err(|_| bad())?));
+        }
+        Ok((info, params))
+    }
+
+    fn module_get_global(&mut self, module: u64, name: &str) -> CmdResult<(u64, u64)> {
+        let reply = self.call(Op::ModuleGetGlobal, &[&Self::name_request(module, name)])?;
+        let mut r = Reader::new(&reply);
+        let bad = || malformed(Op::ModuleGetGlobal);
+        let v = (r.u64().map_err(|_| bad())?, r.u64().map_err(|_| bad())?);
+        self.refresh_usage();
+        Ok(v)
+    }
+
+    fn module_functions(&self, module: u64) -> CmdResult<Vec<String>> {
+        let reply = self.call(Op::ModuleEnumerateFunctions, &[&u64s(&[module])])?;
+        let bad = || malformed(Op::ModuleEnumerateFunctions);
+        let mut r = Reader::new(&reply);
+        let n = r.u32().map_err(|_| bad())?;
+        let mut names = Vec::new();
+        for _ in 0..n {
+            let len = r.u32().map_err(|_| bad())? as usize;
+            names.push(String::from_utf8_lossy(r.bytes(len).map_err(|_| bad())?).into_owned());
+        }
+        Ok(names)
+    }
+
+    fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<Vec<u8>> {
+        let mut b = u64s(&[function]);
+        dims.grid.iter().chain(&dims.block).for_each(|&v| b.put_u32(v));
+        b.put_u32(dims.dynamic_shared_bytes);
+        b.put_u64(dims.stream);
+        self.call(Op::Launch, &[&b, params])
+    }
+
+    fn stream_create(&mut self, flags: u32, priority: i32) -> CmdResult<u64> {
+        let mut b = Vec::new();
+        b.put_u32(flags);
+        b.put_u32(priority as u32);
+        let reply = self.call(Op::StreamCreate, &[&b])?;
+        Reader::new(&reply).u64().map_err(|_| malformed(Op::StreamCreate))
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> CmdResult<()> {
+        self.call_unit(Op::StreamDestroy, &[stream])
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()> {
+        self.call_unit(Op::StreamSynchronize, &[stream])
+    }
+
+    fn stream_query(&mut self, stream: u64) -> CmdResult<()> {
+        self.call_unit(Op::StreamQuery, &[stream])
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64) -> CmdResult<()> {
+        self.call_unit(Op::StreamWaitEvent, &[stream, event])
+    }
+
+    fn event_create(&mut self, flags: u32) -> CmdResult<u64> {
+        let reply = self.call(Op::EventCreate, &[&flags.to_le_bytes()])?;
+        Reader::new(&reply).u64().map_err(|_| malformed(Op::EventCreate))
+    }
+
+    fn event_destroy(&mut self, event: u64) -> CmdResult<()> {
+        self.call_unit(Op::EventDestroy, &[event])
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> CmdResult<()> {
+        self.call_unit(Op::EventRecord, &[event, stream])
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> CmdResult<()> {
+        self.call_unit(Op::EventSynchronize, &[event])
+    }
+
+    fn event_query(&mut self, event: u64) -> CmdResult<()> {
+        self.call_unit(Op::EventQuery, &[event])
+    }
+
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32> {
+        let reply = self.call(Op::EventElapsedTime, &[&u64s(&[start, end])])?;
+        Reader::new(&reply).u32().map(f32::from_bits).map_err(|_| malformed(Op::EventElapsedTime))
+    }
+
+    fn synchronize(&mut self) -> CmdResult<()> {
+        self.call_unit(Op::Synchronize, &[])
+    }
+
+    fn vmm_create(&mut self, size: u64) -> CmdResult<u64> {
+        let r = self.call_u64(Op::MemCreate, &[size]);
+        self.refresh_usage();
+        r
+    }
+
+    fn vmm_release(&mut self, handle: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::MemRelease, &[handle]);
+        self.refresh_usage();
+        r
+    }
+
+    fn vmm_reserve(&mut self, size: u64, alignment: u64, hint: u64) -> CmdResult<u64> {
+        self.call_u64(Op::MemAddressReserve, &[size, alignment, hint])
+    }
+
+    fn vmm_unreserve(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.call_unit(Op::MemAddressFree, &[va, size])
+    }
+
+    fn vmm_map(&mut self, va: u64, size: u64, offset: u64, handle: u64) -> CmdResult<()> {
+        self.call_unit(Op::MemMap, &[va, size, offset, handle])
+    }
+
+    fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::MemUnmap, &[va, size]);
+        self.refresh_usage();
+        r
+    }
+
+    fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()> {
+        self.call_unit(Op::MemSetAccess, &[va, size])
+    }
+}
+
+/// A backend whose driver did not load: every session is refused with the reason.
+struct NoDriver(String);
+
+impl Backend for NoDriver {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn devices(&self) -> Vec<DeviceInfo> {
+        Vec::new()
+    }
+    fn open_session(&self, _: u32, _: u32, _: bool) -> CmdResult<Box<dyn DeviceSession>> {
+        Err(CmdError::new(CUDA_ERROR_NO_DEVICE, self.0.clone()))
+    }
+    fn memory_usage(&self, _: u32) -> CmdResult<(u64, u64)> {
+        Err(CmdError::new(CUDA_ERROR_NO_DEVICE, self.0.clone()))
+    }
+    fn processes(&self, _: u32) -> CmdResult<Vec<ProcessUsage>> {
+        Err(CmdError::new(CUDA_ERROR_NO_DEVICE, self.0.clone()))
+    }
+}
+
+/// `vgpu-hostd --worker`: serves the one session of the mediator's socket on standard input
+/// until it closes; returns the exit status.
+pub fn run(driver: Option<&Path>, device: u32) -> i32 {
+    // SAFETY: the mediator starts workers with their socket as standard input; the worker takes
+    // descriptor 0 over, and nothing else in this process uses it.
+    let stream = unsafe { UnixStream::from_raw_fd(0) };
+    if stream.local_addr().is_err() {
+        // Not a socket: the descriptor stays stdin's.
+        std::mem::forget(stream);
+        eprintln!("vgpu-hostd --worker is started by vgpu-hostd itself, with its socket as standard input");
+        return 2;
+    }
+    // SAFETY: prctl with integer arguments only. A worker ends with the mediator: the kernel
+    // kills it when the thread that started it is gone.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let backend: Box<dyn Backend> = match crate::cuda::CudaBackend::load(driver, device) {
+        Ok(b) => {
+            tracing::debug!(driver = %b.driver_path().display(), version = b.driver_version(), "cuda worker serving");
+            Box::new(b)
+        }
+        Err(why) => Box::new(NoDriver(format!("backend cuda: {why}"))),
+    };
+    let mut conn = crate::dispatch::Connection::new(backend.as_ref());
+    match crate::server::serve_requests(stream, &mut conn, "cuda-worker") {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::debug!("cuda worker: connection ended: {e}");
+            0
+        }
+    }
+}
