@@ -45,4 +45,19 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: llama.cpp (cyllama) cached in 
     nvidia-cublas-cu12==12.9.1.4 nvidia-cuda-runtime-cu12==12.9.79
   touch "$venv/.complete-v1"
 fi
+# The cudart matrix (tests/tests/cudart_matrix.rs): the newest release of every minor version of
+# the runtime, 12.0 onwards, looked up on PyPI when the cache is made (a new release is tested
+# on the next fresh run). About 6 MiB each.
+matrix=$CACHE/cudart-matrix
+if [ -f "$matrix/.complete-v1" ]; then echo "setup: cudart matrix cached in $matrix ($(ls "$matrix" | tr '\n' ' '))"; else
+  for pkg in nvidia-cuda-runtime-cu12 nvidia-cuda-runtime; do
+    versions=$(python3 -m pip index versions "$pkg" 2>/dev/null | sed -n 's/^Available versions: //p' | tr -d ' ' | tr ',' '\n')
+    [ -n "$versions" ] || { echo "setup: cannot list the releases of $pkg on PyPI" >&2; exit 1; }
+    for minor in $(echo "$versions" | cut -d. -f1,2 | sort -uV); do
+      v=$(echo "$versions" | grep "^$minor\." | sort -V | tail -1)
+      install "cudart-matrix/$v" v1 "$pkg==$v"
+    done
+  done
+  touch "$matrix/.complete-v1"
+fi
 touch "$CACHE/cuda-wheels/.complete-v1"

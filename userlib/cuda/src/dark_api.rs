@@ -3,6 +3,27 @@
 //! 13.0 were observed to use (../shared/recipes/cuda/FINDINGS.md, DARK_API_NOTES.md): without
 //! the required ones cudaGetDeviceCount fails (801), and a wrong integrity answer gives error 103.
 //! Slots that nothing was seen calling return CUDA_ERROR_NOT_SUPPORTED and log once.
+//!
+//! CUDART_INTERFACE (13 slots, as NVIDIA's 580 driver has it since CUDA 13.1):
+//!
+//! | slot | contract (as callers use it)                                   | vgpu                      |
+//! |------|----------------------------------------------------------------|---------------------------|
+//! | 0    | the table's size in bytes                                      | 104                       |
+//! | 1    | `(CUmodule *out, const fatbin wrapper *)`: load a module       | cuModuleLoadData          |
+//! | 2    | `(CUcontext *out, CUdevice)`: retain the primary context       | cuDevicePrimaryCtxRetain  |
+//! | 3-5  | unknown (present in the driver, never seen called)             | NOT_SUPPORTED, logged     |
+//! | 6    | as 1 with `(void *, void *, u32)` that must be NULL/0          | cuModuleLoadData          |
+//! | 7    | `(usize)`: a notification (probably "module unregistered")     | nothing                   |
+//! | 8    | `(const fatbin header *, CUmodule *out, void *, void *, u32)`  | cuModuleLoadData          |
+//! | 9-11 | unknown (9 was a launch in 2021's cudart; never seen called)   | NOT_SUPPORTED, logged     |
+//! | 12   | `(void) -> CUresult`: load the driver's compilers (PTX, NVVM); cudart 13.2+ calls it in its first runtime call | SUCCESS: vgpu's compiler is the mediator's, always ready |
+//!
+//! Every other table is as long as NVIDIA's (CONTEXT_IDENTITY: 96 slots, CONTEXT_CHECKS 16,
+//! TOOLS_TLS 4): each slot not described at its function fails with CUDA_ERROR_NOT_SUPPORTED
+//! and logs once, naming itself; none is a null pointer.
+//!
+//! A table vgpu does not know gets CUDA_ERROR_NOT_FOUND, as NVIDIA's driver answers for one it
+//! lacks (cudart 13.2+ asks for `f8cff951...` and carries on without it), logged once each.
 
 #![allow(non_snake_case)]
 
@@ -11,7 +32,6 @@ use crate::state;
 use crate::vlog;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use vgpu_uapi::cuda::*;
 
@@ -46,32 +66,30 @@ const fn nib(c: u8) -> u8 {
     }
 }
 
-/// A slot whose meaning is unknown: fail, and log once (at info level: cudart 12/13 call
-/// TOOLS_RUNTIME_CALLBACK_HOOKS[5] in every process and carry on when it fails).
-macro_rules! unused_slot {
-    ($name:ident, $what:expr) => {
-        unsafe extern "C" fn $name() -> CUresult {
-            static LOGGED: AtomicBool = AtomicBool::new(false);
-            if !LOGGED.swap(true, Ordering::Relaxed) {
-                vlog!(crate::log::INFO, "export table slot {} called: not supported by vgpu", $what);
-            }
-            CUDA_ERROR_NOT_SUPPORTED
-        }
-    };
+/// Names of the tables, for the log line of a slot nobody was seen calling.
+const TABLE_NAMES: [&str; 7] = ["CUDART_INTERFACE", "TOOLS_RUNTIME_CALLBACK_HOOKS", "TOOLS_TLS", "CONTEXT_CHECKS", "INTEGRITY_CHECK", "CONTEXT_IDENTITY", "CONTEXT_LOCAL_STORAGE"];
+
+/// Slot `SLOT` of table `TABLE_NAMES[TABLE]`, whose meaning is unknown: fails and logs once.
+unsafe extern "C" fn unknown_slot<const TABLE: usize, const SLOT: usize>() -> CUresult {
+    static LOGGED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    if !logged.contains(&(TABLE, SLOT)) {
+        logged.push((TABLE, SLOT));
+        vlog!(crate::log::INFO, "export table slot {}[{SLOT}] called: not supported by vgpu", TABLE_NAMES[TABLE]);
+    }
+    CUDA_ERROR_NOT_SUPPORTED
 }
 
-/// Fills the unused slots of a table with stubs that name their slot.
-macro_rules! unused_slots {
-    ($table:literal, $($name:ident = $slot:literal),*) => {
-        $(unused_slot!($name, concat!($table, "[", $slot, "]"));)*
-    };
+macro_rules! unknown_slots {
+    ($table:expr; $($slot:literal)*) => { [$(unknown_slot::<$table, $slot> as *const () as usize),*] };
 }
 
-unused_slots!("CUDART_INTERFACE", cudart_3 = 3, cudart_4 = 4, cudart_5 = 5, cudart_9 = 9);
-unused_slots!("TOOLS_RUNTIME_CALLBACK_HOOKS", hooks_1 = 1, hooks_3 = 3, hooks_4 = 4, hooks_5 = 5);
-unused_slots!("TOOLS_TLS", tls_1 = 1);
-unused_slots!("CONTEXT_CHECKS", checks_1 = 1);
-unused_slots!("CONTEXT_IDENTITY", identity_1 = 1, identity_2 = 2, identity_3 = 3);
+/// A table of `len` slots (at most 128), each an `unknown_slot` until a known one replaces it:
+/// no caller ever finds a null pointer or runs off the end of a table NVIDIA's has that long.
+fn stub_table<const TABLE: usize>(len: usize) -> Vec<usize> {
+    let all: [usize; 128] = unknown_slots!(TABLE; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127);
+    all[..len].to_vec()
+}
 
 // --- CUDART_INTERFACE -------------------------------------------------------------------------
 
@@ -107,6 +125,12 @@ unsafe extern "C" fn cudart_module_from_fatbin_ex2(fatbin: *const c_void, module
 
 /// Slot 7: a notification with no observable effect on the driver's answers.
 unsafe extern "C" fn cudart_notify(_arg: usize) {}
+
+/// Slot 12: have the driver's compilers (PTX JIT, NVVM) loaded. vgpu's are in the mediator,
+/// which compiles (or interprets) whatever module it is given: nothing to load here.
+unsafe extern "C" fn cudart_load_compilers() -> CUresult {
+    CUDA_SUCCESS
+}
 
 // --- TOOLS_RUNTIME_CALLBACK_HOOKS --------------------------------------------------------------
 
@@ -144,6 +168,29 @@ unsafe extern "C" fn tls_no_tool() -> CUresult {
 unsafe extern "C" fn identity_context_id(ctx: Handle, id: *mut u64) -> CUresult {
     // SAFETY: same contract as cuCtxGetId.
     unsafe { crate::driver::cuCtxGetId(ctx, id) }
+}
+
+/// Slot 51: `(context, stream, void **object, flags)`: the driver's object of a stream, which
+/// cudart 13.5 asks for to describe the stream to tools (cudaStreamIsCapturing and others) and
+/// then hands to slot 39. vgpu's stream handles are their own objects.
+unsafe extern "C" fn identity_stream_object(_ctx: Handle, stream: Handle, object: *mut Handle, _flags: u32) -> CUresult {
+    guard("export-table stream object", || {
+        if stream.is_null() || stream as usize == usize::MAX {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        put(object, stream)
+    })
+}
+
+/// Slot 39: `(context, object, u64 *id)`: the unique id of a stream object from slot 51 (what
+/// cuStreamGetId gives): vgpu's stream handles are unique in a process.
+unsafe extern "C" fn identity_stream_id(_ctx: Handle, object: Handle, id: *mut u64) -> CUresult {
+    guard("export-table stream id", || {
+        if object.is_null() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        put(id, object as u64)
+    })
 }
 
 // --- CONTEXT_LOCAL_STORAGE ---------------------------------------------------------------------
@@ -245,43 +292,46 @@ unsafe extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *m
 fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
     static TABLES: OnceLock<HashMap<Uuid, Box<[usize]>>> = OnceLock::new();
     TABLES.get_or_init(|| {
-        let f = |p: unsafe extern "C" fn() -> CUresult| p as *const () as usize;
-        let sized = |slots: Vec<usize>| -> Box<[usize]> {
-            let mut t = slots;
+        let f = |p: *const ()| p as usize;
+        // Slot 0 of most tables is the table's size in bytes.
+        let sized = |mut t: Vec<usize>| -> Box<[usize]> {
             t[0] = t.len() * std::mem::size_of::<usize>();
             t.into_boxed_slice()
         };
         let mut m = HashMap::new();
-        let cudart = vec![
-            0,
-            cudart_module_from_wrapper as *const () as usize,
-            cudart_get_primary_context as *const () as usize,
-            f(cudart_3),
-            f(cudart_4),
-            f(cudart_5),
-            cudart_module_from_wrapper_ex1 as *const () as usize,
-            cudart_notify as *const () as usize,
-            cudart_module_from_fatbin_ex2 as *const () as usize,
-            f(cudart_9),
-        ];
+        let mut cudart = stub_table::<0>(13);
+        cudart[1] = f(cudart_module_from_wrapper as *const ());
+        cudart[2] = f(cudart_get_primary_context as *const ());
+        cudart[6] = f(cudart_module_from_wrapper_ex1 as *const ());
+        cudart[7] = f(cudart_notify as *const ());
+        cudart[8] = f(cudart_module_from_fatbin_ex2 as *const ());
+        cudart[12] = f(cudart_load_compilers as *const ());
         m.insert(CUDART_INTERFACE, sized(cudart));
-        let mut hooks = vec![0, f(hooks_1), 0, f(hooks_3), f(hooks_4), f(hooks_5), 0];
-        hooks[2] = hooks_buffer1 as *const () as usize;
-        hooks[6] = hooks_buffer2 as *const () as usize;
+        let mut hooks = stub_table::<1>(7);
+        hooks[2] = f(hooks_buffer1 as *const ());
+        hooks[6] = f(hooks_buffer2 as *const ());
         m.insert(TOOLS_RUNTIME_CALLBACK_HOOKS, sized(hooks));
-        let mut tls = vec![0, f(tls_1), 0];
-        tls[2] = tls_no_tool as *const () as usize;
+        let mut tls = stub_table::<2>(4);
+        tls[2] = f(tls_no_tool as *const ());
         m.insert(TOOLS_TLS, sized(tls));
-        m.insert(
-            CONTEXT_LOCAL_STORAGE,
-            vec![cls_put as *const () as usize, cls_delete as *const () as usize, cls_get as *const () as usize, 0].into_boxed_slice(),
-        );
-        let mut checks = vec![0, f(checks_1), 0, 0];
-        checks[2] = checks_unwrap_context as *const () as usize;
-        checks[3] = checks_flags as *const () as usize;
+        // No size slot in this one.
+        let mut storage = stub_table::<6>(4);
+        storage[0] = f(cls_put as *const ());
+        storage[1] = f(cls_delete as *const ());
+        storage[2] = f(cls_get as *const ());
+        m.insert(CONTEXT_LOCAL_STORAGE, storage.into_boxed_slice());
+        let mut checks = stub_table::<3>(16);
+        checks[2] = f(checks_unwrap_context as *const ());
+        checks[3] = f(checks_flags as *const ());
         m.insert(CONTEXT_CHECKS, sized(checks));
-        m.insert(INTEGRITY_CHECK, sized(vec![0, integrity_check as *const () as usize, 0]));
-        let identity = vec![0, f(identity_1), f(identity_2), f(identity_3), identity_context_id as *const () as usize];
+        let mut integrity = stub_table::<4>(3);
+        integrity[1] = f(integrity_check as *const ());
+        m.insert(INTEGRITY_CHECK, sized(integrity));
+        // NVIDIA's has 95 functions; cudart 13.5 calls 39 and 51, cuBLASLt 4.
+        let mut identity = stub_table::<5>(96);
+        identity[4] = f(identity_context_id as *const ());
+        identity[39] = f(identity_stream_id as *const ());
+        identity[51] = f(identity_stream_object as *const ());
         m.insert(CONTEXT_IDENTITY, sized(identity));
         m
     })
@@ -302,9 +352,14 @@ pub unsafe extern "C" fn cuGetExportTable(out: *mut *const c_void, id: *const Uu
         match table(&uuid) {
             Some(t) => put(out, t.cast()),
             None => {
-                vlog!(crate::log::INFO, "cuGetExportTable: unknown table {}", uuid.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                static LOGGED: Mutex<Vec<Uuid>> = Mutex::new(Vec::new());
+                let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+                if !logged.contains(&uuid) {
+                    logged.push(uuid);
+                    vlog!(crate::log::INFO, "cuGetExportTable: table {} is not provided by vgpu", uuid.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                }
                 put(out, std::ptr::null())?;
-                Err(CUDA_ERROR_INVALID_VALUE)
+                Err(CUDA_ERROR_NOT_FOUND)
             }
         }
     })

@@ -57,9 +57,9 @@ fn cublaslt_context_identity_table_answers_like_cu_ctx_get_id() {
     let mut table: *const std::ffi::c_void = std::ptr::null();
     // SAFETY: valid out-pointer and a 16-byte id.
     assert_eq!(unsafe { cuda::driver::cuGetExportTable(&mut table, &id) }, 0);
-    // SAFETY: the table's first word is its size in bytes; five slots.
-    let slots = unsafe { std::slice::from_raw_parts(table.cast::<usize>(), 5) };
-    assert_eq!(slots[0], 5 * std::mem::size_of::<usize>());
+    // SAFETY: the table's first word is its size in bytes: NVIDIA's 96 slots.
+    let slots = unsafe { std::slice::from_raw_parts(table.cast::<usize>(), 96) };
+    assert_eq!(slots[0], 96 * std::mem::size_of::<usize>());
     for &s in &slots[1..4] {
         // SAFETY: unknown slots are `extern "C" fn() -> CUresult` stubs.
         let f: unsafe extern "C" fn() -> u32 = unsafe { std::mem::transmute(s) };
@@ -74,4 +74,44 @@ fn cublaslt_context_identity_table_answers_like_cu_ctx_get_id() {
     assert_eq!(via_table, direct);
     assert_ne!(via_table, 0);
     assert_eq!((a, b), (7, 7));
+}
+
+/// Every table is as long as its size word says NVIDIA's is, with no null slot (an unknown one
+/// fails with NOT_SUPPORTED); cudart 13.2+ calls CUDART_INTERFACE[12] first, and it succeeds. A
+/// table vgpu lacks is CUDA_ERROR_NOT_FOUND, as NVIDIA's driver answers.
+#[test]
+fn export_tables_are_full_length_and_unknown_ones_are_not_found() {
+    let get = |id: [u8; 16]| {
+        let mut table: *const std::ffi::c_void = std::ptr::null();
+        // SAFETY: valid out-pointer and a 16-byte id.
+        let r = unsafe { cuda::driver::cuGetExportTable(&mut table, &id) };
+        (r, table.cast::<usize>())
+    };
+    let hex = |s: &str| -> [u8; 16] { std::array::from_fn(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()) };
+    for (uuid, slots) in [
+        ("6bd5fb6c5bf4e74a8987d93912fd9df9", 13),
+        ("a094798c2e742e7493f20800200c0a66", 7),
+        ("42d85a8123f6cb478298f6e78a3aecdc", 4),
+        ("263e88607cd2614392f6bbd5006dfa7e", 16),
+        ("d4082055bde6704b8d34ba123c66e1f2", 3),
+        ("21318c60971432488ca641ff7324c8f2", 96),
+    ] {
+        let (r, t) = get(hex(uuid));
+        assert_eq!(r, 0, "{uuid}");
+        // SAFETY: the first word of these tables is their size in bytes.
+        let size = unsafe { *t };
+        assert_eq!(size, slots * std::mem::size_of::<usize>(), "{uuid}");
+        // SAFETY: `slots` words, as the size says.
+        let words = unsafe { std::slice::from_raw_parts(t, slots) };
+        assert!(words[1..].iter().all(|&w| w != 0), "{uuid} has a null slot");
+    }
+    let (_, cudart) = get(hex("6bd5fb6c5bf4e74a8987d93912fd9df9"));
+    // SAFETY: slot 12 is `CUresult (void)`.
+    let load_compilers: unsafe extern "C" fn() -> u32 = unsafe { std::mem::transmute(*cudart.add(12)) };
+    assert_eq!(unsafe { load_compilers() }, 0);
+    // SAFETY: slot 10 is an unknown-slot stub, `CUresult (void)`.
+    let unknown: unsafe extern "C" fn() -> u32 = unsafe { std::mem::transmute(*cudart.add(10)) };
+    assert_eq!(unsafe { unknown() }, vgpu_uapi::cuda::CUDA_ERROR_NOT_SUPPORTED);
+    let (r, t) = get(hex("f8cff95121468b4eb9e2fb469e7c0dd9"));
+    assert_eq!((r, t), (vgpu_uapi::cuda::CUDA_ERROR_NOT_FOUND, std::ptr::null()));
 }
