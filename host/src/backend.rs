@@ -100,6 +100,15 @@ pub trait DeviceSession: Send {
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
 }
 
+/// Backends that serve one device, presented to guests as device 0 (cuda's, in or out of process).
+pub fn check_single_device(device: u32) -> CmdResult<()> {
+    if device == 0 {
+        Ok(())
+    } else {
+        Err(CmdError::new(vgpu_uapi::cuda::CUDA_ERROR_INVALID_DEVICE, format!("no device {device}")))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -246,11 +246,7 @@ impl WorkerBackend {
     }
 
     fn check_device(&self, device: u32) -> CmdResult<()> {
-        if device == 0 {
-            Ok(())
-        } else {
-            Err(CmdError::new(CUDA_ERROR_INVALID_DEVICE, format!("no device {device}")))
-        }
+        crate::backend::check_single_device(device)
     }
 }
 
