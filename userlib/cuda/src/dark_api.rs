@@ -172,12 +172,14 @@ unsafe extern "C" fn identity_context_id(ctx: Handle, id: *mut u64) -> CUresult 
 
 /// Slot 51: `(context, stream, void **object, flags)`: the driver's object of a stream, which
 /// cudart 13.5 asks for to describe the stream to tools (cudaStreamIsCapturing and others) and
-/// then hands to slot 39. vgpu's stream handles are their own objects.
+/// cuBLAS before a gemm, then hands to slot 39. vgpu's stream handles are their own objects;
+/// NULL is the legacy default stream, whose handle is CU_STREAM_LEGACY.
 unsafe extern "C" fn identity_stream_object(_ctx: Handle, stream: Handle, object: *mut Handle, _flags: u32) -> CUresult {
     guard("export-table stream object", || {
-        if stream.is_null() || stream as usize == usize::MAX {
+        if stream as usize == usize::MAX {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        let stream = if stream.is_null() { vgpu_uapi::proto::STREAM_LEGACY as usize as Handle } else { stream };
         put(object, stream)
     })
 }
