@@ -41,6 +41,11 @@ pub struct ProcessUsage {
 pub trait Backend: Send + Sync {
     /// Name for logs ("sim", "cuda").
     fn name(&self) -> &'static str;
+    /// Whether kernels' device printf output comes from `DeviceSession::take_output` after
+    /// synchronizing calls rather than with each launch.
+    fn output_after_sync(&self) -> bool {
+        false
+    }
     fn devices(&self) -> Vec<DeviceInfo>;
     /// A session for client process `pid`; an observer (NVML) is not counted as a GPU process.
     fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>>;
@@ -98,6 +103,12 @@ pub trait DeviceSession: Send {
     fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()>;
     /// Access can only be given to memory that is mapped.
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
+
+    /// What the client's kernels printed since the last call (backends whose output comes
+    /// after synchronization; the others return it from `launch`).
+    fn take_output(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// Backends that serve one device, presented to guests as device 0 (cuda's, in or out of process).

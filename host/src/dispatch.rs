@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vgpu_uapi::cuda::*;
-use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_OBSERVER, MAX_NAME_LEN, MAX_PARAM_BYTES};
+use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, MAX_NAME_LEN, MAX_PARAM_BYTES};
 use vgpu_uapi::wire::{Reader, Truncated, Writer};
 use vgpu_uapi::PROTOCOL_VERSION;
 
@@ -284,6 +284,7 @@ impl<'b> Connection<'b> {
                 }
                 out.put_u32(PROTOCOL_VERSION);
                 out.put_u32(self.backend.devices().len() as u32);
+                out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 });
             }
             Op::DeviceInfo => {
                 let ordinal = r.u32()?;
@@ -565,6 +566,11 @@ impl<'b> Connection<'b> {
                 let (va, size) = (r.u64()?, r.u64()?);
                 r.finish()?;
                 self.session()?.vmm_set_access(va, size)?;
+            }
+            Op::DeviceOutput => {
+                r.finish()?;
+                let printed = self.session()?.take_output();
+                out.extend_from_slice(&printed);
             }
             Op::SessionUsage => {
                 r.finish()?;

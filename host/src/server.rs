@@ -124,11 +124,12 @@ pub fn serve_client(stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
     let gpu = vm.gpu();
     let backend = gpu.backend.clone();
     let mut conn = Connection::shared(backend.as_ref(), Share { vm: vm.clone(), gpu, client });
-    serve_requests(stream, &mut conn, &vm.name)
+    serve_requests(stream, &mut conn, &vm.name, false)
 }
 
-/// Serves requests of `stream` on `conn` until the peer disconnects (`who`: for the log).
-pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &str) -> io::Result<()> {
+/// Serves requests of `stream` on `conn` until the peer disconnects (`who`: for the log);
+/// `flush_c_stdio`: flush C's output streams after each request (a worker, whose driver prints).
+pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &str, flush_c_stdio: bool) -> io::Result<()> {
     // Requests are read through a buffer and replies collected in one, written out only when
     // no further request is already waiting: a client that queues many requests (asynchronous
     // launches) costs one read and one write system call per batch, not per request.
@@ -160,7 +161,12 @@ pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &s
         // Descriptors that came with this request (HostRegister's memfd).
         conn.attach_fds(&mut input.fds);
         reply.clear();
-        match conn.handle(h.op, &payload, &mut reply) {
+        let handled = conn.handle(h.op, &payload, &mut reply);
+        if flush_c_stdio {
+            // SAFETY: fflush(NULL) flushes every C output stream; it takes no memory of ours.
+            unsafe { libc::fflush(std::ptr::null_mut()) };
+        }
+        match handled {
             Ok(()) => push_reply(&mut output, h.op, h.seq, CUDA_SUCCESS, &reply),
             Err(e) => {
                 tracing::debug!(vm = who, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);

@@ -15,7 +15,7 @@ use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, Pr
 use crate::cancel::Reason;
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,6 +69,11 @@ enum Failure {
 struct Worker {
     child: Child,
     stream: UnixStream,
+    /// The worker's standard output: what the driver prints for kernels (device printf).
+    output: Option<std::io::PipeReader>,
+    /// Printed and not yet taken by the client, at most `MAX_OUTPUT` bytes; `dropped` beyond.
+    printed: Vec<u8>,
+    dropped: u64,
     seq: u32,
     /// Requests sent whose replies are still to be read, oldest first.
     unanswered: std::collections::VecDeque<Op>,
@@ -82,17 +87,21 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const MAX_AHEAD: usize = 64;
 /// How long one write to a worker waits before looking at the cancel token again.
 const SEND_POLL: Duration = Duration::from_millis(50);
+/// Device printf output kept for a client between its collections (as a launch's reply on
+/// the sim backend).
+const MAX_OUTPUT: usize = 1 << 20;
 /// How often a request's wait looks at the client's cancel token.
 const CANCEL_POLL_MS: i32 = 20;
 
 impl Worker {
     fn spawn(spec: &WorkerSpec) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
-        // What the driver itself prints (device printf) goes where the mediator's log goes.
-        let log = io::stderr().as_fd().try_clone_to_owned()?;
-        let child = spec.command().stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::from(log)).spawn()?;
+        // What the driver prints for kernels (device printf) comes back through a pipe, for
+        // the client to collect after synchronizing.
+        let (output, output_w) = io::pipe()?;
+        let child = spec.command().stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::from(output_w)).spawn()?;
         ours.set_write_timeout(Some(SEND_POLL))?;
-        Ok(Worker { child, stream: ours, seq: 0, unanswered: Default::default() })
+        Ok(Worker { child, stream: ours, output: Some(output), printed: Vec::new(), dropped: 0, seq: 0, unanswered: Default::default() })
     }
 
     /// Sends one request; its reply is read by `receive`, in order. A send that cannot go on
@@ -140,16 +149,25 @@ impl Worker {
         let Some(op) = self.unanswered.pop_front() else {
             return Err(self.kill(CmdError::new(CUDA_ERROR_UNKNOWN, "waiting for a reply to no request")));
         };
-        if let Some(token) = crate::cancel::token() {
-            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            loop {
-                // SAFETY: one valid pollfd for a descriptor `self.stream` keeps open.
-                if unsafe { libc::poll(&mut pfd, 1, CANCEL_POLL_MS) } != 0 {
-                    break;
-                }
-                if let Some(reason) = token.check() {
-                    return Err(self.cancelled(reason));
-                }
+        // Wait for the reply, reading what the worker prints meanwhile (it could fill the pipe
+        // and block before replying) and watching the cancel token.
+        let token = crate::cancel::token();
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.output.as_ref().map_or(-1, |o| o.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+            ];
+            let timeout = if token.is_some() { CANCEL_POLL_MS } else { -1 };
+            // SAFETY: two valid pollfds for descriptors we keep open (a negative fd is ignored).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if n > 0 && fds[1].revents != 0 {
+                self.read_output();
+            }
+            if n > 0 && fds[0].revents != 0 {
+                break;
+            }
+            if let Some(reason) = token.as_ref().and_then(|t| t.check()) {
+                return Err(self.cancelled(reason));
             }
         }
         let mut hdr = [0u8; HEADER_LEN];
@@ -170,6 +188,44 @@ impl Worker {
             return Err(Failure::Status(CmdError::new(r.status, message)));
         }
         Ok(())
+    }
+
+    /// Reads what the worker printed and is waiting in the pipe (none: returns at once).
+    fn read_output(&mut self) {
+        let Some(pipe) = self.output.as_mut() else { return };
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the pipe we hold.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 || pfd.revents & libc::POLLIN == 0 {
+                if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.output = None;
+                }
+                return;
+            }
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    self.output = None;
+                    return;
+                }
+                Ok(n) => {
+                    let room = MAX_OUTPUT.saturating_sub(self.printed.len()).min(n);
+                    self.printed.extend_from_slice(&buf[..room]);
+                    self.dropped += (n - room) as u64;
+                }
+            }
+        }
+    }
+
+    /// What the worker's kernels printed since the last time.
+    fn take_output(&mut self) -> Vec<u8> {
+        self.read_output();
+        let mut out = std::mem::take(&mut self.printed);
+        if self.dropped > 0 {
+            out.extend_from_slice(format!("\n[vgpu: {} more bytes of device printf output were dropped]\n", self.dropped).as_bytes());
+            self.dropped = 0;
+        }
+        out
     }
 
     /// One request and its reply (nothing else unanswered).
@@ -261,6 +317,11 @@ fn hello(pid: u32, flags: u32) -> Vec<u8> {
 impl Backend for WorkerBackend {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    /// The driver prints at synchronization, into the worker's stdout.
+    fn output_after_sync(&self) -> bool {
+        true
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
@@ -666,6 +727,10 @@ impl DeviceSession for RemoteSession {
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()> {
         self.call_unit(Op::MemSetAccess, &[va, size])
     }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        self.worker.get_mut().as_mut().map(Worker::take_output).unwrap_or_default()
+    }
 }
 
 /// A backend whose driver did not load: every session is refused with the reason.
@@ -712,7 +777,9 @@ pub fn run(driver: Option<&Path>, device: u32) -> i32 {
         Err(why) => Box::new(NoDriver(format!("backend cuda: {why}"))),
     };
     let mut conn = crate::dispatch::Connection::new(backend.as_ref());
-    match crate::server::serve_requests(stream, &mut conn, "cuda-worker") {
+    // The driver's device printf goes through C's stdout: flushed before each reply, so that
+    // what a synchronization printed is in the pipe when the mediator hears it is done.
+    match crate::server::serve_requests(stream, &mut conn, "cuda-worker", true) {
         Ok(()) => 0,
         Err(e) => {
             tracing::debug!("cuda worker: connection ended: {e}");

@@ -90,7 +90,8 @@ macro_rules! opcodes {
 }
 
 opcodes! {
-    /// req: version u32, pid u32, flags u32 ([`HELLO_OBSERVER`]) -> reply: version u32, device_count u32
+    /// req: version u32, pid u32, flags u32 ([`HELLO_OBSERVER`]) -> reply: version u32,
+    /// device_count u32, flags u32 ([`HELLO_OUTPUT_AFTER_SYNC`]; older mediators send no flags)
     Hello = 1,
     /// req: ordinal u32 -> reply: [`DeviceInfo`] (see its encoding)
     DeviceInfo = 2,
@@ -178,6 +179,9 @@ opcodes! {
     /// req: -> reply: bytes u64 of device memory this client holds (allocations, module
     /// variables, VMM physical memory): how the mediator accounts a cuda worker's session
     SessionUsage = 90,
+    /// req: -> reply: what the client's kernels printed (device printf) and it has not yet been
+    /// given, at most 1 MiB (see [`HELLO_OUTPUT_AFTER_SYNC`])
+    DeviceOutput = 91,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).
@@ -185,6 +189,10 @@ pub const VMM_GRANULARITY: u64 = 2 << 20;
 
 /// Hello flag: the client only observes (NVML, the CLI); it is not listed as a GPU process.
 pub const HELLO_OBSERVER: u32 = 1;
+/// Hello reply flag: what kernels print (device printf) is not in Launch replies but collected
+/// with [`Op::DeviceOutput`] after each synchronizing call (the cuda backend: the GPU's driver
+/// prints at synchronization, as CUDA documents).
+pub const HELLO_OUTPUT_AFTER_SYNC: u32 = 1;
 
 /// Stream handle 0 is the NULL (legacy default) stream; these two are CU_STREAM_LEGACY and
 /// CU_STREAM_PER_THREAD as applications may pass them.

@@ -4,9 +4,9 @@
 //! pointers stored in device memory and pointer arithmetic in kernels work as on the GPU.
 //!
 //! The mediator does not run this in its own process: each guest process's session runs in a
-//! worker process of its own (`crate::worker`), so sessions never share a CUDA context. Still
-//! to come (issue 17): device printf forwarded to the guest (the driver writes it to the
-//! worker's stdout, the mediator's log), memory pools, host memory registration of guest RAM.
+//! worker process of its own (`crate::worker`), so sessions never share a CUDA context; the
+//! driver's device printf goes to the worker's stdout, which the mediator forwards to the guest.
+//! Still to come (issue 17): memory pools, host memory registration of guest RAM.
 
 pub mod driver;
 

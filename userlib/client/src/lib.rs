@@ -29,6 +29,9 @@ pub fn socket_path() -> PathBuf {
 pub struct Client {
     pub transport: Box<dyn Transport>,
     pub devices: Vec<DeviceInfo>,
+    /// Device printf output is collected with Op::DeviceOutput after synchronizing calls
+    /// (HELLO_OUTPUT_AFTER_SYNC), not found in launch replies.
+    pub output_after_sync: bool,
 }
 
 impl Client {
@@ -52,6 +55,8 @@ impl Client {
         t.connected();
         let mut r = Reader::new(&reply);
         let (_version, count) = (r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        // Absent from older mediators' replies.
+        let flags = r.u32().unwrap_or(0);
         let mut devices = Vec::new();
         for i in 0..count.min(64) {
             let mut rep = Vec::new();
@@ -63,7 +68,7 @@ impl Client {
             return Err(CUDA_ERROR_NO_DEVICE);
         }
         vlog!(log::INFO, "{who}: connected to the mediator via {place}: {} device(s)", devices.len());
-        Ok(Client { transport: t, devices })
+        Ok(Client { transport: t, devices, output_after_sync: flags & vgpu_uapi::proto::HELLO_OUTPUT_AFTER_SYNC != 0 })
     }
 
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CuResult> {

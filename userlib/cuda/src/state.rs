@@ -114,6 +114,13 @@ impl Driver {
         let r = self.client.call(op, parts);
         let printed = self.client.transport.take_async_output();
         crate::driver::launch_output(&printed);
+        // Where the device prints at synchronization (a real GPU), what a synchronizing call
+        // flushed is fetched now, before the application's next line of its own.
+        if self.client.output_after_sync && matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::ModuleUnload) {
+            if let Ok(printed) = self.client.call(Op::DeviceOutput, &[]) {
+                crate::driver::launch_output(&printed);
+            }
+        }
         r
     }
 
