@@ -46,6 +46,11 @@ pub trait Backend: Send + Sync {
     fn output_after_sync(&self) -> bool {
         false
     }
+    /// Whether sessions measure their GPU time themselves (`DeviceSession::take_gpu_time`):
+    /// the time a command takes in the mediator is then not GPU time.
+    fn measures_gpu_time(&self) -> bool {
+        false
+    }
     fn devices(&self) -> Vec<DeviceInfo>;
     /// A session for client process `pid`; an observer (NVML) is not counted as a GPU process.
     fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>>;
@@ -103,6 +108,17 @@ pub trait DeviceSession: Send {
     fn vmm_unmap(&mut self, va: u64, size: u64) -> CmdResult<()>;
     /// Access can only be given to memory that is mapped.
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
+
+    /// GPU time of the session's completed kernels, as the GPU measured it (backends that run
+    /// asynchronously; for the others the mediator times each command and this is 0).
+    fn gpu_time_ns(&mut self) -> u64 {
+        0
+    }
+
+    /// GPU time measured since the last call, for the mediator to charge (see `gpu_time_ns`).
+    fn take_gpu_time(&mut self) -> u64 {
+        0
+    }
 
     /// What the client's kernels printed since the last call (backends whose output comes
     /// after synchronization; the others return it from `launch`).

@@ -192,7 +192,9 @@ impl<'b> Connection<'b> {
         cancel.arm(None);
         let ran = grant.started.elapsed();
         drop(grant);
-        vm.stats.gpu_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        if !self.backend.measures_gpu_time() {
+            vm.stats.gpu_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        }
         match (&r, op) {
             (Err(e), _) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| ran >= l) => {
                 vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +248,15 @@ impl<'b> Connection<'b> {
         };
         // Descriptors not claimed by this request are closed.
         self.fds.clear();
+        // GPU time the backend measured itself (an asynchronous GPU's kernels, timed by events):
+        // the VM's, and its scheduling share's.
+        if let (Some(sh), Some(sess)) = (&self.share, self.session.as_deref_mut()) {
+            let ns = sess.take_gpu_time();
+            if ns > 0 {
+                sh.vm.stats.gpu_ns.fetch_add(ns, Ordering::Relaxed);
+                sh.gpu.sched.charge(sh.vm.id, std::time::Duration::from_nanos(ns));
+            }
+        }
         if let Some(sh) = &self.share {
             sh.vm.stats.calls.fetch_add(1, Ordering::Relaxed);
             if r.is_err() {
@@ -574,8 +585,11 @@ impl<'b> Connection<'b> {
             }
             Op::SessionUsage => {
                 r.finish()?;
-                let used = self.session()?.used_bytes();
+                let sess = self.session()?;
+                let used = sess.used_bytes();
+                let gpu_ns = sess.gpu_time_ns();
                 out.put_u64(used);
+                out.put_u64(gpu_ns);
             }
         }
         Ok(())

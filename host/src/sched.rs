@@ -136,6 +136,16 @@ impl Scheduler {
         lock(&self.st).busy
     }
 
+    /// Charges `vm` GPU time measured after its commands ran (an asynchronous GPU's kernels):
+    /// its virtual time grows as if the commands had taken that long.
+    pub fn charge(&self, vm: u64, ran: Duration) {
+        let mut st = lock(&self.st);
+        st.busy += ran;
+        if let Some(e) = st.entities.get_mut(&vm) {
+            e.vtime += ran.as_nanos() as f64 / e.weight.max(1) as f64;
+        }
+    }
+
     /// Forget a VM that no longer exists.
     pub fn remove(&self, vm: u64) {
         let mut st = lock(&self.st);

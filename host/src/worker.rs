@@ -324,6 +324,11 @@ impl Backend for WorkerBackend {
         true
     }
 
+    /// Kernels are timed with events in the worker.
+    fn measures_gpu_time(&self) -> bool {
+        true
+    }
+
     fn devices(&self) -> Vec<DeviceInfo> {
         vec![self.info]
     }
@@ -340,6 +345,8 @@ impl Backend for WorkerBackend {
             usage_id,
             total_mem: self.info.total_mem,
             used: RefCell::new(0),
+            gpu_ns: RefCell::new(0),
+            gpu_ns_charged: 0,
             deferred: RefCell::new(None),
         }))
     }
@@ -367,6 +374,9 @@ struct RemoteSession {
     total_mem: u64,
     /// What the worker last said the session holds.
     used: RefCell<u64>,
+    /// GPU time of the session's kernels: as the worker last said, and as charged so far.
+    gpu_ns: RefCell<u64>,
+    gpu_ns_charged: u64,
     /// The first failure of work sent ahead, not yet reported.
     deferred: RefCell<Option<CmdError>>,
 }
@@ -495,10 +505,14 @@ impl RemoteSession {
         Ok(w)
     }
 
-    /// Asks the worker what the session holds now (after anything that allocates or frees).
+    /// Asks the worker what the session holds now (after anything that allocates or frees)
+    /// and how much GPU time its kernels have taken (after waits for them).
     fn refresh_usage(&self) {
-        if let Ok(used) = self.call_u64(Op::SessionUsage, &[]) {
+        let Ok(reply) = self.call(Op::SessionUsage, &[]) else { return };
+        let mut r = Reader::new(&reply);
+        if let (Ok(used), Ok(gpu_ns)) = (r.u64(), r.u64()) {
             *self.used.borrow_mut() = used;
+            *self.gpu_ns.borrow_mut() = gpu_ns;
             self.usage.set_used(self.usage_id, used);
         }
     }
@@ -570,6 +584,8 @@ impl DeviceSession for RemoteSession {
         if out.is_empty() {
             self.call_into(Op::MemcpyDtoH, &[&u64s(&[src, 0])], &mut reply)?;
         }
+        // A copy back waited for the kernels before it: their GPU time is known now.
+        self.refresh_usage();
         Ok(())
     }
 
@@ -653,7 +669,9 @@ impl DeviceSession for RemoteSession {
     }
 
     fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()> {
-        self.call_unit(Op::StreamSynchronize, &[stream])
+        let r = self.call_unit(Op::StreamSynchronize, &[stream]);
+        self.refresh_usage();
+        r
     }
 
     fn stream_query(&mut self, stream: u64) -> CmdResult<()> {
@@ -678,7 +696,9 @@ impl DeviceSession for RemoteSession {
     }
 
     fn event_synchronize(&mut self, event: u64) -> CmdResult<()> {
-        self.call_unit(Op::EventSynchronize, &[event])
+        let r = self.call_unit(Op::EventSynchronize, &[event]);
+        self.refresh_usage();
+        r
     }
 
     fn event_query(&mut self, event: u64) -> CmdResult<()> {
@@ -691,7 +711,9 @@ impl DeviceSession for RemoteSession {
     }
 
     fn synchronize(&mut self) -> CmdResult<()> {
-        self.call_unit(Op::Synchronize, &[])
+        let r = self.call_unit(Op::Synchronize, &[]);
+        self.refresh_usage();
+        r
     }
 
     fn vmm_create(&mut self, size: u64) -> CmdResult<u64> {
@@ -726,6 +748,13 @@ impl DeviceSession for RemoteSession {
 
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()> {
         self.call_unit(Op::MemSetAccess, &[va, size])
+    }
+
+    fn take_gpu_time(&mut self) -> u64 {
+        let now = *self.gpu_ns.get_mut();
+        let d = now.saturating_sub(self.gpu_ns_charged);
+        self.gpu_ns_charged = now.max(self.gpu_ns_charged);
+        d
     }
 
     fn take_output(&mut self) -> Vec<u8> {

@@ -294,8 +294,18 @@ impl Mediator {
         let dir = TempDir::new("mediator");
         let socket = dir.0.join("hostd.sock");
         let log = std::fs::File::create(dir.0.join("hostd.log")).unwrap();
-        let child = spawn_hostd(&socket, args, env, log);
+        let admin = dir.0.join("admin.sock");
+        let mut args = args.to_vec();
+        if !args.contains(&"--config") {
+            args.extend(["--admin-socket", admin.to_str().unwrap()]);
+        }
+        let child = spawn_hostd(&socket, &args, env, log);
         Mediator { child, socket, _dir: dir }
+    }
+
+    /// Where `vgpu-admin` reaches this mediator.
+    pub fn admin_socket(&self) -> PathBuf {
+        self._dir.0.join("admin.sock")
     }
 
     /// The `cuda` backend in loopback: a mediator whose "GPU driver" is vgpu's own libcuda,
@@ -307,13 +317,15 @@ impl Mediator {
 
     /// The loopback mediator started from a configuration: one cuda GPU (vgpu's own libcuda,
     /// talking to `inner`) and one VM on this mediator's socket, with `vm_settings` (TOML lines).
+    /// Its admin socket is `admin_socket()`.
     pub fn start_loopback_vm(inner: &Mediator, vm_settings: &str) -> Mediator {
         let dir = TempDir::new("mediator");
         let socket = dir.0.join("hostd.sock");
         let cfg = dir.0.join("hostd.toml");
         let driver = target_dir().join("libcuda.so");
         let body = format!(
-            "[[gpu]]\nname = \"gpu0\"\nbackend = \"cuda\"\ncuda_driver = \"{}\"\n[[vm]]\nname = \"vm0\"\ngpu = \"gpu0\"\nsocket = \"{}\"\n{vm_settings}\n",
+            "admin_socket = \"{}\"\n[[gpu]]\nname = \"gpu0\"\nbackend = \"cuda\"\ncuda_driver = \"{}\"\n[[vm]]\nname = \"vm0\"\ngpu = \"gpu0\"\nsocket = \"{}\"\n{vm_settings}\n",
+            dir.0.join("admin.sock").display(),
             driver.display(),
             socket.display()
         );

@@ -282,3 +282,76 @@ print("synchronize", cu.cuCtxSynchronize(), flush=True)
 p = ctypes.c_uint64()
 print("alloc after", cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(4)), flush=True)
 "#;
+
+/// `vgpu-admin --json vms` of a mediator: each VM's report.
+fn admin_vms(m: &Mediator) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(target_dir().join("vgpu-admin")).arg("--socket").arg(m.admin_socket()).args(["--json", "vms"]).output().unwrap();
+    assert!(out.status.success(), "vgpu-admin: {}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// GPU time on the cuda backend is what the GPU measured: the worker times each launch with
+/// events, and the VM is charged that (vgpu-admin, metrics, its scheduling share), not the
+/// moment the asynchronous launch took. Checked against the inner sim mediator, which timed the
+/// same kernels itself as it ran them.
+#[test]
+fn gpu_time_on_the_cuda_backend_is_measured_by_events() {
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback_vm(&sim, "");
+    let dir = TempDir::new("busy");
+    let script = dir.0.join("busy.py");
+    std::fs::write(&script, BUSY_PY).unwrap();
+    let out = std::process::Command::new("python3").arg(&script).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &loopback.socket).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok", "{}\n{}", describe(&out), loopback.log());
+    let seconds = |m: &Mediator| -> f64 { admin_vms(m).iter().map(|v| v["gpu_seconds"].as_f64().unwrap()).sum() };
+    let (a, b) = (seconds(&loopback), seconds(&sim));
+    eprintln!("GPU time: {a:.4} s charged through the cuda backend, {b:.4} s measured by the sim");
+    // B ran 6 kernels of ~the same length plus tiny copies; A saw them through events.
+    assert!(b > 0.05, "the kernels took {b} s on the sim: too short to compare");
+    assert!(a > 0.7 * b && a < 1.3 * b + 0.005, "GPU time charged through the cuda backend {a} s, the sim measured {b} s");
+}
+
+/// Six launches of a kernel that loops, then a synchronize and a copy back.
+const BUSY_PY: &str = r#"
+import ctypes
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, what):
+    if r != 0: raise SystemExit(f"{what}: CUresult {r}")
+ptx = b"""
+.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry busy(.param .u64 out, .param .u32 n) {
+  .reg .u32 %r<4>; .reg .u64 %rd<2>; .reg .pred %p<2>;
+  ld.param.u32 %r1, [n];
+  mov.u32 %r2, 0;
+  mov.u32 %r3, 0;
+LOOP:
+  add.u32 %r3, %r3, %r2;
+  add.u32 %r2, %r2, 1;
+  setp.lt.u32 %p1, %r2, %r1;
+  @%p1 bra LOOP;
+  ld.param.u64 %rd1, [out];
+  st.global.u32 [%rd1], %r3;
+  ret;
+}
+"""
+ok(cu.cuInit(0), "cuInit")
+dev, ctx, mod, fn, out = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint64()
+ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "retain")
+ok(cu.cuCtxSetCurrent(ctx), "current")
+ok(cu.cuModuleLoadData(ctypes.byref(mod), ptx), "load")
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"busy"), "function")
+ok(cu.cuMemAlloc_v2(ctypes.byref(out), ctypes.c_size_t(4)), "alloc")
+a, n = ctypes.c_uint64(out.value), ctypes.c_uint32(20000)
+params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(a), ctypes.c_void_p), ctypes.cast(ctypes.byref(n), ctypes.c_void_p))
+for _ in range(6):
+    ok(cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, None, params, None), "launch")
+ok(cu.cuCtxSynchronize(), "synchronize")
+v = ctypes.c_uint32()
+ok(cu.cuMemcpyDtoH_v2(ctypes.byref(v), out, ctypes.c_size_t(4)), "copy back")
+# sum of 0..n-1 modulo 2^32
+if v.value != (20000 * 19999 // 2) % (1 << 32): raise SystemExit(f"wrong sum {v.value}")
+print("ok")
+"#;

@@ -177,7 +177,8 @@ opcodes! {
     /// req: src u64, handle u64, offset u64, len u64 -> reply:  (copy into registered memory)
     MemcpyDtoHHost = 83,
     /// req: -> reply: bytes u64 of device memory this client holds (allocations, module
-    /// variables, VMM physical memory): how the mediator accounts a cuda worker's session
+    /// variables, VMM physical memory), gpu_ns u64 (GPU time of its completed kernels where the
+    /// backend measures it, else 0): how the mediator accounts a cuda worker's session
     SessionUsage = 90,
     /// req: -> reply: what the client's kernels printed (device printf) and it has not yet been
     /// given, at most 1 MiB (see [`HELLO_OUTPUT_AFTER_SYNC`])

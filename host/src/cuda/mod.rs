@@ -12,7 +12,7 @@ pub mod driver;
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
 use driver::{c_name, CudaDriver, Ptr};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
 use std::path::Path;
 use std::sync::Arc;
@@ -168,6 +168,10 @@ impl Backend for CudaBackend {
             physical: HashMap::new(),
             reserved: BTreeMap::new(),
             mapped: BTreeMap::new(),
+            timing: VecDeque::new(),
+            spare_events: Vec::new(),
+            gpu_ns: 0,
+            extended: 0,
         }))
     }
 }
@@ -208,7 +212,21 @@ pub struct CudaSession {
     physical: HashMap<u64, (u64, u64)>,
     reserved: BTreeMap<u64, u64>,
     mapped: BTreeMap<u64, (u64, u64, bool)>,
+    /// GPU time accounting: an event recorded before and after each launch, in launch order,
+    /// until the end one has completed; then their elapsed time is added to `gpu_ns`.
+    timing: VecDeque<(Raw, Raw)>,
+    spare_events: Vec<Raw>,
+    gpu_ns: u64,
+    /// Launches since the pending pairs were last looked at.
+    extended: u32,
 }
+
+/// Timed launches (event pairs) pending at most. Past that the GPU is behind the client: a
+/// further launch extends the newest pair (its end event is recorded again after it), which
+/// then times back-to-back kernels with no idle gap between them. The oldest pairs are looked
+/// at again every `TIMING_RECHECK` launches.
+const TIMING_BACKLOG: usize = 64;
+const TIMING_RECHECK: u32 = 16;
 
 fn invalid_handle(what: &str, h: u64) -> CmdError {
     CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} is not a {what} of this client"))
@@ -279,6 +297,34 @@ impl CudaSession {
         }
     }
 
+    /// An event for kernel timing (made current context first), None if the driver has none.
+    fn timing_event(&mut self) -> Option<Raw> {
+        if let Some(e) = self.spare_events.pop() {
+            return Some(e);
+        }
+        let mut e: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; flags 0: an event with timing.
+        (unsafe { (self.drv.api.cuEventCreate)(&mut e, 0) } == CUDA_SUCCESS).then_some(Raw(e))
+    }
+
+    /// Adds the GPU time of launches whose end event has completed (context current).
+    fn collect_timing(&mut self) {
+        while let Some(&(start, end)) = self.timing.front() {
+            // SAFETY: events of this session, recorded by `launch`.
+            let done = unsafe { (self.drv.api.cuEventQuery)(end.0) };
+            if done == CUDA_ERROR_NOT_READY {
+                return;
+            }
+            let mut ms = 0f32;
+            // SAFETY: as above; valid out-pointer.
+            if done == CUDA_SUCCESS && unsafe { (self.drv.api.cuEventElapsedTime)(&mut ms, start.0, end.0) } == CUDA_SUCCESS && ms > 0.0 {
+                self.gpu_ns += (ms as f64 * 1e6) as u64;
+            }
+            self.timing.pop_front();
+            self.spare_events.extend([start, end]);
+        }
+    }
+
     fn event(&self, e: u64) -> CmdResult<Ptr> {
         self.events.get(&e).map(|r| r.0).ok_or_else(|| invalid_handle("event", e))
     }
@@ -293,6 +339,13 @@ impl Drop for CudaSession {
             // running on them is finished by the synchronize first.
             unsafe {
                 (api.cuCtxSynchronize)();
+                for (a, b) in self.timing.drain(..) {
+                    (api.cuEventDestroy_v2)(a.0);
+                    (api.cuEventDestroy_v2)(b.0);
+                }
+                for e in self.spare_events.drain(..) {
+                    (api.cuEventDestroy_v2)(e.0);
+                }
                 for e in self.events.values() {
                     (api.cuEventDestroy_v2)(e.0);
                 }
@@ -337,6 +390,13 @@ impl DeviceSession for CudaSession {
 
     fn used_bytes(&self) -> u64 {
         self.held()
+    }
+
+    fn gpu_time_ns(&mut self) -> u64 {
+        if self.enter().is_ok() {
+            self.collect_timing();
+        }
+        self.gpu_ns
     }
 
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64> {
@@ -530,9 +590,45 @@ impl DeviceSession for CudaSession {
         }
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
+        if self.timing.len() >= TIMING_BACKLOG && self.extended >= TIMING_RECHECK {
+            self.collect_timing();
+            self.extended = 0;
+        }
+        // A pair of its own while the backlog has room, else the newest pair stretched over it.
+        let timed = if self.timing.len() < TIMING_BACKLOG {
+            match (self.timing_event(), self.timing_event()) {
+                (Some(a), Some(b)) => Some((a, b)),
+                (a, b) => {
+                    self.spare_events.extend(a.into_iter().chain(b));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some((start, _)) = timed {
+            // SAFETY: an event of this session on this session's stream.
+            unsafe { (self.drv.api.cuEventRecord)(start.0, stream) };
+        }
         // SAFETY: a function of this session; `ptrs` point into `params`, which outlives the
         // call (the driver copies the parameters at launch); the stream is this session's.
         let r = unsafe { (self.drv.api.cuLaunchKernel)(raw.0, gx, gy, gz, bx, by, bz, dims.dynamic_shared_bytes, stream, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+        match timed {
+            Some((start, end)) if r == CUDA_SUCCESS => {
+                // SAFETY: as above.
+                unsafe { (self.drv.api.cuEventRecord)(end.0, stream) };
+                self.timing.push_back((start, end));
+            }
+            Some((start, end)) => self.spare_events.extend([start, end]),
+            None if r == CUDA_SUCCESS => {
+                if let Some(&(_, end)) = self.timing.back() {
+                    // SAFETY: an event of this session, re-recorded after this launch.
+                    unsafe { (self.drv.api.cuEventRecord)(end.0, stream) };
+                    self.extended += 1;
+                }
+            }
+            None => {}
+        }
         self.drv.ok(r, "cuLaunchKernel")?;
         Ok(Vec::new())
     }
