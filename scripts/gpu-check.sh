@@ -15,9 +15,12 @@
 #                    4 KiB..1 GiB pageable and pinned; vgpu as % of native (data-path.json).
 #   isolation        tests/gpu/isolation.py on vgpu: a second guest process reading the first
 #                    one's device address never sees its bytes; the first is unharmed.
+#   torch            tests/gpu/torch_check.py both ways: matmul 4096^3 (cuBLAS, TFLOP/s), conv2d,
+#                    softmax, 20 training steps of a small CNN (losses within 1e-5), a greedy
+#                    64-token decode of a random-init GPT-2 (identical tokens; tokens/s ratio,
+#                    the headline figure). Needs PyTorch with CUDA (and transformers).
 #   cupy             tests/cupy_exactness.py (CuPy against NumPy) both ways, if CuPy imports.
-# Still to come (issue 17): cuBLAS 4096^3, PyTorch, a transformers decode, numba-cuda, shares
-# of three weighted tenants.
+# Still to come (issue 17): numba-cuda, shares of three weighted tenants.
 #
 #     bash scripts/gpu-check.sh --rehearse [OUT_DIR]
 # runs the same script on a machine without a GPU: "native" is then vgpu's libcuda on a sim
@@ -168,6 +171,18 @@ else
   fi
 
   run_part isolation 120 env "${vgpu_env[@]}" python3 tests/gpu/isolation.py
+
+  # PyTorch (its kernels are cubins: only a GPU runs them) and a transformers decode.
+  if [ $rehearse = 0 ] && "$python" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    torch_part() {
+      env "${native_env[@]}" "$python" tests/gpu/torch_check.py run "$out/torch-native.json" || { echo "natively: failed"; return 1; }
+      env "${vgpu_env[@]}" "$python" tests/gpu/torch_check.py run "$out/torch-vgpu.json" || { echo "on vgpu: failed"; return 1; }
+      "$python" tests/gpu/torch_check.py compare "$out/torch-native.json" "$out/torch-vgpu.json"
+    }
+    run_part torch 420 torch_part
+  else
+    skip_part torch "no PyTorch with a CUDA device here"
+  fi
 
   if "$python" -c "import cupy" 2>/dev/null; then
     cupy_part() {
