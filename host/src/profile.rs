@@ -110,7 +110,8 @@ impl DeviceProfile {
             (attr::RESERVED_SHARED_MEMORY_PER_BLOCK, 1024),
             (attr::VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1),
             // Not (yet) implemented by vgpu, so reported as absent rather than faked:
-            (attr::MEMORY_POOLS_SUPPORTED, 0),
+            // Stream-ordered allocation and pools are served by libcuda (driver/pool.rs).
+            (attr::MEMORY_POOLS_SUPPORTED, 1),
             (attr::COOPERATIVE_LAUNCH, 0),
             (attr::HOST_REGISTER_SUPPORTED, 0),
         ] {

@@ -48,6 +48,8 @@ cases! {
     occupancy_cudart13: "occupancy", V13;
     graphs_cudart12: "graphs", V12;
     graphs_cudart13: "graphs", V13;
+    mem_pools_cudart12: "mem_pools", V12;
+    mem_pools_cudart13: "mem_pools", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it

@@ -204,7 +204,9 @@ pub unsafe extern "C" fn cuCtxGetDevice_v2(dev: *mut CUdevice, ctx: Handle) -> C
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     guard("cuCtxSynchronize", || {
         let (d, _) = state::current_device()?;
-        d.call(vgpu_uapi::proto::Op::Synchronize, &[]).map(|_| ())
+        d.call(vgpu_uapi::proto::Op::Synchronize, &[])?;
+        super::pool::synchronized(None);
+        Ok(())
     })
 }
 
@@ -219,7 +221,9 @@ pub unsafe extern "C" fn cuCtxSynchronize_v2(ctx: Handle) -> CUresult {
         } else {
             d.contexts().get(ctx as usize)?;
         }
-        d.call(vgpu_uapi::proto::Op::Synchronize, &[]).map(|_| ())
+        d.call(vgpu_uapi::proto::Op::Synchronize, &[])?;
+        super::pool::synchronized(None);
+        Ok(())
     })
 }
 

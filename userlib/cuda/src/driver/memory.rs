@@ -196,7 +196,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if dptr == 0 {
             return Ok(());
         }
-        ctx_driver()?.call(Op::MemFree, &[&dptr.to_le_bytes()]).map(|_| ())
+        ctx_driver()?.call(Op::MemFree, &[&dptr.to_le_bytes()])?;
+        super::pool::forget(dptr);
+        Ok(())
     })
 }
 

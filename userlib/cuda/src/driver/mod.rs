@@ -17,6 +17,7 @@ mod init;
 mod launch;
 mod memory;
 mod module;
+pub(crate) mod pool;
 mod stream;
 mod vmm;
 
@@ -28,6 +29,7 @@ pub use launch::*;
 pub use memory::*;
 pub use module::*;
 pub use stream::*;
+pub use pool::*;
 pub use vmm::*;
 pub use crate::dark_api::cuGetExportTable;
 

@@ -42,7 +42,9 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
 pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
     guard("cuStreamSynchronize", || {
         super::graph::forbid_while_capturing(s)?;
-        call_u64s(Op::StreamSynchronize, &[handle_of(s)]).map(|_| ())
+        call_u64s(Op::StreamSynchronize, &[handle_of(s)])?;
+        super::pool::synchronized(Some(s));
+        Ok(())
     })
 }
 
