@@ -228,7 +228,7 @@ fn a_kernel_past_the_time_limit_loses_its_context_only() {
     let loopback = Mediator::start_loopback_vm(&sim, "exec_time_limit_ms = 1000");
     let dir = TempDir::new("spin");
     let script = dir.0.join("spin.py");
-    std::fs::write(&script, SPIN_PY).unwrap();
+    std::fs::write(&script, spin_py()).unwrap();
     let run = |arg: &str| {
         std::process::Command::new("python3").arg(&script).arg(arg).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &loopback.socket).output().unwrap()
     };
@@ -246,12 +246,11 @@ fn a_kernel_past_the_time_limit_loses_its_context_only() {
 }
 
 /// A kernel spinning on a flag in device memory ("spin": never set; "finish": set first).
-const SPIN_PY: &str = r#"
-import ctypes, sys
-cu = ctypes.CDLL("libcuda.so.1")
-def ok(r, what):
-    if r != 0: raise SystemExit(f"{what}: CUresult {r}")
-ptx = b"""
+fn spin_py() -> String {
+    driver_script(SPIN_PTX, "spin", SPIN_BODY)
+}
+
+const SPIN_PTX: &str = r#"
 .version 7.0
 .target sm_50
 .address_size 64
@@ -265,14 +264,10 @@ LOOP:
   @%p1 bra LOOP;
   ret;
 }
-"""
-ok(cu.cuInit(0), "cuInit")
-dev, ctx, mod, fn, flag = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint64()
-ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "retain")
-ok(cu.cuCtxSetCurrent(ctx), "current")
-ok(cu.cuModuleLoadData(ctypes.byref(mod), ptx), "load")
-ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"spin"), "function")
+"#;
+
+const SPIN_BODY: &str = r#"
+flag = ctypes.c_uint64()
 ok(cu.cuMemAlloc_v2(ctypes.byref(flag), ctypes.c_size_t(4)), "alloc")
 ok(cu.cuMemsetD32_v2(flag, 1 if sys.argv[1] == "finish" else 0, ctypes.c_size_t(1)), "memset")
 arg = ctypes.c_uint64(flag.value)
@@ -300,7 +295,7 @@ fn gpu_time_on_the_cuda_backend_is_measured_by_events() {
     let loopback = Mediator::start_loopback_vm(&sim, "");
     let dir = TempDir::new("busy");
     let script = dir.0.join("busy.py");
-    std::fs::write(&script, BUSY_PY).unwrap();
+    std::fs::write(&script, busy_py()).unwrap();
     let out = std::process::Command::new("python3").arg(&script).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &loopback.socket).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok", "{}\n{}", describe(&out), loopback.log());
     let seconds = |m: &Mediator| -> f64 { admin_vms(m).iter().map(|v| v["gpu_seconds"].as_f64().unwrap()).sum() };
@@ -312,12 +307,11 @@ fn gpu_time_on_the_cuda_backend_is_measured_by_events() {
 }
 
 /// Six launches of a kernel that loops, then a synchronize and a copy back.
-const BUSY_PY: &str = r#"
-import ctypes
-cu = ctypes.CDLL("libcuda.so.1")
-def ok(r, what):
-    if r != 0: raise SystemExit(f"{what}: CUresult {r}")
-ptx = b"""
+fn busy_py() -> String {
+    driver_script(BUSY_PTX, "busy", BUSY_BODY)
+}
+
+const BUSY_PTX: &str = r#"
 .version 7.0
 .target sm_50
 .address_size 64
@@ -335,14 +329,10 @@ LOOP:
   st.global.u32 [%rd1], %r3;
   ret;
 }
-"""
-ok(cu.cuInit(0), "cuInit")
-dev, ctx, mod, fn, out = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint64()
-ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "retain")
-ok(cu.cuCtxSetCurrent(ctx), "current")
-ok(cu.cuModuleLoadData(ctypes.byref(mod), ptx), "load")
-ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"busy"), "function")
+"#;
+
+const BUSY_BODY: &str = r#"
+out = ctypes.c_uint64()
 ok(cu.cuMemAlloc_v2(ctypes.byref(out), ctypes.c_size_t(4)), "alloc")
 a, n = ctypes.c_uint64(out.value), ctypes.c_uint32(20000)
 params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(a), ctypes.c_void_p), ctypes.cast(ctypes.byref(n), ctypes.c_void_p))
@@ -355,3 +345,22 @@ ok(cu.cuMemcpyDtoH_v2(ctypes.byref(v), out, ctypes.c_size_t(4)), "copy back")
 if v.value != (20000 * 19999 // 2) % (1 << 32): raise SystemExit(f"wrong sum {v.value}")
 print("ok")
 "#;
+
+/// A Python program on the Driver API through ctypes: `ptx` loaded, its `kernel` in `fn`, then
+/// `body` (which has `cu`, `ok(result, what)`, `sys` and `ctypes`).
+fn driver_script(ptx: &str, kernel: &str, body: &str) -> String {
+    format!(
+        r#"import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, what):
+    if r != 0: raise SystemExit(f"{{what}}: CUresult {{r}}")
+ok(cu.cuInit(0), "cuInit")
+dev, ctx, mod, fn = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "retain")
+ok(cu.cuCtxSetCurrent(ctx), "current")
+ok(cu.cuModuleLoadData(ctypes.byref(mod), b"""{ptx}"""), "load")
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"{kernel}"), "function")
+{body}"#
+    )
+}
