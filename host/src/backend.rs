@@ -170,6 +170,18 @@ impl UsageTable {
         lock(&self.sessions).values().map(|(u, _)| u.used_bytes).sum()
     }
 
+    /// `Backend::memory_usage` of a backend with one device of `total` bytes.
+    pub fn single_device_usage(&self, device: u32, total: u64) -> CmdResult<(u64, u64)> {
+        check_single_device(device)?;
+        Ok((total, self.total_used()))
+    }
+
+    /// `Backend::processes` of a backend with one device.
+    pub fn single_device_processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
+        check_single_device(device)?;
+        Ok(self.processes())
+    }
+
     /// The non-observer sessions, by pid.
     pub fn processes(&self) -> Vec<ProcessUsage> {
         let mut v: Vec<ProcessUsage> = lock(&self.sessions).values().filter(|(_, obs)| !obs).map(|(u, _)| *u).collect();

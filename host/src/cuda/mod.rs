@@ -136,13 +136,11 @@ impl Backend for CudaBackend {
     }
 
     fn memory_usage(&self, device: u32) -> CmdResult<(u64, u64)> {
-        self.check_device(device)?;
-        Ok((self.info.total_mem, self.usage.total_used()))
+        self.usage.single_device_usage(device, self.info.total_mem)
     }
 
     fn processes(&self, device: u32) -> CmdResult<Vec<ProcessUsage>> {
-        self.check_device(device)?;
-        Ok(self.usage.processes())
+        self.usage.single_device_processes(device)
     }
 
     fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
