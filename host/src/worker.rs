@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, MsgHeader, Op, COPY_CHUNK, HEADER_LEN, HELLO_OBSERVER, MSG_MAGIC};
 use vgpu_uapi::wire::{Reader, Writer};
-use vgpu_uapi::PROTOCOL_VERSION;
 
 /// How to start a worker: the executable (vgpu-hostd) and the driver and device it serves.
 #[derive(Clone, Debug)]
@@ -291,7 +290,7 @@ impl WorkerBackend {
         let why = |f: Failure| match f {
             Failure::Status(e) | Failure::Lost(e) => e.message,
         };
-        w.call(Op::Hello, &[&hello(std::process::id(), HELLO_OBSERVER)], &mut reply).map_err(why)?;
+        w.call(Op::Hello, &[&vgpu_uapi::proto::hello_request(std::process::id(), HELLO_OBSERVER)], &mut reply).map_err(why)?;
         w.call(Op::DeviceInfo, &[&0u32.to_le_bytes()], &mut reply).map_err(why)?;
         let info = Reader::new(&reply).device_info().map_err(|_| "the worker's device description is malformed".to_string())?;
         Ok(WorkerBackend { spec, info, usage: Arc::default() })
@@ -306,13 +305,6 @@ impl WorkerBackend {
     }
 }
 
-fn hello(pid: u32, flags: u32) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.put_u32(PROTOCOL_VERSION);
-    h.put_u32(pid);
-    h.put_u32(flags);
-    h
-}
 
 impl Backend for WorkerBackend {
     fn name(&self) -> &'static str {
@@ -347,6 +339,7 @@ impl Backend for WorkerBackend {
             used: RefCell::new(0),
             gpu_ns: RefCell::new(0),
             gpu_ns_charged: 0,
+            timed_work_pending: false,
             deferred: RefCell::new(None),
         }))
     }
@@ -375,6 +368,9 @@ struct RemoteSession {
     /// GPU time of the session's kernels: as the worker last said, and as charged so far.
     gpu_ns: RefCell<u64>,
     gpu_ns_charged: u64,
+    /// Kernels were launched whose GPU time may not have been collected yet: waits ask the
+    /// worker for it only then (until a synchronization of the whole context has collected all).
+    timed_work_pending: bool,
     /// The first failure of work sent ahead, not yet reported.
     deferred: RefCell<Option<CmdError>>,
 }
@@ -499,7 +495,7 @@ impl RemoteSession {
     fn start_worker(&self) -> Result<Worker, Failure> {
         let mut w = Worker::spawn(&self.spec).map_err(|e| Failure::Lost(CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot start a cuda worker: {e}"))))?;
         tracing::debug!(client = self.pid, worker = w.child.id(), "cuda worker started");
-        w.call(Op::Hello, &[&hello(self.pid, 0)], &mut Vec::new())?;
+        w.call(Op::Hello, &[&vgpu_uapi::proto::hello_request(self.pid, 0)], &mut Vec::new())?;
         Ok(w)
     }
 
@@ -512,6 +508,15 @@ impl RemoteSession {
             *self.used.borrow_mut() = used;
             *self.gpu_ns.borrow_mut() = gpu_ns;
             self.usage.set_used(self.usage_id, used);
+        }
+    }
+
+    /// After a wait for the GPU: collects the GPU time of the kernels it covered, if any were
+    /// launched since everything was last collected (`all`: the wait covered every stream).
+    fn after_wait(&mut self, all: bool) {
+        if self.timed_work_pending {
+            self.refresh_usage();
+            self.timed_work_pending &= !all;
         }
     }
 
@@ -583,7 +588,7 @@ impl DeviceSession for RemoteSession {
             self.call_into(Op::MemcpyDtoH, &[&u64s(&[src, 0])], &mut reply)?;
         }
         // A copy back waited for the kernels before it: their GPU time is known now.
-        self.refresh_usage();
+        self.after_wait(false);
         Ok(())
     }
 
@@ -651,6 +656,7 @@ impl DeviceSession for RemoteSession {
         dims.grid.iter().chain(&dims.block).for_each(|&v| b.put_u32(v));
         b.put_u32(dims.dynamic_shared_bytes);
         b.put_u64(dims.stream);
+        self.timed_work_pending = true;
         self.call(Op::Launch, &[&b, params])
     }
 
@@ -668,7 +674,7 @@ impl DeviceSession for RemoteSession {
 
     fn stream_synchronize(&mut self, stream: u64) -> CmdResult<()> {
         let r = self.call_unit(Op::StreamSynchronize, &[stream]);
-        self.refresh_usage();
+        self.after_wait(false);
         r
     }
 
@@ -695,7 +701,7 @@ impl DeviceSession for RemoteSession {
 
     fn event_synchronize(&mut self, event: u64) -> CmdResult<()> {
         let r = self.call_unit(Op::EventSynchronize, &[event]);
-        self.refresh_usage();
+        self.after_wait(false);
         r
     }
 
@@ -710,7 +716,7 @@ impl DeviceSession for RemoteSession {
 
     fn synchronize(&mut self) -> CmdResult<()> {
         let r = self.call_unit(Op::Synchronize, &[]);
-        self.refresh_usage();
+        self.after_wait(true);
         r
     }
 

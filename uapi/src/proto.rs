@@ -190,6 +190,15 @@ pub const VMM_GRANULARITY: u64 = 2 << 20;
 
 /// Hello flag: the client only observes (NVML, the CLI); it is not listed as a GPU process.
 pub const HELLO_OBSERVER: u32 = 1;
+/// A Hello request: this protocol's version, the client's pid, its HELLO_* flags.
+pub fn hello_request(pid: u32, flags: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&crate::PROTOCOL_VERSION.to_le_bytes());
+    b[4..8].copy_from_slice(&pid.to_le_bytes());
+    b[8..12].copy_from_slice(&flags.to_le_bytes());
+    b
+}
+
 /// Hello reply flag: what kernels print (device printf) is not in Launch replies but collected
 /// with [`Op::DeviceOutput`] after each synchronizing call (the cuda backend: the GPU's driver
 /// prints at synchronization, as CUDA documents).

@@ -11,9 +11,7 @@ use vgpu_uapi::wire::Reader;
 /// (name, UUID) of the mediator's device 0.
 pub fn query(mediator: &Path) -> Result<(String, [u8; 16]), String> {
     let t = SocketTransport::connect(mediator, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let mut hello = vgpu_uapi::PROTOCOL_VERSION.to_le_bytes().to_vec();
-    hello.extend_from_slice(&std::process::id().to_le_bytes());
-    hello.extend_from_slice(&HELLO_OBSERVER.to_le_bytes());
+    let hello = vgpu_uapi::proto::hello_request(std::process::id(), HELLO_OBSERVER);
     let mut reply = Vec::new();
     t.call(Op::Hello, &[&hello], &mut reply).map_err(|e| format!("Hello failed (CUresult {e})"))?;
     reply.clear();

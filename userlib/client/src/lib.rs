@@ -16,8 +16,7 @@ use std::time::Duration;
 use transport::{SocketTransport, Transport};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, Op};
-use vgpu_uapi::wire::{Reader, Writer};
-use vgpu_uapi::PROTOCOL_VERSION;
+use vgpu_uapi::wire::Reader;
 
 pub const DEFAULT_SOCKET: &str = "/run/vgpu/hostd.sock";
 
@@ -45,10 +44,7 @@ impl Client {
     pub fn connect_as(who: &str, flags: u32) -> Result<Client, CuResult> {
         let (t, place) = open_transport(who)?;
         let mut reply = Vec::new();
-        let mut hello = Vec::new();
-        hello.put_u32(PROTOCOL_VERSION);
-        hello.put_u32(std::process::id());
-        hello.put_u32(flags);
+        let hello = vgpu_uapi::proto::hello_request(std::process::id(), flags);
         t.call(Op::Hello, &[&hello], &mut reply).inspect_err(|e| {
             vlog!(log::ERROR, "{who}: the vgpu mediator via {place} refused us or did not answer (CUresult {e})");
         })?;
