@@ -34,6 +34,32 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy cached in $venv"; else
     cuda-pathfinder==1.9.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
   touch "$venv/.complete-v1"
 fi
+# CuPy's own test suite (tests/tests/cupy_suite.rs): the tests from CuPy's sdist, and pytest.
+if [ -f "$CACHE/cupy-tests-14.2.0/.complete-v1" ]; then echo "setup: CuPy's tests cached in $CACHE/cupy-tests-14.2.0"; else
+  echo "setup: fetching CuPy 14.2.0's tests (its sdist) and pytest"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0
+  tmp=$(mktemp -d)
+  "$venv/bin/python" "$(dirname "$0")/fetch-sdist.py" cupy 14.2.0 "$tmp/cupy.tar.gz"
+  tar -xzf "$tmp/cupy.tar.gz" -C "$tmp" cupy-14.2.0/tests
+  rm -rf "$CACHE/cupy-tests-14.2.0" && mv "$tmp/cupy-14.2.0/tests" "$CACHE/cupy-tests-14.2.0" && rm -rf "$tmp"
+  touch "$CACHE/cupy-tests-14.2.0/.complete-v1"
+fi
+# numba-cuda as users install it ('numba-cuda[cu12]': NVVM, NVRTC, cudart from PyPI) with what
+# its own test suite needs (tests/tests/numba.rs runs that suite). One change from the default
+# install, the setting the sim needs: without nvJitLink, numba links with the driver's cuLink*,
+# which keeps the PTX the sim runs (nvJitLink turns it into SASS for the GPU, which the sim
+# cannot run: its kernels then fail with CUDA_ERROR_NO_BINARY_FOR_GPU).
+venv=$CACHE/numba-venv
+if [ -f "$venv/.complete-v1" ]; then echo "setup: numba-cuda cached in $venv"; else
+  echo "setup: installing numba-cuda 0.30.4 and its test requirements into $venv"
+  rm -rf "$venv" && python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'numba-cuda[cu12]==0.30.4' numba==0.68.1 \
+    llvmlite==0.50.0 numpy==2.4.6 cuda-bindings==12.9.10 cuda-core==1.2.2 cuda-pathfinder==1.9.1 cuda-toolkit==12.9.2.0 \
+    nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27 \
+    pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 pytest-benchmark==5.3.1 filecheck==1.0.6 cffi==2.1.1 psutil==7.2.2 ml_dtypes==0.7.0
+  "$venv/bin/python" -m pip uninstall --quiet --yes nvidia-nvjitlink-cu12
+  touch "$venv/.complete-v1"
+fi
 # llama.cpp as users get it prebuilt with CUDA (cyllama-cuda12: ggml's CUDA backend with
 # compute_75 PTX, linked against cudart and cuBLAS 12), with the gguf package to write test
 # models; tests/llama_check.py compares it on vgpu with its own CPU backend.

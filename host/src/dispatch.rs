@@ -30,6 +30,8 @@ pub struct Connection<'b> {
     next_host: u64,
     /// Descriptors the client sent with its current request.
     fds: Vec<OwnedFd>,
+    /// A module image arriving in parts (ModuleImagePart), loaded by an empty ModuleLoad.
+    staged_image: Vec<u8>,
 }
 
 /// Pinned host memory a client may share with the mediator: at most this many regions,
@@ -87,7 +89,7 @@ fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
 impl<'b> Connection<'b> {
     /// A connection outside any VM: no scheduling, quota or accounting (tests, tools).
     pub fn new(backend: &'b dyn Backend) -> Self {
-        Connection { backend, session: None, client_pid: 0, share: None, host: HashMap::new(), next_host: 0, fds: Vec::new() }
+        Connection { backend, session: None, client_pid: 0, share: None, host: HashMap::new(), next_host: 0, fds: Vec::new(), staged_image: Vec::new() }
     }
 
     /// Takes the descriptors that arrived with the next request (the rest are closed after it).
@@ -393,8 +395,33 @@ impl<'b> Connection<'b> {
                 r.finish()?;
                 self.session()?.memset(dst, value, elem, count)?;
             }
+            Op::ModuleImagePart => {
+                let offset = r.u64()?;
+                let part = r.rest();
+                self.session()?;
+                if offset != self.staged_image.len() as u64 {
+                    self.staged_image = Vec::new();
+                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("module image part at offset {offset}, expected {}", self.staged_image.len())));
+                }
+                if offset + part.len() as u64 > vgpu_uapi::image::MAX_IMAGE_LEN {
+                    self.staged_image = Vec::new();
+                    return Err(CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("module image over the {}-byte limit", vgpu_uapi::image::MAX_IMAGE_LEN)));
+                }
+                self.staged_image.try_reserve(part.len()).map_err(|_| CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, "no memory for the module image"))?;
+                self.staged_image.extend_from_slice(part);
+            }
             Op::ModuleLoad => {
-                let image = r.rest();
+                let staged;
+                let image = match r.rest() {
+                    [] => {
+                        staged = std::mem::take(&mut self.staged_image);
+                        if staged.is_empty() {
+                            return Err(CmdError::new(CUDA_ERROR_INVALID_IMAGE, "an empty module image"));
+                        }
+                        &staged[..]
+                    }
+                    image => image,
+                };
                 let m = self.session()?.module_load(image);
                 self.reconcile_memory();
                 let m = m?;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use vgpu_uapi::cuda::{CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS};
-use vgpu_uapi::proto::{MsgHeader, HEADER_LEN, MSG_MAGIC};
+use vgpu_uapi::proto::{HeaderError, MsgHeader, HEADER_LEN, MSG_MAGIC};
 
 /// Creates `path`'s directory and binds it, replacing a stale socket file. The socket is bound
 /// under a temporary name and renamed into place, so that whoever waits for `path` to appear
@@ -149,7 +149,17 @@ pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &s
             Err(e) => return Err(e),
         }
         let h = MsgHeader::from_bytes(&hdr);
+        if let Err(e @ HeaderError::TooLong(_)) = h.validate() {
+            // Refused at once, and the connection goes on: its payload is read past, not kept.
+            tracing::warn!(vm = who, pid = conn.client_pid, op = h.op, "{e}; request refused");
+            push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, format!("{e}; request refused").as_bytes());
+            stream.write_all(&output)?;
+            output.clear();
+            input.skip(h.payload_len as u64)?;
+            continue;
+        }
         if let Err(e) = h.validate() {
+            // A bad magic: where the next request starts is unknown.
             let msg = format!("{e}; closing connection");
             push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, msg.as_bytes());
             stream.write_all(&output)?;

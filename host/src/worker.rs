@@ -605,7 +605,7 @@ impl DeviceSession for RemoteSession {
     }
 
     fn module_load(&mut self, image: &[u8]) -> CmdResult<u64> {
-        let reply = self.call(Op::ModuleLoad, &[image]);
+        let reply = vgpu_uapi::proto::module_load(image, |op, parts| self.call(op, parts));
         self.refresh_usage();
         let reply = reply?;
         Reader::new(&reply).u64().map_err(|_| malformed(Op::ModuleLoad))

@@ -190,3 +190,27 @@ fn shared_host_memory_is_checked() {
     assert_eq!(p.call(Op::MemcpyHtoDHost, &[&u64s(&[d, h, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "after unregistering");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request over the protocol's size limit is refused with an error reply, its payload read
+/// past; the connection and what the client holds live on. Module images over the limit go in
+/// parts; parts out of order are refused.
+#[test]
+fn an_oversize_request_is_refused_and_the_connection_lives_on() {
+    let (dir, _m) = start("oversize");
+    let p = Proc::connect(&dir.join("good.sock"), 77).unwrap();
+    let ptr = p.alloc(4096).unwrap();
+    p.write(ptr, &[7u8; 4096]).unwrap();
+    let big = vec![1u8; vgpu_uapi::proto::MAX_PAYLOAD as usize + 1];
+    assert_eq!(p.call(Op::MemcpyHtoD, &[&ptr.to_le_bytes(), &big]).map(drop), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(p.read(ptr, 4096).unwrap(), vec![7u8; 4096], "the allocation after the refused request");
+    // Parts must come in order from offset 0.
+    assert_eq!(p.call(Op::ModuleImagePart, &[&8u64.to_le_bytes(), b"abcdefgh"]).map(drop), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(p.call(Op::ModuleLoad, &[]).map(drop), Err(CUDA_ERROR_INVALID_IMAGE));
+    // A module in parts (libcuda sends those over MODULE_PART so; 1 KiB parts here) loads.
+    let ptx = std::fs::read(support::KERNELS).unwrap();
+    for (i, c) in ptx.chunks(1024).enumerate() {
+        p.call(Op::ModuleImagePart, &[&((i * 1024) as u64).to_le_bytes(), c]).unwrap();
+    }
+    let reply = p.call(Op::ModuleLoad, &[]).unwrap();
+    assert_eq!(reply.len(), 8, "a module handle");
+}

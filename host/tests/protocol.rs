@@ -167,7 +167,8 @@ fn framing_errors_close_only_that_connection() {
     assert!(String::from_utf8_lossy(&msg).contains("magic"));
     assert_eq!(bad.read(&mut [0u8; 1]).unwrap(), 0, "connection closed");
 
-    // Oversized payload announced: rejected before anything is allocated.
+    // Oversized payload announced: rejected at once, before anything is allocated (the
+    // connection would go on after the payload; this client never sends it).
     let mut big = UnixStream::connect(&sock).unwrap();
     let h = MsgHeader { magic: MSG_MAGIC, op: Op::MemcpyHtoD as u32, seq: 1, status: 0, payload_len: u32::MAX, reserved: 0 };
     big.write_all(&h.to_bytes()).unwrap();

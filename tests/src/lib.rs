@@ -425,3 +425,42 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     v.sort();
     v
 }
+
+/// Runs a peer's own pytest suite (numba-cuda's, CuPy's) on vgpu: `cmd` is its pytest command
+/// line; this adds tests/pytest/vgpu_pytest_plugin.py with `slice` ("K/N"), the known failures of
+/// `lists` (its known_failures.txt) and, for the whole suite, what each of `record` slices
+/// passes. Fails unless every failure is a known one and the pass count reaches the one
+/// `lists`/expected_passes.txt records for `slice`.
+pub fn check_peer_suite(name: &str, mut cmd: Command, lists: &Path, slice: &str, record: u32, mediator: &Mediator) {
+    let work = TempDir::new("peer-suite");
+    let summary = work.0.join("summary.txt");
+    let out = cmd
+        .args(["-p", "vgpu_pytest_plugin", "--vgpu-record-slices", &record.to_string()])
+        .arg(format!("--vgpu-slice={slice}"))
+        .arg(format!("--vgpu-known={}", lists.join("known_failures.txt").display()))
+        .arg(format!("--vgpu-summary={}", summary.display()))
+        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("pytest"))
+        .env("LD_LIBRARY_PATH", libcuda_dir())
+        .env("VGPU_SOCKET", &mediator.socket)
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}'s test suite: {e}"));
+    let report = std::fs::read_to_string(&summary).unwrap_or_default();
+    let passed: usize = report
+        .lines()
+        .find_map(|l| l.strip_prefix("COUNTS "))
+        .and_then(|c| c.split(' ').find_map(|kv| kv.strip_prefix("passed=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let want = std::fs::read_to_string(lists.join("expected_passes.txt")).ok().and_then(|t| {
+        t.lines().filter(|l| !l.starts_with('#')).find_map(|l| l.split_once(char::is_whitespace).filter(|(s, _)| *s == slice).and_then(|(_, n)| n.trim().parse::<usize>().ok()))
+    });
+    println!("{name} suite, slice {slice}:\n{report}");
+    let tail = |s: &[u8], n: usize| String::from_utf8_lossy(s).lines().rev().take(n).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(
+        report.lines().last() == Some("VERDICT ok") && want.is_none_or(|w| passed >= w),
+        "{name}'s suite (slice {slice}) on vgpu: {passed} passed (recorded: {want:?})\n{report}\n--- pytest (tail)\n{}\n--- stderr (tail)\n{}\n--- mediator log (tail)\n{}",
+        tail(&out.stdout, 60),
+        tail(&out.stderr, 20),
+        mediator.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}

@@ -1,6 +1,7 @@
 //! Real NVIDIA cudart (12.9 and 13.0 from pip) running our test programs on vgpu's libcuda.so.1
 //! and the mediator's sim backend. Each program checks its results against the CPU and prints PASS.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 use vgpu_tests::*;
 
@@ -50,6 +51,8 @@ cases! {
     graphs_cudart13: "graphs", V13;
     mem_pools_cudart12: "mem_pools", V12;
     mem_pools_cudart13: "mem_pools", V13;
+    managed_mapped_cudart12: "managed_mapped", V12;
+    managed_mapped_cudart13: "managed_mapped", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it
@@ -111,6 +114,17 @@ fn vector_add_reports_the_profile_device() {
     let out = run_program(&exe, Cudart::V12, &m.socket);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("device 'vgpu test device' cc 9.0 SMs 7 mem 81920 MiB"), "{}", describe(&out));
+}
+
+/// A module image of 300 MiB (CuPy's thrust fatbin alone is 72 MB; a request may carry 64 MiB)
+/// goes to the mediator in parts and loads; the connection goes on.
+#[test]
+fn a_300_mib_module_image_loads_and_the_connection_goes_on() {
+    let exe = build_c_program("large_module");
+    let m = Mediator::start();
+    let out = Command::new(&exe).arg("300").env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &m.socket).output().expect("run large_module");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "{}\n--- mediator log\n{}", describe(&out), m.log());
 }
 
 #[test]

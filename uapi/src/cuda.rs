@@ -157,6 +157,8 @@ pub mod attr {
     pub const CONCURRENT_MANAGED_ACCESS: usize = 89;
     pub const COMPUTE_PREEMPTION_SUPPORTED: usize = 90;
     pub const CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM: usize = 91;
+    pub const PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES: usize = 100;
+    pub const DIRECT_MANAGED_MEM_ACCESS_FROM_HOST: usize = 101;
     pub const COOPERATIVE_LAUNCH: usize = 95;
     pub const MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: usize = 97;
     pub const CAN_FLUSH_REMOTE_WRITES: usize = 98;

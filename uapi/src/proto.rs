@@ -115,7 +115,8 @@ opcodes! {
     Memset = 16,
     /// req: dptr u64 -> reply: base u64, size u64
     MemGetAddressRange = 17,
-    /// req: image bytes.. (fatbin, PTX text or cubin) -> reply: module u64
+    /// req: image bytes.. (fatbin, PTX text or cubin) -> reply: module u64. An empty payload
+    /// loads the image staged with [`Op::ModuleImagePart`] (see [`module_load`]).
     ModuleLoad = 20,
     /// req: module u64 -> reply:
     ModuleUnload = 21,
@@ -125,6 +126,10 @@ opcodes! {
     ModuleGetGlobal = 23,
     /// req: module u64 -> reply: count u32, then per function: name_len u32, name bytes
     ModuleEnumerateFunctions = 24,
+    /// req: offset u64, bytes.. -> reply:  (a part of a module image larger than a request may
+    /// be, staged on the connection in order from offset 0, up to image::MAX_IMAGE_LEN; the next
+    /// ModuleLoad with an empty payload loads it)
+    ModuleImagePart = 25,
     /// req: function u64, grid x,y,z u32, block x,y,z u32, shared u32, stream u64, params bytes..
     /// -> reply: the kernel's device printf output bytes.. (at most 1 MiB; libcuda writes them
     /// to the process's stdout)
@@ -188,6 +193,21 @@ opcodes! {
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).
 pub const VMM_GRANULARITY: u64 = 2 << 20;
 
+/// Module images larger than this go in parts ([`Op::ModuleImagePart`]).
+pub const MODULE_PART: usize = 32 << 20;
+
+/// Loads a module image through `call` (a request and its reply): in one ModuleLoad, or, for an
+/// image larger than [`MODULE_PART`], staged part by part and then loaded. Returns the reply.
+pub fn module_load<E>(image: &[u8], mut call: impl FnMut(Op, &[&[u8]]) -> Result<alloc::vec::Vec<u8>, E>) -> Result<alloc::vec::Vec<u8>, E> {
+    if image.len() <= MODULE_PART {
+        return call(Op::ModuleLoad, &[image]);
+    }
+    for (i, part) in image.chunks(MODULE_PART).enumerate() {
+        call(Op::ModuleImagePart, &[&((i * MODULE_PART) as u64).to_le_bytes(), part])?;
+    }
+    call(Op::ModuleLoad, &[])
+}
+
 /// Hello flag: the client only observes (NVML, the CLI); it is not listed as a GPU process.
 pub const HELLO_OBSERVER: u32 = 1;
 /// A Hello request: this protocol's version, the client's pid, its HELLO_* flags.
@@ -244,6 +264,10 @@ pub struct FunctionInfo {
     pub num_regs: u32,
     pub ptx_version: u32,
     pub binary_version: u32,
+    /// Bytes of constant memory (`.const` variables) the kernel's module declares.
+    pub const_bytes: u32,
+    /// `.reqntid`: the only block shape it may be launched with ([0; 3]: any).
+    pub req_block: [u32; 3],
 }
 
 /// Per-parameter layout following a [`FunctionInfo`] on the wire: offset u32, size u32.

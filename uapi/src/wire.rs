@@ -84,6 +84,8 @@ impl<'a> Reader<'a> {
             num_regs: self.u32()?,
             ptx_version: self.u32()?,
             binary_version: self.u32()?,
+            const_bytes: self.u32()?,
+            req_block: [self.u32()?, self.u32()?, self.u32()?],
         })
     }
 }
@@ -125,6 +127,10 @@ pub trait Writer {
             f.num_regs,
             f.ptx_version,
             f.binary_version,
+            f.const_bytes,
+            f.req_block[0],
+            f.req_block[1],
+            f.req_block[2],
         ] {
             self.put_u32(v);
         }

@@ -32,6 +32,7 @@ unsafe impl Send for Raw {}
 // CUfunction_attribute (cuda.h).
 const FUNC_MAX_THREADS_PER_BLOCK: i32 = 0;
 const FUNC_SHARED_SIZE_BYTES: i32 = 1;
+const FUNC_CONST_SIZE_BYTES: i32 = 2;
 const FUNC_LOCAL_SIZE_BYTES: i32 = 3;
 const FUNC_NUM_REGS: i32 = 4;
 const FUNC_PTX_VERSION: i32 = 5;
@@ -543,6 +544,9 @@ impl DeviceSession for CudaSession {
             num_regs: attr(FUNC_NUM_REGS),
             ptx_version: attr(FUNC_PTX_VERSION),
             binary_version: attr(FUNC_BINARY_VERSION),
+            const_bytes: attr(FUNC_CONST_SIZE_BYTES),
+            // The driver enforces .reqntid at the launch itself.
+            req_block: [0; 3],
         };
         Ok((info, params))
     }

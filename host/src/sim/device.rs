@@ -273,7 +273,7 @@ impl DeviceSession for SimSession {
             }
             fatbin::ImageKind::Elf => Err(CmdError::new(
                 CUDA_ERROR_NO_BINARY_FOR_GPU,
-                "cubin (ELF) images cannot run on the sim backend: no PTX in this module",
+                format!("cubin (ELF) images cannot run on the sim backend, which runs PTX: {}", fatbin::HOW_TO_GET_PTX),
             )),
             fatbin::ImageKind::Unknown => Err(CmdError::new(CUDA_ERROR_INVALID_IMAGE, "not a fatbin, cubin or PTX image")),
         }
@@ -307,6 +307,8 @@ impl DeviceSession for SimSession {
             .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("no kernel named {name}")))?;
         let params: Vec<(u32, u32)> = k.params.iter().map(|p| (p.offset, p.size)).collect();
         let (param_bytes, static_shared_bytes, local_bytes) = (k.param_bytes, k.static_shared_bytes, k.local_bytes);
+        let (max_threads, regs, req_block) = (k.max_threads, k.regs, k.req_block.unwrap_or([0; 3]));
+        let const_bytes = m.ptx.globals().iter().filter(|g| g.space == ptx::VarSpace::Const).map(|g| g.size).sum::<u64>().min(u32::MAX as u64) as u32;
         // What runs is this PTX: its target is the version both report.
         let arch = if m.ptx.target() > 0 { m.ptx.target() } else { 90 };
         // One handle per (module, name): resolving twice gives the same function, as in CUDA.
@@ -325,10 +327,12 @@ impl DeviceSession for SimSession {
             param_bytes,
             static_shared_bytes,
             local_bytes,
-            max_threads_per_block: 1024,
-            num_regs: 32,
+            max_threads_per_block: max_threads,
+            num_regs: regs,
             ptx_version: arch,
             binary_version: arch,
+            const_bytes,
+            req_block,
         };
         Ok((info, params))
     }

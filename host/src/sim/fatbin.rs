@@ -23,6 +23,9 @@ const FLAG_ZSTD: u64 = 0x8000;
 /// Decompressed entries larger than this are refused (real PTX for one module is far smaller).
 const MAX_UNCOMPRESSED: u64 = 256 << 20;
 
+/// What to tell the owner of a SASS-only image.
+pub const HOW_TO_GET_PTX: &str = "build with PTX too (nvcc -gencode arch=compute_90,code=compute_90, or any compute_XX); numba-cuda: link with the driver's linker, which keeps PTX (uninstall nvidia-nvjitlink-cu12)";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FatbinError {
     NotAFatbin,
@@ -42,7 +45,7 @@ impl std::fmt::Display for FatbinError {
             FatbinError::Decompress(e) => write!(f, "cannot decompress fatbin entry: {e}"),
             FatbinError::NoPtx { cubin_archs } => {
                 let archs: Vec<String> = cubin_archs.iter().map(|a| format!("sm_{a}")).collect();
-                write!(f, "no PTX in this module (cubin only: {}); the sim backend runs PTX", archs.join(", "))
+                write!(f, "no PTX in this module (cubin only: {}); the sim backend runs PTX: {HOW_TO_GET_PTX}", archs.join(", "))
             }
             FatbinError::NotUtf8 => write!(f, "PTX entry is not UTF-8"),
         }

@@ -1162,6 +1162,89 @@ def more_integer_forms(rng):
     return forms
 
 
+def carry_forms(rng):
+    """Extended-precision arithmetic through the condition code CC.CF (PTX ISA, "Extended-Precision
+    Integer Arithmetic Instructions"): add.cc/addc add the carry out of/into the type's width,
+    sub.cc/subc subtract with borrow (d = a - (b + CF), CF = the borrow out), mad.cc/madc add
+    a * b's low or high half, c and CF. Carry in comes from `add.cc.u32` of two inputs that do
+    (0xffffffff + 1) or do not (1 + 1) overflow; the carry out is read by `addc.u32 q, 0, 0`."""
+    forms = []
+    carry_in = [(0xFFFFFFFF, 1, 1), (1, 1, 0)]  # (e, f) with the carry e + f sets, that carry
+    for ty, bits, sg in [(t, b, s) for b in (32, 64) for (t, s) in ((f"u{b}", False), (f"s{b}", True))]:
+        c = cls_of(bits)
+        xs = int_edges(bits)
+        u = lambda x: R.wrap(x, bits)
+        trios = list(zip(xs + rand_ints(rng, bits, 20), rand_ints(rng, bits, len(xs) + 20), (xs[::-1] + rand_ints(rng, bits, 20))))
+        # Where the carry or borrow turns on CF alone: b equal to a, one below, a + b just
+        # reaching 2^bits; each twice, so that both carry-in values meet it.
+        for x in xs[:8]:
+            trios += [(x, x, x)] * 2 + [(x, u(x - 1), x)] * 2 + [(x, u(-x), 1)] * 2 + [(x, u(-x - 1), 0)] * 2
+        v = lambda x: R.int_value(x, bits, sg)
+
+        def part(op, x, y):
+            p = v(x) * v(y)
+            return u(p) if op == "lo" else u(p >> bits)
+
+        ops = {
+            "add": lambda x, y, z, cf: u(x) + u(y) + cf,
+            "sub": lambda x, y, z, cf: u(x) - (u(y) + cf),
+            "mad.lo": lambda x, y, z, cf: part("lo", x, y) + u(z) + cf,
+            "mad.hi": lambda x, y, z, cf: part("hi", x, y) + u(z) + cf,
+        }
+        for op, fn in ops.items():
+            mad = op.startswith("mad")
+            args = "{a}, {b}, {c}" if mad else "{a}, {b}"
+            for cin in (False, True):
+                for cout in (False, True):
+                    if not cin and not cout:
+                        continue  # a plain add/sub/mad: integer_forms
+                    base, hl = (op.split(".") + [""])[:2]
+                    name = f"{base}{'c' if cin else ''}{'.' + hl if hl else ''}{'.cc' if cout else ''}.{ty}"
+                    setup = "add.cc.u32 %rt, {i3}, {i4};\n" if cin else ""
+                    read = "\naddc.u32 {q}, 0, 0;" if cout else ""
+                    f = Form(name, setup + f"{name} {{d}}, {args};" + read, [c, c, c, "b32", "b32"], [c, "b32"] if cout else [c])
+                    for (x, y, z), (e, g, cf) in zip(trios, carry_in * len(trios)):
+                        if not cin:
+                            cf = 0
+                        s = fn(x, y, z, cf)
+                        out = [u(s)]
+                        if cout:
+                            out.append(int(s < 0) if base == "sub" else s >> bits)
+                        f.case([x, y, z, e, g], out)
+                    forms.append(f)
+    return forms
+
+
+def packed_int_forms(rng):
+    """min/max on two 16-bit integer lanes (PTX ISA 8.0, sm_90: min/max.u16x2, .s16x2, and .relu
+    for .s16x2, which clamps a negative lane result to 0); griddepcontrol, which orders a grid
+    after the grids it depends on, changes no value."""
+    forms = []
+    edges = [0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x00FF, 0xFF00]
+    pairs_ = [(a | b << 16, c | d << 16) for a, b, c, d in zip(edges, edges[::-1], edges[3:] + edges[:3], edges[5:] + edges[:5])]
+    pairs_ += [(rng.getrandbits(32), rng.getrandbits(32)) for _ in range(24)]
+    for op in ("min", "max"):
+        for ty, sg in (("u16x2", False), ("s16x2", True)):
+            for relu in ((False, True) if sg else (False,)):
+                name = f"{op}{'.relu' if relu else ''}.{ty}"
+                f = Form(name, f"{name} {{d}}, {{a}}, {{b}};", ["b32", "b32"], ["b32"])
+                for x, y in pairs_:
+                    out = 0
+                    for k in (0, 16):
+                        a, b = R.int_value(x >> k, 16, sg), R.int_value(y >> k, 16, sg)
+                        r = min(a, b) if op == "min" else max(a, b)
+                        if relu:
+                            r = max(r, 0)
+                        out |= R.wrap(r, 16) << k
+                    f.case([x, y], [out])
+                forms.append(f)
+    f = Form("griddepcontrol", "griddepcontrol.launch_dependents;\ngriddepcontrol.wait;\nmov.b32 {d}, {a};", ["b32"], ["b32"])
+    for x in (0, 1, 0xDEADBEEF):
+        f.case([x], [x])
+    forms.append(f)
+    return forms
+
+
 def approximate_forms(rng):
     """The .approx functions, within the maximum errors the PTX ISA states for each."""
     import math
@@ -1264,7 +1347,7 @@ def self_check(rng):
 def main():
     rng = random.Random(SEED)
     self_check(random.Random(SEED + 1))
-    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng) + fp8_forms(rng) + more_integer_forms(rng) + approximate_forms(rng) + relu_forms(rng) + warp_forms(rng) + space_forms(rng)
+    forms = integer_forms(rng) + move_forms(rng) + memory_forms(rng) + conversion_forms(rng) + float_forms(rng) + new_instruction_forms(rng) + collective_forms(rng) + matrix_forms(rng) + fp8_forms(rng) + more_integer_forms(rng) + carry_forms(rng) + packed_int_forms(rng) + approximate_forms(rng) + relu_forms(rng) + warp_forms(rng) + space_forms(rng)
     names = [f.name for f in forms]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     out = {"seed": SEED, "forms": [f.json() for f in forms]}

@@ -19,6 +19,8 @@ pub struct Driver {
     /// Events this process created and has not destroyed: a record is checked here and then
     /// queued like a launch (no round trip).
     pub events: Mutex<std::collections::HashSet<u64>>,
+    /// Managed and mapped memory: host and device copies kept coherent (driver/mirror.rs).
+    pub mirrors: crate::driver::mirror::MirrorState,
 }
 
 /// Page-locked host memory: ours (a shared mapping of a sealed memfd) or the application's
@@ -78,6 +80,7 @@ fn connect() -> Result<Driver, CUresult> {
         functions: Mutex::new(HashMap::new()),
         host_allocs: Mutex::new(BTreeMap::new()),
         events: Mutex::new(std::collections::HashSet::new()),
+        mirrors: Default::default(),
     })
 }
 
@@ -111,7 +114,13 @@ impl Driver {
     /// stdout: after a call that waited for the mediator, as CUDA flushes device printf at
     /// synchronizing calls.
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CUresult> {
+        let waits = matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery);
+        let seen = self.mirrors.wait_begins();
         let r = self.client.call(op, parts);
+        // The device's writes to managed and mapped memory become the host's after a wait.
+        if waits && r.is_ok() {
+            self.mirrors.after_wait(self, seen)?;
+        }
         let printed = self.client.transport.take_async_output();
         crate::driver::launch_output(&printed);
         // Where the device prints at synchronization (a real GPU), what a synchronizing call

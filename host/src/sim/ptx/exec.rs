@@ -1232,11 +1232,39 @@ impl<'a> Ctx<'a> {
                 };
                 self.set(d, *ty, r, regs, i)?;
             }
+            Op::Carry { op, ty, cin, cout, cc, d, a, b, c } => {
+                let bits = ty.bits();
+                let (x, y, z) = (mask(g!(a), bits) as u128, mask(g!(b), bits) as u128, mask(g!(c), bits) as u128);
+                let cf = if *cin { (g!(cc) & 1) as u128 } else { 0 };
+                let (r, carry) = match op {
+                    // The borrow of a - (b + CF): set when the unsigned subtrahend is larger.
+                    CarryOp::Sub => ((x.wrapping_sub(y + cf)) as u64, (y + cf > x) as u64),
+                    _ => {
+                        let p = match op {
+                            CarryOp::Add => x,
+                            CarryOp::MadLo => mask(int_bin(Bin::MulLo, *ty, g!(a), g!(b)), bits) as u128,
+                            _ => mask(int_bin(Bin::MulHi, *ty, g!(a), g!(b)), bits) as u128,
+                        };
+                        let addend = if *op == CarryOp::Add { y } else { z };
+                        let s = p + addend + cf;
+                        (s as u64, (s >> bits) as u64 & 1)
+                    }
+                };
+                self.set(d, *ty, mask(r, bits), regs, i)?;
+                if *cout {
+                    self.set(cc, Ty::U32, carry, regs, i)?;
+                }
+            }
             Op::Half2 { op, ty, m, d, a, b, c } => {
                 let (x, y, z) = (g!(a), g!(b), g!(c));
                 let lane = |k: u32| -> Result<u64, ExecError> {
                     let (x, y, z) = ((x >> k) & 0xffff, (y >> k) & 0xffff, (z >> k) & 0xffff);
                     Ok(match op {
+                        // 16-bit integer lanes (min/max.{u16x2,s16x2}): .relu clamps below 0.
+                        Half2Op::Bin(bin) if !ty.float() => {
+                            let r = mask(int_bin(*bin, *ty, x, y), 16);
+                            if m.relu && ty.signed() && sext(r, 16) < 0 { 0 } else { r }
+                        }
                         Half2Op::Bin(bin) => float::bin(*bin, *ty, *m, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?,
                         Half2Op::Fma => float::fma(*ty, *m, x, y, z),
                         Half2Op::Neg => float::unary(Un::Neg, *ty, *m, x).unwrap_or(x),

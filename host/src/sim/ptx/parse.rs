@@ -142,6 +142,15 @@ pub enum Base {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarryOp {
+    Add,
+    Sub,
+    /// a * b's low (MadLo) or high (MadHi) half, plus c.
+    MadLo,
+    MadHi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bin {
     Add,
     Sub,
@@ -347,6 +356,10 @@ pub enum Op {
     /// mad.lo / mad.hi / fma / mad.f
     Mad { hi: bool, ty: Ty, m: Mods, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     MadWide { ty: Ty, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
+    /// Extended-precision arithmetic (add.cc, addc, sub.cc, subc, mad.cc, madc): `cin` adds
+    /// (subtracts, for Sub) the carry flag CC.CF, kept in the function's hidden register `cc`;
+    /// `cout` writes the carry (borrow, for Sub) out of the operation's width to it.
+    Carry { op: CarryOp, ty: Ty, cin: bool, cout: bool, cc: Opnd, d: Opnd, a: Opnd, b: Opnd, c: Opnd },
     Un { op: Un, ty: Ty, m: Mods, d: Opnd, a: Opnd },
     /// `comb`: setp.CMP.BOOLOP: (op, predicate register, negated)
     /// `packed`: `.f16x2`/`.bf16x2` operands, compared half by half (`p` gets the low halves',
@@ -469,6 +482,56 @@ pub struct Kernel {
     /// For a `.func`: its return value (offset in its local frame, size). Its parameters'
     /// offsets in `params` are in its local frame too.
     pub(crate) ret: Option<(u32, u32)>,
+    /// Largest block it may be launched with: 1024, or fewer by `.maxntid` / `.reqntid`.
+    pub max_threads: u32,
+    /// `.reqntid`: the only block shape it may be launched with.
+    pub req_block: Option<[u32; 3]>,
+    /// Registers per thread a compiler would give it: the most 32-bit registers its PTX keeps
+    /// live at once (see `register_estimate`), at most `.maxnreg`.
+    pub regs: u32,
+}
+
+/// A kernel's performance directives (after its parameter list): `.maxntid`, `.reqntid`,
+/// `.maxnreg`; others (`.minnctapersm`, cluster shapes) change nothing the sim runs.
+fn perf_directive(text: &str, name: &str) -> Option<Vec<u32>> {
+    let at = text.find(name)? + name.len();
+    let rest = &text[at..];
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == ',' || c.is_whitespace())).unwrap_or(rest.len());
+    let v: Vec<u32> = rest[..end].split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Registers a compiler would allocate, estimated from the PTX: each virtual register is live
+/// from its first mention to its last (to a loop's end if it is used inside a loop it was
+/// defined before), weighted by its 32-bit words (predicates are not counted); the estimate is
+/// the most live at any instruction.
+fn register_estimate(f: &Func) -> u32 {
+    let mut spans: Vec<(u32, u32, u32)> = f
+        .reg_span
+        .iter()
+        .filter_map(|(r, &(a, b))| {
+            let words = f.reg_bits.get(r).map_or(1, |&bits| bits.div_ceil(32));
+            (words > 0).then_some((a, b, words))
+        })
+        .collect();
+    for (j, inst) in f.insts.iter().enumerate() {
+        if let Op::Bra { target } = inst.op {
+            let (t, j) = (target, j as u32);
+            if t <= j {
+                for s in spans.iter_mut().filter(|s| s.0 < t && s.1 >= t) {
+                    s.1 = s.1.max(j);
+                }
+            }
+        }
+    }
+    let mut events: Vec<(u32, i64)> = spans.iter().flat_map(|&(a, b, w)| [(a, w as i64), (b + 1, -(w as i64))]).collect();
+    events.sort_by_key(|&(at, d)| (at, d));
+    let (mut live, mut most) = (0i64, 0i64);
+    for (_, d) in events {
+        live += d;
+        most = most.max(live);
+    }
+    most as u32
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -605,6 +668,19 @@ fn strip_comments(text: &str) -> String {
     out
 }
 
+/// `s` after any leading labels (`$L__BB0_1:`; not the first colon of a `::`).
+fn after_labels(s: &str) -> &str {
+    let mut s = s.trim_start();
+    while let Some(colon) = s.find(':') {
+        let label = s[..colon].trim();
+        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_$".contains(c)) || s[colon + 1..].starts_with(':') {
+            break;
+        }
+        s = s[colon + 1..].trim_start();
+    }
+    s
+}
+
 const LINE_DIRECTIVES: [&str; 5] = [".version", ".target", ".address_size", ".file", ".loc"];
 
 fn statements(text: &str) -> Vec<Stmt> {
@@ -614,7 +690,15 @@ fn statements(text: &str) -> Vec<Stmt> {
     let mut cur_line = 1;
     let mut line = 1;
     for c in text.chars() {
-        if cur.trim().is_empty() {
+        // Whitespace before a statement is not kept: `cur` starts with what the statement
+        // does, and checking it stays cheap however many blank lines there are.
+        if cur.is_empty() {
+            if c.is_whitespace() {
+                if c == '\n' {
+                    line += 1;
+                }
+                continue;
+            }
             cur_line = line;
         }
         match c {
@@ -637,8 +721,10 @@ fn statements(text: &str) -> Vec<Stmt> {
                 cur.clear();
                 out.push(Stmt::Close(line));
             }
-            '\n' if LINE_DIRECTIVES.iter().any(|d| cur.trim_start().starts_with(d)) => {
-                // These directives end at the end of their line, not at a ';'.
+            '\n' if LINE_DIRECTIVES.iter().any(|d| after_labels(&cur).starts_with(d)) => {
+                // These directives end at the end of their line, not at a ';' (also after a
+                // label: `$L__func_begin0:` then `.loc 1 4 0` on the next line, as NVVM's
+                // debug builds write them; the next instruction is a statement of its own).
                 out.push(Stmt::Text(cur_line, std::mem::take(&mut cur)));
                 line += 1;
             }
@@ -905,9 +991,42 @@ struct Func {
     insts: Vec<Inst>,
     /// (instruction index, label name) to patch once all labels are known.
     fixups: Vec<(usize, String, usize)>,
+    /// Each register's width in bits (0 for predicates), from its declaration.
+    reg_bits: HashMap<u32, u32>,
+    /// Each register's first and last mention, by instruction index.
+    reg_span: HashMap<u32, (u32, u32)>,
 }
 
 impl Func {
+    /// Records that instruction `at` mentions the registers named in its `text`.
+    fn note_registers(&mut self, at: u32, text: &str) {
+        let mut rest = text;
+        while let Some(p) = rest.find('%') {
+            let tail = &rest[p..];
+            let end = tail[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$')).map_or(tail.len(), |e| e + 1);
+            if let Some(r) = self.reg(&tail[..end]) {
+                let span = self.reg_span.entry(r).or_insert((at, at));
+                span.1 = at;
+            }
+            rest = &tail[end.max(1)..];
+        }
+    }
+
+    /// The condition code register CC.CF: a hidden register of the function (a name PTX cannot
+    /// write), allocated at its first carry instruction, never reused by `{ }` blocks.
+    fn carry_reg(&mut self, line: usize) -> Result<u32, PtxError> {
+        const NAME: &str = "%%cc.cf";
+        if let Some(&r) = self.regs.get(NAME) {
+            return Ok(r);
+        }
+        if self.nregs as usize + 1 > MAX_REGS {
+            return err(line, "too many registers");
+        }
+        self.nregs += 1;
+        self.regs.insert(NAME.to_string(), self.nregs - 1);
+        Ok(self.nregs - 1)
+    }
+
     fn add_sym(&mut self, name: &str, kind: SymKind) {
         let id = self.syms.len() as u32;
         self.syms.push(kind);
@@ -1146,6 +1265,8 @@ impl Parser {
             labels: HashMap::new(),
             insts: Vec::new(),
             fixups: Vec::new(),
+            reg_bits: HashMap::new(),
+            reg_span: HashMap::new(),
         };
         let mut ret = None;
         let params = split_operands(&header[open + 1..close.max(open + 1)]);
@@ -1236,7 +1357,15 @@ impl Parser {
         if f.local_bytes > MAX_LOCAL {
             return err(line, format!("{name} declares {} bytes of local memory", f.local_bytes));
         }
+        let perf = &header[close + 1..];
+        let req_block = perf_directive(perf, ".reqntid").map(|v| [v[0], v.get(1).copied().unwrap_or(1), v.get(2).copied().unwrap_or(1)]);
+        let bound = perf_directive(perf, ".maxntid").map(|v| v.iter().product::<u32>()).into_iter().chain(req_block.map(|b| b.iter().product()));
+        let max_threads = bound.fold(1024u32, u32::min);
+        let regs = register_estimate(&f).min(perf_directive(perf, ".maxnreg").map_or(u32::MAX, |v| v[0])).max(1);
         Ok(Kernel {
+            max_threads,
+            req_block,
+            regs,
             name: f.name,
             params: f.params,
             param_bytes: f.param_bytes,
@@ -1292,6 +1421,7 @@ impl Parser {
             return Ok(());
         }
         let inst = self.instruction(f, line, s)?;
+        f.note_registers(f.insts.len() as u32, &inst.text);
         f.insts.push(inst);
         Ok(())
     }
@@ -1300,6 +1430,14 @@ impl Parser {
         // .reg .b32 %r<26>;  .reg .f32 %f1, %f2;  .reg .v2 .f32 ... (rare)
         let rest = s.trim_start_matches(".reg").trim();
         let names = rest.split_whitespace().skip_while(|t| t.starts_with('.')).collect::<Vec<_>>().join(" ");
+        // The width, for the register estimate: predicates take no general register.
+        let (lanes, bits) = rest.split_whitespace().take_while(|t| t.starts_with('.')).fold((1, 32), |(lanes, bits), t| match t {
+            ".pred" => (lanes, 0),
+            ".v2" => (2, bits),
+            ".v4" => (4, bits),
+            t => (lanes, Ty::from_name(&t[1..]).map_or(bits, |ty| ty.bits())),
+        });
+        let bits = lanes * bits;
         for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if let Some(lt) = n.find('<') {
                 let count = parse_int(n[lt + 1..].trim_end_matches('>')).ok_or_else(|| PtxError { line, message: format!("bad register group {n}") })?;
@@ -1307,6 +1445,7 @@ impl Parser {
                     return err(line, "too many registers");
                 }
                 f.reg_ranges.insert(n[..lt].to_string(), (f.nregs, count as u32));
+                f.reg_bits.extend((f.nregs..f.nregs + count as u32).map(|r| (r, bits)));
                 f.nregs += count as u32;
             } else {
                 let r = match f.free_regs.pop() {
@@ -1320,6 +1459,7 @@ impl Parser {
                         f.nregs - 1
                     }
                 };
+                f.reg_bits.insert(r, bits);
                 let outer = f.regs.insert(n.to_string(), r);
                 if let Some(scope) = f.scopes.last_mut() {
                     scope.push((n.to_string(), outer));
@@ -1420,6 +1560,8 @@ impl Parser {
         let has = |m: &str| mods.contains(&m);
         let ty0 = types.first().copied();
         let ops = split_operands(args);
+        let carry = matches!(name, "addc" | "subc" | "madc") || (matches!(name, "add" | "sub" | "mad") && mods.contains(&"cc"));
+        let cc = if carry { Some(Opnd::Reg(f.carry_reg(line)?)) } else { None };
         let o = |i: usize, ty: Option<Ty>| -> Result<Opnd, PtxError> {
             let a = ops.get(i).ok_or_else(|| PtxError { line, message: format!("missing operand {} in `{s}`", i + 1) })?;
             self.operand(f, line, a, ty)
@@ -1455,6 +1597,9 @@ impl Parser {
         let packed = mods.iter().find_map(|m| match *m {
             "f16x2" => Some(Ty::F16),
             "bf16x2" => Some(Ty::Bf16),
+            // min/max.{u16x2,s16x2}{.relu} (sm_90): two 16-bit integer lanes.
+            "u16x2" => Some(Ty::U16),
+            "s16x2" => Some(Ty::S16),
             _ => None,
         });
         if let Some(ty) = packed.filter(|_| !matches!(name, "setp" | "set" | "cvt" | "mov" | "ld" | "st")) {
@@ -1471,7 +1616,9 @@ impl Parser {
             };
             // The rest of the packed family (and directed rounding, which PTX lacks for
             // halves) is not run by the sim.
+            let int_lanes = !ty.float();
             let op = match h2 {
+                Some(op) if int_lanes && !matches!(op, Half2Op::Bin(Bin::Min | Bin::Max)) => Op::Unsupported,
                 Some(op) if !matches!(rnd, Rnd::Zero | Rnd::Down | Rnd::Up) => {
                     let opt = |k: usize| if ops.len() > k { o(k, Some(Ty::B32)) } else { Ok(Opnd::Sink) };
                     Op::Half2 { op, ty, m, d: o(0, Some(Ty::B32))?, a: o(1, Some(Ty::B32))?, b: opt(2)?, c: opt(3)? }
@@ -1481,6 +1628,22 @@ impl Parser {
             return Ok(Inst { guard, op, line: line as u32, text });
         }
         let op = match name {
+            _ if carry => {
+                let ty = need_ty()?;
+                if !matches!(ty, Ty::U32 | Ty::S32 | Ty::U64 | Ty::S64) {
+                    return err(line, format!("`{s}`: carry arithmetic is for .u32/.s32/.u64/.s64"));
+                }
+                let op = match name {
+                    "add" | "addc" => CarryOp::Add,
+                    "sub" | "subc" => CarryOp::Sub,
+                    _ if has("hi") => CarryOp::MadHi,
+                    _ => CarryOp::MadLo,
+                };
+                let mad = matches!(op, CarryOp::MadLo | CarryOp::MadHi);
+                let c = if mad { o(3, Some(ty))? } else { Opnd::Imm(0) };
+                let cc = cc.clone().ok_or_else(|| PtxError { line, message: "no carry register".into() })?;
+                Op::Carry { op, ty, cin: name.ends_with('c'), cout: has("cc"), cc, d: o(0, Some(ty))?, a: o(1, Some(ty))?, b: o(2, Some(ty))?, c }
+            }
             "mov" => {
                 let ty = need_ty()?;
                 Op::Mov { ty, d: o(0, Some(ty))?, a: o(1, Some(ty))? }
@@ -1909,7 +2072,9 @@ impl Parser {
             "exit" => Op::Exit,
             "trap" => Op::Trap,
             "membar" | "fence" => Op::Fence,
-            "prefetch" | "prefetchu" | "pmevent" | "nanosleep" => Op::Nop,
+            // griddepcontrol (programmatic dependent launch): the sim runs the grids of a stream one
+            // after the other to completion, so the grids a kernel would wait for are done.
+            "prefetch" | "prefetchu" | "pmevent" | "nanosleep" | "griddepcontrol" => Op::Nop,
             _ => Op::Unsupported,
         };
         Ok(Inst { guard, op, line: line as u32, text })

@@ -735,3 +735,45 @@ ret;
     let alone = Module::parse(&text[..text.find(".visible .entry indirect").unwrap()]).unwrap();
     assert_eq!(alone.unsupported("direct").unwrap().1, Rejection::Unsupported);
 }
+
+/// Performance directives bound the block (`.maxntid`, `.reqntid`) and the register count
+/// (`.maxnreg`); the register estimate is at least what must be live at once: here ten 64-bit
+/// values summed only after all are loaded (20 32-bit registers), and no more than those plus
+/// the few the loads' addresses need.
+#[test]
+fn kernel_attributes_from_directives_and_live_registers() {
+    let mut loads = String::new();
+    for k in 0..10 {
+        loads += &format!("\tld.global.u64 %rd{}, [%rd0+{}];\n", k + 1, 8 * k);
+    }
+    let mut sums = String::new();
+    for k in 2..=10 {
+        sums += &format!("\tadd.s64 %rd1, %rd1, %rd{k};\n");
+    }
+    let body = format!("{{\n\t.reg .b64 %rd<12>;\n\tld.param.u64 %rd0, [p];\n{loads}{sums}\tst.global.u64 [%rd0], %rd1;\n\tret;\n}}\n");
+    let text = format!(
+        ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry plain(.param .u64 p)\n{body}.visible .entry bounded(.param .u64 p) .maxntid 128, 1, 1 .maxnreg 12\n{body}.visible .entry exact(.param .u64 p) .reqntid 32, 2\n{body}"
+    );
+    let m = Module::parse(&text).unwrap();
+    let plain = m.kernel("plain").unwrap();
+    assert_eq!((plain.max_threads, plain.req_block), (1024, None));
+    assert!((20..=26).contains(&plain.regs), "estimate {} for 10 live 64-bit values", plain.regs);
+    let bounded = m.kernel("bounded").unwrap();
+    assert_eq!((bounded.max_threads, bounded.regs), (128, 12));
+    let exact = m.kernel("exact").unwrap();
+    assert_eq!((exact.max_threads, exact.req_block), (64, Some([32, 2, 1])));
+}
+
+/// Line directives end at their line's end, also after a label on the line before (NVVM's
+/// debug builds: `$L__func_begin0:` then `.loc 1 4 0`): the instruction after them runs. Once
+/// it was swallowed into the directive, silently (numba's kernel exceptions read their flag
+/// from a parameter loaded right there).
+#[test]
+fn an_instruction_after_a_label_and_a_line_directive_runs() {
+    let text = ".version 8.0\n.target sm_90, debug\n.address_size 64\n.file 1 \"k.py\"\n.visible .entry k(.param .u64 p, .param .u32 v)\n{\n\t.reg .b32 %r<3>;\n\t.reg .b64 %rd<3>;\n\t.loc 1 4 0\n$L__func_begin0:\n\t.loc 1 4 0\n\n\n\tld.param.u32 %r1, [v];\n$L__tmp0:\n\t.loc 1 5 1\n\tadd.s32 %r2, %r1, 1;\n\tld.param.u64 %rd1, [p];\n\tst.global.u32 [%rd1], %r2;\n\tret;\n$L__func_end0:\n}\n";
+    let m = Module::parse(text).unwrap();
+    let mut mem = Mem::default();
+    let out = mem.alloc(&[0u8; 4]);
+    run(&m, "k", [1, 1, 1], [1, 1, 1], 0, &[out, 41], &mut mem).unwrap();
+    assert_eq!(read::<u32>(mem.get(out), 1), [42]);
+}

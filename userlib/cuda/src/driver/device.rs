@@ -41,12 +41,25 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     guard("cuDeviceTotalMem_v2", || put(bytes, driver()?.device(dev)?.total_mem as usize))
 }
 
+/// Attributes of what libcuda itself implements, whatever the device behind it: managed memory
+/// is kept coherent by libcuda at synchronization (driver/mirror.rs), so it exists, but not
+/// concurrently with kernels, and the host's page tables are not the device's.
+fn libcuda_attribute(a: usize) -> Option<i32> {
+    use vgpu_uapi::cuda::attr::*;
+    match a {
+        MANAGED_MEMORY | CAN_MAP_HOST_MEMORY => Some(1),
+        CONCURRENT_MANAGED_ACCESS | PAGEABLE_MEMORY_ACCESS | PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES | DIRECT_MANAGED_MEM_ACCESS_FROM_HOST | CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM => Some(0),
+        _ => None,
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attrib: c_int, dev: CUdevice) -> CUresult {
     guard("cuDeviceGetAttribute", || {
         let d = driver()?.device(dev)?;
-        let v = usize::try_from(attrib).ok().and_then(|a| d.attrs.get(a)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        put(value, *v)
+        let a = usize::try_from(attrib).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let v = d.attrs.get(a).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(value, libcuda_attribute(a).unwrap_or(*v))
     })
 }
 

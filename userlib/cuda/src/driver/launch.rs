@@ -77,6 +77,7 @@ pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [
         head.extend_from_slice(&v.to_le_bytes());
     }
     head.extend_from_slice(&handle_of(stream).to_le_bytes());
+    d.mirrors.before_work(d, true)?;
     // Queued: what the kernel prints comes out at the next synchronizing call.
     if let Some(printed) = d.call_async(Op::Launch, &[&head, packed])? {
         write_device_printf(&printed);
@@ -94,6 +95,10 @@ fn check_geometry(meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if threads > meta.info.max_threads_per_block as u64 && meta.info.max_threads_per_block > 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // `.reqntid`: that block shape and no other.
+    if meta.info.req_block != [0; 3] && block != meta.info.req_block {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {

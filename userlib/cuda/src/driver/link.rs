@@ -19,6 +19,7 @@ const INPUT_CUBIN: u32 = 0;
 const INPUT_PTX: u32 = 1;
 const INPUT_FATBINARY: u32 = 2;
 // CUjit_option (cuda.h): the log buffers.
+const OPT_MAX_REGISTERS: u32 = 0;
 const OPT_INFO_LOG_BUFFER: u32 = 3;
 const OPT_INFO_LOG_BUFFER_SIZE_BYTES: u32 = 4;
 const OPT_ERROR_LOG_BUFFER: u32 = 5;
@@ -54,6 +55,8 @@ struct Link {
     error_log: LogBuffer,
     /// The linked image, valid until cuLinkDestroy.
     output: Vec<u8>,
+    /// CU_JIT_MAX_REGISTERS: kept in the linked PTX as each kernel's `.maxnreg`.
+    max_registers: Option<u32>,
 }
 
 fn links() -> std::sync::MutexGuard<'static, HashMap<u64, Link>> {
@@ -64,11 +67,11 @@ fn links() -> std::sync::MutexGuard<'static, HashMap<u64, Link>> {
 /// Link states are numbered from here (well away from the mediator's handles).
 static NEXT_LINK: AtomicU64 = AtomicU64::new(0x1117_0000_0000);
 
-/// The log buffers among a call's JIT options.
-unsafe fn log_buffers(n: c_uint, options: *const u32, values: *const *mut c_void) -> (LogBuffer, LogBuffer) {
-    let (mut info, mut error) = (LogBuffer::default(), LogBuffer::default());
+/// The log buffers and the register limit among a call's JIT options.
+unsafe fn jit_options(n: c_uint, options: *const u32, values: *const *mut c_void) -> (LogBuffer, LogBuffer, Option<u32>) {
+    let (mut info, mut error, mut max_registers) = (LogBuffer::default(), LogBuffer::default(), None);
     if n == 0 || options.is_null() || values.is_null() {
-        return (info, error);
+        return (info, error, max_registers);
     }
     for i in 0..n as usize {
         // SAFETY: `n` options and as many values (API contract).
@@ -78,10 +81,30 @@ unsafe fn log_buffers(n: c_uint, options: *const u32, values: *const *mut c_void
             OPT_INFO_LOG_BUFFER_SIZE_BYTES => info.size = val as usize,
             OPT_ERROR_LOG_BUFFER => error.ptr = val as usize,
             OPT_ERROR_LOG_BUFFER_SIZE_BYTES => error.size = val as usize,
+            // An unsigned int carried in the pointer-sized value.
+            OPT_MAX_REGISTERS if val as usize > 0 => max_registers = Some(val as usize as u32),
             _ => {}
         }
     }
-    (info, error)
+    (info, error, max_registers)
+}
+
+/// `text` with `.maxnreg n` among the performance directives of each kernel that has none.
+fn limit_registers(text: &str, n: u32) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(at) = rest.find(".entry") {
+        let Some(open) = rest[at..].find('{').map(|o| at + o) else { break };
+        out.push_str(&rest[..open]);
+        if !rest[at..open].contains(".maxnreg") {
+            out.push_str(&format!(".maxnreg {n}\n"));
+        }
+        rest = &rest[open..];
+        out.push('{');
+        rest = &rest[1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn state_id(state: Handle) -> u64 {
@@ -95,9 +118,9 @@ pub unsafe extern "C" fn cuLinkCreate_v2(n: c_uint, options: *const u32, values:
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: forwarded API contract.
-        let (info_log, error_log) = unsafe { log_buffers(n, options, values) };
+        let (info_log, error_log, max_registers) = unsafe { jit_options(n, options, values) };
         let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
-        links().insert(id, Link { info_log, error_log, ..Link::default() });
+        links().insert(id, Link { info_log, error_log, max_registers, ..Link::default() });
         put(state, to_handle(id))
     })
 }
@@ -179,7 +202,11 @@ pub unsafe extern "C" fn cuLinkComplete(state: Handle, image: *mut *const c_void
             [(INPUT_CUBIN | INPUT_FATBINARY, one)] => Ok(one.clone()),
             inputs if inputs.iter().all(|(k, _)| *k == INPUT_PTX) => {
                 let texts: Vec<String> = inputs.iter().map(|(_, d)| String::from_utf8_lossy(d.split(|&b| b == 0).next().unwrap_or_default()).into_owned()).collect();
-                join_ptx(&texts).map(|mut t| {
+                join_ptx(&texts).map(|t| {
+                    let mut t = match link.max_registers {
+                        Some(n) => limit_registers(&t, n),
+                        None => t,
+                    };
                     t.push('\0');
                     t.into_bytes()
                 })
@@ -315,6 +342,13 @@ fn drop_satisfied_externs(body: &str, others: &[&String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_register_limit_becomes_each_kernels_maxnreg() {
+        let ptx = ".visible .entry a(.param .u64 p)\n{\n ret;\n}\n.visible .entry b() .maxnreg 20\n{ ret; }\n";
+        let limited = limit_registers(ptx, 38);
+        assert_eq!(limited, ".visible .entry a(.param .u64 p)\n.maxnreg 38\n{\n ret;\n}\n.visible .entry b() .maxnreg 20\n{ ret; }\n");
+    }
 
     #[test]
     fn extern_declarations_name_what_they_declare() {

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::state::{self, is_device_ptr, Driver};
+use super::mirror;
 use std::ffi::c_uint;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use vgpu_client::transport::{Direction, HostUse};
@@ -65,6 +66,10 @@ pub(crate) fn htod(d: &Driver, dst: u64, src: *const u8, n: usize) -> Result<(),
 /// and with `queued` it does so when it gets to the copy, as a GPU would; from pageable memory
 /// the data is taken now (as CUDA stages it) and the copy completes before returning.
 fn htod_on(d: &Driver, dst: u64, src: *const u8, n: usize, queued: bool) -> Result<(), CUresult> {
+    mirror::copy_work(d, Some((dst, n)), !queued, || htod_raw(d, dst, src, n, queued))
+}
+
+fn htod_raw(d: &Driver, dst: u64, src: *const u8, n: usize, queued: bool) -> Result<(), CUresult> {
     if n == 0 {
         return Ok(());
     }
@@ -94,6 +99,10 @@ pub(crate) fn dtoh(d: &Driver, dst: *mut u8, src: u64, n: usize) -> Result<(), C
 /// `queued` the data is there after a synchronizing call; into pageable memory the copy
 /// completes before returning.
 fn dtoh_on(d: &Driver, dst: *mut u8, src: u64, n: usize, queued: bool) -> Result<(), CUresult> {
+    mirror::copy_work(d, None, !queued, || dtoh_raw(d, dst, src, n, queued))
+}
+
+fn dtoh_raw(d: &Driver, dst: *mut u8, src: u64, n: usize, queued: bool) -> Result<(), CUresult> {
     if n == 0 {
         return Ok(());
     }
@@ -123,7 +132,7 @@ fn dtod_on(d: &Driver, dst: u64, src: u64, n: usize, queued: bool) -> Result<(),
     if n == 0 {
         return Ok(());
     }
-    send(d, Op::MemcpyDtoD, &u64s(&[dst, src, n as u64]), queued)
+    mirror::copy_work(d, Some((dst, n)), !queued, || send(d, Op::MemcpyDtoD, &u64s(&[dst, src, n as u64]), queued))
 }
 
 /// cuMemcpy with unified addressing: the pointers' values say where they live.
@@ -164,7 +173,8 @@ fn memset_on(dst: u64, value: u32, elem: u32, count: usize, queued: bool) -> Res
         return Ok(());
     }
     let bytes = [&dst.to_le_bytes()[..], &value.to_le_bytes(), &elem.to_le_bytes(), &(count as u64).to_le_bytes()].concat();
-    send(d, Op::Memset, &bytes, queued)
+    let n = (count as u64).saturating_mul(elem as u64) as usize;
+    mirror::copy_work(d, Some((dst, n)), !queued, || send(d, Op::Memset, &bytes, queued))
 }
 
 #[no_mangle]
@@ -196,7 +206,11 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if dptr == 0 {
             return Ok(());
         }
-        ctx_driver()?.call(Op::MemFree, &[&dptr.to_le_bytes()])?;
+        let d = ctx_driver()?;
+        if mirror::free_managed(d, dptr)? {
+            return Ok(());
+        }
+        d.call(Op::MemFree, &[&dptr.to_le_bytes()])?;
         super::pool::forget(dptr);
         Ok(())
     })
@@ -205,9 +219,15 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, dptr: CUdeviceptr) -> CUresult {
     guard("cuMemGetAddressRange", || {
-        let reply = ctx_driver()?.call(Op::MemGetAddressRange, &[&dptr.to_le_bytes()])?;
-        let mut r = vgpu_uapi::wire::Reader::new(&reply);
-        let (b, s) = (r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?);
+        let d = ctx_driver()?;
+        let (b, s) = match d.mirrors.managed_range(dptr) {
+            Some((b, s)) => (b, s as u64),
+            None => {
+                let reply = d.call(Op::MemGetAddressRange, &[&dptr.to_le_bytes()])?;
+                let mut r = vgpu_uapi::wire::Reader::new(&reply);
+                (r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u64().map_err(|_| CUDA_ERROR_UNKNOWN)?)
+            }
+        };
         if !base.is_null() {
             put(base, b)?;
         }
@@ -388,12 +408,10 @@ const HOST_REGISTER_READ_ONLY: u32 = 8;
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
     guard("cuMemHostAlloc", || {
-        // PORTABLE is meaningless with one device; DEVICEMAP would need mapped host memory
-        // the device can address, WRITECOMBINED is a hint.
-        if flags & HOST_DEVICEMAP != 0 {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
-        if flags & !(HOST_PORTABLE | HOST_WRITECOMBINED_OR_IOMEMORY) != 0 {
+        // PORTABLE is meaningless with one device, WRITECOMBINED is a hint; DEVICEMAP memory
+        // gets its device copy at cuMemHostGetDevicePointer (driver/mirror.rs), as any
+        // page-locked memory can under unified addressing.
+        if flags & !(HOST_PORTABLE | HOST_DEVICEMAP | HOST_WRITECOMBINED_OR_IOMEMORY) != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         host_alloc(pp, bytes, flags)
@@ -405,6 +423,7 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     guard("cuMemFreeHost", || {
         let d = state::driver()?;
         let a = take_host(d, p, false).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        mirror::forget_host(d, p as usize)?;
         if let Some(h) = a.handle {
             // After the copies queued on it.
             d.transport().unregister_host(h)?;
@@ -431,8 +450,8 @@ fn host_register(p: *mut c_void, bytes: usize, flags: u32) -> Result<(), CUresul
     if p.is_null() || bytes == 0 || flags & !(HOST_PORTABLE | HOST_DEVICEMAP | HOST_WRITECOMBINED_OR_IOMEMORY | HOST_REGISTER_READ_ONLY) != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    // DEVICEMAP: kernels would address host memory; IOMEMORY: a device's registers.
-    if flags & (HOST_DEVICEMAP | HOST_WRITECOMBINED_OR_IOMEMORY) != 0 {
+    // IOMEMORY: a device's registers. (DEVICEMAP: see cuMemHostGetDevicePointer.)
+    if flags & HOST_WRITECOMBINED_OR_IOMEMORY != 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
     let base = p as usize;
@@ -468,6 +487,7 @@ pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     guard("cuMemHostUnregister", || {
         let d = ctx_driver()?;
         let a = take_host(d, p, true).ok_or(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)?;
+        mirror::forget_host(d, p as usize)?;
         match a.handle {
             Some(h) => d.transport().unregister_host(h),
             None => Ok(()),
@@ -488,6 +508,22 @@ fn take_host(d: &Driver, p: *mut c_void, registered: bool) -> Option<state::Host
     let mut t = d.host_allocs.lock().unwrap_or_else(|e| e.into_inner());
     t.get(&(p as usize)).filter(|a| a.registered == registered)?;
     t.remove(&(p as usize))
+}
+
+/// The device's pointer for page-locked memory: a device copy kept coherent with it
+/// (driver/mirror.rs), made at the first call for that allocation.
+fn host_device_pointer(pdptr: *mut CUdeviceptr, p: *mut c_void, flags: c_uint) -> Result<(), CUresult> {
+    let d = ctx_driver()?;
+    if pdptr.is_null() || flags != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let (base, a) = host_alloc_of(d, p as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    put(pdptr, mirror::device_pointer(d, base, a.len, a.handle, p as usize)?)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostGetDevicePointer_v2(pdptr: *mut CUdeviceptr, p: *mut c_void, flags: c_uint) -> CUresult {
+    guard("cuMemHostGetDevicePointer", || host_device_pointer(pdptr, p, flags))
 }
 
 #[no_mangle]
@@ -519,6 +555,9 @@ enum Owner {
 }
 
 fn owner_of(d: &Driver, p: u64) -> Owner {
+    if let Some((base, size)) = d.mirrors.managed_range(p) {
+        return Owner::Device { base, size: size as u64 };
+    }
     if is_device_ptr(p) {
         if let Ok(reply) = d.call(Op::MemGetAddressRange, &[&p.to_le_bytes()]) {
             let mut r = vgpu_uapi::wire::Reader::new(&reply);
@@ -544,17 +583,18 @@ unsafe fn pointer_attribute(d: &Driver, owner: &Owner, attr: i32, data: *mut c_v
         (Owner::PinnedHost { .. }, PA_MEMORY_TYPE) => put(data.cast::<u32>(), MEMORYTYPE_HOST),
         (Owner::Device { .. }, PA_DEVICE_POINTER) => put(data.cast::<u64>(), p),
         (Owner::PinnedHost { .. }, PA_HOST_POINTER) => put(data.cast::<u64>(), p),
-        (_, PA_IS_MANAGED) => put(data.cast::<u32>(), 0),
+        // Managed memory: one pointer for both sides.
+        (Owner::Device { .. }, PA_HOST_POINTER) if d.mirrors.managed_range(p).is_some() => put(data.cast::<u64>(), p),
+        // Page-locked memory that has a device copy (cuMemHostGetDevicePointer made it).
+        (Owner::PinnedHost { base, .. }, PA_DEVICE_POINTER) if d.mirrors.has_host(*base) => put(data.cast::<u64>(), mirror::device_pointer(d, *base, 0, None, p as usize)?),
+        (_, PA_IS_MANAGED) => put(data.cast::<u32>(), d.mirrors.managed_range(p).is_some() as u32),
         (_, PA_MAPPED) => put(data.cast::<u32>(), matches!(owner, Owner::Device { .. }) as u32),
         (_, PA_DEVICE_ORDINAL) => put(data.cast::<i32>(), 0),
         (Owner::Device { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base),
         (Owner::Device { size, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *size as usize),
         (Owner::PinnedHost { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base as u64),
         (Owner::PinnedHost { len, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *len),
-        _ => {
-            let _ = d;
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
 

@@ -57,7 +57,7 @@ unsafe fn image_bytes<'a>(p: *const c_void) -> Result<&'a [u8], CUresult> {
 }
 
 fn load(d: &Driver, img: &[u8]) -> Result<u64, CUresult> {
-    let reply = d.call(Op::ModuleLoad, &[img])?;
+    let reply = vgpu_uapi::proto::module_load(img, |op, parts| d.call(op, parts))?;
     Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)
 }
 
@@ -256,7 +256,7 @@ fn func_attribute(f: Handle, attrib: c_int) -> Result<c_int, CUresult> {
     Ok(match attrib {
         FA_MAX_THREADS_PER_BLOCK => k.info.max_threads_per_block as c_int,
         FA_SHARED_SIZE_BYTES => k.info.static_shared_bytes as c_int,
-        FA_CONST_SIZE_BYTES => 0,
+        FA_CONST_SIZE_BYTES => k.info.const_bytes as c_int,
         FA_LOCAL_SIZE_BYTES => k.info.local_bytes as c_int,
         FA_NUM_REGS => k.info.num_regs as c_int,
         FA_PTX_VERSION => k.info.ptx_version as c_int,
@@ -318,12 +318,23 @@ pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, value: c_int, kerne
 /// A cache preference is a hint (the sim has no L1 to split).
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetCacheConfig(f: Handle, config: c_int) -> CUresult {
-    guard("cuFuncSetCacheConfig", || {
-        kernel_meta(f)?;
-        if !(0..=3).contains(&config) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        Ok(())
+    guard("cuFuncSetCacheConfig", || cache_config(f, config))
+}
+
+fn cache_config(f: Handle, config: c_int) -> Result<(), CUresult> {
+    kernel_meta(f)?;
+    if !(0..=3).contains(&config) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(())
+}
+
+/// cuFuncSetCacheConfig for a library's kernel (on the one device).
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelSetCacheConfig(kernel: Handle, config: c_int, dev: CUdevice) -> CUresult {
+    guard("cuKernelSetCacheConfig", || {
+        driver()?.device(dev)?;
+        cache_config(kernel, config)
     })
 }
 
