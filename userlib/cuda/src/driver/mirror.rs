@@ -8,7 +8,9 @@
 //! coherent on devices without concurrent managed access (what vgpu reports:
 //! CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS = 0):
 //! - before device work is submitted (a launch, copy or memset), pages the host changed since the
-//!   last exchange are pushed to the device;
+//!   last exchange are pushed to the device. Only the first submission after a wait looks: until
+//!   the next wait the host may not touch managed memory (CUDA's rule without concurrent managed
+//!   access), so a stream of launches costs one look, not one per launch;
 //! - after a call that waited for the device (a synchronize, a completed query, a synchronous
 //!   copy), pages the device may have written are pulled, except pages the host changed in the
 //!   meantime: those keep the host's bytes and are pushed with the next work.
@@ -69,6 +71,8 @@ pub struct MirrorState {
     any: AtomicBool,
     submitted: AtomicU64,
     pulled: AtomicU64,
+    /// The host's changes were pushed since the last wait ended.
+    pushed: AtomicBool,
 }
 
 fn page_hash(page: &[u8]) -> u64 {
@@ -140,10 +144,14 @@ impl MirrorState {
         if !self.any.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if writes {
             self.submitted.fetch_add(1, Ordering::AcqRel);
         }
+        if self.pushed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        self.pushed.store(true, Ordering::Release);
         for (&dev, m) in t.by_device.iter_mut() {
             let (runs, now) = m.runs(true);
             for r in runs {
@@ -164,6 +172,8 @@ impl MirrorState {
     /// A wait that began at `seen` (wait_begins) has ended: pulls what the device may have
     /// written, leaving the pages the host changed meanwhile as they are.
     pub fn after_wait(&self, d: &Driver, seen: u64) -> Result<(), CUresult> {
+        // The host may touch managed memory again: the next submission looks for its changes.
+        self.pushed.store(false, Ordering::Release);
         if !self.any.load(Ordering::Acquire) || self.pulled.load(Ordering::Acquire) >= seen {
             return Ok(());
         }
@@ -195,6 +205,8 @@ impl MirrorState {
 
     fn insert(&self, device: u64, m: Mirror) {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        // Its first pages go with the next submission.
+        self.pushed.store(false, Ordering::Release);
         t.by_host.insert(m.host, device);
         t.by_device.insert(device, m);
         self.any.store(true, Ordering::Release);
