@@ -586,7 +586,10 @@ unsafe fn pointer_attribute(d: &Driver, owner: &Owner, attr: i32, data: *mut c_v
         // Managed memory: one pointer for both sides.
         (Owner::Device { .. }, PA_HOST_POINTER) if d.mirrors.managed_range(p).is_some() => put(data.cast::<u64>(), p),
         // Page-locked memory that has a device copy (cuMemHostGetDevicePointer made it).
-        (Owner::PinnedHost { base, .. }, PA_DEVICE_POINTER) if d.mirrors.has_host(*base) => put(data.cast::<u64>(), mirror::device_pointer(d, *base, 0, None, p as usize)?),
+        (Owner::PinnedHost { base, .. }, PA_DEVICE_POINTER) => match d.mirrors.mapped_device_pointer(*base, p as usize) {
+            Some(dp) => put(data.cast::<u64>(), dp),
+            None => Err(CUDA_ERROR_INVALID_VALUE),
+        },
         (_, PA_IS_MANAGED) => put(data.cast::<u32>(), d.mirrors.managed_range(p).is_some() as u32),
         (_, PA_MAPPED) => put(data.cast::<u32>(), matches!(owner, Owner::Device { .. }) as u32),
         (_, PA_DEVICE_ORDINAL) => put(data.cast::<i32>(), 0),

@@ -220,8 +220,9 @@ impl MirrorState {
         Some(m)
     }
 
-    pub fn has_host(&self, host: usize) -> bool {
-        self.device_of_host(host).is_some()
+    /// The device copy's address of `p`, in page-locked memory starting at `base` that has one.
+    pub fn mapped_device_pointer(&self, base: usize, p: usize) -> Option<u64> {
+        self.device_of_host(base).map(|dev| dev + (p - base) as u64)
     }
 
     /// The pair whose host copy starts at `host`, by its device address.
