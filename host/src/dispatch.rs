@@ -399,9 +399,10 @@ impl<'b> Connection<'b> {
                 let offset = r.u64()?;
                 let part = r.rest();
                 self.session()?;
-                if offset != self.staged_image.len() as u64 {
+                let expected = self.staged_image.len() as u64;
+                if offset != expected {
                     self.staged_image = Vec::new();
-                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("module image part at offset {offset}, expected {}", self.staged_image.len())));
+                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("module image part at offset {offset}, expected {expected}; the staged image is dropped")));
                 }
                 if offset + part.len() as u64 > vgpu_uapi::image::MAX_IMAGE_LEN {
                     self.staged_image = Vec::new();
