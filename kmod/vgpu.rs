@@ -3,7 +3,10 @@
 //! vgpu guest driver: binds the VGPU-STUB PCI device (10de:2331) and makes it usable by
 //! vgpu's libcuda.so.1 and libnvidia-ml.so.1.
 //!
-//! - /dev/nvidiactl and /dev/nvidia0 (misc devices; the names applications look for). Each open
+//! - /dev/nvidiactl and /dev/nvidia0, the names and numbers NVIDIA's driver uses (char major 195:
+//!   nvidia0 is 195:0, nvidiactl 195:255; container runtimes allow "c 195:* rwm"), created by
+//!   devtmpfs with NVIDIA's default mode 0666 (module parameters NVreg_DeviceFileMode/UID/GID,
+//!   NVIDIA's names, change it), so every user and service can use the GPU. Each open
 //!   file may open one *channel*: a DMA-coherent area with a submission ring, a completion ring
 //!   and a staging buffer (layout in uapi/src/channel.rs), which the process maps with mmap.
 //!   The process posts descriptors, rings the doorbell (ioctl) and sleeps until completions
@@ -22,10 +25,9 @@ use kernel::{
     alloc::VVec,
     dma::{Coherent, CoherentBox, Device as _, DmaMask},
     page::PAGE_SIZE,
-    fs::File,
     io::Io,
+    types::ForeignOwnable,
     irq::{self, IrqReturn},
-    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
     new_condvar, new_mutex, new_spinlock_irq, pci,
     prelude::*,
@@ -224,38 +226,209 @@ struct OpenFile {
     chan: Mutex<Option<Channel>>,
 }
 
-/// A misc device node together with the device it reaches (found again in `open`).
-#[pin_data]
-struct Node {
-    #[pin]
-    misc: MiscDeviceRegistration<OpenFile>,
-    shared: Arc<Shared>,
+/// NVIDIA's character major; /dev/nvidia<N> is minor N, /dev/nvidiactl minor 255.
+const NVIDIA_MAJOR: u32 = 195;
+const CTL_MINOR: u32 = 255;
+const fn mkdev(major: u32, minor: u32) -> bindings::dev_t {
+    (major << bindings::MINORBITS) | minor
 }
 
-impl Node {
-    fn new(name: &'static CStr, shared: Arc<Shared>) -> impl PinInit<Self, Error> {
-        try_pin_init!(Node { misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name }), shared })
+/// The major number's minors 0..=255, held while the module is loaded (as NVIDIA's driver holds
+/// them): a second driver of major 195 (NVIDIA's own) cannot load beside vgpu.
+struct ChrdevRegion;
+
+impl ChrdevRegion {
+    fn register() -> Result<Self> {
+        // SAFETY: a NUL-terminated static name; the region is released in `drop`.
+        let ret = unsafe { bindings::register_chrdev_region(mkdev(NVIDIA_MAJOR, 0), 256, c"nvidia".as_ptr().cast()) };
+        if ret != 0 {
+            pr_err!("vgpu: char major {} is taken (is NVIDIA's driver loaded?)\n", NVIDIA_MAJOR);
+        }
+        kernel::error::to_result(ret).map(|()| ChrdevRegion)
     }
 }
 
-#[vtable]
-impl MiscDevice for OpenFile {
-    type Ptr = Pin<KBox<Self>>;
-
-    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
-        // SAFETY: every registration of `OpenFile` is the `misc` field of a `Node`, and the
-        // misc core calls `open` under `misc_mtx`, which deregistration (dropping the Node)
-        // also takes: the Node is alive here.
-        let node = unsafe { &*kernel::container_of!(ptr::from_ref(misc), Node, misc) };
-        let shared = node.shared.clone();
-        KBox::try_pin_init(try_pin_init!(OpenFile { shared, chan <- new_mutex!(None) }), GFP_KERNEL)
+impl Drop for ChrdevRegion {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register`; every cdev in it was deleted with its device.
+        unsafe { bindings::unregister_chrdev_region(mkdev(NVIDIA_MAJOR, 0), 256) };
     }
+}
 
-    fn release(me: Pin<KBox<Self>>, _file: &File) {
-        me.close_channel();
+/// A C struct of function and string pointers that the kernel only reads, as a `static` (one
+/// address: the driver core finds a class by its pointer).
+#[repr(transparent)]
+struct ReadOnly<T>(T);
+// SAFETY: the wrapped structs are never written after initialisation, by us or the kernel (it
+// takes them as `const` pointers); their pointers are to `'static` data and functions.
+unsafe impl<T> Sync for ReadOnly<T> {}
+
+/// /sys/class/vgpu: devices of this class get their node in devtmpfs.
+static CLASS: ReadOnly<bindings::class> = ReadOnly(bindings::class { name: c"vgpu".as_ptr().cast(), ..pin_init::zeroed() });
+/// The nodes' type: says their mode and owner to devtmpfs.
+static NODE_TYPE: ReadOnly<bindings::device_type> =
+    ReadOnly(bindings::device_type { name: c"nvidia".as_ptr().cast(), devnode: Some(node_devnode), ..pin_init::zeroed() });
+
+/// devtmpfs asks each node's mode and owner when it creates it: the module parameters.
+unsafe extern "C" fn node_devnode(
+    _dev: *const bindings::device,
+    mode: *mut bindings::umode_t,
+    uid: *mut bindings::kuid_t,
+    gid: *mut bindings::kgid_t,
+) -> *mut kernel::ffi::c_char {
+    // SAFETY: each pointer is NULL (device_get_devnode asks only for the name when it deletes
+    // the node) or valid for writing.
+    unsafe {
+        if !mode.is_null() {
+            *mode = (module_parameters::NVreg_DeviceFileMode.value() & 0o777) as bindings::umode_t;
+        }
+        // The initial namespace's ids are the numbers themselves (devtmpfs lives there).
+        if !uid.is_null() {
+            *uid = bindings::kuid_t { val: module_parameters::NVreg_DeviceFileUID.value() };
+        }
+        if !gid.is_null() {
+            *gid = bindings::kgid_t { val: module_parameters::NVreg_DeviceFileGID.value() };
+        }
     }
+    // NULL: the node's name is the device's.
+    ptr::null_mut()
+}
 
-    fn ioctl(me: Pin<&OpenFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+kernel::sync::global_lock! {
+    // SAFETY: initialised in `VgpuModule::init` before the driver is registered.
+    unsafe(uninit) static BOUND: Mutex<Option<Arc<Shared>>> = None;
+}
+
+/// One allocation holding a node's `struct device` and `struct cdev`: cdev_device_add makes the
+/// cdev hold the device, so both live until the last open file of the node is closed. Freed
+/// by the device's release callback.
+#[repr(C)]
+struct NodeAlloc {
+    dev: bindings::device,
+    cdev: bindings::cdev,
+}
+
+unsafe extern "C" fn node_release(dev: *mut bindings::device) {
+    // SAFETY: `dev` is the `dev` field of a `NodeAlloc` made by `DeviceNode::new` with
+    // `KBox::into_raw`; the driver core calls release once, when the last reference is gone.
+    drop(unsafe { KBox::from_raw(kernel::container_of!(dev, NodeAlloc, dev)) });
+}
+
+/// A device node (/dev/nvidiaN or /dev/nvidiactl), removed on drop; open files keep what they
+/// use alive.
+struct DeviceNode(*mut NodeAlloc);
+
+// SAFETY: the pointer is only used to delete the node, which the driver core serialises.
+unsafe impl Send for DeviceNode {}
+// SAFETY: as above; `&DeviceNode` gives no access to the allocation.
+unsafe impl Sync for DeviceNode {}
+
+impl DeviceNode {
+    fn new(name: &'static CStr, minor: u32, parent: &device::Device) -> Result<Self> {
+        let mut node = KBox::<NodeAlloc>::new_uninit(GFP_KERNEL)?;
+        // SAFETY: all zeroes is the initial state device_initialize and cdev_init expect.
+        let p = unsafe {
+            ptr::write_bytes(node.as_mut_ptr(), 0, 1);
+            KBox::into_raw(node.assume_init())
+        };
+        // SAFETY: `p` is a valid, zeroed NodeAlloc owned from here by the device's refcount
+        // (release frees it). The class and type are `'static` constants. On failure after
+        // device_initialize, put_device drops the last reference and release frees `p`.
+        unsafe {
+            let dev = ptr::addr_of_mut!((*p).dev);
+            bindings::device_initialize(dev);
+            (*dev).devt = mkdev(NVIDIA_MAJOR, minor);
+            (*dev).class = &CLASS.0;
+            (*dev).type_ = &NODE_TYPE.0;
+            (*dev).parent = raw_device(parent);
+            (*dev).release = Some(node_release);
+            let cdev = ptr::addr_of_mut!((*p).cdev);
+            bindings::cdev_init(cdev, &FOPS.0);
+            (*cdev).owner = <LocalModule as kernel::ModuleMetadata>::THIS_MODULE.as_ptr();
+            let mut ret = bindings::dev_set_name(dev, c"%s".as_ptr().cast(), name.as_char_ptr());
+            if ret == 0 {
+                ret = bindings::cdev_device_add(cdev, dev);
+            }
+            if ret != 0 {
+                bindings::put_device(dev);
+                return Err(Error::from_errno(ret));
+            }
+        }
+        Ok(DeviceNode(p))
+    }
+}
+
+impl Drop for DeviceNode {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` was added in `new`; after cdev_device_del no new open reaches it, and
+        // our reference goes; open files hold their own until they are closed.
+        unsafe {
+            bindings::cdev_device_del(ptr::addr_of_mut!((*self.0).cdev), ptr::addr_of_mut!((*self.0).dev));
+            bindings::put_device(ptr::addr_of_mut!((*self.0).dev));
+        }
+    }
+}
+
+/// The nodes' file operations. `private_data` of an open file is its `Pin<KBox<OpenFile>>`.
+static FOPS: ReadOnly<bindings::file_operations> = ReadOnly(bindings::file_operations {
+    owner: <LocalModule as kernel::ModuleMetadata>::THIS_MODULE.as_ptr(),
+    open: Some(fop_open),
+    release: Some(fop_release),
+    unlocked_ioctl: Some(fop_ioctl),
+    #[cfg(CONFIG_COMPAT)]
+    compat_ioctl: bindings::compat_ptr_ioctl,
+    mmap: Some(fop_mmap),
+    ..pin_init::zeroed()
+});
+
+unsafe extern "C" fn fop_open(inode: *mut bindings::inode, file: *mut bindings::file) -> kernel::ffi::c_int {
+    // SAFETY: chrdev_open calls us with a valid inode being opened.
+    let minor = unsafe { (*inode).i_rdev } & ((1 << bindings::MINORBITS) - 1);
+    // Minor 0 and the control node (255) reach the bound device; a node whose device was
+    // unbound while this open was under way finds none.
+    let Some(shared) = BOUND.lock().as_ref().filter(|_| minor == 0 || minor == CTL_MINOR).cloned() else {
+        return ENODEV.to_errno();
+    };
+    match KBox::try_pin_init(try_pin_init!(OpenFile { shared, chan <- new_mutex!(None) }), GFP_KERNEL) {
+        Ok(me) => {
+            // SAFETY: open may set the file's private data; `fop_release` takes it back.
+            unsafe { (*file).private_data = me.into_foreign() };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn fop_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> kernel::ffi::c_int {
+    // SAFETY: set by `fop_open` with `into_foreign`; release is the last operation on the file.
+    let me = unsafe { <Pin<KBox<OpenFile>> as ForeignOwnable>::from_foreign((*file).private_data) };
+    me.close_channel();
+    0
+}
+
+unsafe extern "C" fn fop_ioctl(file: *mut bindings::file, cmd: kernel::ffi::c_uint, arg: kernel::ffi::c_ulong) -> kernel::ffi::c_long {
+    // SAFETY: set by `fop_open`; ioctls run between open and release.
+    let me = unsafe { <Pin<KBox<OpenFile>> as ForeignOwnable>::borrow((*file).private_data) };
+    match me.ioctl(cmd, arg as usize) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno() as kernel::ffi::c_long,
+    }
+}
+
+unsafe extern "C" fn fop_mmap(file: *mut bindings::file, vma: *mut bindings::vm_area_struct) -> kernel::ffi::c_int {
+    // SAFETY: set by `fop_open`; mmap runs between open and release.
+    let me = unsafe { <Pin<KBox<OpenFile>> as ForeignOwnable>::borrow((*file).private_data) };
+    // SAFETY: the caller gives the VMA being set up by this mmap call.
+    let vma = unsafe { VmaNew::from_raw(vma) };
+    match me.mmap(vma) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+impl OpenFile {
+    fn ioctl(&self, cmd: u32, arg: usize) -> Result {
+        let me = self;
         let user = UserSlice::new(UserPtr::from_addr(arg), kernel::ioctl::_IOC_SIZE(cmd));
         match cmd {
             channel::VGPU_IOCTL_VERSION => {
@@ -299,10 +472,11 @@ impl MiscDevice for OpenFile {
             }
             _ => return Err(ENOTTY),
         }
-        Ok(0)
+        Ok(())
     }
 
-    fn mmap(me: Pin<&OpenFile>, _file: &File, vma: &VmaNew) -> Result {
+    fn mmap(&self, vma: &VmaNew) -> Result {
+        let me = self;
         let chan = me.chan.lock();
         let ch = chan.as_ref().ok_or(EINVAL)?;
         let len = vma.end() - vma.start();
@@ -649,11 +823,11 @@ impl Drop for ProcEntries {
 struct VgpuDevice<'bound> {
     pdev: &'bound pci::Device,
     shared: Arc<Shared>,
-    // Field order is drop order: nodes (no new opens), proc entries, IRQ, vectors.
-    #[pin]
-    ctl: Node,
-    #[pin]
-    gpu: Node,
+    // Field order is drop order: the nodes' way to the device, the nodes (no new opens), proc
+    // entries, IRQ, vectors.
+    bound: BoundDevice,
+    ctl: DeviceNode,
+    gpu: DeviceNode,
     proc: ProcEntries,
     info: KBox<GpuInfo>,
     #[pin]
@@ -760,8 +934,9 @@ impl pci::Driver for VgpuDriver {
                     GFP_KERNEL,
                 )?,
                 proc: ProcEntries::create(info),
-                ctl <- Node::new(c"nvidiactl", shared.clone()),
-                gpu <- Node::new(c"nvidia0", shared.clone()),
+                bound: BoundDevice::set(shared.clone())?,
+                ctl: DeviceNode::new(c"nvidiactl", CTL_MINOR, pdev.as_ref())?,
+                gpu: DeviceNode::new(c"nvidia0", 0, pdev.as_ref())?,
                 shared,
             }? Error))
         })
@@ -786,10 +961,89 @@ impl PinnedDrop for VgpuDevice<'_> {
     }
 }
 
-kernel::module_pci_driver! {
-    type: VgpuDriver,
+/// The module: major 195 and the class for as long as it is loaded, and the PCI driver.
+#[pin_data]
+struct VgpuModule {
+    // Field order is drop order: the driver (and with it every device node) goes first.
+    #[pin]
+    driver: kernel::driver::Registration<pci::Adapter<VgpuDriver>>,
+    class: ClassRegistration,
+    region: ChrdevRegion,
+}
+
+impl kernel::InPlaceModule for VgpuModule {
+    fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
+        // SAFETY: called once, before anything can use `BOUND` (the driver is registered below).
+        unsafe { BOUND.init() };
+        // Fields are initialised in the order written: the numbers and the class exist before
+        // the driver can probe a device.
+        try_pin_init!(Self {
+            region: ChrdevRegion::register()?,
+            class: ClassRegistration::register()?,
+            driver <- kernel::driver::Registration::new(<Self as kernel::ModuleMetadata>::NAME, module),
+        })
+    }
+}
+
+/// The device the nodes reach, in `BOUND` while this lives. vgpu drives one device per VM (its
+/// nodes are /dev/nvidia0 and /dev/nvidiactl).
+struct BoundDevice;
+
+impl BoundDevice {
+    fn set(shared: Arc<Shared>) -> Result<Self> {
+        let mut bound = BOUND.lock();
+        if bound.is_some() {
+            pr_err!("vgpu: a second VGPU-STUB device is not supported (one per VM)\n");
+            return Err(EBUSY);
+        }
+        *bound = Some(shared);
+        Ok(BoundDevice)
+    }
+}
+
+impl Drop for BoundDevice {
+    fn drop(&mut self) {
+        *BOUND.lock() = None;
+    }
+}
+
+/// /sys/class/vgpu, registered while the module is loaded.
+struct ClassRegistration;
+
+impl ClassRegistration {
+    fn register() -> Result<Self> {
+        // SAFETY: `CLASS` is a `static` the kernel only reads; unregistered in `drop`.
+        kernel::error::to_result(unsafe { bindings::class_register(&CLASS.0) }).map(|()| ClassRegistration)
+    }
+}
+
+impl Drop for ClassRegistration {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register`; the driver, and with it every device of the class,
+        // is gone (field order of `VgpuModule`).
+        unsafe { bindings::class_unregister(&CLASS.0) };
+    }
+}
+
+module! {
+    type: VgpuModule,
     name: "vgpu",
     authors: ["vgpu developers"],
     description: "vgpu guest driver for the VGPU-STUB PCI device",
     license: "GPL v2",
+    params: {
+        // NVIDIA's parameter names and defaults: the device nodes' mode, owner and group.
+        NVreg_DeviceFileMode: u32 {
+            default: 0o666,
+            description: "Mode of /dev/nvidia* (default 0666: every user may use the GPU)",
+        },
+        NVreg_DeviceFileUID: u32 {
+            default: 0,
+            description: "Owner of /dev/nvidia* (default 0)",
+        },
+        NVreg_DeviceFileGID: u32 {
+            default: 0,
+            description: "Group of /dev/nvidia* (default 0)",
+        },
+    },
 }

@@ -163,25 +163,9 @@ chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 echo "boot-guest: initramfs $(( $(stat -c %s "$WORK/initramfs.cpio.gz") / 1024 )) KiB gzip'd ($(du -sk "$R" | cut -f1) KiB unpacked)"
 
-# The mediator, configured as a host serving VMs is: one sim GPU, this guest a VM on it with
-# its own socket (and memory quota, if asked), and the admin socket. Then the device in front.
-{
-  printf '[[gpu]]\nname = "gpu0"\nbackend = "sim"\n'
-  printf '[[vm]]\nname = "guest"\ngpu = "gpu0"\nsocket = "%s"\n' "$WORK/hostd.sock"
-  [ -z "$QUOTA" ] || printf 'memory_quota_mib = %s\n' "$QUOTA"
-} > "$WORK/hostd.toml"
-start_hostd() {
-  rm -f "$WORK/hostd.sock"
-  VGPU_LOG=${VGPU_LOG:-debug} "$HOSTD" --config "$WORK/hostd.toml" --admin-socket "$WORK/admin.sock" >> "$WORK/hostd.log" 2>&1 &
-  echo $! > "$WORK/hostd.pid"
-  for _ in $(seq 200); do [ -S "$WORK/hostd.sock" ] && return 0; sleep 0.05; done
-  return 1
-}
-start_hostd || { echo "boot-guest: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
-echo "boot-guest: vgpu-stub --mediator $WORK/hostd.sock"
-"$STUB" --socket "$WORK/vgpu.sock" --mediator "$WORK/hostd.sock" 2> "$WORK/stub.log" &
-STUB_PID=$!
-for _ in $(seq 100); do [ -S "$WORK/vgpu.sock" ] && break; sleep 0.05; done
+# The mediator and the device in front of it (host-side.sh).
+. "$HERE/host-side.sh"
+start_host_side boot-guest
 # Faults on request, for the tests: a line "HOSTCTL restart-mediator" from the guest kills
 # vgpu-hostd (-9) and starts it again (same configuration and sockets); "HOSTCTL kill-vm" kills
 # QEMU (-9), as a VM that crashes. Each is done once; what was done goes to hostctl.log.

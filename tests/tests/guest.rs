@@ -247,6 +247,17 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>&1 | sed 's/^
 # The device unbound under an open channel, then bound again: no hang, and CUDA works after.
 /opt/vgpu/vgpu-driver-check unbind 2>&1 | sed 's/^DRIVER-CHECK/UNBIND-CHECK/'
 env -i /opt/vgpu/ollama_discovery 384 2>&1 | sed 's/^/OLLAMA rebound /'
+# The nodes as NVIDIA's driver makes them (char 195:0 and 195:255, mode 0666), the GPU used by a
+# user who is not root; then NVIDIA's module parameters for the nodes' mode and group.
+for n in /dev/nvidia0 /dev/nvidiactl; do stat -c 'NODE %n %A %u %g %t:%T' $n; done
+/opt/vgpu/vgpu-driver-check as-user 1000 1000 /opt/vgpu/cu12/vector_add 2>&1 | sed 's/^/USER /'
+modprobe -r vgpu && modprobe vgpu NVreg_DeviceFileMode=0660 NVreg_DeviceFileGID=44 || echo "RELOAD-FAILED"
+i=0; while [ ! -e /dev/nvidia0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+for n in /dev/nvidia0 /dev/nvidiactl; do stat -c 'NODE-PARAM %n %A %u %g %t:%T' $n; done
+/opt/vgpu/vgpu-driver-check as-user 1000 1000 /opt/vgpu/cu12/vector_add 2>&1 | sed 's/^/USER-OUTSIDE /'
+/opt/vgpu/vgpu-driver-check as-user 1000 44 /opt/vgpu/cu12/vector_add 2>&1 | sed 's/^/USER-IN-GROUP /'
+modprobe -r vgpu && modprobe vgpu || echo "RELOAD-FAILED"
+i=0; while [ ! -e /dev/nvidia0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 echo "SCRIPT-DONE"
 "#;
 
@@ -264,7 +275,7 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     let pynvml_dir = wheels_dir().parent().unwrap().join("py");
     add_guest_python(&payload.0, &["pynvml"], &pynvml_dir);
     std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nvml_query.py"), payload.0.join("nvml_query.py")).unwrap();
-    add_guest_programs(&payload.0, &["mem_fill", "keep_working", "host_register"], Cudart::V12);
+    add_guest_programs(&payload.0, &["mem_fill", "keep_working", "host_register", "vector_add"], Cudart::V12);
     std::fs::write(payload.0.join("driver.sh"), DRIVER_SCRIPT).unwrap();
     let out = boot_guest_with(Some((&payload.0, "driver.sh")), &["--memory-quota-mib", "384"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -356,6 +367,22 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     assert!(!unbind.iter().any(|l| l.starts_with("FAIL")) && unbind.contains(&"all passed"), "unbind checks:\n{}\n{}", unbind.join("\n"), whole());
     let rebound = values(&body, "OLLAMA rebound");
     assert_eq!(rebound.last(), Some(&"PASS"), "discovery after binding again: {rebound:?}\n{}", whole());
+
+    // NVIDIA's numbers and default mode (195:0, 195:255, 0666, root's): a user who is not root
+    // uses the GPU.
+    assert_eq!(values(&body, "NODE"), ["/dev/nvidia0 crw-rw-rw- 0 0 c3:0", "/dev/nvidiactl crw-rw-rw- 0 0 c3:ff"], "{}", whole());
+    assert_eq!(values(&body, "USER").last(), Some(&"PASS"), "vector_add as uid 1000:\n{}", whole());
+    // NVreg_DeviceFileMode=0660 NVreg_DeviceFileGID=44: a user outside the group is told why
+    // and what to do; one in it works.
+    assert!(!body.contains(&"RELOAD-FAILED"), "{}", whole());
+    assert_eq!(values(&body, "NODE-PARAM"), ["/dev/nvidia0 crw-rw---- 0 44 c3:0", "/dev/nvidiactl crw-rw---- 0 44 c3:ff"], "{}", whole());
+    let outside = values(&body, "USER-OUTSIDE");
+    assert!(
+        !outside.contains(&"PASS")
+            && outside.iter().any(|l| l.contains("permission denied on /dev/nvidia0 (mode 660, owner 0, group 44; this process is uid 1000, gid 1000): add the user to the node's group")),
+        "uid 1000 outside the node's group: {outside:?}"
+    );
+    assert_eq!(values(&body, "USER-IN-GROUP").last(), Some(&"PASS"), "uid 1000 in group 44:\n{}", whole());
     assert!(out.status.success(), "{}", whole());
 }
 

@@ -9,6 +9,9 @@
 //!   vgpu-driver-check unbind  unbinds the driver from the device under an open channel with a
 //!                             waiter asleep in it, checks the file answers ENODEV without a
 //!                             hang, then binds the driver again and opens a channel
+//!   vgpu-driver-check as-user UID GID PROGRAM [ARG...]
+//!                             runs PROGRAM as that user and group, with no supplementary
+//!                             groups (the guest has no su or setpriv)
 
 use std::ffi::CString;
 use std::io::Error;
@@ -359,14 +362,33 @@ fn unbind() -> i32 {
     c.failed as i32
 }
 
+fn as_user(args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let (Some(uid), Some(gid), Some(prog)) = (args.first().and_then(|a| a.parse().ok()), args.get(1).and_then(|a| a.parse().ok()), args.get(2)) else {
+        eprintln!("usage: vgpu-driver-check as-user UID GID PROGRAM [ARG...]");
+        return 2;
+    };
+    // SAFETY: plain system calls on this single-threaded process before exec; order matters:
+    // groups and gid while still root, uid last.
+    let dropped = unsafe { libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(gid) == 0 && libc::setuid(uid) == 0 };
+    if !dropped {
+        eprintln!("as-user: cannot become uid {uid} gid {gid}: {}", Error::last_os_error());
+        return 2;
+    }
+    let err = std::process::Command::new(prog).args(&args[3..]).exec();
+    eprintln!("as-user: {prog}: {err}");
+    127
+}
+
 fn main() {
     let code = match std::env::args().nth(1).as_deref() {
         Some("abi") => abi(),
         Some("hold") => hold(),
         Some("unbind") => unbind(),
         Some("spin") => spin(),
+        Some("as-user") => as_user(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: vgpu-driver-check abi|hold|spin|unbind");
+            eprintln!("usage: vgpu-driver-check abi|hold|spin|unbind|as-user UID GID PROGRAM [ARG...]");
             2
         }
     };

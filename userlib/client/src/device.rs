@@ -93,23 +93,73 @@ fn ioctl<T>(fd: i32, request: u32, arg: *mut T) -> io::Result<()> {
     }
 }
 
+/// Why [`DeviceTransport::open`] failed: opening the node itself (permissions, a node without
+/// its driver), or what came after (the driver or the device refused a channel).
+#[derive(Debug)]
+pub enum OpenError {
+    Node(io::Error),
+    /// The driver and this library disagree (versions, layout).
+    Driver(io::Error),
+    Channel(io::Error),
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Channel(e)
+    }
+}
+
+impl OpenError {
+    /// One line for the user: what failed on `node`, and what to do about it.
+    pub fn explain(&self, node: &Path) -> String {
+        let node = node.display();
+        match self {
+            OpenError::Node(e) => match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => {
+                    let owner = std::fs::metadata(node.to_string()).map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        format!("mode {:o}, owner {}, group {}", m.mode() & 0o777, m.uid(), m.gid())
+                    });
+                    // SAFETY: getuid/getgid cannot fail.
+                    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                    format!(
+                        "permission denied on {node} ({}; this process is uid {uid}, gid {gid}): add the user to the node's group, \
+                         or load vgpu with NVreg_DeviceFileMode=0666 (the default; see modinfo vgpu)",
+                        owner.unwrap_or_else(|e| e.to_string())
+                    )
+                }
+                Some(libc::ENODEV | libc::ENXIO) => {
+                    format!("{node} has no device behind it ({e}): the VGPU-STUB device was removed or the vgpu driver unbound it")
+                }
+                Some(libc::ENOENT) => format!("{node} disappeared ({e}): was the vgpu module unloaded?"),
+                _ => format!("cannot open {node} ({e})"),
+            },
+            OpenError::Driver(e) => format!("{e} (install vgpu-libs and vgpu-dkms of the same version)"),
+            OpenError::Channel(e) => {
+                format!("cannot open a channel on {node} ({e}); is the vgpu device connected to its mediator?")
+            }
+        }
+    }
+}
+
 impl DeviceTransport {
-    pub fn open(path: &Path, hello_timeout: Duration) -> io::Result<Self> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    pub fn open(path: &Path, hello_timeout: Duration) -> Result<Self, OpenError> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| OpenError::Node(io::ErrorKind::InvalidInput.into()))?;
         // SAFETY: `c` is a valid NUL-terminated path.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(OpenError::Node(io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just opened and is owned by nothing else.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut version = VersionInfo::default();
         ioctl(fd, VGPU_IOCTL_VERSION, &mut version)?;
         if version.abi_version != DRIVER_ABI_VERSION {
-            return Err(io::Error::other(format!(
+            return Err(OpenError::Driver(io::Error::other(format!(
                 "the vgpu kernel driver speaks interface version {}, this library {}",
                 version.abi_version, DRIVER_ABI_VERSION
-            )));
+            ))));
         }
         let mut info = ChannelInfo::default();
         ioctl(fd, VGPU_IOCTL_CHANNEL_OPEN, &mut info)?;
@@ -119,7 +169,7 @@ impl DeviceTransport {
             && info.staging_size >= 8192
             && info.cq_entries >= 2;
         if !valid {
-            return Err(io::Error::other(format!("the vgpu kernel driver described an unusable channel: {info:?}")));
+            return Err(OpenError::Driver(io::Error::other(format!("the vgpu kernel driver described an unusable channel: {info:?}"))));
         }
         // SAFETY: maps the channel area the driver just allocated for this file.
         let area = unsafe {
@@ -133,7 +183,7 @@ impl DeviceTransport {
             )
         };
         if area == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::last_os_error().into());
         }
         let mut ch = Channel {
             _fd: owned,

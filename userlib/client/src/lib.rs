@@ -93,6 +93,20 @@ pub fn mediator_place() -> String {
     if use_device() { device::DEVICE_NODE.to_string() } else { socket_path().display().to_string() }
 }
 
+/// The PCI address of a VGPU-STUB device (10de:2331) in this machine, if there is one.
+fn vgpu_stub_in_this_vm() -> Option<String> {
+    let read = |p: PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    std::fs::read_dir("/sys/bus/pci/devices").ok()?.flatten().find_map(|d| {
+        let dir = d.path();
+        (read(dir.join("vendor")) == "0x10de" && read(dir.join("device")) == "0x2331")
+            .then(|| d.file_name().to_string_lossy().into_owned())
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
 /// The guest driver's device when present (and VGPU_SOCKET not set), else the socket.
 fn open_transport(who: &str) -> Result<(Box<dyn Transport>, String), CuResult> {
     let node = Path::new(device::DEVICE_NODE);
@@ -100,7 +114,7 @@ fn open_transport(who: &str) -> Result<(Box<dyn Transport>, String), CuResult> {
         return match DeviceTransport::open(node, HELLO_TIMEOUT) {
             Ok(t) => Ok((Box::new(t), node.display().to_string())),
             Err(e) => {
-                vlog!(log::ERROR, "{who}: cannot open a channel on {} ({e}); is the vgpu device connected to its mediator?", node.display());
+                vlog!(log::ERROR, "{who}: {}", e.explain(node));
                 Err(CUDA_ERROR_NO_DEVICE)
             }
         };
@@ -109,12 +123,21 @@ fn open_transport(who: &str) -> Result<(Box<dyn Transport>, String), CuResult> {
     match SocketTransport::connect(&path, HELLO_TIMEOUT) {
         Ok(t) => Ok((Box::new(t), path.display().to_string())),
         Err(e) => {
-            vlog!(
-                log::ERROR,
-                "{who}: cannot reach the vgpu mediator at {} ({e}); is vgpu-hostd running? (set VGPU_SOCKET to its socket; in a VM, is the vgpu driver loaded? {} is missing)",
-                path.display(),
-                node.display()
-            );
+            match vgpu_stub_in_this_vm() {
+                // In a VM with the device, the socket was never the way: the node is missing.
+                Some(bdf) if std::env::var_os("VGPU_SOCKET").is_none() => vlog!(
+                    log::ERROR,
+                    "{who}: the VGPU-STUB device is at {bdf} but {} is missing: load the driver (modprobe vgpu; is vgpu-dkms installed for kernel {}?)",
+                    node.display(),
+                    kernel_release()
+                ),
+                _ => vlog!(
+                    log::ERROR,
+                    "{who}: cannot reach the vgpu mediator at {} ({e}); is vgpu-hostd running? (set VGPU_SOCKET to its socket; in a VM, is the vgpu driver loaded? {} is missing)",
+                    path.display(),
+                    node.display()
+                ),
+            }
             Err(CUDA_ERROR_NO_DEVICE)
         }
     }
