@@ -70,11 +70,15 @@ fn cupy_random_numbers_have_the_right_distribution() {
 
 /// The wrong results CuPy's own suite once found on the sim (int8 signs, float16 halves, CUB's
 /// float16 min/max, wraparound, mixed-type integer arithmetic, conversions, transposed sums,
-/// clip), each against NumPy; with CUB reductions, as CuPy uses them by default.
+/// clip, partition and unique through thrust), each against NumPy; with CUB reductions, as CuPy
+/// uses them by default.
 #[test]
 fn cupy_results_once_silently_wrong_on_the_sim_equal_numpy() {
     let (out, m) = run_cupy("cupy_exactness.py", &[], Some("cub"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checks = stdout.lines().filter(|l| l.starts_with("CUPY-EXACT ok ")).count();
     assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks >= 25, "CuPy exactness on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+    for name in ["partition-20000-kth", "partition-20000-sides", "unique-values", "unique-index", "unique-inverse", "unique-counts"] {
+        assert!(stdout.lines().any(|l| l == format!("CUPY-EXACT ok {name}")), "{name} did not pass:\n{stdout}");
+    }
 }
