@@ -5,7 +5,7 @@
 # vgpu is in the image: the script installs what it tests (e.g. vgpu's .debs from the payload).
 #
 #   usage: qemu/harness/boot-debian.sh --payload DIR --run SCRIPT [--timeout SECONDS]
-#     --payload DIR   a second disk, mounted at /opt/vgpu in the guest
+#     --payload DIR   a second disk, mounted at /opt/vgpu in the guest (harness.conf is added)
 #     --run SCRIPT    a script in DIR, run with sh by a systemd unit after boot; its output is
 #                     printed between `RUN-BEGIN SCRIPT` and `RUN-END rc=N secs=S`
 #     --timeout S     bound on the whole boot (default 1200)
@@ -38,11 +38,11 @@ WORK=$(mktemp -d)
 STUB_PID=""
 trap '[ -z "$STUB_PID" ] || kill $STUB_PID 2>/dev/null || true; [ ! -e "$WORK/hostd.pid" ] || kill "$(cat "$WORK/hostd.pid")" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-# The payload disk: the payload, the harness's settings, room for what the script writes.
-cp -a "$PAYLOAD" "$WORK/payload"
-printf "RUN='%s'\n" "$RUN" > "$WORK/payload/harness.conf"
-size_mib=$(( $(du -sm "$WORK/payload" | cut -f1) * 3 / 2 + 64 ))
-mke2fs -q -t ext4 -L vgpupayload -d "$WORK/payload" "$WORK/payload.img" "${size_mib}M"
+# The payload disk: the payload, the harness's settings (written into DIR), room for what the
+# script writes.
+printf "RUN='%s'\n" "$RUN" > "$PAYLOAD/harness.conf"
+size_mib=$(( $(du -sm "$PAYLOAD" | cut -f1) * 5 / 4 + 64 ))
+mke2fs -q -t ext4 -L vgpupayload -d "$PAYLOAD" "$WORK/payload.img" "${size_mib}M"
 
 . "$HERE/host-side.sh"
 start_host_side boot-debian
@@ -51,8 +51,8 @@ start=$(date +%s)
 qrc=0
 # The root disk is the cached image, opened with snapshot=on: the guest's writes go to a
 # temporary overlay, so every boot starts from the same stock system.
-timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
-  -object memory-backend-memfd,id=mem,size=2048M,share=on -machine q35,memory-backend=mem \
+timeout "$TIMEOUT" "$QEMU" -accel tcg -cpu max -m 3072 -smp 2 -nographic -no-reboot \
+  -object memory-backend-memfd,id=mem,size=3072M,share=on -machine q35,memory-backend=mem \
   -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img" \
   -append "root=/dev/vda ro console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false" \
   -drive "file=$IMG/disk.img,if=virtio,format=raw,snapshot=on" \

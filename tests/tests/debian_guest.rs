@@ -4,12 +4,15 @@
 //! in the image. Inside: `apt install` of the .debs scripts/build-debs.sh makes (DKMS builds
 //! the driver there, with the guest's rustc), udev loads it by its PCI alias, and then a user
 //! who is not root, NVML and a systemd service with a dynamic user use the GPU; `apt remove`
-//! takes everything away again, and installing again works.
-//! Slow (a Debian boot and two DKMS builds under TCG): `cargo test --release -p vgpu-tests
-//! --test debian_guest`.
+//! takes everything away again, and installing again works. In the same boot, llama.cpp's
+//! prebuilt CUDA backend (tests/llama_check.py, as in tests/tests/llama.rs) runs as that user
+//! over /dev/nvidia0 and is compared with llama.cpp's CPU backend in the guest.
+//! Slow (a Debian boot, two DKMS builds and llama.cpp under TCG): `cargo test --release -p
+//! vgpu-tests --test debian_guest`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use vgpu_tests::*;
 
 /// The guest's script: `KEY value` lines the test picks apart.
@@ -84,15 +87,33 @@ journalctl -u vgpu-hostd --no-pager -o cat 2>&1 | grep -m1 'backend sim' | sed '
 DEBIAN_FRONTEND=noninteractive apt-get purge -y vgpu-host > /tmp/apt-host.log 2>&1 || sed 's/^/APT-LOG /' /tmp/apt-host.log
 echo "HOST-PURGED hostd=$(systemctl is-active vgpu-hostd) etc=$(ls /etc/vgpu 2>/dev/null | wc -l) state=$(ls /var/lib/vgpu 2>/dev/null | wc -l)"
 install_vgpu again
+# llama.cpp's CUDA backend as uid 1000 over /dev/nvidia0 against its CPU backend (in the guest
+# too): host-made tiny models, the f16 path token by token and the quantized prompt batch
+# (dp4a, int8 mma.sync). Python is Debian 12's 3.11 with the wheel's site-packages.
+t0=$(now)
+runuser -u user -- env PYTHONHOME=/opt/vgpu/py PYTHONPATH=/opt/vgpu/llama/site \
+  LD_LIBRARY_PATH=/opt/vgpu/llama/site/nvidia/cuda_runtime/lib:/opt/vgpu/llama/site/nvidia/cublas/lib \
+  LLAMA_CHECK_TOKENS=LLAMA_TOKENS /opt/vgpu/py/bin/python3 /opt/vgpu/llama_check.py compare /opt/vgpu/models LLAMA_CONFIGS 2>&1 | sed 's/^/LLAMA /'
+echo "LLAMA-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
 echo "SCRIPT-DONE"
 "#;
+
+/// llama.cpp's configurations run in the guest (a subset of tests/tests/llama.rs's: the sim's
+/// speed under a TCG guest's CPU reference), and tokens per configuration.
+const LLAMA_CONFIGS: [&str; 2] = ["F16:f16:one", "Q4_0:f16:prompt"];
+const LLAMA_TOKENS: u32 = 8;
 
 fn values<'a>(body: &[&'a str], key: &str) -> Vec<&'a str> {
     body.iter().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' '))).collect()
 }
 
-#[test]
-fn vgpu_installs_with_apt_in_a_stock_debian_guest_and_every_user_can_use_the_gpu() {
+/// The guest's run, once for both tests (they run in parallel threads of this binary).
+fn boot() -> &'static Output {
+    static BOOT: OnceLock<Output> = OnceLock::new();
+    BOOT.get_or_init(boot_debian_guest)
+}
+
+fn boot_debian_guest() -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let payload = TempDir::new("debian-guest");
     let debs = payload.0.join("debs");
@@ -116,16 +137,47 @@ fn vgpu_installs_with_apt_in_a_stock_debian_guest_and_every_user_can_use_the_gpu
     std::fs::create_dir_all(payload.0.join("site")).unwrap();
     std::fs::copy(wheels_dir().parent().unwrap().join("py/pynvml.py"), payload.0.join("site/pynvml.py")).unwrap();
     std::fs::copy(root.join("tests/nvml_query.py"), payload.0.join("nvml_query.py")).unwrap();
-    std::fs::write(payload.0.join("install.sh"), INSTALL_SCRIPT).unwrap();
+    add_llama(&payload.0);
+    let script = INSTALL_SCRIPT.replace("LLAMA_TOKENS", &LLAMA_TOKENS.to_string()).replace("LLAMA_CONFIGS", &LLAMA_CONFIGS.join(" "));
+    std::fs::write(payload.0.join("install.sh"), script).unwrap();
 
-    let out = Command::new("bash")
+    Command::new("bash")
         .arg(root.join("qemu/harness/boot-debian.sh"))
         .args(["--payload"])
         .arg(&payload.0)
         .args(["--run", "install.sh"])
         .stdin(Stdio::null())
         .output()
-        .expect("boot-debian.sh");
+        .expect("boot-debian.sh")
+}
+
+/// llama.cpp for the guest: Debian 12's python3.11 (the ABI of the wheels) with its whole
+/// standard library, the llama venv's site-packages (hard links: 1.2 GB), the script, and tiny
+/// models made on the host by the script.
+fn add_llama(payload: &Path) {
+    let venv = wheels_dir().parent().unwrap().join("llama-venv");
+    assert!(venv.join(".complete-v1").exists(), "llama.cpp missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
+    let site = venv.join("lib/python3.11/site-packages");
+    let py = payload.join("py");
+    std::fs::create_dir_all(py.join("bin")).unwrap();
+    std::fs::create_dir_all(py.join("lib")).unwrap();
+    std::fs::create_dir_all(payload.join("llama")).unwrap();
+    std::fs::copy("/usr/bin/python3.11", py.join("bin/python3")).expect("Debian's /usr/bin/python3.11");
+    let copies = [
+        Command::new("cp").arg("-a").arg("/usr/lib/python3.11").arg(py.join("lib/")).status(),
+        Command::new("cp").arg("-al").arg(&site).arg(payload.join("llama/site")).status(),
+    ];
+    assert!(copies.iter().all(|c| c.as_ref().is_ok_and(|s| s.success())), "copying Python and llama.cpp into the payload: {copies:?}");
+    let _ = std::fs::remove_dir_all(py.join("lib/python3.11/test"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("llama_check.py"), payload.join("llama_check.py")).unwrap();
+    let make = Command::new(venv.join("bin/python")).arg(root.join("llama_check.py")).arg("make").arg(payload.join("models")).env("VGPU_SOCKET", "/nonexistent").env("LD_LIBRARY_PATH", format!("{}:{}:{}", site.join("nvidia/cuda_runtime/lib").display(), site.join("nvidia/cublas/lib").display(), libcuda_dir().display())).output().unwrap();
+    assert!(make.status.success(), "making the models:\n{}", describe(&make));
+}
+
+#[test]
+fn vgpu_installs_with_apt_in_a_stock_debian_guest_and_every_user_can_use_the_gpu() {
+    let out = boot();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let whole = || describe(&out);
     let Some((body, end)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", whole()) };
@@ -188,4 +240,17 @@ fn vgpu_installs_with_apt_in_a_stock_debian_guest_and_every_user_can_use_the_gpu
     assert_eq!(values(&body, "HOST-BACKEND").len(), 1, "the mediator did not say it chose the sim: {}", whole());
     assert_eq!(values(&body, "HOST-PURGED"), ["hostd=inactive etc=0 state=0"], "{}", whole());
     assert!(out.status.success(), "{}", whole());
+}
+
+/// llama.cpp in the guest, as uid 1000 over /dev/nvidia0, equals its CPU backend (the same
+/// check as tests/tests/llama.rs over the socket: greedy tokens and logits' NMSE).
+#[test]
+fn llama_cpp_in_the_debian_guest_over_dev_nvidia0_equals_its_cpu_backend() {
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
+    let llama = values(&body, "LLAMA");
+    eprintln!("{}\nllama.cpp in the guest took {:?} s", llama.join("\n"), values(&body, "LLAMA-SECS"));
+    let ok = llama.iter().filter(|l| l.starts_with("LLAMA-CHECK ok ")).count();
+    assert!(ok == LLAMA_CONFIGS.len() && llama.last() == Some(&"PASS"), "llama.cpp in the Debian guest:\n{}", llama.join("\n"));
 }
