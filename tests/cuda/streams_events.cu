@@ -66,6 +66,27 @@ int main() {
   cudaError_t dead = cudaEventRecord(untimed, s1);
   EXPECT(dead == cudaErrorInvalidResourceHandle, "recording a destroyed event: %d", (int)dead);
   (void)cudaGetLastError();
+  // Flags and priorities are what the streams were created with; priorities are clamped into
+  // the device's range (cudaDeviceGetStreamPriorityRange), as CUDA documents.
+  int least = 1, greatest = 1;
+  CK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  EXPECT(least == 0 && greatest < 0, "priority range %d..%d", least, greatest);
+  unsigned f1 = 9, f2 = 9, f0 = 9;
+  CK(cudaStreamGetFlags(s1, &f1));
+  CK(cudaStreamGetFlags(s2, &f2));
+  CK(cudaStreamGetFlags(0, &f0));
+  EXPECT(f1 == cudaStreamDefault && f2 == cudaStreamNonBlocking && f0 == cudaStreamDefault, "flags %u %u %u", f1, f2, f0);
+  cudaStream_t hi, beyond;
+  CK(cudaStreamCreateWithPriority(&hi, cudaStreamNonBlocking, greatest));
+  CK(cudaStreamCreateWithPriority(&beyond, cudaStreamDefault, greatest - 10));
+  int p_hi = 1, p_beyond = 1, p1 = 1;
+  CK(cudaStreamGetPriority(hi, &p_hi));
+  CK(cudaStreamGetPriority(beyond, &p_beyond));
+  CK(cudaStreamGetPriority(s1, &p1));
+  EXPECT(p_hi == greatest && p_beyond == greatest && p1 == 0, "priorities %d %d %d", p_hi, p_beyond, p1);
+  CK(cudaStreamDestroy(hi));
+  CK(cudaStreamDestroy(beyond));
+  printf("stream flags and priorities: as created, clamped into %d..%d\n", least, greatest);
   CK(cudaStreamDestroy(s1)); CK(cudaStreamDestroy(s2));
   CK(cudaFree(d1)); CK(cudaFree(d2));
   printf("PASS\n");

@@ -53,6 +53,8 @@ cases! {
     mem_pools_cudart13: "mem_pools", V13;
     managed_mapped_cudart12: "managed_mapped", V12;
     managed_mapped_cudart13: "managed_mapped", V13;
+    host_callbacks_cudart12: "host_callbacks", V12;
+    host_callbacks_cudart13: "host_callbacks", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it

@@ -5,7 +5,9 @@
 //! join the capture by waiting on one of its events). Work runs in submission order in vgpu
 //! (see memory.rs), so replaying nodes in dependency order is a valid schedule.
 //!
-//! Not supported (CUDA_ERROR_NOT_SUPPORTED): host, child-graph, event, memory-allocation and
+//! Host nodes (cuGraphAddHostNode, cuLaunchHostFunc while capturing) run their function on
+//! replay once the work before them has finished (stream.rs, `run_host_func`).
+//! Not supported (CUDA_ERROR_NOT_SUPPORTED): child-graph, event, memory-allocation and
 //! conditional nodes, memcpy nodes added explicitly (captured copies work), and capturing a
 //! graph launch into another graph.
 
@@ -19,13 +21,19 @@ use std::ffi::{c_int, c_uint};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// One recorded operation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Work {
     Kernel(KernelNode),
     Memcpy { dst: u64, src: u64, bytes: usize },
     Memset { dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize },
+    /// A host function (CUhostFn) and its user data (an address, kept as an integer).
+    Host { func: HostFn, data: usize },
     Empty,
 }
+
+/// CUhostFn.
+pub(crate) type HostFn = unsafe extern "C" fn(*mut std::ffi::c_void);
+
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct KernelNode {
@@ -51,6 +59,7 @@ impl Work {
             Work::Kernel(_) => 0,
             Work::Memcpy { .. } => 1,
             Work::Memset { .. } => 2,
+            Work::Host { .. } => 3,
             Work::Empty => 5,
         }
     }
@@ -313,6 +322,7 @@ fn launch_exec(exec: Handle, stream: Handle) -> Result<(), CUresult> {
             }
             Work::Memcpy { dst, src, bytes } => copy_any(d, dst, src, bytes)?,
             Work::Memset { dst, pitch, value, elem, width, height } => memset_2d(dst, pitch, value, elem, width, height)?,
+            Work::Host { func, data } => super::stream::run_host_func(stream, func, data)?,
             Work::Empty => {}
         }
     }
@@ -548,6 +558,50 @@ pub unsafe extern "C" fn cuGraphAddMemsetNode(out: *mut Handle, g: Handle, deps:
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         add_node(out, g, deps, n, Work::Memset { dst: p.dst, pitch: p.pitch, value: p.value, elem: p.elem, width: p.width, height: p.height })
+    })
+}
+
+/// CUDA_HOST_NODE_PARAMS.
+#[repr(C)]
+pub struct HostNodeParams {
+    func: Option<HostFn>,
+    data: *mut std::ffi::c_void,
+}
+
+fn host_work(p: *const HostNodeParams) -> Result<Work, CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null pointer to a CUDA_HOST_NODE_PARAMS (API contract).
+    let p = unsafe { &*p };
+    Ok(Work::Host { func: p.func.ok_or(CUDA_ERROR_INVALID_VALUE)?, data: p.data as usize })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddHostNode(out: *mut Handle, g: Handle, deps: *const Handle, n: usize, p: *const HostNodeParams) -> CUresult {
+    guard("cuGraphAddHostNode", || add_node(out, g, deps, n, host_work(p)?))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphHostNodeGetParams(node: Handle, p: *mut HostNodeParams) -> CUresult {
+    guard("cuGraphHostNodeGetParams", || {
+        let r = registry();
+        let Some(Node { work: Work::Host { func, data }, .. }) = r.nodes.get(&handle_of(node)) else { return Err(CUDA_ERROR_INVALID_VALUE) };
+        put(p, HostNodeParams { func: Some(*func), data: *data as *mut std::ffi::c_void })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphHostNodeSetParams(node: Handle, p: *const HostNodeParams) -> CUresult {
+    guard("cuGraphHostNodeSetParams", || {
+        let work = host_work(p)?;
+        let mut r = registry();
+        let n = r.nodes.get_mut(&handle_of(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if !matches!(n.work, Work::Host { .. }) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        n.work = work;
+        Ok(())
     })
 }
 

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::state;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_uint};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use vgpu_uapi::proto::Op;
 use vgpu_uapi::wire::Reader;
 
@@ -13,14 +15,55 @@ fn new_handle(reply: Vec<u8>, out: *mut Handle) -> Result<u64, CUresult> {
     Ok(h)
 }
 
+/// What each stream was created with (flags, priority), for cuStreamGetFlags/GetPriority; the
+/// mediator orders the work and needs neither back.
+static CREATED: LazyLock<Mutex<HashMap<u64, (c_uint, c_int)>>> = LazyLock::new(Default::default);
+
+fn created() -> MutexGuard<'static, HashMap<u64, (c_uint, c_int)>> {
+    CREATED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), CUresult> {
     if out.is_null() || flags & !1 != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let (d, _) = state::current_device()?;
+    // The device's range (cuCtxGetStreamPriorityRange): 0 (least) to -5; CUDA clamps into it.
+    let priority = priority.clamp(-5, 0);
     let mut args = flags.to_le_bytes().to_vec();
-    args.extend_from_slice(&priority.clamp(-5, 0).to_le_bytes());
-    new_handle(d.call(Op::StreamCreate, &[&args])?, out).map(drop)
+    args.extend_from_slice(&priority.to_le_bytes());
+    let h = new_handle(d.call(Op::StreamCreate, &[&args])?, out)?;
+    created().insert(h, (flags, priority));
+    Ok(())
+}
+
+/// Flags and priority of `s`: the default streams' are 0 (CU_STREAM_DEFAULT, the least priority).
+fn created_with(s: Handle) -> Result<(c_uint, c_int), CUresult> {
+    let h = handle_of(s);
+    if matches!(h, 0..=2) {
+        return Ok((0, 0));
+    }
+    created().get(&h).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetFlags(s: Handle, flags: *mut c_uint) -> CUresult {
+    guard("cuStreamGetFlags", || put(flags, created_with(s)?.0))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetFlags_ptsz(s: Handle, flags: *mut c_uint) -> CUresult {
+    cuStreamGetFlags(s, flags)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetPriority(s: Handle, priority: *mut c_int) -> CUresult {
+    guard("cuStreamGetPriority", || put(priority, created_with(s)?.1))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetPriority_ptsz(s: Handle, priority: *mut c_int) -> CUresult {
+    cuStreamGetPriority(s, priority)
 }
 
 #[no_mangle]
@@ -35,7 +78,11 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(out: *mut Handle, flags: c_u
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
-    guard("cuStreamDestroy", || call_u64s(Op::StreamDestroy, &[handle_of(s)]).map(|_| ()))
+    guard("cuStreamDestroy", || {
+        call_u64s(Op::StreamDestroy, &[handle_of(s)])?;
+        created().remove(&handle_of(s));
+        Ok(())
+    })
 }
 
 #[no_mangle]
@@ -197,6 +244,66 @@ pub unsafe extern "C" fn cuStreamDestroy(s: Handle) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy(e: Handle) -> CUresult {
     cuEventDestroy_v2(e)
+}
+
+/// Runs a host function in `stream`'s order. vgpu runs it on the calling thread once the work
+/// before it in the stream has finished (the call waits for that), so work submitted after it
+/// starts only after it returns, as CUDA orders them; unlike CUDA, the caller waits too.
+/// `func` must not call CUDA (CUDA's rule too).
+pub(crate) fn run_host_func(stream: Handle, func: super::graph::HostFn, data: usize) -> Result<(), CUresult> {
+    call_u64s(Op::StreamSynchronize, &[handle_of(stream)])?;
+    // SAFETY: the application's CUhostFn with its own user data, called as CUDA calls it.
+    unsafe { func(data as *mut std::ffi::c_void) };
+    Ok(())
+}
+
+fn launch_host_func(s: Handle, func: Option<super::graph::HostFn>, data: *mut std::ffi::c_void) -> Result<(), CUresult> {
+    let func = func.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if super::graph::record(s, super::graph::Work::Host { func, data: data as usize })? {
+        return Ok(());
+    }
+    run_host_func(s, func, data as usize)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchHostFunc(s: Handle, func: Option<super::graph::HostFn>, data: *mut std::ffi::c_void) -> CUresult {
+    guard("cuLaunchHostFunc", || launch_host_func(s, func, data))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(s: Handle, func: Option<super::graph::HostFn>, data: *mut std::ffi::c_void) -> CUresult {
+    cuLaunchHostFunc(s, func, data)
+}
+
+/// CUstreamCallback.
+type StreamCallback = unsafe extern "C" fn(Handle, CUresult, *mut std::ffi::c_void);
+
+/// cuStreamAddCallback: as a host function, told the stream's status (CUDA_SUCCESS, or the
+/// error of the work before it, which the callback then receives instead of the call).
+fn add_callback(s: Handle, cb: Option<StreamCallback>, data: *mut std::ffi::c_void, flags: c_uint) -> Result<(), CUresult> {
+    let cb = cb.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if flags != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // Not allowed in a capture (CUDA: use cuLaunchHostFunc there).
+    super::graph::forbid_while_capturing(s)?;
+    let status = match call_u64s(Op::StreamSynchronize, &[handle_of(s)]) {
+        Ok(_) => CUDA_SUCCESS,
+        Err(e) => e,
+    };
+    // SAFETY: the application's CUstreamCallback with its own user data, called as CUDA calls it.
+    unsafe { cb(s, status, data) };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamAddCallback(s: Handle, cb: Option<StreamCallback>, data: *mut std::ffi::c_void, flags: c_uint) -> CUresult {
+    guard("cuStreamAddCallback", || add_callback(s, cb, data, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamAddCallback_ptsz(s: Handle, cb: Option<StreamCallback>, data: *mut std::ffi::c_void, flags: c_uint) -> CUresult {
+    cuStreamAddCallback(s, cb, data, flags)
 }
 
 /// The stream is one the mediator knows (a busy stream is valid too).
