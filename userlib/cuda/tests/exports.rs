@@ -23,8 +23,8 @@ fn proc_lookup_picks_the_version_asked_for() {
 
 #[test]
 fn unimplemented_entry_points_fail_honestly() {
-    // Host nodes in graphs are not implemented: the entry point exists and says so.
-    let f = resolve_proc("cuGraphAddHostNode", 12090, 0).unwrap();
+    // Child-graph nodes are not implemented: the entry point exists and says so.
+    let f = resolve_proc("cuGraphAddChildGraphNode", 12090, 0).unwrap();
     // SAFETY: every stub is `extern "C" fn() -> CUresult`; extra arguments are not needed for
     // an entry point that ignores them.
     let stub: unsafe extern "C" fn() -> u32 = unsafe { std::mem::transmute(f) };
