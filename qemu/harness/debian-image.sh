@@ -27,6 +27,14 @@ GUEST_PKGS=linux-base/trixie-backports,systemd-sysv,udev,kmod,dkms,make,rustc,py
 BUILD_PKGS="linux-source-7.3 rust-src openssl bindgen libclang-dev flex bison bc libelf-dev libssl-dev"
 KEY=$( (echo "$IMAGE_REV $KREL $GUEST_PKGS $BUILD_PKGS"; cat "$PREPARE" "$HERE/debian/vgpu-harness" "$HERE/debian/vgpu-harness.service") | sha256sum | cut -c1-16)
 OUT="$CACHE/$KEY"
+# The host's tools, also when the image is cached (the tier checks the packages with lintian and
+# reads the payload disk with debugfs).
+need=()
+for p in mmdebstrap e2fsprogs lintian; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 if [ -f "$OUT/.complete" ]; then echo "$OUT" >&3; exit 0; fi
 # Removes a cache directory, first undoing any bind mount an interrupted build left in it (and
 # never crossing into another file system).
@@ -35,12 +43,6 @@ remove_dir() {
   rm -rf --one-file-system "$1"
 }
 
-need=()
-for p in mmdebstrap e2fsprogs lintian; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
 # trixie's keys must be known (bookworm's keyring package has them once current).
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-archive-keyring >/dev/null 2>&1 || true
 mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
