@@ -111,17 +111,16 @@ impl From<io::Error> for OpenError {
 
 impl OpenError {
     /// One line for the user: what failed on `node`, and what to do about it.
-    pub fn explain(&self, node: &Path) -> String {
-        let node = node.display();
+    pub fn explain(&self, path: &Path) -> String {
+        let node = path.display();
         match self {
             OpenError::Node(e) => match e.raw_os_error() {
                 Some(libc::EACCES | libc::EPERM) => {
-                    let owner = std::fs::metadata(node.to_string()).map(|m| {
+                    let owner = std::fs::metadata(path).map(|m| {
                         use std::os::unix::fs::MetadataExt;
                         format!("mode {:o}, owner {}, group {}", m.mode() & 0o777, m.uid(), m.gid())
                     });
-                    // SAFETY: getuid/getgid cannot fail.
-                    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
                     format!(
                         "permission denied on {node} ({}; this process is uid {uid}, gid {gid}): add the user to the node's group, \
                          or load vgpu with NVreg_DeviceFileMode=0666 (the default; see modinfo vgpu)",
