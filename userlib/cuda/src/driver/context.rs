@@ -324,10 +324,10 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(least: *mut c_int, greatest
     guard("cuCtxGetStreamPriorityRange", || {
         state::current_device()?;
         if !least.is_null() {
-            put(least, 0)?;
+            put(least, super::stream::LEAST_PRIORITY)?;
         }
         if !greatest.is_null() {
-            put(greatest, -5)?;
+            put(greatest, super::stream::GREATEST_PRIORITY)?;
         }
         Ok(())
     })

@@ -23,13 +23,17 @@ fn created() -> MutexGuard<'static, HashMap<u64, (c_uint, c_int)>> {
     CREATED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The device's stream priorities (cuCtxGetStreamPriorityRange): 0 is the least, -5 the greatest.
+pub(crate) const LEAST_PRIORITY: c_int = 0;
+pub(crate) const GREATEST_PRIORITY: c_int = -5;
+
 fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), CUresult> {
     if out.is_null() || flags & !1 != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let (d, _) = state::current_device()?;
-    // The device's range (cuCtxGetStreamPriorityRange): 0 (least) to -5; CUDA clamps into it.
-    let priority = priority.clamp(-5, 0);
+    // CUDA clamps a priority into the device's range.
+    let priority = priority.clamp(GREATEST_PRIORITY, LEAST_PRIORITY);
     let mut args = flags.to_le_bytes().to_vec();
     args.extend_from_slice(&priority.to_le_bytes());
     let h = new_handle(d.call(Op::StreamCreate, &[&args])?, out)?;
