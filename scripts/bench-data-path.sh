@@ -26,8 +26,10 @@ cargo bench -q -p vgpu-host --bench data_path 2>/dev/null | grep -E '^[a-z0-9_]+
 BUILT=$(cargo test -q --release -p vgpu-tests --test cuda_programs -- --ignored build_data_path_program --nocapture 2>/dev/null)
 EXE=$(echo "$BUILT" | sed -n 's/^DATA_PATH_EXE //p')
 GUEST_EXE=$(echo "$BUILT" | sed -n 's/^DATA_PATH_GUEST_EXE //p')
+LIBCUDA_DIR=$(echo "$BUILT" | sed -n 's/^LIBCUDA_DIR //p')
 [ -x "$EXE" ] || { echo "could not build tests/cuda/data_path.cu" >&2; exit 1; }
-LIBS="$PWD/target/release/vgpu-lib:$(ls -d "${VGPU_CACHE:-$HOME/.cache/vgpu}"/cuda-wheels/cu12/nvidia/cuda_runtime/lib)"
+[ -e "$LIBCUDA_DIR/libcuda.so.1" ] || { echo "no libcuda.so.1 in '$LIBCUDA_DIR'" >&2; exit 1; }
+LIBS="$LIBCUDA_DIR:$(ls -d "${VGPU_CACHE:-$HOME/.cache/vgpu}"/cuda-wheels/cu12/nvidia/cuda_runtime/lib)"
 echo "(b) socket ..." >&2
 target/release/vgpu-hostd --socket "$OUT/hostd.sock" --sim-memory-mib 2048 2>/dev/null &
 HOSTD=$!

@@ -109,6 +109,14 @@ pub trait DeviceSession: Send {
     /// Access can only be given to memory that is mapped.
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
 
+    /// cuDevicePrimaryCtxReset: frees the session's memory, streams, events and VMM, as if the
+    /// client had disconnected, and clears a faulted context. Loaded modules stay, with the same
+    /// handles for them and their functions, and their variables back at their initial values:
+    /// CUDA libraries (cuLibraryLoadData, how cudart loads its kernels) outlive a context, and
+    /// cudart goes on launching the same kernels after cudaDeviceReset. (A context's modules go
+    /// with it in CUDA; keeping them only lets stale handles work, nothing a program relies on.)
+    fn reset(&mut self) -> CmdResult<()>;
+
     /// GPU time of the session's completed kernels, as the GPU measured it (backends that run
     /// asynchronously; for the others the mediator times each command and this is 0).
     fn gpu_time_ns(&mut self) -> u64 {

@@ -32,6 +32,9 @@ pub struct Connection<'b> {
     fds: Vec<OwnedFd>,
     /// A module image arriving in parts (ModuleImagePart), loaded by an empty ModuleLoad.
     staged_image: Vec<u8>,
+    /// A kernel faulted (CUDA's sticky context errors): every request that needs the context
+    /// gets this error until a SessionReset.
+    sticky: Option<CmdError>,
 }
 
 /// Pinned host memory a client may share with the mediator: at most this many regions,
@@ -79,6 +82,25 @@ fn waits_for_kernels(op: Op) -> bool {
     matches!(op, Op::Launch | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost)
 }
 
+/// Requests answered while the context has a sticky error: what does not need the context (the
+/// device's identity and use, the client's host memory), the reset that clears it, and
+/// unloading a module (a cuda backend unloads before it resets; see CudaSession::reset).
+fn survives_sticky_error(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Hello
+            | Op::DeviceInfo
+            | Op::DeviceMemoryInfo
+            | Op::DeviceProcesses
+            | Op::SessionUsage
+            | Op::DeviceOutput
+            | Op::SessionReset
+            | Op::HostRegister
+            | Op::HostUnregister
+            | Op::ModuleUnload
+    )
+}
+
 fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "bad symbol name length"));
@@ -89,7 +111,17 @@ fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
 impl<'b> Connection<'b> {
     /// A connection outside any VM: no scheduling, quota or accounting (tests, tools).
     pub fn new(backend: &'b dyn Backend) -> Self {
-        Connection { backend, session: None, client_pid: 0, share: None, host: HashMap::new(), next_host: 0, fds: Vec::new(), staged_image: Vec::new() }
+        Connection {
+            backend,
+            session: None,
+            client_pid: 0,
+            share: None,
+            host: HashMap::new(),
+            next_host: 0,
+            fds: Vec::new(),
+            staged_image: Vec::new(),
+            sticky: None,
+        }
     }
 
     /// Takes the descriptors that arrived with the next request (the rest are closed after it).
@@ -200,6 +232,8 @@ impl<'b> Connection<'b> {
         match (&r, op) {
             (Err(e), _) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| ran >= l) => {
                 vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
+                // A kernel stopped by the limit leaves its context unusable, as a GPU's watchdog does.
+                self.sticky.get_or_insert_with(|| e.clone());
             }
             (Ok(()), Op::Launch) => {
                 vm.stats.launches.fetch_add(1, Ordering::Relaxed);
@@ -229,8 +263,11 @@ impl<'b> Connection<'b> {
         cancel.arm(limit);
         let r = self.run(op, payload, out);
         cancel.arm(None);
-        if matches!(&r, Err(e) if e.code == CUDA_ERROR_LAUNCH_TIMEOUT) && limit.is_some_and(|l| started.elapsed() >= l) {
-            vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &r {
+            if e.code == CUDA_ERROR_LAUNCH_TIMEOUT && limit.is_some_and(|l| started.elapsed() >= l) {
+                vm.stats.time_limit_kills.fetch_add(1, Ordering::Relaxed);
+                self.sticky.get_or_insert_with(|| e.clone());
+            }
         }
         r
     }
@@ -244,10 +281,23 @@ impl<'b> Connection<'b> {
         let start = out.len();
         let r = match Op::from_u32(op) {
             None => Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, format!("unknown opcode {op}"))),
+            Some(op) if self.sticky.is_some() && !survives_sticky_error(op) => {
+                let e = self.sticky.as_ref().map_or(CUDA_ERROR_UNKNOWN, |e| e.code);
+                let name = vgpu_uapi::cuda::error_name(e).map_or("?", |n| n.0);
+                Err(CmdError::new(e, format!("the context keeps an earlier kernel's {name} (sticky, as in CUDA) until cudaDeviceReset or cuDevicePrimaryCtxReset")))
+            }
             Some(op) if is_gpu_work(op) => self.gpu_work(op, payload, out),
             Some(op) if waits_for_kernels(op) => self.wait_for_kernels(op, payload, out),
             Some(op) => self.run(op, payload, out),
         };
+        // A kernel that faulted leaves the context unusable (CUDA's sticky errors); the sim's
+        // instruction budget (LAUNCH_TIMEOUT, not a fault of the kernel) does not.
+        if let Err(e) = &r {
+            if vgpu_uapi::cuda::is_sticky(e.code) && self.sticky.is_none() && self.session.is_some() {
+                tracing::info!(pid = self.client_pid, code = e.code, "sticky error: {}", e.message);
+                self.sticky = Some(e.clone());
+            }
+        }
         // Descriptors not claimed by this request are closed.
         self.fds.clear();
         // GPU time the backend measured itself (an asynchronous GPU's kernels, timed by events):
@@ -298,6 +348,14 @@ impl<'b> Connection<'b> {
                 out.put_u32(PROTOCOL_VERSION);
                 out.put_u32(self.backend.devices().len() as u32);
                 out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 });
+            }
+            Op::SessionReset => {
+                r.finish()?;
+                self.staged_image = Vec::new();
+                let r = self.session()?.reset();
+                self.reconcile_memory();
+                r?;
+                self.sticky = None;
             }
             Op::DeviceInfo => {
                 let ordinal = r.u32()?;

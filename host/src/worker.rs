@@ -714,6 +714,14 @@ impl DeviceSession for RemoteSession {
         Reader::new(&reply).u32().map(f32::from_bits).map_err(|_| malformed(Op::EventElapsedTime))
     }
 
+    fn reset(&mut self) -> CmdResult<()> {
+        let r = self.call_unit(Op::SessionReset, &[]);
+        // What failed before the reset is what it cleared.
+        self.deferred.borrow_mut().take();
+        self.refresh_usage();
+        r
+    }
+
     fn synchronize(&mut self) -> CmdResult<()> {
         let r = self.call_unit(Op::Synchronize, &[]);
         self.after_wait(true);

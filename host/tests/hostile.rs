@@ -63,6 +63,7 @@ fn every_bad_request_is_refused_and_the_other_vm_is_unaffected() {
     let v = Vadd::new(&evil, 1024);
     let f = evil.function("vadd");
     let p = evil.alloc(4096).unwrap();
+    let q_before_reset = evil.alloc(4096).unwrap();
     // Launch geometry past the device's limits, and parameters of the wrong size.
     for (what, grid, block, shared) in [
         ("grid y > 65535", [1, 65536, 1], [32, 1, 1], 0),
@@ -75,10 +76,6 @@ fn every_bad_request_is_refused_and_the_other_vm_is_unaffected() {
         expect(what, launch_raw(&evil, f, grid, block, shared, &v.params), CUDA_ERROR_INVALID_VALUE);
     }
     expect("short parameters", launch_raw(&evil, f, [1, 1, 1], [32, 1, 1], 0, &v.params[..20]), CUDA_ERROR_INVALID_VALUE);
-    // The largest legal grid: it would run for hours; the VM's time limit stops it.
-    let mut none = v.params.clone();
-    none[24..28].copy_from_slice(&0i32.to_le_bytes());
-    expect("the largest grid", launch_raw(&evil, f, [i32::MAX as u32, 65535, 65535], [1024, 1, 1], 0, &none), CUDA_ERROR_LAUNCH_TIMEOUT);
     // Memory: out of bounds, wrapping, huge, double free, use after free.
     expect("read past the end", evil.read(p, 4097).map(drop), CUDA_ERROR_INVALID_VALUE);
     expect("read wrapping the address space", evil.read(u64::MAX - 8, 16).map(drop), CUDA_ERROR_INVALID_VALUE);
@@ -111,10 +108,22 @@ fn every_bad_request_is_refused_and_the_other_vm_is_unaffected() {
     expect("unmap what is not mapped", evil.call(Op::MemUnmap, &[&u64s(&[va, 2 << 20])]).map(drop), CUDA_ERROR_INVALID_VALUE);
     expect("reserve 2^63 bytes", evil.call(Op::MemAddressReserve, &[&u64s(&[1 << 63, 0, 0])]).map(drop), CUDA_ERROR_OUT_OF_MEMORY);
     expect("release twice", evil.call(Op::MemRelease, &[&u64s(&[h])]).and_then(|_| evil.call(Op::MemRelease, &[&u64s(&[h])])).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    // The largest legal grid: it would run for hours; the VM's time limit stops it. That leaves
+    // the context unusable, as a GPU's watchdog does (CUDA's sticky errors), until a reset.
+    let mut none = v.params.clone();
+    none[24..28].copy_from_slice(&0i32.to_le_bytes());
+    expect("the largest grid", launch_raw(&evil, f, [i32::MAX as u32, 65535, 65535], [1024, 1, 1], 0, &none), CUDA_ERROR_LAUNCH_TIMEOUT);
+    expect("an allocation after the stopped kernel", evil.alloc(4096).map(drop), CUDA_ERROR_LAUNCH_TIMEOUT);
+    expect("a launch after the stopped kernel", v.run(), CUDA_ERROR_LAUNCH_TIMEOUT);
+    expect("a reset with trailing bytes", evil.call(Op::SessionReset, &[&[0]]).map(drop), CUDA_ERROR_INVALID_VALUE);
     eprintln!("hostile inputs tried: {tried}");
-    assert!(tried >= 35);
+    assert!(tried >= 38);
+    evil.call(Op::SessionReset, &[]).unwrap();
 
-    // The hostile VM's own session still works, and so does the other VM, with right results.
+    // The hostile VM's own session works again after the reset (its kernels kept, its memory
+    // freed), and the other VM was never affected, with right results.
+    assert_eq!(evil.read(q_before_reset, 4).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "memory held before the reset is gone");
+    let v = Vadd::new(&evil, 1024);
     v.run().unwrap();
     let q = evil.alloc(1 << 20).unwrap();
     evil.write(q, &[9; 1000]).unwrap();

@@ -266,7 +266,7 @@ rate_limit = 20
 
 /// A launch past the VM's execution time limit fails with CUDA_ERROR_LAUNCH_TIMEOUT (the GPU
 /// is not held beyond the limit: another VM's work waiting behind it runs), and the VM's next
-/// launch works. A rate-limited VM's commands are held to its rate.
+/// launch works once the process has reset the device. A rate-limited VM's commands are held to its rate.
 #[test]
 fn time_limit_and_rate_limit() {
     let _s = serial();
@@ -288,6 +288,11 @@ fn time_limit_and_rate_limit() {
     });
     // Without the limit the spin would run to the sim's instruction budget (a minute or more).
     assert!(other_done < Duration::from_secs(20), "the other VM waited {other_done:?}");
+    // The stopped kernel leaves the context unusable (sticky, as after a GPU's watchdog) until
+    // the process resets the device (cudaDeviceReset); its kernels, still loaded, then run.
+    assert_eq!(slow.memset32(flag, 1, 1), Err(CUDA_ERROR_LAUNCH_TIMEOUT));
+    slow.call(vgpu_uapi::proto::Op::SessionReset, &[]).unwrap();
+    let flag = slow.alloc(4).unwrap();
     slow.memset32(flag, 1, 1).unwrap();
     slow.launch(spin, 1, 32, &flag.to_le_bytes()).unwrap();
     let r = env.vm("slow");

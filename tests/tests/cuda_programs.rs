@@ -55,6 +55,10 @@ cases! {
     managed_mapped_cudart13: "managed_mapped", V13;
     host_callbacks_cudart12: "host_callbacks", V12;
     host_callbacks_cudart13: "host_callbacks", V13;
+    device_reset_cudart12: "device_reset", V12;
+    device_reset_cudart13: "device_reset", V13;
+    device_heap_cudart12: "device_heap", V12;
+    device_heap_cudart13: "device_heap", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it
@@ -147,6 +151,9 @@ fn cuinit_without_mediator_fails_fast_with_a_clear_message() {
 #[test]
 #[ignore]
 fn build_data_path_program() {
+    // Where libcuda.so.1 is (the links to the build's libraries are made here on first use,
+    // also on a fresh clone).
+    println!("LIBCUDA_DIR {}", libcuda_dir().display());
     println!("DATA_PATH_EXE {}", build_program("data_path", Cudart::V12).display());
     println!("DATA_PATH_GUEST_EXE {}", build_guest_program("data_path", Cudart::V12).display());
 }

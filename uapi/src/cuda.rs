@@ -23,10 +23,14 @@ pub const CUDA_ERROR_NOT_READY: CuResult = 600;
 pub const CUDA_ERROR_ILLEGAL_ADDRESS: CuResult = 700;
 pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CuResult = 701;
 pub const CUDA_ERROR_LAUNCH_TIMEOUT: CuResult = 702;
+pub const CUDA_ERROR_ASSERT: CuResult = 710;
 pub const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
 pub const CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: CuResult = 713;
+pub const CUDA_ERROR_HARDWARE_STACK_ERROR: CuResult = 714;
 pub const CUDA_ERROR_ILLEGAL_INSTRUCTION: CuResult = 715;
 pub const CUDA_ERROR_MISALIGNED_ADDRESS: CuResult = 716;
+pub const CUDA_ERROR_INVALID_ADDRESS_SPACE: CuResult = 717;
+pub const CUDA_ERROR_INVALID_PC: CuResult = 718;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
@@ -39,6 +43,25 @@ pub const CUDA_ERROR_CAPTURED_EVENT: CuResult = 907;
 pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CuResult = 908;
 pub const CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE: CuResult = 910;
 pub const CUDA_ERROR_UNKNOWN: CuResult = 999;
+
+/// Errors of a kernel that faulted while it ran. CUDA documents each as leaving the context "in an
+/// inconsistent state": every later call in it returns the same error, until the context is
+/// destroyed or the primary context reset (cuDevicePrimaryCtxReset, cudaDeviceReset).
+/// CUDA_ERROR_LAUNCH_TIMEOUT is one too, where a kernel was stopped; the mediator decides that
+/// case by why it stopped (see host/src/dispatch.rs).
+pub fn is_sticky(code: CuResult) -> bool {
+    matches!(
+        code,
+        CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_LAUNCH_FAILED
+    )
+}
 
 /// Name and description of a CUresult, as cuGetErrorName / cuGetErrorString report them.
 pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
@@ -68,10 +91,14 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
             ("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES", "too many resources requested for launch")
         }
         CUDA_ERROR_LAUNCH_TIMEOUT => ("CUDA_ERROR_LAUNCH_TIMEOUT", "the launch timed out and was terminated"),
+        CUDA_ERROR_ASSERT => ("CUDA_ERROR_ASSERT", "device-side assert triggered"),
+        CUDA_ERROR_HARDWARE_STACK_ERROR => ("CUDA_ERROR_HARDWARE_STACK_ERROR", "hardware stack error"),
         CUDA_ERROR_ILLEGAL_INSTRUCTION => {
             ("CUDA_ERROR_ILLEGAL_INSTRUCTION", "an illegal instruction was encountered")
         }
         CUDA_ERROR_MISALIGNED_ADDRESS => ("CUDA_ERROR_MISALIGNED_ADDRESS", "misaligned address"),
+        CUDA_ERROR_INVALID_ADDRESS_SPACE => ("CUDA_ERROR_INVALID_ADDRESS_SPACE", "operation not supported on global/shared address space"),
+        CUDA_ERROR_INVALID_PC => ("CUDA_ERROR_INVALID_PC", "invalid program counter"),
         CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED => {
             ("CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED", "part or all of the requested memory range is already mapped")
         }

@@ -188,6 +188,10 @@ opcodes! {
     /// req: -> reply: what the client's kernels printed (device printf) and it has not yet been
     /// given, at most 1 MiB (see [`HELLO_OUTPUT_AFTER_SYNC`])
     DeviceOutput = 91,
+    /// req: -> reply:  (cuDevicePrimaryCtxReset: everything the session holds on the device is
+    /// freed, as when the client disconnects (memory, modules, streams, events, VMM), and a
+    /// sticky error is cleared; the connection and its registered host memory stay)
+    SessionReset = 92,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).

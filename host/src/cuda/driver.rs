@@ -51,6 +51,7 @@ entry_points! {
     cuDeviceGetAttribute: fn(*mut c_int, c_int, c_int);
     cuDevicePrimaryCtxRetain: fn(*mut Ptr, c_int);
     cuDevicePrimaryCtxRelease_v2: fn(c_int);
+    cuDevicePrimaryCtxReset_v2: fn(c_int);
     cuCtxSetCurrent: fn(Ptr);
     cuCtxSynchronize: fn();
     cuGetErrorName: fn(CuResult, *mut *const c_char);

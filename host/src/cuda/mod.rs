@@ -177,6 +177,8 @@ impl Backend for CudaBackend {
 
 struct Module {
     raw: Raw,
+    /// The image as loaded (NUL-terminated), to load it again after a reset.
+    image: Vec<u8>,
     /// Its variables this session has looked up: (address, size).
     globals: Vec<(u64, u64)>,
 }
@@ -375,6 +377,59 @@ impl Drop for CudaSession {
 }
 
 impl DeviceSession for CudaSession {
+    /// The driver's own reset destroys everything of the context, which is this session's
+    /// alone (a worker serves one client); the modules are then loaded again from their images
+    /// and their functions found again by name, under the same handles.
+    fn reset(&mut self) -> CmdResult<()> {
+        let drv = self.drv.clone();
+        let api = &drv.api;
+        self.enter()?;
+        // The modules are unloaded before the reset: a driver that keeps them across it (vgpu's
+        // own, in loopback) would otherwise hold each twice once they are loaded again. NVIDIA's
+        // destroys them with the context anyway, so its answer (after a fault, that fault) does
+        // not matter.
+        for m in self.modules.values() {
+            // SAFETY: a module this session loaded and has not unloaded.
+            unsafe { (api.cuModuleUnload)(m.raw.0) };
+        }
+        // SAFETY: the device this session's context is the primary context of.
+        drv.ok(unsafe { (api.cuDevicePrimaryCtxReset_v2)(self.device) }, "cuDevicePrimaryCtxReset")?;
+        self.timing.clear();
+        self.spare_events.clear();
+        self.events.clear();
+        self.streams.clear();
+        self.mapped.clear();
+        self.physical.clear();
+        self.reserved.clear();
+        self.allocs.clear();
+        self.account();
+        // A reset does not release the retain the session holds; retaining again gives the
+        // context as it is now, and the extra retain is given back.
+        let mut ctx: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the device is this session's.
+        drv.ok(unsafe { (api.cuDevicePrimaryCtxRetain)(&mut ctx, self.device) }, "cuDevicePrimaryCtxRetain")?;
+        // SAFETY: releases the retain just made.
+        unsafe { (api.cuDevicePrimaryCtxRelease_v2)(self.device) };
+        self.ctx = Raw(ctx);
+        self.enter()?;
+        for m in self.modules.values_mut() {
+            let mut raw: Ptr = std::ptr::null_mut();
+            // SAFETY: the image this module was loaded from, NUL-terminated, alive across the call.
+            drv.ok(unsafe { (api.cuModuleLoadData)(&mut raw, m.image.as_ptr().cast()) }, "cuModuleLoadData")?;
+            m.raw = Raw(raw);
+            m.globals.clear();
+        }
+        for f in self.functions.values_mut() {
+            let m = self.modules.get(&f.module).ok_or_else(|| invalid_handle("module", f.module))?.raw;
+            let name = c_name(&f.name)?;
+            let mut raw: Ptr = std::ptr::null_mut();
+            // SAFETY: a module just loaded and a NUL-terminated name; valid out-pointer.
+            drv.ok(unsafe { (api.cuModuleGetFunction)(&mut raw, m.0, name.as_ptr()) }, "cuModuleGetFunction")?;
+            f.raw = Raw(raw);
+        }
+        Ok(())
+    }
+
     fn mem_get_info(&self) -> (u64, u64) {
         let used = self.held();
         let (mut free, mut total) = (0usize, 0usize);
@@ -483,7 +538,7 @@ impl DeviceSession for CudaSession {
         // SAFETY: `owned` stays alive across the call and is NUL-terminated.
         self.drv.ok(unsafe { (self.drv.api.cuModuleLoadData)(&mut m, owned.as_ptr().cast()) }, "cuModuleLoadData")?;
         let h = self.handle();
-        self.modules.insert(h, Module { raw: Raw(m), globals: Vec::new() });
+        self.modules.insert(h, Module { raw: Raw(m), image: owned, globals: Vec::new() });
         Ok(h)
     }
 

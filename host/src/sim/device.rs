@@ -128,6 +128,10 @@ impl ptx::Memory for DeviceMemory {
     fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
         self.regions_mut()
     }
+
+    fn heap(&mut self) -> Result<Option<Arc<ptx::heap::DeviceHeap>>, ptx::ExecError> {
+        DeviceMemory::heap(self).map(Some).map_err(|e| ptx::ExecError::OutOfResources(format!("no room for the device heap: {}", e.message)))
+    }
 }
 
 impl Drop for SimSession {
@@ -163,15 +167,10 @@ impl SimSession {
         let dumped = dump_ptx(text);
         let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}{dumped}")))?;
         let mut globals = HashMap::new();
-        let mut allocated = Vec::new();
         let mut result = Ok(());
         for g in module.globals() {
             match self.mem.alloc(g.size.max(1)) {
                 Ok(p) => {
-                    allocated.push(p);
-                    if let Ok(s) = self.mem.slice_mut(p, g.init.len() as u64) {
-                        s.copy_from_slice(&g.init);
-                    }
                     globals.insert(g.name.clone(), p);
                 }
                 Err(e) => {
@@ -181,20 +180,10 @@ impl SimSession {
             }
         }
         if result.is_ok() {
-            // Address initializers, now that every variable has its address.
-            'vars: for g in module.globals() {
-                for (off, target, addend) in &g.relocs {
-                    let at = globals[&g.name] + off;
-                    let v = globals[target].wrapping_add_signed(*addend);
-                    if self.mem.slice_mut(at, 8).map(|s| s.copy_from_slice(&v.to_le_bytes())).is_err() {
-                        result = Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("initializer of {} out of its bounds", g.name)));
-                        break 'vars;
-                    }
-                }
-            }
+            result = init_globals(&mut self.mem, &module, &globals);
         }
         if let Err(e) = result {
-            for p in allocated {
+            for &p in globals.values() {
                 let _ = self.mem.free(p);
             }
             return Err(e);
@@ -206,7 +195,40 @@ impl SimSession {
     }
 }
 
+/// Gives a module's variables their initial values (the image's initializers, then the
+/// addresses of the variables that initializers name); the rest of each is zero.
+fn init_globals(mem: &mut DeviceMemory, module: &ptx::Module, globals: &HashMap<String, u64>) -> CmdResult<()> {
+    for g in module.globals() {
+        let Some(&p) = globals.get(&g.name) else { continue };
+        if let Ok(s) = mem.slice_mut(p, g.size.max(1)) {
+            s.fill(0);
+            let n = g.init.len().min(s.len());
+            s[..n].copy_from_slice(&g.init[..n]);
+        }
+    }
+    for g in module.globals() {
+        for (off, target, addend) in &g.relocs {
+            let (Some(&at), Some(&to)) = (globals.get(&g.name), globals.get(target)) else { continue };
+            let v = to.wrapping_add_signed(*addend);
+            if mem.slice_mut(at + off, 8).map(|s| s.copy_from_slice(&v.to_le_bytes())).is_err() {
+                return Err(CmdError::new(CUDA_ERROR_INVALID_PTX, format!("initializer of {} out of its bounds", g.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DeviceSession for SimSession {
+    fn reset(&mut self) -> CmdResult<()> {
+        let keep: std::collections::HashSet<u64> = self.modules.values().flat_map(|m| m.globals.values().copied()).collect();
+        self.mem.free_all_but(&keep);
+        self.streams.clear();
+        self.events.clear();
+        let r = self.modules.values().try_for_each(|m| init_globals(&mut self.mem, &m.ptx, &m.globals));
+        self.account();
+        r
+    }
+
     fn mem_get_info(&self) -> (u64, u64) {
         let free = self.mem.capacity() - self.mem.used();
         (free, self.total_mem)
@@ -367,9 +389,12 @@ impl DeviceSession for SimSession {
         let kernel_name = f.name.clone();
         let k = module.kernel(&kernel_name).ok_or_else(|| invalid_handle("function", function))?;
         tracing::debug!(grid = ?cfg.grid, block = ?cfg.block, dynamic_shared = cfg.dynamic_shared_bytes, params = ?params, "launch {kernel_name}");
-        ptx::launch_with_budget(&module, k, &cfg, params, &globals, &mut self.mem, self.budget)
+        let r = ptx::launch_with_budget(&module, k, &cfg, params, &globals, &mut self.mem, self.budget)
             .map(|stats| stats.output)
-            .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")))
+            .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")));
+        // The first launch that allocates on the device makes the heap.
+        self.account();
+        r
     }
 
     fn stream_create(&mut self, _flags: u32, _priority: i32) -> CmdResult<u64> {

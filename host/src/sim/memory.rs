@@ -29,6 +29,8 @@ pub struct DeviceMemory {
     reservations: BTreeMap<u64, u64>,
     /// Mapped regions: address -> physical handle.
     mappings: BTreeMap<u64, u64>,
+    /// Kernels' malloc/free heap (one of `allocs`), made at the first launch that needs it.
+    heap: Option<std::sync::Arc<crate::sim::ptx::heap::DeviceHeap>>,
 }
 
 struct Physical {
@@ -56,6 +58,7 @@ impl DeviceMemory {
             next_physical: 0,
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
+            heap: None,
         }
     }
 
@@ -99,6 +102,31 @@ impl DeviceMemory {
             }
             None => Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is not an allocation"))),
         }
+    }
+
+    /// Frees every allocation but those at `keep`, and all VMM memory, reservations and
+    /// mappings (a reset). Addresses are not reused: a stale pointer never reaches new memory.
+    pub fn free_all_but(&mut self, keep: &std::collections::HashSet<u64>) {
+        for va in std::mem::take(&mut self.mappings).into_keys() {
+            self.allocs.remove(&va);
+        }
+        self.physical.clear();
+        self.reservations.clear();
+        self.heap = None;
+        self.allocs.retain(|base, _| keep.contains(base));
+        self.used = self.allocs.values().map(|m| m.len() as u64).sum();
+    }
+
+    /// The device heap, made (as an allocation of HEAP_BYTES) at the first call.
+    pub fn heap(&mut self) -> CmdResult<std::sync::Arc<crate::sim::ptx::heap::DeviceHeap>> {
+        use crate::sim::ptx::heap::{DeviceHeap, HEAP_BYTES};
+        if let Some(h) = &self.heap {
+            return Ok(h.clone());
+        }
+        let base = self.alloc(HEAP_BYTES)?;
+        let h = std::sync::Arc::new(DeviceHeap::new(base, HEAP_BYTES));
+        self.heap = Some(h.clone());
+        Ok(h)
     }
 
     /// (base, size) of the allocation containing `addr`.

@@ -16,6 +16,7 @@ pub fn exec_error_code(e: &ptx::ExecError) -> vgpu_uapi::cuda::CuResult {
         Misaligned { .. } => CUDA_ERROR_MISALIGNED_ADDRESS,
         Unsupported(_) => CUDA_ERROR_NOT_SUPPORTED,
         Trap(_) => CUDA_ERROR_LAUNCH_FAILED,
+        Assert(_) => CUDA_ERROR_ASSERT,
         BarrierDeadlock(_) | Undefined(_) => CUDA_ERROR_LAUNCH_FAILED,
         Timeout(_) | TimeLimit(_) => CUDA_ERROR_LAUNCH_TIMEOUT,
         OutOfResources(_) => CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,

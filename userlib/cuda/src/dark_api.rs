@@ -210,6 +210,13 @@ fn cls() -> &'static Mutex<HashMap<(usize, usize), ClsEntry>> {
     CLS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// cuDevicePrimaryCtxReset: what was stored for context `ctx` goes, so that cudart finds no
+/// state of its own there and sets the context up again (its modules were freed with it).
+/// The destructors are not called: their arguments' meaning is not known (never seen called).
+pub(crate) fn cls_forget_context(ctx: usize) {
+    cls().lock().unwrap_or_else(|e| e.into_inner()).retain(|&(c, _), _| c != ctx);
+}
+
 fn cls_ctx(ctx: Handle) -> Result<usize, CUresult> {
     if ctx.is_null() {
         state::current_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)

@@ -80,6 +80,8 @@ struct Ctx<'a> {
     next_check: u64,
     run: &'a LaunchRun,
     output: Vec<u8>,
+    /// The device heap, for kernels that call malloc/free.
+    heap: Option<&'a super::heap::DeviceHeap>,
 }
 
 /// State of a launch shared by the host threads running its blocks.
@@ -142,6 +144,9 @@ pub fn launch_with_budget(
         return Err(ExecError::OutOfResources(format!("{} bytes of local memory per thread is too much for the sim backend", k.local_bytes)));
     }
     let nblocks = cfg.grid.iter().map(|&d| d as u64).product::<u64>();
+    // Made before the regions are taken: the heap is one of them.
+    let heap = if module.uses_heap() { mem.heap()? } else { None };
+    let heap = heap.as_deref();
     let global = Global::new(mem.regions());
     let run = LaunchRun {
         budget,
@@ -155,7 +160,7 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let work = || run_blocks(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks);
+    let work = || run_blocks(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks, heap);
     if workers == 1 || nblocks * nthreads < 2048 {
         work();
     } else {
@@ -221,6 +226,7 @@ fn run_blocks(
     run: &LaunchRun,
     b: &BlockShape,
     nblocks: u64,
+    heap: Option<&super::heap::DeviceHeap>,
 ) {
     let mut regs = vec![0u64; b.nthreads * b.nregs];
     let mut local = vec![0u8; b.nthreads * b.per_thread_local];
@@ -245,6 +251,7 @@ fn run_blocks(
         next_check: CHECK_EVERY,
         run,
         output: Vec::new(),
+        heap,
     };
     loop {
         if run.stop.load(Ordering::Relaxed) {
@@ -1041,9 +1048,19 @@ impl<'a> Ctx<'a> {
         let module: &'a Module = self.module;
         let (caller, regs, syms, stack_top) = self.current(kregs, calls)?;
         let i = caller.insts.get(*pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a call past the end of {}", caller.name)))?;
-        let Op::Call { name, callee, args, .. } = &i.op else {
+        let Op::Call { name, callee, via, args, .. } = &i.op else {
             return Err(ExecError::Unsupported(format!("instruction {}", at_in(caller, i))));
         };
+        // Through a pointer: the function at the register's address, if it is one.
+        let callee = match via {
+            None => *callee,
+            Some(Opnd::Reg(r)) => {
+                let at = regs.get(*r as usize).copied().unwrap_or(0);
+                module.func_at(at).ok_or_else(|| ExecError::Undefined(format!("{} calls {at:#x}, which is not a device function of this module", at_in(caller, i))))?
+            }
+            Some(_) => return Err(ExecError::Unsupported(format!("call target form in {}", at_in(caller, i)))),
+        };
+        let callee = &callee;
         let Some(f) = module.funcs().get(*callee as usize) else {
             return Err(ExecError::Unsupported(format!("call to {name}, which has no body the sim can run, in {}", at_in(caller, i))));
         };
@@ -1559,6 +1576,35 @@ impl<'a> Ctx<'a> {
                     let a = self.addr(r, regs, i)?;
                     self.store(Space::Local, a, Ty::B32, n as u64, local, i)?;
                 }
+            }
+            Op::AssertFail { args } => {
+                let [message, file, line, function] = &args[..] else {
+                    return Err(ExecError::Unsupported(format!("instruction {}", self.at(i))));
+                };
+                let text = |o: &Opnd, ctx: &mut Self, local: &mut [u8]| -> Result<String, ExecError> {
+                    let p = ctx.load(Space::Local, ctx.addr(o, regs, i)?, Ty::B64, local, i)?;
+                    Ok(String::from_utf8_lossy(&ctx.c_string(p, local, i)?).into_owned())
+                };
+                let (message, file, function) = (text(message, self, local)?, text(file, self, local)?, text(function, self, local)?);
+                let line = self.load(Space::Local, self.addr(line, regs, i)?, Ty::B32, local, i)?;
+                let (c, t) = (self.ctaid, tid);
+                // CUDA's own wording, as the GPU's assert prints it; it reaches the application
+                // with the launch's error (a failed launch's output is not delivered).
+                return Err(ExecError::Assert(format!(
+                    "{file}:{line}: {function}: block: [{},{},{}], thread: [{},{},{}] Assertion `{message}` failed.",
+                    c[0], c[1], c[2], t[0], t[1], t[2]
+                )));
+            }
+            Op::Malloc { ret, size } => {
+                let heap = self.heap.ok_or_else(|| ExecError::Unsupported(format!("device-side malloc without a device heap in {}", self.at(i))))?;
+                let n = self.load(Space::Local, self.addr(size, regs, i)?, Ty::B64, local, i)?;
+                let p = heap.malloc(n);
+                self.store(Space::Local, self.addr(ret, regs, i)?, Ty::B64, p, local, i)?;
+            }
+            Op::Free { ptr } => {
+                let heap = self.heap.ok_or_else(|| ExecError::Unsupported(format!("device-side free without a device heap in {}", self.at(i))))?;
+                let p = self.load(Space::Local, self.addr(ptr, regs, i)?, Ty::B64, local, i)?;
+                heap.free(p).map_err(|m| ExecError::Undefined(format!("{m} in {}", self.at(i))))?;
             }
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}

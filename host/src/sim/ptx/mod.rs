@@ -14,6 +14,7 @@
 mod exec;
 mod float;
 mod global;
+pub mod heap;
 mod parse;
 mod printf;
 
@@ -24,6 +25,12 @@ pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection, VarSp
 /// address, host bytes). A launch reaches nothing else; every access is bounds-checked.
 pub trait Memory {
     fn regions(&mut self) -> Vec<(u64, &mut [u8])>;
+
+    /// The device heap for kernels' malloc/free, made on first use (one of `regions` from
+    /// then on). None: this memory has none (kernels that allocate cannot run on it).
+    fn heap(&mut self) -> Result<Option<std::sync::Arc<heap::DeviceHeap>>, ExecError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +48,8 @@ pub enum ExecError {
     /// An instruction the interpreter does not implement.
     Unsupported(String),
     Trap(String),
+    /// A device-side `assert` failed (its message).
+    Assert(String),
     /// Threads of a block wait at different barriers forever.
     BarrierDeadlock(String),
     /// Something the PTX ISA leaves undefined (e.g. a warp collective whose membermask leaves
@@ -65,6 +74,7 @@ impl std::fmt::Display for ExecError {
             ExecError::Misaligned { addr, at } => write!(f, "misaligned address {addr:#x} in {at}"),
             ExecError::Unsupported(s) => write!(f, "unsupported PTX: {s}"),
             ExecError::Trap(at) => write!(f, "trap executed at {at}"),
+            ExecError::Assert(m) => write!(f, "device-side assert triggered: {m}"),
             ExecError::BarrierDeadlock(s) => write!(f, "barrier deadlock: {s}"),
             ExecError::Undefined(s) => write!(f, "undefined behaviour: {s}"),
             ExecError::Timeout(n) => write!(f, "launch exceeded the sim backend's budget of {n} instructions"),

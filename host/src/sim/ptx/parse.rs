@@ -412,9 +412,17 @@ pub enum Op {
     /// `call vprintf, (fmt, args)`: CUDA's device printf (format pointer, packed arguments),
     /// run by the interpreter; `ret` receives the number of arguments.
     Vprintf { ret: Option<Opnd>, fmt: Opnd, args: Opnd },
+    /// `call __assertfail, (message, file, line, function, charSize)`: a failed device-side
+    /// `assert` (what nvcc emits for it): prints CUDA's message and stops the launch with
+    /// CUDA_ERROR_ASSERT.
+    AssertFail { args: Vec<Opnd> },
     /// `call (ret), name, (args..)` of a device function of the module (`callee`: its index in
     /// Module::funcs once resolved; u32::MAX if it has no body here).
-    Call { name: String, callee: u32, ret: Option<Opnd>, args: Vec<Opnd> },
+    Call { name: String, callee: u32, via: Option<Opnd>, ret: Option<Opnd>, args: Vec<Opnd> },
+    /// `call (ret), malloc, (size)`: device-side malloc from the launch's device heap.
+    Malloc { ret: Opnd, size: Opnd },
+    /// `call free, (ptr)`.
+    Free { ptr: Opnd },
     /// `ret`: ends the thread in a kernel, returns to the caller in a device function.
     Ret,
     /// Arithmetic on two halves packed in 32 bits (`.f16x2`/`.bf16x2`), lane by lane: `op` is
@@ -581,11 +589,28 @@ pub struct Module {
     target: u32,
     /// Device functions (`.func` with a body), which `call` runs.
     funcs: Vec<Kernel>,
+    /// For each function address the module hands out (see FUNC_ADDR_BASE), the index of its
+    /// function in `funcs` (u32::MAX: declared without a body here).
+    func_by_addr: Vec<u32>,
+    /// A kernel or function calls device-side malloc or free.
+    uses_heap: bool,
 }
 
 impl Module {
     pub(crate) fn funcs(&self) -> &[Kernel] {
         &self.funcs
+    }
+
+    /// The function (index in `funcs`) at a function address, for a call through a pointer.
+    pub(crate) fn func_at(&self, addr: u64) -> Option<u32> {
+        let off = addr.checked_sub(FUNC_ADDR_BASE).filter(|o| o % FUNC_ADDR_STRIDE == 0)?;
+        let i = usize::try_from(off / FUNC_ADDR_STRIDE).ok()?;
+        self.func_by_addr.get(i).copied().filter(|&f| (f as usize) < self.funcs.len())
+    }
+
+    /// Whether its kernels use device-side malloc/free (the launch then gets the device heap).
+    pub fn uses_heap(&self) -> bool {
+        self.uses_heap
     }
 
     /// The architecture of `.target` (e.g. 90 for sm_90): what the functions report as their
@@ -966,7 +991,17 @@ struct Parser {
     unsupported: Vec<Rejected>,
     target: u32,
     funcs: Vec<Kernel>,
+    /// Every `.func` the module declares (with a body or not), in order: a function's address
+    /// (`mov.u64 %rd, f`) is FUNC_ADDR_BASE + its index here times FUNC_ADDR_STRIDE.
+    func_names: HashMap<String, u32>,
+    /// The `.func`s with a body here.
+    func_bodies: std::collections::HashSet<String>,
 }
+
+/// Where the sim puts device functions' addresses (for calls through pointers): outside every
+/// memory window, so that reading or writing through one faults.
+pub const FUNC_ADDR_BASE: u64 = 0x0f00_0000_0000;
+pub const FUNC_ADDR_STRIDE: u64 = 16;
 
 /// Per-function parsing state.
 struct Func {
@@ -1068,6 +1103,22 @@ fn align_up(v: u64, a: u64) -> u64 {
 impl Parser {
     fn module(mut self, text: &str) -> Result<Module, PtxError> {
         let stmts = statements(text);
+        // Functions may be named (by address) before their bodies: know them all first.
+        for (i, st) in stmts.iter().enumerate() {
+            if let Stmt::Text(_, s) = st {
+                if s.contains(".func") && !s.contains(".entry") {
+                    let name = decl_name(s.trim());
+                    if name.is_empty() {
+                        continue;
+                    }
+                    if matches!(stmts.get(i + 1), Some(Stmt::Open(_))) {
+                        self.func_bodies.insert(name.clone());
+                    }
+                    let n = self.func_names.len() as u32;
+                    self.func_names.entry(name).or_insert(n);
+                }
+            }
+        }
         let mut i = 0;
         while i < stmts.len() {
             match &stmts[i] {
@@ -1109,16 +1160,39 @@ impl Parser {
                 }
             }
         }
+        let mut func_by_addr = vec![u32::MAX; self.func_names.len()];
+        for (name, &a) in &self.func_names {
+            func_by_addr[a as usize] = index.get(name.as_str()).copied().unwrap_or(u32::MAX);
+        }
+        let uses_heap = self.kernels.iter().chain(&self.funcs).flat_map(|k| &k.insts).any(|i| matches!(i.op, Op::Malloc { .. } | Op::Free { .. }));
         self.reject_lacking();
         self.place_func_shared();
-        // Address initializers may name only the module's own variables (a function's address
-        // would be for calls through pointers, which the sim does not run).
+        // Initializers that are functions' addresses (C++ vtables, tables of function
+        // pointers) get them now; the rest must name the module's own variables.
+        for g in &mut self.globals {
+            let func_names = &self.func_names;
+            let mut i = 0;
+            while i < g.relocs.len() {
+                let (off, name, addend) = &g.relocs[i];
+                if let Some(&a) = func_names.get(name) {
+                    let v = (FUNC_ADDR_BASE + a as u64 * FUNC_ADDR_STRIDE).wrapping_add_signed(*addend);
+                    let at = *off as usize;
+                    if at + 8 > g.init.len() {
+                        g.init.resize(at + 8, 0);
+                    }
+                    g.init[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                    g.relocs.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
         for g in &self.globals {
             if let Some((_, name, _)) = g.relocs.iter().find(|(_, n, _)| !self.globals.iter().any(|t| &t.name == n)) {
                 return err(0, format!("the initializer of {} names {name}, which is not a variable of this module", g.name));
             }
         }
-        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs })
+        Ok(Module { kernels: self.kernels, globals: self.globals, unsupported: self.unsupported, target: self.target, funcs: self.funcs, func_by_addr, uses_heap })
     }
 
     /// A kernel that reaches an instruction the interpreter lacks (itself or in a device
@@ -1408,7 +1482,7 @@ impl Parser {
         if s.starts_with(".shared") {
             return Ok(()); // laid out in function()
         }
-        if s.starts_with(".loc") || s.starts_with(".pragma") || s.starts_with(".maxntid") || s.starts_with(".reqntid") || s.starts_with(".minnctapersm") || s.starts_with(".maxnreg") {
+        if s.starts_with(".loc") || s.starts_with(".callprototype") || s.starts_with(".pragma") || s.starts_with(".maxntid") || s.starts_with(".reqntid") || s.starts_with(".minnctapersm") || s.starts_with(".maxnreg") {
             return Ok(());
         }
         if s.starts_with(".param") {
@@ -1502,6 +1576,9 @@ impl Parser {
         }
         if let Some(&id) = f.sym_names.get(s) {
             return Ok(Opnd::Sym(id));
+        }
+        if let Some(&a) = self.func_names.get(s) {
+            return Ok(Opnd::Imm(FUNC_ADDR_BASE + a as u64 * FUNC_ADDR_STRIDE)); // a function's address
         }
         err(line, format!("unknown operand `{s}`"))
     }
@@ -1672,13 +1749,31 @@ impl Parser {
                         fmt: self.operand(f, line, fmt, Some(Ty::B64))?,
                         args: self.operand(f, line, a, Some(Ty::B64))?,
                     },
+                    // The C library's malloc/free, which CUDA provides on the device (unless
+                    // the module brings its own).
+                    ("malloc", [size]) if ret.is_some() && !self.func_bodies.contains("malloc") => Op::Malloc {
+                        ret: self.operand(f, line, ret.as_deref().unwrap_or(""), Some(Ty::B64))?,
+                        size: self.operand(f, line, size, Some(Ty::B64))?,
+                    },
+                    ("free", [ptr]) if ret.is_none() && !self.func_bodies.contains("free") => Op::Free { ptr: self.operand(f, line, ptr, Some(Ty::B64))? },
+                    ("__assertfail", [message, file, line_no, function, _char_size]) => Op::AssertFail {
+                        args: [message, file, line_no, function].map(|a| self.operand(f, line, a, Some(Ty::B64))).into_iter().collect::<Result<_, _>>()?,
+                    },
                     (name, _) if !name.is_empty() && !name.starts_with('%') => Op::Call {
                         name: name.to_string(),
                         callee: u32::MAX,
+                        via: None,
                         ret: ret.map(|r| self.operand(f, line, &r, None)).transpose()?,
                         args: args.iter().filter(|a| !a.is_empty()).map(|a| self.operand(f, line, a, None)).collect::<Result<_, _>>()?,
                     },
-                    // Calls through a function pointer are not run by the sim.
+                    // Through a function pointer: `call (ret), %rd, (args), prototype;`
+                    (reg, _) if reg.starts_with('%') => Op::Call {
+                        name: format!("the function at {reg}"),
+                        callee: u32::MAX,
+                        via: Some(self.operand(f, line, reg, Some(Ty::B64))?),
+                        ret: ret.map(|r| self.operand(f, line, &r, None)).transpose()?,
+                        args: args.iter().filter(|a| !a.is_empty()).map(|a| self.operand(f, line, a, None)).collect::<Result<_, _>>()?,
+                    },
                     _ => Op::Unsupported,
                 }
             }

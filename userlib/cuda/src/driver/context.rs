@@ -39,6 +39,43 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
     cuDevicePrimaryCtxRelease_v2(dev)
 }
 
+/// cuDevicePrimaryCtxReset: "explicitly destroys and cleans up all resources associated with the
+/// current device in the current process". Every context here shares the process's one mediator
+/// session, so that session is reset (device memory, streams, events, VMM freed; a sticky error
+/// cleared; modules kept, see DeviceSession::reset in host/src/backend.rs) and libcuda forgets
+/// what it kept about what was freed. The primary context stays retained (a reset does not
+/// release it) and keeps its handle and flags.
+/// Not freed, unlike CUDA: page-locked host memory (cuMemAllocHost) stays mapped and valid until
+/// cuMemFreeHost or exit, so that a late access cannot fault.
+fn reset_device(d: &'static state::Driver, dev: CUdevice) -> Result<(), CUresult> {
+    // Queued work first (its error, if any, is what the reset clears).
+    let _ = d.call(vgpu_uapi::proto::Op::Synchronize, &[]);
+    super::mirror::reset(d);
+    d.call(vgpu_uapi::proto::Op::SessionReset, &[])?;
+    d.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    super::stream::forget_all_streams();
+    super::graph::forget_all_graphs();
+    super::pool::forget_all_pools();
+    if let Some(h) = d.contexts().primary_if_exists(dev) {
+        crate::dark_api::cls_forget_context(h);
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
+    guard("cuDevicePrimaryCtxReset", || {
+        let d = driver()?;
+        d.device(dev)?;
+        reset_device(d, dev)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
+    cuDevicePrimaryCtxReset_v2(dev)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut u32, active: *mut c_int) -> CUresult {
     guard("cuDevicePrimaryCtxGetState", || {

@@ -109,6 +109,13 @@ struct Registry {
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
+/// cuDevicePrimaryCtxReset: graphs, their instantiations and captures belong to the context.
+pub(crate) fn forget_all_graphs() {
+    let next = registry().next;
+    // Handles are never reused, also across a reset.
+    *registry() = Registry { next, ..Registry::default() };
+}
+
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -206,7 +206,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if dptr == 0 {
             return Ok(());
         }
-        let d = ctx_driver()?;
+        // No current context needed: the pointer names its allocation (unified addressing), and
+        // numba frees its pending deallocations after popping its contexts (numba.cuda.close()).
+        let d = state::driver()?;
         if mirror::free_managed(d, dptr)? {
             return Ok(());
         }

@@ -362,6 +362,25 @@ pub fn device_pointer(d: &Driver, base: usize, len: usize, handle: Option<u64>, 
     Ok(dev + (p - base) as u64)
 }
 
+/// cuDevicePrimaryCtxReset: the device copies go with the session. Managed memory goes entirely
+/// (its host copy is unmapped: the pointer is freed memory now, as in CUDA); page-locked host
+/// memory keeps its pages and loses only its device copy.
+pub fn reset(d: &Driver) {
+    let pairs = {
+        let mut t = d.mirrors.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.by_host.clear();
+        std::mem::take(&mut t.by_device)
+    };
+    d.mirrors.any.store(false, Ordering::Release);
+    for (dev, m) in pairs.into_iter().filter(|(_, m)| m.managed) {
+        if let Some(h) = m.handle {
+            // The connection keeps registered host memory across a reset: ours goes here.
+            let _ = d.transport().unregister_host(h);
+        }
+        unmap_host_copy(dev, m.len);
+    }
+}
+
 /// Page-locked host memory at `base` is being freed or unregistered: its device copy goes too.
 pub fn forget_host(d: &Driver, base: usize) -> Result<(), CUresult> {
     if let Some(dev) = d.mirrors.device_of_host(base) {

@@ -77,14 +77,24 @@ struct Pools {
     current: Option<u64>,
 }
 
+fn fresh_pools(next: u64) -> Pools {
+    let mut p = Pools { next, ..Pools::default() };
+    p.pools.insert(DEFAULT_POOL, Pool::default());
+    p
+}
+
 fn pools() -> MutexGuard<'static, Pools> {
     static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
-    let m = POOLS.get_or_init(|| {
-        let mut p = Pools { next: DEFAULT_POOL + 1, ..Pools::default() };
-        p.pools.insert(DEFAULT_POOL, Pool::default());
-        Mutex::new(p)
-    });
+    let m = POOLS.get_or_init(|| Mutex::new(fresh_pools(DEFAULT_POOL + 1)));
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// cuDevicePrimaryCtxReset: the pools' memory went with the session; the default pool starts
+/// empty and the pools the application made are destroyed (their handles are not reused).
+pub(crate) fn forget_all_pools() {
+    let mut p = pools();
+    let next = p.next;
+    *p = fresh_pools(next);
 }
 
 fn pool_of(p: &mut Pools, h: Handle) -> Result<&mut Pool, CUresult> {

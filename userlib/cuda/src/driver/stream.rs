@@ -23,6 +23,11 @@ fn created() -> MutexGuard<'static, HashMap<u64, (c_uint, c_int)>> {
     CREATED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// cuDevicePrimaryCtxReset: the streams are gone.
+pub(crate) fn forget_all_streams() {
+    created().clear();
+}
+
 /// The device's stream priorities (cuCtxGetStreamPriorityRange): 0 is the least, -5 the greatest.
 pub(crate) const LEAST_PRIORITY: c_int = 0;
 pub(crate) const GREATEST_PRIORITY: c_int = -5;
