@@ -30,6 +30,8 @@ pub struct LaunchDims {
     pub block: [u32; 3],
     pub dynamic_shared_bytes: u32,
     pub stream: u64,
+    /// Every block resident at once (cuLaunchCooperativeKernel).
+    pub cooperative: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

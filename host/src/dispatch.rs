@@ -72,14 +72,14 @@ fn host_range(host: &mut HashMap<u64, memmap2::MmapMut>, handle: u64, offset: u6
 
 /// Requests that occupy the GPU (the scheduler's unit of work).
 fn is_gpu_work(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost)
+    matches!(op, Op::Launch | Op::LaunchCooperative | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost)
 }
 
 /// Requests during which a kernel runs: a launch (the sim runs it then), and the waits for the
 /// GPU and copies back that follow it on an asynchronous backend (cuda). Each is bounded by the
 /// VM's execution time limit.
 fn waits_for_kernels(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost)
+    matches!(op, Op::Launch | Op::LaunchCooperative | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost)
 }
 
 /// Requests answered while the context has a sticky error: what does not need the context (the
@@ -235,7 +235,7 @@ impl<'b> Connection<'b> {
                 // A kernel stopped by the limit leaves its context unusable, as a GPU's watchdog does.
                 self.sticky.get_or_insert_with(|| e.clone());
             }
-            (Ok(()), Op::Launch) => {
+            (Ok(()), Op::Launch | Op::LaunchCooperative) => {
                 vm.stats.launches.fetch_add(1, Ordering::Relaxed);
             }
             (Ok(()), Op::MemcpyHtoD) => {
@@ -532,7 +532,7 @@ impl<'b> Connection<'b> {
                     out.put(n.as_bytes());
                 }
             }
-            Op::Launch => {
+            Op::Launch | Op::LaunchCooperative => {
                 let f = r.u64()?;
                 let grid = [r.u32()?, r.u32()?, r.u32()?];
                 let block = [r.u32()?, r.u32()?, r.u32()?];
@@ -542,7 +542,7 @@ impl<'b> Connection<'b> {
                 if params.len() > MAX_PARAM_BYTES as usize {
                     return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "kernel parameters exceed 32764 bytes"));
                 }
-                let dims = LaunchDims { grid, block, dynamic_shared_bytes, stream };
+                let dims = LaunchDims { grid, block, dynamic_shared_bytes, stream, cooperative: op == Op::LaunchCooperative };
                 let printed = self.session()?.launch(f, dims, params)?;
                 out.extend_from_slice(&printed);
             }

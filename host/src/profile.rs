@@ -112,7 +112,9 @@ impl DeviceProfile {
             // Not (yet) implemented by vgpu, so reported as absent rather than faked:
             // Stream-ordered allocation and pools are served by libcuda (driver/pool.rs).
             (attr::MEMORY_POOLS_SUPPORTED, 1),
-            (attr::COOPERATIVE_LAUNCH, 0),
+            // Cooperative launches: the sim keeps every block of one resident; the cuda
+            // backend launches it with cuLaunchCooperativeKernel.
+            (attr::COOPERATIVE_LAUNCH, 1),
             (attr::HOST_REGISTER_SUPPORTED, 0),
         ] {
             a[id] = v;

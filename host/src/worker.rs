@@ -395,7 +395,7 @@ fn malformed(op: Op) -> CmdError {
 /// Requests sent ahead without waiting for their replies, as CUDA queues them on a stream: a
 /// failure is reported by a later call, as the driver reports a stream's errors.
 fn goes_ahead(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::Memset | Op::MemcpyHtoD | Op::MemcpyDtoD | Op::EventRecord | Op::StreamWaitEvent)
+    matches!(op, Op::Launch | Op::LaunchCooperative | Op::Memset | Op::MemcpyHtoD | Op::MemcpyDtoD | Op::EventRecord | Op::StreamWaitEvent)
 }
 
 /// Calls that report an earlier failure of work sent ahead: those that wait for it or read its
@@ -657,7 +657,7 @@ impl DeviceSession for RemoteSession {
         b.put_u32(dims.dynamic_shared_bytes);
         b.put_u64(dims.stream);
         self.timed_work_pending = true;
-        self.call(Op::Launch, &[&b, params])
+        self.call(if dims.cooperative { Op::LaunchCooperative } else { Op::Launch }, &[&b, params])
     }
 
     fn stream_create(&mut self, flags: u32, priority: i32) -> CmdResult<u64> {

@@ -56,7 +56,7 @@ fn addresses_handles_and_session_ends() {
     let s = a.stream_create(0, 0).unwrap();
     assert_eq!(b.stream_synchronize(s).unwrap_err().code, CUDA_ERROR_INVALID_HANDLE);
     assert_eq!(b.module_get_function(0x11, "k").unwrap_err().code, CUDA_ERROR_INVALID_HANDLE);
-    let dims = LaunchDims { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0, stream: 0 };
+    let dims = LaunchDims { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0, stream: 0, cooperative: false };
     assert_eq!(b.launch(0x99, dims, &[]).unwrap_err().code, CUDA_ERROR_INVALID_HANDLE);
 
     // A kernel through the driver: the sim behind it runs it.
@@ -74,7 +74,7 @@ fn addresses_handles_and_session_ends() {
     for ((off, size), v) in params.iter().zip([x, y, z, n as u64]) {
         p[*off as usize..(*off + *size) as usize].copy_from_slice(&v.to_le_bytes()[..*size as usize]);
     }
-    a.launch(f.handle, LaunchDims { grid: [1, 1, 1], block: [n, 1, 1], dynamic_shared_bytes: 0, stream: s }, &p).unwrap();
+    a.launch(f.handle, LaunchDims { grid: [1, 1, 1], block: [n, 1, 1], dynamic_shared_bytes: 0, stream: s, cooperative: false }, &p).unwrap();
     a.stream_synchronize(s).unwrap();
     let mut out = vec![0u8; 4 * n as usize];
     a.read(z, &mut out).unwrap();

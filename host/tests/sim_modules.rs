@@ -59,7 +59,7 @@ fn address_initializers_labels_before_braces_and_lacking_instructions() {
     assert_eq!(u64::from_le_bytes(b[8..].try_into().unwrap()), table + 8);
     let (f, _) = s.module_get_function(m, "follow").unwrap();
     let out = s.mem_alloc(4).unwrap();
-    let dims = LaunchDims { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0, stream: 0 };
+    let dims = LaunchDims { grid: [1, 1, 1], block: [1, 1, 1], dynamic_shared_bytes: 0, stream: 0, cooperative: false };
     s.launch(f.handle, dims, &out.to_le_bytes()).unwrap();
     s.synchronize().unwrap();
     let mut r = [0u8; 4];

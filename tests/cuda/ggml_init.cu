@@ -194,7 +194,8 @@ int main() {
   }
 
   // cudaLaunchKernelEx with programmatic stream serialization (as recent ggml launches some
-  // kernels): allowed; a cooperative launch is refused, not run as an ordinary one.
+  // kernels): allowed. A cooperative launch runs with all its blocks resident; one larger than
+  // the device holds at once is refused with cudaErrorCooperativeLaunchTooLarge, as CUDA does.
   {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(1);
@@ -218,8 +219,17 @@ int main() {
     }
     at[0].id = cudaLaunchAttributeCooperative;
     at[0].val.cooperative = 1;
+    CK(cudaMemset(normed, 0, cols * sizeof(float)));
+    CK(cudaLaunchKernelEx(&cfg, rms_norm, (const float *)v, normed, cols, 1e-6f));
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaMemcpy(hn.data(), normed, cols * sizeof(float), cudaMemcpyDeviceToHost));
+    for (int c = 0; c < cols; c++) {
+      double want = pinned[c] / sqrt(ss / cols + 1e-6);
+      EXPECT(fabs(hn[c] - want) < 1e-4, "cooperative launch result %d: %f, want %f", c, hn[c], want);
+    }
+    cfg.gridDim = dim3(1 << 20);
     cudaError_t e = cudaLaunchKernelEx(&cfg, rms_norm, (const float *)v, normed, cols, 1e-6f);
-    EXPECT(e == cudaErrorNotSupported, "cooperative launch: %s", cudaGetErrorName(e));
+    EXPECT(e == cudaErrorCooperativeLaunchTooLarge, "cooperative launch of 2^20 blocks: %s", cudaGetErrorName(e));
     (void)cudaGetLastError();
   }
 

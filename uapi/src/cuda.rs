@@ -32,6 +32,7 @@ pub const CUDA_ERROR_MISALIGNED_ADDRESS: CuResult = 716;
 pub const CUDA_ERROR_INVALID_ADDRESS_SPACE: CuResult = 717;
 pub const CUDA_ERROR_INVALID_PC: CuResult = 718;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
+pub const CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: CuResult = 720;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
 pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
@@ -106,6 +107,7 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
             ("CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED", "pointer does not correspond to a registered memory region")
         }
         CUDA_ERROR_LAUNCH_FAILED => ("CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"),
+        CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE => ("CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE", "too many blocks in cooperative launch"),
         CUDA_ERROR_NOT_PERMITTED => ("CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
         CUDA_ERROR_NOT_SUPPORTED => ("CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
         CUDA_ERROR_SYSTEM_NOT_READY => ("CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"),

@@ -134,6 +134,9 @@ opcodes! {
     /// -> reply: the kernel's device printf output bytes.. (at most 1 MiB; libcuda writes them
     /// to the process's stdout)
     Launch = 30,
+    /// req and reply as Launch: a cooperative launch (cuLaunchCooperativeKernel), whose blocks
+    /// are all resident at once so that they may synchronize the whole grid
+    LaunchCooperative = 31,
     /// req: flags u32, priority i32 -> reply: stream u64
     StreamCreate = 40,
     /// req: stream u64 -> reply:

@@ -73,6 +73,7 @@ entry_points! {
     cuFuncSetAttribute: fn(Ptr, c_int, c_int);
     cuFuncGetParamInfo: fn(Ptr, usize, *mut usize, *mut usize);
     cuLaunchKernel: fn(Ptr, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Ptr, *mut *mut c_void, *mut *mut c_void);
+    cuLaunchCooperativeKernel: fn(Ptr, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Ptr, *mut *mut c_void);
     cuStreamCreate: fn(*mut Ptr, c_uint);
     cuStreamDestroy_v2: fn(Ptr);
     cuStreamSynchronize: fn(Ptr);

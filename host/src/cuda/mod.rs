@@ -667,9 +667,15 @@ impl DeviceSession for CudaSession {
             // SAFETY: an event of this session on this session's stream.
             unsafe { (self.drv.api.cuEventRecord)(start.0, stream) };
         }
-        // SAFETY: a function of this session; `ptrs` point into `params`, which outlives the
-        // call (the driver copies the parameters at launch); the stream is this session's.
-        let r = unsafe { (self.drv.api.cuLaunchKernel)(raw.0, gx, gy, gz, bx, by, bz, dims.dynamic_shared_bytes, stream, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+        let r = if dims.cooperative {
+            // SAFETY: as for cuLaunchKernel below.
+            unsafe { (self.drv.api.cuLaunchCooperativeKernel)(raw.0, gx, gy, gz, bx, by, bz, dims.dynamic_shared_bytes, stream, ptrs.as_mut_ptr()) }
+        } else {
+            // SAFETY: a function of this session; `ptrs` point into `params`, which outlives
+            // the call (the driver copies the parameters at launch); the stream is this
+            // session's.
+            unsafe { (self.drv.api.cuLaunchKernel)(raw.0, gx, gy, gz, bx, by, bz, dims.dynamic_shared_bytes, stream, ptrs.as_mut_ptr(), std::ptr::null_mut()) }
+        };
         match timed {
             Some((start, end)) if r == CUDA_SUCCESS => {
                 // SAFETY: as above.

@@ -422,7 +422,7 @@ fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
             let msg = String::from_utf8_lossy(&payload);
             vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(status).map_or("?", |n| n.0));
             io.ch.deferred.get_or_insert(status);
-        } else if op == Op::Launch {
+        } else if matches!(op, Op::Launch | Op::LaunchCooperative) {
             io.ch.output.extend_from_slice(&payload);
         }
     }

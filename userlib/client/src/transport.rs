@@ -262,7 +262,7 @@ fn read_replies(s: UnixStream, r: &Replies) {
             let msg = String::from_utf8_lossy(&payload);
             vlog!(crate::log::WARN, "asynchronous {op:?} failed ({}): {msg}", error_name(h.status).map_or("?", |n| n.0));
             st.deferred.get_or_insert(h.status);
-        } else if op == Op::Launch {
+        } else if matches!(op, Op::Launch | Op::LaunchCooperative) {
             st.output.extend_from_slice(&payload);
         }
         r.cv.notify_all();

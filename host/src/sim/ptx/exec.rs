@@ -53,6 +53,11 @@ const AT_WARP: u8 = 3;
 const RETURNED: u8 = 4;
 /// `call` reached (pc still at it): run_thread pushes the callee's frame.
 const CALLED: u8 = 5;
+/// At a grid-wide barrier (cooperative groups' grid.sync()), pc still at it.
+const AT_GRID: u8 = 6;
+
+/// What the blocks of one grid-synchronizing launch may hold at once (they are all resident).
+const MAX_COOPERATIVE_BYTES: u64 = 1 << 30;
 
 /// Local memory per thread for device-function frames (CUDA's default stack is 1 KiB).
 const CALL_STACK: u64 = 16 << 10;
@@ -161,7 +166,19 @@ pub fn launch_with_budget(
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
     let work = || run_blocks(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks, heap);
-    if workers == 1 || nblocks * nthreads < 2048 {
+    if k.grid_sync {
+        // Every block resident at once, as a cooperative launch guarantees.
+        let per_block = nthreads * (block_bufs.nregs as u64 * 8 + per_thread_local + 16) + shared_bytes;
+        if nblocks.saturating_mul(per_block) > MAX_COOPERATIVE_BYTES {
+            return Err(ExecError::OutOfResources(format!(
+                "{} synchronizes its whole grid: its {nblocks} blocks must be resident together, {} MiB, more than the sim's {} MiB",
+                k.name,
+                nblocks.saturating_mul(per_block) >> 20,
+                MAX_COOPERATIVE_BYTES >> 20
+            )));
+        }
+        run_cooperative(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks, heap);
+    } else if workers == 1 || nblocks * nthreads < 2048 {
         work();
     } else {
         std::thread::scope(|s| {
@@ -274,6 +291,102 @@ fn run_blocks(
         }
     }
     // What the checkpoints have not added yet.
+    run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
+}
+
+/// The handle cudaCGGetIntrinsicHandle gives for the grid.
+const GRID_HANDLE: u64 = 0x6772_6964;
+
+/// One block's threads, kept while the other blocks of a grid-synchronizing launch run.
+struct ResidentBlock {
+    regs: Vec<u64>,
+    local: Vec<u8>,
+    pcs: Vec<u32>,
+    state: Vec<u8>,
+    calls: Vec<Vec<Frame>>,
+    shared: Vec<u8>,
+    done: bool,
+}
+
+/// A launch whose kernel synchronizes the whole grid: every block is resident (its threads'
+/// state kept), and they run in turns on this host thread, each until its threads have exited
+/// or wait at the grid barrier; once all blocks are there, the barrier opens for all.
+#[allow(clippy::too_many_arguments)]
+fn run_cooperative(
+    module: &Module,
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    globals: &HashMap<String, u64>,
+    global: &Global<'_>,
+    run: &LaunchRun,
+    b: &BlockShape,
+    nblocks: u64,
+    heap: Option<&super::heap::DeviceHeap>,
+) {
+    let syms = symbol_values(module, k, k, None, globals, 0);
+    let mut ctx = Ctx {
+        module,
+        globals,
+        kernel: k,
+        k,
+        params,
+        syms,
+        stack_top: k.local_bytes as u64,
+        mem: global,
+        shared: Vec::new(),
+        cfg,
+        ctaid: [0; 3],
+        executed: 0,
+        next_check: CHECK_EVERY,
+        run,
+        output: Vec::new(),
+        heap,
+    };
+    let mut blocks: Vec<ResidentBlock> = (0..nblocks)
+        .map(|_| ResidentBlock {
+            regs: vec![0u64; b.nthreads * b.nregs],
+            local: vec![0u8; b.nthreads * b.per_thread_local],
+            pcs: vec![0u32; b.nthreads],
+            state: vec![RUN; b.nthreads],
+            calls: (0..b.nthreads).map(|_| Vec::new()).collect(),
+            shared: vec![0u8; b.shared_bytes],
+            done: false,
+        })
+        .collect();
+    let (gx, gy) = (cfg.grid[0] as u64, cfg.grid[1] as u64);
+    'rounds: loop {
+        for (n, blk) in blocks.iter_mut().enumerate().filter(|(_, blk)| !blk.done) {
+            let n = n as u64;
+            ctx.ctaid = [(n % gx) as u32, ((n / gx) % gy) as u32, (n / (gx * gy)) as u32];
+            std::mem::swap(&mut ctx.shared, &mut blk.shared);
+            let r = ctx.resume_block(b, &mut blk.regs, &mut blk.local, &mut blk.pcs, &mut blk.state, &mut blk.calls);
+            std::mem::swap(&mut ctx.shared, &mut blk.shared);
+            if !ctx.output.is_empty() {
+                run.outputs.lock().unwrap_or_else(|e| e.into_inner()).push((n, std::mem::take(&mut ctx.output)));
+            }
+            match r {
+                Ok(done) => blk.done = done,
+                Err(e) => {
+                    run.stop.store(true, Ordering::Relaxed);
+                    run.errors.lock().unwrap_or_else(|e| e.into_inner()).push((n, e));
+                    break 'rounds;
+                }
+            }
+        }
+        if blocks.iter().all(|blk| blk.done) {
+            break;
+        }
+        // Every block still running waits at the grid barrier: it opens.
+        for blk in blocks.iter_mut().filter(|blk| !blk.done) {
+            for t in 0..b.nthreads {
+                if blk.state[t] == AT_GRID {
+                    blk.state[t] = RUN;
+                    blk.pcs[t] += 1;
+                }
+            }
+        }
+    }
     run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
 }
 
@@ -502,13 +615,23 @@ fn addr_in(o: &Opnd, regs: &[u64], syms: &[u64]) -> Option<u64> {
 impl<'a> Ctx<'a> {
     /// Runs the block `self.ctaid` to its end.
     fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
-        let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
         self.shared.fill(0);
         regs.fill(0);
         local.fill(0);
         pcs.fill(0);
         state.fill(RUN);
         calls.iter_mut().for_each(Vec::clear);
+        if self.resume_block(b, regs, local, pcs, state, calls)? {
+            Ok(())
+        } else {
+            Err(ExecError::Undefined(format!("a grid-wide synchronization reached through a function pointer in {}, a launch whose blocks are not all resident", self.kernel.name)))
+        }
+    }
+
+    /// Runs the block `self.ctaid` from where its threads are until all have exited (true) or
+    /// all that have not wait at a grid-wide barrier (false; they resume after it).
+    fn resume_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+        let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
         loop {
             for t in 0..nthreads {
                 if state[t] != RUN {
@@ -523,7 +646,11 @@ impl<'a> Ctx<'a> {
             }
             let live = state.iter().filter(|&&s| s != DONE).count();
             if live == 0 {
-                return Ok(()); // every thread has exited
+                return Ok(true); // every thread has exited
+            }
+            let at_grid = state.iter().filter(|&&s| s == AT_GRID).count();
+            if at_grid == live {
+                return Ok(false);
             }
             if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
                 let (f, i) = self.lane_inst(pcs[t], &calls[t]);
@@ -531,6 +658,11 @@ impl<'a> Ctx<'a> {
                     "thread {t} waits at {} for lanes of its mask that wait elsewhere (at a block barrier or another warp collective)",
                     at_in(f, i)
                 )));
+            }
+            if at_grid > 0 {
+                let t = state.iter().position(|&s| s == AT_BARRIER).unwrap_or(0);
+                let (f, i) = self.lane_inst(pcs[t], &calls[t]);
+                return Err(ExecError::BarrierDeadlock(format!("thread {t} waits at {} while other threads of its block wait at a grid-wide synchronization", at_in(f, i))));
             }
             // Everyone still alive is at a barrier: release them (exited threads count as
             // arrived, as on the hardware).
@@ -942,6 +1074,10 @@ impl<'a> Ctx<'a> {
                 Op::Call { .. } => return Ok(CALLED),
                 Op::Bar { .. } => return Ok(AT_BARRIER),
                 Op::Warp { .. } => return Ok(AT_WARP),
+                Op::GridSync { .. } => {
+                    self.step(inst, tid, linear, regs, local)?; // its result, cudaSuccess
+                    return Ok(AT_GRID);
+                }
                 _ => self.step(inst, tid, linear, regs, local)?,
             }
             *pc += 1;
@@ -1594,6 +1730,23 @@ impl<'a> Ctx<'a> {
                     "{file}:{line}: {function}: block: [{},{},{}], thread: [{},{},{}] Assertion `{message}` failed.",
                     c[0], c[1], c[2], t[0], t[1], t[2]
                 )));
+            }
+            Op::CgHandle { ret, scope } => {
+                let scope = self.load(Space::Local, self.addr(scope, regs, i)?, Ty::B32, local, i)?;
+                // Only the grid's (scope 1); a multi-device grid is not something the sim has.
+                if scope != 1 {
+                    return Err(ExecError::Unsupported(format!("cooperative groups scope {scope} in {}", self.at(i))));
+                }
+                self.store(Space::Local, self.addr(ret, regs, i)?, Ty::B64, GRID_HANDLE, local, i)?;
+            }
+            Op::GridSync { ret, handle } => {
+                let h = self.load(Space::Local, self.addr(handle, regs, i)?, Ty::B64, local, i)?;
+                if h != GRID_HANDLE {
+                    return Err(ExecError::Undefined(format!("grid synchronization with handle {h:#x}, which cudaCGGetIntrinsicHandle did not give, in {}", self.at(i))));
+                }
+                if let Some(r) = ret {
+                    self.store(Space::Local, self.addr(r, regs, i)?, Ty::B32, 0, local, i)?;
+                }
             }
             Op::Malloc { ret, size } => {
                 let heap = self.heap.ok_or_else(|| ExecError::Unsupported(format!("device-side malloc without a device heap in {}", self.at(i))))?;

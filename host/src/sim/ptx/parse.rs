@@ -423,6 +423,11 @@ pub enum Op {
     Malloc { ret: Opnd, size: Opnd },
     /// `call free, (ptr)`.
     Free { ptr: Opnd },
+    /// `call (ret), cudaCGGetIntrinsicHandle, (scope)`.
+    CgHandle { ret: Opnd, scope: Opnd },
+    /// `call (ret), cudaCGSynchronize, (handle, flags)`: every thread of the grid waits here
+    /// for all the others (run by exec as a barrier over all the grid's blocks).
+    GridSync { ret: Option<Opnd>, handle: Opnd },
     /// `ret`: ends the thread in a kernel, returns to the caller in a device function.
     Ret,
     /// Arithmetic on two halves packed in 32 bits (`.f16x2`/`.bf16x2`), lane by lane: `op` is
@@ -494,6 +499,9 @@ pub struct Kernel {
     pub max_threads: u32,
     /// `.reqntid`: the only block shape it may be launched with.
     pub req_block: Option<[u32; 3]>,
+    /// It (or a device function it calls) synchronizes the whole grid (cooperative groups'
+    /// grid.sync()): its blocks must all be resident at once.
+    pub grid_sync: bool,
     /// Registers per thread a compiler would give it: the most 32-bit registers its PTX keeps
     /// live at once (see `register_estimate`), at most `.maxnreg`.
     pub regs: u32,
@@ -1166,6 +1174,7 @@ impl Parser {
         }
         let uses_heap = self.kernels.iter().chain(&self.funcs).flat_map(|k| &k.insts).any(|i| matches!(i.op, Op::Malloc { .. } | Op::Free { .. }));
         self.reject_lacking();
+        self.mark_grid_sync();
         self.place_func_shared();
         // Initializers that are functions' addresses (C++ vtables, tables of function
         // pointers) get them now; the rest must name the module's own variables.
@@ -1231,6 +1240,34 @@ impl Parser {
             None => true,
         });
         self.unsupported.extend(rejected);
+    }
+
+    /// Kernels that reach a grid-wide barrier (themselves or in a device function they call).
+    fn mark_grid_sync(&mut self) {
+        let funcs = &self.funcs;
+        let reaches = |k: &Kernel| -> bool {
+            let mut seen = vec![false; funcs.len()];
+            let mut todo = vec![k];
+            while let Some(f) = todo.pop() {
+                for i in &f.insts {
+                    match &i.op {
+                        Op::GridSync { .. } => return true,
+                        Op::Call { callee, .. } => {
+                            if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
+                                seen[*callee as usize] = true;
+                                todo.push(c);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            false
+        };
+        let marks: Vec<bool> = self.kernels.iter().map(reaches).collect();
+        for (k, m) in self.kernels.iter_mut().zip(marks) {
+            k.grid_sync = m;
+        }
     }
 
     /// Device functions' own shared variables: each kernel gets those of the functions it
@@ -1452,6 +1489,7 @@ impl Parser {
             func_shared: if is_func { func_own as u32 } else { 0 },
             func_shared_at: Vec::new(),
             ret,
+            grid_sync: false,
         })
     }
 
@@ -1756,6 +1794,16 @@ impl Parser {
                         size: self.operand(f, line, size, Some(Ty::B64))?,
                     },
                     ("free", [ptr]) if ret.is_none() && !self.func_bodies.contains("free") => Op::Free { ptr: self.operand(f, line, ptr, Some(Ty::B64))? },
+                    // Cooperative groups' grid-wide barrier, which CUDA provides in libcudadevrt:
+                    // the handle of a scope (1: the grid), and the barrier over it.
+                    ("cudaCGGetIntrinsicHandle", [scope]) if ret.is_some() && !self.func_bodies.contains(callee) => Op::CgHandle {
+                        ret: self.operand(f, line, ret.as_deref().unwrap_or(""), Some(Ty::B64))?,
+                        scope: self.operand(f, line, scope, Some(Ty::B32))?,
+                    },
+                    ("cudaCGSynchronize" | "cudaCGSynchronizeGrid", [handle, _flags]) if !self.func_bodies.contains(callee) => Op::GridSync {
+                        ret: ret.map(|r| self.operand(f, line, &r, Some(Ty::B32))).transpose()?,
+                        handle: self.operand(f, line, handle, Some(Ty::B64))?,
+                    },
                     ("__assertfail", [message, file, line_no, function, _char_size]) => Op::AssertFail {
                         args: [message, file, line_no, function].map(|a| self.operand(f, line, a, Some(Ty::B64))).into_iter().collect::<Result<_, _>>()?,
                     },

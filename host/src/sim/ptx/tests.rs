@@ -777,3 +777,53 @@ fn an_instruction_after_a_label_and_a_line_directive_runs() {
     run(&m, "k", [1, 1, 1], [1, 1, 1], 0, &[out, 41], &mut mem).unwrap();
     assert_eq!(read::<u32>(mem.get(out), 1), [42]);
 }
+
+/// Cooperative groups' grid-wide barrier (what numba and nvcc emit for `grid.sync()`): each
+/// thread writes its index, the grid synchronizes, then each reads the next thread's, which for
+/// the last thread of a block belongs to the next block. Without all blocks waiting for each
+/// other, a block would read the next block's value before it was written (0).
+const GRID_SYNC_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+.extern .func (.param .b64 func_retval0) cudaCGGetIntrinsicHandle(.param .b32 p0);
+.extern .func (.param .b32 func_retval0) cudaCGSynchronize(.param .b64 p0, .param .b32 p1);
+.visible .entry next_after_sync(.param .u64 a, .param .u64 b, .param .u32 n) {
+  .reg .b32 %r<8>; .reg .b64 %rd<12>;
+  ld.param.u64 %rd1, [a]; ld.param.u64 %rd2, [b]; ld.param.u32 %r1, [n];
+  mov.u32 %r2, %ctaid.x; mov.u32 %r3, %ntid.x; mov.u32 %r4, %tid.x;
+  mad.lo.s32 %r5, %r2, %r3, %r4;
+  mul.wide.u32 %rd3, %r5, 4; add.s64 %rd4, %rd1, %rd3;
+  add.s32 %r6, %r5, 1; st.global.u32 [%rd4], %r6;
+  { .param .b32 param0; st.param.b32 [param0], 1;
+    .param .b64 retval0;
+    call.uni (retval0), cudaCGGetIntrinsicHandle, (param0);
+    ld.param.b64 %rd5, [retval0]; }
+  { .param .b64 param0; st.param.b64 [param0], %rd5;
+    .param .b32 param1; st.param.b32 [param1], 0;
+    .param .b32 retval0;
+    call.uni (retval0), cudaCGSynchronize, (param0, param1);
+    ld.param.b32 %r7, [retval0]; }
+  add.s32 %r6, %r5, 1; rem.u32 %r6, %r6, %r1;
+  mul.wide.u32 %rd6, %r6, 4; add.s64 %rd7, %rd1, %rd6; ld.global.u32 %r6, [%rd7];
+  add.s64 %rd8, %rd2, %rd3; add.s32 %r6, %r6, %r7; st.global.u32 [%rd8], %r6;
+  ret;
+}
+"#;
+
+#[test]
+fn a_grid_sync_waits_for_every_block() {
+    let m = Module::parse(GRID_SYNC_PTX).unwrap();
+    assert!(m.kernel("next_after_sync").unwrap().grid_sync);
+    let (blocks, threads) = (8u32, 32u32);
+    let n = blocks * threads;
+    let mut mem = Mem::default();
+    let a = mem.alloc(&vec![0u8; n as usize * 4]);
+    let b = mem.alloc(&vec![0u8; n as usize * 4]);
+    run(&m, "next_after_sync", [blocks, 1, 1], [threads, 1, 1], 0, &[a, b, n as u64], &mut mem).unwrap();
+    let got: Vec<u32> = read(mem.get(b), n as usize);
+    // Thread i wrote i + 1; after the barrier it reads thread (i + 1) % n's value; the barrier
+    // returned cudaSuccess (0).
+    let want: Vec<u32> = (0..n).map(|i| (i + 1) % n + 1).collect();
+    assert_eq!(got, want);
+}

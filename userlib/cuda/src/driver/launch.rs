@@ -57,9 +57,24 @@ pub(crate) unsafe fn pack_params(meta: &state::KernelMeta, params: *mut *mut c_v
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<(), CUresult> {
+    // SAFETY: forwarded API contract.
+    unsafe { launch_as(f, grid, block, shared, stream, params, extra, false) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_as(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void, cooperative: bool) -> Result<(), CUresult> {
     let (d, _) = state::current_device()?;
     let meta = kernel_meta(f)?;
     check_geometry(&meta, grid, block, shared)?;
+    if cooperative {
+        super::module::check_cooperative(f, grid, block, shared as usize)?;
+        // A graph's kernel node does not keep "cooperative" yet: refused (the capture is
+        // invalidated, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) rather than lost.
+        super::graph::forbid_while_capturing(stream)?;
+        // SAFETY: forwarded API contract.
+        let packed = unsafe { pack_params(&meta, params, extra)? };
+        return submit(d, Op::LaunchCooperative, &meta, grid, block, shared, stream, &packed);
+    }
     // SAFETY: forwarded API contract.
     let packed = unsafe { pack_params(&meta, params, extra)? };
     // On a capturing stream the launch becomes a graph node (its parameters copied now).
@@ -71,6 +86,11 @@ unsafe fn launch(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uin
 
 /// Sends one launch with its packed parameters, and writes what the kernel printed.
 pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, packed: &[u8]) -> Result<(), CUresult> {
+    submit(d, Op::Launch, meta, grid, block, shared, stream, packed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit(d: &state::Driver, op: Op, meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, packed: &[u8]) -> Result<(), CUresult> {
     let mut head = Vec::with_capacity(48);
     head.extend_from_slice(&meta.info.handle.to_le_bytes());
     for v in grid.iter().chain(block.iter()).chain(std::iter::once(&shared)) {
@@ -79,7 +99,7 @@ pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [
     head.extend_from_slice(&handle_of(stream).to_le_bytes());
     d.mirrors.before_work(d, true)?;
     // Queued: what the kernel prints comes out at the next synchronizing call.
-    if let Some(printed) = d.call_async(Op::Launch, &[&head, packed])? {
+    if let Some(printed) = d.call_async(op, &[&head, packed])? {
         write_device_printf(&printed);
     }
     Ok(())
@@ -173,11 +193,14 @@ pub struct LaunchAttribute {
 }
 
 /// Launch attributes that only hint or allow overlap keep their meaning when kernels run one
-/// after another, as they do in vgpu; the ones that change what a kernel may do (cooperative
-/// grids, clusters, programmatic events) are refused rather than ignored.
-unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> Result<(), CUresult> {
+/// after another, as they do in vgpu; the ones that change what a kernel may do (clusters,
+/// programmatic events) are refused rather than ignored. Returns whether the launch is
+/// cooperative (its grid must then fit on the device at once; the sim keeps every block of a
+/// kernel that synchronizes its grid resident, whichever way it is launched).
+unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> Result<bool, CUresult> {
+    let mut cooperative = false;
     if n == 0 {
-        return Ok(());
+        return Ok(false);
     }
     if attrs.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -190,8 +213,11 @@ unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> R
             // PROGRAMMATIC_STREAM_SERIALIZATION, PRIORITY, MEM_SYNC_DOMAIN_MAP, MEM_SYNC_DOMAIN,
             // PREFERRED_SHARED_MEMORY_CARVEOUT
             0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 14 => true,
-            // COOPERATIVE: only "not cooperative".
-            2 => word(0) == 0,
+            // COOPERATIVE
+            2 => {
+                cooperative = word(0) != 0;
+                true
+            }
             // CLUSTER_DIMENSION: only clusters of one block.
             4 => (0..3).all(|i| word(i) <= 1),
             _ => false,
@@ -201,7 +227,7 @@ unsafe fn check_launch_attributes(attrs: *const LaunchAttribute, n: c_uint) -> R
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
     }
-    Ok(())
+    Ok(cooperative)
 }
 
 /// The cluster shape a launch configuration asks for (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION),
@@ -243,9 +269,28 @@ pub unsafe extern "C" fn cuLaunchKernelEx(config: *const LaunchConfig, f: Handle
         // SAFETY: non-null pointer to a CUlaunchConfig (API contract).
         let c = unsafe { &*config };
         // SAFETY: `attrs` holds `num_attrs` CUlaunchAttribute (API contract).
-        unsafe { check_launch_attributes(c.attrs, c.num_attrs)? };
-        unsafe { launch(f, c.grid, c.block, c.shared, c.stream, params, extra) }
+        let cooperative = unsafe { check_launch_attributes(c.attrs, c.num_attrs)? };
+        // SAFETY: forwarded API contract.
+        unsafe { launch_as(f, c.grid, c.block, c.shared, c.stream, params, extra, cooperative) }
     })
+}
+
+/// A launch whose blocks may all synchronize (cooperative groups' grid.sync()): the grid must
+/// fit on the device at once.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(f: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: Handle, params: *mut *mut c_void) -> CUresult {
+    guard("cuLaunchCooperativeKernel", || {
+        // SAFETY: forwarded API contract (kernelParams as for cuLaunchKernel; no `extra`).
+        unsafe { launch_as(f, [gx, gy, gz], [bx, by, bz], shared, stream, params, std::ptr::null_mut(), true) }
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(f: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: Handle, params: *mut *mut c_void) -> CUresult {
+    // SAFETY: same contract.
+    unsafe { cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params) }
 }
 
 #[no_mangle]

@@ -4,9 +4,11 @@
 //! that another input defines is dropped, since the joined module defines it), which
 //! cuModuleLoadData then loads as any PTX: the sim runs it, a GPU's driver compiles it. A single
 //! input that is a fatbin or a cubin is handed on as it is (the module loader decides: the sim
-//! takes the PTX out of a fatbin and refuses SASS with CUDA_ERROR_NO_BINARY_FOR_GPU). Anything
-//! else (SASS objects to link together, archives such as libcudadevrt.a) is
-//! CUDA_ERROR_NOT_SUPPORTED, said in the error log buffer the caller gave.
+//! takes the PTX out of a fatbin and refuses SASS with CUDA_ERROR_NO_BINARY_FOR_GPU).
+//! CUDA's device runtime library, libcudadevrt.a, is taken and left out: what PTX calls of it
+//! (cooperative groups' cudaCGGetIntrinsicHandle and cudaCGSynchronize) the sim provides itself.
+//! Anything else (SASS objects to link together, other archives) is CUDA_ERROR_NOT_SUPPORTED,
+//! said in the error log buffer the caller gave.
 
 use super::*;
 use std::collections::HashMap;
@@ -18,6 +20,14 @@ use std::sync::{Mutex, OnceLock};
 const INPUT_CUBIN: u32 = 0;
 const INPUT_PTX: u32 = 1;
 const INPUT_FATBINARY: u32 = 2;
+const INPUT_LIBRARY: u32 = 4;
+
+/// CUDA's device runtime library (by its name, as numba and nvcc pass it, and an `ar` archive's
+/// magic).
+fn is_cudadevrt(name: &str, data: &[u8]) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    file.starts_with("libcudadevrt") && data.starts_with(b"!<arch>\n")
+}
 // CUjit_option (cuda.h): the log buffers.
 const OPT_MAX_REGISTERS: u32 = 0;
 const OPT_INFO_LOG_BUFFER: u32 = 3;
@@ -137,6 +147,11 @@ fn add(state: Handle, kind: u32, data: Vec<u8>, name: &str) -> Result<(), CUresu
     match kind {
         INPUT_PTX | INPUT_CUBIN | INPUT_FATBINARY => {
             link.inputs.push((kind, data));
+            Ok(())
+        }
+        // CU_JIT_INPUT_LIBRARY: the device runtime (an `ar` archive of SASS objects).
+        INPUT_LIBRARY if is_cudadevrt(name, &data) => {
+            vlog!(crate::log::DEBUG, "cuLinkAddData: {name} left out: the sim provides the device runtime's cooperative-groups calls");
             Ok(())
         }
         _ => {

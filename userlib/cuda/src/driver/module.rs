@@ -378,6 +378,20 @@ fn occupancy_inputs(f: Handle) -> Result<(KernelMeta, [c_int; vgpu_uapi::cuda::D
     Ok((k, d.device(dev)?.attrs))
 }
 
+/// A cooperative launch's check: all of the grid's blocks must be resident on the device at
+/// once (the occupancy API's blocks per multiprocessor times the multiprocessors), else
+/// CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, as CUDA answers.
+pub(crate) fn check_cooperative(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], dyn_smem: usize) -> Result<(), CUresult> {
+    let (k, a) = occupancy_inputs(f)?;
+    let threads = block.iter().map(|&b| b as u64).product::<u64>();
+    let per_sm = occupancy(&k, &a, c_int::try_from(threads).map_err(|_| CUDA_ERROR_INVALID_VALUE)?, dyn_smem).max(0) as u64;
+    let resident = per_sm * a[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT].max(0) as u64;
+    if grid.iter().map(|&g| g as u64).product::<u64>() > resident {
+        return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+    }
+    Ok(())
+}
+
 fn active_blocks(n: *mut c_int, f: Handle, block_size: c_int, dyn_smem: usize) -> Result<(), CUresult> {
     let (k, a) = occupancy_inputs(f)?;
     put(n, occupancy(&k, &a, block_size, dyn_smem))
