@@ -165,7 +165,8 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let work = || run_blocks(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks, heap);
+    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap };
+    let work = || run_blocks(l, &block_bufs, nblocks);
     if k.grid_sync {
         // Every block resident at once, as a cooperative launch guarantees.
         let per_block = nthreads * (block_bufs.nregs as u64 * 8 + per_thread_local + 16) + shared_bytes;
@@ -177,7 +178,7 @@ pub fn launch_with_budget(
                 MAX_COOPERATIVE_BYTES >> 20
             )));
         }
-        run_cooperative(module, k, cfg, params, globals, &global, &run, &block_bufs, nblocks, heap);
+        run_cooperative(l, &block_bufs, nblocks);
     } else if workers == 1 || nblocks * nthreads < 2048 {
         work();
     } else {
@@ -230,46 +231,56 @@ struct BlockShape {
     shared_bytes: usize,
 }
 
+/// What every host thread of a launch works from.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    module: &'a Module,
+    k: &'a Kernel,
+    cfg: &'a LaunchConfig,
+    params: &'a [u8],
+    globals: &'a HashMap<String, u64>,
+    global: &'a Global<'a>,
+    run: &'a LaunchRun,
+    heap: Option<&'a super::heap::DeviceHeap>,
+}
+
+impl<'a> Launch<'a> {
+    /// An interpreter for the launch's blocks, with `shared_bytes` of shared memory.
+    fn ctx(&self, shared_bytes: usize) -> Ctx<'a> {
+        let k = self.k;
+        Ctx {
+            module: self.module,
+            globals: self.globals,
+            kernel: k,
+            k,
+            params: self.params,
+            syms: symbol_values(self.module, k, k, None, self.globals, 0),
+            stack_top: k.local_bytes as u64,
+            mem: self.global,
+            shared: vec![0u8; shared_bytes],
+            cfg: self.cfg,
+            ctaid: [0; 3],
+            executed: 0,
+            next_check: CHECK_EVERY,
+            run: self.run,
+            output: Vec::new(),
+            heap: self.heap,
+        }
+    }
+}
+
 /// One host thread's share of a launch: takes the next block until none is left (in order, so
 /// a block waiting on an earlier one's flag, as CUB's decoupled look-back does, can progress).
-#[allow(clippy::too_many_arguments)]
-fn run_blocks(
-    module: &Module,
-    k: &Kernel,
-    cfg: &LaunchConfig,
-    params: &[u8],
-    globals: &HashMap<String, u64>,
-    global: &Global<'_>,
-    run: &LaunchRun,
-    b: &BlockShape,
-    nblocks: u64,
-    heap: Option<&super::heap::DeviceHeap>,
-) {
+fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
+    let cfg = l.cfg;
     let mut regs = vec![0u64; b.nthreads * b.nregs];
     let mut local = vec![0u8; b.nthreads * b.per_thread_local];
     let mut pcs = vec![0u32; b.nthreads];
     let mut state = vec![RUN; b.nthreads];
     // Each thread's device-function frames, innermost last (empty while it runs the kernel).
     let mut calls: Vec<Vec<Frame>> = (0..b.nthreads).map(|_| Vec::new()).collect();
-    let syms = symbol_values(module, k, k, None, globals, 0);
-    let mut ctx = Ctx {
-        module,
-        globals,
-        kernel: k,
-        k,
-        params,
-        syms,
-        stack_top: k.local_bytes as u64,
-        mem: global,
-        shared: vec![0u8; b.shared_bytes],
-        cfg,
-        ctaid: [0; 3],
-        executed: 0,
-        next_check: CHECK_EVERY,
-        run,
-        output: Vec::new(),
-        heap,
-    };
+    let mut ctx = l.ctx(b.shared_bytes);
+    let run = l.run;
     loop {
         if run.stop.load(Ordering::Relaxed) {
             break;
@@ -311,38 +322,9 @@ struct ResidentBlock {
 /// A launch whose kernel synchronizes the whole grid: every block is resident (its threads'
 /// state kept), and they run in turns on this host thread, each until its threads have exited
 /// or wait at the grid barrier; once all blocks are there, the barrier opens for all.
-#[allow(clippy::too_many_arguments)]
-fn run_cooperative(
-    module: &Module,
-    k: &Kernel,
-    cfg: &LaunchConfig,
-    params: &[u8],
-    globals: &HashMap<String, u64>,
-    global: &Global<'_>,
-    run: &LaunchRun,
-    b: &BlockShape,
-    nblocks: u64,
-    heap: Option<&super::heap::DeviceHeap>,
-) {
-    let syms = symbol_values(module, k, k, None, globals, 0);
-    let mut ctx = Ctx {
-        module,
-        globals,
-        kernel: k,
-        k,
-        params,
-        syms,
-        stack_top: k.local_bytes as u64,
-        mem: global,
-        shared: Vec::new(),
-        cfg,
-        ctaid: [0; 3],
-        executed: 0,
-        next_check: CHECK_EVERY,
-        run,
-        output: Vec::new(),
-        heap,
-    };
+fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
+    let mut ctx = l.ctx(0);
+    let (run, cfg) = (l.run, l.cfg);
     let mut blocks: Vec<ResidentBlock> = (0..nblocks)
         .map(|_| ResidentBlock {
             regs: vec![0u64; b.nthreads * b.nregs],
