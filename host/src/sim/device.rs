@@ -129,6 +129,10 @@ impl ptx::Memory for DeviceMemory {
         self.regions_mut()
     }
 
+    fn grid_workspace(&mut self) -> Result<Option<u64>, ptx::ExecError> {
+        DeviceMemory::grid_workspace(self).map(Some).map_err(|e| ptx::ExecError::OutOfResources(format!("no room for the grid workspace: {}", e.message)))
+    }
+
     fn heap(&mut self) -> Result<Option<Arc<ptx::heap::DeviceHeap>>, ptx::ExecError> {
         DeviceMemory::heap(self).map(Some).map_err(|e| ptx::ExecError::OutOfResources(format!("no room for the device heap: {}", e.message)))
     }

@@ -31,6 +31,8 @@ pub struct DeviceMemory {
     mappings: BTreeMap<u64, u64>,
     /// Kernels' malloc/free heap (one of `allocs`), made at the first launch that needs it.
     heap: Option<std::sync::Arc<crate::sim::ptx::heap::DeviceHeap>>,
+    /// The cooperative groups grid workspace (one of `allocs`), made likewise.
+    grid_ws: Option<u64>,
 }
 
 struct Physical {
@@ -59,6 +61,7 @@ impl DeviceMemory {
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
             heap: None,
+            grid_ws: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl DeviceMemory {
         self.physical.clear();
         self.reservations.clear();
         self.heap = None;
+        self.grid_ws = None;
         self.allocs.retain(|base, _| keep.contains(base));
         self.used = self.allocs.values().map(|m| m.len() as u64).sum();
     }
@@ -127,6 +131,22 @@ impl DeviceMemory {
         let h = std::sync::Arc::new(DeviceHeap::new(base, HEAP_BYTES));
         self.heap = Some(h.clone());
         Ok(h)
+    }
+
+    /// The grid workspace CUDA's cooperative_groups headers find through %envreg1/%envreg2:
+    /// `{ u32 wsSize; u32 barrier; }`, the barrier a counter whose top bit flips each time the
+    /// grid has arrived (it carries over from one launch to the next, as the driver's does).
+    pub fn grid_workspace(&mut self) -> CmdResult<u64> {
+        if let Some(p) = self.grid_ws {
+            return Ok(p);
+        }
+        const SIZE: u64 = 256;
+        let p = self.alloc(SIZE)?;
+        if let Ok(s) = self.slice_mut(p, 4) {
+            s.copy_from_slice(&(SIZE as u32).to_le_bytes());
+        }
+        self.grid_ws = Some(p);
+        Ok(p)
     }
 
     /// (base, size) of the allocation containing `addr`.

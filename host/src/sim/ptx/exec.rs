@@ -55,6 +55,33 @@ const RETURNED: u8 = 4;
 const CALLED: u8 = 5;
 /// At a grid-wide barrier (cooperative groups' grid.sync()), pc still at it.
 const AT_GRID: u8 = 6;
+/// An mbarrier wait found its phase incomplete (pc past it): the thread lets the others run
+/// (the one that would arrive may be later in the block) and goes on at the next round.
+const YIELDED: u8 = 7;
+
+/// The thread used up its turn (a block of a grid-synchronizing launch, which may spin waiting
+/// for the other blocks): the next block runs; it goes on at its next turn.
+const PREEMPTED: u8 = 8;
+/// Instructions a block of a grid-synchronizing launch runs per turn.
+const QUANTUM: u64 = 1 << 14;
+
+/// Where a block's run stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockRun {
+    Done,
+    /// Its threads wait at a grid-wide barrier.
+    AtGrid,
+    /// Its turn is over.
+    Preempted,
+}
+
+/// The mbarrier object (64 bits, in shared memory), as the sim lays it out (PTX leaves it
+/// opaque): pending arrivals in bits 0-30, the expected count in bits 31-61, the phase parity
+/// in bit 63. An arrive's state is the phase parity (bit 63) and the pending count after it.
+const MBAR_COUNT_MASK: u64 = (1 << 31) - 1;
+const MBAR_PHASE: u64 = 1 << 63;
+/// The largest expected count PTX allows (2^20 - 1).
+const MBAR_MAX_COUNT: u64 = (1 << 20) - 1;
 
 /// What the blocks of one grid-synchronizing launch may hold at once (they are all resident).
 const MAX_COOPERATIVE_BYTES: u64 = 1 << 30;
@@ -87,6 +114,13 @@ struct Ctx<'a> {
     output: Vec<u8>,
     /// The device heap, for kernels that call malloc/free.
     heap: Option<&'a super::heap::DeviceHeap>,
+    /// The cooperative groups grid workspace (%envreg1/%envreg2), 0 if none.
+    grid_ws: u64,
+    /// Where the current block's turn ends (u64::MAX: it runs until it blocks).
+    quantum_end: u64,
+    /// mbarrier arrivals and inits so far: a round of a block in which threads waited on
+    /// mbarriers and none of these happened cannot progress.
+    mbar_events: u64,
 }
 
 /// State of a launch shared by the host threads running its blocks.
@@ -152,6 +186,7 @@ pub fn launch_with_budget(
     // Made before the regions are taken: the heap is one of them.
     let heap = if module.uses_heap() { mem.heap()? } else { None };
     let heap = heap.as_deref();
+    let grid_ws = if k.grid_sync { mem.grid_workspace()?.unwrap_or(0) } else { 0 };
     let global = Global::new(mem.regions());
     let run = LaunchRun {
         budget,
@@ -165,7 +200,7 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap };
+    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws };
     let work = || run_blocks(l, &block_bufs, nblocks);
     if k.grid_sync {
         // Every block resident at once, as a cooperative launch guarantees.
@@ -242,6 +277,7 @@ struct Launch<'a> {
     global: &'a Global<'a>,
     run: &'a LaunchRun,
     heap: Option<&'a super::heap::DeviceHeap>,
+    grid_ws: u64,
 }
 
 impl<'a> Launch<'a> {
@@ -265,6 +301,9 @@ impl<'a> Launch<'a> {
             run: self.run,
             output: Vec::new(),
             heap: self.heap,
+            mbar_events: 0,
+            grid_ws: self.grid_ws,
+            quantum_end: u64::MAX,
         }
     }
 }
@@ -320,8 +359,10 @@ struct ResidentBlock {
 }
 
 /// A launch whose kernel synchronizes the whole grid: every block is resident (its threads'
-/// state kept), and they run in turns on this host thread, each until its threads have exited
-/// or wait at the grid barrier; once all blocks are there, the barrier opens for all.
+/// state kept), and they run in turns on this host thread, each for at most QUANTUM
+/// instructions (a block may spin on memory until the others arrive, as CUDA's
+/// cooperative_groups headers do) or until its threads have exited or wait at the grid
+/// barrier (cudaCGSynchronize); once all blocks are there, that barrier opens for all.
 fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     let mut ctx = l.ctx(0);
     let (run, cfg) = (l.run, l.cfg);
@@ -338,8 +379,10 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
         .collect();
     let (gx, gy) = (cfg.grid[0] as u64, cfg.grid[1] as u64);
     'rounds: loop {
+        let mut all_at_grid = true;
         for (n, blk) in blocks.iter_mut().enumerate().filter(|(_, blk)| !blk.done) {
             let n = n as u64;
+            ctx.quantum_end = ctx.executed + QUANTUM;
             ctx.ctaid = [(n % gx) as u32, ((n / gx) % gy) as u32, (n / (gx * gy)) as u32];
             std::mem::swap(&mut ctx.shared, &mut blk.shared);
             let r = ctx.resume_block(b, &mut blk.regs, &mut blk.local, &mut blk.pcs, &mut blk.state, &mut blk.calls);
@@ -348,7 +391,9 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
                 run.outputs.lock().unwrap_or_else(|e| e.into_inner()).push((n, std::mem::take(&mut ctx.output)));
             }
             match r {
-                Ok(done) => blk.done = done,
+                Ok(BlockRun::Done) => blk.done = true,
+                Ok(BlockRun::AtGrid) => {}
+                Ok(BlockRun::Preempted) => all_at_grid = false,
                 Err(e) => {
                     run.stop.store(true, Ordering::Relaxed);
                     run.errors.lock().unwrap_or_else(|e| e.into_inner()).push((n, e));
@@ -358,6 +403,9 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
         }
         if blocks.iter().all(|blk| blk.done) {
             break;
+        }
+        if !all_at_grid {
+            continue;
         }
         // Every block still running waits at the grid barrier: it opens.
         for blk in blocks.iter_mut().filter(|blk| !blk.done) {
@@ -603,7 +651,7 @@ impl<'a> Ctx<'a> {
         pcs.fill(0);
         state.fill(RUN);
         calls.iter_mut().for_each(Vec::clear);
-        if self.resume_block(b, regs, local, pcs, state, calls)? {
+        if self.resume_block(b, regs, local, pcs, state, calls)? == BlockRun::Done {
             Ok(())
         } else {
             Err(ExecError::Undefined(format!("a grid-wide synchronization reached through a function pointer in {}, a launch whose blocks are not all resident", self.kernel.name)))
@@ -612,27 +660,49 @@ impl<'a> Ctx<'a> {
 
     /// Runs the block `self.ctaid` from where its threads are until all have exited (true) or
     /// all that have not wait at a grid-wide barrier (false; they resume after it).
-    fn resume_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+    fn resume_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<BlockRun, ExecError> {
         let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
         loop {
+            let events_before = self.mbar_events;
+            // Whether a thread got past its wait this round (or ran without one).
+            let mut ran_on = false;
             for t in 0..nthreads {
                 if state[t] != RUN {
                     continue;
                 }
                 let r = &mut regs[t * nregs..(t + 1) * nregs];
                 let l = &mut local[t * ptl..(t + 1) * ptl];
+                let at = (pcs[t], calls[t].len());
                 state[t] = self.run_thread(t as u32, &mut pcs[t], r, l, &mut calls[t])?;
+                if state[t] == PREEMPTED {
+                    state[t] = RUN;
+                    return Ok(BlockRun::Preempted);
+                }
+                ran_on |= state[t] != YIELDED || (pcs[t], calls[t].len()) != at;
             }
             if self.warp_collectives(state, pcs, regs, nregs, calls)? {
                 continue;
             }
             let live = state.iter().filter(|&&s| s != DONE).count();
             if live == 0 {
-                return Ok(true); // every thread has exited
+                return Ok(BlockRun::Done); // every thread has exited
             }
             let at_grid = state.iter().filter(|&&s| s == AT_GRID).count();
             if at_grid == live {
-                return Ok(false);
+                return Ok(BlockRun::AtGrid);
+            }
+            if state.contains(&YIELDED) {
+                // Threads wait on mbarriers: they run again, unless this round changed nothing
+                // (no thread ran on past a wait, none arrived), which the next would repeat.
+                if self.mbar_events == events_before && !ran_on {
+                    let t = state.iter().position(|&s| s == YIELDED).unwrap_or(0);
+                    return Err(ExecError::BarrierDeadlock(format!(
+                        "thread {t} of block {:?} waits on an mbarrier phase that no thread of its block will complete",
+                        self.ctaid
+                    )));
+                }
+                state.iter_mut().filter(|s| **s == YIELDED).for_each(|s| *s = RUN);
+                continue;
             }
             if let Some(t) = state.iter().position(|&s| s == AT_WARP) {
                 let (f, i) = self.lane_inst(pcs[t], &calls[t]);
@@ -991,6 +1061,9 @@ impl<'a> Ctx<'a> {
                     _ => mask(!(bit - 1), 32),
                 };
             }
+            Sreg::EnvReg(1) => (self.grid_ws >> 32) as u32,
+            Sreg::EnvReg(2) => self.grid_ws as u32,
+            Sreg::EnvReg(_) => 0,
             Sreg::DynSmem => c.dynamic_shared_bytes,
             Sreg::TotalSmem => self.shared.len() as u32,
         }) as u64
@@ -1032,6 +1105,9 @@ impl<'a> Ctx<'a> {
         let tid = [linear % b[0], (linear / b[0]) % b[1], linear / (b[0] * b[1])];
         let insts = &self.k.insts;
         loop {
+            if self.executed >= self.quantum_end {
+                return Ok(PREEMPTED);
+            }
             let Some(inst) = insts.get(*pc as usize) else {
                 return Ok(DONE); // fell off the end: an implicit ret
             };
@@ -1059,6 +1135,14 @@ impl<'a> Ctx<'a> {
                 Op::GridSync { .. } => {
                     self.step(inst, tid, linear, regs, local)?; // its result, cudaSuccess
                     return Ok(AT_GRID);
+                }
+                Op::Mbar { kind: MbarKind::Wait { .. }, d, .. } => {
+                    self.step(inst, tid, linear, regs, local)?;
+                    *pc += 1;
+                    if self.get(d, regs, tid, linear, inst)? == 0 {
+                        return Ok(YIELDED);
+                    }
+                    continue;
                 }
                 _ => self.step(inst, tid, linear, regs, local)?,
             }
@@ -1712,6 +1796,65 @@ impl<'a> Ctx<'a> {
                     "{file}:{line}: {function}: block: [{},{},{}], thread: [{},{},{}] Assertion `{message}` failed.",
                     c[0], c[1], c[2], t[0], t[1], t[2]
                 )));
+            }
+            Op::Mbar { kind: MbarKind::PendingCount, d, a: Some(state), .. } => {
+                let s = self.get(state, regs, tid, linear, i)?;
+                self.set(d, Ty::U32, s & MBAR_COUNT_MASK, regs, i)?;
+            }
+            Op::Mbar { kind, space, d, addr, a } => {
+                let (sp, at) = resolve(*space, self.addr(addr, regs, i)?);
+                if sp != Space::Shared {
+                    return Err(ExecError::Unsupported(format!("an mbarrier outside shared memory in {}", self.at(i))));
+                }
+                let count = |ctx: &Self| -> Result<u64, ExecError> { a.as_ref().map_or(Ok(1), |a| ctx.get(a, regs, tid, linear, i)) };
+                match kind {
+                    MbarKind::Init => {
+                        let n = count(self)?;
+                        if n == 0 || n > MBAR_MAX_COUNT {
+                            return Err(ExecError::Undefined(format!("mbarrier.init with count {n} in {}", self.at(i))));
+                        }
+                        self.store(Space::Shared, at, Ty::B64, n | n << 31, local, i)?;
+                        self.mbar_events += 1;
+                    }
+                    MbarKind::Inval => {
+                        self.store(Space::Shared, at, Ty::B64, 0, local, i)?;
+                        self.mbar_events += 1;
+                    }
+                    MbarKind::Arrive { drop } => {
+                        let n = count(self)?;
+                        let v = self.load(Space::Shared, at, Ty::B64, local, i)?;
+                        let (pending, mut expected, phase) = (v & MBAR_COUNT_MASK, (v >> 31) & MBAR_COUNT_MASK, v & MBAR_PHASE);
+                        if n == 0 || n > pending || (*drop && n > expected) {
+                            return Err(ExecError::Undefined(format!("{n} arrivals on an mbarrier with {pending} pending in {}", self.at(i))));
+                        }
+                        if *drop {
+                            expected -= n;
+                        }
+                        let left = pending - n;
+                        let now = if left == 0 { (phase ^ MBAR_PHASE) | expected | expected << 31 } else { phase | left | expected << 31 };
+                        self.store(Space::Shared, at, Ty::B64, now, local, i)?;
+                        self.set(d, Ty::B64, phase | left, regs, i)?;
+                        self.mbar_events += 1;
+                    }
+                    MbarKind::CpAsyncArrive => {
+                        let v = self.load(Space::Shared, at, Ty::B64, local, i)?;
+                        let (pending, expected, phase) = (v & MBAR_COUNT_MASK, (v >> 31) & MBAR_COUNT_MASK, v & MBAR_PHASE);
+                        if pending == 0 {
+                            return Err(ExecError::Undefined(format!("an arrival on an mbarrier with none pending in {}", self.at(i))));
+                        }
+                        let now = if pending == 1 { (phase ^ MBAR_PHASE) | expected | expected << 31 } else { phase | (pending - 1) | expected << 31 };
+                        self.store(Space::Shared, at, Ty::B64, now, local, i)?;
+                        self.mbar_events += 1;
+                    }
+                    MbarKind::Wait { parity } => {
+                        let v = self.load(Space::Shared, at, Ty::B64, local, i)?;
+                        let w = count(self)?;
+                        // Complete once the barrier has left the phase waited on.
+                        let waited = if *parity { (w & 1) << 63 } else { w & MBAR_PHASE };
+                        self.set(d, Ty::Pred, ((v & MBAR_PHASE) != waited) as u64, regs, i)?;
+                    }
+                    MbarKind::PendingCount => return Err(ExecError::Unsupported(format!("operands of {}", self.at(i)))),
+                }
             }
             Op::CgHandle { ret, scope } => {
                 let scope = self.load(Space::Local, self.addr(scope, regs, i)?, Ty::B32, local, i)?;

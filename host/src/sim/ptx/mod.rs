@@ -31,6 +31,11 @@ pub trait Memory {
     fn heap(&mut self) -> Result<Option<std::sync::Arc<heap::DeviceHeap>>, ExecError> {
         Ok(None)
     }
+
+    /// The device address of the cooperative groups grid workspace, made on first use.
+    fn grid_workspace(&mut self) -> Result<Option<u64>, ExecError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -119,6 +119,9 @@ pub enum Sreg {
     LaneMask(u8), // eq lt le gt ge
     DynSmem,
     TotalSmem,
+    /// `%envreg0`..`%envreg31`: set by the driver per launch; 1 and 2 hold the cooperative
+    /// groups grid workspace's address (high and low half), the rest are 0 here.
+    EnvReg(u8),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +142,27 @@ pub enum Base {
     Reg(u32),
     Sym(u32),
     Abs,
+}
+
+/// The mbarrier operations (PTX ISA "Parallel Synchronization and Communication
+/// Instructions: mbarrier").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MbarKind {
+    /// `mbarrier.init [addr], count`
+    Init,
+    /// `mbarrier.inval [addr]`
+    Inval,
+    /// `mbarrier.arrive state, [addr]{, count}`; `drop`: arrive_drop (the expected count of
+    /// later phases goes down too).
+    Arrive { drop: bool },
+    /// `cp.async.mbarrier.arrive.noinc [addr]`: the sim's cp.async has completed, so this is
+    /// an arrival (without `.noinc` it changes nothing).
+    CpAsyncArrive,
+    /// `mbarrier.test_wait` / `try_wait` `p, [addr], state`; `parity`: the operand is a phase
+    /// parity instead of an arrive's state.
+    Wait { parity: bool },
+    /// `mbarrier.pending_count count, state`
+    PendingCount,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +447,8 @@ pub enum Op {
     Malloc { ret: Opnd, size: Opnd },
     /// `call free, (ptr)`.
     Free { ptr: Opnd },
+    /// An mbarrier operation on the 64-bit barrier object at `addr` (shared memory).
+    Mbar { kind: MbarKind, space: Space, d: Opnd, addr: Opnd, a: Option<Opnd> },
     /// `call (ret), cudaCGGetIntrinsicHandle, (scope)`.
     CgHandle { ret: Opnd, scope: Opnd },
     /// `call (ret), cudaCGSynchronize, (handle, flags)`: every thread of the grid waits here
@@ -884,6 +910,7 @@ fn sreg(s: &str) -> Option<Sreg> {
         "%lanemask_ge" => Sreg::LaneMask(4),
         "%dynamic_smem_size" => Sreg::DynSmem,
         "%total_smem_size" => Sreg::TotalSmem,
+        _ if s.starts_with("%envreg") => Sreg::EnvReg(s["%envreg".len()..].parse().ok().filter(|&n: &u8| n < 32)?),
         _ => return None,
     })
 }
@@ -1252,6 +1279,9 @@ impl Parser {
                 for i in &f.insts {
                     match &i.op {
                         Op::GridSync { .. } => return true,
+                        // CUDA's cooperative_groups headers find the grid barrier's workspace
+                        // through these, and synchronize the grid by spinning on it.
+                        Op::Mov { a: Opnd::Sreg(Sreg::EnvReg(1 | 2)), .. } => return true,
                         Op::Call { callee, .. } => {
                             if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
                                 seen[*callee as usize] = true;
@@ -2161,6 +2191,33 @@ impl Parser {
                     Op::Unsupported
                 } else {
                     Op::Bar { red: None }
+                }
+            }
+            "mbarrier" => {
+                let addr_at = |i: usize| -> Result<Opnd, PtxError> { o(i, Some(Ty::U64)) };
+                if has("expect_tx") || has("complete_tx") || has("cluster") || mods.iter().any(|m| m.starts_with("remote")) {
+                    Op::Unsupported // transaction counts (TMA) and other blocks' barriers
+                } else if has("init") {
+                    Op::Mbar { kind: MbarKind::Init, space: space(), d: Opnd::Sink, addr: addr_at(0)?, a: Some(o(1, Some(Ty::U32))?) }
+                } else if has("inval") {
+                    Op::Mbar { kind: MbarKind::Inval, space: space(), d: Opnd::Sink, addr: addr_at(0)?, a: None }
+                } else if has("arrive") || has("arrive_drop") {
+                    let count = if ops.len() > 2 { Some(o(2, Some(Ty::U32))?) } else { None };
+                    Op::Mbar { kind: MbarKind::Arrive { drop: has("arrive_drop") }, space: space(), d: o(0, Some(Ty::B64))?, addr: addr_at(1)?, a: count }
+                } else if has("test_wait") || has("try_wait") {
+                    let parity = has("parity");
+                    Op::Mbar { kind: MbarKind::Wait { parity }, space: space(), d: o(0, Some(Ty::Pred))?, addr: addr_at(1)?, a: Some(o(2, Some(if parity { Ty::U32 } else { Ty::B64 }))?) }
+                } else if has("pending_count") {
+                    Op::Mbar { kind: MbarKind::PendingCount, space: Space::Generic, d: o(0, Some(Ty::U32))?, addr: Opnd::Sink, a: Some(o(1, Some(Ty::B64))?) }
+                } else {
+                    Op::Unsupported
+                }
+            }
+            "cp" if has("async") && has("mbarrier") && has("arrive") => {
+                if has("noinc") {
+                    Op::Mbar { kind: MbarKind::CpAsyncArrive, space: space(), d: Opnd::Sink, addr: o(0, Some(Ty::U64))?, a: None }
+                } else {
+                    Op::Nop
                 }
             }
             "isspacep" => Op::IsSpace { space: space(), p: o(0, Some(Ty::Pred))?, a: o(1, Some(Ty::U64))? },

@@ -827,3 +827,75 @@ fn a_grid_sync_waits_for_every_block() {
     let want: Vec<u32> = (0..n).map(|i| (i + 1) % n + 1).collect();
     assert_eq!(got, want);
 }
+
+/// mbarrier, as cuda::barrier and pipelines use it: the consumers (threads 0-31) wait for the
+/// phase that the producers (threads 32-63) complete by arriving after writing shared memory.
+/// The consumers come first in the block, so a wait must let the producers run (on a GPU they
+/// run concurrently). A second kernel waits on a phase no thread completes: a deadlock, reported
+/// as one rather than spinning through the instruction budget.
+const MBARRIER_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry mbar_pc(.param .u64 out) {
+  .reg .b32 %r<16>; .reg .b64 %rd<8>; .reg .pred %p<4>;
+  .shared .align 8 .b64 bar;
+  .shared .align 4 .b32 data[32];
+  ld.param.u64 %rd1, [out];
+  mov.u32 %r1, %tid.x;
+  mov.u32 %r2, bar;
+  setp.ne.u32 %p1, %r1, 0;
+  @%p1 bra $SKIP_INIT;
+  mbarrier.init.shared.b64 [%r2], 32;
+$SKIP_INIT:
+  bar.sync 0;
+  setp.lt.u32 %p2, %r1, 32;
+  @%p2 bra $CONSUMER;
+  sub.u32 %r3, %r1, 32;
+  mul.lo.u32 %r4, %r3, 7;
+  mov.u32 %r5, data; shl.b32 %r6, %r3, 2; add.u32 %r5, %r5, %r6;
+  st.shared.u32 [%r5], %r4;
+  mbarrier.arrive.shared.b64 %rd2, [%r2];
+  mbarrier.pending_count.b64 %r9, %rd2;
+  bra $END;
+$CONSUMER:
+  mbarrier.try_wait.parity.shared.b64 %p3, [%r2], 0;
+  @!%p3 bra $CONSUMER;
+  mov.u32 %r5, data; mov.u32 %r7, 31; sub.u32 %r7, %r7, %r1; shl.b32 %r6, %r7, 2; add.u32 %r5, %r5, %r6;
+  ld.shared.u32 %r8, [%r5];
+  mul.wide.u32 %rd3, %r1, 4; add.s64 %rd4, %rd1, %rd3;
+  st.global.u32 [%rd4], %r8;
+$END:
+  ret;
+}
+.visible .entry mbar_stuck(.param .u64 out) {
+  .reg .b32 %r<4>; .reg .b64 %rd<4>; .reg .pred %p<4>;
+  .shared .align 8 .b64 bar;
+  mov.u32 %r1, %tid.x;
+  mov.u32 %r2, bar;
+  setp.ne.u32 %p1, %r1, 0;
+  @%p1 bra $W;
+  mbarrier.init.shared.b64 [%r2], 64;
+$W:
+  bar.sync 0;
+  mbarrier.arrive.shared.b64 %rd1, [%r2];
+$SPIN:
+  mbarrier.test_wait.shared.b64 %p2, [%r2], %rd1;
+  @!%p2 bra $SPIN;
+  ret;
+}
+"#;
+
+#[test]
+fn mbarrier_waits_let_the_arriving_threads_run() {
+    let m = Module::parse(MBARRIER_PTX).unwrap();
+    let mut mem = Mem::default();
+    let out = mem.alloc(&[0u8; 32 * 4]);
+    run(&m, "mbar_pc", [2, 1, 1], [64, 1, 1], 0, &[out], &mut mem).unwrap();
+    let got: Vec<u32> = read(mem.get(out), 32);
+    let want: Vec<u32> = (0..32).map(|t| (31 - t) * 7).collect();
+    assert_eq!(got, want);
+    // 32 threads arrive on a barrier that expects 64: the waits can never complete.
+    let err = run(&m, "mbar_stuck", [1, 1, 1], [32, 1, 1], 0, &[out], &mut mem).unwrap_err();
+    assert!(matches!(err, ExecError::BarrierDeadlock(_)), "{err}");
+}
