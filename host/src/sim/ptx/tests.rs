@@ -899,3 +899,89 @@ fn mbarrier_waits_let_the_arriving_threads_run() {
     let err = run(&m, "mbar_stuck", [1, 1, 1], [32, 1, 1], 0, &[out], &mut mem).unwrap_err();
     assert!(matches!(err, ExecError::BarrierDeadlock(_)), "{err}");
 }
+
+/// The grid barrier of CUDA's cooperative_groups headers (details/sync.h), as nvcc compiles
+/// it: the workspace address from %envreg1 (high) and %envreg2 (low); each block's thread 0
+/// adds to its barrier word (block 0 adds 0x80000000 - (blocks - 1)) and spins until the top
+/// bit flips. Block 0 spins first, before any other block has arrived: its turn must end so
+/// that the others run. After the barrier each thread reads a value another block wrote.
+const HEADER_GRID_SYNC_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry header_sync(.param .u64 a, .param .u64 b, .param .u32 n) {
+  .reg .b32 %r<20>; .reg .b64 %rd<12>; .reg .pred %p<4>;
+  ld.param.u64 %rd1, [a]; ld.param.u64 %rd2, [b]; ld.param.u32 %r1, [n];
+  mov.u32 %r2, %ctaid.x; mov.u32 %r3, %ntid.x; mov.u32 %r4, %tid.x;
+  mad.lo.s32 %r5, %r2, %r3, %r4;
+  mul.wide.u32 %rd3, %r5, 4; add.s64 %rd4, %rd1, %rd3;
+  add.s32 %r6, %r5, 1; st.global.u32 [%rd4], %r6;
+  bar.sync 0;
+  setp.ne.u32 %p1, %r4, 0;
+  @%p1 bra $AFTER;
+  mov.u32 %r10, %envreg1; mov.u32 %r11, %envreg2;
+  cvt.u64.u32 %rd5, %r10; shl.b64 %rd5, %rd5, 32; cvt.u64.u32 %rd6, %r11; or.b64 %rd5, %rd5, %rd6;
+  add.s64 %rd7, %rd5, 4;
+  mov.u32 %r12, %nctaid.x;
+  mov.u32 %r13, 1;
+  setp.ne.u32 %p2, %r2, 0;
+  @%p2 bra $ADD;
+  sub.u32 %r14, %r12, 1; mov.u32 %r13, -2147483648; sub.u32 %r13, %r13, %r14;
+$ADD:
+  membar.gl;
+  atom.global.add.u32 %r15, [%rd7], %r13;
+$SPIN:
+  ld.volatile.global.u32 %r16, [%rd7];
+  xor.b32 %r17, %r16, %r15;
+  and.b32 %r17, %r17, -2147483648;
+  setp.eq.u32 %p3, %r17, 0;
+  @%p3 bra $SPIN;
+  membar.gl;
+$AFTER:
+  bar.sync 0;
+  add.s32 %r6, %r5, 1; rem.u32 %r6, %r6, %r1;
+  mul.wide.u32 %rd8, %r6, 4; add.s64 %rd9, %rd1, %rd8; ld.global.u32 %r6, [%rd9];
+  add.s64 %rd10, %rd2, %rd3; st.global.u32 [%rd10], %r6;
+  ret;
+}
+"#;
+
+/// Test memory with a grid workspace, as a session's device memory has.
+#[derive(Default)]
+struct MemWithWorkspace {
+    mem: Mem,
+    ws: Option<u64>,
+}
+
+impl Memory for MemWithWorkspace {
+    fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
+        self.mem.regions()
+    }
+
+    fn grid_workspace(&mut self) -> Result<Option<u64>, ExecError> {
+        if self.ws.is_none() {
+            self.ws = Some(self.mem.alloc(&[8, 0, 0, 0, 0, 0, 0, 0]));
+        }
+        Ok(self.ws)
+    }
+}
+
+#[test]
+fn the_headers_grid_barrier_runs_every_block_in_turns() {
+    let m = Module::parse(HEADER_GRID_SYNC_PTX).unwrap();
+    let k = m.kernel("header_sync").unwrap();
+    assert!(k.grid_sync, "reading %envreg1/2 makes a kernel grid-synchronizing");
+    let (blocks, threads) = (6u32, 64u32);
+    let n = blocks * threads;
+    let mut mem = MemWithWorkspace::default();
+    let a = mem.mem.alloc(&vec![0u8; n as usize * 4]);
+    let b = mem.mem.alloc(&vec![0u8; n as usize * 4]);
+    for round in 0..2 {
+        // The barrier word carries over between launches (its top bit flips each time).
+        let cfg = LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], dynamic_shared_bytes: 0 };
+        launch(&m, k, &cfg, &params(k, &[a, b, n as u64]), &HashMap::new(), &mut mem).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let got: Vec<u32> = read(mem.mem.get(b), n as usize);
+        let want: Vec<u32> = (0..n).map(|i| (i + 1) % n + 1).collect();
+        assert_eq!(got, want, "round {round}");
+    }
+}
