@@ -1130,6 +1130,27 @@ fn decl_name(header: &str) -> String {
     rest.split('(').next().unwrap_or("").split_whitespace().last().unwrap_or("").to_string()
 }
 
+/// The first `found` answer among the instructions of kernel `k` and of the device functions
+/// it calls, directly or not (each function looked at once).
+fn first_reached<T>(funcs: &[Kernel], k: &Kernel, mut found: impl FnMut(&Kernel, &Inst) -> Option<T>) -> Option<T> {
+    let mut seen = vec![false; funcs.len()];
+    let mut todo = vec![k];
+    while let Some(f) = todo.pop() {
+        for i in &f.insts {
+            if let Some(t) = found(f, i) {
+                return Some(t);
+            }
+            if let Op::Call { callee, .. } = &i.op {
+                if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
+                    seen[*callee as usize] = true;
+                    todo.push(c);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn align_up(v: u64, a: u64) -> u64 {
     let a = a.max(1);
     v.div_ceil(a) * a
@@ -1236,35 +1257,21 @@ impl Parser {
     /// instruction, instead of a launch failing later (CUDA reports launch errors late).
     fn reject_lacking(&mut self) {
         let funcs = &self.funcs;
-        let lacking = |k: &Kernel| -> Option<PtxError> {
-            let mut seen = vec![false; funcs.len()];
-            let mut todo = vec![k];
-            while let Some(f) = todo.pop() {
-                for i in &f.insts {
-                    match &i.op {
-                        Op::Unsupported => {
-                            let message = format!("`{}` is an instruction the sim backend does not implement{}", i.text, if f.name == k.name { String::new() } else { format!(" (in {})", f.name) });
-                            return Some(PtxError { line: i.line as usize, message });
-                        }
-                        Op::Call { callee, .. } => {
-                            if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
-                                seen[*callee as usize] = true;
-                                todo.push(c);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            None
-        };
         let mut rejected = Vec::new();
-        self.kernels.retain(|k| match lacking(k) {
-            Some(error) => {
-                rejected.push(Rejected { kernel: k.name.clone(), error, why: Rejection::Unsupported });
-                false
+        self.kernels.retain(|k| {
+            let lacking = first_reached(funcs, k, |f, i| {
+                matches!(i.op, Op::Unsupported).then(|| {
+                    let message = format!("`{}` is an instruction the sim backend does not implement{}", i.text, if f.name == k.name { String::new() } else { format!(" (in {})", f.name) });
+                    PtxError { line: i.line as usize, message }
+                })
+            });
+            match lacking {
+                Some(error) => {
+                    rejected.push(Rejected { kernel: k.name.clone(), error, why: Rejection::Unsupported });
+                    false
+                }
+                None => true,
             }
-            None => true,
         });
         self.unsupported.extend(rejected);
     }
@@ -1272,29 +1279,18 @@ impl Parser {
     /// Kernels that reach a grid-wide barrier (themselves or in a device function they call).
     fn mark_grid_sync(&mut self) {
         let funcs = &self.funcs;
-        let reaches = |k: &Kernel| -> bool {
-            let mut seen = vec![false; funcs.len()];
-            let mut todo = vec![k];
-            while let Some(f) = todo.pop() {
-                for i in &f.insts {
-                    match &i.op {
-                        Op::GridSync { .. } => return true,
-                        // CUDA's cooperative_groups headers find the grid barrier's workspace
-                        // through these, and synchronize the grid by spinning on it.
-                        Op::Mov { a: Opnd::Sreg(Sreg::EnvReg(1 | 2)), .. } => return true,
-                        Op::Call { callee, .. } => {
-                            if let Some(c) = funcs.get(*callee as usize).filter(|_| !seen[*callee as usize]) {
-                                seen[*callee as usize] = true;
-                                todo.push(c);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            false
-        };
-        let marks: Vec<bool> = self.kernels.iter().map(reaches).collect();
+        let marks: Vec<bool> = self
+            .kernels
+            .iter()
+            .map(|k| {
+                first_reached(funcs, k, |_, i| {
+                    // CUDA's cooperative_groups headers find the grid barrier's workspace through
+                    // %envreg1/2, and synchronize the grid by spinning on it.
+                    matches!(i.op, Op::GridSync { .. } | Op::Mov { a: Opnd::Sreg(Sreg::EnvReg(1 | 2)), .. }).then_some(())
+                })
+                .is_some()
+            })
+            .collect();
         for (k, m) in self.kernels.iter_mut().zip(marks) {
             k.grid_sync = m;
         }
