@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vgpu_host::sim::ptx::{launch, LaunchConfig, Memory, Module};
+use vgpu_host::sim::ptx::{launch, with_engine, Engine, LaunchConfig, Memory, Module};
 
 const SLOT: usize = 8;
 const SLOTS: usize = 16;
@@ -198,8 +198,19 @@ fn hex_list(v: &Value) -> String {
     v.as_array().unwrap().iter().map(|x| format!("{:#x}", x.as_u64().unwrap())).collect::<Vec<_>>().join(", ")
 }
 
+/// The warp engine (the default) runs each form's cases 128 lanes at a time in lockstep.
 #[test]
 fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
+    check_corpus(Engine::Warp);
+}
+
+/// The per-thread engine, which runs what the warp engine has no warp-wide form for.
+#[test]
+fn every_instruction_form_matches_the_reference_on_the_per_thread_engine_too() {
+    check_corpus(Engine::Thread);
+}
+
+fn check_corpus(engine: Engine) {
     let corpus = corpus();
     let forms = corpus["forms"].as_array().unwrap();
     let listed = listed_unsupported();
@@ -209,7 +220,7 @@ fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
     let mut cases_checked = 0usize;
     for form in forms {
         let name = form["name"].as_str().unwrap();
-        let got = match run(form) {
+        let got = match with_engine(engine, || run(form)) {
             Outcome::Unsupported(why) => {
                 unsupported.insert(name.to_string(), why);
                 continue;
@@ -260,7 +271,7 @@ fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
     let newly: Vec<_> = now.difference(&listed).map(|n| format!("{n}: {}", unsupported[n])).collect();
     let stale: Vec<_> = listed.difference(&now).collect();
     eprintln!(
-        "conformance: {} forms, {} run ({cases_checked} cases), {} not implemented by the sim, {} golden file(s)",
+        "conformance ({engine:?} engine): {} forms, {} run ({cases_checked} cases), {} not implemented by the sim, {} golden file(s)",
         forms.len(),
         forms.len() - now.len(),
         now.len(),

@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::collections::HashMap;
 
+mod warp;
+pub(crate) use warp::Fast;
+pub use warp::{with_engine, Engine};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchConfig {
     pub grid: [u32; 3],
@@ -121,6 +125,19 @@ struct Ctx<'a> {
     /// mbarrier arrivals and inits so far: a round of a block in which threads waited on
     /// mbarriers and none of these happened cannot progress.
     mbar_events: u64,
+    /// How the block's threads are run (warp.rs).
+    engine: Engine,
+}
+
+/// How far run_thread takes a thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Until it exits or waits (at a barrier, a warp collective, an mbarrier, the grid).
+    Block,
+    /// One instruction of the kernel (a call: until it returns), or until it waits.
+    One,
+    /// A thread inside a device function: until it is back in the kernel, or waits.
+    UntilKernel,
 }
 
 /// State of a launch shared by the host threads running its blocks.
@@ -200,7 +217,7 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws };
+    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws, engine: warp::engine() };
     let work = || run_blocks(l, &block_bufs, nblocks);
     if k.grid_sync {
         // Every block resident at once, as a cooperative launch guarantees.
@@ -278,6 +295,7 @@ struct Launch<'a> {
     run: &'a LaunchRun,
     heap: Option<&'a super::heap::DeviceHeap>,
     grid_ws: u64,
+    engine: Engine,
 }
 
 impl<'a> Launch<'a> {
@@ -304,6 +322,7 @@ impl<'a> Launch<'a> {
             mbar_events: 0,
             grid_ws: self.grid_ws,
             quantum_end: u64::MAX,
+            engine: self.engine,
         }
     }
 }
@@ -468,6 +487,45 @@ fn atom_new(op: AtomOp, ty: Ty, old: u64, bv: u64, cv: u64) -> u64 {
     }
 }
 
+/// add, sub, mul, div, rem, min, max, and, or, xor, shl, shr of any type (None: a float
+/// operation floats do not have, or a predicate one predicates do not).
+fn bin_value(op: Bin, ty: Ty, m: Mods, x: u64, y: u64) -> Option<u64> {
+    Some(if ty.float() {
+        float::bin(op, ty, m, x, y)?
+    } else if ty == Ty::Pred {
+        match op {
+            Bin::And => x & y,
+            Bin::Or => x | y,
+            Bin::Xor => x ^ y,
+            _ => return None,
+        }
+    } else if m.sat {
+        // add.sat.s32 / sub.sat.s32 (the parser admits no other): clamped to s32.
+        let (p, q) = (sext(x, 32), sext(y, 32));
+        let r = if op == Bin::Add { p + q } else { p - q };
+        r.clamp(i32::MIN as i64, i32::MAX as i64) as u64
+    } else {
+        int_bin(op, ty, x, y)
+    })
+}
+
+/// mul.wide / mad.wide: the full product of two `ty` values (plus `c`), 2 * width bits.
+fn mul_wide(ty: Ty, a: u64, b: u64, c: u64) -> u64 {
+    let bits = ty.bits();
+    let p = if ty.signed() { (sext(a, bits).wrapping_mul(sext(b, bits))) as u64 } else { mask(a, bits).wrapping_mul(mask(b, bits)) };
+    mask(p.wrapping_add(c), bits * 2)
+}
+
+/// mad.lo / mad.hi of integers, fma / mad of floats.
+fn mad_value(hi: bool, ty: Ty, m: Mods, a: u64, b: u64, c: u64) -> u64 {
+    if ty.float() {
+        float::fma(ty, m, a, b, c)
+    } else {
+        let p = int_bin(if hi { Bin::MulHi } else { Bin::MulLo }, ty, a, b);
+        int_bin(Bin::Add, ty, p, c)
+    }
+}
+
 fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
     let bits = ty.bits();
     let signed = ty.signed();
@@ -541,6 +599,16 @@ fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
         }
     };
     mask(r, bits)
+}
+
+/// A value of type `ty` as a 64-bit register slot holds it: a predicate as 0 or 1, signed
+/// types sign-extended, the others zero-extended.
+fn normalize(ty: Ty, v: u64) -> u64 {
+    match ty {
+        Ty::Pred => (v != 0) as u64,
+        t if t.signed() => sext(v, t.bits()) as u64,
+        t => mask(v, t.bits()),
+    }
 }
 
 /// A comparison's result combined with a predicate register (setp/set `.and/.or/.xor`, the
@@ -619,6 +687,31 @@ struct Frame {
     caller_pc: u32,
 }
 
+/// The error of an access of `len` bytes at `addr` outside its space, by `i` of `k`.
+fn illegal_in(k: &Kernel, addr: u64, len: usize, space: &'static str, i: &Inst) -> ExecError {
+    ExecError::IllegalAddress { addr, len: len as u64, space, at: at_in(k, i) }
+}
+
+/// The `n`-byte little-endian value at `at` of `buf`, if it lies inside.
+fn read_le(buf: &[u8], at: u64, n: usize) -> Option<u64> {
+    let a = usize::try_from(at).ok()?;
+    let s = buf.get(a..a.checked_add(n)?)?;
+    Some(match n {
+        1 => s[0] as u64,
+        2 => u16::from_le_bytes(s.try_into().ok()?) as u64,
+        4 => u32::from_le_bytes(s.try_into().ok()?) as u64,
+        8 => u64::from_le_bytes(s.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// Writes the low `n` bytes of `v` at `at` of `buf`, if they lie inside.
+fn write_le(buf: &mut [u8], at: u64, n: usize, v: u64) -> Option<()> {
+    let a = usize::try_from(at).ok()?;
+    buf.get_mut(a..a.checked_add(n)?)?.copy_from_slice(&v.to_le_bytes()[..n.min(8)]);
+    Some(())
+}
+
 fn at_in(k: &Kernel, i: &Inst) -> String {
     format!("`{}` (PTX line {}) in {}", i.text, i.line, k.name)
 }
@@ -666,19 +759,34 @@ impl<'a> Ctx<'a> {
             let events_before = self.mbar_events;
             // Whether a thread got past its wait this round (or ran without one).
             let mut ran_on = false;
-            for t in 0..nthreads {
-                if state[t] != RUN {
-                    continue;
+            if self.engine == Engine::Warp {
+                for w0 in (0..nthreads).step_by(32) {
+                    let lanes = (nthreads - w0).min(32);
+                    let mut at = [(0u32, 0usize, false); 32];
+                    for l in 0..lanes {
+                        at[l] = (pcs[w0 + l], calls[w0 + l].len(), state[w0 + l] == RUN);
+                    }
+                    let preempted = self.run_warp(w0, lanes, b, regs, local, pcs, state, calls)?;
+                    ran_on |= (0..lanes).any(|l| at[l].2 && (state[w0 + l] != YIELDED || (pcs[w0 + l], calls[w0 + l].len()) != (at[l].0, at[l].1)));
+                    if preempted {
+                        return Ok(BlockRun::Preempted);
+                    }
                 }
-                let r = &mut regs[t * nregs..(t + 1) * nregs];
-                let l = &mut local[t * ptl..(t + 1) * ptl];
-                let at = (pcs[t], calls[t].len());
-                state[t] = self.run_thread(t as u32, &mut pcs[t], r, l, &mut calls[t])?;
-                if state[t] == PREEMPTED {
-                    state[t] = RUN;
-                    return Ok(BlockRun::Preempted);
+            } else {
+                for t in 0..nthreads {
+                    if state[t] != RUN {
+                        continue;
+                    }
+                    let r = &mut regs[t * nregs..(t + 1) * nregs];
+                    let l = &mut local[t * ptl..(t + 1) * ptl];
+                    let at = (pcs[t], calls[t].len());
+                    state[t] = self.run_thread(t as u32, &mut pcs[t], r, l, &mut calls[t], Resume::Block)?;
+                    if state[t] == PREEMPTED {
+                        state[t] = RUN;
+                        return Ok(BlockRun::Preempted);
+                    }
+                    ran_on |= state[t] != YIELDED || (pcs[t], calls[t].len()) != at;
                 }
-                ran_on |= state[t] != YIELDED || (pcs[t], calls[t].len()) != at;
             }
             if self.warp_collectives(state, pcs, regs, nregs, calls)? {
                 continue;
@@ -1070,18 +1178,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// Runs one thread until it exits or parks at a barrier or warp collective, through the
-    /// device functions it calls. Returns its new state.
-    fn run_thread(&mut self, linear: u32, pc: &mut u32, kregs: &mut [u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<u8, ExecError> {
+    /// device functions it calls (or less, as `mode` says). Returns its new state.
+    fn run_thread(&mut self, linear: u32, pc: &mut u32, kregs: &mut [u64], local: &mut [u8], calls: &mut Vec<Frame>, mode: Resume) -> Result<u8, ExecError> {
         loop {
             let s = match calls.last_mut() {
-                None => self.run(linear, pc, kregs, local)?,
+                None => self.run(linear, pc, kregs, local, mode == Resume::One)?,
                 Some(fr) => {
                     // The callee's function and symbols are the current ones while it runs.
                     let f = self.frame_func(fr)?;
                     self.k = f;
                     self.stack_top = fr.top;
                     std::mem::swap(&mut self.syms, &mut fr.syms);
-                    let r = self.run(linear, pc, &mut fr.regs, local);
+                    let r = self.run(linear, pc, &mut fr.regs, local, false);
                     std::mem::swap(&mut self.syms, &mut fr.syms);
                     (self.k, self.stack_top) = (self.kernel, self.kernel.local_bytes as u64);
                     r?
@@ -1089,7 +1197,12 @@ impl<'a> Ctx<'a> {
             };
             match s {
                 CALLED => self.push_call(pc, kregs, local, calls)?,
-                RETURNED if !calls.is_empty() => self.pop_call(pc, kregs, local, calls)?,
+                RETURNED if !calls.is_empty() => {
+                    self.pop_call(pc, kregs, local, calls)?;
+                    if calls.is_empty() && mode != Resume::Block {
+                        return Ok(RUN); // back in the kernel, after the call
+                    }
+                }
                 RETURNED | DONE => {
                     calls.clear(); // `exit` in a callee ends the thread too
                     return Ok(DONE);
@@ -1099,8 +1212,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Runs one thread's current function until it exits, returns, calls, or reaches a barrier.
-    fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8]) -> Result<u8, ExecError> {
+    /// Runs one thread's current function until it exits, returns, calls, or reaches a barrier;
+    /// `single`: for one instruction at most (then RUN).
+    fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8], single: bool) -> Result<u8, ExecError> {
         let b = self.cfg.block;
         let tid = [linear % b[0], (linear / b[0]) % b[1], linear / (b[0] * b[1])];
         let insts = &self.k.insts;
@@ -1119,12 +1233,18 @@ impl<'a> Ctx<'a> {
                 let v = regs.get(p as usize).copied().unwrap_or(0) != 0;
                 if v == neg {
                     *pc += 1;
+                    if single {
+                        return Ok(RUN);
+                    }
                     continue;
                 }
             }
             match &inst.op {
                 Op::Bra { target } => {
                     *pc = *target;
+                    if single {
+                        return Ok(RUN);
+                    }
                     continue;
                 }
                 Op::Exit => return Ok(DONE),
@@ -1142,11 +1262,17 @@ impl<'a> Ctx<'a> {
                     if self.get(d, regs, tid, linear, inst)? == 0 {
                         return Ok(YIELDED);
                     }
+                    if single {
+                        return Ok(RUN);
+                    }
                     continue;
                 }
                 _ => self.step(inst, tid, linear, regs, local)?,
             }
             *pc += 1;
+            if single {
+                return Ok(RUN);
+            }
         }
     }
 
@@ -1170,11 +1296,7 @@ impl<'a> Ctx<'a> {
                     // "Operand Size Exceeding Instruction-Type Size"). Slots are 64 bits and
                     // every reader truncates to its own type, so extending to 64 bits here is
                     // the same as extending to the register's declared width.
-                    *slot = match ty {
-                        Ty::Pred => (v != 0) as u64,
-                        t if t.signed() => sext(v, t.bits()) as u64,
-                        t => mask(v, t.bits()),
-                    };
+                    *slot = normalize(ty, v);
                 }
                 Ok(())
             }
@@ -1191,12 +1313,7 @@ impl<'a> Ctx<'a> {
     fn access(&mut self, space: Space, addr: u64, len: usize, local: &mut [u8], i: &Inst, write: Option<&[u8]>, out: &mut [u8]) -> Result<(), ExecError> {
         let (space, addr) = resolve(space, addr);
         let k = self.k;
-        let illegal = |name: &'static str| ExecError::IllegalAddress {
-            addr,
-            len: len as u64,
-            space: name,
-            at: format!("`{}` (PTX line {}) in {}", i.text, i.line, k.name),
-        };
+        let illegal = |name: &'static str| illegal_in(k, addr, len, name, i);
         let buf: &mut [u8] = match space {
             Space::Global => {
                 return match write {
@@ -1327,18 +1444,44 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A scalar load (the common case, without the byte buffers of `access`).
+    #[inline]
     fn load(&mut self, space: Space, addr: u64, ty: Ty, local: &mut [u8], i: &Inst) -> Result<u64, ExecError> {
-        let mut b = [0u8; 8];
         let n = ty.bytes();
-        self.access(space, addr, n, local, i, None, &mut b[..n])?;
-        let v = u64::from_le_bytes(b);
+        let v = match resolve(space, addr) {
+            (Space::Global, a) => self.mem.load(a, n).map_err(|_| self.illegal(a, n, "global", i))?,
+            (Space::Shared, a) => read_le(&self.shared, a, n).ok_or_else(|| self.illegal(a, n, "shared", i))?,
+            (Space::Local, a) => read_le(local, a, n).ok_or_else(|| self.illegal(a, n, "local", i))?,
+            _ => {
+                let mut b = [0u8; 8];
+                self.access(space, addr, n, local, i, None, &mut b[..n])?;
+                u64::from_le_bytes(b)
+            }
+        };
         Ok(if ty.signed() { sext(v, ty.bits()) as u64 } else { v })
     }
 
+    /// A scalar store (see `load`).
+    #[inline]
     fn store(&mut self, space: Space, addr: u64, ty: Ty, v: u64, local: &mut [u8], i: &Inst) -> Result<(), ExecError> {
         let n = ty.bytes();
-        let b = v.to_le_bytes();
-        self.access(space, addr, n, local, i, Some(&b[..n]), &mut [])
+        match resolve(space, addr) {
+            (Space::Global, a) => self.mem.store(a, n, v).map_err(|_| self.illegal(a, n, "global", i)),
+            (Space::Shared, a) => {
+                let k = self.k;
+                write_le(&mut self.shared, a, n, v).ok_or_else(|| illegal_in(k, a, n, "shared", i))
+            }
+            (Space::Local, a) => write_le(local, a, n, v).ok_or_else(|| self.illegal(a, n, "local", i)),
+            _ => {
+                let b = v.to_le_bytes();
+                self.access(space, addr, n, local, i, Some(&b[..n]), &mut [])
+            }
+        }
+    }
+
+    /// An access of `len` bytes at `addr` of a space that lies outside it.
+    fn illegal(&self, addr: u64, len: usize, space: &'static str, i: &Inst) -> ExecError {
+        illegal_in(self.k, addr, len, space, i)
     }
 
     fn step(&mut self, i: &Inst, tid: [u32; 3], linear: u32, regs: &mut [u64], local: &mut [u8]) -> Result<(), ExecError> {
@@ -1409,48 +1552,12 @@ impl<'a> Ctx<'a> {
                 }
             }
             Op::Bin { op, ty, m, d, a, b } => {
-                let (x, y) = (g!(a), g!(b));
-                let r = if ty.float() {
-                    float::bin(*op, *ty, *m, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
-                } else if *ty == Ty::Pred {
-                    match op {
-                        Bin::And => x & y,
-                        Bin::Or => x | y,
-                        Bin::Xor => x ^ y,
-                        _ => return Err(ExecError::Unsupported(self.at(i))),
-                    }
-                } else if m.sat {
-                    // add.sat.s32 / sub.sat.s32 (the parser admits no other): clamped to s32.
-                    let (p, q) = (sext(x, 32), sext(y, 32));
-                    let r = if *op == Bin::Add { p + q } else { p - q };
-                    r.clamp(i32::MIN as i64, i32::MAX as i64) as u64
-                } else {
-                    int_bin(*op, *ty, x, y)
-                };
+                let r = bin_value(*op, *ty, *m, g!(a), g!(b)).ok_or_else(|| ExecError::Unsupported(self.at(i)))?;
                 self.set(d, *ty, r, regs, i)?;
             }
-            Op::MulWide { ty, d, a, b } => {
-                let bits = ty.bits();
-                let (x, y) = (g!(a), g!(b));
-                let r = if ty.signed() { (sext(x, bits).wrapping_mul(sext(y, bits))) as u64 } else { mask(x, bits).wrapping_mul(mask(y, bits)) };
-                self.set(d, Ty::B64, mask(r, bits * 2), regs, i)?;
-            }
-            Op::MadWide { ty, d, a, b, c } => {
-                let bits = ty.bits();
-                let (x, y, z) = (g!(a), g!(b), g!(c));
-                let p = if ty.signed() { (sext(x, bits).wrapping_mul(sext(y, bits))) as u64 } else { mask(x, bits).wrapping_mul(mask(y, bits)) };
-                self.set(d, Ty::B64, mask(p.wrapping_add(z), bits * 2), regs, i)?;
-            }
-            Op::Mad { hi, ty, m, d, a, b, c } => {
-                let (x, y, z) = (g!(a), g!(b), g!(c));
-                let r = if ty.float() {
-                    float::fma(*ty, *m, x, y, z)
-                } else {
-                    let p = int_bin(if *hi { Bin::MulHi } else { Bin::MulLo }, *ty, x, y);
-                    int_bin(Bin::Add, *ty, p, z)
-                };
-                self.set(d, *ty, r, regs, i)?;
-            }
+            Op::MulWide { ty, d, a, b } => self.set(d, Ty::B64, mul_wide(*ty, g!(a), g!(b), 0), regs, i)?,
+            Op::MadWide { ty, d, a, b, c } => self.set(d, Ty::B64, mul_wide(*ty, g!(a), g!(b), g!(c)), regs, i)?,
+            Op::Mad { hi, ty, m, d, a, b, c } => self.set(d, *ty, mad_value(*hi, *ty, *m, g!(a), g!(b), g!(c)), regs, i)?,
             Op::Carry { op, ty, cin, cout, cc, d, a, b, c } => {
                 let bits = ty.bits();
                 let (x, y, z) = (mask(g!(a), bits) as u128, mask(g!(b), bits) as u128, mask(g!(c), bits) as u128);

@@ -65,6 +65,36 @@ impl<'a> Global<'a> {
         Ok(())
     }
 
+    /// The `n`-byte (1, 2, 4 or 8) little-endian value at `addr`.
+    pub fn load(&self, addr: u64, n: usize) -> Result<u64, MemFault> {
+        let p = self.locate(addr, n)?;
+        // SAFETY: `p..p+n` is inside a live region (locate); each atomic is used only where `p`
+        // has its alignment.
+        unsafe {
+            Ok(match n {
+                8 if (p as usize).is_multiple_of(8) => AtomicU64::from_ptr(p.cast()).load(Ordering::Relaxed),
+                4 if (p as usize).is_multiple_of(4) => AtomicU32::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
+                2 if (p as usize).is_multiple_of(2) => AtomicU16::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
+                _ => (0..n.min(8)).fold(0u64, |v, k| v | (AtomicU8::from_ptr(p.add(k)).load(Ordering::Relaxed) as u64) << (8 * k)),
+            })
+        }
+    }
+
+    /// Stores the low `n` bytes (1, 2, 4 or 8) of `v` at `addr`, little-endian.
+    pub fn store(&self, addr: u64, n: usize, v: u64) -> Result<(), MemFault> {
+        let p = self.locate(addr, n)?;
+        // SAFETY: as in load.
+        unsafe {
+            match n {
+                8 if (p as usize).is_multiple_of(8) => AtomicU64::from_ptr(p.cast()).store(v, Ordering::Relaxed),
+                4 if (p as usize).is_multiple_of(4) => AtomicU32::from_ptr(p.cast()).store(v as u32, Ordering::Relaxed),
+                2 if (p as usize).is_multiple_of(2) => AtomicU16::from_ptr(p.cast()).store(v as u16, Ordering::Relaxed),
+                _ => (0..n.min(8)).for_each(|k| AtomicU8::from_ptr(p.add(k)).store((v >> (8 * k)) as u8, Ordering::Relaxed)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemFault> {
         let p = self.locate(addr, data.len())?;
         // SAFETY: as in read.

@@ -531,6 +531,8 @@ pub struct Kernel {
     /// Registers per thread a compiler would give it: the most 32-bit registers its PTX keeps
     /// live at once (see `register_estimate`), at most `.maxnreg`.
     pub regs: u32,
+    /// Its instructions as the warp engine runs them, made at its first launch.
+    pub(crate) fast: std::sync::OnceLock<Vec<super::exec::Fast>>,
 }
 
 /// A kernel's performance directives (after its parameter list): `.maxntid`, `.reqntid`,
@@ -1516,6 +1518,7 @@ impl Parser {
             func_shared_at: Vec::new(),
             ret,
             grid_sync: false,
+            fast: Default::default(),
         })
     }
 

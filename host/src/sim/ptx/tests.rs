@@ -985,3 +985,126 @@ fn the_headers_grid_barrier_runs_every_block_in_turns() {
         assert_eq!(got, want, "round {round}");
     }
 }
+
+/// A block whose threads take different paths: loops of different trip counts, branches on
+/// both sides of a device function call, guarded stores, a barrier and a shuffle after the
+/// paths join, lanes that exit early. Both engines give what the same computation gives in
+/// Rust, and count the same instructions.
+#[test]
+fn divergent_paths_rejoin_and_both_engines_agree() {
+    let text = r#"
+.version 8.8
+.target sm_90
+.address_size 64
+.func (.param .b32 ret) triple(.param .b32 x)
+{
+    .reg .b32 %r<3>;
+    ld.param.b32 %r1, [x];
+    mul.lo.u32 %r2, %r1, 3;
+    st.param.b32 [ret], %r2;
+    ret;
+}
+.visible .entry diverge(.param .u64 out)
+{
+    .reg .pred %p<8>;
+    .reg .b32 %r<20>;
+    .reg .b64 %rd<8>;
+    ld.param.u64 %rd1, [out];
+    cvta.to.global.u64 %rd1, %rd1;
+    mov.u32 %r1, %tid.x;
+    mov.u32 %r10, %ntid.x;
+    rem.u32 %r3, %r1, 7;
+    mov.u32 %r4, 0;
+    mov.u32 %r5, 0;
+    setp.eq.u32 %p1, %r3, 0;
+    @%p1 bra $SKIP;
+$LOOP:
+    mad.lo.u32 %r4, %r5, %r1, %r4;
+    add.u32 %r5, %r5, 1;
+    setp.lt.u32 %p2, %r5, %r3;
+    @%p2 bra $LOOP;
+$SKIP:
+    and.b32 %r6, %r1, 1;
+    setp.eq.u32 %p3, %r6, 0;
+    @%p3 bra $EVEN;
+    {
+    .param .b32 a0;
+    st.param.b32 [a0+0], %r4;
+    .param .b32 rv;
+    call.uni (rv), triple, (a0);
+    ld.param.b32 %r7, [rv+0];
+    }
+    add.u32 %r4, %r7, 1;
+    bra $JOIN;
+$EVEN:
+    shl.b32 %r4, %r4, 1;
+$JOIN:
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r4;
+    bar.sync 0;
+    shfl.sync.bfly.b32 %r8, %r4, 1, 31, -1;
+    add.u32 %r9, %r1, %r10;
+    mul.wide.u32 %rd4, %r9, 4;
+    add.s64 %rd5, %rd1, %rd4;
+    setp.gt.u32 %p4, %r1, 40;
+    @%p4 st.global.u32 [%rd5], %r8;
+    rem.u32 %r11, %r1, 5;
+    setp.eq.u32 %p5, %r11, 4;
+    @%p5 exit;
+    add.u32 %r12, %r9, %r10;
+    mul.wide.u32 %rd6, %r12, 4;
+    add.s64 %rd7, %rd1, %rd6;
+    st.global.u32 [%rd7], %r5;
+    ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    let n = 96usize;
+    let acc = |t: u32| {
+        let s: u32 = (0..t % 7).map(|i| i * t).sum();
+        if t % 2 == 1 {
+            s * 3 + 1
+        } else {
+            s * 2
+        }
+    };
+    let mut want = vec![0u32; 3 * n];
+    for t in 0..n as u32 {
+        want[t as usize] = acc(t);
+        if t > 40 {
+            want[n + t as usize] = acc(t ^ 1);
+        }
+        if t % 5 != 4 {
+            want[2 * n + t as usize] = t % 7;
+        }
+    }
+    let mut counts = Vec::new();
+    for engine in [Engine::Warp, Engine::Thread] {
+        let mut mem = Mem::default();
+        let p = mem.alloc(&vec![0u8; 3 * n * 4]);
+        let stats = with_engine(engine, || run(&m, "diverge", [1, 1, 1], [n as u32, 1, 1], 0, &[p], &mut mem)).unwrap();
+        assert_eq!(read::<u32>(mem.get(p), 3 * n), want, "{engine:?}");
+        counts.push(stats.instructions);
+    }
+    assert_eq!(counts[0], counts[1], "instructions counted by the warp and thread engines");
+}
+
+/// A lane spinning on a flag that a later lane of its warp sets: on sm_70 and later (independent
+/// thread scheduling) the spin ends. The warp engine gives the other lane a turn.
+#[test]
+fn a_lane_spinning_on_a_flag_of_another_lane_of_its_warp_progresses() {
+    let m = warp_ptx(
+        ".shared .align 4 .u32 flag;\n\
+         mov.u32 %r1, %tid.x;\n\
+         setp.ne.u32 %p1, %r1, 0;\n@%p1 bra $L_other;\n\
+         $L_spin:\nld.volatile.shared.u32 %r2, [flag];\nsetp.eq.u32 %p2, %r2, 0;\n@%p2 bra $L_spin;\n\
+         ld.param.u64 %rd1, [p];\nst.global.u32 [%rd1], %r2;\nbra $L_end;\n\
+         $L_other:\nsetp.ne.u32 %p3, %r1, 31;\n@%p3 bra $L_end;\nmov.u32 %r3, 7;\nst.volatile.shared.u32 [flag], %r3;\n\
+         $L_end:\nret;",
+    );
+    let mut mem = Mem::default();
+    let p = mem.alloc(&[0u8; 4]);
+    with_engine(Engine::Warp, || run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[p], &mut mem)).unwrap();
+    assert_eq!(read::<u32>(mem.get(p), 1), vec![7]);
+}

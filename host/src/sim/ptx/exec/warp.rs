@@ -1,0 +1,438 @@
+//! Warp-wide execution: the lanes of a warp that are at the same instruction run it together.
+//! The instruction is decoded once per kernel ([`Fast`]) and a tight loop applies it to each lane
+//! of the group, where the per-thread interpreter fetches, matches and checks every instruction
+//! for every thread.
+//!
+//! Lanes part at a branch and meet again where their paths join: of the lanes that can run, the
+//! group at the lowest pc goes first ("min-pc"), which brings structured control flow together at
+//! its join point, so a warp runs converged as it does on a GPU. What has no warp-wide form runs
+//! lane by lane through the interpreter's `step`; calls, barriers, warp collectives, exits and
+//! mbarrier waits go through the per-thread path for one instruction. The two engines share
+//! every instruction's semantics; only the order of threads differs, and both orders are ones a
+//! GPU may give (CUDA orders no two threads without synchronization).
+//!
+//! A lane that spins waiting for another lane of its warp would keep the lowest pc for ever.
+//! After SPIN_LIMIT instructions of one group while other lanes wait, the next lane in turn runs
+//! its group for a while: independent thread scheduling (sm_70 and later) promises such a spin
+//! progresses.
+
+use super::*;
+use std::cell::Cell;
+
+/// Which engine runs a block's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Warps in lockstep (this file): the default.
+    Warp,
+    /// Each thread alone until it waits (the interpreter as it was); `VGPU_SIM_ENGINE=thread`.
+    Thread,
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Engine>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with launches made on this thread using `engine` (benchmarks and the tests that
+/// compare the two engines).
+pub fn with_engine<R>(engine: Engine, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Engine>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(engine))));
+    f()
+}
+
+/// The engine of a launch made now: with_engine's, else VGPU_SIM_ENGINE's, else Warp.
+pub(super) fn engine() -> Engine {
+    if let Some(e) = OVERRIDE.with(|o| o.get()) {
+        return e;
+    }
+    static DEFAULT: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| match std::env::var("VGPU_SIM_ENGINE").as_deref() {
+        Ok("thread") => Engine::Thread,
+        Ok("warp") | Err(_) => Engine::Warp,
+        Ok(other) => {
+            tracing::warn!("VGPU_SIM_ENGINE={other:?} is neither \"warp\" nor \"thread\"; using warp");
+            Engine::Warp
+        }
+    })
+}
+
+/// A source operand of a warp-wide instruction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Src {
+    Reg(u32),
+    Imm(u64),
+}
+
+/// Where a warp-wide load or store's address comes from (plus an offset).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AddrBase {
+    Reg(u32),
+    Sym(u32),
+    Abs,
+}
+
+/// The value a warp-wide pure instruction computes, from its operands (`exec`'s functions, the
+/// same the interpreter's `step` uses).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Eval {
+    Mov,
+    Bin(Bin, Mods),
+    Mad { hi: bool, m: Mods },
+    /// mul.wide (c is 0) and mad.wide.
+    Wide,
+    Cvt { sty: Ty, m: Mods },
+    /// selp: a if c else b.
+    Selp,
+}
+
+/// An instruction as the warp engine runs it. Register numbers are below the kernel's count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fast {
+    /// Control flow or a wait: each lane takes the per-thread path for this instruction.
+    Lane,
+    /// Each lane runs it through the interpreter's `step`.
+    Step,
+    Bra(u32),
+    /// d = eval(a, b, c): `ty` the operation's type, `dty` the destination's.
+    Pure { eval: Eval, ty: Ty, dty: Ty, d: u32, a: Src, b: Src, c: Src },
+    Setp { cmp: Cmp, ty: Ty, ftz: bool, p: Option<u32>, q: Option<u32>, a: Src, b: Src, comb: Option<(BoolOp, u32, bool)> },
+    Ld { space: Space, ty: Ty, d: u32, base: AddrBase, off: u64 },
+    St { space: Space, ty: Ty, base: AddrBase, off: u64, a: Src },
+}
+
+/// How the warp engine runs each of `k`'s instructions.
+pub(crate) fn translate(k: &Kernel) -> Vec<Fast> {
+    k.insts.iter().map(|i| translate_one(i, k.nregs)).collect()
+}
+
+fn translate_one(i: &Inst, nregs: usize) -> Fast {
+    let reg = |r: u32| ((r as usize) < nregs).then_some(r);
+    let src = |o: &Opnd| match o {
+        Opnd::Reg(r) => reg(*r).map(Src::Reg),
+        Opnd::Imm(v) => Some(Src::Imm(*v)),
+        _ => None,
+    };
+    // A destination register, or None for `_`; anything else is no form of ours.
+    let dst = |o: &Opnd| match o {
+        Opnd::Reg(r) => reg(*r).map(Some),
+        Opnd::Sink => Some(None),
+        _ => None,
+    };
+    let addr = |o: &Opnd| match o {
+        Opnd::Addr(Base::Reg(r), off) => reg(*r).map(|r| (AddrBase::Reg(r), *off as u64)),
+        Opnd::Addr(Base::Sym(s), off) => Some((AddrBase::Sym(*s), *off as u64)),
+        Opnd::Addr(Base::Abs, off) => Some((AddrBase::Abs, *off as u64)),
+        Opnd::Reg(r) => reg(*r).map(|r| (AddrBase::Reg(r), 0)),
+        Opnd::Sym(s) => Some((AddrBase::Sym(*s), 0)),
+        _ => None,
+    };
+    let control = matches!(
+        i.op,
+        Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar { .. } | Op::Warp { .. } | Op::GridSync { .. } | Op::Mbar { kind: MbarKind::Wait { .. }, .. }
+    );
+    if control || i.guard.is_some_and(|(p, _)| reg(p).is_none()) {
+        return Fast::Lane;
+    }
+    let pure = |eval: Eval, ty: Ty, dty: Ty, d: &Opnd, a: &Opnd, b: Option<&Opnd>, c: Option<&Opnd>| -> Option<Fast> {
+        let operand = |o: Option<&Opnd>| o.map_or(Some(Src::Imm(0)), src);
+        Some(Fast::Pure { eval, ty, dty, d: reg(if let Opnd::Reg(r) = d { *r } else { u32::MAX })?, a: src(a)?, b: operand(b)?, c: operand(c)? })
+    };
+    let fast = match &i.op {
+        Op::Bra { target } => Some(Fast::Bra(*target)),
+        Op::Mov { ty, d, a } => pure(Eval::Mov, *ty, *ty, d, a, None, None),
+        // Only what bin_value computes (the rest is an error `step` reports).
+        Op::Bin { op, ty, m, d, a, b } if bin_value(*op, *ty, *m, 0, 0).is_some() => pure(Eval::Bin(*op, *m), *ty, *ty, d, a, Some(b), None),
+        Op::Mad { hi, ty, m, d, a, b, c } => pure(Eval::Mad { hi: *hi, m: *m }, *ty, *ty, d, a, Some(b), Some(c)),
+        Op::MulWide { ty, d, a, b } => pure(Eval::Wide, *ty, Ty::B64, d, a, Some(b), None),
+        Op::MadWide { ty, d, a, b, c } => pure(Eval::Wide, *ty, Ty::B64, d, a, Some(b), Some(c)),
+        Op::Cvt { dty, sty, m, d, a } => pure(Eval::Cvt { sty: *sty, m: *m }, *dty, *dty, d, a, None, None),
+        Op::Selp { ty, d, a, b, c } => pure(Eval::Selp, *ty, *ty, d, a, Some(b), Some(c)),
+        Op::Setp { cmp, ty, m, packed: false, p, q, a, b, comb } if comb.is_none_or(|(_, c, _)| reg(c).is_some()) => {
+            (|| Some(Fast::Setp { cmp: *cmp, ty: *ty, ftz: m.ftz, p: dst(p)?, q: dst(q)?, a: src(a)?, b: src(b)?, comb: *comb }))()
+        }
+        Op::Ld { space, ty, d, addr: at } => (|| {
+            let (base, off) = addr(at)?;
+            Some(Fast::Ld { space: *space, ty: *ty, d: dst(d)??, base, off })
+        })(),
+        Op::St { space, ty, addr: at, a } => (|| {
+            let (base, off) = addr(at)?;
+            Some(Fast::St { space: *space, ty: *ty, base, off, a: src(a)? })
+        })(),
+        _ => None,
+    };
+    fast.unwrap_or(Fast::Step)
+}
+
+/// A register's or an immediate's value in a lane with registers `r`.
+#[inline(always)]
+fn src(r: &[u64], s: Src) -> u64 {
+    match s {
+        Src::Reg(x) => r[x as usize],
+        Src::Imm(v) => v,
+    }
+}
+
+/// d = f(a, b, c) in each lane of `on` (registers of lane l at `base + l * nregs`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lanes(regs: &mut [u64], base: usize, nregs: usize, on: u32, dty: Ty, d: u32, ops: [Src; 3], f: impl Fn(u64, u64, u64) -> u64) {
+    for l in lanes_of(on) {
+        let r = &mut regs[base + l * nregs..base + (l + 1) * nregs];
+        let v = f(src(r, ops[0]), src(r, ops[1]), src(r, ops[2]));
+        r[d as usize] = normalize(dty, v);
+    }
+}
+
+/// A pure instruction in each lane of `on`. The commonest operations get a loop of their own
+/// (what they compute is the same as the general functions': integer add, sub, mul.lo and
+/// logic on the low bits, which the destination's type then keeps; f32 round-to-nearest
+/// arithmetic without modifiers is the host's own IEEE arithmetic, as in float::bin).
+#[allow(clippy::too_many_arguments)]
+fn pure(regs: &mut [u64], base: usize, nregs: usize, on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Src; 3]) {
+    let plain = |m: Mods| m == Mods::default() || m == Mods { rnd: Rnd::Near, ..Mods::default() };
+    let int = !ty.float() && ty != Ty::Pred;
+    let f32s = |x: u64| f32::from_bits(x as u32);
+    match eval {
+        Eval::Mov => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| x),
+        Eval::Bin(op, m) if int && !m.sat => match op {
+            Bin::Add => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_add(y)),
+            Bin::Sub => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_sub(y)),
+            Bin::MulLo => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_mul(y)),
+            Bin::And => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x & y),
+            Bin::Or => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x | y),
+            Bin::Xor => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x ^ y),
+            _ => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| int_bin(op, ty, x, y)),
+        },
+        Eval::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && plain(m) => match op {
+            Bin::Add => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) + f32s(y)).to_bits() as u64),
+            Bin::Sub => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) - f32s(y)).to_bits() as u64),
+            _ => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) * f32s(y)).to_bits() as u64),
+        },
+        Eval::Bin(op, m) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| bin_value(op, ty, m, x, y).unwrap_or(0)),
+        Eval::Mad { hi: false, .. } if int => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| x.wrapping_mul(y).wrapping_add(z)),
+        Eval::Mad { hi, m } => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| mad_value(hi, ty, m, x, y, z)),
+        Eval::Wide => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| mul_wide(ty, x, y, z)),
+        Eval::Cvt { sty, m } => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| float::convert(ty, sty, m, x)),
+        Eval::Selp => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| if z != 0 { x } else { y }),
+    }
+}
+
+/// The lanes of a mask, lowest first.
+fn lanes_of(mut m: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (m != 0).then(|| {
+            let l = m.trailing_zeros() as usize;
+            m &= m - 1;
+            l
+        })
+    })
+}
+
+/// Instructions one group runs while other lanes of its warp wait, before another gets a turn.
+const SPIN_LIMIT: u32 = 1 << 12;
+
+/// Why a group stopped running warp-wide.
+enum Stop {
+    /// Its lanes are all still at `pc` (written back by the caller).
+    At,
+    /// Its lanes' pcs are written already (a divergent branch, an exit).
+    Written,
+    /// At an instruction each lane runs on the per-thread path.
+    Lane,
+}
+
+impl<'a> Ctx<'a> {
+    /// Runs the `lanes` threads of the warp starting at thread `w0` until none of them can run
+    /// (each has exited or waits). Returns true if the block's turn ended first (the lanes keep
+    /// their state, and go on at its next turn).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_warp(
+        &mut self,
+        w0: usize,
+        lanes: usize,
+        b: &BlockShape,
+        regs: &mut [u64],
+        local: &mut [u8],
+        pcs: &mut [u32],
+        state: &mut [u8],
+        calls: &mut [Vec<Frame>],
+    ) -> Result<bool, ExecError> {
+        let kernel: &'a Kernel = self.kernel;
+        let fast: &'a [Fast] = kernel.fast.get_or_init(|| translate(kernel));
+        let insts: &'a [Inst] = &kernel.insts;
+        let (nregs, ptl) = (b.nregs, b.per_thread_local);
+        let bl = self.cfg.block;
+        let tid_of = |t: usize| {
+            let t = t as u32;
+            [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])]
+        };
+        // Round-robin turns after a long spin.
+        let (mut turn, mut favor) = (0usize, false);
+        loop {
+            // Lanes inside device functions run on their own until back in the kernel.
+            let mut runnable = 0u32;
+            for l in 0..lanes {
+                let t = w0 + l;
+                if state[t] == RUN && !calls[t].is_empty() {
+                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::UntilKernel)?;
+                    if s == PREEMPTED {
+                        return Ok(true);
+                    }
+                    state[t] = s;
+                }
+                if state[t] == RUN {
+                    runnable |= 1 << l;
+                }
+            }
+            if runnable == 0 {
+                return Ok(false);
+            }
+            let favored = std::mem::take(&mut favor);
+            let lead = if favored {
+                turn = lanes_of(runnable).find(|&l| l > turn).unwrap_or(runnable.trailing_zeros() as usize);
+                turn
+            } else {
+                lanes_of(runnable).min_by_key(|&l| pcs[w0 + l]).unwrap_or(0)
+            };
+            let mut pc = pcs[w0 + lead];
+            let at = |m: u32, pc: u32, pcs: &[u32]| lanes_of(m).filter(|&l| pcs[w0 + l] == pc).fold(0u32, |g, l| g | 1 << l);
+            let mut group = at(runnable, pc, pcs);
+            let mut others = runnable & !group;
+            let lowest = |m: u32, pcs: &[u32]| lanes_of(m).map(|l| pcs[w0 + l]).min().unwrap_or(u32::MAX);
+            let mut next_other = lowest(others, pcs);
+            // A group given a turn runs on past lower lanes for a while.
+            let mut free_run = if favored { SPIN_LIMIT } else { 0 };
+            let mut spun = 0u32;
+            let stop = loop {
+                if others != 0 {
+                    if pc == next_other {
+                        // Paths join: the lanes waiting here go on with the group.
+                        let joining = at(others, pc, pcs);
+                        group |= joining;
+                        others &= !joining;
+                        next_other = lowest(others, pcs);
+                    } else if pc > next_other && free_run == 0 {
+                        break Stop::At; // lanes behind run first
+                    }
+                    free_run = free_run.saturating_sub(1);
+                    spun += 1;
+                    if spun > SPIN_LIMIT && free_run == 0 {
+                        favor = true;
+                        break Stop::At;
+                    }
+                }
+                let Some(inst) = insts.get(pc as usize) else {
+                    // Fell off the end of the kernel: an implicit `ret`, the threads exit.
+                    for l in lanes_of(group) {
+                        state[w0 + l] = DONE;
+                    }
+                    break Stop::At;
+                };
+                let f = fast.get(pc as usize).copied().unwrap_or(Fast::Lane);
+                if matches!(f, Fast::Lane) {
+                    break Stop::Lane;
+                }
+                if self.executed >= self.quantum_end {
+                    for l in lanes_of(group) {
+                        pcs[w0 + l] = pc;
+                    }
+                    return Ok(true);
+                }
+                self.executed += group.count_ones() as u64;
+                while self.executed >= self.next_check {
+                    self.checkpoint()?;
+                }
+                let on = match inst.guard {
+                    None => group,
+                    Some((p, neg)) => lanes_of(group).filter(|&l| (regs[(w0 + l) * nregs + p as usize] != 0) != neg).fold(0u32, |g, l| g | 1 << l),
+                };
+                match f {
+                    Fast::Bra(target) => {
+                        if on == group {
+                            pc = target;
+                        } else if on == 0 {
+                            pc += 1;
+                        } else {
+                            for l in lanes_of(group) {
+                                pcs[w0 + l] = if on & (1 << l) != 0 { target } else { pc + 1 };
+                            }
+                            break Stop::Written;
+                        }
+                        continue;
+                    }
+                    Fast::Pure { eval, ty, dty, d, a, b: bo, c } => pure(regs, w0 * nregs, nregs, on, eval, ty, dty, d, [a, bo, c]),
+                    Fast::Setp { cmp, ty, ftz, p, q, a, b: bo, comb } => {
+                        for l in lanes_of(on) {
+                            let r = &mut regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
+                            let v = compare_ftz(cmp, ty, ftz, src(r, a), src(r, bo));
+                            let (vp, vq) = (combined(comb, r, v), combined(comb, r, !v));
+                            if let Some(p) = p {
+                                r[p as usize] = vp as u64;
+                            }
+                            if let Some(q) = q {
+                                r[q as usize] = vq as u64;
+                            }
+                        }
+                    }
+                    Fast::Ld { space, ty, d, base, off } => {
+                        for l in lanes_of(on) {
+                            let t = w0 + l;
+                            let a = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            let v = self.load(space, a, ty, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                            regs[t * nregs + d as usize] = normalize(ty, v);
+                        }
+                    }
+                    Fast::St { space, ty, base, off, a } => {
+                        for l in lanes_of(on) {
+                            let t = w0 + l;
+                            let r = &regs[t * nregs..(t + 1) * nregs];
+                            let (at, v) = (self.base_value(base, r).wrapping_add(off), src(r, a));
+                            self.store(space, at, ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                        }
+                    }
+                    Fast::Step => {
+                        for l in lanes_of(on) {
+                            let t = w0 + l;
+                            self.step(inst, tid_of(t), t as u32, &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl])?;
+                        }
+                    }
+                    Fast::Lane => {}
+                }
+                pc += 1;
+            };
+            match stop {
+                Stop::Written => {}
+                Stop::At | Stop::Lane => {
+                    for l in lanes_of(group) {
+                        pcs[w0 + l] = pc;
+                    }
+                }
+            }
+            if let Stop::Lane = stop {
+                for l in lanes_of(group) {
+                    let t = w0 + l;
+                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::One)?;
+                    if s == PREEMPTED {
+                        return Ok(true);
+                    }
+                    state[t] = s;
+                }
+            }
+        }
+    }
+
+    /// The base of a warp-wide access's address in a lane with registers `r` (the kernel's
+    /// symbols: warp-wide instructions run only in the kernel itself).
+    fn base_value(&self, base: AddrBase, r: &[u64]) -> u64 {
+        match base {
+            AddrBase::Reg(x) => r[x as usize],
+            AddrBase::Sym(s) => self.syms.get(s as usize).copied().unwrap_or(0),
+            AddrBase::Abs => 0,
+        }
+    }
+}
