@@ -159,6 +159,8 @@ def run_child(model_dir, config, n, where, forced=None):
     env = dict(os.environ)
     if where == "cpu":
         env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"
+    elif where == "vgpu-thread":
+        env["VGPU_SOCKET"] = os.environ["VGPU_SOCKET_THREAD_ENGINE"]
     if forced:
         args.append(json.dumps(forced))
     r = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -205,12 +207,18 @@ def compare(model_dir, configs, n):
 
 
 def bench(model_dir, configs, n):
-    """Decode speed (tokens/s after the prompt) of the CPU backend and of vgpu, in one run."""
-    print(f"{'config':18} {'CPU backend':>14} {'vgpu (sim)':>14} {'ratio':>8}")
+    """Decode speed (tokens/s after the prompt) of the CPU backend and of vgpu, in one run; with
+    VGPU_SOCKET_THREAD_ENGINE (a mediator whose sim runs the per-thread engine), that too."""
+    wheres = ["cpu", "vgpu"] + (["vgpu-thread"] if os.environ.get("VGPU_SOCKET_THREAD_ENGINE") else [])
+    head = f"{'config':18} {'CPU backend':>14} {'vgpu (sim)':>14} {'vgpu / CPU':>11}"
+    print(head + (f" {'per-thread sim':>15} {'warp / thread':>14}" if len(wheres) > 2 else ""))
     for config in configs:
-        c, g = ((run_child(model_dir, config, n, where)[0] or {}).get("decode_tokens_per_s") for where in ("cpu", "vgpu"))
+        c, g, *t = ((run_child(model_dir, config, n, where)[0] or {}).get("decode_tokens_per_s") for where in wheres)
         ratio = f"{g / c:.2e}" if c and g else "-"
-        print(f"{config:18} {c or 0:>12.1f}/s {g or 0:>12.2f}/s {ratio:>8}")
+        line = f"{config:18} {c or 0:>12.1f}/s {g or 0:>12.2f}/s {ratio:>11}"
+        if t:
+            line += f" {t[0] or 0:>13.2f}/s {f'{g / t[0]:.2f}' if g and t[0] else '-':>14}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

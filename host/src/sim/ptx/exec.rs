@@ -526,6 +526,114 @@ fn mad_value(hi: bool, ty: Ty, m: Mods, a: u64, b: u64, c: u64) -> u64 {
     }
 }
 
+/// Unary operations (None: one the type does not have).
+fn un_value(op: Un, ty: Ty, m: Mods, x: u64) -> Option<u64> {
+    let bits = ty.bits();
+    if ty.float() {
+        return float::unary(op, ty, m, x);
+    }
+    Some(match op {
+        Un::Not if ty == Ty::Pred => (x == 0) as u64,
+        Un::Not => !x,
+        Un::Cnot => (mask(x, bits) == 0) as u64,
+        Un::Neg => (x as i64).wrapping_neg() as u64,
+        Un::Abs => sext(x, bits).unsigned_abs(),
+        Un::Popc => mask(x, bits).count_ones() as u64,
+        Un::Clz => (mask(x, bits).leading_zeros() - (64 - bits)) as u64,
+        Un::Brev => mask(x, bits).reverse_bits() >> (64 - bits),
+        _ => return None,
+    })
+}
+
+/// The type of a unary operation's result: popc and clz give a u32 count.
+fn un_type(op: Un, ty: Ty) -> Ty {
+    if matches!(op, Un::Popc | Un::Clz) {
+        Ty::U32
+    } else {
+        ty
+    }
+}
+
+/// cvta (`to`: generic to the space's address, else the reverse).
+fn cvta_value(space: Space, to: bool, v: u64) -> u64 {
+    match (space, to) {
+        (Space::Shared, false) => v.wrapping_add(SHARED_WINDOW),
+        (Space::Shared, true) => v.wrapping_sub(SHARED_WINDOW),
+        (Space::Local, false) => v.wrapping_add(LOCAL_WINDOW),
+        (Space::Local, true) => v.wrapping_sub(LOCAL_WINDOW),
+        _ => v, // global, const, param: generic == space address here
+    }
+}
+
+/// bfe: the PTX ISA's definition: bit i of the result is bit pos+i of a while i < len and
+/// pos+i is within the type, else the sign bit (a[min(pos+len-1, msb)] for signed types with
+/// len > 0, 0 otherwise).
+fn bfe_value(ty: Ty, a: u64, b: u64, c: u64) -> u64 {
+    let msb = ty.bits() as u64 - 1;
+    let (x, pos, len) = (mask(a, ty.bits()), b & 0xff, c & 0xff);
+    let sbit = if ty.signed() && len > 0 { (x >> (pos + len - 1).min(msb)) & 1 } else { 0 };
+    let take = len.min(msb.saturating_sub(pos) + 1).min(if pos > msb { 0 } else { 64 });
+    let field = if take == 0 { 0 } else { mask(x >> pos, take as u32) };
+    if sbit == 1 {
+        field | !mask(u64::MAX, take as u32)
+    } else {
+        field
+    }
+}
+
+/// lop3: bit by bit, the lookup table's entry for (a, b, c).
+fn lop3_value(x: u64, y: u64, z: u64, l: u64) -> u64 {
+    let mut r = 0u64;
+    for idx in 0..8u64 {
+        if l & (1 << idx) != 0 {
+            let ta = if idx & 4 != 0 { x } else { !x };
+            let tb = if idx & 2 != 0 { y } else { !y };
+            let tc = if idx & 1 != 0 { z } else { !z };
+            r |= ta & tb & tc;
+        }
+    }
+    r
+}
+
+/// shf.l / shf.r: the 64-bit {b, a} shifted by c (mod 32, or at most 32 with .clamp).
+fn shf_value(left: bool, clamp: bool, a: u64, b: u64, c: u64) -> u64 {
+    let v = mask(b, 32) << 32 | mask(a, 32);
+    let n = if clamp { c.min(32) } else { c & 31 };
+    if left {
+        (v << n) >> 32
+    } else {
+        v >> n
+    }
+}
+
+/// prmt: bytes of {b, a} picked by selector `c` (`mode` None: the generic mode).
+fn prmt_value(mode: Option<u8>, a: u64, b: u64, sel: u64) -> u64 {
+    let bytes = (a & 0xffff_ffff) | (b & 0xffff_ffff) << 32; // {b, a}: bytes 0..7
+    let byte = |n: u64| (bytes >> (8 * (n & 7))) & 0xff;
+    match mode {
+        // Each selector nibble picks a byte; its bit 3 replicates that byte's sign.
+        None => (0..4).fold(0, |acc, k| {
+            let s = (sel >> (4 * k)) & 0xf;
+            let v = byte(s);
+            let v = if s & 8 != 0 { if v & 0x80 != 0 { 0xff } else { 0 } } else { v };
+            acc | v << (8 * k)
+        }),
+        // The ISA's table: per mode and selector, the source byte of d.b0..d.b3.
+        Some(mode) => {
+            const ROWS: [[[u64; 4]; 4]; 6] = [
+                [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], // f4e
+                [[0, 7, 6, 5], [1, 0, 7, 6], [2, 1, 0, 7], [3, 2, 1, 0]], // b4e
+                [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]], // rc8
+                [[0, 1, 2, 3], [1, 1, 2, 3], [2, 2, 2, 3], [3, 3, 3, 3]], // ecl
+                [[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 1, 2, 3]], // ecr
+                [[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1], [2, 3, 2, 3]], // rc16
+            ];
+            let row = ROWS[mode as usize % 6][(sel & 3) as usize];
+            (0..4).fold(0, |acc, k| acc | byte(row[k]) << (8 * k))
+        }
+    }
+}
+
 fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
     let bits = ty.bits();
     let signed = ty.signed();
@@ -918,27 +1026,32 @@ impl<'a> Ctx<'a> {
     /// instruction form a group; of it, the lanes run whose masks name no live lane outside
     /// them (lanes that exited, or beyond the block's end, are left out). Returns whether any ran.
     fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
-        let n = state.len();
         let mut fired = false;
-        for w0 in (0..n).step_by(32) {
-            let lanes = (n - w0).min(32);
-            let live: u32 = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0, |m, l| m | 1 << l);
-            let mut waiting: u32 = (0..lanes).filter(|&l| state[w0 + l] == AT_WARP).fold(0, |m, l| m | 1 << l);
-            while waiting != 0 {
-                let first = waiting.trailing_zeros() as usize;
-                let key = self.meet_key(pcs[w0 + first], &calls[w0 + first]);
-                let group: u32 =
-                    (0..lanes).filter(|&l| waiting & (1 << l) != 0 && self.meet_key(pcs[w0 + l], &calls[w0 + l]) == key).fold(0, |m, l| m | 1 << l);
-                waiting &= !group;
-                let ran = self.warp_op(w0, group, live, pcs, regs, nregs, calls)?;
-                for l in 0..lanes {
-                    if ran & (1 << l) != 0 {
-                        state[w0 + l] = RUN;
-                        pcs[w0 + l] += 1;
-                    }
+        for w0 in (0..state.len()).step_by(32) {
+            fired |= self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)?;
+        }
+        Ok(fired)
+    }
+
+    /// warp_collectives for the warp starting at thread `w0`.
+    fn warp_collectives_of(&mut self, w0: usize, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+        let lanes = (state.len() - w0).min(32);
+        let mut fired = false;
+        let live: u32 = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0, |m, l| m | 1 << l);
+        let mut waiting: u32 = (0..lanes).filter(|&l| state[w0 + l] == AT_WARP).fold(0, |m, l| m | 1 << l);
+        while waiting != 0 {
+            let first = waiting.trailing_zeros() as usize;
+            let key = self.meet_key(pcs[w0 + first], &calls[w0 + first]);
+            let group: u32 = (0..lanes).filter(|&l| waiting & (1 << l) != 0 && self.meet_key(pcs[w0 + l], &calls[w0 + l]) == key).fold(0, |m, l| m | 1 << l);
+            waiting &= !group;
+            let ran = self.warp_op(w0, group, live, pcs, regs, nregs, calls)?;
+            for l in 0..lanes {
+                if ran & (1 << l) != 0 {
+                    state[w0 + l] = RUN;
+                    pcs[w0 + l] += 1;
                 }
-                fired |= ran != 0;
             }
+            fired |= ran != 0;
         }
         Ok(fired)
     }
@@ -1601,25 +1714,8 @@ impl<'a> Ctx<'a> {
                 self.set(d, Ty::B32, r, regs, i)?;
             }
             Op::Un { op, ty, m, d, a } => {
-                let x = g!(a);
-                let bits = ty.bits();
-                let r = if ty.float() {
-                    float::unary(*op, *ty, *m, x).ok_or_else(|| ExecError::Unsupported(self.at(i)))?
-                } else {
-                    match op {
-                        Un::Not if *ty == Ty::Pred => (x == 0) as u64,
-                        Un::Not => !x,
-                        Un::Cnot => (mask(x, bits) == 0) as u64,
-                        Un::Neg => (x as i64).wrapping_neg() as u64,
-                        Un::Abs => sext(x, bits).unsigned_abs(),
-                        Un::Popc => mask(x, bits).count_ones() as u64,
-                        Un::Clz => (mask(x, bits).leading_zeros() - (64 - bits)) as u64,
-                        Un::Brev => mask(x, bits).reverse_bits() >> (64 - bits),
-                        _ => return Err(ExecError::Unsupported(self.at(i))),
-                    }
-                };
-                let dty = if matches!(op, Un::Popc | Un::Clz) { Ty::U32 } else { *ty };
-                self.set(d, dty, r, regs, i)?;
+                let r = un_value(*op, *ty, *m, g!(a)).ok_or_else(|| ExecError::Unsupported(self.at(i)))?;
+                self.set(d, un_type(*op, *ty), r, regs, i)?;
             }
             Op::Setp { cmp, ty, m, packed, p, q, a, b, comb } => {
                 let combine = |x: bool| combined(*comb, regs, x);
@@ -1700,34 +1796,7 @@ impl<'a> Ctx<'a> {
                 };
                 self.set(d, Ty::B32, (g!(c) as i64).wrapping_add(sum) as u64, regs, i)?;
             }
-            Op::Prmt { mode, d, a, b, c } => {
-                let bytes = (g!(a) & 0xffff_ffff) | (g!(b) & 0xffff_ffff) << 32; // {b, a}: bytes 0..7
-                let byte = |n: u64| (bytes >> (8 * (n & 7))) & 0xff;
-                let sel = g!(c);
-                let r = match mode {
-                    // Each selector nibble picks a byte; its bit 3 replicates that byte's sign.
-                    None => (0..4).fold(0, |acc, k| {
-                        let s = (sel >> (4 * k)) & 0xf;
-                        let v = byte(s);
-                        let v = if s & 8 != 0 { if v & 0x80 != 0 { 0xff } else { 0 } } else { v };
-                        acc | v << (8 * k)
-                    }),
-                    // The ISA's table: per mode and selector, the source byte of d.b0..d.b3.
-                    Some(mode) => {
-                        const ROWS: [[[u64; 4]; 4]; 6] = [
-                            [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], // f4e
-                            [[0, 7, 6, 5], [1, 0, 7, 6], [2, 1, 0, 7], [3, 2, 1, 0]], // b4e
-                            [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]], // rc8
-                            [[0, 1, 2, 3], [1, 1, 2, 3], [2, 2, 2, 3], [3, 3, 3, 3]], // ecl
-                            [[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 1, 2, 3]], // ecr
-                            [[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1], [2, 3, 2, 3]], // rc16
-                        ];
-                        let row = ROWS[*mode as usize % 6][(sel & 3) as usize];
-                        (0..4).fold(0, |acc, k| acc | byte(row[k]) << (8 * k))
-                    }
-                };
-                self.set(d, Ty::B32, r, regs, i)?;
-            }
+            Op::Prmt { mode, d, a, b, c } => self.set(d, Ty::B32, prmt_value(*mode, g!(a), g!(b), g!(c)), regs, i)?,
             Op::IsSpace { space, p, a } => {
                 let (resolved, _) = resolve(Space::Generic, g!(a));
                 let r = match space {
@@ -1746,12 +1815,7 @@ impl<'a> Ctx<'a> {
                 self.access(Space::Global, s, from as usize, local, i, None, &mut buf[..from as usize])?;
                 self.access(Space::Shared, d, n as usize, local, i, Some(&buf[..n as usize]), &mut [])?;
             }
-            Op::Shf { left, clamp, d, a, b, c } => {
-                let v = mask(g!(b), 32) << 32 | mask(g!(a), 32);
-                let n = if *clamp { g!(c).min(32) } else { g!(c) & 31 };
-                let r = if *left { (v << n) >> 32 } else { v >> n };
-                self.set(d, Ty::B32, r, regs, i)?;
-            }
+            Op::Shf { left, clamp, d, a, b, c } => self.set(d, Ty::B32, shf_value(*left, *clamp, g!(a), g!(b), g!(c)), regs, i)?,
             Op::Mul24 { hi, signed, d, a, b, c } => {
                 let part = |v: u64| if *signed { sext(v, 24) } else { mask(v, 24) as i64 };
                 let p = part(g!(a)) * part(g!(b));
@@ -1790,29 +1854,8 @@ impl<'a> Ctx<'a> {
                 let v = float::convert(*dty, *sty, *m, g!(a));
                 self.set(d, *dty, v, regs, i)?;
             }
-            Op::Cvta { to, space, d, a } => {
-                let v = g!(a);
-                let r = match (space, to) {
-                    (Space::Shared, false) => v.wrapping_add(SHARED_WINDOW),
-                    (Space::Shared, true) => v.wrapping_sub(SHARED_WINDOW),
-                    (Space::Local, false) => v.wrapping_add(LOCAL_WINDOW),
-                    (Space::Local, true) => v.wrapping_sub(LOCAL_WINDOW),
-                    _ => v, // global, const, param: generic == space address here
-                };
-                self.set(d, Ty::U64, r, regs, i)?;
-            }
-            Op::Bfe { ty, d, a, b, c } => {
-                // The PTX ISA's definition: bit i of the result is bit pos+i of a while i < len
-                // and pos+i is within the type, else the sign bit (a[min(pos+len-1, msb)] for
-                // signed types with len > 0, 0 otherwise).
-                let msb = ty.bits() as u64 - 1;
-                let (x, pos, len) = (mask(g!(a), ty.bits()), g!(b) & 0xff, g!(c) & 0xff);
-                let sbit = if ty.signed() && len > 0 { (x >> (pos + len - 1).min(msb)) & 1 } else { 0 };
-                let take = len.min(msb.saturating_sub(pos) + 1).min(if pos > msb { 0 } else { 64 });
-                let field = if take == 0 { 0 } else { mask(x >> pos, take as u32) };
-                let r = if sbit == 1 { field | !mask(u64::MAX, take as u32) } else { field };
-                self.set(d, *ty, r, regs, i)?;
-            }
+            Op::Cvta { to, space, d, a } => self.set(d, Ty::U64, cvta_value(*space, *to, g!(a)), regs, i)?,
+            Op::Bfe { ty, d, a, b, c } => self.set(d, *ty, bfe_value(*ty, g!(a), g!(b), g!(c)), regs, i)?,
             Op::Bfi { ty, d, f, b, c, e } => {
                 let bits = ty.bits() as u64;
                 let (fv, bv, pos, len) = (g!(f), g!(b), g!(c) & 0xff, g!(e) & 0xff);
@@ -1824,19 +1867,7 @@ impl<'a> Ctx<'a> {
                 };
                 self.set(d, *ty, r, regs, i)?;
             }
-            Op::Lop3 { d, a, b, c, lut } => {
-                let (x, y, z, l) = (g!(a), g!(b), g!(c), g!(lut));
-                let mut r = 0u64;
-                for idx in 0..8u64 {
-                    if l & (1 << idx) != 0 {
-                        let ta = if idx & 4 != 0 { x } else { !x };
-                        let tb = if idx & 2 != 0 { y } else { !y };
-                        let tc = if idx & 1 != 0 { z } else { !z };
-                        r |= ta & tb & tc;
-                    }
-                }
-                self.set(d, Ty::B32, r, regs, i)?;
-            }
+            Op::Lop3 { d, a, b, c, lut } => self.set(d, Ty::B32, lop3_value(g!(a), g!(b), g!(c), g!(lut)), regs, i)?,
             Op::Atom { space, op, ty, d, addr, b, c } => {
                 let at = self.addr(addr, regs, i)?;
                 let bv = g!(b);

@@ -88,6 +88,13 @@ pub(crate) enum Eval {
     Cvt { sty: Ty, m: Mods },
     /// selp: a if c else b.
     Selp,
+    Un(Un, Mods),
+    Cvta(Space, bool),
+    Bfe,
+    Shf { left: bool, clamp: bool },
+    /// lop3 with its immediate table.
+    Lop3(u8),
+    Prmt(Option<u8>),
 }
 
 /// An instruction as the warp engine runs it. Register numbers are below the kernel's count.
@@ -103,6 +110,9 @@ pub(crate) enum Fast {
     Setp { cmp: Cmp, ty: Ty, ftz: bool, p: Option<u32>, q: Option<u32>, a: Src, b: Src, comb: Option<(BoolOp, u32, bool)> },
     Ld { space: Space, ty: Ty, d: u32, base: AddrBase, off: u64 },
     St { space: Space, ty: Ty, base: AddrBase, off: u64, a: Src },
+    /// ld.v2 / ld.v4 (`_` elements: None) and st.v2 / st.v4: `n` elements of `ty`, in order.
+    LdV { space: Space, ty: Ty, n: u8, d: [Option<u32>; 4], base: AddrBase, off: u64 },
+    StV { space: Space, ty: Ty, n: u8, a: [Src; 4], base: AddrBase, off: u64 },
 }
 
 /// How the warp engine runs each of `k`'s instructions.
@@ -152,16 +162,38 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
         Op::MadWide { ty, d, a, b, c } => pure(Eval::Wide, *ty, Ty::B64, d, a, Some(b), Some(c)),
         Op::Cvt { dty, sty, m, d, a } => pure(Eval::Cvt { sty: *sty, m: *m }, *dty, *dty, d, a, None, None),
         Op::Selp { ty, d, a, b, c } => pure(Eval::Selp, *ty, *ty, d, a, Some(b), Some(c)),
+        Op::Un { op, ty, m, d, a } if un_value(*op, *ty, *m, 0).is_some() => pure(Eval::Un(*op, *m), *ty, un_type(*op, *ty), d, a, None, None),
+        Op::Cvta { to, space, d, a } => pure(Eval::Cvta(*space, *to), Ty::U64, Ty::U64, d, a, None, None),
+        Op::Bfe { ty, d, a, b, c } => pure(Eval::Bfe, *ty, *ty, d, a, Some(b), Some(c)),
+        Op::Shf { left, clamp, d, a, b, c } => pure(Eval::Shf { left: *left, clamp: *clamp }, Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
+        Op::Lop3 { d, a, b, c, lut: Opnd::Imm(lut) } => pure(Eval::Lop3(*lut as u8), Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
+        Op::Prmt { mode, d, a, b, c } => pure(Eval::Prmt(*mode), Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
         Op::Setp { cmp, ty, m, packed: false, p, q, a, b, comb } if comb.is_none_or(|(_, c, _)| reg(c).is_some()) => {
             (|| Some(Fast::Setp { cmp: *cmp, ty: *ty, ftz: m.ftz, p: dst(p)?, q: dst(q)?, a: src(a)?, b: src(b)?, comb: *comb }))()
         }
-        Op::Ld { space, ty, d, addr: at } => (|| {
+        Op::Ld { space, ty, d, addr: at } if !matches!(d, Opnd::Vec(_)) => (|| {
             let (base, off) = addr(at)?;
             Some(Fast::Ld { space: *space, ty: *ty, d: dst(d)??, base, off })
         })(),
-        Op::St { space, ty, addr: at, a } => (|| {
+        Op::St { space, ty, addr: at, a } if !matches!(a, Opnd::Vec(_)) => (|| {
             let (base, off) = addr(at)?;
             Some(Fast::St { space: *space, ty: *ty, base, off, a: src(a)? })
+        })(),
+        Op::Ld { space, ty, d: Opnd::Vec(parts), addr: at } if (2..=4).contains(&parts.len()) => (|| {
+            let (base, off) = addr(at)?;
+            let mut d = [None; 4];
+            for (k, p) in parts.iter().enumerate() {
+                d[k] = dst(p)?;
+            }
+            Some(Fast::LdV { space: *space, ty: *ty, n: parts.len() as u8, d, base, off })
+        })(),
+        Op::St { space, ty, addr: at, a: Opnd::Vec(parts) } if (2..=4).contains(&parts.len()) => (|| {
+            let (base, off) = addr(at)?;
+            let mut a = [Src::Imm(0); 4];
+            for (k, p) in parts.iter().enumerate() {
+                a[k] = src(p)?;
+            }
+            Some(Fast::StV { space: *space, ty: *ty, n: parts.len() as u8, a, base, off })
         })(),
         _ => None,
     };
@@ -219,6 +251,12 @@ fn pure(regs: &mut [u64], base: usize, nregs: usize, on: u32, eval: Eval, ty: Ty
         Eval::Wide => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| mul_wide(ty, x, y, z)),
         Eval::Cvt { sty, m } => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| float::convert(ty, sty, m, x)),
         Eval::Selp => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| if z != 0 { x } else { y }),
+        Eval::Un(op, m) => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| un_value(op, ty, m, x).unwrap_or(0)),
+        Eval::Cvta(space, to) => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| cvta_value(space, to, x)),
+        Eval::Bfe => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| bfe_value(ty, x, y, z)),
+        Eval::Shf { left, clamp } => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| shf_value(left, clamp, x, y, z)),
+        Eval::Lop3(lut) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| lop3_value(x, y, z, lut as u64)),
+        Eval::Prmt(mode) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| prmt_value(mode, x, y, z)),
     }
 }
 
@@ -290,6 +328,11 @@ impl<'a> Ctx<'a> {
                 }
             }
             if runnable == 0 {
+                // All its lanes wait or have exited: the warp's collectives whose lanes have all
+                // arrived run now (as they would once the whole block waits), and the warp goes on.
+                if state[w0..w0 + lanes].contains(&AT_WARP) && self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)? {
+                    continue;
+                }
                 return Ok(false);
             }
             let favored = std::mem::take(&mut favor);
@@ -393,6 +436,28 @@ impl<'a> Ctx<'a> {
                             let r = &regs[t * nregs..(t + 1) * nregs];
                             let (at, v) = (self.base_value(base, r).wrapping_add(off), src(r, a));
                             self.store(space, at, ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                        }
+                    }
+                    Fast::LdV { space, ty, n, d, base, off } => {
+                        for l in lanes_of(on) {
+                            let t = w0 + l;
+                            let a = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            for (k, d) in d.iter().enumerate().take(n as usize) {
+                                let v = self.load(space, a.wrapping_add((k * ty.bytes()) as u64), ty, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                                if let Some(d) = d {
+                                    regs[t * nregs + *d as usize] = normalize(ty, v);
+                                }
+                            }
+                        }
+                    }
+                    Fast::StV { space, ty, n, a, base, off } => {
+                        for l in lanes_of(on) {
+                            let t = w0 + l;
+                            let at = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            for (k, a) in a.iter().enumerate().take(n as usize) {
+                                let v = src(&regs[t * nregs..(t + 1) * nregs], *a);
+                                self.store(space, at.wrapping_add((k * ty.bytes()) as u64), ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                            }
                         }
                     }
                     Fast::Step => {
