@@ -127,6 +127,8 @@ struct Ctx<'a> {
     mbar_events: u64,
     /// How the block's threads are run (warp.rs).
     engine: Engine,
+    /// The global memory region this host thread's last scalar access found.
+    region_hint: usize,
 }
 
 /// How far run_thread takes a thread.
@@ -323,6 +325,7 @@ impl<'a> Launch<'a> {
             grid_ws: self.grid_ws,
             quantum_end: u64::MAX,
             engine: self.engine,
+            region_hint: 0,
         }
     }
 }
@@ -524,6 +527,27 @@ fn mad_value(hi: bool, ty: Ty, m: Mods, a: u64, b: u64, c: u64) -> u64 {
         let p = int_bin(if hi { Bin::MulHi } else { Bin::MulLo }, ty, a, b);
         int_bin(Bin::Add, ty, p, c)
     }
+}
+
+/// shfl.sync as lane `l` sees it: the PTX ISA's definition: b[4:0] is the lane or offset, c[4:0]
+/// the clamp and c[12:8] the segment mask; out of range, a lane reads its own value. `a(j)` is
+/// lane j's source value, `members` the lanes exchanging. Returns the value and the predicate.
+fn shfl_value(mode: ShflMode, l: usize, a: impl Fn(usize) -> u64, bv: u64, cv: u64, members: u32) -> (u64, u64) {
+    let lane = l as u32;
+    let (b, clamp, seg) = (bv as u32 & 0x1f, cv as u32 & 0x1f, (cv as u32 >> 8) & 0x1f);
+    let max_lane = (lane & seg) | (clamp & !seg);
+    let min_lane = lane & seg;
+    let (j, ok) = match mode {
+        ShflMode::Up => (lane.wrapping_sub(b), lane as i32 - b as i32 >= max_lane as i32),
+        ShflMode::Down => (lane + b, lane + b <= max_lane),
+        ShflMode::Bfly => (lane ^ b, (lane ^ b) <= max_lane),
+        ShflMode::Idx => (min_lane | (b & !seg), (min_lane | (b & !seg)) <= max_lane),
+    };
+    let j = if ok { j as usize } else { l };
+    // A source lane outside the exchange (not in the mask, exited, or past the block's end)
+    // gives an undefined value in PTX; here the lane's own.
+    let v = if j < 32 && members & (1 << j) != 0 { a(j) } else { a(l) };
+    (v, ok as u64)
 }
 
 /// Unary operations (None: one the type does not have).
@@ -1122,23 +1146,8 @@ impl<'a> Ctx<'a> {
             let pred = |x: usize| (vals[x][0] != 0) != *neg_a;
             let (dv, pv) = match *op {
                 WarpOp::Shfl(mode) => {
-                    // The PTX ISA's definition: b[4:0] is the lane or offset, c[4:0] the clamp
-                    // and c[12:8] the segment mask; out of range, a lane reads its own value.
-                    let lane = l as u32;
-                    let (b, clamp, seg) = (bv as u32 & 0x1f, cv as u32 & 0x1f, (cv as u32 >> 8) & 0x1f);
-                    let max_lane = (lane & seg) | (clamp & !seg);
-                    let min_lane = lane & seg;
-                    let (j, ok) = match mode {
-                        ShflMode::Up => (lane.wrapping_sub(b), lane as i32 - b as i32 >= max_lane as i32),
-                        ShflMode::Down => (lane + b, lane + b <= max_lane),
-                        ShflMode::Bfly => (lane ^ b, (lane ^ b) <= max_lane),
-                        ShflMode::Idx => (min_lane | (b & !seg), (min_lane | (b & !seg)) <= max_lane),
-                    };
-                    let j = if ok { j as usize } else { l };
-                    // A source lane outside the exchange (not in the mask, exited, or past the
-                    // block's end) gives an undefined value in PTX; here the lane's own.
-                    let v = if j < 32 && members & (1 << j) != 0 { vals[j][0] } else { av };
-                    (v, ok as u64)
+                    let a_of = |j: usize| vals[j][0];
+                    shfl_value(mode, l, a_of, bv, cv, members)
                 }
                 WarpOp::Ballot => ((0..32).filter(|&x| members & (1 << x) != 0 && pred(x)).fold(0u64, |acc, x| acc | 1 << x), 0),
                 WarpOp::VoteAll => ((0..32).filter(|&x| members & (1 << x) != 0).all(pred) as u64, 0),
@@ -1562,9 +1571,10 @@ impl<'a> Ctx<'a> {
     fn load(&mut self, space: Space, addr: u64, ty: Ty, local: &mut [u8], i: &Inst) -> Result<u64, ExecError> {
         let n = ty.bytes();
         let v = match resolve(space, addr) {
-            (Space::Global, a) => self.mem.load(a, n).map_err(|_| self.illegal(a, n, "global", i))?,
+            (Space::Global, a) => self.mem.load(a, n, &mut self.region_hint).map_err(|_| self.illegal(a, n, "global", i))?,
             (Space::Shared, a) => read_le(&self.shared, a, n).ok_or_else(|| self.illegal(a, n, "shared", i))?,
             (Space::Local, a) => read_le(local, a, n).ok_or_else(|| self.illegal(a, n, "local", i))?,
+            (Space::Param, a) => read_le(self.params, a, n).ok_or_else(|| self.illegal(a, n, "param", i))?,
             _ => {
                 let mut b = [0u8; 8];
                 self.access(space, addr, n, local, i, None, &mut b[..n])?;
@@ -1579,7 +1589,7 @@ impl<'a> Ctx<'a> {
     fn store(&mut self, space: Space, addr: u64, ty: Ty, v: u64, local: &mut [u8], i: &Inst) -> Result<(), ExecError> {
         let n = ty.bytes();
         match resolve(space, addr) {
-            (Space::Global, a) => self.mem.store(a, n, v).map_err(|_| self.illegal(a, n, "global", i)),
+            (Space::Global, a) => self.mem.store(a, n, v, &mut self.region_hint).map_err(|_| self.illegal(a, n, "global", i)),
             (Space::Shared, a) => {
                 let k = self.k;
                 write_le(&mut self.shared, a, n, v).ok_or_else(|| illegal_in(k, a, n, "shared", i))

@@ -35,8 +35,18 @@ impl<'a> Global<'a> {
 
     /// The host address of `len` bytes at `addr`, if they lie inside one allocation.
     fn locate(&self, addr: u64, len: usize) -> Result<*mut u8, MemFault> {
+        self.locate_near(addr, len, &mut 0)
+    }
+
+    /// locate, trying the region `hint` first (a thread's accesses mostly stay in one
+    /// allocation); `hint` becomes the region found.
+    fn locate_near(&self, addr: u64, len: usize, hint: &mut usize) -> Result<*mut u8, MemFault> {
         let fault = MemFault { addr, len: len as u64 };
-        let i = self.regions.partition_point(|r| r.base <= addr).checked_sub(1).ok_or(fault)?;
+        let i = match self.regions.get(*hint) {
+            Some(r) if r.base <= addr && addr - r.base < r.len as u64 => *hint,
+            _ => self.regions.partition_point(|r| r.base <= addr).checked_sub(1).ok_or(fault)?,
+        };
+        *hint = i;
         let r = &self.regions[i];
         let off = usize::try_from(addr - r.base).map_err(|_| fault)?;
         if off.checked_add(len).is_none_or(|end| end > r.len) {
@@ -65,9 +75,9 @@ impl<'a> Global<'a> {
         Ok(())
     }
 
-    /// The `n`-byte (1, 2, 4 or 8) little-endian value at `addr`.
-    pub fn load(&self, addr: u64, n: usize) -> Result<u64, MemFault> {
-        let p = self.locate(addr, n)?;
+    /// The `n`-byte (1, 2, 4 or 8) little-endian value at `addr` (`hint`: see locate_near).
+    pub fn load(&self, addr: u64, n: usize, hint: &mut usize) -> Result<u64, MemFault> {
+        let p = self.locate_near(addr, n, hint)?;
         // SAFETY: `p..p+n` is inside a live region (locate); each atomic is used only where `p`
         // has its alignment.
         unsafe {
@@ -81,8 +91,8 @@ impl<'a> Global<'a> {
     }
 
     /// Stores the low `n` bytes (1, 2, 4 or 8) of `v` at `addr`, little-endian.
-    pub fn store(&self, addr: u64, n: usize, v: u64) -> Result<(), MemFault> {
-        let p = self.locate(addr, n)?;
+    pub fn store(&self, addr: u64, n: usize, v: u64, hint: &mut usize) -> Result<(), MemFault> {
+        let p = self.locate_near(addr, n, hint)?;
         // SAFETY: as in load.
         unsafe {
             match n {

@@ -104,6 +104,11 @@ pub(crate) enum Fast {
     Lane,
     /// Each lane runs it through the interpreter's `step`.
     Step,
+    /// A warp collective without a guard: run at once when all the warp's live lanes are here.
+    Warp,
+    /// shfl.sync without a guard, its operands registers or immediates: as Warp, the exchange
+    /// done here.
+    Shfl { mode: ShflMode, d: Option<u32>, p: Option<u32>, a: Src, b: Src, c: Src, mask: Src },
     Bra(u32),
     /// d = eval(a, b, c): `ty` the operation's type, `dty` the destination's.
     Pure { eval: Eval, ty: Ty, dty: Ty, d: u32, a: Src, b: Src, c: Src },
@@ -141,6 +146,13 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
         Opnd::Sym(s) => Some((AddrBase::Sym(*s), 0)),
         _ => None,
     };
+    if let (Op::Warp { op, d, p, a, b, c, mask, .. }, None) = (&i.op, i.guard) {
+        let shfl = || match op {
+            WarpOp::Shfl(mode) => Some(Fast::Shfl { mode: *mode, d: dst(d)?, p: dst(p)?, a: src(a)?, b: src(b)?, c: src(c)?, mask: src(mask)? }),
+            _ => None,
+        };
+        return shfl().unwrap_or(Fast::Warp);
+    }
     let control = matches!(
         i.op,
         Op::Exit | Op::Ret | Op::Call { .. } | Op::Bar { .. } | Op::Warp { .. } | Op::GridSync { .. } | Op::Mbar { kind: MbarKind::Wait { .. }, .. }
@@ -213,10 +225,18 @@ fn src(r: &[u64], s: Src) -> u64 {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn lanes(regs: &mut [u64], base: usize, nregs: usize, on: u32, dty: Ty, d: u32, ops: [Src; 3], f: impl Fn(u64, u64, u64) -> u64) {
+    // normalize(dty, v), its type's questions answered once.
+    let (pred, signed, shift) = (dty == Ty::Pred, dty.signed(), 64 - dty.bits().min(64));
     for l in lanes_of(on) {
         let r = &mut regs[base + l * nregs..base + (l + 1) * nregs];
         let v = f(src(r, ops[0]), src(r, ops[1]), src(r, ops[2]));
-        r[d as usize] = normalize(dty, v);
+        r[d as usize] = if pred {
+            (v != 0) as u64
+        } else if signed {
+            (((v << shift) as i64) >> shift) as u64
+        } else {
+            (v << shift) >> shift
+        };
     }
 }
 
@@ -459,6 +479,64 @@ impl<'a> Ctx<'a> {
                                 self.store(space, at.wrapping_add((k * ty.bytes()) as u64), ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
                             }
                         }
+                    }
+                    Fast::Warp => {
+                        // Every live lane of the warp is in the group: the collective runs now
+                        // (what warp_collectives would do once they had parked here).
+                        let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
+                        for l in lanes_of(group) {
+                            pcs[w0 + l] = pc;
+                        }
+                        let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
+                        if ran == group {
+                            pc += 1;
+                            continue;
+                        }
+                        // The rest wait there for lanes of their masks.
+                        for l in lanes_of(group) {
+                            if ran & (1 << l) != 0 {
+                                pcs[w0 + l] += 1;
+                            } else {
+                                state[w0 + l] = AT_WARP;
+                            }
+                        }
+                        break Stop::Written;
+                    }
+                    Fast::Shfl { mode, d, p, a, b: bo, c, mask } => {
+                        let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
+                        let reg = |l: usize| &regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
+                        // Each lane's mask names itself and no live lane outside the group:
+                        // all of them exchange now (else warp_op's way, and its errors).
+                        if group != live || lanes_of(group).any(|l| src(reg(l), mask) as u32 & (1 << l) == 0) {
+                            for l in lanes_of(group) {
+                                pcs[w0 + l] = pc;
+                            }
+                            let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
+                            for l in lanes_of(group) {
+                                if ran & (1 << l) != 0 {
+                                    pcs[w0 + l] += 1;
+                                } else {
+                                    state[w0 + l] = AT_WARP;
+                                }
+                            }
+                            break Stop::Written;
+                        }
+                        let mut av = [0u64; 32];
+                        for l in lanes_of(group) {
+                            av[l] = src(reg(l), a);
+                        }
+                        for l in lanes_of(group) {
+                            let r = &mut regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
+                            let members = src(r, mask) as u32 & group;
+                            let (v, ok) = shfl_value(mode, l, |j| av[j], src(r, bo), src(r, c), members);
+                            if let Some(d) = d {
+                                r[d as usize] = normalize(Ty::B32, v);
+                            }
+                            if let Some(p) = p {
+                                r[p as usize] = ok;
+                            }
+                        }
+                        self.executed += group.count_ones() as u64;
                     }
                     Fast::Step => {
                         for l in lanes_of(on) {
