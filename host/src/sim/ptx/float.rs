@@ -362,7 +362,31 @@ pub(crate) fn convert(dty: Ty, sty: Ty, m: Mods, v: u64) -> u64 {
             let i = if r <= lo as f64 { lo } else if r >= hi as f64 { hi } else { r as i128 };
             mask(i as u64, dbits)
         }
-        (true, false) => {
+        (true, false) if !directed(m.rnd) => {
+            // Round to nearest: the host's conversions, each rounded once (an integer below 2^53
+            // is exact as an f64, from which from_f64 rounds once).
+            let x: i128 = if sty.signed() { sext(v, sty.bits()) as i128 } else { mask(v, sty.bits()) as i128 };
+            let r = match dty {
+                Ty::F32 => (if sty.signed() { x as i64 as f32 } else { x as u64 as f32 }).to_bits() as u64,
+                Ty::F64 => (if sty.signed() { x as i64 as f64 } else { x as u64 as f64 }).to_bits(),
+                _ if x.unsigned_abs() < 1 << 53 => from_f64(x as f64, dty),
+                _ => return convert_soft(dty, sty, m, v),
+            };
+            finish(r, dty, m)
+        }
+        (true, false) => convert_soft(dty, sty, m, v),
+        (true, true) if dty != sty && !directed(m.rnd) && !is_nan(flush(v, sty, m.ftz), sty) => {
+            // Round to nearest between float types: exact to f64, rounded once from there.
+            finish(from_f64(to_f64(flush(v, sty, m.ftz), sty), dty), dty, m)
+        }
+        (true, true) => convert_soft(dty, sty, m, v),
+    }
+}
+
+/// Conversions to floats in software (rustc_apfloat): every rounding mode, NaN payloads.
+fn convert_soft(dty: Ty, sty: Ty, m: Mods, v: u64) -> u64 {
+    match sty.float() {
+        false => {
             let rnd = round_of(m.rnd);
             let r = if sty.signed() {
                 let x = sext(v, sty.bits()) as i128;
@@ -373,7 +397,7 @@ pub(crate) fn convert(dty: Ty, sty: Ty, m: Mods, v: u64) -> u64 {
             };
             finish(r, dty, m)
         }
-        (true, true) => {
+        true => {
             let v = flush(v, sty, m.ftz);
             let r = if dty == sty {
                 if directed(m.rnd) || m.rnd == Rnd::Near {
