@@ -49,6 +49,15 @@ pub fn render(m: &Mediator) -> String {
     family("vgpu_gpu_memory_used_bytes", "gauge", "Device memory in use.", per_gpu(&|g| g.memory_used as f64));
     family("vgpu_gpu_memory_total_bytes", "gauge", "Device memory.", per_gpu(&|g| g.memory_total as f64));
     family("vgpu_gpu_queue_depth", "gauge", "Commands waiting.", per_gpu(&|g| g.queue_depth as f64));
+    let sim = &crate::sim::ptx::SIM_TOTALS;
+    let total = sim.instructions.load(std::sync::atomic::Ordering::Relaxed);
+    family("vgpu_sim_instructions_total", "counter", "PTX instructions the sim backend ran (one per thread).", vec![(String::new(), total as f64)]);
+    family(
+        "vgpu_sim_warp_wide_instructions_total",
+        "counter",
+        "Of them, those run warp-wide (the rest ran lane by lane through the interpreter).",
+        vec![(String::new(), sim.warp_wide.load(std::sync::atomic::Ordering::Relaxed) as f64)],
+    );
     o
 }
 

@@ -26,6 +26,8 @@ pub struct LaunchConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchStats {
     pub instructions: u64,
+    /// Of them, those the warp engine ran warp-wide (the rest ran lane by lane).
+    pub warp_wide: u64,
     /// What the kernel's printf calls wrote, in the order they ran (at most PRINTF_LIMIT bytes).
     pub output: Vec<u8>,
 }
@@ -129,6 +131,8 @@ struct Ctx<'a> {
     engine: Engine,
     /// The global memory region this host thread's last scalar access found.
     region_hint: usize,
+    /// Instructions (per thread) this host thread ran warp-wide.
+    warp_wide: u64,
 }
 
 /// How far run_thread takes a thread.
@@ -146,6 +150,7 @@ enum Resume {
 struct LaunchRun {
     budget: u64,
     total: AtomicU64,
+    warp_wide: AtomicU64,
     /// Set when a block failed: the others stop.
     stop: AtomicBool,
     /// The client's cancel token (crate::cancel), if any.
@@ -158,6 +163,14 @@ struct LaunchRun {
 
 /// Instructions between two checkpoints of a host thread.
 const CHECK_EVERY: u64 = 1 << 16;
+
+/// What every launch of this process ran (the mediator's metrics).
+pub struct SimTotals {
+    pub instructions: AtomicU64,
+    pub warp_wide: AtomicU64,
+}
+
+pub static SIM_TOTALS: SimTotals = SimTotals { instructions: AtomicU64::new(0), warp_wide: AtomicU64::new(0) };
 
 /// Runs `k` over the whole grid. `params` is the packed parameter buffer (per `k.params`),
 /// `globals` the device addresses of the module's variables.
@@ -210,6 +223,7 @@ pub fn launch_with_budget(
     let run = LaunchRun {
         budget,
         total: AtomicU64::new(0),
+        warp_wide: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         cancel: crate::cancel::token(),
         next_block: AtomicU64::new(0),
@@ -262,7 +276,10 @@ pub fn launch_with_budget(
     if dropped {
         output.extend_from_slice(b"[vgpu: device printf output beyond 1 MiB was dropped]\n");
     }
-    Ok(LaunchStats { instructions: run.total.load(Ordering::Relaxed), output })
+    let stats = LaunchStats { instructions: run.total.load(Ordering::Relaxed), warp_wide: run.warp_wide.load(Ordering::Relaxed), output };
+    SIM_TOTALS.instructions.fetch_add(stats.instructions, Ordering::Relaxed);
+    SIM_TOTALS.warp_wide.fetch_add(stats.warp_wide, Ordering::Relaxed);
+    Ok(stats)
 }
 
 /// How many host threads a launch may use: VGPU_SIM_THREADS, else the cores available.
@@ -326,6 +343,7 @@ impl<'a> Launch<'a> {
             quantum_end: u64::MAX,
             engine: self.engine,
             region_hint: 0,
+            warp_wide: 0,
         }
     }
 }
@@ -364,6 +382,7 @@ fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     }
     // What the checkpoints have not added yet.
     run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
+    run.warp_wide.fetch_add(ctx.warp_wide, Ordering::Relaxed);
 }
 
 /// The handle cudaCGGetIntrinsicHandle gives for the grid.
@@ -440,6 +459,7 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
         }
     }
     run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
+    run.warp_wide.fetch_add(ctx.warp_wide, Ordering::Relaxed);
 }
 
 /// Where a (space, address) points: generic addresses in the shared and local windows are

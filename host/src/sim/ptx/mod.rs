@@ -18,7 +18,7 @@ pub mod heap;
 mod parse;
 mod printf;
 
-pub use exec::{launch, launch_with_budget, with_engine, Engine, LaunchConfig, LaunchStats, INSTRUCTION_BUDGET};
+pub use exec::{launch, launch_with_budget, with_engine, Engine, LaunchConfig, LaunchStats, SimTotals, INSTRUCTION_BUDGET, SIM_TOTALS};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection, VarSpace};
 
 /// Global device memory as the interpreter sees it: the session's allocations, each as (device

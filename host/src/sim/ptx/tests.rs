@@ -1085,9 +1085,13 @@ $JOIN:
         let p = mem.alloc(&vec![0u8; 3 * n * 4]);
         let stats = with_engine(engine, || run(&m, "diverge", [1, 1, 1], [n as u32, 1, 1], 0, &[p], &mut mem)).unwrap();
         assert_eq!(read::<u32>(mem.get(p), 3 * n), want, "{engine:?}");
-        counts.push(stats.instructions);
+        counts.push((stats.instructions, stats.warp_wide));
     }
-    assert_eq!(counts[0], counts[1], "instructions counted by the warp and thread engines");
+    assert_eq!(counts[0].0, counts[1].0, "instructions counted by the warp and thread engines");
+    // Most of it ran warp-wide (all but the special registers, the call, the barrier, the
+    // exits); the per-thread engine runs nothing warp-wide.
+    assert!(counts[0].1 * 10 > counts[0].0 * 7 && counts[0].1 < counts[0].0, "warp-wide {} of {}", counts[0].1, counts[0].0);
+    assert_eq!(counts[1].1, 0);
 }
 
 /// A lane spinning on a flag that a later lane of its warp sets: on sm_70 and later (independent

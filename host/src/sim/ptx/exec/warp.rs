@@ -122,7 +122,12 @@ pub(crate) enum Fast {
 
 /// How the warp engine runs each of `k`'s instructions.
 pub(crate) fn translate(k: &Kernel) -> Vec<Fast> {
-    k.insts.iter().map(|i| translate_one(i, k.nregs)).collect()
+    let fast: Vec<Fast> = k.insts.iter().map(|i| translate_one(i, k.nregs)).collect();
+    let lane_by_lane: Vec<&Inst> = k.insts.iter().zip(&fast).filter(|(_, f)| matches!(f, Fast::Step)).map(|(i, _)| i).collect();
+    if let Some(first) = lane_by_lane.first() {
+        tracing::debug!("{}: {} of its {} instructions have no warp-wide form and run lane by lane (the first: `{}`)", k.name, lane_by_lane.len(), k.insts.len(), first.text);
+    }
+    fast
 }
 
 fn translate_one(i: &Inst, nregs: usize) -> Fast {
@@ -407,6 +412,9 @@ impl<'a> Ctx<'a> {
                     return Ok(true);
                 }
                 self.executed += group.count_ones() as u64;
+                if !matches!(f, Fast::Step) {
+                    self.warp_wide += group.count_ones() as u64;
+                }
                 while self.executed >= self.next_check {
                     self.checkpoint()?;
                 }
