@@ -492,21 +492,9 @@ impl<'a> Ctx<'a> {
                         // Every live lane of the warp is in the group: the collective runs now
                         // (what warp_collectives would do once they had parked here).
                         let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
-                        for l in lanes_of(group) {
-                            pcs[w0 + l] = pc;
-                        }
-                        let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
-                        if ran == group {
+                        if self.collective_now(w0, group, live, pc, pcs, state, regs, nregs, calls)? {
                             pc += 1;
                             continue;
-                        }
-                        // The rest wait there for lanes of their masks.
-                        for l in lanes_of(group) {
-                            if ran & (1 << l) != 0 {
-                                pcs[w0 + l] += 1;
-                            } else {
-                                state[w0 + l] = AT_WARP;
-                            }
                         }
                         break Stop::Written;
                     }
@@ -514,18 +502,11 @@ impl<'a> Ctx<'a> {
                         let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
                         let reg = |l: usize| &regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
                         // Each lane's mask names itself and no live lane outside the group:
-                        // all of them exchange now (else warp_op's way, and its errors).
+                        // all of them exchange here (else warp_op's way, and its errors).
                         if group != live || lanes_of(group).any(|l| src(reg(l), mask) as u32 & (1 << l) == 0) {
-                            for l in lanes_of(group) {
-                                pcs[w0 + l] = pc;
-                            }
-                            let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
-                            for l in lanes_of(group) {
-                                if ran & (1 << l) != 0 {
-                                    pcs[w0 + l] += 1;
-                                } else {
-                                    state[w0 + l] = AT_WARP;
-                                }
+                            if self.collective_now(w0, group, live, pc, pcs, state, regs, nregs, calls)? {
+                                pc += 1;
+                                continue;
                             }
                             break Stop::Written;
                         }
@@ -575,6 +556,29 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+    }
+
+    /// The warp collective at `pc`, reached by the lanes of `group`: run by warp_op for those
+    /// whose masks' live lanes are all here (when the group is every live lane); the others wait
+    /// there (AT_WARP) for the block's turn of warp_collectives. True if all of them ran (pc
+    /// still to advance), else their pcs and states are written.
+    #[allow(clippy::too_many_arguments)]
+    fn collective_now(&mut self, w0: usize, group: u32, live: u32, pc: u32, pcs: &mut [u32], state: &mut [u8], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+        for l in lanes_of(group) {
+            pcs[w0 + l] = pc;
+        }
+        let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
+        if ran == group {
+            return Ok(true);
+        }
+        for l in lanes_of(group) {
+            if ran & (1 << l) != 0 {
+                pcs[w0 + l] += 1;
+            } else {
+                state[w0 + l] = AT_WARP;
+            }
+        }
+        Ok(false)
     }
 
     /// The base of a warp-wide access's address in a lane with registers `r` (the kernel's
