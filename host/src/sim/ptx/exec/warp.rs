@@ -122,10 +122,20 @@ pub(crate) enum Fast {
 
 /// How the warp engine runs each of `k`'s instructions.
 pub(crate) fn translate(k: &Kernel) -> Vec<Fast> {
+    let started = std::time::Instant::now();
     let fast: Vec<Fast> = k.insts.iter().map(|i| translate_one(i, k.nregs)).collect();
+    let micros = started.elapsed().as_micros() as u64;
     let lane_by_lane: Vec<&Inst> = k.insts.iter().zip(&fast).filter(|(_, f)| matches!(f, Fast::Step)).map(|(i, _)| i).collect();
-    if let Some(first) = lane_by_lane.first() {
-        tracing::debug!("{}: {} of its {} instructions have no warp-wide form and run lane by lane (the first: `{}`)", k.name, lane_by_lane.len(), k.insts.len(), first.text);
+    match lane_by_lane.first() {
+        Some(first) => tracing::debug!(
+            micros,
+            "{}: translated for the warp engine; {} of its {} instructions have no warp-wide form and run lane by lane (the first: `{}`)",
+            k.name,
+            lane_by_lane.len(),
+            k.insts.len(),
+            first.text
+        ),
+        None => tracing::debug!(micros, "{}: translated for the warp engine, all {} instructions warp-wide", k.name, k.insts.len()),
     }
     fast
 }
