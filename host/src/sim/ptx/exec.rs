@@ -133,6 +133,8 @@ struct Ctx<'a> {
     region_hint: usize,
     /// Instructions (per thread) this host thread ran warp-wide.
     warp_wide: u64,
+    /// Where the running warp's turn ends (warp.rs).
+    warp_turn_end: u64,
 }
 
 /// How far run_thread takes a thread.
@@ -344,6 +346,7 @@ impl<'a> Launch<'a> {
             engine: self.engine,
             region_hint: 0,
             warp_wide: 0,
+            warp_turn_end: u64::MAX,
         }
     }
 }
@@ -912,16 +915,27 @@ impl<'a> Ctx<'a> {
             // Whether a thread got past its wait this round (or ran without one).
             let mut ran_on = false;
             if self.engine == Engine::Warp {
-                for w0 in (0..nthreads).step_by(32) {
-                    let lanes = (nthreads - w0).min(32);
-                    let mut at = [(0u32, 0usize, false); 32];
-                    for l in 0..lanes {
-                        at[l] = (pcs[w0 + l], calls[w0 + l].len(), state[w0 + l] == RUN);
+                // The warps take turns until none can run (one warp alone needs no turns).
+                let turn = if nthreads > 32 { warp::WARP_TURN } else { u64::MAX };
+                loop {
+                    let mut turn_over = false;
+                    for w0 in (0..nthreads).step_by(32) {
+                        let lanes = (nthreads - w0).min(32);
+                        let mut at = [(0u32, 0usize, false); 32];
+                        for l in 0..lanes {
+                            at[l] = (pcs[w0 + l], calls[w0 + l].len(), state[w0 + l] == RUN);
+                        }
+                        self.warp_turn_end = self.executed.saturating_add(turn);
+                        let r = self.run_warp(w0, lanes, b, regs, local, pcs, state, calls)?;
+                        ran_on |= (0..lanes).any(|l| at[l].2 && (state[w0 + l] != YIELDED || (pcs[w0 + l], calls[w0 + l].len()) != (at[l].0, at[l].1)));
+                        match r {
+                            warp::WarpRun::Preempted => return Ok(BlockRun::Preempted),
+                            warp::WarpRun::TurnOver => turn_over = true,
+                            warp::WarpRun::Waiting => {}
+                        }
                     }
-                    let preempted = self.run_warp(w0, lanes, b, regs, local, pcs, state, calls)?;
-                    ran_on |= (0..lanes).any(|l| at[l].2 && (state[w0 + l] != YIELDED || (pcs[w0 + l], calls[w0 + l].len()) != (at[l].0, at[l].1)));
-                    if preempted {
-                        return Ok(BlockRun::Preempted);
+                    if !turn_over {
+                        break;
                     }
                 }
             } else {

@@ -1112,3 +1112,85 @@ fn a_lane_spinning_on_a_flag_of_another_lane_of_its_warp_progresses() {
     with_engine(Engine::Warp, || run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[p], &mut mem)).unwrap();
     assert_eq!(read::<u32>(mem.get(p), 1), vec![7]);
 }
+
+/// ggml's block_reduce (soft_max, rms_norm): each warp reduces with shuffles, lane 0 writes the
+/// warp's value to a shared buffer, a barrier, every warp reads the buffer back; the next
+/// reduction writes the same buffer with no barrier after those reads. That is right on a GPU
+/// only because its warps interleave: none gets a long loop ahead of the others. The warps of a
+/// block take turns here too, so every thread gets the first reduction's total.
+#[test]
+fn warps_take_turns_so_a_reduction_reusing_its_buffer_reads_the_right_values() {
+    let text = r#"
+.version 8.8
+.target sm_90
+.address_size 64
+.visible .entry reduce_twice(.param .u64 out)
+{
+    .shared .align 4 .b8 buf[16];
+    .reg .pred %p<4>;
+    .reg .b32 %r<24>;
+    .reg .b64 %rd<4>;
+    mov.u32 %r1, %tid.x;
+    and.b32 %r2, %r1, 31;
+    shr.u32 %r3, %r1, 5;
+    shl.b32 %r4, %r3, 2;
+    mov.u32 %r5, buf;
+    add.u32 %r6, %r5, %r4;
+    shl.b32 %r7, %r2, 2;
+    add.u32 %r8, %r5, %r7;
+    setp.eq.u32 %p1, %r2, 0;
+    setp.lt.u32 %p2, %r2, 4;
+    // first reduction: the sum of the thread indices
+    mov.u32 %r10, %r1;
+    shfl.sync.bfly.b32 %r11, %r10, 16, 31, -1;
+    add.u32 %r10, %r10, %r11;
+    shfl.sync.bfly.b32 %r11, %r10, 8, 31, -1;
+    add.u32 %r10, %r10, %r11;
+    shfl.sync.bfly.b32 %r11, %r10, 4, 31, -1;
+    add.u32 %r10, %r10, %r11;
+    shfl.sync.bfly.b32 %r11, %r10, 2, 31, -1;
+    add.u32 %r10, %r10, %r11;
+    shfl.sync.bfly.b32 %r11, %r10, 1, 31, -1;
+    add.u32 %r10, %r10, %r11;
+    @%p1 st.shared.u32 [%r6], %r10;
+    bar.sync 0;
+    mov.u32 %r12, 0;
+    @%p2 ld.shared.u32 %r12, [%r8];
+    shfl.sync.bfly.b32 %r11, %r12, 16, 31, -1;
+    add.u32 %r12, %r12, %r11;
+    shfl.sync.bfly.b32 %r11, %r12, 8, 31, -1;
+    add.u32 %r12, %r12, %r11;
+    shfl.sync.bfly.b32 %r11, %r12, 4, 31, -1;
+    add.u32 %r12, %r12, %r11;
+    shfl.sync.bfly.b32 %r11, %r12, 2, 31, -1;
+    add.u32 %r12, %r12, %r11;
+    shfl.sync.bfly.b32 %r11, %r12, 1, 31, -1;
+    add.u32 %r12, %r12, %r11;
+    // work between the two (ggml: the exponentials)
+    mov.u32 %r13, 0;
+$LOOP:
+    add.u32 %r14, %r14, %r13;
+    add.u32 %r13, %r13, 1;
+    setp.lt.u32 %p3, %r13, 40;
+    @%p3 bra $LOOP;
+    // second reduction into the same buffer, no barrier before the write
+    mov.u32 %r15, 1;
+    shfl.sync.bfly.b32 %r11, %r15, 16, 31, -1;
+    add.u32 %r15, %r15, %r11;
+    @%p1 st.shared.u32 [%r6], %r15;
+    bar.sync 0;
+    ld.param.u64 %rd1, [out];
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r12;
+    ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    for engine in [Engine::Warp, Engine::Thread] {
+        let mut mem = Mem::default();
+        let p = mem.alloc(&[0u8; 128 * 4]);
+        with_engine(engine, || run(&m, "reduce_twice", [1, 1, 1], [128, 1, 1], 0, &[p], &mut mem)).unwrap();
+        assert_eq!(read::<u32>(mem.get(p), 128), vec![(0..128).sum::<u32>(); 128], "{engine:?}");
+    }
+}

@@ -309,6 +309,24 @@ fn lanes_of(mut m: u32) -> impl Iterator<Item = usize> {
 /// Instructions one group runs while other lanes of its warp wait, before another gets a turn.
 const SPIN_LIMIT: u32 = 1 << 12;
 
+/// Instructions (per lane) a warp runs before the block's next warp takes its turn. GPUs
+/// interleave the warps of a block instruction by instruction; running one warp far ahead of the
+/// others (until it waits) would show code that races between warps a timing no GPU shows:
+/// ggml's block_reduce reuses its shared buffer for the next reduction with no barrier after
+/// the other warps read it, which is right on a GPU only because no warp gets that far ahead.
+pub(super) const WARP_TURN: u64 = 32 * 32;
+
+/// Where run_warp left a warp.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum WarpRun {
+    /// None of its lanes can run (each has exited or waits).
+    Waiting,
+    /// Its turn is over; lanes can still run.
+    TurnOver,
+    /// The block's turn (a grid-synchronizing launch) is over.
+    Preempted,
+}
+
 /// Why a group stopped running warp-wide.
 enum Stop {
     /// Its lanes are all still at `pc` (written back by the caller).
@@ -321,8 +339,8 @@ enum Stop {
 
 impl<'a> Ctx<'a> {
     /// Runs the `lanes` threads of the warp starting at thread `w0` until none of them can run
-    /// (each has exited or waits). Returns true if the block's turn ended first (the lanes keep
-    /// their state, and go on at its next turn).
+    /// (each has exited or waits), or its turn (`self.warp_turn_end`) or the block's is over (the
+    /// lanes keep their state, and go on at the next turn).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn run_warp(
         &mut self,
@@ -334,7 +352,7 @@ impl<'a> Ctx<'a> {
         pcs: &mut [u32],
         state: &mut [u8],
         calls: &mut [Vec<Frame>],
-    ) -> Result<bool, ExecError> {
+    ) -> Result<WarpRun, ExecError> {
         let kernel: &'a Kernel = self.kernel;
         let fast: &'a [Fast] = kernel.fast.get_or_init(|| translate(kernel));
         let insts: &'a [Inst] = &kernel.insts;
@@ -354,7 +372,7 @@ impl<'a> Ctx<'a> {
                 if state[t] == RUN && !calls[t].is_empty() {
                     let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::UntilKernel)?;
                     if s == PREEMPTED {
-                        return Ok(true);
+                        return Ok(WarpRun::Preempted);
                     }
                     state[t] = s;
                 }
@@ -368,7 +386,7 @@ impl<'a> Ctx<'a> {
                 if state[w0..w0 + lanes].contains(&AT_WARP) && self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)? {
                     continue;
                 }
-                return Ok(false);
+                return Ok(WarpRun::Waiting);
             }
             let favored = std::mem::take(&mut favor);
             let lead = if favored {
@@ -415,11 +433,11 @@ impl<'a> Ctx<'a> {
                 if matches!(f, Fast::Lane) {
                     break Stop::Lane;
                 }
-                if self.executed >= self.quantum_end {
+                if self.executed >= self.warp_turn_end.min(self.quantum_end) {
                     for l in lanes_of(group) {
                         pcs[w0 + l] = pc;
                     }
-                    return Ok(true);
+                    return Ok(if self.executed >= self.quantum_end { WarpRun::Preempted } else { WarpRun::TurnOver });
                 }
                 self.executed += group.count_ones() as u64;
                 if !matches!(f, Fast::Step) {
@@ -560,7 +578,7 @@ impl<'a> Ctx<'a> {
                     let t = w0 + l;
                     let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::One)?;
                     if s == PREEMPTED {
-                        return Ok(true);
+                        return Ok(WarpRun::Preempted);
                     }
                     state[t] = s;
                 }
