@@ -135,6 +135,8 @@ struct Ctx<'a> {
     warp_wide: u64,
     /// Where the running warp's turn ends (warp.rs).
     warp_turn_end: u64,
+    /// Per warp of the block: its spin detection between turns (warp.rs).
+    warp_spin: Vec<warp::WarpSpin>,
 }
 
 /// How far run_thread takes a thread.
@@ -347,6 +349,7 @@ impl<'a> Launch<'a> {
             region_hint: 0,
             warp_wide: 0,
             warp_turn_end: u64::MAX,
+            warp_spin: Vec::new(),
         }
     }
 }
@@ -894,6 +897,7 @@ impl<'a> Ctx<'a> {
     /// Runs the block `self.ctaid` to its end.
     fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         self.shared.fill(0);
+        self.warp_spin.clear();
         regs.fill(0);
         local.fill(0);
         pcs.fill(0);

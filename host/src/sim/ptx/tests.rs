@@ -1107,10 +1107,13 @@ fn a_lane_spinning_on_a_flag_of_another_lane_of_its_warp_progresses() {
          $L_other:\nsetp.ne.u32 %p3, %r1, 31;\n@%p3 bra $L_end;\nmov.u32 %r3, 7;\nst.volatile.shared.u32 [flag], %r3;\n\
          $L_end:\nret;",
     );
-    let mut mem = Mem::default();
-    let p = mem.alloc(&[0u8; 4]);
-    with_engine(Engine::Warp, || run(&m, "k", [1, 1, 1], [32, 1, 1], 0, &[p], &mut mem)).unwrap();
-    assert_eq!(read::<u32>(mem.get(p), 1), vec![7]);
+    // One warp alone, and warps that take turns (the spin is counted across them).
+    for threads in [32, 64, 128] {
+        let mut mem = Mem::default();
+        let p = mem.alloc(&[0u8; 4]);
+        with_engine(Engine::Warp, || run(&m, "k", [1, 1, 1], [threads, 1, 1], 0, &[p], &mut mem)).unwrap();
+        assert_eq!(read::<u32>(mem.get(p), 1), vec![7], "{threads} threads");
+    }
 }
 
 /// ggml's block_reduce (soft_max, rms_norm): each warp reduces with shuffles, lane 0 writes the

@@ -327,6 +327,16 @@ pub(super) enum WarpRun {
     Preempted,
 }
 
+/// A warp's spin detection, kept between its turns: instructions its leading group ran while
+/// other lanes waited, the lane whose group had the last round-robin turn, and whether the next
+/// turn goes by round robin.
+#[derive(Clone, Copy, Default)]
+pub(super) struct WarpSpin {
+    spun: u32,
+    cursor: usize,
+    favor: bool,
+}
+
 /// Why a group stopped running warp-wide.
 enum Stop {
     /// Its lanes are all still at `pc` (written back by the caller).
@@ -362,8 +372,12 @@ impl<'a> Ctx<'a> {
             let t = t as u32;
             [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])]
         };
-        // Round-robin turns after a long spin.
-        let (mut turn, mut favor) = (0usize, false);
+        // Round-robin turns after a long spin; a spin goes on counting across the warp's turns.
+        let w = w0 / 32;
+        if self.warp_spin.len() <= w {
+            self.warp_spin.resize(w + 1, WarpSpin::default());
+        }
+        let WarpSpin { spun: mut carried, cursor: mut turn, mut favor } = self.warp_spin[w];
         loop {
             // Lanes inside device functions run on their own until back in the kernel.
             let mut runnable = 0u32;
@@ -386,6 +400,7 @@ impl<'a> Ctx<'a> {
                 if state[w0..w0 + lanes].contains(&AT_WARP) && self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)? {
                     continue;
                 }
+                self.warp_spin[w] = WarpSpin { cursor: turn, ..WarpSpin::default() };
                 return Ok(WarpRun::Waiting);
             }
             let favored = std::mem::take(&mut favor);
@@ -403,7 +418,7 @@ impl<'a> Ctx<'a> {
             let mut next_other = lowest(others, pcs);
             // A group given a turn runs on past lower lanes for a while.
             let mut free_run = if favored { SPIN_LIMIT } else { 0 };
-            let mut spun = 0u32;
+            let mut spun = std::mem::take(&mut carried);
             let stop = loop {
                 if others != 0 {
                     if pc == next_other {
@@ -437,6 +452,10 @@ impl<'a> Ctx<'a> {
                     for l in lanes_of(group) {
                         pcs[w0 + l] = pc;
                     }
+                    // A group still running ahead of waiting lanes keeps its count of spun
+                    // instructions (a favored one its favor) for the warp's next turn.
+                    let spun = if others != 0 && free_run == 0 { spun } else { 0 };
+                    self.warp_spin[w] = WarpSpin { spun, cursor: turn, favor: favored && free_run > 0 };
                     return Ok(if self.executed >= self.quantum_end { WarpRun::Preempted } else { WarpRun::TurnOver });
                 }
                 self.executed += group.count_ones() as u64;
