@@ -845,6 +845,11 @@ struct Frame {
     caller_pc: u32,
 }
 
+/// %tid of the thread with linear index `t` in a block of shape `block`.
+fn thread_index(block: [u32; 3], t: u32) -> [u32; 3] {
+    [t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])]
+}
+
 /// The error of an access of `len` bytes at `addr` outside its space, by `i` of `k`.
 fn illegal_in(k: &Kernel, addr: u64, len: usize, space: &'static str, i: &Inst) -> ExecError {
     ExecError::IllegalAddress { addr, len: len as u64, space, at: at_in(k, i) }
@@ -1123,7 +1128,6 @@ impl<'a> Ctx<'a> {
     #[allow(clippy::too_many_arguments)]
     fn warp_op(&mut self, w0: usize, group: u32, live: u32, pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<u32, ExecError> {
         let bl = self.cfg.block;
-        let tid_of = |t: u32| [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])];
         let first = (0..32).find(|&l| group & (1 << l) != 0).map(|l| self.lane_inst(pcs[w0 + l], &calls[w0 + l]));
         if let Some((f, i @ Inst { op: Op::Warp { op: WarpOp::Ldmatrix { .. } | WarpOp::Mma(_), .. }, .. })) = first {
             // `.aligned`: all 32 lanes of the warp execute it together.
@@ -1147,7 +1151,7 @@ impl<'a> Ctx<'a> {
                 Some(fr) => (&fr.regs[..], &fr.syms[..]),
                 None => (&regs[t * nregs..(t + 1) * nregs], &self.syms[..]),
             };
-            let tid = tid_of(t as u32);
+            let tid = thread_index(bl, t as u32);
             let get = |o: &Opnd| match o {
                 Opnd::Sym(id) => Ok(syms.get(*id as usize).copied().unwrap_or(0)),
                 _ => self.get(o, r, tid, t as u32, i),
@@ -1250,7 +1254,7 @@ impl<'a> Ctx<'a> {
         for l in 0..32 {
             let t = w0 + l;
             let (r, syms) = lane_regs(calls, regs, t);
-            let tid = [t as u32 % bl[0], (t as u32 / bl[0]) % bl[1], t as u32 / (bl[0] * bl[1])];
+            let tid = thread_index(bl, t as u32);
             let read = |o: &Opnd| -> Result<Vec<u64>, ExecError> { parts(o).iter().map(|p| self.get(p, &r, tid, t as u32, i)).collect() };
             inputs.push(match op {
                 WarpOp::Ldmatrix { .. } => [vec![addr_in(a, &r, &syms).ok_or_else(|| ExecError::Unsupported(format!("address form in {}", self.at(i))))?], vec![], vec![]],
@@ -1376,7 +1380,7 @@ impl<'a> Ctx<'a> {
     /// `single`: for one instruction at most (then RUN).
     fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8], single: bool) -> Result<u8, ExecError> {
         let b = self.cfg.block;
-        let tid = [linear % b[0], (linear / b[0]) % b[1], linear / (b[0] * b[1])];
+        let tid = thread_index(b, linear);
         let insts = &self.k.insts;
         loop {
             if self.executed >= self.quantum_end {

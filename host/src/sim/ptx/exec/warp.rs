@@ -177,7 +177,8 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
     }
     let pure = |eval: Eval, ty: Ty, dty: Ty, d: &Opnd, a: &Opnd, b: Option<&Opnd>, c: Option<&Opnd>| -> Option<Fast> {
         let operand = |o: Option<&Opnd>| o.map_or(Some(Src::Imm(0)), src);
-        Some(Fast::Pure { eval, ty, dty, d: reg(if let Opnd::Reg(r) = d { *r } else { u32::MAX })?, a: src(a)?, b: operand(b)?, c: operand(c)? })
+        let Opnd::Reg(d) = d else { return None };
+        Some(Fast::Pure { eval, ty, dty, d: reg(*d)?, a: src(a)?, b: operand(b)?, c: operand(c)? })
     };
     let fast = match &i.op {
         Op::Bra { target } => Some(Fast::Bra(*target)),
@@ -368,10 +369,6 @@ impl<'a> Ctx<'a> {
         let insts: &'a [Inst] = &kernel.insts;
         let (nregs, ptl) = (b.nregs, b.per_thread_local);
         let bl = self.cfg.block;
-        let tid_of = |t: usize| {
-            let t = t as u32;
-            [t % bl[0], (t / bl[0]) % bl[1], t / (bl[0] * bl[1])]
-        };
         // Round-robin turns after a long spin; a spin goes on counting across the warp's turns.
         let w = w0 / 32;
         if self.warp_spin.len() <= w {
@@ -577,7 +574,7 @@ impl<'a> Ctx<'a> {
                     Fast::Step => {
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            self.step(inst, tid_of(t), t as u32, &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl])?;
+                            self.step(inst, thread_index(bl, t as u32), t as u32, &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl])?;
                         }
                     }
                     Fast::Lane => {}
