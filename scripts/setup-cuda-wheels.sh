@@ -34,6 +34,13 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy cached in $venv"; else
     cuda-pathfinder==1.9.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
   touch "$venv/.complete-v1"
 fi
+# cuRAND for CuPy's random module (its generators ship PTX, which the sim runs); CuPy's own
+# tests draw their inputs from it.
+if [ -f "$venv/.curand-v1" ]; then echo "setup: cuRAND cached in $venv"; else
+  echo "setup: installing cuRAND 10.3 into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nvidia-curand-cu12==10.3.10.19
+  touch "$venv/.curand-v1"
+fi
 # CuPy's own test suite (tests/tests/cupy_suite.rs): the tests from CuPy's sdist, and pytest.
 if [ -f "$CACHE/cupy-tests-14.2.0/.complete-v1" ]; then echo "setup: CuPy's tests cached in $CACHE/cupy-tests-14.2.0"; else
   echo "setup: fetching CuPy 14.2.0's tests (its sdist) and pytest"

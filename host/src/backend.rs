@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
 use vgpu_uapi::cuda::CuResult;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
 
@@ -111,6 +112,32 @@ pub trait DeviceSession: Send {
     /// Access can only be given to memory that is mapped.
     fn vmm_set_access(&mut self, va: u64, size: u64) -> CmdResult<()>;
 
+    // CUDA arrays, texture and surface objects (vgpu_uapi::array). Backends without them
+    // refuse with CUDA_ERROR_NOT_SUPPORTED.
+    fn array_create(&mut self, _desc: &ArrayDesc) -> CmdResult<u64> {
+        Err(not_supported("CUDA arrays"))
+    }
+    fn array_destroy(&mut self, _array: u64) -> CmdResult<()> {
+        Err(not_supported("CUDA arrays"))
+    }
+    /// A 3D copy; a host source is `host_in` (packed), a host destination is appended to
+    /// `host_out` (packed). The dispatcher has checked that sizes match.
+    fn memcpy_3d(&mut self, _copy: &Copy3D, _host_in: &[u8], _host_out: &mut Vec<u8>) -> CmdResult<()> {
+        Err(not_supported("3D copies"))
+    }
+    fn tex_create(&mut self, _res: &ResourceDesc, _sampler: &SamplerDesc) -> CmdResult<u64> {
+        Err(not_supported("texture objects"))
+    }
+    fn tex_destroy(&mut self, _tex: u64) -> CmdResult<()> {
+        Err(not_supported("texture objects"))
+    }
+    fn surf_create(&mut self, _res: &ResourceDesc) -> CmdResult<u64> {
+        Err(not_supported("surface objects"))
+    }
+    fn surf_destroy(&mut self, _surf: u64) -> CmdResult<()> {
+        Err(not_supported("surface objects"))
+    }
+
     /// cuDevicePrimaryCtxReset: frees the session's memory, streams, events and VMM, as if the
     /// client had disconnected, and clears a faulted context. Loaded modules stay, with the same
     /// handles for them and their functions, and their variables back at their initial values:
@@ -135,6 +162,10 @@ pub trait DeviceSession: Send {
     fn take_output(&mut self) -> Vec<u8> {
         Vec::new()
     }
+}
+
+fn not_supported(what: &str) -> CmdError {
+    CmdError::new(vgpu_uapi::cuda::CUDA_ERROR_NOT_SUPPORTED, format!("{what} are not supported by this backend"))
 }
 
 /// Backends that serve one device, presented to guests as device 0 (cuda's, in or out of process).

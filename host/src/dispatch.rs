@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc, MEM_ARRAY, MEM_DEVICE, MEM_HOST};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, MAX_NAME_LEN, MAX_PARAM_BYTES};
 use vgpu_uapi::wire::{Reader, Truncated, Writer};
@@ -72,14 +73,14 @@ fn host_range(host: &mut HashMap<u64, memmap2::MmapMut>, handle: u64, offset: u6
 
 /// Requests that occupy the GPU (the scheduler's unit of work).
 fn is_gpu_work(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::LaunchCooperative | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost)
+    matches!(op, Op::Launch | Op::LaunchCooperative | Op::MemcpyHtoD | Op::MemcpyDtoH | Op::MemcpyDtoD | Op::Memset | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost | Op::Memcpy3D)
 }
 
 /// Requests during which a kernel runs: a launch (the sim runs it then), and the waits for the
 /// GPU and copies back that follow it on an asynchronous backend (cuda). Each is bounded by the
 /// VM's execution time limit.
 fn waits_for_kernels(op: Op) -> bool {
-    matches!(op, Op::Launch | Op::LaunchCooperative | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost)
+    matches!(op, Op::Launch | Op::LaunchCooperative | Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::MemcpyDtoH | Op::MemcpyDtoHHost | Op::Memcpy3D)
 }
 
 /// Requests answered while the context has a sticky error: what does not need the context (the
@@ -663,6 +664,75 @@ impl<'b> Connection<'b> {
                 let (va, size) = (r.u64()?, r.u64()?);
                 r.finish()?;
                 self.session()?.vmm_set_access(va, size)?;
+            }
+            Op::ArrayCreate => {
+                let desc = ArrayDesc::decode(&mut r)?;
+                r.finish()?;
+                match desc.validate() {
+                    Err(m) => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{m}: {desc:?}"))),
+                    Ok(Err(m)) => return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, m)),
+                    Ok(Ok(())) => {}
+                }
+                let h = self.charged_alloc(desc.bytes(), |s| s.array_create(&desc))?;
+                out.put_u64(h);
+            }
+            Op::ArrayDestroy => {
+                let a = r.u64()?;
+                r.finish()?;
+                let res = self.session()?.array_destroy(a);
+                self.reconcile_memory();
+                res?;
+            }
+            Op::Memcpy3D => {
+                let c = Copy3D::decode(&mut r)?;
+                let data = r.rest();
+                // Host data travels in the request or the reply: at most a chunk of it.
+                let carried = c.src.kind == MEM_HOST || c.dst.kind == MEM_HOST;
+                let bytes = c.bytes().filter(|&n| !carried || n <= COPY_CHUNK as u64);
+                let bytes = bytes.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("a 3D copy of {}x{}x{} bytes: more host data than one request carries ({COPY_CHUNK})", c.width_bytes, c.height, c.depth)))?;
+                for side in [&c.src, &c.dst] {
+                    if !matches!(side.kind, MEM_HOST | MEM_DEVICE | MEM_ARRAY) {
+                        return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown memory type {} in a 3D copy", side.kind)));
+                    }
+                }
+                if c.src.kind == MEM_HOST && c.dst.kind == MEM_HOST {
+                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "a host-to-host copy is the client's own"));
+                }
+                let host_in = if c.src.kind == MEM_HOST { bytes } else { 0 };
+                if data.len() as u64 != host_in {
+                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("a 3D copy carrying {} bytes where it needs {host_in}", data.len())));
+                }
+                let start = out.len();
+                self.session()?.memcpy_3d(&c, data, out)?;
+                let host_out = if c.dst.kind == MEM_HOST { bytes } else { 0 };
+                if (out.len() - start) as u64 != host_out {
+                    out.truncate(start);
+                    return Err(CmdError::new(CUDA_ERROR_UNKNOWN, "the backend returned the wrong amount of data for a 3D copy"));
+                }
+            }
+            Op::TexObjectCreate | Op::SurfObjectCreate => {
+                let res = ResourceDesc::decode(&mut r)?;
+                let sampler = if op == Op::TexObjectCreate { Some(SamplerDesc::decode(&mut r)?) } else { None };
+                r.finish()?;
+                if let Some(s) = &sampler {
+                    s.validate().map_err(|m| CmdError::new(CUDA_ERROR_INVALID_VALUE, m))?;
+                }
+                let sess = self.session()?;
+                let h = match &sampler {
+                    Some(s) => sess.tex_create(&res, s)?,
+                    None => sess.surf_create(&res)?,
+                };
+                out.put_u64(h);
+            }
+            Op::TexObjectDestroy | Op::SurfObjectDestroy => {
+                let h = r.u64()?;
+                r.finish()?;
+                let sess = self.session()?;
+                if op == Op::TexObjectDestroy {
+                    sess.tex_destroy(h)?;
+                } else {
+                    sess.surf_destroy(h)?;
+                }
             }
             Op::DeviceOutput => {
                 r.finish()?;

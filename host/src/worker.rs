@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, MsgHeader, Op, COPY_CHUNK, HEADER_LEN, HELLO_OBSERVER, MSG_MAGIC};
 use vgpu_uapi::wire::{Reader, Writer};
@@ -401,7 +402,7 @@ fn goes_ahead(op: Op) -> bool {
 /// Calls that report an earlier failure of work sent ahead: those that wait for it or read its
 /// results, and further queued work. (Not an allocation: a client told it failed would lose it.)
 fn reports_deferred(op: Op) -> bool {
-    goes_ahead(op) || matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery | Op::MemcpyDtoH)
+    goes_ahead(op) || matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery | Op::MemcpyDtoH | Op::Memcpy3D)
 }
 
 impl RemoteSession {
@@ -712,6 +713,55 @@ impl DeviceSession for RemoteSession {
     fn event_elapsed_ms(&mut self, start: u64, end: u64) -> CmdResult<f32> {
         let reply = self.call(Op::EventElapsedTime, &[&u64s(&[start, end])])?;
         Reader::new(&reply).u32().map(f32::from_bits).map_err(|_| malformed(Op::EventElapsedTime))
+    }
+
+    fn array_create(&mut self, desc: &ArrayDesc) -> CmdResult<u64> {
+        let mut b = Vec::new();
+        desc.encode(&mut b);
+        let r = self.call(Op::ArrayCreate, &[&b]).and_then(|reply| Reader::new(&reply).u64().map_err(|_| malformed(Op::ArrayCreate)));
+        self.refresh_usage();
+        r
+    }
+
+    fn array_destroy(&mut self, array: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::ArrayDestroy, &[array]);
+        self.refresh_usage();
+        r
+    }
+
+    fn memcpy_3d(&mut self, c: &Copy3D, host_in: &[u8], host_out: &mut Vec<u8>) -> CmdResult<()> {
+        let mut b = Vec::new();
+        c.encode(&mut b);
+        let reply = self.call(Op::Memcpy3D, &[&b, host_in])?;
+        host_out.extend_from_slice(&reply);
+        if c.dst.kind == vgpu_uapi::array::MEM_HOST {
+            // A copy back waited for the kernels before it: their GPU time is known now.
+            self.after_wait(false);
+        }
+        Ok(())
+    }
+
+    fn tex_create(&mut self, res: &ResourceDesc, sampler: &SamplerDesc) -> CmdResult<u64> {
+        let mut b = Vec::new();
+        res.encode(&mut b);
+        sampler.encode(&mut b);
+        let reply = self.call(Op::TexObjectCreate, &[&b])?;
+        Reader::new(&reply).u64().map_err(|_| malformed(Op::TexObjectCreate))
+    }
+
+    fn tex_destroy(&mut self, tex: u64) -> CmdResult<()> {
+        self.call_unit(Op::TexObjectDestroy, &[tex])
+    }
+
+    fn surf_create(&mut self, res: &ResourceDesc) -> CmdResult<u64> {
+        let mut b = Vec::new();
+        res.encode(&mut b);
+        let reply = self.call(Op::SurfObjectCreate, &[&b])?;
+        Reader::new(&reply).u64().map_err(|_| malformed(Op::SurfObjectCreate))
+    }
+
+    fn surf_destroy(&mut self, surf: u64) -> CmdResult<()> {
+        self.call_unit(Op::SurfObjectDestroy, &[surf])
     }
 
     fn reset(&mut self) -> CmdResult<()> {

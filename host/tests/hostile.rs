@@ -223,3 +223,109 @@ fn an_oversize_request_is_refused_and_the_connection_lives_on() {
     let reply = p.call(Op::ModuleLoad, &[]).unwrap();
     assert_eq!(reply.len(), 8, "a module handle");
 }
+
+/// CUDA arrays, 3D copies, texture and surface objects from a hostile guest: descriptors,
+/// handles, extents and memory of every request are checked; nothing reaches another VM.
+#[test]
+fn arrays_copies_and_texture_objects_are_checked() {
+    use vgpu_uapi::array::*;
+    let (dir, _m) = start("arrays");
+    let good = Proc::connect(&dir.join("good.sock"), 10).unwrap();
+    let evil = Proc::connect(&dir.join("evil.sock"), 66).unwrap();
+    let enc = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        f(&mut v);
+        v
+    };
+    let create = |p: &Proc, d: ArrayDesc| p.call(Op::ArrayCreate, &[&enc(&|v| d.encode(v))]).map(|r| Proc::u64s(&r)[0]);
+    let float2d = ArrayDesc { width: 16, height: 8, depth: 0, format: FORMAT_FLOAT, channels: 1, flags: 0 };
+    let good_array = create(&good, float2d).unwrap();
+    let good_mem = good.alloc(4096).unwrap();
+    let copy = |p: &Proc, c: Copy3D, data: &[u8]| p.call(Op::Memcpy3D, &[&enc(&|v| c.encode(v)), data]).map(drop);
+    let to_array = |a: u64, x: u64, y: u64, w: u64, h: u64| Copy3D {
+        src: CopySide { kind: MEM_HOST, ..Default::default() },
+        dst: CopySide { kind: MEM_ARRAY, handle: a, x_bytes: x, y, ..Default::default() },
+        width_bytes: w,
+        height: h,
+        depth: 1,
+    };
+    copy(&good, to_array(good_array, 0, 0, 64, 8), &[7u8; 512]).unwrap();
+    let tex = |p: &Proc, r: ResourceDesc, s: SamplerDesc| p.call(Op::TexObjectCreate, &[&enc(&|v| { r.encode(v); s.encode(v) })]).map(|r| Proc::u64s(&r)[0]);
+
+    let mut tried = 0;
+    let mut expect = |what: &str, r: Result<(), CuResult>, code: CuResult| {
+        tried += 1;
+        assert_eq!(r, Err(code), "{what}");
+    };
+    // Descriptors.
+    expect("3 channels", create(&evil, ArrayDesc { channels: 3, ..float2d }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("width 0", create(&evil, ArrayDesc { width: 0, ..float2d }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("past the 2D limit", create(&evil, ArrayDesc { width: MAX_TEXTURE2D_WIDTH + 1, ..float2d }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("a cubemap", create(&evil, ArrayDesc { flags: ARRAY_CUBEMAP, ..float2d }).map(drop), CUDA_ERROR_NOT_SUPPORTED);
+    expect("a block-compressed format", create(&evil, ArrayDesc { format: 0x91, ..float2d }).map(drop), CUDA_ERROR_NOT_SUPPORTED);
+    expect("over the VM's quota", create(&evil, ArrayDesc { width: 4096, height: 4096, format: FORMAT_FLOAT, channels: 4, ..float2d }).map(drop), CUDA_ERROR_OUT_OF_MEMORY);
+    expect("a truncated descriptor", evil.call(Op::ArrayCreate, &[&[1, 2, 3]]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    // Handles: another VM's array is not this one's.
+    expect("other VM's array destroyed", evil.call(Op::ArrayDestroy, &[&u64s(&[good_array])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's array written", copy(&evil, to_array(good_array, 0, 0, 4, 1), &[0; 4]), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's array sampled", tex(&evil, ResourceDesc { kind: RESOURCE_ARRAY, handle: good_array, ..Default::default() }, SamplerDesc::default()).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    // Addresses are per session: while this one holds only its array, another VM's
+    // allocation's address is nothing of its own.
+    let a = create(&evil, float2d).unwrap();
+    // Extents and data.
+    expect("past the row", copy(&evil, to_array(a, 60, 0, 8, 1), &[0; 8]), CUDA_ERROR_INVALID_VALUE);
+    expect("past the rows", copy(&evil, to_array(a, 0, 7, 4, 2), &[0; 8]), CUDA_ERROR_INVALID_VALUE);
+    expect("offsets that overflow", copy(&evil, to_array(a, u64::MAX - 2, 0, 4, 1), &[0; 4]), CUDA_ERROR_INVALID_VALUE);
+    expect("too little data", copy(&evil, to_array(a, 0, 0, 64, 2), &[0; 100]), CUDA_ERROR_INVALID_VALUE);
+    expect("extents that overflow", copy(&evil, Copy3D { depth: u64::MAX, ..to_array(a, 0, 0, 64, 2) }, &[]), CUDA_ERROR_INVALID_VALUE);
+    let from_array_to = |dst: u64, pitch: u64, h: u64| Copy3D {
+        src: CopySide { kind: MEM_ARRAY, handle: a, ..Default::default() },
+        dst: CopySide { kind: MEM_DEVICE, handle: dst, pitch, height: h, ..Default::default() },
+        width_bytes: 64,
+        height: 8,
+        depth: 1,
+    };
+    let linear = |ptr: u64, size: u64| ResourceDesc { kind: RESOURCE_LINEAR, handle: ptr, format: FORMAT_FLOAT, channels: 1, width: size, height: 0, pitch: 0 };
+    let point = SamplerDesc::default();
+    expect("into another VM's memory", copy(&evil, from_array_to(good_mem, 64, 8), &[]), CUDA_ERROR_INVALID_VALUE);
+    expect("a texture over another VM's memory", tex(&evil, linear(good_mem, 64), point).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let mem = evil.alloc(1024).unwrap();
+    expect("past its own allocation", copy(&evil, from_array_to(mem, 256, 8), &[]), CUDA_ERROR_INVALID_VALUE);
+    expect("a pitch below the width", copy(&evil, from_array_to(mem, 16, 8), &[]), CUDA_ERROR_INVALID_VALUE);
+    let mut c = from_array_to(mem, 64, 8);
+    c.src.kind = 9;
+    expect("an unknown memory type", copy(&evil, c, &[]), CUDA_ERROR_INVALID_VALUE);
+    c.src.kind = MEM_HOST;
+    c.dst.kind = MEM_HOST;
+    expect("host to host", copy(&evil, c, &[0; 512]), CUDA_ERROR_INVALID_VALUE);
+    let big = Copy3D { src: CopySide { kind: MEM_HOST, ..Default::default() }, dst: CopySide { kind: MEM_DEVICE, handle: mem, pitch: 1 << 20, height: 9, ..Default::default() }, width_bytes: 1 << 20, height: 9, depth: 1 };
+    expect("more host data than a request carries", copy(&evil, big, &[]), CUDA_ERROR_INVALID_VALUE);
+    // Texture and surface objects.
+    expect("a texture past its buffer", tex(&evil, linear(mem, 2048), point).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let pitched = ResourceDesc { kind: RESOURCE_PITCH2D, handle: mem, format: FORMAT_FLOAT, channels: 1, width: 8, height: 4, pitch: 40 };
+    expect("an unaligned pitch", tex(&evil, pitched, point).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("an unknown address mode", tex(&evil, linear(mem, 64), SamplerDesc { address: [7, 0, 0], ..point }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("a mipmapped array", tex(&evil, ResourceDesc { kind: RESOURCE_MIPMAPPED_ARRAY, handle: a, ..Default::default() }, point).map(drop), CUDA_ERROR_NOT_SUPPORTED);
+    let int_linear = ResourceDesc { format: FORMAT_SIGNED_INT32, ..linear(mem, 64) };
+    expect("linear filtering of integers", tex(&evil, int_linear, SamplerDesc { filter: FILTER_LINEAR, ..point }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let surf = |r: ResourceDesc| evil.call(Op::SurfObjectCreate, &[&enc(&|v| r.encode(v))]).map(|r| Proc::u64s(&r)[0]);
+    expect("a surface without surface load/store", surf(ResourceDesc { kind: RESOURCE_ARRAY, handle: a, ..Default::default() }).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("a surface over linear memory", surf(linear(mem, 64)).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let t = tex(&evil, ResourceDesc { kind: RESOURCE_ARRAY, handle: a, ..Default::default() }, point).unwrap();
+    expect("a texture destroyed as a surface", evil.call(Op::SurfObjectDestroy, &[&u64s(&[t])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    evil.call(Op::TexObjectDestroy, &[&u64s(&[t])]).unwrap();
+    expect("a texture destroyed twice", evil.call(Op::TexObjectDestroy, &[&u64s(&[t])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    // The array's memory is the array's: not freed as an allocation.
+    evil.call(Op::ArrayDestroy, &[&u64s(&[a])]).unwrap();
+    expect("an array destroyed twice", evil.call(Op::ArrayDestroy, &[&u64s(&[a])]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    println!("{tried} bad array, copy and texture requests refused");
+    // The other VM's array is intact.
+    let back = Copy3D {
+        src: CopySide { kind: MEM_ARRAY, handle: good_array, ..Default::default() },
+        dst: CopySide { kind: MEM_HOST, ..Default::default() },
+        width_bytes: 64,
+        height: 8,
+        depth: 1,
+    };
+    assert_eq!(good.call(Op::Memcpy3D, &[&enc(&|v| back.encode(v))]).unwrap(), vec![7u8; 512]);
+}

@@ -39,7 +39,7 @@ $L__unused:
 {
     .reg .b32 %r<3>;
     mov.u32 %r1, 1;
-    tex.1d.v4.f32.s32 {%r1, %r1, %r1, %r1}, [out, {%r1}];
+    sust.p.1d.b32.trap [out, {%r1}], {%r1};
     ret;
 }
 "#;
@@ -67,7 +67,7 @@ fn address_initializers_labels_before_braces_and_lacking_instructions() {
     assert_eq!(u32::from_le_bytes(r), 50);
     let e = s.module_get_function(m, "lacking").unwrap_err();
     assert_eq!(e.code, CUDA_ERROR_NOT_SUPPORTED, "{}", e.message);
-    assert!(e.message.contains("tex.1d.v4.f32.s32"), "{}", e.message);
+    assert!(e.message.contains("sust.p.1d.b32.trap"), "{}", e.message);
     // An initializer naming something that is not a variable of the module: invalid PTX.
     let bad = PTX.replace("generic(table)+8", "generic(nothing)");
     assert_eq!(s.module_load(bad.as_bytes()).unwrap_err().code, CUDA_ERROR_INVALID_PTX);

@@ -59,6 +59,8 @@ cases! {
     device_reset_cudart13: "device_reset", V13;
     device_heap_cudart12: "device_heap", V12;
     device_heap_cudart13: "device_heap", V13;
+    textures_cudart12: "textures", V12;
+    textures_cudart13: "textures", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it

@@ -8,6 +8,7 @@
 #[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 
+pub mod array;
 pub mod bar0;
 pub mod channel;
 pub mod cuda;

@@ -195,6 +195,23 @@ opcodes! {
     /// freed, as when the client disconnects (memory, modules, streams, events, VMM), and a
     /// sticky error is cleared; the connection and its registered host memory stay)
     SessionReset = 92,
+    /// CUDA arrays (see [`crate::array`]). req: [`crate::array::ArrayDesc`] -> reply: array u64
+    ArrayCreate = 100,
+    /// req: array u64 -> reply:
+    ArrayDestroy = 101,
+    /// req: [`crate::array::Copy3D`], then a host source's bytes.. (packed) -> reply: a host
+    /// destination's bytes.. (packed; at most [`COPY_CHUNK`] either way)
+    Memcpy3D = 102,
+    /// req: [`crate::array::ResourceDesc`], [`crate::array::SamplerDesc`] -> reply: texture
+    /// object u64 (the value kernels are given)
+    TexObjectCreate = 103,
+    /// req: texture object u64 -> reply:
+    TexObjectDestroy = 104,
+    /// req: [`crate::array::ResourceDesc`] (an array made with ARRAY_SURFACE_LDST) -> reply:
+    /// surface object u64
+    SurfObjectCreate = 105,
+    /// req: surface object u64 -> reply:
+    SurfObjectDestroy = 106,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).
@@ -203,6 +220,7 @@ pub const VMM_GRANULARITY: u64 = 2 << 20;
 /// Module images larger than this go in parts ([`Op::ModuleImagePart`]).
 pub const MODULE_PART: usize = 32 << 20;
 
+#[cfg(any(feature = "alloc", test))]
 /// Loads a module image through `call` (a request and its reply): in one ModuleLoad, or, for an
 /// image larger than [`MODULE_PART`], staged part by part and then loaded. Returns the reply.
 pub fn module_load<E>(image: &[u8], mut call: impl FnMut(Op, &[&[u8]]) -> Result<alloc::vec::Vec<u8>, E>) -> Result<alloc::vec::Vec<u8>, E> {

@@ -11,6 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
+use vgpu_uapi::array::c as array;
 use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp};
 use vgpu_uapi::cuda::*;
 
@@ -92,6 +93,13 @@ entry_points! {
     cuMemMap: fn(u64, usize, usize, u64, u64);
     cuMemUnmap: fn(u64, usize);
     cuMemSetAccess: fn(u64, usize, *const MemAccessDesc, usize);
+    cuArray3DCreate_v2: fn(*mut Ptr, *const array::Array3DDescriptor);
+    cuArrayDestroy: fn(Ptr);
+    cuMemcpy3D_v2: fn(*const array::Memcpy3D);
+    cuTexObjectCreate: fn(*mut u64, *const array::ResourceDesc, *const array::TextureDesc, *const c_void);
+    cuTexObjectDestroy: fn(u64);
+    cuSurfObjectCreate: fn(*mut u64, *const array::ResourceDesc);
+    cuSurfObjectDestroy: fn(u64);
 }
 
 /// A loaded driver: the library (kept loaded) and its entry points.

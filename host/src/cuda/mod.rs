@@ -17,6 +17,7 @@ use std::ffi::c_void;
 use std::path::Path;
 use std::sync::Arc;
 use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE};
+use vgpu_uapi::array::{self, format_bytes, ArrayDesc, Copy3D, CopySide, ResourceDesc, SamplerDesc, MEM_DEVICE, MEM_HOST, MEM_ARRAY, RESOURCE_ARRAY, RESOURCE_LINEAR, RESOURCE_PITCH2D};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
 
@@ -171,6 +172,8 @@ impl Backend for CudaBackend {
             spare_events: Vec::new(),
             gpu_ns: 0,
             extended: 0,
+            arrays: HashMap::new(),
+            objects: HashMap::new(),
         }))
     }
 }
@@ -220,6 +223,11 @@ pub struct CudaSession {
     gpu_ns: u64,
     /// Launches since the pending pairs were last looked at.
     extended: u32,
+    /// CUDA arrays (client handle -> the driver's array and its descriptor), and the texture
+    /// and surface objects made (the driver's value, which kernels are given -> whether it is
+    /// a texture).
+    arrays: HashMap<u64, (Raw, ArrayDesc)>,
+    objects: HashMap<u64, bool>,
 }
 
 /// Timed launches (event pairs) pending at most. Past that the GPU is behind the client: a
@@ -248,7 +256,61 @@ impl CudaSession {
 
     /// Device memory the session holds: allocations and VMM physical allocations.
     fn held(&self) -> u64 {
-        self.allocs.values().sum::<u64>() + self.physical.values().map(|&(_, s)| s).sum::<u64>()
+        self.allocs.values().sum::<u64>() + self.physical.values().map(|&(_, s)| s).sum::<u64>() + self.arrays.values().map(|(_, d)| d.bytes()).sum::<u64>()
+    }
+
+    /// The driver's array for a client handle.
+    fn array(&self, h: u64) -> CmdResult<Ptr> {
+        self.arrays.get(&h).map(|(r, _)| r.0).ok_or_else(|| invalid_handle("CUDA array", h))
+    }
+
+    /// One side of a 3D copy for the driver: device memory checked to be this session's
+    /// (every byte the copy touches), an array mapped to the driver's, host data given by
+    /// `host` (packed).
+    fn copy_side(&self, side: &CopySide, c: &Copy3D, host: *mut c_void) -> CmdResult<(u32, *mut c_void, u64, Ptr, usize, usize)> {
+        match side.kind {
+            MEM_HOST => Ok((MEM_HOST, host, 0, std::ptr::null_mut(), c.width_bytes as usize, c.height as usize)),
+            MEM_DEVICE => {
+                let overflow = || CmdError::new(CUDA_ERROR_INVALID_VALUE, "3D copy offsets overflow");
+                let slice = side.pitch.checked_mul(side.height).ok_or_else(overflow)?;
+                let start = side.z.checked_mul(slice).and_then(|o| o.checked_add(side.y.checked_mul(side.pitch)?)).and_then(|o| o.checked_add(side.x_bytes)).and_then(|o| side.handle.checked_add(o)).ok_or_else(overflow)?;
+                let span = (c.depth - 1).checked_mul(slice).and_then(|o| o.checked_add((c.height - 1).checked_mul(side.pitch)?)).and_then(|o| o.checked_add(c.width_bytes)).ok_or_else(overflow)?;
+                self.check_range(start, span)?;
+                Ok((MEM_DEVICE, std::ptr::null_mut(), side.handle, std::ptr::null_mut(), side.pitch as usize, side.height as usize))
+            }
+            _ => Ok((MEM_ARRAY, std::ptr::null_mut(), 0, self.array(side.handle)?, 0, 0)),
+        }
+    }
+
+    /// A resource for the driver: an array mapped to the driver's, device memory checked to
+    /// be this session's.
+    fn resource(&self, res: &ResourceDesc) -> CmdResult<array::c::ResourceDesc> {
+        match res.kind {
+            RESOURCE_ARRAY => {
+                self.array(res.handle)?;
+            }
+            RESOURCE_LINEAR => self.check_range(res.handle, res.width)?,
+            RESOURCE_PITCH2D => {
+                let elem = format_bytes(res.format).unwrap_or(0) * res.channels as u64;
+                let span = res.height.checked_sub(1).and_then(|r| r.checked_mul(res.pitch)).and_then(|b| b.checked_add(res.width.checked_mul(elem)?));
+                self.check_range(res.handle, span.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "an empty or overflowing pitched resource"))?)?;
+            }
+            _ => return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "mipmapped arrays are not supported by vgpu")),
+        }
+        Ok(array::c::ResourceDesc::from_wire(res, |h| self.arrays.get(&h).map_or(0, |(r, _)| r.0 as usize as u64)))
+    }
+
+    fn remove_object(&mut self, h: u64, texture: bool) -> CmdResult<()> {
+        if self.objects.get(&h) != Some(&texture) {
+            return Err(invalid_handle(if texture { "texture object" } else { "surface object" }, h));
+        }
+        self.enter()?;
+        let api = &self.drv.api;
+        // SAFETY: an object this session made and has not destroyed (checked above).
+        let r = unsafe { if texture { (api.cuTexObjectDestroy)(h) } else { (api.cuSurfObjectDestroy)(h) } };
+        self.drv.ok(r, if texture { "cuTexObjectDestroy" } else { "cuSurfObjectDestroy" })?;
+        self.objects.remove(&h);
+        Ok(())
     }
 
     fn account(&self) {
@@ -353,6 +415,16 @@ impl Drop for CudaSession {
                 for s in self.streams.values() {
                     (api.cuStreamDestroy_v2)(s.0);
                 }
+                for (&o, &texture) in &self.objects {
+                    if texture {
+                        (api.cuTexObjectDestroy)(o);
+                    } else {
+                        (api.cuSurfObjectDestroy)(o);
+                    }
+                }
+                for (a, _) in self.arrays.values() {
+                    (api.cuArrayDestroy)(a.0);
+                }
                 for m in self.modules.values() {
                     (api.cuModuleUnload)(m.raw.0);
                 }
@@ -402,6 +474,8 @@ impl DeviceSession for CudaSession {
         self.physical.clear();
         self.reserved.clear();
         self.allocs.clear();
+        self.arrays.clear();
+        self.objects.clear();
         self.account();
         // A reset does not release the retain the session holds; retaining again gives the
         // context as it is now, and the extra retain is given back.
@@ -428,6 +502,106 @@ impl DeviceSession for CudaSession {
             f.raw = Raw(raw);
         }
         Ok(())
+    }
+
+    fn array_create(&mut self, desc: &ArrayDesc) -> CmdResult<u64> {
+        self.enter()?;
+        let d = array::c::Array3DDescriptor { width: desc.width as usize, height: desc.height as usize, depth: desc.depth as usize, format: desc.format, num_channels: desc.channels, flags: desc.flags };
+        let mut raw: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer and descriptor; the driver checks the descriptor's values.
+        self.drv.ok(unsafe { (self.drv.api.cuArray3DCreate_v2)(&mut raw, &d) }, "cuArray3DCreate_v2")?;
+        let h = self.handle();
+        self.arrays.insert(h, (Raw(raw), *desc));
+        self.account();
+        Ok(h)
+    }
+
+    fn array_destroy(&mut self, array: u64) -> CmdResult<()> {
+        let raw = self.array(array)?;
+        self.enter()?;
+        // SAFETY: an array this session made and has not destroyed (checked above).
+        self.drv.ok(unsafe { (self.drv.api.cuArrayDestroy)(raw) }, "cuArrayDestroy")?;
+        self.arrays.remove(&array);
+        self.account();
+        Ok(())
+    }
+
+    fn memcpy_3d(&mut self, c: &Copy3D, host_in: &[u8], host_out: &mut Vec<u8>) -> CmdResult<()> {
+        if c.width_bytes == 0 || c.height == 0 || c.depth == 0 {
+            return Ok(());
+        }
+        let start = host_out.len();
+        if c.dst.kind == MEM_HOST {
+            host_out.resize(start + (c.width_bytes * c.height * c.depth) as usize, 0);
+        }
+        let out_ptr = host_out[start..].as_mut_ptr().cast::<c_void>();
+        let (sk, sh, sd, sa, sp, sht) = self.copy_side(&c.src, c, host_in.as_ptr().cast_mut().cast())?;
+        let (dk, dh, dd, da, dp, dht) = self.copy_side(&c.dst, c, out_ptr)?;
+        let p = array::c::Memcpy3D {
+            src_x_in_bytes: if sk == MEM_HOST { 0 } else { c.src.x_bytes as usize },
+            src_y: if sk == MEM_HOST { 0 } else { c.src.y as usize },
+            src_z: if sk == MEM_HOST { 0 } else { c.src.z as usize },
+            src_lod: 0,
+            src_memory_type: sk,
+            src_host: sh,
+            src_device: sd,
+            src_array: sa,
+            reserved0: std::ptr::null_mut(),
+            src_pitch: sp,
+            src_height: sht,
+            dst_x_in_bytes: if dk == MEM_HOST { 0 } else { c.dst.x_bytes as usize },
+            dst_y: if dk == MEM_HOST { 0 } else { c.dst.y as usize },
+            dst_z: if dk == MEM_HOST { 0 } else { c.dst.z as usize },
+            dst_lod: 0,
+            dst_memory_type: dk,
+            dst_host: dh,
+            dst_device: dd,
+            dst_array: da,
+            reserved1: std::ptr::null_mut(),
+            dst_pitch: dp,
+            dst_height: dht,
+            width_in_bytes: c.width_bytes as usize,
+            height: c.height as usize,
+            depth: c.depth as usize,
+        };
+        self.enter()?;
+        // SAFETY: host sides point at `host_in` (the request's data, packed, of the copy's size:
+        // checked by the dispatcher) and `host_out` (resized to the copy's size above); device
+        // sides are inside this session's memory and arrays are this session's (copy_side).
+        let r = self.drv.ok(unsafe { (self.drv.api.cuMemcpy3D_v2)(&p) }, "cuMemcpy3D_v2");
+        if r.is_err() {
+            host_out.truncate(start);
+        }
+        r
+    }
+
+    fn tex_create(&mut self, res: &ResourceDesc, sampler: &SamplerDesc) -> CmdResult<u64> {
+        let rd = self.resource(res)?;
+        let td = array::c::TextureDesc::from_wire(sampler);
+        self.enter()?;
+        let mut obj = 0u64;
+        // SAFETY: valid out-pointer and descriptors (the resource is this session's).
+        self.drv.ok(unsafe { (self.drv.api.cuTexObjectCreate)(&mut obj, &rd, &td, std::ptr::null()) }, "cuTexObjectCreate")?;
+        self.objects.insert(obj, true);
+        Ok(obj)
+    }
+
+    fn tex_destroy(&mut self, tex: u64) -> CmdResult<()> {
+        self.remove_object(tex, true)
+    }
+
+    fn surf_create(&mut self, res: &ResourceDesc) -> CmdResult<u64> {
+        let rd = self.resource(res)?;
+        self.enter()?;
+        let mut obj = 0u64;
+        // SAFETY: valid out-pointer and descriptor (the resource is this session's).
+        self.drv.ok(unsafe { (self.drv.api.cuSurfObjectCreate)(&mut obj, &rd) }, "cuSurfObjectCreate")?;
+        self.objects.insert(obj, false);
+        Ok(obj)
+    }
+
+    fn surf_destroy(&mut self, surf: u64) -> CmdResult<()> {
+        self.remove_object(surf, false)
     }
 
     fn mem_get_info(&self) -> (u64, u64) {

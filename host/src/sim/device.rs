@@ -13,6 +13,8 @@ use crate::profile::DeviceProfile;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use ptx::texture::{Object, Objects, Resource};
+use vgpu_uapi::array::*;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
 
@@ -80,6 +82,7 @@ impl Backend for SimBackend {
             functions: HashMap::new(),
             streams: HashMap::new(),
             events: HashMap::new(),
+            arrays: HashMap::new(),
         }))
     }
 }
@@ -113,6 +116,8 @@ pub struct SimSession {
     functions: HashMap<u64, Function>,
     streams: HashMap<u64, ()>,
     events: HashMap<u64, Event>,
+    /// CUDA arrays: an allocation of their own each (packed rows), and their descriptor.
+    arrays: HashMap<u64, (u64, ArrayDesc)>,
 }
 
 fn fault(f: Fault) -> CmdError {
@@ -135,6 +140,10 @@ impl ptx::Memory for DeviceMemory {
 
     fn heap(&mut self) -> Result<Option<Arc<ptx::heap::DeviceHeap>>, ptx::ExecError> {
         DeviceMemory::heap(self).map(Some).map_err(|e| ptx::ExecError::OutOfResources(format!("no room for the device heap: {}", e.message)))
+    }
+
+    fn objects(&self) -> Arc<Objects> {
+        self.objects.clone()
     }
 }
 
@@ -165,6 +174,100 @@ impl SimSession {
 
     fn event(&mut self, e: u64) -> CmdResult<&mut Event> {
         self.events.get_mut(&e).ok_or_else(|| invalid_handle("event", e))
+    }
+
+    /// Where one side of a 3D copy starts in device memory, and its row and slice pitches
+    /// (None: the host side).
+    fn copy_side(&self, side: &CopySide, c: &Copy3D) -> CmdResult<Option<(u64, u64, u64)>> {
+        let bad = |m: String| CmdError::new(CUDA_ERROR_INVALID_VALUE, m);
+        let overflow = || bad("3D copy offsets overflow".into());
+        let (base, pitch, rows) = match side.kind {
+            MEM_DEVICE => {
+                let pitch = if c.height > 1 || c.depth > 1 { side.pitch } else { side.pitch.max(c.width_bytes) };
+                if pitch < c.width_bytes || c.depth > 1 && side.height < c.height {
+                    return Err(bad(format!("a pitch of {pitch} bytes (or a height of {} rows) is smaller than the copy's {}x{}", side.height, c.width_bytes, c.height)));
+                }
+                (side.handle, pitch, side.height)
+            }
+            MEM_ARRAY => {
+                let &(dptr, d) = self.arrays.get(&side.handle).ok_or_else(|| invalid_handle("CUDA array", side.handle))?;
+                let inside = |off: u64, n: u64, lim: u64| off.checked_add(n).is_some_and(|e| e <= lim);
+                if !inside(side.x_bytes, c.width_bytes, d.row_bytes()) || !inside(side.y, c.height, d.rows()) || !inside(side.z, c.depth, d.slices()) {
+                    return Err(bad(format!(
+                        "a copy of {}x{}x{} bytes at ({}, {}, {}) does not fit a {}x{}x{} array of {}-byte elements",
+                        c.width_bytes, c.height, c.depth, side.x_bytes, side.y, side.z, d.width, d.height, d.depth, d.elem_bytes()
+                    )));
+                }
+                (dptr, d.row_bytes(), d.rows())
+            }
+            _ => return Ok(None),
+        };
+        let slice = pitch.checked_mul(rows).ok_or_else(overflow)?;
+        let start = side.z.checked_mul(slice).and_then(|o| o.checked_add(side.y.checked_mul(pitch)?)).and_then(|o| o.checked_add(side.x_bytes)).and_then(|o| base.checked_add(o));
+        Ok(Some((start.ok_or_else(overflow)?, pitch, slice)))
+    }
+
+    /// The texels a texture or surface object reads: an array, or linear or pitched memory
+    /// checked to lie in one allocation.
+    fn resource(&self, res: &ResourceDesc) -> CmdResult<Resource> {
+        let bad = |m: String| CmdError::new(CUDA_ERROR_INVALID_VALUE, m);
+        match res.kind {
+            RESOURCE_ARRAY => {
+                let &(dptr, d) = self.arrays.get(&res.handle).ok_or_else(|| invalid_handle("CUDA array", res.handle))?;
+                let layered = d.flags & ARRAY_LAYERED != 0;
+                let dims = if d.height == 0 { 1 } else if d.depth == 0 || layered { 2 } else { 3 };
+                Ok(Resource {
+                    base: dptr,
+                    format: d.format,
+                    channels: d.channels,
+                    width: d.width,
+                    height: d.rows(),
+                    depth: d.slices(),
+                    pitch: d.row_bytes(),
+                    slice: d.row_bytes() * d.rows(),
+                    layered,
+                    dims,
+                    linear: false,
+                })
+            }
+            RESOURCE_LINEAR | RESOURCE_PITCH2D => {
+                let elem = format_bytes(res.format).filter(|_| matches!(res.channels, 1 | 2 | 4)).map(|b| b * res.channels as u64);
+                let elem = elem.ok_or_else(|| bad(format!("format {:#x} with {} channels", res.format, res.channels)))?;
+                let linear = res.kind == RESOURCE_LINEAR;
+                let (width, height, pitch) = if linear { (res.width / elem, 1, res.width) } else { (res.width, res.height, res.pitch) };
+                if width == 0 || height == 0 {
+                    return Err(bad("an empty texture resource".into()));
+                }
+                if !linear && (pitch < width * elem || pitch % TEXTURE_PITCH_ALIGNMENT != 0) {
+                    return Err(bad(format!("pitch {pitch} must hold a row of {width} elements and be a multiple of {TEXTURE_PITCH_ALIGNMENT} bytes")));
+                }
+                let span = (height - 1).checked_mul(pitch).and_then(|b| b.checked_add(width * elem));
+                let inside = span.is_some_and(|n| self.mem.range_of(res.handle).is_some_and(|(b, size)| res.handle + n <= b + size));
+                if !inside {
+                    return Err(bad(format!("texture memory at {:#x} is not inside one allocation", res.handle)));
+                }
+                Ok(Resource { base: res.handle, format: res.format, channels: res.channels, width, height, depth: 1, pitch, slice: pitch * height, layered: false, dims: if linear { 1 } else { 2 }, linear })
+            }
+            RESOURCE_MIPMAPPED_ARRAY => Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "mipmapped arrays are not supported by vgpu")),
+            k => Err(bad(format!("unknown resource type {k}"))),
+        }
+    }
+
+    fn add_object(&mut self, obj: Object) -> u64 {
+        let h = self.handle();
+        Arc::make_mut(&mut self.mem.objects).insert(h, obj);
+        h
+    }
+
+    fn remove_object(&mut self, h: u64, texture: bool) -> CmdResult<()> {
+        let what = if texture { "texture object" } else { "surface object" };
+        match self.mem.objects.get(&h) {
+            Some(o) if o.sampler.is_some() == texture => {
+                Arc::make_mut(&mut self.mem.objects).remove(&h);
+                Ok(())
+            }
+            _ => Err(invalid_handle(what, h)),
+        }
     }
 
     fn load_ptx(&mut self, text: &str) -> CmdResult<u64> {
@@ -228,9 +331,85 @@ impl DeviceSession for SimSession {
         self.mem.free_all_but(&keep);
         self.streams.clear();
         self.events.clear();
+        self.arrays.clear();
         let r = self.modules.values().try_for_each(|m| init_globals(&mut self.mem, &m.ptx, &m.globals));
         self.account();
         r
+    }
+
+    fn array_create(&mut self, desc: &ArrayDesc) -> CmdResult<u64> {
+        let p = self.mem.alloc(desc.bytes())?;
+        let h = self.handle();
+        self.arrays.insert(h, (p, *desc));
+        self.account();
+        Ok(h)
+    }
+
+    fn array_destroy(&mut self, array: u64) -> CmdResult<()> {
+        let (p, _) = self.arrays.remove(&array).ok_or_else(|| invalid_handle("CUDA array", array))?;
+        let _ = self.mem.free(p);
+        self.account();
+        Ok(())
+    }
+
+    fn memcpy_3d(&mut self, c: &Copy3D, host_in: &[u8], host_out: &mut Vec<u8>) -> CmdResult<()> {
+        if c.width_bytes == 0 || c.height == 0 || c.depth == 0 {
+            return Ok(());
+        }
+        let (src, dst) = (self.copy_side(&c.src, c)?, self.copy_side(&c.dst, c)?);
+        // Rows that follow each other on both sides (packed host data, pitch = width) move as
+        // one: a slice at a time.
+        let packed = |s: Option<(u64, u64, u64)>| s.is_none_or(|(_, pitch, _)| pitch == c.width_bytes);
+        let (rows, w) = if packed(src) && packed(dst) { (1, c.width_bytes * c.height) } else { (c.height, c.width_bytes) };
+        let mut taken = 0usize;
+        for z in 0..c.depth {
+            for y in 0..rows {
+                let at = |s: (u64, u64, u64)| s.0.wrapping_add(z.wrapping_mul(s.2)).wrapping_add(y.wrapping_mul(s.1));
+                match (src, dst) {
+                    (Some(s), Some(d)) => self.mem.copy(at(d), at(s), w).map_err(fault)?,
+                    (None, Some(d)) => {
+                        let row = host_in.get(taken..taken + w as usize).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "3D copy data too short"))?;
+                        taken += w as usize;
+                        self.mem.write(at(d), row).map_err(fault)?;
+                    }
+                    (Some(s), None) => {
+                        let start = host_out.len();
+                        host_out.resize(start + w as usize, 0);
+                        self.mem.read(at(s), &mut host_out[start..]).map_err(fault)?;
+                    }
+                    (None, None) => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "a host-to-host copy is the client's own")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tex_create(&mut self, res: &ResourceDesc, sampler: &SamplerDesc) -> CmdResult<u64> {
+        let r = self.resource(res)?;
+        if sampler.filter == FILTER_LINEAR && ptx::texture::reads_integers(r.format, sampler.flags) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "linear filtering of an integer texture needs the normalized-float read mode"));
+        }
+        Ok(self.add_object(Object { res: r, sampler: Some(*sampler) }))
+    }
+
+    fn tex_destroy(&mut self, tex: u64) -> CmdResult<()> {
+        self.remove_object(tex, true)
+    }
+
+    fn surf_create(&mut self, res: &ResourceDesc) -> CmdResult<u64> {
+        let needs = || CmdError::new(CUDA_ERROR_INVALID_VALUE, "a surface object needs a CUDA array made with CUDA_ARRAY3D_SURFACE_LDST");
+        if res.kind != RESOURCE_ARRAY {
+            return Err(needs());
+        }
+        let r = self.resource(res)?;
+        if self.arrays.get(&res.handle).is_none_or(|(_, d)| d.flags & ARRAY_SURFACE_LDST == 0) {
+            return Err(needs());
+        }
+        Ok(self.add_object(Object { res: r, sampler: None }))
+    }
+
+    fn surf_destroy(&mut self, surf: u64) -> CmdResult<()> {
+        self.remove_object(surf, false)
     }
 
     fn mem_get_info(&self) -> (u64, u64) {
@@ -251,6 +430,9 @@ impl DeviceSession for SimSession {
     fn mem_free(&mut self, dptr: u64) -> CmdResult<()> {
         if self.modules.values().any(|m| m.globals.values().any(|&g| g == dptr)) {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "cannot free a module variable"));
+        }
+        if self.arrays.values().any(|&(p, _)| p == dptr) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "cannot free a CUDA array's memory (cuArrayDestroy)"));
         }
         self.mem.free(dptr)?;
         self.account();

@@ -33,6 +33,8 @@ pub struct DeviceMemory {
     heap: Option<std::sync::Arc<crate::sim::ptx::heap::DeviceHeap>>,
     /// The cooperative groups grid workspace (one of `allocs`), made likewise.
     grid_ws: Option<u64>,
+    /// Texture and surface objects over this memory, by handle (a launch takes a snapshot).
+    pub objects: std::sync::Arc<crate::sim::ptx::texture::Objects>,
 }
 
 struct Physical {
@@ -62,6 +64,7 @@ impl DeviceMemory {
             mappings: BTreeMap::new(),
             heap: None,
             grid_ws: None,
+            objects: Default::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl DeviceMemory {
         self.reservations.clear();
         self.heap = None;
         self.grid_ws = None;
+        self.objects = Default::default();
         self.allocs.retain(|base, _| keep.contains(base));
         self.used = self.allocs.values().map(|m| m.len() as u64).sum();
     }

@@ -7,6 +7,7 @@
 use super::float::{self, mask, sext, to_f64};
 use super::parse::*;
 use super::global::Global;
+use super::texture::{self, Coords, Objects};
 use super::{ExecError, Memory};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -137,6 +138,8 @@ struct Ctx<'a> {
     warp_turn_end: u64,
     /// Per warp of the block: its spin detection between turns (warp.rs).
     warp_spin: Vec<warp::WarpSpin>,
+    /// The client's texture and surface objects.
+    objects: &'a Objects,
 }
 
 /// How far run_thread takes a thread.
@@ -223,6 +226,7 @@ pub fn launch_with_budget(
     let heap = if module.uses_heap() { mem.heap()? } else { None };
     let heap = heap.as_deref();
     let grid_ws = if k.grid_sync { mem.grid_workspace()?.unwrap_or(0) } else { 0 };
+    let objects = mem.objects();
     let global = Global::new(mem.regions());
     let run = LaunchRun {
         budget,
@@ -237,7 +241,7 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws, engine: warp::engine() };
+    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws, engine: warp::engine(), objects: &objects };
     let work = || run_blocks(l, &block_bufs, nblocks);
     if k.grid_sync {
         // Every block resident at once, as a cooperative launch guarantees.
@@ -319,6 +323,7 @@ struct Launch<'a> {
     heap: Option<&'a super::heap::DeviceHeap>,
     grid_ws: u64,
     engine: Engine,
+    objects: &'a Objects,
 }
 
 impl<'a> Launch<'a> {
@@ -350,6 +355,7 @@ impl<'a> Launch<'a> {
             warp_wide: 0,
             warp_turn_end: u64::MAX,
             warp_spin: Vec::new(),
+            objects: self.objects,
         }
     }
 }
@@ -1644,6 +1650,42 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The texture object (`texture`) or surface object `h` of the client.
+    fn object(&self, h: u64, texture: bool, i: &Inst) -> Result<&'a texture::Object, ExecError> {
+        let objects: &'a Objects = self.objects;
+        match objects.get(&h) {
+            Some(o) if !texture || o.sampler.is_some() => Ok(o),
+            _ => Err(ExecError::Undefined(format!("{h:#x} is not a {} object of this client, in {}", if texture { "texture" } else { "surface" }, self.at(i)))),
+        }
+    }
+
+    /// A texture or surface instruction's coordinates: (layer, up to three coordinates' bits).
+    fn coords(&self, geom: Geom, c: &Opnd, mut get: impl FnMut(&Opnd) -> Result<u64, ExecError>, i: &Inst) -> Result<(i64, [u64; 3]), ExecError> {
+        let parts: &[Opnd] = match c {
+            Opnd::Vec(p) => p,
+            one => std::slice::from_ref(one),
+        };
+        let skip = geom.layered() as usize;
+        if parts.len() < skip + geom.dims() {
+            return Err(ExecError::Unsupported(format!("too few coordinates in {}", self.at(i))));
+        }
+        let layer = if geom.layered() { get(&parts[0])? as u32 as i32 as i64 } else { 0 };
+        let mut v = [0u64; 3];
+        for (k, p) in parts[skip..skip + geom.dims()].iter().enumerate() {
+            v[k] = get(p)?;
+        }
+        Ok((layer, v))
+    }
+
+    fn texture_error(&self, e: texture::TexError, i: &Inst) -> ExecError {
+        match e {
+            texture::TexError::Memory(f) => ExecError::IllegalAddress { addr: f.addr, len: f.len, space: "texture/surface", at: self.at(i) },
+            texture::TexError::OutOfRange { x, y, z } => {
+                ExecError::IllegalAddress { addr: x as u64, len: 0, space: "surface", at: format!("{} (out of range at x={x} bytes, y={y}, z={z}, with .trap)", self.at(i)) }
+            }
+        }
+    }
+
     /// An access of `len` bytes at `addr` of a space that lies outside it.
     fn illegal(&self, addr: u64, len: usize, space: &'static str, i: &Inst) -> ExecError {
         illegal_in(self.k, addr, len, space, i)
@@ -2073,6 +2115,56 @@ impl<'a> Ctx<'a> {
                 let heap = self.heap.ok_or_else(|| ExecError::Unsupported(format!("device-side free without a device heap in {}", self.at(i))))?;
                 let p = self.load(Space::Local, self.addr(ptr, regs, i)?, Ty::B64, local, i)?;
                 heap.free(p).map_err(|m| ExecError::Undefined(format!("{m} in {}", self.at(i))))?;
+            }
+            Op::Tex { geom, cty, gather, d, h, c } => {
+                let obj = self.object(g!(h), true, i)?;
+                let (layer, v) = self.coords(*geom, c, |o| self.get(o, regs, tid, linear, i), i)?;
+                let coords = if cty.float() { Coords::Float(v.map(|x| f32::from_bits(x as u32))) } else { Coords::Int(v.map(|x| x as u32 as i32 as i64)) };
+                let mem = self.mem;
+                let mut read = |a: u64, out: &mut [u8]| mem.read(a, out);
+                let r = match (gather, coords) {
+                    (Some(comp), Coords::Float([x, y, _])) => texture::gather(obj, [x, y], *comp as usize, &mut read),
+                    (Some(comp), Coords::Int([x, y, _])) => texture::gather(obj, [x as f32, y as f32], *comp as usize, &mut read),
+                    (None, coords) => texture::fetch(obj, layer, coords, &mut read),
+                };
+                let r = r.map_err(|e| self.texture_error(e, i))?;
+                if let Opnd::Vec(parts) = d {
+                    for (p, v) in parts.iter().zip(r) {
+                        self.set(p, Ty::B32, v as u64, regs, i)?;
+                    }
+                }
+            }
+            Op::Suld { geom, ty, oob, d, h, c } | Op::Sust { geom, ty, oob, a: d, h, c } => {
+                let obj = self.object(g!(h), false, i)?;
+                let (layer, v) = self.coords(*geom, c, |o| self.get(o, regs, tid, linear, i), i)?;
+                let parts: &[Opnd] = match d {
+                    Opnd::Vec(p) => p,
+                    one => std::slice::from_ref(one),
+                };
+                let n = ty.bytes() as u64;
+                let at = texture::surface_addr(obj, v.map(|x| x as u32 as i32 as i64), layer, n * parts.len() as u64, *oob).map_err(|e| self.texture_error(e, i))?;
+                let store = matches!(i.op, Op::Sust { .. });
+                for (k, p) in parts.iter().enumerate() {
+                    let Some(at) = at else {
+                        if !store {
+                            self.set(p, *ty, 0, regs, i)?;
+                        }
+                        continue;
+                    };
+                    let addr = at.wrapping_add(k as u64 * n);
+                    if store {
+                        let x = g!(p);
+                        self.mem.write(addr, &x.to_le_bytes()[..n as usize]).map_err(|f| self.texture_error(texture::TexError::Memory(f), i))?;
+                    } else {
+                        let mut b = [0u8; 8];
+                        self.mem.read(addr, &mut b[..n as usize]).map_err(|f| self.texture_error(texture::TexError::Memory(f), i))?;
+                        self.set(p, *ty, u64::from_le_bytes(b), regs, i)?;
+                    }
+                }
+            }
+            Op::TexQuery { q, d, h } => {
+                let obj = self.object(g!(h), false, i)?;
+                self.set(d, Ty::B32, texture::query(obj, *q) as u64, regs, i)?;
             }
             Op::Trap => return Err(ExecError::Trap(self.at(i))),
             Op::Nop => {}

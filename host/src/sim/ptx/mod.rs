@@ -17,6 +17,7 @@ mod global;
 pub mod heap;
 mod parse;
 mod printf;
+pub mod texture;
 
 pub use exec::{launch, launch_with_budget, with_engine, Engine, LaunchConfig, LaunchStats, SimTotals, INSTRUCTION_BUDGET, SIM_TOTALS};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection, VarSpace};
@@ -35,6 +36,11 @@ pub trait Memory {
     /// The device address of the cooperative groups grid workspace, made on first use.
     fn grid_workspace(&mut self) -> Result<Option<u64>, ExecError> {
         Ok(None)
+    }
+
+    /// The texture and surface objects kernels may name (as they are at the launch).
+    fn objects(&self) -> std::sync::Arc<texture::Objects> {
+        std::sync::Arc::default()
     }
 }
 

@@ -1,5 +1,6 @@
 //! PTX text -> pre-decoded kernels.
 
+use super::texture::{Oob, Query};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +466,16 @@ pub enum Op {
     /// A warp-collective instruction: the lanes named by each lane's `mask` exchange values
     /// once all of them have reached it (see exec.rs). `p` is a predicate result or Sink.
     Warp { op: WarpOp, d: Opnd, p: Opnd, a: Opnd, b: Opnd, c: Opnd, mask: Opnd, neg_a: bool },
+    /// `tex` (and `tld4` with `gather`, the channel): `d` the four results, `h` the texture
+    /// object, `c` the coordinates (a layer index first where the geometry is layered). A
+    /// `.level`/`.grad` operand is dropped: vgpu's arrays have one level.
+    Tex { geom: Geom, cty: Ty, gather: Option<u8>, d: Opnd, h: Opnd, c: Opnd },
+    /// `suld.b`: elements of `ty` (a vector in `d`) at x in bytes, y, z.
+    Suld { geom: Geom, ty: Ty, oob: Oob, d: Opnd, h: Opnd, c: Opnd },
+    /// `sust.b`.
+    Sust { geom: Geom, ty: Ty, oob: Oob, h: Opnd, c: Opnd, a: Opnd },
+    /// `txq` / `suq`.
+    TexQuery { q: Query, d: Opnd, h: Opnd },
     Exit,
     Trap,
     /// membar/fence: orders this thread's global accesses for the blocks on other host threads.
@@ -472,6 +483,43 @@ pub enum Op {
     Nop,
     /// Kept so that a module using it still loads; running it is an error naming it.
     Unsupported,
+}
+
+/// A texture or surface instruction's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Geom {
+    D1,
+    D2,
+    D3,
+    /// Layered 1D and 2D: the first coordinate is the layer.
+    A1d,
+    A2d,
+}
+
+impl Geom {
+    fn from_mods(mods: &[&str]) -> Option<Geom> {
+        mods.iter().find_map(|m| match *m {
+            "1d" => Some(Geom::D1),
+            "2d" => Some(Geom::D2),
+            "3d" => Some(Geom::D3),
+            "a1d" => Some(Geom::A1d),
+            "a2d" => Some(Geom::A2d),
+            _ => None,
+        })
+    }
+
+    pub fn layered(self) -> bool {
+        matches!(self, Geom::A1d | Geom::A2d)
+    }
+
+    /// Coordinates besides the layer.
+    pub fn dims(self) -> usize {
+        match self {
+            Geom::D1 | Geom::A1d => 1,
+            Geom::D2 | Geom::A2d => 2,
+            Geom::D3 => 3,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1674,6 +1722,86 @@ impl Parser {
         Ok(Opnd::Addr(Base::Sym(id), off))
     }
 
+    /// `tex`, `tld4`, `suld.b`, `sust.b`, `txq`, `suq` on texture and surface objects (the
+    /// handle in a register or an immediate). Texture references, formatted surface stores
+    /// (`sust.p`), cubemaps, multisample and depth-compare forms are not run (Op::Unsupported).
+    fn texture_op(&self, f: &Func, line: usize, s: &str, name: &str, mods: &[&str], ops: &[String]) -> Result<Op, PtxError> {
+        let has = |m: &str| mods.contains(&m);
+        let types: Vec<Ty> = mods.iter().filter_map(|m| Ty::from_name(m)).collect();
+        let bad = |what: &str| PtxError { line, message: format!("{what} in `{s}`") };
+        // `[h, {c..}]` or `[h]`.
+        type Target = (Opnd, Option<Opnd>);
+        let target = |k: usize| -> Result<Target, PtxError> {
+            let t = ops.get(k).ok_or_else(|| bad("missing operand"))?;
+            let inner = t.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or_else(|| bad("no [object, coordinates]"))?;
+            match inner.split_once(',') {
+                Some((h, c)) => Ok((self.operand(f, line, h, Some(Ty::B64))?, Some(self.operand(f, line, c, Some(Ty::B32))?))),
+                None => Ok((self.operand(f, line, inner, Some(Ty::B64))?, None)),
+            }
+        };
+        let oob = if has("clamp") {
+            Oob::Clamp
+        } else if has("zero") {
+            Oob::Zero
+        } else {
+            Oob::Trap
+        };
+        let Some(geom) = Geom::from_mods(mods) else {
+            if matches!(name, "txq" | "suq") {
+                let q = mods.iter().find_map(|m| match *m {
+                    "width" => Some(Query::Width),
+                    "height" => Some(Query::Height),
+                    "depth" => Some(Query::Depth),
+                    "array_size" => Some(Query::ArraySize),
+                    "normalized_coords" => Some(Query::NormalizedCoords),
+                    "filter_mode" => Some(Query::FilterMode),
+                    "addr_mode_0" => Some(Query::AddrMode(0)),
+                    "addr_mode_1" => Some(Query::AddrMode(1)),
+                    "addr_mode_2" => Some(Query::AddrMode(2)),
+                    _ => None,
+                });
+                let (Some(q), false) = (q, has("level")) else { return Ok(Op::Unsupported) };
+                let d = self.operand(f, line, ops.first().ok_or_else(|| bad("missing destination"))?, Some(Ty::B32))?;
+                return Ok(Op::TexQuery { q, d, h: target(1)?.0 });
+            }
+            return Ok(Op::Unsupported);
+        };
+        Ok(match name {
+            "tex" | "tld4" if has("v4") && types.len() == 2 && !ops.first().is_some_and(|d| d.contains('|')) => {
+                let gather = if name == "tld4" {
+                    Some(["r", "g", "b", "a"].iter().position(|c| has(c)).ok_or_else(|| bad("no channel"))? as u8)
+                } else {
+                    None
+                };
+                // Only `.level`/`.grad` may add operands (dropped); offsets and depth compare
+                // are not run.
+                let extra = ops.len().saturating_sub(2);
+                if gather.is_some() && geom != Geom::D2 || extra > 0 && !(has("level") && extra == 1 || has("grad") && extra == 2) {
+                    return Ok(Op::Unsupported);
+                }
+                let (h, c) = target(1)?;
+                let d = self.operand(f, line, &ops[0], Some(types[0]))?;
+                if !matches!(&d, Opnd::Vec(v) if v.len() == 4) {
+                    return Err(bad("tex needs four destination registers"));
+                }
+                Op::Tex { geom, cty: types[1], gather, d, h, c: c.ok_or_else(|| bad("no coordinates"))? }
+            }
+            "suld" | "sust" if has("b") && types.len() == 1 && types[0].bytes() <= 8 => {
+                let ty = types[0];
+                if name == "suld" {
+                    let (h, c) = target(1)?;
+                    let d = self.operand(f, line, ops.first().ok_or_else(|| bad("missing destination"))?, Some(ty))?;
+                    Op::Suld { geom, ty, oob, d, h, c: c.ok_or_else(|| bad("no coordinates"))? }
+                } else {
+                    let (h, c) = target(0)?;
+                    let a = self.operand(f, line, ops.get(1).ok_or_else(|| bad("missing value"))?, Some(ty))?;
+                    Op::Sust { geom, ty, oob, h, c: c.ok_or_else(|| bad("no coordinates"))?, a }
+                }
+            }
+            _ => Op::Unsupported,
+        })
+    }
+
     fn instruction(&self, f: &mut Func, line: usize, s: &str) -> Result<Inst, PtxError> {
         let text = s.to_string();
         let mut rest = s;
@@ -2230,6 +2358,7 @@ impl Parser {
                 };
                 Op::Warp { op, d, p, a: o(1, Some(ty))?, b: Opnd::Sink, c: Opnd::Sink, mask: o(2, Some(Ty::B32))?, neg_a: false }
             }
+            "tex" | "tld4" | "suld" | "sust" | "txq" | "suq" => self.texture_op(f, line, s, name, &mods, &ops)?,
             "ldmatrix" => {
                 let num = [("x1", 1u8), ("x2", 2), ("x4", 4)].iter().find(|(m, _)| has(m)).map(|(_, n)| *n);
                 match num {

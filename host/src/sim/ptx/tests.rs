@@ -205,12 +205,12 @@ fn faults_and_endless_loops_are_errors() {
         e => panic!("{e}"),
     }
     // Unsupported instructions name themselves (the kernel is refused when looked up).
-    let text = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k()\n{\n\ttex.1d.v4.f32.s32 {%f1,%f1,%f1,%f1}, [t, {%r1}];\n\tret;\n}\n";
+    let text = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k()\n{\n\ttex.cube.v4.f32.f32 {%f1,%f1,%f1,%f1}, [t, {%f1,%f1,%f1,%f1}];\n\tret;\n}\n";
     let text = text.replace("{\n\ttex", "{\n\t.reg .f32 %f<2>;\n\t.reg .b32 %r<2>;\n\t.reg .b64 t;\n\ttex");
     let m2 = Module::parse(&text).unwrap();
     assert!(m2.kernel("k").is_none());
     let (err, _) = m2.unsupported("k").unwrap();
-    assert!(err.to_string().contains("tex.1d.v4.f32.s32"), "{err}");
+    assert!(err.to_string().contains("tex.cube.v4.f32.f32"), "{err}");
 }
 
 #[test]

@@ -56,6 +56,7 @@ fn reset_device(d: &'static state::Driver, dev: CUdevice) -> Result<(), CUresult
     super::stream::forget_all_streams();
     super::graph::forget_all_graphs();
     super::pool::forget_all_pools();
+    super::array::forget_all_arrays();
     if let Some(h) = d.contexts().primary_if_exists(dev) {
         crate::dark_api::cls_forget_context(h);
     }

@@ -10,6 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vgpu_uapi::cuda::*;
 
+mod array;
 mod context;
 mod device;
 mod graph;
@@ -23,6 +24,7 @@ pub(crate) mod pool;
 mod stream;
 mod vmm;
 
+pub use array::*;
 pub use context::*;
 pub use device::*;
 pub use graph::*;
