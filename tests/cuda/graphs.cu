@@ -3,6 +3,7 @@
 // of the same shape (and see a changed shape refused), plus graphs built node by node, a capture
 // forked to a second stream and joined back, and the errors CUDA gives for work capture forbids.
 #include "check.h"
+#include <string>
 #include <vector>
 
 __global__ void scale(const float *x, float *y, float a, int n) {
@@ -163,7 +164,46 @@ int main() {
   EXPECT(e != cudaSuccess, "the legacy stream was captured");
   (void)cudaGetLastError();
 
-  for (cudaGraph_t gg : {g, g2, g3, gb, gf}) CK(cudaGraphDestroy(gg));
+  // A blocking stream's capture: the legacy stream, which waits for it, cannot even be asked
+  // whether it captures (cudaErrorStreamCaptureImplicit); the capture itself goes on.
+  cudaStream_t blocking;
+  CK(cudaStreamCreate(&blocking));
+  CK(cudaStreamBeginCapture(blocking, cudaStreamCaptureModeRelaxed));
+  scale<<<(N + 255) / 256, 256, 0, blocking>>>(x, y, 3.0f, N);
+  cudaStreamCaptureStatus lst;
+  e = cudaStreamIsCapturing(cudaStreamLegacy, &lst);
+  EXPECT(e == cudaErrorStreamCaptureImplicit, "the legacy stream asked during a blocking capture: %s", cudaGetErrorName(e));
+  (void)cudaGetLastError();
+  CK(cudaStreamIsCapturing(s, &lst));  // a non-blocking stream is not implicated
+  cudaGraph_t gi;
+  CK(cudaStreamEndCapture(blocking, &gi));
+  CK(cudaStreamIsCapturing(cudaStreamLegacy, &lst));
+  EXPECT(lst == cudaStreamCaptureStatusNone, "legacy stream status %d", (int)lst);
+
+  // cudaGraphDebugDotPrint: the kernels by name, their launch shape only when verbose.
+  const char *dot = "/tmp/vgpu-graphs-test.dot", *dotv = "/tmp/vgpu-graphs-test-verbose.dot";
+  CK(cudaGraphDebugDotPrint(gf, dot, 0));
+  CK(cudaGraphDebugDotPrint(gf, dotv, cudaGraphDebugDotFlagsVerbose));
+  auto slurp = [](const char *path) {
+    std::string t;
+    FILE *f = fopen(path, "r");
+    EXPECT(f != nullptr, "no %s", path);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) t.append(buf, n);
+    fclose(f);
+    remove(path);
+    return t;
+  };
+  std::string plain = slurp(dot), verbose = slurp(dotv);
+  EXPECT(plain.find("digraph") != std::string::npos && plain.find("scale") != std::string::npos && plain.find("add") != std::string::npos && plain.find("->") != std::string::npos, "DOT text:\n%s", plain.c_str());
+  EXPECT(verbose != plain && verbose.find("scale") != std::string::npos && verbose.find("256") != std::string::npos, "verbose DOT text:\n%s", verbose.c_str());
+  const char *name = nullptr;
+  CK(cudaFuncGetName(&name, (const void *)scale));
+  EXPECT(name && std::string(name).find("scale") != std::string::npos, "cudaFuncGetName: %s", name ? name : "(null)");
+
+  for (cudaGraph_t gg : {g, g2, g3, gb, gf, gi}) CK(cudaGraphDestroy(gg));
+  CK(cudaStreamDestroy(blocking));
   for (cudaGraphExec_t ee : {exec, eb, ef}) CK(cudaGraphExecDestroy(ee));
   printf("PASS\n");
   return 0;

@@ -334,7 +334,7 @@ LOOP:
 const BUSY_BODY: &str = r#"
 out = ctypes.c_uint64()
 ok(cu.cuMemAlloc_v2(ctypes.byref(out), ctypes.c_size_t(4)), "alloc")
-a, n = ctypes.c_uint64(out.value), ctypes.c_uint32(20000)
+a, n = ctypes.c_uint64(out.value), ctypes.c_uint32(80000)
 params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(a), ctypes.c_void_p), ctypes.cast(ctypes.byref(n), ctypes.c_void_p))
 for _ in range(6):
     ok(cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, None, params, None), "launch")
@@ -342,7 +342,7 @@ ok(cu.cuCtxSynchronize(), "synchronize")
 v = ctypes.c_uint32()
 ok(cu.cuMemcpyDtoH_v2(ctypes.byref(v), out, ctypes.c_size_t(4)), "copy back")
 # sum of 0..n-1 modulo 2^32
-if v.value != (20000 * 19999 // 2) % (1 << 32): raise SystemExit(f"wrong sum {v.value}")
+if v.value != (80000 * 79999 // 2) % (1 << 32): raise SystemExit(f"wrong sum {v.value}")
 print("ok")
 "#;
 

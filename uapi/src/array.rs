@@ -165,6 +165,13 @@ pub struct CopySide {
 }
 
 impl CopySide {
+    /// Bytes from the base to (x_bytes, y, z), rows `pitch` bytes apart and `rows` rows to a
+    /// slice; None if that overflows.
+    pub fn offset(&self, pitch: u64, rows: u64) -> Option<u64> {
+        let slice = pitch.checked_mul(rows)?;
+        self.z.checked_mul(slice)?.checked_add(self.y.checked_mul(pitch)?)?.checked_add(self.x_bytes)
+    }
+
     fn encode(&self, w: &mut impl Writer) {
         w.put_u32(self.kind);
         for v in [self.handle, self.x_bytes, self.y, self.z, self.pitch, self.height] {

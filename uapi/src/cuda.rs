@@ -40,6 +40,7 @@ pub const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: CuResult = 900;
 pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CuResult = 901;
 pub const CUDA_ERROR_STREAM_CAPTURE_UNMATCHED: CuResult = 903;
 pub const CUDA_ERROR_STREAM_CAPTURE_UNJOINED: CuResult = 904;
+pub const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
 pub const CUDA_ERROR_CAPTURED_EVENT: CuResult = 907;
 pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CuResult = 908;
 pub const CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE: CuResult = 910;
@@ -116,6 +117,9 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
         }
         CUDA_ERROR_STREAM_CAPTURE_INVALIDATED => {
             ("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", "operation failed due to a previous error during capture")
+        }
+        CUDA_ERROR_STREAM_CAPTURE_IMPLICIT => {
+            ("CUDA_ERROR_STREAM_CAPTURE_IMPLICIT", "operation would make the legacy stream depend on a capturing blocking stream")
         }
         CUDA_ERROR_STREAM_CAPTURE_UNMATCHED => {
             ("CUDA_ERROR_STREAM_CAPTURE_UNMATCHED", "capture was not initiated in this stream")

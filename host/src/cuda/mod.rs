@@ -273,7 +273,7 @@ impl CudaSession {
             MEM_DEVICE => {
                 let overflow = || CmdError::new(CUDA_ERROR_INVALID_VALUE, "3D copy offsets overflow");
                 let slice = side.pitch.checked_mul(side.height).ok_or_else(overflow)?;
-                let start = side.z.checked_mul(slice).and_then(|o| o.checked_add(side.y.checked_mul(side.pitch)?)).and_then(|o| o.checked_add(side.x_bytes)).and_then(|o| side.handle.checked_add(o)).ok_or_else(overflow)?;
+                let start = side.offset(side.pitch, side.height).and_then(|o| side.handle.checked_add(o)).ok_or_else(overflow)?;
                 let span = (c.depth - 1).checked_mul(slice).and_then(|o| o.checked_add((c.height - 1).checked_mul(side.pitch)?)).and_then(|o| o.checked_add(c.width_bytes)).ok_or_else(overflow)?;
                 self.check_range(start, span)?;
                 Ok((MEM_DEVICE, std::ptr::null_mut(), side.handle, std::ptr::null_mut(), side.pitch as usize, side.height as usize))

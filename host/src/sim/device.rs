@@ -203,8 +203,8 @@ impl SimSession {
             _ => return Ok(None),
         };
         let slice = pitch.checked_mul(rows).ok_or_else(overflow)?;
-        let start = side.z.checked_mul(slice).and_then(|o| o.checked_add(side.y.checked_mul(pitch)?)).and_then(|o| o.checked_add(side.x_bytes)).and_then(|o| base.checked_add(o));
-        Ok(Some((start.ok_or_else(overflow)?, pitch, slice)))
+        let start = side.offset(pitch, rows).and_then(|o| base.checked_add(o)).ok_or_else(overflow)?;
+        Ok(Some((start, pitch, slice)))
     }
 
     /// The texels a texture or surface object reads: an array, or linear or pitched memory

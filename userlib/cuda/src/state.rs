@@ -47,6 +47,9 @@ impl Driver {
 #[derive(Clone, Debug)]
 pub struct KernelMeta {
     pub info: FunctionInfo,
+    /// The kernel's name as the module has it (mangled for C++), NUL-terminated for
+    /// cuFuncGetName.
+    pub name: std::ffi::CString,
     pub params: Vec<(u32, u32)>,
     pub module: u64,
     pub max_dynamic_shared: i32,

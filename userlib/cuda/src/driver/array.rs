@@ -460,18 +460,7 @@ pub unsafe extern "C" fn cuSurfObjectGetResourceDesc(out: *mut c::ResourceDesc, 
     })
 }
 
-/// Per-thread-default-stream variants: these copies complete before returning, so the
-/// per-thread and the legacy default stream behave alike here.
-macro_rules! per_thread {
-    ($($pt:ident => $base:ident($($a:ident: $t:ty),*);)*) => {
-        $(
-            #[no_mangle]
-            pub unsafe extern "C" fn $pt($($a: $t),*) -> CUresult {
-                $base($($a),*)
-            }
-        )*
-    };
-}
+/// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
 
 per_thread! {
     cuMemcpy2D_v2_ptds => cuMemcpy2D_v2(p: *const c::Memcpy2D);

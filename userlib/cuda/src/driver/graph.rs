@@ -263,6 +263,21 @@ pub(crate) fn capture_status(stream: Handle) -> (c_int, u64, u64, Vec<u64>) {
 
 const STREAM_LEGACY: u64 = vgpu_uapi::proto::STREAM_LEGACY;
 
+/// The legacy NULL stream waits for every blocking stream, so while one of those captures, an
+/// operation on it would make it part of the capture, which CUDA refuses with
+/// CUDA_ERROR_STREAM_CAPTURE_IMPLICIT (asking whether it captures included).
+pub(crate) fn legacy_not_implicated(stream: Handle) -> Result<(), CUresult> {
+    let s = handle_of(stream);
+    if s != 0 && s != STREAM_LEGACY {
+        return Ok(());
+    }
+    let capturing: Vec<u64> = registry().captures.keys().copied().collect();
+    if capturing.into_iter().any(super::stream::is_blocking) {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    }
+    Ok(())
+}
+
 fn begin_capture(stream: Handle, mode: c_int) -> Result<(), CUresult> {
     let s = handle_of(stream);
     if s == 0 || s == STREAM_LEGACY {
@@ -520,6 +535,55 @@ pub unsafe extern "C" fn cuGraphCreate(out: *mut Handle, flags: c_uint) -> CUres
         put(out, to_handle(g))
     })
 }
+
+/// cuGraphDebugDotPrint's text: the graph as a DOT digraph, a box per node in dependency order
+/// (its kind, and a kernel's name) and an edge per dependency; CU_GRAPH_DEBUG_DOT_FLAGS_VERBOSE
+/// adds each node's parameters (launch shape, sizes, addresses).
+fn debug_dot(g: u64, verbose: bool) -> Result<String, CUresult> {
+    let nodes: Vec<(u64, Work, Vec<u64>)> = {
+        let r = registry();
+        let graph = r.graphs.get(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        graph.order.iter().filter_map(|n| r.nodes.get(n).map(|node| (*n, node.work.clone(), node.deps.clone()))).collect()
+    };
+    let id = |n: u64| format!("\"graph_{g}_node_{n}\"");
+    let mut out = format!("digraph dot {{\nsubgraph cluster_{g} {{\nlabel=\"graph_{g}\" graph[style=\"dashed\"];\n");
+    for (i, (n, work, _)) in nodes.iter().enumerate() {
+        let (kind, detail) = match work {
+            Work::Kernel(k) => {
+                let name = kernel_meta(to_handle(k.func)).map(|m| m.name.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("function {:#x}", k.func));
+                let shape = format!("grid ({}, {}, {}), block ({}, {}, {})\\ndynamic shared memory {} bytes, parameters {} bytes", k.grid[0], k.grid[1], k.grid[2], k.block[0], k.block[1], k.block[2], k.shared, k.packed.len());
+                ("KERNEL", if verbose { format!("{name}\\n{shape}") } else { name })
+            }
+            Work::Memcpy { dst, src, bytes } => ("MEMCPY", if verbose { format!("{bytes} bytes\\nsrc {src:#x}\\ndst {dst:#x}") } else { String::new() }),
+            Work::Memset { dst, pitch, value, elem, width, height } => {
+                ("MEMSET", if verbose { format!("dst {dst:#x} pitch {pitch}\\nvalue {value:#x}, {elem}-byte elements, {width} x {height}") } else { String::new() })
+            }
+            Work::Host { func, data } => ("HOST", if verbose { format!("function {:#x}\\nuser data {data:#x}", *func as usize) } else { String::new() }),
+            Work::Empty => ("EMPTY", String::new()),
+        };
+        let label = if detail.is_empty() { format!("{i}\\n{kind}") } else { format!("{i}\\n{kind}\\n{detail}") };
+        out += &format!("{}[style=\"solid\" shape=\"rectangle\" label=\"{}\"];\n", id(*n), label.replace('"', "\\\""));
+    }
+    for (n, _, deps) in &nodes {
+        for d in deps {
+            out += &format!("{} -> {};\n", id(*d), id(*n));
+        }
+    }
+    out += "}\n}\n";
+    Ok(out)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphDebugDotPrint(g: Handle, path: *const std::ffi::c_char, flags: c_uint) -> CUresult {
+    guard("cuGraphDebugDotPrint", || {
+        let path = c_str(path)?;
+        let text = debug_dot(handle_of(g), flags & CU_GRAPH_DEBUG_DOT_FLAGS_VERBOSE != 0)?;
+        std::fs::write(path, text).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)
+    })
+}
+
+/// CUgraphDebugDot_flags: every detail (vgpu's one level of detail beyond the default).
+const CU_GRAPH_DEBUG_DOT_FLAGS_VERBOSE: c_uint = 1;
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphDestroy(g: Handle) -> CUresult {
@@ -860,6 +924,7 @@ pub(crate) fn capture_info(s: Handle, status: *mut c_int, id: *mut u64, graph: *
     if status.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    legacy_not_implicated(s)?;
     let (st, cid, g, d) = capture_status(s);
     if st == 0 {
         // Not capturing: check the stream with the mediator.

@@ -646,18 +646,7 @@ pub unsafe extern "C" fn cuPointerGetAttributes(n: c_uint, attrs: *const i32, da
     })
 }
 
-/// Per-thread-default-stream variants. Copies and memsets complete before returning, so the
-/// per-thread and the legacy default stream behave alike here.
-macro_rules! per_thread {
-    ($($pt:ident => $base:ident($($a:ident: $t:ty),*);)*) => {
-        $(
-            #[no_mangle]
-            pub unsafe extern "C" fn $pt($($a: $t),*) -> CUresult {
-                $base($($a),*)
-            }
-        )*
-    };
-}
+/// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
 
 per_thread! {
     cuMemcpyHtoD_v2_ptds => cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize);

@@ -10,6 +10,20 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vgpu_uapi::cuda::*;
 
+/// `_ptds`/`_ptsz` entry points that behave as their base entry point: rows of
+/// `cuX_ptds => cuX(args);`. (Copies and memsets complete before they return, so the per-thread
+/// and the legacy default stream are alike for them.)
+macro_rules! per_thread {
+    ($($pt:ident => $base:ident($($a:ident: $t:ty),*);)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $pt($($a: $t),*) -> CUresult {
+                $base($($a),*)
+            }
+        )*
+    };
+}
+
 mod array;
 mod context;
 mod device;

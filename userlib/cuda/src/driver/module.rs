@@ -133,7 +133,7 @@ fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(h)
-        .or_insert(KernelMeta { info, params, module, max_dynamic_shared: 48 * 1024 - info.static_shared_bytes as i32 });
+        .or_insert_with(|| KernelMeta { info, name: std::ffi::CString::new(name).unwrap_or_default(), params, module, max_dynamic_shared: 48 * 1024 - info.static_shared_bytes as i32 });
     Ok(h)
 }
 
@@ -227,6 +227,26 @@ pub unsafe extern "C" fn cuKernelGetFunction(f: *mut Handle, kernel: Handle) -> 
         kernel_meta(kernel)?;
         put(f, kernel)
     })
+}
+
+/// cuFuncGetName / cuKernelGetName: the name stays valid as long as the function.
+fn function_name(name: *mut *const std::ffi::c_char, f: Handle) -> Result<(), CUresult> {
+    let d = driver()?;
+    let t = d.functions.lock().unwrap_or_else(|e| e.into_inner());
+    let m = t.get(&handle_of(f)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    // The CString's buffer lives as long as the function's entry: until its module is
+    // unloaded, which is as long as CUDA promises the name.
+    put(name, m.name.as_ptr())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetName(name: *mut *const std::ffi::c_char, f: Handle) -> CUresult {
+    guard("cuFuncGetName", || function_name(name, f))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetName(name: *mut *const std::ffi::c_char, k: Handle) -> CUresult {
+    guard("cuKernelGetName", || function_name(name, k))
 }
 
 // CUfunction_attribute values.

@@ -23,6 +23,12 @@ fn created() -> MutexGuard<'static, HashMap<u64, (c_uint, c_int)>> {
     CREATED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether stream `s` synchronizes with the legacy NULL stream (made without
+/// CU_STREAM_NON_BLOCKING).
+pub(crate) fn is_blocking(s: u64) -> bool {
+    created().get(&s).is_some_and(|&(flags, _)| flags & 1 == 0)
+}
+
 /// cuDevicePrimaryCtxReset: the streams are gone.
 pub(crate) fn forget_all_streams() {
     created().clear();
@@ -324,6 +330,15 @@ pub(crate) fn check_stream(s: Handle) -> Result<(), CUresult> {
 }
 
 /// Frameworks (CuPy, PyTorch) ask before every copy whether the stream is capturing.
+/// In a `_ptsz` entry point the NULL stream is the calling thread's default stream.
+fn per_thread(s: Handle) -> Handle {
+    if s.is_null() {
+        to_handle(vgpu_uapi::proto::STREAM_PER_THREAD)
+    } else {
+        s
+    }
+}
+
 fn capture_status(s: Handle, status: *mut c_int) -> Result<(), CUresult> {
     super::graph::capture_info(s, status, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
 }
@@ -335,7 +350,7 @@ pub unsafe extern "C" fn cuStreamIsCapturing(s: Handle, status: *mut c_int) -> C
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: Handle, status: *mut c_int) -> CUresult {
-    cuStreamIsCapturing(s, status)
+    cuStreamIsCapturing(per_thread(s), status)
 }
 
 #[no_mangle]
@@ -345,7 +360,7 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo(s: Handle, status: *mut c_int, i
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_ptsz(s: Handle, status: *mut c_int, id: *mut u64) -> CUresult {
-    cuStreamGetCaptureInfo(s, status, id)
+    cuStreamGetCaptureInfo(per_thread(s), status, id)
 }
 
 #[no_mangle]
@@ -355,7 +370,7 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(s: Handle, status: *mut c_int
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, num_deps: *mut usize) -> CUresult {
-    cuStreamGetCaptureInfo_v2(s, status, id, graph, deps, num_deps)
+    cuStreamGetCaptureInfo_v2(per_thread(s), status, id, graph, deps, num_deps)
 }
 
 #[no_mangle]
@@ -371,5 +386,5 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(s: Handle, status: *mut c_int
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3_ptsz(s: Handle, status: *mut c_int, id: *mut u64, graph: *mut Handle, deps: *mut *const Handle, edges: *mut *const u8, num_deps: *mut usize) -> CUresult {
-    cuStreamGetCaptureInfo_v3(s, status, id, graph, deps, edges, num_deps)
+    cuStreamGetCaptureInfo_v3(per_thread(s), status, id, graph, deps, edges, num_deps)
 }
