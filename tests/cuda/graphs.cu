@@ -164,6 +164,26 @@ int main() {
   EXPECT(e != cudaSuccess, "the legacy stream was captured");
   (void)cudaGetLastError();
 
+  // A stream that joined a capture cannot end it (and trying invalidates the capture); a
+  // capture whose joined stream's work was not joined back ends in cudaErrorStreamCaptureUnjoined.
+  for (int unjoined = 0; unjoined < 2; unjoined++) {
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    CK(cudaEventRecord(fork, s));
+    CK(cudaStreamWaitEvent(s2, fork, 0));
+    add<<<(N + 255) / 256, 256, 0, s2>>>(y, x, out, N);
+    cudaGraph_t none = nullptr;
+    if (!unjoined) {
+      e = cudaStreamEndCapture(s2, &none);
+      EXPECT(e == cudaErrorStreamCaptureUnmatched, "end by a joined stream: %s", cudaGetErrorName(e));
+    }
+    e = cudaStreamEndCapture(s, &none);
+    cudaError_t want = unjoined ? cudaErrorStreamCaptureUnjoined : cudaErrorStreamCaptureInvalidated;
+    EXPECT(e == want && none == nullptr, "end with %s: %s", unjoined ? "unjoined work" : "an unmatched end before", cudaGetErrorName(e));
+    (void)cudaGetLastError();
+    CK(cudaStreamIsCapturing(s2, &st2));
+    EXPECT(st2 == cudaStreamCaptureStatusNone, "the joined stream still captures (%d)", (int)st2);
+  }
+
   // A blocking stream's capture: the legacy stream, which waits for it, cannot even be asked
   // whether it captures (cudaErrorStreamCaptureImplicit); the capture itself goes on.
   cudaStream_t blocking;

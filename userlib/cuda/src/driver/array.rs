@@ -460,7 +460,7 @@ pub unsafe extern "C" fn cuSurfObjectGetResourceDesc(out: *mut c::ResourceDesc, 
     })
 }
 
-/// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
+// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
 
 per_thread! {
     cuMemcpy2D_v2_ptds => cuMemcpy2D_v2(p: *const c::Memcpy2D);

@@ -311,16 +311,28 @@ fn end_capture(stream: Handle, out: *mut Handle) -> Result<(), CUresult> {
     let s = handle_of(stream);
     let mut r = registry();
     let c = r.captures.get(&s).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+    let (graph, invalidated, origin_deps) = (c.graph, c.invalidated, c.deps.clone());
     if c.origin != s {
+        // Only the stream that began a capture ends it; trying elsewhere invalidates it.
+        r.captures.values_mut().filter(|c| c.graph == graph).for_each(|c| c.invalidated = true);
         return Err(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
     }
-    let (graph, invalidated) = (c.graph, c.invalidated);
+    // Every stream that joined must have been joined back: what it last captured must be
+    // something the origin's next work would depend on.
+    let mut joined: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut todo = origin_deps;
+    while let Some(n) = todo.pop() {
+        if joined.insert(n) {
+            todo.extend(r.nodes.get(&n).map(|node| node.deps.clone()).unwrap_or_default());
+        }
+    }
+    let unjoined = r.captures.iter().any(|(&other, c)| other != s && c.graph == graph && c.deps.iter().any(|d| !joined.contains(d)));
     // The capture ends for every stream that joined it.
     r.captures.retain(|_, c| c.graph != graph);
-    if invalidated {
+    if invalidated || unjoined {
         let _ = r.destroy_graph(graph);
         put(out, std::ptr::null_mut())?;
-        return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        return Err(if invalidated { CUDA_ERROR_STREAM_CAPTURE_INVALIDATED } else { CUDA_ERROR_STREAM_CAPTURE_UNJOINED });
     }
     put(out, to_handle(graph))
 }

@@ -646,7 +646,7 @@ pub unsafe extern "C" fn cuPointerGetAttributes(n: c_uint, attrs: *const i32, da
     })
 }
 
-/// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
+// Per-thread-default-stream variants (per_thread! in driver/mod.rs).
 
 per_thread! {
     cuMemcpyHtoD_v2_ptds => cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize);
