@@ -381,7 +381,42 @@ static void layers_and_surfaces() {
   CK(cudaFreeArray(a));
 }
 
+// The driver's 1D array copies (cuMemcpyHtoA and co.), which cudart no longer wraps: bytes at
+// an offset of a 1D array.
+static void driver_array_copies() {
+  typedef int (*HtoA)(void *, size_t, const void *, size_t);
+  typedef int (*AtoH)(void *, void *, size_t, size_t);
+  typedef int (*DtoA)(void *, size_t, unsigned long long, size_t);
+  typedef int (*AtoD)(unsigned long long, void *, size_t, size_t);
+  void *htoa, *atoh, *dtoa, *atod;
+  cudaDriverEntryPointQueryResult q;
+  CK(cudaGetDriverEntryPointByVersion("cuMemcpyHtoA", &htoa, 12000, cudaEnableDefault, &q));
+  CK(cudaGetDriverEntryPointByVersion("cuMemcpyAtoH", &atoh, 12000, cudaEnableDefault, &q));
+  CK(cudaGetDriverEntryPointByVersion("cuMemcpyDtoA", &dtoa, 12000, cudaEnableDefault, &q));
+  CK(cudaGetDriverEntryPointByVersion("cuMemcpyAtoD", &atod, 12000, cudaEnableDefault, &q));
+  cudaChannelFormatDesc cf = cudaCreateChannelDesc<float>();
+  cudaArray_t a;
+  CK(cudaMallocArray(&a, &cf, 64));
+  std::vector<float> v(64), back(64, -1.0f);
+  for (int k = 0; k < 64; k++) v[k] = k * 1.5f;
+  EXPECT(((HtoA)htoa)(a, 0, v.data(), 64 * sizeof(float)) == 0, "cuMemcpyHtoA");
+  float *dev;
+  CK(cudaMalloc(&dev, 64 * sizeof(float)));
+  CK(cudaMemset(dev, 0, 64 * sizeof(float)));
+  EXPECT(((AtoD)atod)((unsigned long long)dev, a, 16 * sizeof(float), 32 * sizeof(float)) == 0, "cuMemcpyAtoD");
+  EXPECT(((DtoA)dtoa)(a, 0, (unsigned long long)dev, 8 * sizeof(float)) == 0, "cuMemcpyDtoA");
+  EXPECT(((AtoH)atoh)(back.data(), a, 0, 64 * sizeof(float)) == 0, "cuMemcpyAtoH");
+  for (int k = 0; k < 64; k++) {
+    float want = k < 8 ? v[16 + k] : v[k];  // elements 16.. copied out, then back to 0..7
+    EXPECT(back[k] == want, "1D array element %d: %f, want %f", k, back[k], want);
+  }
+  EXPECT(((AtoH)atoh)(back.data(), a, 60 * sizeof(float), 8 * sizeof(float)) != 0, "a read past the array's end");
+  CK(cudaFree(dev));
+  CK(cudaFreeArray(a));
+}
+
 int main() {
+  driver_array_copies();
   copies_through_arrays();
   sampling();
   read_modes_and_linear_memory();

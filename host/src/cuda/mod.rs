@@ -276,7 +276,9 @@ impl CudaSession {
                 let start = side.offset(side.pitch, side.height).and_then(|o| side.handle.checked_add(o)).ok_or_else(overflow)?;
                 let span = (c.depth - 1).checked_mul(slice).and_then(|o| o.checked_add((c.height - 1).checked_mul(side.pitch)?)).and_then(|o| o.checked_add(c.width_bytes)).ok_or_else(overflow)?;
                 self.check_range(start, span)?;
-                Ok((MEM_DEVICE, std::ptr::null_mut(), side.handle, std::ptr::null_mut(), side.pitch as usize, side.height as usize))
+                // One row needs no pitch from the client; the driver wants one all the same.
+                let pitch = if c.height > 1 || c.depth > 1 { side.pitch } else { side.pitch.max(c.width_bytes) };
+                Ok((MEM_DEVICE, std::ptr::null_mut(), side.handle, std::ptr::null_mut(), pitch as usize, side.height.max(c.height) as usize))
             }
             _ => Ok((MEM_ARRAY, std::ptr::null_mut(), 0, self.array(side.handle)?, 0, 0)),
         }

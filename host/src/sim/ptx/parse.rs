@@ -1782,7 +1782,7 @@ impl Parser {
                 let (h, c) = target(1)?;
                 let d = self.operand(f, line, &ops[0], Some(types[0]))?;
                 if !matches!(&d, Opnd::Vec(v) if v.len() == 4) {
-                    return Err(bad("tex needs four destination registers"));
+                    return Ok(Op::Unsupported);
                 }
                 Op::Tex { geom, cty: types[1], gather, d, h, c: c.ok_or_else(|| bad("no coordinates"))? }
             }

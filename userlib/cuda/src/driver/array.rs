@@ -195,7 +195,7 @@ fn copy_3d(src: Side, dst: Side, w: u64, h: u64, depth: u64) -> Result<(), CUres
         return Ok(());
     }
     let d = ctx_driver()?;
-    let dst_span = (dst.kind == MEM_DEVICE).then(|| (dst.at, (dst.pitch.max(w) * dst.height.max(h) * (dst.z + depth)) as usize));
+    let dst_span = (dst.kind == MEM_DEVICE).then(|| (dst.at, dst.pitch.max(w).saturating_mul(dst.height.max(h)).saturating_mul(dst.z.saturating_add(depth)) as usize));
     super::mirror::copy_work(d, dst_span, true, || {
         if src.kind != MEM_HOST && dst.kind != MEM_HOST {
             return send(d, &src, &dst, [0, 0, 0], [w, h, depth]);
@@ -329,44 +329,45 @@ fn array_side(array: Handle, offset: usize) -> Result<Side, CUresult> {
     Side::new(MEM_ARRAY, 0, 0, handle_of(array), [offset, 0, 0], 0, 0)
 }
 
-fn linear_side(kind: u32, p: u64) -> Result<Side, CUresult> {
-    Side::new(kind, p, p, 0, [0; 3], 0, 0)
+/// Linear memory holding `n` bytes as one row.
+fn linear_side(kind: u32, p: u64, n: usize) -> Result<Side, CUresult> {
+    Side::new(kind, p, p, 0, [0; 3], n, 1)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoA_v2(dst: Handle, offset: usize, src: *const c_void, n: usize) -> CUresult {
-    guard("cuMemcpyHtoA", || copy_3d(linear_side(MEM_HOST, src as u64)?, array_side(dst, offset)?, n as u64, 1, 1))
+    guard("cuMemcpyHtoA", || copy_3d(linear_side(MEM_HOST, src as u64, n)?, array_side(dst, offset)?, n as u64, 1, 1))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoAAsync_v2(dst: Handle, offset: usize, src: *const c_void, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyHtoAAsync", || {
         not_captured(stream)?;
-        copy_3d(linear_side(MEM_HOST, src as u64)?, array_side(dst, offset)?, n as u64, 1, 1)
+        copy_3d(linear_side(MEM_HOST, src as u64, n)?, array_side(dst, offset)?, n as u64, 1, 1)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyAtoH_v2(dst: *mut c_void, src: Handle, offset: usize, n: usize) -> CUresult {
-    guard("cuMemcpyAtoH", || copy_3d(array_side(src, offset)?, linear_side(MEM_HOST, dst as u64)?, n as u64, 1, 1))
+    guard("cuMemcpyAtoH", || copy_3d(array_side(src, offset)?, linear_side(MEM_HOST, dst as u64, n)?, n as u64, 1, 1))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyAtoHAsync_v2(dst: *mut c_void, src: Handle, offset: usize, n: usize, stream: Handle) -> CUresult {
     guard("cuMemcpyAtoHAsync", || {
         not_captured(stream)?;
-        copy_3d(array_side(src, offset)?, linear_side(MEM_HOST, dst as u64)?, n as u64, 1, 1)
+        copy_3d(array_side(src, offset)?, linear_side(MEM_HOST, dst as u64, n)?, n as u64, 1, 1)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoA_v2(dst: Handle, offset: usize, src: CUdeviceptr, n: usize) -> CUresult {
-    guard("cuMemcpyDtoA", || copy_3d(linear_side(MEM_DEVICE, src)?, array_side(dst, offset)?, n as u64, 1, 1))
+    guard("cuMemcpyDtoA", || copy_3d(linear_side(MEM_DEVICE, src, n)?, array_side(dst, offset)?, n as u64, 1, 1))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyAtoD_v2(dst: CUdeviceptr, src: Handle, offset: usize, n: usize) -> CUresult {
-    guard("cuMemcpyAtoD", || copy_3d(array_side(src, offset)?, linear_side(MEM_DEVICE, dst)?, n as u64, 1, 1))
+    guard("cuMemcpyAtoD", || copy_3d(array_side(src, offset)?, linear_side(MEM_DEVICE, dst, n)?, n as u64, 1, 1))
 }
 
 #[no_mangle]
