@@ -178,6 +178,8 @@ fn copy_3d(src: Side, dst: Side, w: u64, h: u64, depth: u64) -> Result<(), CUres
     if w == 0 || h == 0 || depth == 0 {
         return Ok(());
     }
+    // Extents whose bytes overflow describe no memory.
+    w.checked_mul(h).and_then(|b| b.checked_mul(depth)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     for s in [&src, &dst] {
         if s.kind != MEM_ARRAY && (h > 1 || depth > 1) && s.pitch < w || s.kind != MEM_ARRAY && depth > 1 && s.height < h {
             return Err(CUDA_ERROR_INVALID_VALUE);
