@@ -111,6 +111,17 @@ fn address(i: i64, n: u64, mode: u32) -> Option<u64> {
     } as u64)
 }
 
+/// Dimension `d`'s address mode: wrap and mirror need normalized coordinates; without them
+/// CUDA clamps.
+fn address_mode(s: &SamplerDesc, d: usize) -> u32 {
+    let m = s.address[d];
+    if s.flags & TRSF_NORMALIZED_COORDINATES == 0 && matches!(m, ADDRESS_WRAP | ADDRESS_MIRROR) {
+        ADDRESS_CLAMP
+    } else {
+        m
+    }
+}
+
 fn is_int_read(res: &Resource, s: &SamplerDesc) -> bool {
     reads_integers(res.format, s.flags)
 }
@@ -245,14 +256,7 @@ pub fn fetch(obj: &Object, layer: i64, c: Coords, read: &mut Read<'_>) -> Result
     }
     let nd = dims(res);
     let normalized = s.flags & TRSF_NORMALIZED_COORDINATES != 0;
-    let mode = |d: usize| {
-        let m = s.address[d];
-        if !normalized && matches!(m, ADDRESS_WRAP | ADDRESS_MIRROR) {
-            ADDRESS_CLAMP
-        } else {
-            m
-        }
-    };
+    let mode = |d: usize| address_mode(s, d);
     match c {
         Coords::Int(v) => {
             let mut idx = [Some(0); 3];
@@ -315,14 +319,7 @@ pub fn gather(obj: &Object, c: [f32; 2], comp: usize, read: &mut Read<'_>) -> Re
         return Ok([0; 4]);
     };
     let normalized = s.flags & TRSF_NORMALIZED_COORDINATES != 0;
-    let mode = |d: usize| {
-        let m = s.address[d];
-        if !normalized && matches!(m, ADDRESS_WRAP | ADDRESS_MIRROR) {
-            ADDRESS_CLAMP
-        } else {
-            m
-        }
-    };
+    let mode = |d: usize| address_mode(s, d);
     let scaled = |d: usize| if normalized { c[d] * extent(res, d) as f32 } else { c[d] };
     let i = floor_index(scaled(0) - 0.5);
     let j = floor_index(scaled(1) - 0.5);
