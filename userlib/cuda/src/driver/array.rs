@@ -52,8 +52,7 @@ fn read<T: Copy>(p: *const T) -> Result<T, CUresult> {
 fn create(desc: ArrayDesc) -> Result<u64, CUresult> {
     let mut req = Vec::new();
     desc.encode(&mut req);
-    let reply = ctx_driver()?.call(Op::ArrayCreate, &[&req])?;
-    let h = u64::from_le_bytes(reply.get(..8).and_then(|b| b.try_into().ok()).ok_or(CUDA_ERROR_UNKNOWN)?);
+    let h = new_object(Op::ArrayCreate, &[&req])?;
     known().arrays.insert(h, desc);
     Ok(h)
 }
@@ -383,9 +382,10 @@ fn resource(p: *const c::ResourceDesc) -> Result<(c::ResourceDesc, ResourceDesc)
     Ok((r, r.to_wire(|a| a)))
 }
 
+/// A create request's reply: the new object's handle.
 fn new_object(op: Op, parts: &[&[u8]]) -> Result<u64, CUresult> {
     let reply = ctx_driver()?.call(op, parts)?;
-    Ok(u64::from_le_bytes(reply.get(..8).and_then(|b| b.try_into().ok()).ok_or(CUDA_ERROR_UNKNOWN)?))
+    vgpu_uapi::wire::Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)
 }
 
 #[no_mangle]
