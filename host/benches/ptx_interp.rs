@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::time::Instant;
-use vgpu_host::sim::memory::DeviceMemory;
+use vgpu_host::sim::memory::{DeviceMemory, DevicePool};
 use vgpu_host::sim::ptx::{launch, with_engine, Engine, LaunchConfig, Module};
 
 /// out[i] = a chain of 64 rounds of fma, xor, shift and add per thread (ALU-bound).
@@ -139,7 +139,7 @@ fn params(ptrs: &[u64], tail: Option<u32>) -> Vec<u8> {
 
 fn main() {
     let bench = Module::parse(BENCH_PTX).expect("parse bench PTX");
-    let mut mem = DeviceMemory::new(1 << 30);
+    let mut mem = DeviceMemory::new(DevicePool::new(1 << 30));
     let threads = 64 * 256u32;
     let out = mem.alloc(threads as u64 * 4).unwrap();
     let cfg = |grid: u32, block: u32| LaunchConfig { grid: [grid, 1, 1], block: [block, 1, 1], dynamic_shared_bytes: 0 };
@@ -156,7 +156,7 @@ fn main() {
     let module = Module::parse(&text).expect("parse");
     let k = module.kernel("matmul_tiled").expect("matmul_tiled");
     for n in [64usize, 256] {
-        let mut mem = DeviceMemory::new(1 << 30);
+        let mut mem = DeviceMemory::new(DevicePool::new(1 << 30));
         let bytes = (n * n * 4) as u64;
         let (a, b, c) = (mem.alloc(bytes).unwrap(), mem.alloc(bytes).unwrap(), mem.alloc(bytes).unwrap());
         for (p, seed) in [(a, 1.0f32), (b, 0.5)] {

@@ -41,6 +41,10 @@ pub struct ProcessUsage {
     pub used_bytes: u64,
 }
 
+/// Memory or an event a session shares with other sessions of its VM. Each backend knows its
+/// own kind (and refuses another backend's, which a VM moved between GPUs could present).
+pub type Shared = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
 pub trait Backend: Send + Sync {
     /// Name for logs ("sim", "cuda").
     fn name(&self) -> &'static str;
@@ -136,6 +140,38 @@ pub trait DeviceSession: Send {
     }
     fn surf_destroy(&mut self, _surf: u64) -> CmdResult<()> {
         Err(not_supported("surface objects"))
+    }
+
+    // Sharing with other sessions of the VM (crate::share: IPC and shareable VMM handles).
+    // What a session shares is its backend's own kind of `Shared`; backends without sharing
+    // refuse with CUDA_ERROR_NOT_SUPPORTED.
+    /// The allocation holding `dptr`: its base address, and what another session opens.
+    fn share_memory(&mut self, _dptr: u64) -> CmdResult<(u64, Shared)> {
+        Err(not_supported("IPC memory handles"))
+    }
+    /// A physical allocation (cuMemCreate), mapped or not.
+    fn share_physical(&mut self, _handle: u64) -> CmdResult<Shared> {
+        Err(not_supported("shareable VMM handles"))
+    }
+    /// An event made with CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING.
+    fn share_event(&mut self, _event: u64) -> CmdResult<Shared> {
+        Err(not_supported("IPC event handles"))
+    }
+    /// Maps another session's shared memory: (base address, size).
+    fn open_memory(&mut self, _shared: &Shared) -> CmdResult<(u64, u64)> {
+        Err(not_supported("IPC memory handles"))
+    }
+    /// Another session's physical allocation, as one of this session: (handle, size).
+    fn open_physical(&mut self, _shared: &Shared) -> CmdResult<(u64, u64)> {
+        Err(not_supported("shareable VMM handles"))
+    }
+    /// Another session's event, as an event of this session.
+    fn open_event(&mut self, _shared: &Shared) -> CmdResult<u64> {
+        Err(not_supported("IPC event handles"))
+    }
+    /// Unmaps memory `open_memory` mapped.
+    fn close_memory(&mut self, _base: u64) -> CmdResult<()> {
+        Err(not_supported("IPC memory handles"))
     }
 
     /// cuDevicePrimaryCtxReset: frees the session's memory, streams, events and VMM, as if the

@@ -59,9 +59,9 @@ pub struct GpuConfig {
     pub sm_count: i32,
     #[serde(default = "default_cc")]
     pub compute_capability: String,
-    /// sim: host memory one client may hold as device memory, in MiB.
-    #[serde(default = "default_sim_memory_mib")]
-    pub sim_memory_mib: u64,
+    /// sim: the device's memory in MiB, if less than `memory_gib` (host memory, committed as
+    /// guests touch it, shared by the GPU's VMs; bound each VM with its memory quota).
+    pub sim_memory_mib: Option<u64>,
     /// sim: instructions one launch may execute before it fails with CUDA_ERROR_LAUNCH_TIMEOUT.
     pub sim_instruction_budget: Option<u64>,
 }
@@ -80,9 +80,6 @@ fn default_sm_count() -> i32 {
 }
 fn default_cc() -> String {
     "9.0".into()
-}
-fn default_sim_memory_mib() -> u64 {
-    4096
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 //! CUDA_ERROR_NOT_SUPPORTED. Nothing here panics on any input.
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims};
+use crate::share::Token;
+use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
 use crate::vms::{Client, Gpu, Vm};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -36,6 +38,9 @@ pub struct Connection<'b> {
     /// A kernel faulted (CUDA's sticky context errors): every request that needs the context
     /// gets this error until a SessionReset.
     sticky: Option<CmdError>,
+    /// Memory this session opened from other processes of its VM, by token: (base, size, times
+    /// opened), so that opening it again gives the same mapping, as in CUDA.
+    opened: HashMap<Token, (u64, u64, u32)>,
 }
 
 /// Pinned host memory a client may share with the mediator: at most this many regions,
@@ -122,6 +127,7 @@ impl<'b> Connection<'b> {
             fds: Vec::new(),
             staged_image: Vec::new(),
             sticky: None,
+            opened: HashMap::new(),
         }
     }
 
@@ -277,6 +283,73 @@ impl<'b> Connection<'b> {
         opened(&mut self.session)
     }
 
+    /// The client freed `what`: what it exported of it can no longer be opened.
+    fn unshare(&self, kind: u32, what: u64) {
+        if let Some(sh) = &self.share {
+            sh.vm.shares.forget(sh.client.id, kind, what);
+        }
+    }
+
+    /// Sharing with other processes of the VM (vgpu_uapi::share).
+    fn share_op(&mut self, op: Op, r: &mut Reader<'_>, out: &mut Vec<u8>) -> CmdResult<()> {
+        let Some(sh) = &self.share else {
+            return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "sharing between processes needs a VM"));
+        };
+        let (vm, client) = (sh.vm.clone(), sh.client.id);
+        let sess = opened(&mut self.session)?;
+        match op {
+            Op::ShareExport => {
+                let (kind, what) = (r.u32()?, r.u64()?);
+                r.finish()?;
+                let (what, shared) = match kind {
+                    KIND_MEMORY => sess.share_memory(what)?,
+                    KIND_PHYSICAL => (what, sess.share_physical(what)?),
+                    KIND_EVENT => (what, sess.share_event(what)?),
+                    _ => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
+                };
+                out.extend_from_slice(&vm.shares.export(client, kind, what, shared)?);
+            }
+            Op::ShareImport => {
+                let kind = r.u32()?;
+                let token: Token = r.bytes(vgpu_uapi::share::TOKEN_LEN)?.try_into().map_err(|_| CmdError::new(CUDA_ERROR_INVALID_VALUE, "bad token"))?;
+                r.finish()?;
+                let shared = vm.shares.get(kind, &token)?;
+                let (what, size) = match kind {
+                    KIND_MEMORY => match self.opened.get_mut(&token) {
+                        Some((base, size, n)) => {
+                            *n += 1;
+                            (*base, *size)
+                        }
+                        None => {
+                            let (base, size) = sess.open_memory(&shared)?;
+                            self.opened.insert(token, (base, size, 1));
+                            (base, size)
+                        }
+                    },
+                    KIND_PHYSICAL => sess.open_physical(&shared)?,
+                    _ => (sess.open_event(&shared)?, 0),
+                };
+                out.put_u64(what);
+                out.put_u64(size);
+                self.reconcile_memory();
+            }
+            _ => {
+                let base = r.u64()?;
+                r.finish()?;
+                let bad = || CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{base:#x} is not memory opened with cuIpcOpenMemHandle"));
+                let (&token, &(_, _, n)) = self.opened.iter().find(|(_, (b, _, _))| *b == base).ok_or_else(bad)?;
+                if n > 1 {
+                    self.opened.insert(token, (base, self.opened[&token].1, n - 1));
+                } else {
+                    sess.close_memory(base)?;
+                    self.opened.remove(&token);
+                    self.reconcile_memory();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one request; on success the reply payload is appended to `out`.
     pub fn handle(&mut self, op: u32, payload: &[u8], out: &mut Vec<u8>) -> CmdResult<()> {
         let start = out.len();
@@ -354,6 +427,10 @@ impl<'b> Connection<'b> {
                 r.finish()?;
                 self.staged_image = Vec::new();
                 let r = self.session()?.reset();
+                self.opened.clear();
+                if let Some(sh) = &self.share {
+                    sh.vm.shares.forget_owner(sh.client.id);
+                }
                 self.reconcile_memory();
                 r?;
                 self.sticky = None;
@@ -421,6 +498,7 @@ impl<'b> Connection<'b> {
                 let r = self.session()?.mem_free(p);
                 self.reconcile_memory();
                 r?;
+                self.unshare(KIND_MEMORY, p);
             }
             Op::MemGetAddressRange => {
                 let p = r.u64()?;
@@ -579,7 +657,10 @@ impl<'b> Connection<'b> {
                 r.finish()?;
                 let sess = self.session()?;
                 match op {
-                    Op::EventDestroy => sess.event_destroy(e)?,
+                    Op::EventDestroy => {
+                        sess.event_destroy(e)?;
+                        self.unshare(KIND_EVENT, e);
+                    }
                     Op::EventSynchronize => sess.event_synchronize(e)?,
                     _ => sess.event_query(e)?,
                 }
@@ -624,6 +705,7 @@ impl<'b> Connection<'b> {
                 let sess = opened(session)?;
                 sess.read(src, host_range(host, h, off, len)?)?;
             }
+            Op::ShareExport | Op::ShareImport | Op::ShareClose => self.share_op(op, &mut r, out)?,
             Op::MemCreate => {
                 let size = r.u64()?;
                 r.finish()?;
@@ -636,6 +718,7 @@ impl<'b> Connection<'b> {
                 let res = self.session()?.vmm_release(h);
                 self.reconcile_memory();
                 res?;
+                self.unshare(KIND_PHYSICAL, h);
             }
             Op::MemAddressReserve => {
                 let (size, align, hint) = (r.u64()?, r.u64()?, r.u64()?);

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod profile;
 pub mod sched;
 pub mod server;
+pub mod share;
 pub mod sim;
 pub mod vms;
 pub mod worker;

@@ -54,9 +54,10 @@ struct Args {
     /// Compute capability reported to guests, as MAJOR.MINOR.
     #[arg(long, default_value = "9.0")]
     compute_capability: String,
-    /// Host memory one client may hold as sim device memory, in MiB.
-    #[arg(long, default_value_t = 4096)]
-    sim_memory_mib: u64,
+    /// The sim device's memory in MiB, if less than --gpu-memory-gib: it is host memory,
+    /// committed as guests touch it, shared by all clients, and what guests are told they have.
+    #[arg(long)]
+    sim_memory_mib: Option<u64>,
     /// Instructions one kernel launch may execute on the sim backend before it fails with
     /// CUDA_ERROR_LAUNCH_TIMEOUT (raise it for long kernels, e.g. CuPy's random generator setup).
     #[arg(long, default_value_t = vgpu_host::sim::ptx::INSTRUCTION_BUDGET)]
@@ -103,7 +104,7 @@ fn main() {
                 sm_count: args.sm_count,
                 ..DeviceProfile::default()
             };
-            let sim = || SimBackend::new(profile, args.sim_memory_mib << 20).with_instruction_budget(args.sim_instruction_budget);
+            let sim = || SimBackend::new(profile, args.sim_memory_mib.map_or(u64::MAX, |m| m << 20)).with_instruction_budget(args.sim_instruction_budget);
             let backend: Arc<dyn Backend> = vgpu_host::backend::choose("gpu0", &args.backend, args.cuda_driver.as_deref(), args.cuda_device, sim).unwrap_or_else(|e| fail(e));
             tracing::info!(backend = backend.name(), device = %backend.devices()[0].name_str(), "backend selected");
             let m = Mediator::single(backend, &args.socket).unwrap_or_else(|e| fail(e));

@@ -41,7 +41,7 @@ impl Mediator {
             .iter()
             .map(|g| {
                 let sim = || {
-                    let sim = SimBackend::new(sim_profile(g), g.sim_memory_mib << 20);
+                    let sim = SimBackend::new(sim_profile(g), g.sim_memory_mib.map_or(u64::MAX, |m| m << 20));
                     match g.sim_instruction_budget {
                         Some(b) => sim.with_instruction_budget(b),
                         None => sim,

@@ -116,6 +116,13 @@ impl DeviceProfile {
             // backend launches it with cuLaunchCooperativeKernel.
             (attr::COOPERATIVE_LAUNCH, 1),
             (attr::HOST_REGISTER_SUPPORTED, 0),
+            // Sharing between processes of a VM (IPC handles, VMM memory as POSIX file
+            // descriptors): the sim maps one memfd in each (host/src/share.rs). Not fabric
+            // handles (multi-node NVLink), nor shareable memory pools.
+            (attr::HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, 1),
+            (attr::IPC_EVENT_SUPPORTED, 1),
+            (attr::HANDLE_TYPE_FABRIC_SUPPORTED, 0),
+            (attr::MEMPOOL_SUPPORTED_HANDLE_TYPES, 0),
         ] {
             a[id] = v;
         }

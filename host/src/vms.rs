@@ -76,6 +76,8 @@ pub struct Vm {
     settings: RwLock<VmSettings>,
     pub stats: VmStats,
     clients: Mutex<HashMap<u64, Arc<Client>>>,
+    /// What its processes exported to each other (IPC and shareable VMM handles).
+    pub shares: crate::share::Shares,
     evicted: AtomicBool,
     /// Taken out of the configuration: its socket is closed.
     removed: AtomicBool,
@@ -104,6 +106,7 @@ impl Vm {
             settings: RwLock::new(VmSettings::from_config(cfg)),
             stats: VmStats::default(),
             clients: Mutex::default(),
+            shares: Default::default(),
             evicted: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             bucket: Mutex::new(Bucket { tokens: 0.0, at: Instant::now() }),
@@ -178,8 +181,10 @@ impl Vm {
         Ok(c)
     }
 
+    /// A client is gone: so are its exports (what others opened of them stays theirs).
     pub fn unregister(&self, c: &Client) {
         lock(&self.clients).remove(&c.id);
+        self.shares.forget_owner(c.id);
     }
 
     pub fn client_count(&self) -> usize {

@@ -329,3 +329,76 @@ fn arrays_copies_and_texture_objects_are_checked() {
     };
     assert_eq!(good.call(Op::Memcpy3D, &[&enc(&|v| back.encode(v))]).unwrap(), vec![7u8; 512]);
 }
+
+#[test]
+fn sharing_is_confined_to_the_vm_and_leaks_nothing() {
+    use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
+    let (dir, _m) = start("share");
+    let good = Proc::connect(&dir.join("good.sock"), 10).unwrap();
+    let good2 = Proc::connect(&dir.join("good.sock"), 11).unwrap();
+    let evil = Proc::connect(&dir.join("evil.sock"), 66).unwrap();
+    let (free_before, _) = good.mem_get_info();
+    let export = |p: &Proc, kind: u32, what: u64| p.call(Op::ShareExport, &[&kind.to_le_bytes(), &what.to_le_bytes()]);
+    let import = |p: &Proc, kind: u32, token: &[u8]| p.call(Op::ShareImport, &[&kind.to_le_bytes(), token]).map(|r| Proc::u64s(&r));
+    let close = |p: &Proc, base: u64| p.call(Op::ShareClose, &[&base.to_le_bytes()]).map(drop);
+
+    // The good VM shares memory, a physical allocation and an event between its processes.
+    let mem = good.alloc(8192).unwrap();
+    good.write(mem, &[9u8; 8192]).unwrap();
+    let mem_token = export(&good, KIND_MEMORY, mem + 100).unwrap();
+    assert_eq!(export(&good, KIND_MEMORY, mem).unwrap(), mem_token, "the same allocation, the same token");
+    let phys = Proc::u64s(&good.call(Op::MemCreate, &[&u64s(&[2 << 20])]).unwrap())[0];
+    let phys_token = export(&good, KIND_PHYSICAL, phys).unwrap();
+    let event = Proc::u64s(&good.call(Op::EventCreate, &[&6u32.to_le_bytes()]).unwrap())[0];
+    let event_token = export(&good, KIND_EVENT, event).unwrap();
+
+    let mut tried = 0;
+    let mut expect = |what: &str, r: Result<(), CuResult>, code: CuResult| {
+        tried += 1;
+        assert_eq!(r, Err(code), "{what}");
+    };
+    // Another VM's tokens open nothing, of any kind.
+    expect("other VM's memory token", import(&evil, KIND_MEMORY, &mem_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's physical token", import(&evil, KIND_PHYSICAL, &phys_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's event token", import(&evil, KIND_EVENT, &event_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    // Another VM's objects cannot be exported (before this session has any of its own).
+    expect("other VM's memory exported", export(&evil, KIND_MEMORY, mem).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("other VM's physical allocation exported", export(&evil, KIND_PHYSICAL, phys).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("other VM's event exported", export(&evil, KIND_EVENT, event).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    // Malformed requests and tokens.
+    expect("a token of the wrong kind", import(&good2, KIND_EVENT, &mem_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("a made-up token", import(&good2, KIND_MEMORY, &[0x5a; 16]).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    expect("a short token", import(&good2, KIND_MEMORY, &mem_token[..15]).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("an unknown kind", export(&good, 9, mem).map(drop), CUDA_ERROR_INVALID_VALUE);
+    let timed = Proc::u64s(&good.call(Op::EventCreate, &[&0u32.to_le_bytes()]).unwrap())[0];
+    expect("an event without CU_EVENT_INTERPROCESS", export(&good, KIND_EVENT, timed).map(drop), CUDA_ERROR_INVALID_VALUE);
+    expect("closing what was not opened", close(&good2, mem), CUDA_ERROR_INVALID_VALUE);
+
+    // Within the VM: the second process maps the first one's memory; writes are seen both ways.
+    let opened = import(&good2, KIND_MEMORY, &mem_token).unwrap();
+    assert_eq!(opened[1], 8192);
+    assert_eq!(import(&good2, KIND_MEMORY, &mem_token).unwrap()[0], opened[0], "opened twice: one mapping");
+    assert_eq!(good2.read(opened[0], 8192).unwrap(), vec![9u8; 8192]);
+    good2.write(opened[0] + 10, &[1, 2, 3]).unwrap();
+    assert_eq!(good.read(mem + 10, 3).unwrap(), [1, 2, 3]);
+    expect("freeing opened memory", good2.free(opened[0]), CUDA_ERROR_INVALID_VALUE);
+    let ph = import(&good2, KIND_PHYSICAL, &phys_token).unwrap();
+    assert_eq!(ph[1], 2 << 20);
+    import(&good2, KIND_EVENT, &event_token).unwrap();
+    // Freed by its owner: the token opens nothing more, what was opened stays readable.
+    good.free(mem).unwrap();
+    expect("a token of freed memory", import(&good2, KIND_MEMORY, &mem_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    assert_eq!(good2.read(opened[0] + 10, 3).unwrap(), [1, 2, 3]);
+    close(&good2, opened[0]).unwrap();
+    assert!(good2.read(opened[0], 1).is_ok(), "opened twice, closed once: still mapped");
+    close(&good2, opened[0]).unwrap();
+    assert_eq!(good2.read(opened[0], 1), Err(CUDA_ERROR_INVALID_VALUE), "still mapped after its last close");
+    // The owner going away takes its exports with it.
+    drop(good);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    expect("a token of a process that ended", import(&good2, KIND_PHYSICAL, &phys_token).map(drop), CUDA_ERROR_INVALID_HANDLE);
+    good2.call(Op::MemRelease, &[&u64s(&[ph[0]])]).unwrap();
+    println!("{tried} bad sharing requests refused");
+    // Everything shared went back to the device.
+    assert_eq!(good2.mem_get_info().0, free_before, "device memory leaked through sharing");
+}

@@ -51,6 +51,8 @@ cases! {
     graphs_cudart13: "graphs", V13;
     mem_pools_cudart12: "mem_pools", V12;
     mem_pools_cudart13: "mem_pools", V13;
+    ipc_cudart12: "ipc", V12;
+    ipc_cudart13: "ipc", V13;
     managed_mapped_cudart12: "managed_mapped", V12;
     managed_mapped_cudart13: "managed_mapped", V13;
     host_callbacks_cudart12: "host_callbacks", V12;

@@ -13,6 +13,7 @@ pub const CUDA_ERROR_NO_DEVICE: CuResult = 100;
 pub const CUDA_ERROR_INVALID_DEVICE: CuResult = 101;
 pub const CUDA_ERROR_INVALID_IMAGE: CuResult = 200;
 pub const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
+pub const CUDA_ERROR_MAP_FAILED: CuResult = 205;
 pub const CUDA_ERROR_NO_BINARY_FOR_GPU: CuResult = 209;
 pub const CUDA_ERROR_INVALID_PTX: CuResult = 218;
 pub const CUDA_ERROR_INVALID_SOURCE: CuResult = 300;
@@ -33,6 +34,7 @@ pub const CUDA_ERROR_INVALID_ADDRESS_SPACE: CuResult = 717;
 pub const CUDA_ERROR_INVALID_PC: CuResult = 718;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
 pub const CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: CuResult = 720;
+pub const CUDA_ERROR_OPERATING_SYSTEM: CuResult = 304;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
 pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
@@ -77,6 +79,8 @@ pub fn error_name(code: CuResult) -> Option<(&'static str, &'static str)> {
         CUDA_ERROR_INVALID_DEVICE => ("CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"),
         CUDA_ERROR_INVALID_IMAGE => ("CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"),
         CUDA_ERROR_INVALID_CONTEXT => ("CUDA_ERROR_INVALID_CONTEXT", "invalid device context"),
+        CUDA_ERROR_MAP_FAILED => ("CUDA_ERROR_MAP_FAILED", "mapping of buffer object failed"),
+        CUDA_ERROR_OPERATING_SYSTEM => ("CUDA_ERROR_OPERATING_SYSTEM", "OS call failed or operation not supported on this OS"),
         CUDA_ERROR_NO_BINARY_FOR_GPU => {
             ("CUDA_ERROR_NO_BINARY_FOR_GPU", "no kernel image is available for execution on the device")
         }
@@ -205,6 +209,10 @@ pub mod attr {
     pub const READ_ONLY_HOST_REGISTER_SUPPORTED: usize = 113;
     pub const MEMORY_POOLS_SUPPORTED: usize = 115;
     pub const VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: usize = 102;
+    pub const HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED: usize = 103;
+    pub const MEMPOOL_SUPPORTED_HANDLE_TYPES: usize = 119;
+    pub const IPC_EVENT_SUPPORTED: usize = 125;
+    pub const HANDLE_TYPE_FABRIC_SUPPORTED: usize = 128;
 }
 
 /// The virtual memory management structures of cuda.h, as libcuda receives them from

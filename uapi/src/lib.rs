@@ -14,6 +14,7 @@ pub mod channel;
 pub mod cuda;
 pub mod image;
 pub mod proto;
+pub mod share;
 pub mod version;
 pub mod wire;
 

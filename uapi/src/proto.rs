@@ -212,6 +212,17 @@ opcodes! {
     SurfObjectCreate = 105,
     /// req: surface object u64 -> reply:
     SurfObjectDestroy = 106,
+    /// Sharing with other processes of the VM (see [`crate::share`]). req: kind u32, what u64
+    /// (an address inside an allocation, a physical allocation, an event) -> reply: token
+    /// [u8; 16] (the same one each time for the same thing)
+    ShareExport = 110,
+    /// req: kind u32, token [u8; 16] -> reply: what u64 (the base address of the memory, mapped
+    /// into this session; a physical allocation; an event), size u64 (0 for an event). Memory
+    /// opened again by the same session is the same mapping, counted once more.
+    ShareImport = 111,
+    /// cuIpcCloseMemHandle. req: base address u64 (a ShareImport's) -> reply:  (unmapped when
+    /// closed as many times as it was opened)
+    ShareClose = 112,
 }
 
 /// Granularity of physical allocations, mappings and reservations (CUDA's on NVIDIA GPUs).

@@ -106,6 +106,16 @@ fn device_info(drv: &CudaDriver, ordinal: i32) -> CmdResult<DeviceInfo> {
             *slot = v;
         }
     }
+    // What the driver can do but this backend does not give guests yet: sharing between
+    // processes (IPC and shareable handles; the sim has it, see host/src/share.rs).
+    for id in [
+        vgpu_uapi::cuda::attr::HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+        vgpu_uapi::cuda::attr::IPC_EVENT_SUPPORTED,
+        vgpu_uapi::cuda::attr::HANDLE_TYPE_FABRIC_SUPPORTED,
+        vgpu_uapi::cuda::attr::MEMPOOL_SUPPORTED_HANDLE_TYPES,
+    ] {
+        attrs[id] = 0;
+    }
     let mut info = DeviceInfo {
         name: [0; 96],
         uuid,

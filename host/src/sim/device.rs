@@ -6,9 +6,9 @@
 //! waits are trivially satisfied), so streams and events need no queues here.
 
 use super::fatbin;
-use super::memory::{DeviceMemory, Fault};
+use super::memory::{DeviceMemory, DevicePool, Fault, SharedRegion};
 use super::ptx;
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
 use crate::profile::DeviceProfile;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,18 +19,23 @@ use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
 
 pub struct SimBackend {
+    /// What the device reports; its memory size is `memory`'s.
     profile: DeviceProfile,
-    /// Host memory one session may use for device allocations (the profile's size is what the
-    /// guest is told; this is what the host will really give).
-    memory_limit: u64,
+    /// The device's memory: host memory, committed as it is touched, shared by all sessions.
+    memory: Arc<DevicePool>,
     /// Instructions one launch may execute (ptx::INSTRUCTION_BUDGET unless set).
     budget: u64,
     usage: Arc<UsageTable>,
 }
 
 impl SimBackend {
-    pub fn new(profile: DeviceProfile, memory_limit: u64) -> Self {
-        SimBackend { profile, memory_limit, budget: ptx::INSTRUCTION_BUDGET, usage: Arc::default() }
+    /// A device like `profile` with `memory_limit` bytes of memory at most (host memory it may
+    /// use; the profile's size when larger): the guest is told the size it really has, so free
+    /// and total memory agree with what allocations get.
+    pub fn new(mut profile: DeviceProfile, memory_limit: u64) -> Self {
+        profile.total_mem = profile.total_mem.min(memory_limit);
+        let memory = DevicePool::new(profile.total_mem);
+        SimBackend { profile, memory, budget: ptx::INSTRUCTION_BUDGET, usage: Arc::default() }
     }
 
     /// Launches may execute up to `budget` instructions (long kernels on a slow interpreter;
@@ -69,14 +74,12 @@ impl Backend for SimBackend {
 
     fn open_session(&self, device: u32, pid: u32, observer: bool) -> CmdResult<Box<dyn DeviceSession>> {
         self.check_device(device)?;
-        let capacity = self.memory_limit.min(self.profile.total_mem);
         let id = self.usage.open(pid, observer);
         Ok(Box::new(SimSession {
             usage: self.usage.clone(),
             usage_id: id,
-            mem: DeviceMemory::new(capacity),
+            mem: DeviceMemory::new(self.memory.clone()),
             budget: self.budget,
-            total_mem: self.profile.total_mem,
             next_handle: 0x10,
             modules: HashMap::new(),
             functions: HashMap::new(),
@@ -104,13 +107,24 @@ struct Event {
 }
 
 const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
+const CU_EVENT_INTERPROCESS: u32 = 0x4;
+
+/// An event another session shared (see `open_event`): nothing of it is needed here.
+struct SharedEvent;
+
+fn not_ours() -> CmdError {
+    CmdError::new(CUDA_ERROR_INVALID_HANDLE, "the handle was exported on another GPU backend")
+}
+
+fn shared_region(shared: &Shared) -> CmdResult<Arc<SharedRegion>> {
+    shared.clone().downcast::<SharedRegion>().map_err(|_| not_ours())
+}
 
 pub struct SimSession {
     usage: Arc<UsageTable>,
     usage_id: u64,
     mem: DeviceMemory,
     budget: u64,
-    total_mem: u64,
     next_handle: u64,
     modules: HashMap<u64, LoadedModule>,
     functions: HashMap<u64, Function>,
@@ -412,9 +426,60 @@ impl DeviceSession for SimSession {
         self.remove_object(surf, false)
     }
 
+    fn share_memory(&mut self, dptr: u64) -> CmdResult<(u64, Shared)> {
+        let (base, region) = self.mem.share(dptr)?;
+        Ok((base, region))
+    }
+
+    fn share_physical(&mut self, handle: u64) -> CmdResult<Shared> {
+        Ok(self.mem.share_physical(handle)?)
+    }
+
+    fn share_event(&mut self, event: u64) -> CmdResult<Shared> {
+        let e = self.events.get(&event).ok_or_else(|| invalid_handle("event", event))?;
+        if e.flags & (CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING) != CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "an event shared between processes is made with CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING"));
+        }
+        Ok(Arc::new(SharedEvent))
+    }
+
+    fn open_memory(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let region = shared_region(shared)?;
+        let size = region.size();
+        let base = self.mem.open_shared(region)?;
+        self.account();
+        Ok((base, size))
+    }
+
+    fn open_physical(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let region = shared_region(shared)?;
+        let size = region.size();
+        let h = self.mem.open_physical(region)?;
+        self.account();
+        Ok((h, size))
+    }
+
+    fn open_event(&mut self, shared: &Shared) -> CmdResult<u64> {
+        if !shared.is::<SharedEvent>() {
+            return Err(not_ours());
+        }
+        // The exporter's work before any record of its event has finished when the record
+        // returns (work runs at submission), so waiting on it here never has to wait.
+        let h = self.handle();
+        self.events.insert(h, Event { flags: CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING, recorded: Some(Instant::now()) });
+        Ok(h)
+    }
+
+    fn close_memory(&mut self, base: u64) -> CmdResult<()> {
+        self.mem.close_shared(base)?;
+        self.account();
+        Ok(())
+    }
+
     fn mem_get_info(&self) -> (u64, u64) {
-        let free = self.mem.capacity() - self.mem.used();
-        (free, self.total_mem)
+        // The device's, as on a GPU: what no process holds, of all there is.
+        let pool = self.mem.pool();
+        (pool.free(), pool.size())
     }
 
     fn used_bytes(&self) -> u64 {

@@ -5,6 +5,8 @@
 use crate::backend::{CmdError, CmdResult};
 use memmap2::MmapMut;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::VMM_GRANULARITY;
 use vgpu_uapi::{DEVICE_VA_BASE, DEVICE_VA_SIZE};
@@ -15,13 +17,54 @@ use vgpu_uapi::{DEVICE_VA_BASE, DEVICE_VA_SIZE};
 const ALIGN: u64 = 256;
 const GAP: u64 = 64 << 10;
 
+/// The sim device's memory, shared by all its sessions as a GPU's memory is shared by its
+/// processes: what they hold together never exceeds its size, and free memory is what is left.
+pub struct DevicePool {
+    size: u64,
+    used: AtomicU64,
+}
+
+impl DevicePool {
+    pub fn new(size: u64) -> Arc<DevicePool> {
+        Arc::new(DevicePool { size, used: AtomicU64::new(0) })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes not held by any session.
+    pub fn free(&self) -> u64 {
+        self.size.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// Takes `n` bytes if that many are free (atomically: two sessions cannot both take the last).
+    fn take(&self, n: u64) -> bool {
+        self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_add(n).filter(|&t| t <= self.size)).is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 pub struct DeviceMemory {
     /// Every region a kernel may touch, by device address: allocations and mapped physical
     /// allocations (VMM). Mapped regions may be adjacent; copies may span them.
     allocs: BTreeMap<u64, MmapMut>,
     next_va: u64,
+    /// What this session holds: its allocations and physical allocations, and the memory of
+    /// other sessions it opened (reported as its use, and charged to its VM).
     used: u64,
-    capacity: u64,
+    /// What of `used` this session took from `pool` and gives back: its memory that no other
+    /// session shares (shared memory is given back by its `SharedRegion`, when the last
+    /// session holding it lets go).
+    private: u64,
+    pool: Arc<DevicePool>,
+    /// Regions of `allocs` that are shared memory (exported by this session, or opened).
+    shared: HashMap<u64, Arc<SharedRegion>>,
+    /// Regions of `allocs` opened from another session (cuIpcOpenMemHandle): closed, not freed.
+    imported: std::collections::HashSet<u64>,
     /// Physical allocations (cuMemCreate) by handle.
     physical: HashMap<u64, Physical>,
     next_physical: u64,
@@ -43,6 +86,65 @@ struct Physical {
     size: u64,
     /// cuMemRelease was called: it goes when unmapped.
     released: bool,
+    /// Its memory, once shared with another session.
+    shared: Option<Arc<SharedRegion>>,
+}
+
+/// Device memory two or more sessions map (IPC handles, shareable VMM handles): a memfd that
+/// each maps shared. It was taken from the device's pool by the session that made it, and
+/// goes back when the last mapping of it and the last export of it are gone.
+pub struct SharedRegion {
+    file: std::fs::File,
+    size: u64,
+    pool: Arc<DevicePool>,
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        self.pool.give_back(self.size);
+    }
+}
+
+impl SharedRegion {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// A new mapping of the memory.
+    fn map(&self) -> CmdResult<MmapMut> {
+        map_memfd(&self.file, self.size)
+    }
+}
+
+/// A shared mapping of the first `size` bytes of `file`, a memfd of at least that size.
+fn map_memfd(file: &std::fs::File, size: u64) -> CmdResult<MmapMut> {
+    let len = usize::try_from(size).map_err(|_| map_failed())?;
+    // SAFETY: a shared mapping of a memfd only the mediator holds, sized to at least `len` when
+    // it was made and never truncated, so every access within the mapping is backed. Other
+    // mappings of it (other sessions) may change the bytes concurrently, which is what sharing
+    // means; that only ever yields bytes, never a fault.
+    unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }.map_err(|_| map_failed())
+}
+
+fn map_failed() -> CmdError {
+    CmdError::new(CUDA_ERROR_MAP_FAILED, "cannot map shared device memory")
+}
+
+/// Moves the bytes of `mem` into a new shared region (the session's charge for them goes with
+/// it), and returns the region and its mapping that replaces `mem`.
+fn make_shared(mem: &MmapMut, pool: &Arc<DevicePool>) -> CmdResult<(Arc<SharedRegion>, MmapMut)> {
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor it returns is ours.
+    let fd = unsafe { libc::memfd_create(c"vgpu-shared-memory".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(map_failed());
+    }
+    // SAFETY: `fd` is a descriptor we just opened and own nowhere else.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let size = mem.len() as u64;
+    file.set_len(size).map_err(|_| map_failed())?;
+    let mut map = map_memfd(&file, size)?;
+    map.copy_from_slice(mem);
+    Ok((Arc::new(SharedRegion { file, size, pool: pool.clone() }), map))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +153,23 @@ pub struct Fault {
     pub len: u64,
 }
 
+/// A session that ends gives its memory back to the device.
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        self.pool.give_back(self.private);
+    }
+}
+
 impl DeviceMemory {
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(pool: Arc<DevicePool>) -> Self {
         DeviceMemory {
             allocs: BTreeMap::new(),
             next_va: DEVICE_VA_BASE,
             used: 0,
-            capacity,
+            private: 0,
+            pool,
+            shared: HashMap::new(),
+            imported: Default::default(),
             physical: HashMap::new(),
             next_physical: 0,
             reservations: BTreeMap::new(),
@@ -72,8 +184,40 @@ impl DeviceMemory {
         self.used
     }
 
-    pub fn capacity(&self) -> u64 {
-        self.capacity
+    pub fn pool(&self) -> &DevicePool {
+        &self.pool
+    }
+
+    /// Takes `n` bytes of the device for this session.
+    fn charge(&mut self, n: u64) -> bool {
+        let ok = self.pool.take(n);
+        if ok {
+            self.used += n;
+            self.private += n;
+        }
+        ok
+    }
+
+    /// Lets go of `n` bytes this session held: its own go back to the device now, shared ones
+    /// when their region goes.
+    fn uncharge(&mut self, n: u64, shared: bool) {
+        self.used -= n;
+        if !shared {
+            self.private -= n;
+            self.pool.give_back(n);
+        }
+    }
+
+    /// `span` bytes of device addresses for a new region (the gap after it included).
+    fn place(&mut self, bytes: u64) -> CmdResult<u64> {
+        let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("no room for {bytes} bytes of device memory"));
+        let span = bytes.checked_add(GAP + ALIGN - 1).ok_or_else(oom)? & !(ALIGN - 1);
+        let base = self.next_va;
+        if base.checked_add(span).is_none_or(|end| end > DEVICE_VA_BASE + DEVICE_VA_SIZE) {
+            return Err(oom());
+        }
+        self.next_va = base + span;
+        Ok(base)
     }
 
     pub fn alloc(&mut self, bytes: u64) -> CmdResult<u64> {
@@ -81,19 +225,25 @@ impl DeviceMemory {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "zero-byte allocation"));
         }
         let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot allocate {bytes} bytes of device memory"));
-        if bytes > self.capacity - self.used {
-            return Err(oom());
-        }
-        let span = bytes.checked_add(GAP + ALIGN - 1).ok_or_else(oom)? & !(ALIGN - 1);
-        let base = self.next_va;
-        if base.checked_add(span).is_none_or(|end| end > DEVICE_VA_BASE + DEVICE_VA_SIZE) {
-            return Err(oom());
-        }
         let len = usize::try_from(bytes).map_err(|_| oom())?;
-        let map = MmapMut::map_anon(len).map_err(|_| oom())?;
+        if !self.charge(bytes) {
+            return Err(oom());
+        }
+        let map = match MmapMut::map_anon(len) {
+            Ok(m) => m,
+            Err(_) => {
+                self.uncharge(bytes, false);
+                return Err(oom());
+            }
+        };
+        let base = match self.place(bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                self.uncharge(bytes, false);
+                return Err(e);
+            }
+        };
         self.allocs.insert(base, map);
-        self.next_va = base + span;
-        self.used += bytes;
         Ok(base)
     }
 
@@ -101,9 +251,13 @@ impl DeviceMemory {
         if self.mappings.contains_key(&dptr) {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is mapped memory: unmap it (cuMemUnmap)")));
         }
+        if self.imported.contains(&dptr) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} was opened from another process: close it (cuIpcCloseMemHandle)")));
+        }
         match self.allocs.remove(&dptr) {
             Some(m) => {
-                self.used -= m.len() as u64;
+                let shared = self.shared.remove(&dptr).is_some();
+                self.uncharge(m.len() as u64, shared);
                 Ok(())
             }
             None => Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is not an allocation"))),
@@ -122,7 +276,12 @@ impl DeviceMemory {
         self.grid_ws = None;
         self.objects = Default::default();
         self.allocs.retain(|base, _| keep.contains(base));
+        self.imported.retain(|base| keep.contains(base));
+        self.shared.retain(|base, _| keep.contains(base));
         self.used = self.allocs.values().map(|m| m.len() as u64).sum();
+        let private = self.allocs.iter().filter(|(b, _)| !self.shared.contains_key(b)).map(|(_, m)| m.len() as u64).sum();
+        self.pool.give_back(self.private - private);
+        self.private = private;
     }
 
     /// The device heap, made (as an allocation of HEAP_BYTES) at the first call.
@@ -278,15 +437,25 @@ impl DeviceMemory {
             return Err(Self::vmm_err(format!("size {size} is not a positive multiple of the {VMM_GRANULARITY}-byte granularity")));
         }
         let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot create a physical allocation of {size} bytes"));
-        if size > self.capacity - self.used {
+        let len = usize::try_from(size).map_err(|_| oom())?;
+        if !self.charge(size) {
             return Err(oom());
         }
-        let map = MmapMut::map_anon(usize::try_from(size).map_err(|_| oom())?).map_err(|_| oom())?;
+        let map = match MmapMut::map_anon(len) {
+            Ok(m) => m,
+            Err(_) => {
+                self.uncharge(size, false);
+                return Err(oom());
+            }
+        };
+        Ok(self.add_physical(Physical { mem: Some(map), size, released: false, shared: None }))
+    }
+
+    fn add_physical(&mut self, p: Physical) -> u64 {
         self.next_physical += 1;
         let h = 0x7000_0000 + self.next_physical;
-        self.physical.insert(h, Physical { mem: Some(map), size, released: false });
-        self.used += size;
-        Ok(h)
+        self.physical.insert(h, p);
+        h
     }
 
     /// cuMemRelease: the allocation goes now, or when its mapping is unmapped.
@@ -294,8 +463,9 @@ impl DeviceMemory {
         let p = self.physical.get_mut(&h).filter(|p| !p.released).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} is not a physical allocation")))?;
         p.released = true;
         if p.mem.is_some() {
-            self.used -= p.size;
+            let (size, shared) = (p.size, p.shared.is_some());
             self.physical.remove(&h);
+            self.uncharge(size, shared);
         }
         Ok(())
     }
@@ -375,14 +545,96 @@ impl DeviceMemory {
             let mem = self.allocs.remove(&a);
             if let Some(p) = self.physical.get_mut(&h) {
                 if p.released {
-                    self.used -= p.size;
+                    let (size, shared) = (p.size, p.shared.is_some());
                     self.physical.remove(&h);
+                    self.uncharge(size, shared);
                 } else {
                     p.mem = mem;
                 }
             }
         }
         Ok(())
+    }
+
+    // Sharing with other sessions of the VM (crate::share): the memory moves into a memfd
+    // that each session maps.
+
+    /// Shares the allocation holding `addr` (cuIpcGetMemHandle): its base and its region (the
+    /// same region each time).
+    pub fn share(&mut self, addr: u64) -> CmdResult<(u64, Arc<SharedRegion>)> {
+        let (base, _) = self.range_of(addr).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{addr:#x} is not inside a device allocation")))?;
+        if self.mappings.contains_key(&base) || self.imported.contains(&base) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{addr:#x} is not a cuMemAlloc allocation of this process (VMM memory is shared through its physical allocation)")));
+        }
+        if let Some(r) = self.shared.get(&base) {
+            return Ok((base, r.clone()));
+        }
+        let (region, map) = make_shared(&self.allocs[&base], &self.pool)?;
+        self.allocs.insert(base, map);
+        self.private -= region.size;
+        self.shared.insert(base, region.clone());
+        Ok((base, region))
+    }
+
+    /// Maps another session's shared memory at a new address (cuIpcOpenMemHandle).
+    pub fn open_shared(&mut self, region: Arc<SharedRegion>) -> CmdResult<u64> {
+        let map = region.map()?;
+        let base = self.place(region.size)?;
+        self.allocs.insert(base, map);
+        self.used += region.size;
+        self.shared.insert(base, region);
+        self.imported.insert(base);
+        Ok(base)
+    }
+
+    /// Unmaps memory `open_shared` mapped (cuIpcCloseMemHandle).
+    pub fn close_shared(&mut self, base: u64) -> CmdResult<()> {
+        if !self.imported.remove(&base) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{base:#x} is not memory opened from another process")));
+        }
+        self.shared.remove(&base);
+        if let Some(m) = self.allocs.remove(&base) {
+            self.used -= m.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Shares physical allocation `h` (cuMemExportToShareableHandle), mapped or not.
+    pub fn share_physical(&mut self, h: u64) -> CmdResult<Arc<SharedRegion>> {
+        let p = self.physical.get(&h).filter(|p| !p.released).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} is not a physical allocation")))?;
+        if let Some(r) = &p.shared {
+            return Ok(r.clone());
+        }
+        let mapped_at = self.mappings.iter().find(|&(_, &ph)| ph == h).map(|(&va, _)| va);
+        let mem = match (&p.mem, mapped_at) {
+            (Some(m), _) => m,
+            (None, Some(va)) => &self.allocs[&va],
+            (None, None) => return Err(CmdError::new(CUDA_ERROR_INVALID_HANDLE, format!("{h:#x} has no memory"))),
+        };
+        let (region, map) = make_shared(mem, &self.pool)?;
+        match mapped_at {
+            Some(va) if p.mem.is_none() => {
+                self.allocs.insert(va, map);
+            }
+            _ => {
+                if let Some(p) = self.physical.get_mut(&h) {
+                    p.mem = Some(map);
+                }
+            }
+        }
+        if let Some(p) = self.physical.get_mut(&h) {
+            p.shared = Some(region.clone());
+        }
+        self.private -= region.size;
+        Ok(region)
+    }
+
+    /// A physical allocation of this session holding another's shared memory
+    /// (cuMemImportFromShareableHandle).
+    pub fn open_physical(&mut self, region: Arc<SharedRegion>) -> CmdResult<u64> {
+        let map = region.map()?;
+        self.used += region.size;
+        Ok(self.add_physical(Physical { mem: Some(map), size: region.size, released: false, shared: Some(region) }))
     }
 
     /// Whether [va, va + size) is mapped throughout.
@@ -397,7 +649,7 @@ mod tests {
 
     #[test]
     fn accesses_are_confined_to_allocations() {
-        let mut m = DeviceMemory::new(1 << 30);
+        let mut m = DeviceMemory::new(DevicePool::new(1 << 30));
         let a = m.alloc(1000).unwrap();
         let b = m.alloc(10).unwrap();
         assert_eq!(a % 256, 0);
@@ -422,7 +674,7 @@ mod tests {
     #[test]
     fn vmm_mappings_are_contiguous_and_checked() {
         const G: u64 = VMM_GRANULARITY;
-        let mut m = DeviceMemory::new(16 * G);
+        let mut m = DeviceMemory::new(DevicePool::new(16 * G));
         let va = m.reserve(8 * G, 0, 0).unwrap();
         let (p1, p2) = (m.create_physical(G).unwrap(), m.create_physical(2 * G).unwrap());
         assert_eq!(m.used(), 3 * G);
@@ -460,10 +712,30 @@ mod tests {
 
     #[test]
     fn capacity_is_enforced() {
-        let mut m = DeviceMemory::new(4096);
+        let mut m = DeviceMemory::new(DevicePool::new(4096));
         assert_eq!(m.alloc(4097).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY);
         m.alloc(4096).unwrap();
         assert_eq!(m.alloc(1).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY);
         assert_eq!(m.alloc(0).unwrap_err().code, CUDA_ERROR_INVALID_VALUE);
+    }
+
+    #[test]
+    fn sessions_share_the_device_memory() {
+        const G: u64 = VMM_GRANULARITY;
+        let pool = DevicePool::new(4 * G);
+        let mut a = DeviceMemory::new(pool.clone());
+        let mut b = DeviceMemory::new(pool.clone());
+        a.alloc(2 * G).unwrap();
+        assert_eq!(pool.free(), 2 * G);
+        let h = b.create_physical(G).unwrap();
+        assert_eq!(b.alloc(G + 1).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY, "only G is left for anyone");
+        assert_eq!(a.alloc(G + 1).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY);
+        b.release_physical(h).unwrap();
+        assert_eq!(pool.free(), 2 * G);
+        b.alloc(G).unwrap();
+        drop(a);
+        assert_eq!(pool.free(), 3 * G, "an ended session's memory goes back to the device");
+        b.free_all_but(&Default::default());
+        assert_eq!((pool.free(), b.used()), (4 * G, 0));
     }
 }

@@ -480,3 +480,50 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(dev: *mut c_vo
 pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(dev: *mut c_void, mode: *mut c_uint) -> NvmlReturn {
     guard("nvmlDeviceGetPersistenceMode", || with_device(dev, |_, _, _| put(mode, 1)))
 }
+
+// GPU fabric (NVLink switch / multi-node NVLink) state. A vgpu device has no NVLink fabric:
+// NVML then answers as it does for a PCIe H100, state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+// (PyTorch asks before choosing fabric handles for its expandable segments).
+const NVML_GPU_FABRIC_STATE_NOT_SUPPORTED: u8 = 0;
+/// nvmlGpuFabricInfo_v2 / _v3: size | version << 24.
+const NVML_GPU_FABRIC_INFO_V2: c_uint = 36 | (2 << 24);
+const NVML_GPU_FABRIC_INFO_V3: c_uint = 40 | (3 << 24);
+
+/// Fills a fabric-info structure whose clusterUuid starts at byte `at` (after `version` for the
+/// versioned ones): uuid zero, status NOT_SUPPORTED, clique 0, state NOT_SUPPORTED, health
+/// fields (v2, v3) zero ("not supported").
+fn put_no_fabric(out: *mut u8, at: usize, len: usize) -> Result<(), NvmlReturn> {
+    if out.is_null() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    // SAFETY: `out` points at the caller's structure of `len` bytes (its version says which,
+    // or the unversioned call's fixed layout); every write below is inside it.
+    unsafe {
+        std::ptr::write_bytes(out.add(at), 0, len - at);
+        out.add(at + 16).cast::<u32>().write_unaligned(NVML_ERROR_NOT_SUPPORTED);
+        out.add(at + 24).write(NVML_GPU_FABRIC_STATE_NOT_SUPPORTED);
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfo(dev: *mut c_void, out: *mut c_void) -> NvmlReturn {
+    // nvmlGpuFabricInfo_t: clusterUuid[16], status, cliqueId, state (28 bytes).
+    guard("nvmlDeviceGetGpuFabricInfo", || with_device(dev, |_, _, _| put_no_fabric(out.cast(), 0, 28)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfoV(dev: *mut c_void, out: *mut c_void) -> NvmlReturn {
+    guard("nvmlDeviceGetGpuFabricInfoV", || {
+        if out.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null; the caller sets `version` (the first field) before the call.
+        let len = match unsafe { out.cast::<c_uint>().read_unaligned() } {
+            NVML_GPU_FABRIC_INFO_V2 => 36,
+            NVML_GPU_FABRIC_INFO_V3 => 40,
+            _ => return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH),
+        };
+        with_device(dev, |_, _, _| put_no_fabric(out.cast(), 4, len))
+    })
+}

@@ -140,6 +140,11 @@ fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Handle, m: Handle, name: *const c_char) -> CUresult {
     guard("cuModuleGetFunction", || {
+        // A NULL module is what a caller has after a failed load (cuBLASLt asks for each of its
+        // kernels regardless): no module of anyone's, answered here without a warning each time.
+        if m.is_null() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
         let h = get_function(driver()?, handle_of(m), c_str(name)?)?;
         put(f, to_handle(h))
     })

@@ -6,6 +6,8 @@
 use super::*;
 use crate::state;
 use std::ffi::c_int;
+
+const CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: c_int = 0x1;
 use vgpu_uapi::proto::{Op, VMM_GRANULARITY};
 use vgpu_uapi::wire::Reader;
 
@@ -19,7 +21,7 @@ fn device_location(l: MemLocation) -> Result<(), CUresult> {
     Ok(())
 }
 
-/// Device memory, pinned, no shareable handle types (exporting is not supported).
+/// Device memory, pinned, exportable as a POSIX file descriptor or not at all (ipc.rs).
 fn check_prop(prop: *const MemAllocationProp) -> Result<(), CUresult> {
     if prop.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -29,8 +31,9 @@ fn check_prop(prop: *const MemAllocationProp) -> Result<(), CUresult> {
     if p.ty != CU_MEM_ALLOCATION_TYPE_PINNED {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if p.handle_types != 0 {
-        vlog!(crate::log::WARN, "cuMemCreate with shareable handle types is not supported yet");
+    if p.handle_types & !CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR != 0 {
+        // Fabric (multi-node NVLink) and Windows handles.
+        vlog!(crate::log::WARN, "cuMemCreate: shareable handle types other than POSIX file descriptors are not supported");
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
     device_location(p.location)
