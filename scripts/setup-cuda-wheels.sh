@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs NVIDIA's user-space pieces the tests drive (from PyPI, no GPU needed): cudart 12.9 and
 # 13.0 (the real runtime our libcuda must satisfy), nvcc 13.0, pynvml (nvidia-ml-py, a real
-# NVML client) and CuPy with NVRTC. Idempotent; everything lives in a cache outside the repo ($VGPU_CACHE, default
+# NVML client), CuPy with NVRTC, numba-cuda, llama.cpp and PyTorch. Idempotent; everything lives in a cache outside the repo ($VGPU_CACHE, default
 # ~/.cache/vgpu), one folder per component with its own completion stamp.
 set -euo pipefail
 CACHE="${VGPU_CACHE:-$HOME/.cache/vgpu}"
@@ -65,6 +65,15 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: numba-cuda cached in $venv"; e
     nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27 \
     pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 pytest-benchmark==5.3.1 filecheck==1.0.6 cffi==2.1.1 psutil==7.2.2 ml_dtypes==0.7.0
   "$venv/bin/python" -m pip uninstall --quiet --yes nvidia-nvjitlink-cu12
+  touch "$venv/.complete-v1"
+fi
+# PyTorch as users install it ('pip install torch': the CUDA 13 build, with cuBLAS, cuDNN, NCCL
+# and the CUDA runtime from PyPI), for tests/torch_check.py. About 3 GB to fetch, 5.4 GB installed.
+venv=$CACHE/torch-venv
+if [ -f "$venv/.complete-v1" ]; then echo "setup: PyTorch cached in $venv"; else
+  echo "setup: installing PyTorch 2.15.0 (CUDA build) into $venv (about 3 GB to download)"
+  rm -rf "$venv" && python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.15.0 numpy==2.4.6
   touch "$venv/.complete-v1"
 fi
 # llama.cpp as users get it prebuilt with CUDA (cyllama-cuda12: ggml's CUDA backend with

@@ -121,6 +121,11 @@ pub unsafe extern "C" fn cuModuleUnload(m: Handle) -> CUresult {
 
 /// Resolves a kernel by name and remembers its parameter layout for launches.
 fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
+    // A NULL module or library is what a caller holds after a failed load (cuBLASLt asks for
+    // each of its kernels regardless): nobody's, answered here without a warning each time.
+    if module == 0 {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
     let reply = d.call(Op::ModuleGetFunction, &[&module.to_le_bytes(), name.as_bytes()])?;
     let mut r = Reader::new(&reply);
     let info = r.function_info().map_err(|_| CUDA_ERROR_UNKNOWN)?;
@@ -140,11 +145,6 @@ fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Handle, m: Handle, name: *const c_char) -> CUresult {
     guard("cuModuleGetFunction", || {
-        // A NULL module is what a caller has after a failed load (cuBLASLt asks for each of its
-        // kernels regardless): no module of anyone's, answered here without a warning each time.
-        if m.is_null() {
-            return Err(CUDA_ERROR_INVALID_HANDLE);
-        }
         let h = get_function(driver()?, handle_of(m), c_str(name)?)?;
         put(f, to_handle(h))
     })
