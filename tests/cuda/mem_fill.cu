@@ -13,7 +13,7 @@ int main() {
   const size_t chunk = 16 << 20;
   std::vector<void *> got;
   cudaError_t e = cudaSuccess;
-  while (got.size() < 4096) {
+  while (got.size() < 16384) {  // 256 GiB: more than any one GPU has
     void *d = nullptr;
     e = cudaMalloc(&d, chunk);
     if (e != cudaSuccess) break;
