@@ -132,7 +132,6 @@ else
         local name; name=$(basename "$src" .cu)
         case $name in
           keep_working) continue ;;  # runs until killed (the fault tests' program)
-          ipc) continue ;;  # sharing between processes: the sim's only so far (issue 17)
         esac
         build "$name" || { echo "$name: nvcc failed"; failed=1; continue; }
         n=$((n + 1))

@@ -173,6 +173,15 @@ pub trait DeviceSession: Send {
     fn close_memory(&mut self, _base: u64) -> CmdResult<()> {
         Err(not_supported("IPC memory handles"))
     }
+    /// What a worker process sends the mediator of what its session shared (the cuda backend's
+    /// sessions run in workers, see crate::worker), and what the mediator gives another worker
+    /// to open: `shared` as bytes, and back.
+    fn shared_to_bytes(&self, _shared: &Shared) -> CmdResult<Vec<u8>> {
+        Err(not_supported("sharing through a worker"))
+    }
+    fn shared_from_bytes(&self, _kind: u32, _bytes: &[u8]) -> CmdResult<Shared> {
+        Err(not_supported("sharing through a worker"))
+    }
 
     /// cuDevicePrimaryCtxReset: frees the session's memory, streams, events and VMM, as if the
     /// client had disconnected, and clears a faulted context. Loaded modules stay, with the same

@@ -283,6 +283,44 @@ impl<'b> Connection<'b> {
         opened(&mut self.session)
     }
 
+    /// Sharing requests in a worker (crate::worker): the mediator keeps the tokens, the counts
+    /// and the VM's table; here what is shared travels as the backend's own bytes. ShareExport
+    /// replies what u64 and those bytes; ShareImport takes kind u32 and those bytes.
+    fn share_op_in_worker(&mut self, op: Op, r: &mut Reader<'_>, out: &mut Vec<u8>) -> CmdResult<()> {
+        let sess = opened(&mut self.session)?;
+        match op {
+            Op::ShareExport => {
+                let (kind, what) = (r.u32()?, r.u64()?);
+                r.finish()?;
+                let (what, shared) = match kind {
+                    KIND_MEMORY => sess.share_memory(what)?,
+                    KIND_PHYSICAL => (what, sess.share_physical(what)?),
+                    KIND_EVENT => (what, sess.share_event(what)?),
+                    _ => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
+                };
+                out.put_u64(what);
+                out.extend_from_slice(&sess.shared_to_bytes(&shared)?);
+            }
+            Op::ShareImport => {
+                let kind = r.u32()?;
+                let shared = sess.shared_from_bytes(kind, r.rest())?;
+                let (what, size) = match kind {
+                    KIND_MEMORY => sess.open_memory(&shared)?,
+                    KIND_PHYSICAL => sess.open_physical(&shared)?,
+                    _ => (sess.open_event(&shared)?, 0),
+                };
+                out.put_u64(what);
+                out.put_u64(size);
+            }
+            _ => {
+                let base = r.u64()?;
+                r.finish()?;
+                sess.close_memory(base)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The client freed `what`: what it exported of it can no longer be opened.
     fn unshare(&self, kind: u32, what: u64) {
         if let Some(sh) = &self.share {
@@ -293,7 +331,7 @@ impl<'b> Connection<'b> {
     /// Sharing with other processes of the VM (vgpu_uapi::share).
     fn share_op(&mut self, op: Op, r: &mut Reader<'_>, out: &mut Vec<u8>) -> CmdResult<()> {
         let Some(sh) = &self.share else {
-            return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "sharing between processes needs a VM"));
+            return self.share_op_in_worker(op, r, out);
         };
         let (vm, client) = (sh.vm.clone(), sh.client.id);
         let sess = opened(&mut self.session)?;

@@ -11,7 +11,8 @@
 //! The mediator keeps what is shared (scheduling, quotas, accounting, the client's pinned
 //! memory); the worker checks every handle and address again against its own session.
 
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
+use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY};
 use crate::cancel::Reason;
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -25,6 +26,13 @@ use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, MsgHeader, Op, COPY_CHUNK, HEADER_LEN, HELLO_OBSERVER, MSG_MAGIC};
 use vgpu_uapi::wire::{Reader, Writer};
+
+/// What a worker's session shared, as the worker described it (the driver's IPC handle and the
+/// size, for the cuda backend): opaque here, handed to the worker that opens it.
+struct WorkerShared {
+    kind: u32,
+    bytes: Vec<u8>,
+}
 
 /// How to start a worker: the executable (vgpu-hostd) and the driver and device it serves.
 #[derive(Clone, Debug)]
@@ -493,6 +501,24 @@ impl RemoteSession {
         self.call(op, &[&u64s(args)]).map(drop)
     }
 
+    /// What the worker's session shares of `what` (its driver's handle, as bytes: see
+    /// Connection::share_op_in_worker), with the base address of memory.
+    fn export(&self, kind: u32, what: u64) -> CmdResult<(u64, Shared)> {
+        let reply = self.call(Op::ShareExport, &[&kind.to_le_bytes(), &what.to_le_bytes()])?;
+        let mut r = Reader::new(&reply);
+        let base = r.u64().map_err(|_| malformed(Op::ShareExport))?;
+        Ok((base, Arc::new(WorkerShared { kind, bytes: r.rest().to_vec() })))
+    }
+
+    /// Opens in this worker what another worker of the VM shared: (what, size).
+    fn import(&self, kind: u32, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let s = shared.downcast_ref::<WorkerShared>().filter(|s| s.kind == kind).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not shared through a cuda worker"))?;
+        let reply = self.call(Op::ShareImport, &[&kind.to_le_bytes(), &s.bytes])?;
+        let mut r = Reader::new(&reply);
+        let (what, size) = (r.u64().map_err(|_| malformed(Op::ShareImport))?, r.u64().map_err(|_| malformed(Op::ShareImport))?);
+        Ok((what, size))
+    }
+
     fn start_worker(&self) -> Result<Worker, Failure> {
         let mut w = Worker::spawn(&self.spec).map_err(|e| Failure::Lost(CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot start a cuda worker: {e}"))))?;
         tracing::debug!(client = self.pid, worker = w.child.id(), "cuda worker started");
@@ -762,6 +788,30 @@ impl DeviceSession for RemoteSession {
 
     fn surf_destroy(&mut self, surf: u64) -> CmdResult<()> {
         self.call_unit(Op::SurfObjectDestroy, &[surf])
+    }
+
+    fn share_memory(&mut self, dptr: u64) -> CmdResult<(u64, Shared)> {
+        self.export(KIND_MEMORY, dptr)
+    }
+
+    fn share_event(&mut self, event: u64) -> CmdResult<Shared> {
+        self.export(KIND_EVENT, event).map(|(_, s)| s)
+    }
+
+    fn open_memory(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let r = self.import(KIND_MEMORY, shared);
+        self.refresh_usage();
+        r
+    }
+
+    fn open_event(&mut self, shared: &Shared) -> CmdResult<u64> {
+        self.import(KIND_EVENT, shared).map(|(e, _)| e)
+    }
+
+    fn close_memory(&mut self, base: u64) -> CmdResult<()> {
+        let r = self.call_unit(Op::ShareClose, &[base]);
+        self.refresh_usage();
+        r
     }
 
     fn reset(&mut self) -> CmdResult<()> {

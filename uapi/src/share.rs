@@ -20,6 +20,14 @@ pub const TOKEN_LEN: usize = 16;
 /// CU_IPC_HANDLE_SIZE.
 pub const HANDLE_LEN: usize = 64;
 const MAGIC: [u8; 8] = *b"vgpu-ipc";
+/// CUipcMemHandle / CUipcEventHandle (cuda.h), passed by value: libcuda receives them from
+/// applications, the cuda backend passes a real driver's between its workers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpcHandle {
+    pub data: [u8; HANDLE_LEN],
+}
+
 /// Bytes [`encode`] fills (the rest of a handle is zero).
 pub const ENCODED_LEN: usize = 8 + 4 + 4 + TOKEN_LEN;
 

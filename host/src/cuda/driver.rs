@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use vgpu_uapi::array::c as array;
 use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp};
 use vgpu_uapi::cuda::*;
+use vgpu_uapi::share::IpcHandle;
 
 pub type Ptr = *mut c_void;
 
@@ -100,6 +101,11 @@ entry_points! {
     cuTexObjectDestroy: fn(u64);
     cuSurfObjectCreate: fn(*mut u64, *const array::ResourceDesc);
     cuSurfObjectDestroy: fn(u64);
+    cuIpcGetMemHandle: fn(*mut IpcHandle, u64);
+    cuIpcOpenMemHandle_v2: fn(*mut u64, IpcHandle, c_uint);
+    cuIpcCloseMemHandle: fn(u64);
+    cuIpcGetEventHandle: fn(*mut IpcHandle, Ptr);
+    cuIpcOpenEventHandle: fn(*mut Ptr, IpcHandle);
 }
 
 /// A loaded driver: the library (kept loaded) and its entry points.

@@ -10,7 +10,8 @@
 
 pub mod driver;
 
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, UsageTable};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
+use vgpu_uapi::share::{IpcHandle, HANDLE_LEN, KIND_EVENT, KIND_MEMORY};
 use driver::{c_name, CudaDriver, Ptr};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
@@ -106,11 +107,11 @@ fn device_info(drv: &CudaDriver, ordinal: i32) -> CmdResult<DeviceInfo> {
             *slot = v;
         }
     }
-    // What the driver can do but this backend does not give guests yet: sharing between
-    // processes (IPC and shareable handles; the sim has it, see host/src/share.rs).
+    // What the driver can do but this backend does not give guests yet: VMM memory shared as
+    // file descriptors (a descriptor would have to travel between workers), fabric handles and
+    // shareable pools. IPC memory and event handles it has (the driver's, between workers).
     for id in [
         vgpu_uapi::cuda::attr::HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
-        vgpu_uapi::cuda::attr::IPC_EVENT_SUPPORTED,
         vgpu_uapi::cuda::attr::HANDLE_TYPE_FABRIC_SUPPORTED,
         vgpu_uapi::cuda::attr::MEMPOOL_SUPPORTED_HANDLE_TYPES,
     ] {
@@ -184,6 +185,7 @@ impl Backend for CudaBackend {
             extended: 0,
             arrays: HashMap::new(),
             objects: HashMap::new(),
+            opened: BTreeMap::new(),
         }))
     }
 }
@@ -238,6 +240,17 @@ pub struct CudaSession {
     /// a texture).
     arrays: HashMap<u64, (Raw, ArrayDesc)>,
     objects: HashMap<u64, bool>,
+    /// Memory another worker's session shared, opened with the driver's IPC handle: base -> size.
+    opened: BTreeMap<u64, u64>,
+}
+
+/// What a session of this backend shares with another (host/src/share.rs): the driver's own IPC
+/// handle, which another worker's context opens, and the memory's size. As bytes between the
+/// workers and the mediator: the handle, then the size (u64, little-endian).
+struct CudaShared {
+    kind: u32,
+    handle: IpcHandle,
+    size: u64,
 }
 
 /// Timed launches (event pairs) pending at most. Past that the GPU is behind the client: a
@@ -266,7 +279,8 @@ impl CudaSession {
 
     /// Device memory the session holds: allocations and VMM physical allocations.
     fn held(&self) -> u64 {
-        self.allocs.values().sum::<u64>() + self.physical.values().map(|&(_, s)| s).sum::<u64>() + self.arrays.values().map(|(_, d)| d.bytes()).sum::<u64>()
+        // Opened memory is counted too (its owner may free it while it stays mapped here).
+        self.allocs.values().sum::<u64>() + self.physical.values().map(|&(_, s)| s).sum::<u64>() + self.arrays.values().map(|(_, d)| d.bytes()).sum::<u64>() + self.opened.values().sum::<u64>()
     }
 
     /// The driver's array for a client handle.
@@ -354,7 +368,8 @@ impl CudaSession {
     /// of this session: nothing else of the GPU is the client's to touch.
     fn check_range(&self, addr: u64, len: u64) -> CmdResult<()> {
         let end = addr.checked_add(len).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "address range overflows"))?;
-        let in_alloc = self.allocs.range(..=addr).next_back().is_some_and(|(&b, &s)| end <= b + s);
+        let inside = |m: &BTreeMap<u64, u64>| m.range(..=addr).next_back().is_some_and(|(&b, &s)| end <= b + s);
+        let in_alloc = inside(&self.allocs) || inside(&self.opened);
         let in_global = self.modules.values().flat_map(|m| &m.globals).any(|&(b, s)| addr >= b && end <= b + s);
         if in_alloc || in_global || (len > 0 && self.mapped_span(addr, end)) {
             Ok(())
@@ -424,6 +439,9 @@ impl Drop for CudaSession {
                 for e in self.events.values() {
                     (api.cuEventDestroy_v2)(e.0);
                 }
+                for &base in self.opened.keys() {
+                    (api.cuIpcCloseMemHandle)(base);
+                }
                 for s in self.streams.values() {
                     (api.cuStreamDestroy_v2)(s.0);
                 }
@@ -486,6 +504,7 @@ impl DeviceSession for CudaSession {
         self.physical.clear();
         self.reserved.clear();
         self.allocs.clear();
+        self.opened.clear();
         self.arrays.clear();
         self.objects.clear();
         self.account();
@@ -665,12 +684,82 @@ impl DeviceSession for CudaSession {
     }
 
     fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)> {
-        self.allocs
-            .range(..=dptr)
-            .next_back()
-            .filter(|(&b, &s)| dptr < b + s)
-            .map(|(&b, &s)| (b, s))
+        let within = |m: &BTreeMap<u64, u64>| m.range(..=dptr).next_back().filter(|(&b, &s)| dptr < b + s).map(|(&b, &s)| (b, s));
+        within(&self.allocs)
+            .or_else(|| within(&self.opened))
             .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not inside an allocation of this client")))
+    }
+
+    fn share_memory(&mut self, dptr: u64) -> CmdResult<(u64, Shared)> {
+        let (base, size) = self.allocs.range(..=dptr).next_back().filter(|(&b, &s)| dptr < b + s).map(|(&b, &s)| (b, s)).ok_or_else(|| {
+            CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is not inside a cuMemAlloc allocation of this client"))
+        })?;
+        self.enter()?;
+        let mut handle = IpcHandle { data: [0; HANDLE_LEN] };
+        // SAFETY: valid out-pointer; an allocation of this session (checked above).
+        self.drv.ok(unsafe { (self.drv.api.cuIpcGetMemHandle)(&mut handle, base) }, "cuIpcGetMemHandle")?;
+        Ok((base, Arc::new(CudaShared { kind: KIND_MEMORY, handle, size })))
+    }
+
+    fn share_event(&mut self, event: u64) -> CmdResult<Shared> {
+        let e = self.event(event)?;
+        self.enter()?;
+        let mut handle = IpcHandle { data: [0; HANDLE_LEN] };
+        // SAFETY: valid out-pointer; an event of this session. The driver checks its flags
+        // (CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING).
+        self.drv.ok(unsafe { (self.drv.api.cuIpcGetEventHandle)(&mut handle, e) }, "cuIpcGetEventHandle")?;
+        Ok(Arc::new(CudaShared { kind: KIND_EVENT, handle, size: 0 }))
+    }
+
+    fn shared_to_bytes(&self, shared: &Shared) -> CmdResult<Vec<u8>> {
+        let s = shared.downcast_ref::<CudaShared>().ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not shared by this backend"))?;
+        Ok([&s.handle.data[..], &s.size.to_le_bytes()].concat())
+    }
+
+    fn shared_from_bytes(&self, kind: u32, bytes: &[u8]) -> CmdResult<Shared> {
+        let bad = || CmdError::new(CUDA_ERROR_INVALID_VALUE, "malformed shared handle");
+        if bytes.len() != HANDLE_LEN + 8 {
+            return Err(bad());
+        }
+        let data = bytes[..HANDLE_LEN].try_into().map_err(|_| bad())?;
+        let size = u64::from_le_bytes(bytes[HANDLE_LEN..].try_into().map_err(|_| bad())?);
+        Ok(Arc::new(CudaShared { kind, handle: IpcHandle { data }, size }))
+    }
+
+    fn open_memory(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let s = shared.downcast_ref::<CudaShared>().filter(|s| s.kind == KIND_MEMORY).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not memory shared by this backend"))?;
+        self.enter()?;
+        let mut p = 0u64;
+        // SAFETY: valid out-pointer; the handle is one the driver made in another worker (the
+        // mediator passes only what a worker of the same VM exported); flags:
+        // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, the only one.
+        self.drv.ok(unsafe { (self.drv.api.cuIpcOpenMemHandle_v2)(&mut p, s.handle, 1) }, "cuIpcOpenMemHandle")?;
+        self.opened.insert(p, s.size);
+        self.account();
+        Ok((p, s.size))
+    }
+
+    fn open_event(&mut self, shared: &Shared) -> CmdResult<u64> {
+        let s = shared.downcast_ref::<CudaShared>().filter(|s| s.kind == KIND_EVENT).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not an event shared by this backend"))?;
+        self.enter()?;
+        let mut e: Ptr = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; a handle the driver made in another worker (see open_memory).
+        self.drv.ok(unsafe { (self.drv.api.cuIpcOpenEventHandle)(&mut e, s.handle) }, "cuIpcOpenEventHandle")?;
+        let h = self.handle();
+        self.events.insert(h, Raw(e));
+        Ok(h)
+    }
+
+    fn close_memory(&mut self, base: u64) -> CmdResult<()> {
+        if !self.opened.contains_key(&base) {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{base:#x} is not memory opened from another process")));
+        }
+        self.enter()?;
+        // SAFETY: memory this session opened with cuIpcOpenMemHandle (checked above).
+        self.drv.ok(unsafe { (self.drv.api.cuIpcCloseMemHandle)(base) }, "cuIpcCloseMemHandle")?;
+        self.opened.remove(&base);
+        self.account();
+        Ok(())
     }
 
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {

@@ -9,15 +9,8 @@ use super::*;
 use crate::state;
 use std::ffi::{c_int, c_uint};
 use vgpu_uapi::proto::Op;
-use vgpu_uapi::share::{self, HANDLE_LEN, KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL, TOKEN_LEN};
+use vgpu_uapi::share::{self, IpcHandle, KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL, TOKEN_LEN};
 use vgpu_uapi::wire::Reader;
-
-/// CUipcMemHandle / CUipcEventHandle, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct IpcHandle {
-    data: [u8; HANDLE_LEN],
-}
 
 const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: c_uint = 0x1;
 const CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: c_int = 0x1;
