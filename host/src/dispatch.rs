@@ -107,6 +107,27 @@ fn survives_sticky_error(op: Op) -> bool {
     )
 }
 
+/// What the session shares of `what` for `kind` (vgpu_uapi::share): the base address of memory
+/// (or `what` itself), and the backend's object.
+fn share_of(sess: &mut dyn DeviceSession, kind: u32, what: u64) -> CmdResult<(u64, crate::backend::Shared)> {
+    match kind {
+        KIND_MEMORY => sess.share_memory(what),
+        KIND_PHYSICAL => Ok((what, sess.share_physical(what)?)),
+        KIND_EVENT => Ok((what, sess.share_event(what)?)),
+        _ => Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
+    }
+}
+
+/// Opens in the session what another shared: (base address, physical allocation or event; size).
+fn open_shared(sess: &mut dyn DeviceSession, kind: u32, shared: &crate::backend::Shared) -> CmdResult<(u64, u64)> {
+    match kind {
+        KIND_MEMORY => sess.open_memory(shared),
+        KIND_PHYSICAL => sess.open_physical(shared),
+        KIND_EVENT => Ok((sess.open_event(shared)?, 0)),
+        _ => Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
+    }
+}
+
 fn name_arg(bytes: &[u8]) -> CmdResult<&str> {
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "bad symbol name length"));
@@ -292,23 +313,14 @@ impl<'b> Connection<'b> {
             Op::ShareExport => {
                 let (kind, what) = (r.u32()?, r.u64()?);
                 r.finish()?;
-                let (what, shared) = match kind {
-                    KIND_MEMORY => sess.share_memory(what)?,
-                    KIND_PHYSICAL => (what, sess.share_physical(what)?),
-                    KIND_EVENT => (what, sess.share_event(what)?),
-                    _ => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
-                };
+                let (what, shared) = share_of(sess, kind, what)?;
                 out.put_u64(what);
                 out.extend_from_slice(&sess.shared_to_bytes(&shared)?);
             }
             Op::ShareImport => {
                 let kind = r.u32()?;
                 let shared = sess.shared_from_bytes(kind, r.rest())?;
-                let (what, size) = match kind {
-                    KIND_MEMORY => sess.open_memory(&shared)?,
-                    KIND_PHYSICAL => sess.open_physical(&shared)?,
-                    _ => (sess.open_event(&shared)?, 0),
-                };
+                let (what, size) = open_shared(sess, kind, &shared)?;
                 out.put_u64(what);
                 out.put_u64(size);
             }
@@ -339,12 +351,7 @@ impl<'b> Connection<'b> {
             Op::ShareExport => {
                 let (kind, what) = (r.u32()?, r.u64()?);
                 r.finish()?;
-                let (what, shared) = match kind {
-                    KIND_MEMORY => sess.share_memory(what)?,
-                    KIND_PHYSICAL => (what, sess.share_physical(what)?),
-                    KIND_EVENT => (what, sess.share_event(what)?),
-                    _ => return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("unknown kind of shared object {kind}"))),
-                };
+                let (what, shared) = share_of(sess, kind, what)?;
                 out.extend_from_slice(&vm.shares.export(client, kind, what, shared)?);
             }
             Op::ShareImport => {
@@ -359,13 +366,12 @@ impl<'b> Connection<'b> {
                             (*base, *size)
                         }
                         None => {
-                            let (base, size) = sess.open_memory(&shared)?;
+                            let (base, size) = open_shared(sess, kind, &shared)?;
                             self.opened.insert(token, (base, size, 1));
                             (base, size)
                         }
                     },
-                    KIND_PHYSICAL => sess.open_physical(&shared)?,
-                    _ => (sess.open_event(&shared)?, 0),
+                    _ => open_shared(sess, kind, &shared)?,
                 };
                 out.put_u64(what);
                 out.put_u64(size);
