@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int};
 #[no_mangle]
 pub unsafe extern "C" fn cuInit(flags: u32) -> CUresult {
     guard("cuInit", || {
+        logs::start();
         if flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
