@@ -208,7 +208,7 @@ impl DeviceMemory {
         }
     }
 
-    /// `span` bytes of device addresses for a new region (the gap after it included).
+    /// Device addresses for a new region of `bytes` bytes (and the gap kept after it).
     fn place(&mut self, bytes: u64) -> CmdResult<u64> {
         let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("no room for {bytes} bytes of device memory"));
         let span = bytes.checked_add(GAP + ALIGN - 1).ok_or_else(oom)? & !(ALIGN - 1);
