@@ -126,6 +126,14 @@ fn map_memfd(file: &std::fs::File, size: u64) -> CmdResult<MmapMut> {
     unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }.map_err(|_| map_failed())
 }
 
+/// `len` bytes of zeroed host memory, committed as it is touched. MAP_NORESERVE: the device's
+/// size, not the host's swap, is what bounds an allocation (a 56 GiB cudaMalloc on an 80 GiB
+/// device must not fail because the host has less memory than that; what a VM can make the host
+/// commit is bounded by its memory quota).
+fn anon(len: usize) -> std::io::Result<MmapMut> {
+    memmap2::MmapOptions::new().len(len).no_reserve_swap().map_anon()
+}
+
 fn map_failed() -> CmdError {
     CmdError::new(CUDA_ERROR_MAP_FAILED, "cannot map shared device memory")
 }
@@ -229,7 +237,7 @@ impl DeviceMemory {
         if !self.charge(bytes) {
             return Err(oom());
         }
-        let map = match MmapMut::map_anon(len) {
+        let map = match anon(len) {
             Ok(m) => m,
             Err(_) => {
                 self.uncharge(bytes, false);
@@ -441,7 +449,7 @@ impl DeviceMemory {
         if !self.charge(size) {
             return Err(oom());
         }
-        let map = match MmapMut::map_anon(len) {
+        let map = match anon(len) {
             Ok(m) => m,
             Err(_) => {
                 self.uncharge(size, false);
