@@ -727,6 +727,23 @@ mod tests {
         assert_eq!(m.alloc(0).unwrap_err().code, CUDA_ERROR_INVALID_VALUE);
     }
 
+    /// An allocation larger than the host's memory and swap succeeds (it is committed only as it
+    /// is touched), as on an 80 GiB device the guest may ask for 56 GiB at once.
+    #[test]
+    fn a_large_allocation_is_not_bounded_by_the_hosts_memory() {
+        if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "2") {
+            eprintln!("skipped: this host never overcommits (vm.overcommit_memory = 2)");
+            return;
+        }
+        let mut m = DeviceMemory::new(DevicePool::new(1 << 50));
+        let big = m.alloc(1 << 42).expect("4 TiB, untouched");
+        m.write(big + (1 << 41), &[1, 2, 3]).unwrap();
+        let mut back = [0; 3];
+        m.read(big + (1 << 41), &mut back).unwrap();
+        assert_eq!(back, [1, 2, 3]);
+        m.free(big).unwrap();
+    }
+
     #[test]
     fn sessions_share_the_device_memory() {
         const G: u64 = VMM_GRANULARITY;
