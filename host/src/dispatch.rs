@@ -381,9 +381,9 @@ impl<'b> Connection<'b> {
                 let base = r.u64()?;
                 r.finish()?;
                 let bad = || CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{base:#x} is not memory opened with cuIpcOpenMemHandle"));
-                let (&token, &(_, _, n)) = self.opened.iter().find(|(_, (b, _, _))| *b == base).ok_or_else(bad)?;
-                if n > 1 {
-                    self.opened.insert(token, (base, self.opened[&token].1, n - 1));
+                let (&token, (_, _, n)) = self.opened.iter_mut().find(|(_, (b, _, _))| *b == base).ok_or_else(bad)?;
+                if *n > 1 {
+                    *n -= 1;
                 } else {
                     sess.close_memory(base)?;
                     self.opened.remove(&token);
