@@ -216,6 +216,19 @@ impl DeviceMemory {
         }
     }
 
+    /// `bytes` of the device for this session, as zeroed host memory; `oom` when there is not
+    /// that much (on the device or on the host).
+    fn take(&mut self, bytes: u64, oom: impl Fn() -> CmdError) -> CmdResult<MmapMut> {
+        let len = usize::try_from(bytes).map_err(|_| oom())?;
+        if !self.charge(bytes) {
+            return Err(oom());
+        }
+        anon(len).map_err(|_| {
+            self.uncharge(bytes, false);
+            oom()
+        })
+    }
+
     /// Device addresses for a new region of `bytes` bytes (and the gap kept after it).
     fn place(&mut self, bytes: u64) -> CmdResult<u64> {
         let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("no room for {bytes} bytes of device memory"));
@@ -232,18 +245,7 @@ impl DeviceMemory {
         if bytes == 0 {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "zero-byte allocation"));
         }
-        let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot allocate {bytes} bytes of device memory"));
-        let len = usize::try_from(bytes).map_err(|_| oom())?;
-        if !self.charge(bytes) {
-            return Err(oom());
-        }
-        let map = match anon(len) {
-            Ok(m) => m,
-            Err(_) => {
-                self.uncharge(bytes, false);
-                return Err(oom());
-            }
-        };
+        let map = self.take(bytes, || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot allocate {bytes} bytes of device memory")))?;
         let base = match self.place(bytes) {
             Ok(b) => b,
             Err(e) => {
@@ -444,18 +446,7 @@ impl DeviceMemory {
         if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return Err(Self::vmm_err(format!("size {size} is not a positive multiple of the {VMM_GRANULARITY}-byte granularity")));
         }
-        let oom = || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot create a physical allocation of {size} bytes"));
-        let len = usize::try_from(size).map_err(|_| oom())?;
-        if !self.charge(size) {
-            return Err(oom());
-        }
-        let map = match anon(len) {
-            Ok(m) => m,
-            Err(_) => {
-                self.uncharge(size, false);
-                return Err(oom());
-            }
-        };
+        let map = self.take(size, || CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot create a physical allocation of {size} bytes")))?;
         Ok(self.add_physical(Physical { mem: Some(map), size, released: false, shared: None }))
     }
 
