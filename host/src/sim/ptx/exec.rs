@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::collections::HashMap;
 
+mod regs;
 mod warp;
+use regs::{Lane, RegFile, Regs, RegsMut, WARP};
 pub(crate) use warp::Fast;
 pub use warp::{with_engine, Engine};
 
@@ -364,7 +366,7 @@ impl<'a> Launch<'a> {
 /// a block waiting on an earlier one's flag, as CUB's decoupled look-back does, can progress).
 fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     let cfg = l.cfg;
-    let mut regs = vec![0u64; b.nthreads * b.nregs];
+    let mut regs = RegFile::new(b.nthreads, b.nregs);
     let mut local = vec![0u8; b.nthreads * b.per_thread_local];
     let mut pcs = vec![0u32; b.nthreads];
     let mut state = vec![RUN; b.nthreads];
@@ -402,7 +404,7 @@ const GRID_HANDLE: u64 = 0x6772_6964;
 
 /// One block's threads, kept while the other blocks of a grid-synchronizing launch run.
 struct ResidentBlock {
-    regs: Vec<u64>,
+    regs: RegFile,
     local: Vec<u8>,
     pcs: Vec<u32>,
     state: Vec<u8>,
@@ -421,7 +423,7 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     let (run, cfg) = (l.run, l.cfg);
     let mut blocks: Vec<ResidentBlock> = (0..nblocks)
         .map(|_| ResidentBlock {
-            regs: vec![0u64; b.nthreads * b.nregs],
+            regs: RegFile::new(b.nthreads, b.nregs),
             local: vec![0u8; b.nthreads * b.per_thread_local],
             pcs: vec![0u32; b.nthreads],
             state: vec![RUN; b.nthreads],
@@ -542,6 +544,26 @@ fn bin_value(op: Bin, ty: Ty, m: Mods, x: u64, y: u64) -> Option<u64> {
     } else {
         int_bin(op, ty, x, y)
     })
+}
+
+/// `.f16x2`/`.bf16x2` (and 16-bit integer pairs): `op` on each 16-bit half. None for an
+/// operation the halves' type does not have.
+fn half2_value(op: Half2Op, ty: Ty, m: Mods, x: u64, y: u64, z: u64) -> Option<u64> {
+    let half = |k: u32| -> Option<u64> {
+        let (x, y, z) = ((x >> k) & 0xffff, (y >> k) & 0xffff, (z >> k) & 0xffff);
+        Some(match op {
+            // 16-bit integer lanes (min/max.{u16x2,s16x2}): .relu clamps below 0.
+            Half2Op::Bin(bin) if !ty.float() => {
+                let r = mask(int_bin(bin, ty, x, y), 16);
+                if m.relu && ty.signed() && sext(r, 16) < 0 { 0 } else { r }
+            }
+            Half2Op::Bin(bin) => float::bin(bin, ty, m, x, y)?,
+            Half2Op::Fma => float::fma(ty, m, x, y, z),
+            Half2Op::Neg => float::unary(Un::Neg, ty, m, x).unwrap_or(x),
+            Half2Op::Abs => float::unary(Un::Abs, ty, m, x).unwrap_or(x),
+        })
+    };
+    Some(half(0)? | half(16)? << 16)
 }
 
 /// mul.wide / mad.wide: the full product of two `ty` values (plus `c`), 2 * width bits.
@@ -690,6 +712,7 @@ fn prmt_value(mode: Option<u8>, a: u64, b: u64, sel: u64) -> u64 {
     }
 }
 
+#[inline]
 fn int_bin(op: Bin, ty: Ty, a: u64, b: u64) -> u64 {
     let bits = ty.bits();
     let signed = ty.signed();
@@ -777,9 +800,14 @@ fn normalize(ty: Ty, v: u64) -> u64 {
 
 /// A comparison's result combined with a predicate register (setp/set `.and/.or/.xor`, the
 /// register maybe negated), or as it is.
-fn combined(comb: Option<(BoolOp, u32, bool)>, regs: &[u64], x: bool) -> bool {
-    let Some((op, c, neg)) = comb else { return x };
-    let c = (regs.get(c as usize).copied().unwrap_or(0) != 0) != neg;
+fn combined(comb: Option<(BoolOp, u32, bool)>, regs: &Lane<impl AsRef<[u64]>>, x: bool) -> bool {
+    combine(comb, comb.map_or(0, |(_, c, _)| regs.get(c)), x)
+}
+
+/// `combined`, given the value `c` of the predicate register it names.
+fn combine(comb: Option<(BoolOp, u32, bool)>, c: u64, x: bool) -> bool {
+    let Some((op, _, neg)) = comb else { return x };
+    let c = (c != 0) != neg;
     match op {
         BoolOp::And => x && c,
         BoolOp::Or => x || c,
@@ -838,7 +866,7 @@ fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
 }
 
 /// A thread's current function, its registers and symbols, and the end of its local frame.
-type Current<'a, 'f> = (&'a Kernel, &'f [u64], &'f [u64], u64);
+type Current<'a, 'f> = (&'a Kernel, Regs<'f>, &'f [u64], u64);
 
 /// A device function a thread is running: its registers and symbols, its frame in the thread's
 /// local memory, and the caller's `call` instruction, after which the caller resumes.
@@ -886,8 +914,8 @@ fn at_in(k: &Kernel, i: &Inst) -> String {
 }
 
 /// The address an operand names, given the registers and symbols of the function it is in.
-fn addr_in(o: &Opnd, regs: &[u64], syms: &[u64]) -> Option<u64> {
-    let reg = |r: &u32| regs.get(*r as usize).copied().unwrap_or(0);
+fn addr_in(o: &Opnd, regs: &Lane<impl AsRef<[u64]>>, syms: &[u64]) -> Option<u64> {
+    let reg = |r: &u32| regs.get(*r);
     let sym = |s: &u32| syms.get(*s as usize).copied().unwrap_or(0);
     match o {
         Opnd::Addr(base, off) => {
@@ -906,10 +934,10 @@ fn addr_in(o: &Opnd, regs: &[u64], syms: &[u64]) -> Option<u64> {
 
 impl<'a> Ctx<'a> {
     /// Runs the block `self.ctaid` to its end.
-    fn run_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
+    fn run_block(&mut self, b: &BlockShape, regs: &mut RegFile, local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         self.shared.fill(0);
         self.warp_spin.clear();
-        regs.fill(0);
+        regs.clear();
         local.fill(0);
         pcs.fill(0);
         state.fill(RUN);
@@ -923,8 +951,8 @@ impl<'a> Ctx<'a> {
 
     /// Runs the block `self.ctaid` from where its threads are until all have exited (true) or
     /// all that have not wait at a grid-wide barrier (false; they resume after it).
-    fn resume_block(&mut self, b: &BlockShape, regs: &mut [u64], local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<BlockRun, ExecError> {
-        let (nthreads, nregs, ptl) = (b.nthreads, b.nregs, b.per_thread_local);
+    fn resume_block(&mut self, b: &BlockShape, regs: &mut RegFile, local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<BlockRun, ExecError> {
+        let (nthreads, ptl) = (b.nthreads, b.per_thread_local);
         loop {
             let events_before = self.mbar_events;
             // Whether a thread got past its wait this round (or ran without one).
@@ -958,10 +986,9 @@ impl<'a> Ctx<'a> {
                     if state[t] != RUN {
                         continue;
                     }
-                    let r = &mut regs[t * nregs..(t + 1) * nregs];
                     let l = &mut local[t * ptl..(t + 1) * ptl];
                     let at = (pcs[t], calls[t].len());
-                    state[t] = self.run_thread(t as u32, &mut pcs[t], r, l, &mut calls[t], Resume::Block)?;
+                    state[t] = self.run_thread(t as u32, &mut pcs[t], &mut regs.lane_mut(t), l, &mut calls[t], Resume::Block)?;
                     if state[t] == PREEMPTED {
                         state[t] = RUN;
                         return Ok(BlockRun::Preempted);
@@ -969,7 +996,7 @@ impl<'a> Ctx<'a> {
                     ran_on |= state[t] != YIELDED || (pcs[t], calls[t].len()) != at;
                 }
             }
-            if self.warp_collectives(state, pcs, regs, nregs, calls)? {
+            if self.warp_collectives(state, pcs, regs, calls)? {
                 continue;
             }
             let live = state.iter().filter(|&&s| s != DONE).count();
@@ -1007,7 +1034,7 @@ impl<'a> Ctx<'a> {
             }
             // Everyone still alive is at a barrier: release them (exited threads count as
             // arrived, as on the hardware).
-            self.barrier_reduction(state, pcs, regs, nregs, calls)?;
+            self.barrier_reduction(state, pcs, regs, calls)?;
             for t in 0..nthreads {
                 if state[t] == AT_BARRIER {
                     state[t] = RUN;
@@ -1019,7 +1046,7 @@ impl<'a> Ctx<'a> {
 
     /// bar.red: the threads at the barrier that reduce each give a predicate; each of them
     /// gets the population count, AND or OR of all of them.
-    fn barrier_reduction(&self, state: &[u8], pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
+    fn barrier_reduction(&self, state: &[u8], pcs: &[u32], regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         let reducing: Vec<(usize, &'a Inst)> = (0..state.len())
             .filter(|&t| state[t] == AT_BARRIER)
             .map(|t| (t, self.lane_inst(pcs[t], &calls[t]).1))
@@ -1029,10 +1056,10 @@ impl<'a> Ctx<'a> {
         for &(t, i) in &reducing {
             let Op::Bar { red: Some((_, _, c, neg)) } = &i.op else { continue };
             let r = match calls[t].last() {
-                Some(fr) => &fr.regs[..],
-                None => &regs[t * nregs..(t + 1) * nregs],
+                Some(fr) => Regs::flat(&fr.regs),
+                None => regs.lane(t),
             };
-            let v = (r.get(*c as usize).copied().unwrap_or(0) != 0) != *neg;
+            let v = (r.get(*c) != 0) != *neg;
             count += v as u64;
             all &= v;
             any |= v;
@@ -1044,9 +1071,9 @@ impl<'a> Ctx<'a> {
                 BarRed::And => (all as u64, Ty::Pred),
                 BarRed::Or => (any as u64, Ty::Pred),
             };
-            let r = match calls[t].last_mut() {
-                Some(fr) => &mut fr.regs[..],
-                None => &mut regs[t * nregs..(t + 1) * nregs],
+            let r = &mut match calls[t].last_mut() {
+                Some(fr) => RegsMut::flat(&mut fr.regs),
+                None => regs.lane_mut(t),
             };
             self.set(d, ty, v, r, i)?;
         }
@@ -1098,16 +1125,16 @@ impl<'a> Ctx<'a> {
     /// Runs every warp collective whose lanes have all arrived: lanes waiting at the same
     /// instruction form a group; of it, the lanes run whose masks name no live lane outside
     /// them (lanes that exited, or beyond the block's end, are left out). Returns whether any ran.
-    fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+    fn warp_collectives(&mut self, state: &mut [u8], pcs: &mut [u32], regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
         let mut fired = false;
         for w0 in (0..state.len()).step_by(32) {
-            fired |= self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)?;
+            fired |= self.warp_collectives_of(w0, state, pcs, regs, calls)?;
         }
         Ok(fired)
     }
 
     /// warp_collectives for the warp starting at thread `w0`.
-    fn warp_collectives_of(&mut self, w0: usize, state: &mut [u8], pcs: &mut [u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+    fn warp_collectives_of(&mut self, w0: usize, state: &mut [u8], pcs: &mut [u32], regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
         let lanes = (state.len() - w0).min(32);
         let mut fired = false;
         let live: u32 = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0, |m, l| m | 1 << l);
@@ -1117,7 +1144,7 @@ impl<'a> Ctx<'a> {
             let key = self.meet_key(pcs[w0 + first], &calls[w0 + first]);
             let group: u32 = (0..lanes).filter(|&l| waiting & (1 << l) != 0 && self.meet_key(pcs[w0 + l], &calls[w0 + l]) == key).fold(0, |m, l| m | 1 << l);
             waiting &= !group;
-            let ran = self.warp_op(w0, group, live, pcs, regs, nregs, calls)?;
+            let ran = self.warp_op(w0, group, live, pcs, regs, calls)?;
             for l in 0..lanes {
                 if ran & (1 << l) != 0 {
                     state[w0 + l] = RUN;
@@ -1132,7 +1159,7 @@ impl<'a> Ctx<'a> {
     /// Runs the collective the lanes in `group` of the warp starting at thread `w0` wait at,
     /// for those of them whose masks' live lanes have all arrived. Returns the lanes it ran for.
     #[allow(clippy::too_many_arguments)]
-    fn warp_op(&mut self, w0: usize, group: u32, live: u32, pcs: &[u32], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<u32, ExecError> {
+    fn warp_op(&mut self, w0: usize, group: u32, live: u32, pcs: &[u32], regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<u32, ExecError> {
         let bl = self.cfg.block;
         let first = (0..32).find(|&l| group & (1 << l) != 0).map(|l| self.lane_inst(pcs[w0 + l], &calls[w0 + l]));
         if let Some((f, i @ Inst { op: Op::Warp { op: WarpOp::Ldmatrix { .. } | WarpOp::Mma(_), .. }, .. })) = first {
@@ -1140,7 +1167,7 @@ impl<'a> Ctx<'a> {
             if group != u32::MAX || live != u32::MAX {
                 return Err(ExecError::Undefined(format!("{} is executed by lanes {group:#010x} of a warp, not by all 32 together", at_in(f, i))));
             }
-            self.matrix_op(w0, i, regs, nregs, calls)?;
+            self.matrix_op(w0, i, regs, calls)?;
             self.executed += 32;
             return Ok(group);
         }
@@ -1154,13 +1181,13 @@ impl<'a> Ctx<'a> {
                 return Err(ExecError::Unsupported(format!("instruction {}", at_in(f, i))));
             };
             let (r, syms) = match calls[t].last() {
-                Some(fr) => (&fr.regs[..], &fr.syms[..]),
-                None => (&regs[t * nregs..(t + 1) * nregs], &self.syms[..]),
+                Some(fr) => (Regs::flat(&fr.regs), &fr.syms[..]),
+                None => (regs.lane(t), &self.syms[..]),
             };
             let tid = thread_index(bl, t as u32);
             let get = |o: &Opnd| match o {
                 Opnd::Sym(id) => Ok(syms.get(*id as usize).copied().unwrap_or(0)),
-                _ => self.get(o, r, tid, t as u32, i),
+                _ => self.get(o, &r, tid, t as u32, i),
             };
             vals[l] = [get(a)?, get(b)?, get(c)?, get(m)?];
             if *op == WarpOp::ActiveMask {
@@ -1224,9 +1251,9 @@ impl<'a> Ctx<'a> {
                 }
             };
             let t = w0 + l;
-            let r = match calls[t].last_mut() {
-                Some(fr) => &mut fr.regs[..],
-                None => &mut regs[t * nregs..(t + 1) * nregs],
+            let r = &mut match calls[t].last_mut() {
+                Some(fr) => RegsMut::flat(&mut fr.regs),
+                None => regs.lane_mut(t),
             };
             let dty = match op {
                 WarpOp::VoteAll | WarpOp::VoteAny | WarpOp::VoteUni => Ty::Pred,
@@ -1240,13 +1267,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// ldmatrix and mma.sync, for a whole warp (all lanes at instruction `i`).
-    fn matrix_op(&mut self, w0: usize, i: &'a Inst, regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
+    fn matrix_op(&mut self, w0: usize, i: &'a Inst, regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         let Op::Warp { op, d, a, b, c, .. } = &i.op else { return Ok(()) };
         let bl = self.cfg.block;
-        let lane_regs = |calls: &[Vec<Frame>], regs: &[u64], t: usize| -> (Vec<u64>, Vec<u64>) {
+        let lane_regs = |calls: &[Vec<Frame>], regs: &RegFile, t: usize| -> (Vec<u64>, Vec<u64>) {
             match calls[t].last() {
                 Some(fr) => (fr.regs.clone(), fr.syms.clone()),
-                None => (regs[t * nregs..(t + 1) * nregs].to_vec(), self.syms.clone()),
+                None => (regs.lane(t).to_vec(), self.syms.clone()),
             }
         };
         let parts = |o: &Opnd| -> Vec<Opnd> {
@@ -1260,6 +1287,7 @@ impl<'a> Ctx<'a> {
         for l in 0..32 {
             let t = w0 + l;
             let (r, syms) = lane_regs(calls, regs, t);
+            let r = Regs::flat(&r);
             let tid = thread_index(bl, t as u32);
             let read = |o: &Opnd| -> Result<Vec<u64>, ExecError> { parts(o).iter().map(|p| self.get(p, &r, tid, t as u32, i)).collect() };
             inputs.push(match op {
@@ -1296,9 +1324,9 @@ impl<'a> Ctx<'a> {
         let rty = if matches!(op, WarpOp::Mma(k) if k.ab == MmaType::F64) { Ty::B64 } else { Ty::B32 };
         for (l, vals) in outputs.iter().enumerate() {
             let t = w0 + l;
-            let r = match calls[t].last_mut() {
-                Some(fr) => &mut fr.regs[..],
-                None => &mut regs[t * nregs..(t + 1) * nregs],
+            let r = &mut match calls[t].last_mut() {
+                Some(fr) => RegsMut::flat(&mut fr.regs),
+                None => regs.lane_mut(t),
             };
             for (o, v) in dparts.iter().zip(vals) {
                 self.set(o, rty, *v, r, i)?;
@@ -1349,7 +1377,7 @@ impl<'a> Ctx<'a> {
 
     /// Runs one thread until it exits or parks at a barrier or warp collective, through the
     /// device functions it calls (or less, as `mode` says). Returns its new state.
-    fn run_thread(&mut self, linear: u32, pc: &mut u32, kregs: &mut [u64], local: &mut [u8], calls: &mut Vec<Frame>, mode: Resume) -> Result<u8, ExecError> {
+    fn run_thread(&mut self, linear: u32, pc: &mut u32, kregs: &mut RegsMut<'_>, local: &mut [u8], calls: &mut Vec<Frame>, mode: Resume) -> Result<u8, ExecError> {
         loop {
             let s = match calls.last_mut() {
                 None => self.run(linear, pc, kregs, local, mode == Resume::One)?,
@@ -1359,16 +1387,16 @@ impl<'a> Ctx<'a> {
                     self.k = f;
                     self.stack_top = fr.top;
                     std::mem::swap(&mut self.syms, &mut fr.syms);
-                    let r = self.run(linear, pc, &mut fr.regs, local, false);
+                    let r = self.run(linear, pc, &mut RegsMut::flat(&mut fr.regs), local, false);
                     std::mem::swap(&mut self.syms, &mut fr.syms);
                     (self.k, self.stack_top) = (self.kernel, self.kernel.local_bytes as u64);
                     r?
                 }
             };
             match s {
-                CALLED => self.push_call(pc, kregs, local, calls)?,
+                CALLED => self.push_call(pc, kregs.view(), local, calls)?,
                 RETURNED if !calls.is_empty() => {
-                    self.pop_call(pc, kregs, local, calls)?;
+                    self.pop_call(pc, kregs.view(), local, calls)?;
                     if calls.is_empty() && mode != Resume::Block {
                         return Ok(RUN); // back in the kernel, after the call
                     }
@@ -1384,7 +1412,7 @@ impl<'a> Ctx<'a> {
 
     /// Runs one thread's current function until it exits, returns, calls, or reaches a barrier;
     /// `single`: for one instruction at most (then RUN).
-    fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut [u64], local: &mut [u8], single: bool) -> Result<u8, ExecError> {
+    fn run(&mut self, linear: u32, pc: &mut u32, regs: &mut RegsMut<'_>, local: &mut [u8], single: bool) -> Result<u8, ExecError> {
         let b = self.cfg.block;
         let tid = thread_index(b, linear);
         let insts = &self.k.insts;
@@ -1400,7 +1428,7 @@ impl<'a> Ctx<'a> {
                 self.checkpoint()?;
             }
             if let Some((p, neg)) = inst.guard {
-                let v = regs.get(p as usize).copied().unwrap_or(0) != 0;
+                let v = regs.get(p) != 0;
                 if v == neg {
                     *pc += 1;
                     if single {
@@ -1446,9 +1474,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn get(&self, o: &Opnd, regs: &[u64], tid: [u32; 3], linear: u32, i: &Inst) -> Result<u64, ExecError> {
+    fn get(&self, o: &Opnd, regs: &Lane<impl AsRef<[u64]>>, tid: [u32; 3], linear: u32, i: &Inst) -> Result<u64, ExecError> {
         match o {
-            Opnd::Reg(r) => Ok(regs.get(*r as usize).copied().unwrap_or(0)),
+            Opnd::Reg(r) => Ok(regs.get(*r)),
             Opnd::Imm(v) => Ok(*v),
             Opnd::Sreg(s) => Ok(self.sreg(*s, tid, linear)),
             Opnd::Sym(id) => Ok(self.syms.get(*id as usize).copied().unwrap_or(0)),
@@ -1457,17 +1485,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn set(&self, o: &Opnd, ty: Ty, v: u64, regs: &mut [u64], i: &Inst) -> Result<(), ExecError> {
+    fn set(&self, o: &Opnd, ty: Ty, v: u64, regs: &mut RegsMut<'_>, i: &Inst) -> Result<(), ExecError> {
         match o {
             Opnd::Reg(r) => {
-                if let Some(slot) = regs.get_mut(*r as usize) {
-                    // A register wider than the instruction's type receives the value
-                    // sign-extended for signed types, zero-extended for the others (PTX ISA,
-                    // "Operand Size Exceeding Instruction-Type Size"). Slots are 64 bits and
-                    // every reader truncates to its own type, so extending to 64 bits here is
-                    // the same as extending to the register's declared width.
-                    *slot = normalize(ty, v);
-                }
+                // A register wider than the instruction's type receives the value
+                // sign-extended for signed types, zero-extended for the others (PTX ISA,
+                // "Operand Size Exceeding Instruction-Type Size"). Slots are 64 bits and
+                // every reader truncates to its own type, so extending to 64 bits here is
+                // the same as extending to the register's declared width.
+                regs.set(*r, normalize(ty, v));
                 Ok(())
             }
             Opnd::Sink => Ok(()),
@@ -1475,7 +1501,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn addr(&self, o: &Opnd, regs: &[u64], i: &Inst) -> Result<u64, ExecError> {
+    fn addr(&self, o: &Opnd, regs: &Lane<impl AsRef<[u64]>>, i: &Inst) -> Result<u64, ExecError> {
         addr_in(o, regs, &self.syms).ok_or_else(|| ExecError::Unsupported(format!("address form in {}", self.at(i))))
     }
 
@@ -1521,19 +1547,19 @@ impl<'a> Ctx<'a> {
 
     /// The thread's current function (the kernel or its innermost callee), its registers and
     /// symbols, and the end of its local frame.
-    fn current<'f>(&'f self, kregs: &'f [u64], calls: &'f [Frame]) -> Result<Current<'a, 'f>, ExecError>
+    fn current<'f>(&'f self, kregs: Regs<'f>, calls: &'f [Frame]) -> Result<Current<'a, 'f>, ExecError>
     where
         'a: 'f,
     {
         Ok(match calls.last() {
             None => (self.kernel, kregs, &self.syms[..], self.kernel.local_bytes as u64),
-            Some(fr) => (self.frame_func(fr)?, &fr.regs[..], &fr.syms[..], fr.top),
+            Some(fr) => (self.frame_func(fr)?, Regs::flat(&fr.regs), &fr.syms[..], fr.top),
         })
     }
 
     /// The thread is at a `call`: pushes the callee's frame above the caller's in the thread's
     /// local memory, with the arguments copied in from the call's parameters, and starts it.
-    fn push_call(&mut self, pc: &mut u32, kregs: &[u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
+    fn push_call(&mut self, pc: &mut u32, kregs: Regs<'_>, local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
         let module: &'a Module = self.module;
         let (caller, regs, syms, stack_top) = self.current(kregs, calls)?;
         let i = caller.insts.get(*pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a call past the end of {}", caller.name)))?;
@@ -1544,7 +1570,7 @@ impl<'a> Ctx<'a> {
         let callee = match via {
             None => *callee,
             Some(Opnd::Reg(r)) => {
-                let at = regs.get(*r as usize).copied().unwrap_or(0);
+                let at = regs.get(*r);
                 module.func_at(at).ok_or_else(|| ExecError::Undefined(format!("{} calls {at:#x}, which is not a device function of this module", at_in(caller, i))))?
             }
             Some(_) => return Err(ExecError::Unsupported(format!("call target form in {}", at_in(caller, i)))),
@@ -1565,7 +1591,7 @@ impl<'a> Ctx<'a> {
         local[b..t].fill(0);
         let frame_fault = || ExecError::IllegalAddress { addr: base, len: f.local_bytes as u64, space: "local", at: at_in(caller, i) };
         for (a, p) in args.iter().zip(&f.params) {
-            let src = addr_in(a, regs, syms).ok_or_else(|| ExecError::Unsupported(format!("argument form in {}", at_in(caller, i))))?;
+            let src = addr_in(a, &regs, syms).ok_or_else(|| ExecError::Unsupported(format!("argument form in {}", at_in(caller, i))))?;
             let (dst, n) = (b + p.offset as usize, p.size as usize);
             let src = usize::try_from(src).ok().filter(|s| s.checked_add(n).is_some_and(|e| e <= local.len())).ok_or_else(frame_fault)?;
             if dst + n > t {
@@ -1581,13 +1607,13 @@ impl<'a> Ctx<'a> {
 
     /// The thread's innermost callee returned: pops its frame, copies its result to the call's
     /// return parameter, and resumes the caller after the `call`.
-    fn pop_call(&mut self, pc: &mut u32, kregs: &[u64], local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
+    fn pop_call(&mut self, pc: &mut u32, kregs: Regs<'_>, local: &mut [u8], calls: &mut Vec<Frame>) -> Result<(), ExecError> {
         let Some(fr) = calls.pop() else { return Ok(()) };
         let f = self.frame_func(&fr)?;
         let (caller, regs, syms, _) = self.current(kregs, calls)?;
         let i = caller.insts.get(fr.caller_pc as usize).ok_or_else(|| ExecError::Unsupported(format!("a return past the end of {}", caller.name)))?;
         if let (Op::Call { ret: Some(r), .. }, Some((off, size))) = (&i.op, f.ret) {
-            let dst = addr_in(r, regs, syms).ok_or_else(|| ExecError::Unsupported(format!("return value form in {}", at_in(caller, i))))?;
+            let dst = addr_in(r, &regs, syms).ok_or_else(|| ExecError::Unsupported(format!("return value form in {}", at_in(caller, i))))?;
             let (src, n) = (fr.base as usize + off as usize, size as usize);
             let fault = || ExecError::IllegalAddress { addr: dst, len: n as u64, space: "local", at: at_in(caller, i) };
             let dst = usize::try_from(dst).ok().filter(|d| d.checked_add(n).is_some_and(|e| e <= local.len())).ok_or_else(fault)?;
@@ -1691,7 +1717,7 @@ impl<'a> Ctx<'a> {
         illegal_in(self.k, addr, len, space, i)
     }
 
-    fn step(&mut self, i: &Inst, tid: [u32; 3], linear: u32, regs: &mut [u64], local: &mut [u8]) -> Result<(), ExecError> {
+    fn step(&mut self, i: &Inst, tid: [u32; 3], linear: u32, regs: &mut RegsMut<'_>, local: &mut [u8]) -> Result<(), ExecError> {
         macro_rules! g {
             ($o:expr) => {
                 self.get($o, regs, tid, linear, i)?
@@ -1789,22 +1815,7 @@ impl<'a> Ctx<'a> {
                 }
             }
             Op::Half2 { op, ty, m, d, a, b, c } => {
-                let (x, y, z) = (g!(a), g!(b), g!(c));
-                let lane = |k: u32| -> Result<u64, ExecError> {
-                    let (x, y, z) = ((x >> k) & 0xffff, (y >> k) & 0xffff, (z >> k) & 0xffff);
-                    Ok(match op {
-                        // 16-bit integer lanes (min/max.{u16x2,s16x2}): .relu clamps below 0.
-                        Half2Op::Bin(bin) if !ty.float() => {
-                            let r = mask(int_bin(*bin, *ty, x, y), 16);
-                            if m.relu && ty.signed() && sext(r, 16) < 0 { 0 } else { r }
-                        }
-                        Half2Op::Bin(bin) => float::bin(*bin, *ty, *m, x, y).ok_or_else(|| ExecError::Unsupported(self.at(i)))?,
-                        Half2Op::Fma => float::fma(*ty, *m, x, y, z),
-                        Half2Op::Neg => float::unary(Un::Neg, *ty, *m, x).unwrap_or(x),
-                        Half2Op::Abs => float::unary(Un::Abs, *ty, *m, x).unwrap_or(x),
-                    })
-                };
-                let r = lane(0)? | lane(16)? << 16;
+                let r = half2_value(*op, *ty, *m, g!(a), g!(b), g!(c)).ok_or_else(|| ExecError::Unsupported(self.at(i)))?;
                 self.set(d, Ty::B32, r, regs, i)?;
             }
             Op::Un { op, ty, m, d, a } => {

@@ -78,16 +78,32 @@ impl<'a> Global<'a> {
     /// The `n`-byte (1, 2, 4 or 8) little-endian value at `addr` (`hint`: see locate_near).
     pub fn load(&self, addr: u64, n: usize, hint: &mut usize) -> Result<u64, MemFault> {
         let p = self.locate_near(addr, n, hint)?;
-        // SAFETY: `p..p+n` is inside a live region (locate); each atomic is used only where `p`
-        // has its alignment.
-        unsafe {
-            Ok(match n {
-                8 if (p as usize).is_multiple_of(8) => AtomicU64::from_ptr(p.cast()).load(Ordering::Relaxed),
-                4 if (p as usize).is_multiple_of(4) => AtomicU32::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
-                2 if (p as usize).is_multiple_of(2) => AtomicU16::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
-                _ => (0..n.min(8)).fold(0u64, |v, k| v | (AtomicU8::from_ptr(p.add(k)).load(Ordering::Relaxed) as u64) << (8 * k)),
-            })
+        // SAFETY: `p..p+n` is inside a live region (locate).
+        Ok(unsafe { load_at(p, n) })
+    }
+
+    /// `load` for the lanes of a warp: the value at `addrs[l]` into `out[l]` for each lane `l`
+    /// of `on`, if every one of those accesses lies inside the region of the first one's (the
+    /// common case: a warp reads one array); else false, nothing read, and the caller goes lane
+    /// by lane (which finds the fault, if there is one).
+    pub fn load_lanes(&self, addrs: &[u64; 32], on: u32, n: usize, hint: &mut usize, out: &mut [u64; 32]) -> bool {
+        if on == 0 {
+            return true;
         }
+        if self.locate_near(addrs[on.trailing_zeros() as usize], n, hint).is_err() {
+            return false;
+        }
+        let r = &self.regions[*hint];
+        let lanes = (0..32).filter(|l| on >> l & 1 != 0);
+        if !lanes.clone().all(|l| addrs[l] >= r.base && (addrs[l] - r.base).checked_add(n as u64).is_some_and(|e| e <= r.len as u64)) {
+            return false;
+        }
+        for l in lanes {
+            // SAFETY: checked just above: `addrs[l] - r.base + n <= r.len`, so `p..p+n` is inside
+            // the live region.
+            out[l] = unsafe { load_at(r.ptr.add((addrs[l] - r.base) as usize), n) };
+        }
+        true
     }
 
     /// Stores the low `n` bytes (1, 2, 4 or 8) of `v` at `addr`, little-endian.
@@ -140,5 +156,54 @@ impl<'a> Global<'a> {
             }
         };
         Ok(Some(old))
+    }
+}
+
+/// The `n`-byte (1, 2, 4 or 8) little-endian value at `p`, with an atomic of its width where `p`
+/// has that alignment (other threads may write it meanwhile), else byte by byte.
+///
+/// # Safety
+/// `p..p+n` must lie inside a live region.
+unsafe fn load_at(p: *mut u8, n: usize) -> u64 {
+    // SAFETY: the caller's promise; each atomic is used only where `p` has its alignment.
+    unsafe {
+        match n {
+            8 if (p as usize).is_multiple_of(8) => AtomicU64::from_ptr(p.cast()).load(Ordering::Relaxed),
+            4 if (p as usize).is_multiple_of(4) => AtomicU32::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
+            2 if (p as usize).is_multiple_of(2) => AtomicU16::from_ptr(p.cast()).load(Ordering::Relaxed) as u64,
+            _ => (0..n.min(8)).fold(0u64, |v, k| v | (AtomicU8::from_ptr(p.add(k)).load(Ordering::Relaxed) as u64) << (8 * k)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warp_loads_at_once_only_inside_one_region() {
+        let (mut a, mut b) = ((0u8..64).collect::<Vec<u8>>(), vec![0xee; 16]);
+        let g = Global::new(vec![(0x1000, &mut a[..]), (0x2000, &mut b[..])]);
+        let (mut hint, mut out) = (0, [0u64; 32]);
+        let mut addrs = [0u64; 32];
+        for (l, at) in addrs.iter_mut().enumerate() {
+            *at = 0x1000 + 2 * l as u64; // 16-bit elements, the last ending at byte 64
+        }
+        assert!(g.load_lanes(&addrs, u32::MAX, 2, &mut hint, &mut out));
+        assert_eq!(out[1], u16::from_le_bytes([2, 3]) as u64);
+        assert_eq!(out[31], u16::from_le_bytes([62, 63]) as u64);
+        // One byte past the region's end, in another region, below the first: lane by lane.
+        for (lane, at) in [(31, 0x103f), (7, 0x2000), (3, 0xfff)] {
+            let mut bad = addrs;
+            bad[lane] = at;
+            out = [0; 32];
+            assert!(!g.load_lanes(&bad, u32::MAX, 2, &mut hint, &mut out), "{at:#x}");
+            assert_eq!(out, [0; 32]);
+            // A lane outside `on` is not looked at.
+            assert!(g.load_lanes(&bad, !(1 << lane), 2, &mut hint, &mut out));
+        }
+        // A first lane outside every region.
+        addrs[0] = 0x3000;
+        assert!(!g.load_lanes(&addrs, 1, 2, &mut hint, &mut out));
     }
 }

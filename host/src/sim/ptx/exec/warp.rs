@@ -95,6 +95,8 @@ pub(crate) enum Eval {
     /// lop3 with its immediate table.
     Lop3(u8),
     Prmt(Option<u8>),
+    /// `.f16x2` / `.bf16x2` arithmetic, half by half.
+    Half2(Half2Op, Mods),
 }
 
 /// An instruction as the warp engine runs it. Register numbers are below the kernel's count.
@@ -118,6 +120,13 @@ pub(crate) enum Fast {
     /// ld.v2 / ld.v4 (`_` elements: None) and st.v2 / st.v4: `n` elements of `ty`, in order.
     LdV { space: Space, ty: Ty, n: u8, d: [Option<u32>; 4], base: AddrBase, off: u64 },
     StV { space: Space, ty: Ty, n: u8, a: [Src; 4], base: AddrBase, off: u64 },
+    /// mov of a special register (%tid.x, %laneid, ...) into `d`.
+    Sreg { ty: Ty, d: u32, s: Sreg },
+    /// mov.b32 %r, {%h1, %h2} / mov.b64 %rd, {%r1, %r2} (and 4 parts): `n` elements of `w`
+    /// bits, the first in the lowest bits.
+    Pack { ty: Ty, w: u8, n: u8, d: u32, a: [Src; 4] },
+    /// mov.b32 {%h1, %h2}, %r and the like (`_` elements: None); elements of type `ety`.
+    Unpack { ety: Ty, w: u8, n: u8, d: [Option<u32>; 4], a: Src },
 }
 
 /// How the warp engine runs each of `k`'s instructions.
@@ -182,7 +191,36 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
     };
     let fast = match &i.op {
         Op::Bra { target } => Some(Fast::Bra(*target)),
+        Op::Mov { ty, d: Opnd::Reg(d), a: Opnd::Sreg(s) } => reg(*d).map(|d| Fast::Sreg { ty: *ty, d, s: *s }),
+        Op::Mov { ty, d, a: Opnd::Vec(parts) } if (2..=4).contains(&parts.len()) && !matches!(d, Opnd::Vec(_)) => (|| {
+            let mut a = [Src::Imm(0); 4];
+            for (k, p) in parts.iter().enumerate() {
+                a[k] = src(p)?;
+            }
+            let Opnd::Reg(d) = d else { return None };
+            Some(Fast::Pack { ty: *ty, w: (ty.bits() / parts.len() as u32) as u8, n: parts.len() as u8, d: reg(*d)?, a })
+        })(),
+        Op::Mov { ty, d: Opnd::Vec(parts), a } if (2..=4).contains(&parts.len()) && !matches!(a, Opnd::Vec(_)) => (|| {
+            let w = ty.bits() / parts.len() as u32;
+            let ety = match w {
+                8 => Ty::B8,
+                16 => Ty::B16,
+                32 => Ty::B32,
+                _ => return None, // step's error
+            };
+            let mut d = [None; 4];
+            for (k, p) in parts.iter().enumerate() {
+                d[k] = dst(p)?;
+            }
+            Some(Fast::Unpack { ety, w: w as u8, n: parts.len() as u8, d, a: src(a)? })
+        })(),
         Op::Mov { ty, d, a } => pure(Eval::Mov, *ty, *ty, d, a, None, None),
+        // A missing operand (`_` in the parse) reads as 0, as `step` reads it.
+        Op::Half2 { op, ty, m, d, a, b, c } if half2_value(*op, *ty, *m, 0, 0, 0).is_some() => (|| {
+            let opt = |o: &Opnd| if matches!(o, Opnd::Sink) { Some(Src::Imm(0)) } else { src(o) };
+            let Opnd::Reg(d) = d else { return None };
+            Some(Fast::Pure { eval: Eval::Half2(*op, *m), ty: *ty, dty: Ty::B32, d: reg(*d)?, a: src(a)?, b: opt(b)?, c: opt(c)? })
+        })(),
         // Only what bin_value computes (the rest is an error `step` reports).
         Op::Bin { op, ty, m, d, a, b } if bin_value(*op, *ty, *m, 0, 0).is_some() => pure(Eval::Bin(*op, *m), *ty, *ty, d, a, Some(b), None),
         Op::Mad { hi, ty, m, d, a, b, c } => pure(Eval::Mad { hi: *hi, m: *m }, *ty, *ty, d, a, Some(b), Some(c)),
@@ -228,31 +266,74 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
     fast.unwrap_or(Fast::Step)
 }
 
-/// A register's or an immediate's value in a lane with registers `r`.
+/// A register's or an immediate's value in lane `l` of a warp's rows.
 #[inline(always)]
-fn src(r: &[u64], s: Src) -> u64 {
+fn val(rows: &[u64], s: Src, l: usize) -> u64 {
     match s {
-        Src::Reg(x) => r[x as usize],
+        Src::Reg(x) => rows[x as usize * WARP + l],
         Src::Imm(v) => v,
     }
 }
 
-/// d = f(a, b, c) in each lane of `on` (registers of lane l at `base + l * nregs`).
+/// A register's row, or an immediate in every lane.
+#[inline(always)]
+fn row(rows: &[u64], s: Src) -> [u64; WARP] {
+    match s {
+        Src::Reg(x) => {
+            let mut v = [0; WARP];
+            v.copy_from_slice(&rows[x as usize * WARP..][..WARP]);
+            v
+        }
+        Src::Imm(v) => [v; WARP],
+    }
+}
+
+/// Groups of at least this many lanes compute every lane's value (whole rows, vectorized) and
+/// keep the active lanes'; smaller ones compute only theirs.
+const DENSE: u32 = 12;
+
+/// d = f(a, b, c) in each lane of `on`, on a warp's rows (register r of lane l at r * 32 + l).
+/// `f` is pure and total, so computing it for a lane that is not in `on` is harmless.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn lanes(regs: &mut [u64], base: usize, nregs: usize, on: u32, dty: Ty, d: u32, ops: [Src; 3], f: impl Fn(u64, u64, u64) -> u64) {
+fn lanes(rows: &mut [u64], on: u32, dty: Ty, d: u32, ops: [Src; 3], f: impl Fn(u64, u64, u64) -> u64) {
     // normalize(dty, v), its type's questions answered once.
     let (pred, signed, shift) = (dty == Ty::Pred, dty.signed(), 64 - dty.bits().min(64));
-    for l in lanes_of(on) {
-        let r = &mut regs[base + l * nregs..base + (l + 1) * nregs];
-        let v = f(src(r, ops[0]), src(r, ops[1]), src(r, ops[2]));
-        r[d as usize] = if pred {
-            (v != 0) as u64
-        } else if signed {
-            (((v << shift) as i64) >> shift) as u64
-        } else {
-            (v << shift) >> shift
-        };
+    let d = d as usize * WARP;
+    if on.count_ones() < DENSE {
+        for l in lanes_of(on) {
+            let v = f(val(rows, ops[0], l), val(rows, ops[1], l), val(rows, ops[2], l));
+            rows[d + l] = if pred {
+                (v != 0) as u64
+            } else if signed {
+                (((v << shift) as i64) >> shift) as u64
+            } else {
+                (v << shift) >> shift
+            };
+        }
+        return;
+    }
+    let (a, b, c) = (row(rows, ops[0]), row(rows, ops[1]), row(rows, ops[2]));
+    let mut out = [0u64; WARP];
+    for l in 0..WARP {
+        out[l] = f(a[l], b[l], c[l]);
+    }
+    if pred {
+        out.iter_mut().for_each(|v| *v = (*v != 0) as u64);
+    } else if signed {
+        out.iter_mut().for_each(|v| *v = (((*v << shift) as i64) >> shift) as u64);
+    } else if shift != 0 {
+        out.iter_mut().for_each(|v| *v = (*v << shift) >> shift);
+    }
+    let dst = &mut rows[d..d + WARP];
+    if on == u32::MAX {
+        dst.copy_from_slice(&out);
+    } else {
+        for l in 0..WARP {
+            if on >> l & 1 != 0 {
+                dst[l] = out[l];
+            }
+        }
     }
 }
 
@@ -261,38 +342,74 @@ fn lanes(regs: &mut [u64], base: usize, nregs: usize, on: u32, dty: Ty, d: u32, 
 /// logic on the low bits, which the destination's type then keeps; f32 round-to-nearest
 /// arithmetic without modifiers is the host's own IEEE arithmetic, as in float::bin).
 #[allow(clippy::too_many_arguments)]
-fn pure(regs: &mut [u64], base: usize, nregs: usize, on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Src; 3]) {
+fn pure(rows: &mut [u64], on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Src; 3]) {
     let plain = |m: Mods| m == Mods::default() || m == Mods { rnd: Rnd::Near, ..Mods::default() };
     let int = !ty.float() && ty != Ty::Pred;
     let f32s = |x: u64| f32::from_bits(x as u32);
     match eval {
-        Eval::Mov => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| x),
+        Eval::Mov => lanes(rows, on, dty, d, ops, |x, _, _| x),
         Eval::Bin(op, m) if int && !m.sat => match op {
-            Bin::Add => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_add(y)),
-            Bin::Sub => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_sub(y)),
-            Bin::MulLo => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x.wrapping_mul(y)),
-            Bin::And => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x & y),
-            Bin::Or => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x | y),
-            Bin::Xor => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| x ^ y),
-            _ => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| int_bin(op, ty, x, y)),
+            Bin::Add => lanes(rows, on, dty, d, ops, |x, y, _| x.wrapping_add(y)),
+            Bin::Sub => lanes(rows, on, dty, d, ops, |x, y, _| x.wrapping_sub(y)),
+            Bin::MulLo => lanes(rows, on, dty, d, ops, |x, y, _| x.wrapping_mul(y)),
+            Bin::And => lanes(rows, on, dty, d, ops, |x, y, _| x & y),
+            Bin::Or => lanes(rows, on, dty, d, ops, |x, y, _| x | y),
+            Bin::Xor => lanes(rows, on, dty, d, ops, |x, y, _| x ^ y),
+            // The operation a constant in each loop, so that int_bin's match folds away.
+            Bin::Shl => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::Shl, ty, x, y)),
+            Bin::Shr => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::Shr, ty, x, y)),
+            Bin::MulHi => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::MulHi, ty, x, y)),
+            Bin::Min => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::Min, ty, x, y)),
+            Bin::Max => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::Max, ty, x, y)),
+            _ => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(op, ty, x, y)),
         },
         Eval::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && plain(m) => match op {
-            Bin::Add => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) + f32s(y)).to_bits() as u64),
-            Bin::Sub => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) - f32s(y)).to_bits() as u64),
-            _ => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| (f32s(x) * f32s(y)).to_bits() as u64),
+            Bin::Add => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) + f32s(y)).to_bits() as u64),
+            Bin::Sub => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) - f32s(y)).to_bits() as u64),
+            _ => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) * f32s(y)).to_bits() as u64),
         },
-        Eval::Bin(op, m) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, _| bin_value(op, ty, m, x, y).unwrap_or(0)),
-        Eval::Mad { hi: false, .. } if int => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| x.wrapping_mul(y).wrapping_add(z)),
-        Eval::Mad { hi, m } => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| mad_value(hi, ty, m, x, y, z)),
-        Eval::Wide => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| mul_wide(ty, x, y, z)),
-        Eval::Cvt { sty, m } => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| float::convert(ty, sty, m, x)),
-        Eval::Selp => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| if z != 0 { x } else { y }),
-        Eval::Un(op, m) => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| un_value(op, ty, m, x).unwrap_or(0)),
-        Eval::Cvta(space, to) => lanes(regs, base, nregs, on, dty, d, ops, |x, _, _| cvta_value(space, to, x)),
-        Eval::Bfe => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| bfe_value(ty, x, y, z)),
-        Eval::Shf { left, clamp } => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| shf_value(left, clamp, x, y, z)),
-        Eval::Lop3(lut) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| lop3_value(x, y, z, lut as u64)),
-        Eval::Prmt(mode) => lanes(regs, base, nregs, on, dty, d, ops, |x, y, z| prmt_value(mode, x, y, z)),
+        Eval::Bin(op, m) => lanes(rows, on, dty, d, ops, |x, y, _| bin_value(op, ty, m, x, y).unwrap_or(0)),
+        Eval::Mad { hi: false, .. } if int => lanes(rows, on, dty, d, ops, |x, y, z| x.wrapping_mul(y).wrapping_add(z)),
+        Eval::Mad { hi, m } => lanes(rows, on, dty, d, ops, |x, y, z| mad_value(hi, ty, m, x, y, z)),
+        Eval::Wide => lanes(rows, on, dty, d, ops, |x, y, z| mul_wide(ty, x, y, z)),
+        // f32 <-> f16 to nearest, NaNs aside: the `half` crate's conversions, exact or rounded
+        // once as float::convert rounds (through f64, which holds an f32 exactly).
+        Eval::Cvt { sty: Ty::F32, m } if ty == Ty::F16 && plain(m) => lanes(rows, on, dty, d, ops, |x, _, _| match f32s(x) {
+            f if f.is_nan() => float::convert(ty, Ty::F32, m, x),
+            f => half::f16::from_f32(f).to_bits() as u64,
+        }),
+        Eval::Cvt { sty: Ty::F16, m } if ty == Ty::F32 && plain(m) => lanes(rows, on, dty, d, ops, |x, _, _| match half::f16::from_bits(x as u16) {
+            h if h.is_nan() => float::convert(ty, Ty::F16, m, x),
+            h => h.to_f32().to_bits() as u64,
+        }),
+        Eval::Cvt { sty, m } => lanes(rows, on, dty, d, ops, |x, _, _| float::convert(ty, sty, m, x)),
+        Eval::Selp => lanes(rows, on, dty, d, ops, |x, y, z| if z != 0 { x } else { y }),
+        Eval::Un(op, m) => lanes(rows, on, dty, d, ops, |x, _, _| un_value(op, ty, m, x).unwrap_or(0)),
+        Eval::Cvta(space, to) => lanes(rows, on, dty, d, ops, |x, _, _| cvta_value(space, to, x)),
+        Eval::Bfe => lanes(rows, on, dty, d, ops, |x, y, z| bfe_value(ty, x, y, z)),
+        Eval::Shf { left, clamp } => lanes(rows, on, dty, d, ops, |x, y, z| shf_value(left, clamp, x, y, z)),
+        Eval::Lop3(lut) => lanes(rows, on, dty, d, ops, |x, y, z| lop3_value(x, y, z, lut as u64)),
+        Eval::Prmt(mode) => lanes(rows, on, dty, d, ops, |x, y, z| prmt_value(mode, x, y, z)),
+        // f16x2 add, sub and mul to nearest, NaNs aside: as float::bin, each half computed
+        // exactly (a sum of two halves fits an f64, a product an f32) and rounded once.
+        Eval::Half2(Half2Op::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo)), m) if ty == Ty::F16 && plain(m) => lanes(rows, on, dty, d, ops, |x, y, z| {
+            let half = |v: u64, k: u32| half::f16::from_bits((v >> k) as u16);
+            let each = |k: u32| {
+                let (a, b) = (half(x, k), half(y, k));
+                let r = match op {
+                    _ if a.is_nan() || b.is_nan() => return None,
+                    Bin::Add => half::f16::from_f64(a.to_f64() + b.to_f64()),
+                    Bin::Sub => half::f16::from_f64(a.to_f64() - b.to_f64()),
+                    _ => half::f16::from_f32(a.to_f32() * b.to_f32()),
+                };
+                Some(r.to_bits() as u64)
+            };
+            match (each(0), each(16)) {
+                (Some(lo), Some(hi)) => lo | hi << 16,
+                _ => half2_value(Half2Op::Bin(op), ty, m, x, y, z).unwrap_or(0),
+            }
+        }),
+        Eval::Half2(op, m) => lanes(rows, on, dty, d, ops, |x, y, z| half2_value(op, ty, m, x, y, z).unwrap_or(0)),
     }
 }
 
@@ -358,7 +475,7 @@ impl<'a> Ctx<'a> {
         w0: usize,
         lanes: usize,
         b: &BlockShape,
-        regs: &mut [u64],
+        regs: &mut RegFile,
         local: &mut [u8],
         pcs: &mut [u32],
         state: &mut [u8],
@@ -367,7 +484,7 @@ impl<'a> Ctx<'a> {
         let kernel: &'a Kernel = self.kernel;
         let fast: &'a [Fast] = kernel.fast.get_or_init(|| translate(kernel));
         let insts: &'a [Inst] = &kernel.insts;
-        let (nregs, ptl) = (b.nregs, b.per_thread_local);
+        let ptl = b.per_thread_local;
         let bl = self.cfg.block;
         // Round-robin turns after a long spin; a spin goes on counting across the warp's turns.
         let w = w0 / 32;
@@ -375,13 +492,28 @@ impl<'a> Ctx<'a> {
             self.warp_spin.resize(w + 1, WarpSpin::default());
         }
         let WarpSpin { spun: mut carried, cursor: mut turn, mut favor } = self.warp_spin[w];
+        // The lanes' %tid, counted on from the first lane's (no division per lane).
+        let mut tids = [[0u32; 3]; WARP];
+        let mut tid = thread_index(bl, w0 as u32);
+        for slot in tids.iter_mut().take(lanes) {
+            *slot = tid;
+            tid[0] += 1;
+            if tid[0] == bl[0] {
+                tid[0] = 0;
+                tid[1] += 1;
+                if tid[1] == bl[1] {
+                    tid[1] = 0;
+                    tid[2] += 1;
+                }
+            }
+        }
         loop {
             // Lanes inside device functions run on their own until back in the kernel.
             let mut runnable = 0u32;
             for l in 0..lanes {
                 let t = w0 + l;
                 if state[t] == RUN && !calls[t].is_empty() {
-                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::UntilKernel)?;
+                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs.lane_mut(t), &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::UntilKernel)?;
                     if s == PREEMPTED {
                         return Ok(WarpRun::Preempted);
                     }
@@ -394,7 +526,7 @@ impl<'a> Ctx<'a> {
             if runnable == 0 {
                 // All its lanes wait or have exited: the warp's collectives whose lanes have all
                 // arrived run now (as they would once the whole block waits), and the warp goes on.
-                if state[w0..w0 + lanes].contains(&AT_WARP) && self.warp_collectives_of(w0, state, pcs, regs, nregs, calls)? {
+                if state[w0..w0 + lanes].contains(&AT_WARP) && self.warp_collectives_of(w0, state, pcs, regs, calls)? {
                     continue;
                 }
                 self.warp_spin[w] = WarpSpin { cursor: turn, ..WarpSpin::default() };
@@ -464,7 +596,10 @@ impl<'a> Ctx<'a> {
                 }
                 let on = match inst.guard {
                     None => group,
-                    Some((p, neg)) => lanes_of(group).filter(|&l| (regs[(w0 + l) * nregs + p as usize] != 0) != neg).fold(0u32, |g, l| g | 1 << l),
+                    Some((p, neg)) => {
+                        let pr = &regs.warp(w0)[p as usize * WARP..][..WARP];
+                        lanes_of(group).filter(|&l| (pr[l] != 0) != neg).fold(0u32, |g, l| g | 1 << l)
+                    }
                 };
                 match f {
                     Fast::Bra(target) => {
@@ -480,55 +615,62 @@ impl<'a> Ctx<'a> {
                         }
                         continue;
                     }
-                    Fast::Pure { eval, ty, dty, d, a, b: bo, c } => pure(regs, w0 * nregs, nregs, on, eval, ty, dty, d, [a, bo, c]),
+                    Fast::Pure { eval, ty, dty, d, a, b: bo, c } => pure(regs.warp(w0), on, eval, ty, dty, d, [a, bo, c]),
                     Fast::Setp { cmp, ty, ftz, p, q, a, b: bo, comb } => {
+                        let rows = regs.warp(w0);
                         for l in lanes_of(on) {
-                            let r = &mut regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
-                            let v = compare_ftz(cmp, ty, ftz, src(r, a), src(r, bo));
-                            let (vp, vq) = (combined(comb, r, v), combined(comb, r, !v));
+                            let v = compare_ftz(cmp, ty, ftz, val(rows, a, l), val(rows, bo, l));
+                            let c = comb.map_or(0, |(_, c, _)| rows[c as usize * WARP + l]);
                             if let Some(p) = p {
-                                r[p as usize] = vp as u64;
+                                rows[p as usize * WARP + l] = combine(comb, c, v) as u64;
                             }
                             if let Some(q) = q {
-                                r[q as usize] = vq as u64;
+                                rows[q as usize * WARP + l] = combine(comb, c, !v) as u64;
                             }
                         }
                     }
                     Fast::Ld { space, ty, d, base, off } => {
+                        let rows = regs.warp(w0);
+                        if self.load_lanes(space, ty, base, off, rows, on, d) {
+                            pc += 1;
+                            continue;
+                        }
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            let a = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            let a = self.base_value(base, rows, l).wrapping_add(off);
                             let v = self.load(space, a, ty, &mut local[t * ptl..(t + 1) * ptl], inst)?;
-                            regs[t * nregs + d as usize] = normalize(ty, v);
+                            rows[d as usize * WARP + l] = normalize(ty, v);
                         }
                     }
                     Fast::St { space, ty, base, off, a } => {
+                        let rows = regs.warp(w0);
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            let r = &regs[t * nregs..(t + 1) * nregs];
-                            let (at, v) = (self.base_value(base, r).wrapping_add(off), src(r, a));
-                            self.store(space, at, ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                            let (to, v) = (self.base_value(base, rows, l).wrapping_add(off), val(rows, a, l));
+                            self.store(space, to, ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
                         }
                     }
                     Fast::LdV { space, ty, n, d, base, off } => {
+                        let rows = regs.warp(w0);
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            let a = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            let a = self.base_value(base, rows, l).wrapping_add(off);
                             for (k, d) in d.iter().enumerate().take(n as usize) {
                                 let v = self.load(space, a.wrapping_add((k * ty.bytes()) as u64), ty, &mut local[t * ptl..(t + 1) * ptl], inst)?;
                                 if let Some(d) = d {
-                                    regs[t * nregs + *d as usize] = normalize(ty, v);
+                                    rows[*d as usize * WARP + l] = normalize(ty, v);
                                 }
                             }
                         }
                     }
                     Fast::StV { space, ty, n, a, base, off } => {
+                        let rows = regs.warp(w0);
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            let at = self.base_value(base, &regs[t * nregs..(t + 1) * nregs]).wrapping_add(off);
+                            let to = self.base_value(base, rows, l).wrapping_add(off);
                             for (k, a) in a.iter().enumerate().take(n as usize) {
-                                let v = src(&regs[t * nregs..(t + 1) * nregs], *a);
-                                self.store(space, at.wrapping_add((k * ty.bytes()) as u64), ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
+                                let v = val(rows, *a, l);
+                                self.store(space, to.wrapping_add((k * ty.bytes()) as u64), ty, v, &mut local[t * ptl..(t + 1) * ptl], inst)?;
                             }
                         }
                     }
@@ -536,7 +678,7 @@ impl<'a> Ctx<'a> {
                         // Every live lane of the warp is in the group: the collective runs now
                         // (what warp_collectives would do once they had parked here).
                         let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
-                        if self.collective_now(w0, group, live, pc, pcs, state, regs, nregs, calls)? {
+                        if self.collective_now(w0, group, live, pc, pcs, state, regs, calls)? {
                             pc += 1;
                             continue;
                         }
@@ -544,37 +686,57 @@ impl<'a> Ctx<'a> {
                     }
                     Fast::Shfl { mode, d, p, a, b: bo, c, mask } => {
                         let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
-                        let reg = |l: usize| &regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
                         // Each lane's mask names itself and no live lane outside the group:
                         // all of them exchange here (else warp_op's way, and its errors).
-                        if group != live || lanes_of(group).any(|l| src(reg(l), mask) as u32 & (1 << l) == 0) {
-                            if self.collective_now(w0, group, live, pc, pcs, state, regs, nregs, calls)? {
+                        if group != live || lanes_of(group).any(|l| val(regs.warp(w0), mask, l) as u32 & (1 << l) == 0) {
+                            if self.collective_now(w0, group, live, pc, pcs, state, regs, calls)? {
                                 pc += 1;
                                 continue;
                             }
                             break Stop::Written;
                         }
-                        let mut av = [0u64; 32];
+                        let rows = regs.warp(w0);
+                        let av = row(rows, a);
                         for l in lanes_of(group) {
-                            av[l] = src(reg(l), a);
-                        }
-                        for l in lanes_of(group) {
-                            let r = &mut regs[(w0 + l) * nregs..(w0 + l + 1) * nregs];
-                            let members = src(r, mask) as u32 & group;
-                            let (v, ok) = shfl_value(mode, l, |j| av[j], src(r, bo), src(r, c), members);
+                            let members = val(rows, mask, l) as u32 & group;
+                            let (v, ok) = shfl_value(mode, l, |j| av[j], val(rows, bo, l), val(rows, c, l), members);
                             if let Some(d) = d {
-                                r[d as usize] = normalize(Ty::B32, v);
+                                rows[d as usize * WARP + l] = normalize(Ty::B32, v);
                             }
                             if let Some(p) = p {
-                                r[p as usize] = ok;
+                                rows[p as usize * WARP + l] = ok;
                             }
                         }
                         self.executed += group.count_ones() as u64;
                     }
+                    Fast::Sreg { ty, d, s } => {
+                        let rows = regs.warp(w0);
+                        for l in lanes_of(on) {
+                            rows[d as usize * WARP + l] = normalize(ty, self.sreg(s, tids[l], (w0 + l) as u32));
+                        }
+                    }
+                    Fast::Pack { ty, w, n, d, a } => {
+                        let (rows, w) = (regs.warp(w0), w as u32);
+                        for l in lanes_of(on) {
+                            let v = a.iter().take(n as usize).enumerate().fold(0u64, |acc, (k, p)| acc | mask(val(rows, *p, l), w) << (w * k as u32));
+                            rows[d as usize * WARP + l] = normalize(ty, v);
+                        }
+                    }
+                    Fast::Unpack { ety, w, n, d, a } => {
+                        let rows = regs.warp(w0);
+                        for l in lanes_of(on) {
+                            let v = val(rows, a, l);
+                            for (k, p) in d.iter().enumerate().take(n as usize) {
+                                if let Some(p) = p {
+                                    rows[*p as usize * WARP + l] = normalize(ety, v >> (w as u32 * k as u32));
+                                }
+                            }
+                        }
+                    }
                     Fast::Step => {
                         for l in lanes_of(on) {
                             let t = w0 + l;
-                            self.step(inst, thread_index(bl, t as u32), t as u32, &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl])?;
+                            self.step(inst, tids[l], t as u32, &mut regs.lane_mut(t), &mut local[t * ptl..(t + 1) * ptl])?;
                         }
                     }
                     Fast::Lane => {}
@@ -592,7 +754,7 @@ impl<'a> Ctx<'a> {
             if let Stop::Lane = stop {
                 for l in lanes_of(group) {
                     let t = w0 + l;
-                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs[t * nregs..(t + 1) * nregs], &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::One)?;
+                    let s = self.run_thread(t as u32, &mut pcs[t], &mut regs.lane_mut(t), &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::One)?;
                     if s == PREEMPTED {
                         return Ok(WarpRun::Preempted);
                     }
@@ -607,11 +769,11 @@ impl<'a> Ctx<'a> {
     /// there (AT_WARP) for the block's turn of warp_collectives. True if all of them ran (pc
     /// still to advance), else their pcs and states are written.
     #[allow(clippy::too_many_arguments)]
-    fn collective_now(&mut self, w0: usize, group: u32, live: u32, pc: u32, pcs: &mut [u32], state: &mut [u8], regs: &mut [u64], nregs: usize, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
+    fn collective_now(&mut self, w0: usize, group: u32, live: u32, pc: u32, pcs: &mut [u32], state: &mut [u8], regs: &mut RegFile, calls: &mut [Vec<Frame>]) -> Result<bool, ExecError> {
         for l in lanes_of(group) {
             pcs[w0 + l] = pc;
         }
-        let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, nregs, calls)? } else { 0 };
+        let ran = if group == live { self.warp_op(w0, group, live, pcs, regs, calls)? } else { 0 };
         if ran == group {
             return Ok(true);
         }
@@ -625,11 +787,42 @@ impl<'a> Ctx<'a> {
         Ok(false)
     }
 
-    /// The base of a warp-wide access's address in a lane with registers `r` (the kernel's
+    /// A warp-wide load of global or shared memory at once, every lane's access checked first:
+    /// false (nothing loaded) where any is outside its space or the space is another, and the
+    /// lanes then load one by one through `load` (which reports the fault).
+    #[allow(clippy::too_many_arguments)]
+    fn load_lanes(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, rows: &mut [u64], on: u32, d: u32) -> bool {
+        let n = ty.bytes();
+        let mut addrs = [0u64; WARP];
+        let mut space_of_all = None;
+        for l in lanes_of(on) {
+            let (s, a) = resolve(space, self.base_value(base, rows, l).wrapping_add(off));
+            if space_of_all.is_some_and(|s0| s0 != s) {
+                return false;
+            }
+            (space_of_all, addrs[l]) = (Some(s), a);
+        }
+        let mut vals = [0u64; WARP];
+        let loaded = match space_of_all {
+            Some(Space::Global) => self.mem.load_lanes(&addrs, on, n, &mut self.region_hint, &mut vals),
+            Some(Space::Shared) => lanes_of(on).all(|l| read_le(&self.shared, addrs[l], n).map(|v| vals[l] = v).is_some()),
+            _ => false,
+        };
+        if loaded {
+            for l in lanes_of(on) {
+                // As `load` gives it (signed types sign-extended), then as the register holds it.
+                let v = if ty.signed() { sext(vals[l], ty.bits()) as u64 } else { vals[l] };
+                rows[d as usize * WARP + l] = normalize(ty, v);
+            }
+        }
+        loaded
+    }
+
+    /// The base of a warp-wide access's address in lane `l` of a warp's rows (the kernel's
     /// symbols: warp-wide instructions run only in the kernel itself).
-    fn base_value(&self, base: AddrBase, r: &[u64]) -> u64 {
+    fn base_value(&self, base: AddrBase, rows: &[u64], l: usize) -> u64 {
         match base {
-            AddrBase::Reg(x) => r[x as usize],
+            AddrBase::Reg(x) => rows[x as usize * WARP + l],
             AddrBase::Sym(s) => self.syms.get(s as usize).copied().unwrap_or(0),
             AddrBase::Abs => 0,
         }
