@@ -91,10 +91,15 @@ int main() {
   cudaMemLocation dev0 = {cudaMemLocationTypeDevice, 0};
   CK(cudaMemPrefetchAsync(m, n * sizeof(int), dev0, 0, 0));
   CK(cudaMemAdvise(m, n * sizeof(int), cudaMemAdviseSetReadMostly, dev0));
+  cudaMemLocation nowhere = {cudaMemLocationTypeDevice, 100000000};
+  EXPECT(cudaMemPrefetchAsync(m, n * sizeof(int), nowhere, 0, 0) == cudaErrorInvalidDevice, "prefetch to a device that does not exist");
 #else
   CK(cudaMemPrefetchAsync(m, n * sizeof(int), 0, 0));
   CK(cudaMemAdvise(m, n * sizeof(int), cudaMemAdviseSetReadMostly, 0));
+  EXPECT(cudaMemPrefetchAsync(m, n * sizeof(int), 100000000, 0) == cudaErrorInvalidDevice, "prefetch to a device that does not exist");
+  EXPECT(cudaMemAdvise(m, n * sizeof(int), cudaMemAdviseSetPreferredLocation, 100000000) == cudaErrorInvalidDevice, "advice naming a device that does not exist");
 #endif
+  (void)cudaGetLastError();
   CK(cudaStreamAttachMemAsync(0, m, 0, cudaMemAttachGlobal));
   CK(cudaDeviceSynchronize());
   EXPECT(m[3] == -2, "m[3] = %d after prefetch and advice", m[3]);

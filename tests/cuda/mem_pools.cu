@@ -5,7 +5,9 @@
 // watermarks >= current); the release threshold round-trips; with threshold 0, a
 // synchronization returns unused memory to the device; a pool of one's own allocates, and
 // trimming it to 0 after its blocks are freed leaves nothing reserved; the same holds with the
-// default pool after cudaDeviceSetMemPool back. Prints only what holds on any GPU, then PASS.
+// default pool after cudaDeviceSetMemPool back; small blocks are carved from what the pool
+// reserved (a second one reserves nothing more, each counts in use as asked), may be freed
+// with cudaFree, and get no IPC handle. Prints only what holds on any GPU, then PASS.
 #include "check.h"
 #include <vector>
 
@@ -72,6 +74,31 @@ int main() {
   CK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &back));
   EXPECT(back == big, "release threshold %llu", back);
   printf("default pool counters and threshold: right\n");
+
+  // Small blocks share the memory the pool reserved, as CuPy's pool tests count it.
+  CK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &zero));
+  CK(cudaDeviceSynchronize());
+  char *p1, *p2;
+  CK(cudaMallocAsync(&p1, 1024, s));
+  unsigned long long r1 = attr(pool, cudaMemPoolAttrReservedMemCurrent);
+  CK(cudaMallocAsync(&p2, 2048, s));
+  EXPECT(attr(pool, cudaMemPoolAttrReservedMemCurrent) == r1, "a second small block reserved more: %llu after %llu", attr(pool, cudaMemPoolAttrReservedMemCurrent), r1);
+  EXPECT(attr(pool, cudaMemPoolAttrUsedMemCurrent) == 3072, "used %llu holding 1024 and 2048 bytes", attr(pool, cudaMemPoolAttrUsedMemCurrent));
+  CK(cudaMemsetAsync(p2, 1, 2048, s));
+  CK(cudaMemsetAsync(p1, 2, 1024, s));
+  std::vector<char> back2(2048);
+  CK(cudaMemcpyAsync(back2.data(), p2, 2048, cudaMemcpyDeviceToHost, s));
+  CK(cudaStreamSynchronize(s));
+  for (int i = 0; i < 2048; i++) EXPECT(back2[i] == 1, "byte %d of the second block is %d: the blocks overlap", i, back2[i]);
+  cudaIpcMemHandle_t ih;
+  EXPECT(cudaIpcGetMemHandle(&ih, p1) != cudaSuccess, "an IPC handle for stream-ordered memory");
+  (void)cudaGetLastError();
+  CK(cudaFreeAsync(p1, s));
+  CK(cudaFree(p2));  // allowed for stream-ordered memory; it synchronizes
+  EXPECT(attr(pool, cudaMemPoolAttrUsedMemCurrent) == 0, "used %llu after freeing both", attr(pool, cudaMemPoolAttrUsedMemCurrent));
+  CK(cudaDeviceSynchronize());
+  EXPECT(attr(pool, cudaMemPoolAttrReservedMemCurrent) == 0, "reserved %llu after freeing both", attr(pool, cudaMemPoolAttrReservedMemCurrent));
+  printf("small blocks share the pool's memory: right\n");
 
   // A pool of our own, made the device's current one.
   cudaMemPoolProps props = {};

@@ -38,7 +38,9 @@ fn put_handle(out: *mut IpcHandle, kind: u32, token: &[u8; TOKEN_LEN]) -> Result
 #[no_mangle]
 pub unsafe extern "C" fn cuIpcGetMemHandle(handle: *mut IpcHandle, dptr: CUdeviceptr) -> CUresult {
     guard("cuIpcGetMemHandle", || {
-        if handle.is_null() {
+        // Stream-ordered allocations share through pools made shareable, which vgpu does not
+        // offer; CUDA refuses cuIpcGetMemHandle for them too.
+        if handle.is_null() || super::pool::reserved_by_a_pool(dptr) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         put_handle(handle, KIND_MEMORY, &export(KIND_MEMORY, dptr)?)

@@ -209,12 +209,10 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         // No current context needed: the pointer names its allocation (unified addressing), and
         // numba frees its pending deallocations after popping its contexts (numba.cuda.close()).
         let d = state::driver()?;
-        if mirror::free_managed(d, dptr)? {
+        if mirror::free_managed(d, dptr)? || super::pool::free_now(dptr)? {
             return Ok(());
         }
-        d.call(Op::MemFree, &[&dptr.to_le_bytes()])?;
-        super::pool::forget(dptr);
-        Ok(())
+        d.call(Op::MemFree, &[&dptr.to_le_bytes()]).map(drop)
     })
 }
 
@@ -222,8 +220,8 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, dptr: CUdeviceptr) -> CUresult {
     guard("cuMemGetAddressRange", || {
         let d = ctx_driver()?;
-        let (b, s) = match d.mirrors.managed_range(dptr) {
-            Some((b, s)) => (b, s as u64),
+        let (b, s) = match d.mirrors.managed_range(dptr).map(|(b, s)| (b, s as u64)).or_else(|| super::pool::block_of(dptr)) {
+            Some(range) => range,
             None => {
                 let reply = d.call(Op::MemGetAddressRange, &[&dptr.to_le_bytes()])?;
                 let mut r = vgpu_uapi::wire::Reader::new(&reply);

@@ -426,25 +426,63 @@ fn prefetch(dptr: CUdeviceptr, count: usize) -> Result<(), CUresult> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemPrefetchAsync(dptr: CUdeviceptr, count: usize, _dst_device: CUdevice, _stream: Handle) -> CUresult {
-    guard("cuMemPrefetchAsync", || prefetch(dptr, count))
+pub unsafe extern "C" fn cuMemPrefetchAsync(dptr: CUdeviceptr, count: usize, dst_device: CUdevice, _stream: Handle) -> CUresult {
+    guard("cuMemPrefetchAsync", || {
+        check_target(dst_device)?;
+        prefetch(dptr, count)
+    })
+}
+
+/// CU_DEVICE_CPU: the host as a prefetch or advice target.
+const CU_DEVICE_CPU: CUdevice = -1;
+
+/// A prefetch or advice's target: the host or a device of this driver.
+fn check_target(dev: CUdevice) -> Result<(), CUresult> {
+    if dev != CU_DEVICE_CPU && (dev < 0 || dev as usize >= state::driver()?.devices().len()) {
+        return Err(CUDA_ERROR_INVALID_DEVICE);
+    }
+    Ok(())
+}
+
+/// A CUmemLocation as a target: a device of this driver, or the host (HOST, HOST_NUMA,
+/// HOST_NUMA_CURRENT).
+fn check_location(l: MemLocation) -> Result<(), CUresult> {
+    match l.ty {
+        vgpu_uapi::cuda::vmm::CU_MEM_LOCATION_TYPE_DEVICE if l.id >= 0 => check_target(l.id),
+        2..=4 => Ok(()),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
 }
 
 /// CUDA 12.2's form, with a location (device or host) instead of a device ordinal.
 #[no_mangle]
-pub unsafe extern "C" fn cuMemPrefetchAsync_v2(dptr: CUdeviceptr, count: usize, _location: MemLocation, _flags: std::ffi::c_uint, _stream: Handle) -> CUresult {
-    guard("cuMemPrefetchAsync", || prefetch(dptr, count))
+pub unsafe extern "C" fn cuMemPrefetchAsync_v2(dptr: CUdeviceptr, count: usize, location: MemLocation, _flags: std::ffi::c_uint, _stream: Handle) -> CUresult {
+    guard("cuMemPrefetchAsync", || {
+        check_location(location)?;
+        prefetch(dptr, count)
+    })
 }
 
 /// Advice is a hint about placement, which here is fixed: checked, then nothing to do.
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAdvise(dptr: CUdeviceptr, count: usize, advice: std::ffi::c_int, _device: CUdevice) -> CUresult {
-    guard("cuMemAdvise", || if (1..=6).contains(&advice) { prefetch(dptr, count) } else { Err(CUDA_ERROR_INVALID_VALUE) })
+pub unsafe extern "C" fn cuMemAdvise(dptr: CUdeviceptr, count: usize, advice: std::ffi::c_int, device: CUdevice) -> CUresult {
+    guard("cuMemAdvise", || {
+        // The read-mostly advice (1, 2) names no location; the others do.
+        if (3..=6).contains(&advice) {
+            check_target(device)?;
+        }
+        if (1..=6).contains(&advice) { prefetch(dptr, count) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAdvise_v2(dptr: CUdeviceptr, count: usize, advice: std::ffi::c_int, _location: MemLocation) -> CUresult {
-    guard("cuMemAdvise", || if (1..=6).contains(&advice) { prefetch(dptr, count) } else { Err(CUDA_ERROR_INVALID_VALUE) })
+pub unsafe extern "C" fn cuMemAdvise_v2(dptr: CUdeviceptr, count: usize, advice: std::ffi::c_int, location: MemLocation) -> CUresult {
+    guard("cuMemAdvise", || {
+        if (3..=6).contains(&advice) {
+            check_location(location)?;
+        }
+        if (1..=6).contains(&advice) { prefetch(dptr, count) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+    })
 }
 
 #[no_mangle]

@@ -3,11 +3,15 @@
 //! allocations of the mediator session (so quotas, accounting and the cleanup of a process that
 //! dies are the mediator's as for any allocation).
 //!
+//! As CUDA's pools, a pool reserves device memory in chunks (CHUNK, or a large request rounded up
+//! to it) and carves blocks (multiples of ROUND bytes) out of them: USED_MEM counts the blocks,
+//! RESERVED_MEM the chunks, and a small allocation after the first takes no new device memory.
+//!
 //! Ordering: a block freed with cuMemFreeAsync on a stream is kept by its pool and handed again
 //! only to allocations on that same stream (they come after the free in stream order), until a
 //! synchronization (of the context, or of that stream) has finished everything before the free;
-//! then it is free for any stream, and what the pool holds unused above its release threshold
-//! (default 0) goes back to the device, as CUDA releases at synchronization. No event
+//! then it is free for any stream, and the chunks wholly unused above the pool's release
+//! threshold (default 0) go back to the device, as CUDA releases at synchronization. No event
 //! dependencies are followed across streams (REUSE_FOLLOW_EVENT_DEPENDENCIES and the other reuse
 //! flags are kept and reported; being more conservative than they allow is always correct).
 //! One device, so access descriptors can only name device 0.
@@ -34,11 +38,17 @@ const POOL_HANDLE_BASE: u64 = 0x7e57_0000_0000;
 /// The device's default pool.
 const DEFAULT_POOL: u64 = POOL_HANDLE_BASE;
 
-/// A block the pool holds unused: reusable on `stream` only, or (None) on any stream.
+/// A range of a chunk the pool holds unused: reusable on `stream` only, or (None) on any stream.
 struct Cached {
     ptr: u64,
     size: u64,
     stream: Option<u64>,
+}
+
+/// A device allocation the pool carves its blocks from.
+struct Chunk {
+    base: u64,
+    size: u64,
 }
 
 #[derive(Default)]
@@ -48,6 +58,7 @@ struct Pool {
     /// Outstanding allocations (pointer -> size).
     used: HashMap<u64, u64>,
     cached: Vec<Cached>,
+    chunks: Vec<Chunk>,
     used_high: u64,
     reserved_high: u64,
     /// Destroyed by the application: gone once its last allocation is freed.
@@ -60,7 +71,40 @@ impl Pool {
     }
 
     fn reserved_now(&self) -> u64 {
-        self.used_now() + self.cached.iter().map(|c| c.size).sum::<u64>()
+        self.chunks.iter().map(|c| c.size).sum()
+    }
+
+    fn chunk_of(&self, ptr: u64) -> Option<usize> {
+        self.chunks.iter().position(|c| (c.base..c.base + c.size).contains(&ptr))
+    }
+
+    /// Merges the unused ranges of a chunk that lie side by side and are free alike.
+    fn coalesce(&mut self) {
+        let mut ranges = std::mem::take(&mut self.cached);
+        ranges.sort_by_key(|c| c.ptr);
+        for c in ranges {
+            match self.cached.last_mut() {
+                Some(last) if last.ptr + last.size == c.ptr && last.stream == c.stream && self.chunks.iter().any(|k| k.base <= last.ptr && c.ptr + c.size <= k.base + k.size) => {
+                    last.size += c.size
+                }
+                _ => self.cached.push(c),
+            }
+        }
+    }
+
+    /// Carves `size` bytes for `stream` out of the smallest unused range that may serve it.
+    fn carve(&mut self, size: u64, stream: u64) -> Option<u64> {
+        let i = self.cached.iter().enumerate().filter(|(_, c)| c.size >= size && c.stream.is_none_or(|cs| cs == stream)).min_by_key(|(_, c)| c.size).map(|(i, _)| i)?;
+        let c = &mut self.cached[i];
+        let ptr = c.ptr;
+        if c.size == size {
+            self.cached.swap_remove(i);
+        } else {
+            (c.ptr, c.size) = (c.ptr + size, c.size - size);
+        }
+        self.used.insert(ptr, size);
+        self.note_highs();
+        Some(ptr)
     }
 
     fn note_highs(&mut self) {
@@ -120,9 +164,12 @@ fn device_free(ptr: u64) -> Result<(), CUresult> {
     d.call(Op::MemFree, &[&ptr.to_le_bytes()]).map(drop)
 }
 
-/// Blocks are handed out in multiples of this (small requests share nothing: each is its own
-/// allocation, but sizes that round alike can reuse each other's blocks).
+/// Blocks are handed out in multiples of this (CuPy's allocation unit, which its pool tests
+/// count in).
 const ROUND: u64 = 512;
+
+/// A pool reserves device memory in multiples of this (a GPU's large-page granularity).
+const CHUNK: u64 = 2 << 20;
 
 fn alloc_from(pool: u64, bytes: usize, stream: Handle) -> Result<u64, CUresult> {
     if bytes == 0 {
@@ -130,53 +177,66 @@ fn alloc_from(pool: u64, bytes: usize, stream: Handle) -> Result<u64, CUresult> 
     }
     // Inside a capture it would be a graph memory node: not supported by vgpu yet.
     super::graph::forbid_while_capturing(stream)?;
-    let size = (bytes as u64).div_ceil(ROUND) * ROUND;
+    let size = (bytes as u64).checked_next_multiple_of(ROUND).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
     let s = handle_of(stream);
     {
         let mut all = pools();
         let p = all.pools.get_mut(&pool).filter(|p| !p.destroyed).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        // The smallest cached block that fits and may be used on this stream.
-        let fit = p.cached.iter().enumerate().filter(|(_, c)| c.size >= size && c.stream.is_none_or(|cs| cs == s)).min_by_key(|(_, c)| c.size).map(|(i, _)| i);
-        if let Some(i) = fit {
-            let c = p.cached.swap_remove(i);
-            p.used.insert(c.ptr, c.size);
-            p.note_highs();
-            return Ok(c.ptr);
+        if let Some(ptr) = p.carve(size, s) {
+            return Ok(ptr);
+        }
+        p.coalesce();
+        if let Some(ptr) = p.carve(size, s) {
+            return Ok(ptr);
         }
     }
-    let ptr = device_alloc(size)?;
+    // A new chunk; what the block leaves of it is free for any stream.
+    let chunk = size.checked_next_multiple_of(CHUNK).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+    let base = device_alloc(chunk)?;
     let mut all = pools();
     match all.pools.get_mut(&pool) {
         Some(p) => {
-            p.used.insert(ptr, size);
+            p.chunks.push(Chunk { base, size: chunk });
+            if chunk > size {
+                p.cached.push(Cached { ptr: base + size, size: chunk - size, stream: None });
+            }
+            p.used.insert(base, size);
             p.note_highs();
-            Ok(ptr)
+            Ok(base)
         }
         None => {
             drop(all);
-            let _ = device_free(ptr);
+            let _ = device_free(base);
             Err(CUDA_ERROR_INVALID_VALUE)
         }
     }
 }
 
-/// Releases unused blocks of `pool` beyond `keep` bytes of reserved memory (only blocks free
-/// for any stream).
+/// Releases chunks of `pool` that hold no block and are free for any stream, largest first,
+/// while it reserves more than `keep` bytes.
 fn trim(pool: u64, keep: u64) -> Result<(), CUresult> {
     let victims: Vec<u64> = {
         let mut all = pools();
         let Some(p) = all.pools.get_mut(&pool) else { return Ok(()) };
+        p.coalesce();
         let mut reserved = p.reserved_now();
         let mut out = Vec::new();
-        p.cached.sort_by_key(|c| c.size);
-        while reserved > keep {
-            let Some(i) = p.cached.iter().rposition(|c| c.stream.is_none()) else { break };
-            let c = p.cached.remove(i);
-            reserved -= c.size;
-            out.push(c.ptr);
+        p.chunks.sort_by_key(|c| std::cmp::Reverse(c.size));
+        let mut k = 0;
+        while reserved > keep && k < p.chunks.len() {
+            let (base, size) = (p.chunks[k].base, p.chunks[k].size);
+            match p.cached.iter().position(|c| c.ptr == base && c.size == size && c.stream.is_none()) {
+                Some(i) => {
+                    p.cached.swap_remove(i);
+                    p.chunks.remove(k);
+                    reserved -= size;
+                    out.push(base);
+                }
+                None => k += 1,
+            }
         }
         if p.destroyed && p.used.is_empty() && p.cached.iter().all(|c| c.stream.is_none()) {
-            out.extend(p.cached.drain(..).map(|c| c.ptr));
+            out.extend(p.chunks.drain(..).map(|c| c.base));
             all.pools.remove(&pool);
         }
         out
@@ -203,14 +263,30 @@ pub(crate) fn synchronized(stream: Option<Handle>) {
     }
 }
 
-/// cuMemFree of a pointer that came from a pool: it leaves the pool's accounting.
-pub(crate) fn forget(ptr: u64) {
-    let mut all = pools();
-    for p in all.pools.values_mut() {
-        if p.used.remove(&ptr).is_some() {
-            return;
-        }
+/// cuMemFree of a pool's block (CUDA allows it, the device synchronized first): the block goes
+/// back to its pool. False if `ptr` is no pool's block.
+pub(crate) fn free_now(ptr: u64) -> Result<bool, CUresult> {
+    if !pools().pools.values().any(|p| p.used.contains_key(&ptr)) {
+        return Ok(false);
     }
+    state::driver()?.call(Op::Synchronize, &[])?;
+    if let Some(p) = pools().pools.values_mut().find(|p| p.used.contains_key(&ptr)) {
+        let size = p.used.remove(&ptr).unwrap_or(0);
+        p.cached.push(Cached { ptr, size, stream: None });
+    }
+    synchronized(None);
+    Ok(true)
+}
+
+/// The block of a pool that holds `ptr` (its base and size), for cuMemGetAddressRange: the
+/// chunk around it is the pool's, not the application's allocation.
+pub(crate) fn block_of(ptr: u64) -> Option<(u64, u64)> {
+    pools().pools.values().flat_map(|p| p.used.iter()).find(|(&b, &s)| (b..b + s).contains(&ptr)).map(|(&b, &s)| (b, s))
+}
+
+/// Whether `ptr` lies in memory a pool reserved (IPC handles are not for pool memory).
+pub(crate) fn reserved_by_a_pool(ptr: u64) -> bool {
+    pools().pools.values().any(|p| p.chunk_of(ptr).is_some())
 }
 
 #[no_mangle]
