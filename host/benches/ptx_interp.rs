@@ -104,29 +104,41 @@ $L:
 "#;
 
 fn measure(label: &str, f: &mut dyn FnMut() -> u64) {
-    // PTX_BENCH_ENGINE=warp (or thread): that engine alone, for a profiler.
+    // PTX_BENCH_ENGINE=compiled, warp or thread: that engine alone, for a profiler.
     let only = std::env::var("PTX_BENCH_ENGINE").ok();
     if let Some(only) = only.as_deref() {
-        let engine = if only == "thread" { Engine::Thread } else { Engine::Warp };
-        let t = Instant::now();
-        let n = with_engine(engine, &mut *f);
-        println!("{label:<22} {n:>11} instructions: {only} {:7.1} M/s", n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let engine = match only {
+            "thread" => Engine::Thread,
+            "warp" => Engine::Warp,
+            _ => Engine::Compiled,
+        };
+        for _ in 0..2 {
+            let t = Instant::now();
+            let n = with_engine(engine, &mut *f);
+            println!("{label:<22} {n:>11} instructions: {only} {:7.1} M/s", n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
         return;
     }
     // Best of three runs of each, the engines alternating (this machine's other work shows as
-    // noise in a single run).
-    let mut per_engine = [(0u64, 0f64); 2];
+    // noise in a single run). The compiled engine compiles a kernel once it is hot, during
+    // its first run here; its best run is one on compiled code.
+    let engines = [Engine::Compiled, Engine::Warp, Engine::Thread];
+    let mut per_engine = [(0u64, 0f64); 3];
     for _ in 0..3 {
-        for (e, engine) in [Engine::Warp, Engine::Thread].into_iter().enumerate() {
+        for (e, engine) in engines.into_iter().enumerate() {
             let t = Instant::now();
             let n = with_engine(engine, &mut *f);
             let rate = n as f64 / t.elapsed().as_secs_f64() / 1e6;
             per_engine[e] = (n, per_engine[e].1.max(rate));
         }
     }
-    let ((n, warp), (n_thread, thread)) = (per_engine[0], per_engine[1]);
-    assert_eq!(n, n_thread, "both engines run the same instructions");
-    println!("{label:<22} {n:>11} instructions: warp {warp:7.1} M/s, thread {thread:7.1} M/s, ratio {:.2}", warp / thread);
+    let [(n, compiled), (n_warp, warp), (n_thread, thread)] = per_engine;
+    assert!(n == n_warp && n == n_thread, "the engines run the same instructions");
+    println!(
+        "{label:<22} {n:>11} instructions: compiled {compiled:7.1} M/s, warp {warp:7.1} M/s, thread {thread:7.1} M/s; compiled/warp {:.2}, compiled/thread {:.2}",
+        compiled / warp,
+        compiled / thread
+    );
 }
 
 fn params(ptrs: &[u64], tail: Option<u32>) -> Vec<u8> {

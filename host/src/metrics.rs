@@ -58,6 +58,24 @@ pub fn render(m: &Mediator) -> String {
         "Of them, those run warp-wide (the rest ran lane by lane through the interpreter).",
         vec![(String::new(), sim.warp_wide.load(std::sync::atomic::Ordering::Relaxed) as f64)],
     );
+    family(
+        "vgpu_sim_compiled_instructions_total",
+        "counter",
+        "Of those, the ones that ran as compiled code (hot kernels' straight-line register work).",
+        vec![(String::new(), sim.compiled.load(std::sync::atomic::Ordering::Relaxed) as f64)],
+    );
+    family(
+        "vgpu_sim_kernels_compiled_total",
+        "counter",
+        "Kernels the sim compiled (once hot).",
+        vec![(String::new(), sim.kernels_compiled.load(std::sync::atomic::Ordering::Relaxed) as f64)],
+    );
+    family(
+        "vgpu_sim_compile_seconds_total",
+        "counter",
+        "Time spent compiling them.",
+        vec![(String::new(), sim.compile_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6)],
+    );
     o
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vgpu_host::sim::ptx::{launch, with_engine, Engine, LaunchConfig, Memory, Module};
+use vgpu_host::sim::ptx::{launch, with_engine, with_jit_heat, Engine, LaunchConfig, Memory, Module};
 
 const SLOT: usize = 8;
 const SLOTS: usize = 16;
@@ -208,6 +208,13 @@ fn every_instruction_form_the_sim_runs_matches_the_ptx_isa_reference() {
 #[test]
 fn every_instruction_form_matches_the_reference_on_the_per_thread_engine_too() {
     check_corpus(Engine::Thread);
+}
+
+/// The compiled engine (exec/jit.rs), each kernel compiled at its first launch: the forms it
+/// emits inline and the ones it calls back for.
+#[test]
+fn every_instruction_form_matches_the_reference_as_compiled_code_too() {
+    with_jit_heat(0, || check_corpus(Engine::Compiled));
 }
 
 fn check_corpus(engine: Engine) {

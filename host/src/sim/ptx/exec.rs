@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::collections::HashMap;
 
+mod jit;
 mod regs;
 mod warp;
+pub(crate) use jit::JitSlot;
 use regs::{Lane, RegFile, Regs, RegsMut, WARP};
 pub(crate) use warp::Fast;
-pub use warp::{with_engine, Engine};
+pub use warp::{with_engine, with_jit_heat, Engine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchConfig {
@@ -31,6 +33,8 @@ pub struct LaunchStats {
     pub instructions: u64,
     /// Of them, those the warp engine ran warp-wide (the rest ran lane by lane).
     pub warp_wide: u64,
+    /// Of those, the ones that ran as compiled code (exec/jit.rs).
+    pub compiled: u64,
     /// What the kernel's printf calls wrote, in the order they ran (at most PRINTF_LIMIT bytes).
     pub output: Vec<u8>,
 }
@@ -134,14 +138,18 @@ struct Ctx<'a> {
     engine: Engine,
     /// The global memory region this host thread's last scalar access found.
     region_hint: usize,
-    /// Instructions (per thread) this host thread ran warp-wide.
+    /// Instructions (per thread) this host thread ran warp-wide, and of them as compiled code.
     warp_wide: u64,
+    compiled: u64,
     /// Where the running warp's turn ends (warp.rs).
     warp_turn_end: u64,
     /// Per warp of the block: its spin detection between turns (warp.rs).
     warp_spin: Vec<warp::WarpSpin>,
     /// The client's texture and surface objects.
     objects: &'a Objects,
+    /// The kernel's compiled segments, once it is hot (jit.rs), and how hot it must be.
+    jit: Option<&'a jit::Compiled>,
+    jit_heat: u64,
 }
 
 /// How far run_thread takes a thread.
@@ -160,6 +168,7 @@ struct LaunchRun {
     budget: u64,
     total: AtomicU64,
     warp_wide: AtomicU64,
+    compiled: AtomicU64,
     /// Set when a block failed: the others stop.
     stop: AtomicBool,
     /// The client's cancel token (crate::cancel), if any.
@@ -177,9 +186,19 @@ const CHECK_EVERY: u64 = 1 << 16;
 pub struct SimTotals {
     pub instructions: AtomicU64,
     pub warp_wide: AtomicU64,
+    pub compiled: AtomicU64,
+    /// Kernels compiled, and the time that took (microseconds).
+    pub kernels_compiled: AtomicU64,
+    pub compile_micros: AtomicU64,
 }
 
-pub static SIM_TOTALS: SimTotals = SimTotals { instructions: AtomicU64::new(0), warp_wide: AtomicU64::new(0) };
+pub static SIM_TOTALS: SimTotals = SimTotals {
+    instructions: AtomicU64::new(0),
+    warp_wide: AtomicU64::new(0),
+    compiled: AtomicU64::new(0),
+    kernels_compiled: AtomicU64::new(0),
+    compile_micros: AtomicU64::new(0),
+};
 
 /// Runs `k` over the whole grid. `params` is the packed parameter buffer (per `k.params`),
 /// `globals` the device addresses of the module's variables.
@@ -234,6 +253,7 @@ pub fn launch_with_budget(
         budget,
         total: AtomicU64::new(0),
         warp_wide: AtomicU64::new(0),
+        compiled: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         cancel: crate::cancel::token(),
         next_block: AtomicU64::new(0),
@@ -243,7 +263,20 @@ pub fn launch_with_budget(
     let block_bufs = BlockShape { nthreads: nthreads as usize, nregs: k.nregs.max(1), per_thread_local: per_thread_local as usize, shared_bytes: shared_bytes as usize };
     // Blocks are independent: spread them over host threads (small launches stay on this one).
     let workers = host_threads().min(nblocks.max(1) as usize).max(1);
-    let l = Launch { module, k, cfg, params, globals, global: &global, run: &run, heap, grid_ws, engine: warp::engine(), objects: &objects };
+    let l = Launch {
+        module,
+        k,
+        cfg,
+        params,
+        globals,
+        global: &global,
+        run: &run,
+        heap,
+        grid_ws,
+        engine: warp::engine(),
+        objects: &objects,
+        jit_heat: warp::jit_heat(),
+    };
     let work = || run_blocks(l, &block_bufs, nblocks);
     if k.grid_sync {
         // Every block resident at once, as a cooperative launch guarantees.
@@ -286,9 +319,16 @@ pub fn launch_with_budget(
     if dropped {
         output.extend_from_slice(b"[vgpu: device printf output beyond 1 MiB was dropped]\n");
     }
-    let stats = LaunchStats { instructions: run.total.load(Ordering::Relaxed), warp_wide: run.warp_wide.load(Ordering::Relaxed), output };
+    let stats = LaunchStats {
+        instructions: run.total.load(Ordering::Relaxed),
+        warp_wide: run.warp_wide.load(Ordering::Relaxed),
+        compiled: run.compiled.load(Ordering::Relaxed),
+        output,
+    };
     SIM_TOTALS.instructions.fetch_add(stats.instructions, Ordering::Relaxed);
+    k.jit.heat(stats.instructions);
     SIM_TOTALS.warp_wide.fetch_add(stats.warp_wide, Ordering::Relaxed);
+    SIM_TOTALS.compiled.fetch_add(stats.compiled, Ordering::Relaxed);
     Ok(stats)
 }
 
@@ -326,6 +366,7 @@ struct Launch<'a> {
     grid_ws: u64,
     engine: Engine,
     objects: &'a Objects,
+    jit_heat: u64,
 }
 
 impl<'a> Launch<'a> {
@@ -355,9 +396,12 @@ impl<'a> Launch<'a> {
             engine: self.engine,
             region_hint: 0,
             warp_wide: 0,
+            compiled: 0,
             warp_turn_end: u64::MAX,
             warp_spin: Vec::new(),
             objects: self.objects,
+            jit: None,
+            jit_heat: self.jit_heat,
         }
     }
 }
@@ -397,6 +441,7 @@ fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     // What the checkpoints have not added yet.
     run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
     run.warp_wide.fetch_add(ctx.warp_wide, Ordering::Relaxed);
+    run.compiled.fetch_add(ctx.compiled, Ordering::Relaxed);
 }
 
 /// The handle cudaCGGetIntrinsicHandle gives for the grid.
@@ -474,6 +519,7 @@ fn run_cooperative(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
     }
     run.total.fetch_add(ctx.executed - (ctx.next_check - CHECK_EVERY), Ordering::Relaxed);
     run.warp_wide.fetch_add(ctx.warp_wide, Ordering::Relaxed);
+    run.compiled.fetch_add(ctx.compiled, Ordering::Relaxed);
 }
 
 /// Where a (space, address) points: generic addresses in the shared and local windows are
@@ -957,7 +1003,7 @@ impl<'a> Ctx<'a> {
             let events_before = self.mbar_events;
             // Whether a thread got past its wait this round (or ran without one).
             let mut ran_on = false;
-            if self.engine == Engine::Warp {
+            if self.engine != Engine::Thread {
                 // The warps take turns until none can run (one warp alone needs no turns).
                 let turn = if nthreads > 32 { warp::WARP_TURN } else { u64::MAX };
                 loop {

@@ -19,7 +19,7 @@ mod parse;
 mod printf;
 pub mod texture;
 
-pub use exec::{launch, launch_with_budget, with_engine, Engine, LaunchConfig, LaunchStats, SimTotals, INSTRUCTION_BUDGET, SIM_TOTALS};
+pub use exec::{launch, launch_with_budget, with_engine, with_jit_heat, Engine, LaunchConfig, LaunchStats, SimTotals, INSTRUCTION_BUDGET, SIM_TOTALS};
 pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection, VarSpace};
 
 /// Global device memory as the interpreter sees it: the session's allocations, each as (device

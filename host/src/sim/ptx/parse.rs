@@ -581,6 +581,8 @@ pub struct Kernel {
     pub regs: u32,
     /// Its instructions as the warp engine runs them, made at its first launch.
     pub(crate) fast: std::sync::OnceLock<Vec<super::exec::Fast>>,
+    /// Its compiled segments, made once it is hot (exec/jit.rs).
+    pub(crate) jit: super::exec::JitSlot,
 }
 
 /// A kernel's performance directives (after its parameter list): `.maxntid`, `.reqntid`,
@@ -1567,6 +1569,7 @@ impl Parser {
             ret,
             grid_sync: false,
             fast: Default::default(),
+            jit: Default::default(),
         })
     }
 

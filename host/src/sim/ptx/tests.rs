@@ -1080,14 +1080,15 @@ $JOIN:
         }
     }
     let mut counts = Vec::new();
-    for engine in [Engine::Warp, Engine::Thread] {
+    for engine in [Engine::Warp, Engine::Thread, Engine::Compiled] {
         let mut mem = Mem::default();
         let p = mem.alloc(&vec![0u8; 3 * n * 4]);
-        let stats = with_engine(engine, || run(&m, "diverge", [1, 1, 1], [n as u32, 1, 1], 0, &[p], &mut mem)).unwrap();
+        let stats = with_jit_heat(0, || with_engine(engine, || run(&m, "diverge", [1, 1, 1], [n as u32, 1, 1], 0, &[p], &mut mem))).unwrap();
         assert_eq!(read::<u32>(mem.get(p), 3 * n), want, "{engine:?}");
         counts.push((stats.instructions, stats.warp_wide));
     }
     assert_eq!(counts[0].0, counts[1].0, "instructions counted by the warp and thread engines");
+    assert_eq!(counts[0], counts[2], "instructions counted by the warp and compiled engines");
     // Most of it ran warp-wide (all but the special registers, the call, the barrier, the
     // exits); the per-thread engine runs nothing warp-wide.
     assert!(counts[0].1 * 10 > counts[0].0 * 7 && counts[0].1 < counts[0].0, "warp-wide {} of {}", counts[0].1, counts[0].0);
@@ -1190,10 +1191,10 @@ $LOOP:
 }
 "#;
     let m = Module::parse(text).unwrap();
-    for engine in [Engine::Warp, Engine::Thread] {
+    for engine in [Engine::Warp, Engine::Thread, Engine::Compiled] {
         let mut mem = Mem::default();
         let p = mem.alloc(&[0u8; 128 * 4]);
-        with_engine(engine, || run(&m, "reduce_twice", [1, 1, 1], [128, 1, 1], 0, &[p], &mut mem)).unwrap();
+        with_jit_heat(0, || with_engine(engine, || run(&m, "reduce_twice", [1, 1, 1], [128, 1, 1], 0, &[p], &mut mem))).unwrap();
         assert_eq!(read::<u32>(mem.get(p), 128), vec![(0..128).sum::<u32>(); 128], "{engine:?}");
     }
 }

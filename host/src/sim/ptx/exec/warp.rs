@@ -22,7 +22,10 @@ use std::cell::Cell;
 /// Which engine runs a block's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// Warps in lockstep (this file): the default.
+    /// Warps in lockstep, hot kernels' straight-line register work compiled to native code
+    /// (jit.rs): the default.
+    Compiled,
+    /// Warps in lockstep (this file), nothing compiled; `VGPU_SIM_ENGINE=warp`.
     Warp,
     /// Each thread alone until it waits (the interpreter as it was); `VGPU_SIM_ENGINE=thread`.
     Thread,
@@ -30,6 +33,25 @@ pub enum Engine {
 
 thread_local! {
     static OVERRIDE: Cell<Option<Engine>> = const { Cell::new(None) };
+    static HEAT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with launches made on this thread compiling their kernels once they have run `heat`
+/// lane-instructions (0: at once; tests that compare the compiled code with the interpreter).
+pub fn with_jit_heat<R>(heat: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HEAT.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(HEAT.with(|o| o.replace(Some(heat))));
+    f()
+}
+
+/// How hot a kernel of a launch made now must be to be compiled.
+pub(super) fn jit_heat() -> u64 {
+    HEAT.with(|o| o.get()).unwrap_or(super::jit::JIT_HEAT)
 }
 
 /// Runs `f` with launches made on this thread using `engine` (benchmarks and the tests that
@@ -53,10 +75,11 @@ pub(super) fn engine() -> Engine {
     static DEFAULT: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
     *DEFAULT.get_or_init(|| match std::env::var("VGPU_SIM_ENGINE").as_deref() {
         Ok("thread") => Engine::Thread,
-        Ok("warp") | Err(_) => Engine::Warp,
+        Ok("warp") => Engine::Warp,
+        Ok("compiled") | Err(_) => Engine::Compiled,
         Ok(other) => {
-            tracing::warn!("VGPU_SIM_ENGINE={other:?} is neither \"warp\" nor \"thread\"; using warp");
-            Engine::Warp
+            tracing::warn!("VGPU_SIM_ENGINE={other:?} is not \"compiled\", \"warp\" or \"thread\"; using compiled");
+            Engine::Compiled
         }
     })
 }
@@ -363,11 +386,22 @@ fn pure(rows: &mut [u64], on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Sr
             Bin::Max => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(Bin::Max, ty, x, y)),
             _ => lanes(rows, on, dty, d, ops, |x, y, _| int_bin(op, ty, x, y)),
         },
-        Eval::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && plain(m) => match op {
-            Bin::Add => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) + f32s(y)).to_bits() as u64),
-            Bin::Sub => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) - f32s(y)).to_bits() as u64),
-            _ => lanes(rows, on, dty, d, ops, |x, y, _| (f32s(x) * f32s(y)).to_bits() as u64),
-        },
+        // A NaN result is float::bin's (the host's NaN payloads differ between its scalar and
+        // vector instructions).
+        Eval::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && plain(m) => {
+            let or_bin = |r: f32, x: u64, y: u64| {
+                if r.is_nan() {
+                    bin_value(op, ty, m, x, y).unwrap_or(0)
+                } else {
+                    r.to_bits() as u64
+                }
+            };
+            match op {
+                Bin::Add => lanes(rows, on, dty, d, ops, |x, y, _| or_bin(f32s(x) + f32s(y), x, y)),
+                Bin::Sub => lanes(rows, on, dty, d, ops, |x, y, _| or_bin(f32s(x) - f32s(y), x, y)),
+                _ => lanes(rows, on, dty, d, ops, |x, y, _| or_bin(f32s(x) * f32s(y), x, y)),
+            }
+        }
         Eval::Bin(op, m) => lanes(rows, on, dty, d, ops, |x, y, _| bin_value(op, ty, m, x, y).unwrap_or(0)),
         Eval::Mad { hi: false, .. } if int => lanes(rows, on, dty, d, ops, |x, y, z| x.wrapping_mul(y).wrapping_add(z)),
         Eval::Mad { hi, m } => lanes(rows, on, dty, d, ops, |x, y, z| mad_value(hi, ty, m, x, y, z)),
@@ -410,6 +444,32 @@ fn pure(rows: &mut [u64], on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Sr
             }
         }),
         Eval::Half2(op, m) => lanes(rows, on, dty, d, ops, |x, y, z| half2_value(op, ty, m, x, y, z).unwrap_or(0)),
+    }
+}
+
+/// A pure instruction's value in one lane, before normalization to its destination: what
+/// `pure` computes, by the general functions (compiled code calls back into this).
+pub(super) fn pure_value(eval: Eval, ty: Ty, x: u64, y: u64, z: u64) -> u64 {
+    match eval {
+        Eval::Mov => x,
+        Eval::Bin(op, m) => bin_value(op, ty, m, x, y).unwrap_or(0),
+        Eval::Mad { hi, m } => mad_value(hi, ty, m, x, y, z),
+        Eval::Wide => mul_wide(ty, x, y, z),
+        Eval::Cvt { sty, m } => float::convert(ty, sty, m, x),
+        Eval::Selp => {
+            if z != 0 {
+                x
+            } else {
+                y
+            }
+        }
+        Eval::Un(op, m) => un_value(op, ty, m, x).unwrap_or(0),
+        Eval::Cvta(space, to) => cvta_value(space, to, x),
+        Eval::Bfe => bfe_value(ty, x, y, z),
+        Eval::Shf { left, clamp } => shf_value(left, clamp, x, y, z),
+        Eval::Lop3(lut) => lop3_value(x, y, z, lut as u64),
+        Eval::Prmt(mode) => prmt_value(mode, x, y, z),
+        Eval::Half2(op, m) => half2_value(op, ty, m, x, y, z).unwrap_or(0),
     }
 }
 
@@ -484,6 +544,10 @@ impl<'a> Ctx<'a> {
         let kernel: &'a Kernel = self.kernel;
         let fast: &'a [Fast] = kernel.fast.get_or_init(|| translate(kernel));
         let insts: &'a [Inst] = &kernel.insts;
+        if self.jit.is_none() && self.engine == Engine::Compiled {
+            self.jit = kernel.jit.ready(kernel, fast, self.executed, self.jit_heat);
+        }
+        let jit: Option<&'a super::jit::Compiled> = self.jit;
         let ptl = b.per_thread_local;
         let bl = self.cfg.block;
         // Round-robin turns after a long spin; a spin goes on counting across the warp's turns.
@@ -586,6 +650,30 @@ impl<'a> Ctx<'a> {
                     let spun = if others != 0 && free_run == 0 { spun } else { 0 };
                     self.warp_spin[w] = WarpSpin { spun, cursor: turn, favor: favored && free_run > 0 };
                     return Ok(if self.executed >= self.quantum_end { WarpRun::Preempted } else { WarpRun::TurnOver });
+                }
+                // A compiled segment here runs whole, unless lanes waiting inside it would join
+                // the group (or the group would stop for them) before its end.
+                if let Some(seg) = jit.and_then(|j| j.at(pc)) {
+                    let rest = seg.len - 1;
+                    let undisturbed = others == 0 || (spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest)));
+                    if undisturbed {
+                        let n = seg.len as u64 * group.count_ones() as u64;
+                        self.executed += n;
+                        self.warp_wide += n;
+                        self.compiled += n;
+                        while self.executed >= self.next_check {
+                            self.checkpoint()?;
+                        }
+                        if others != 0 {
+                            spun += rest;
+                            free_run = free_run.saturating_sub(rest);
+                        }
+                        if let Some(j) = jit {
+                            j.run(seg, regs.warp(w0), group)?;
+                        }
+                        pc += seg.len;
+                        continue;
+                    }
                 }
                 self.executed += group.count_ones() as u64;
                 if !matches!(f, Fast::Step) {

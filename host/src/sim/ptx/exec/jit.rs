@@ -1,0 +1,797 @@
+//! Compiled segments: the warp engine's straight-line register work as native code (Cranelift).
+//!
+//! A segment is a run of instructions that only compute registers (pure ones, setp, pack and
+//! unpack: no memory, no control flow, no special registers, no collectives), starting at a
+//! branch target or after an instruction of another kind, and containing no branch target. Its
+//! native function runs the whole segment for one active lane after another: the registers the
+//! segment touches are loaded from the warp's rows once, the instructions run on machine
+//! registers, and the ones it writes are stored back. Lanes of a warp exchange nothing within
+//! such a segment, so lane after lane gives exactly what instruction after instruction does.
+//! Everything else (and any lane group that is about to meet another at a join point inside a
+//! segment) runs through the warp engine as before, so control flow, memory, barriers,
+//! collectives, the budget and the kernel-stop path are the interpreter's own.
+//!
+//! What each instruction computes is the interpreter's: the commonest integer operations and
+//! the IEEE float ones without modifiers are emitted inline (the same host arithmetic exec's
+//! functions do), all others call back into the very functions the interpreter uses. A float
+//! result that is a NaN is recomputed by the interpreter's function, so that NaN payloads are
+//! the interpreter's too.
+//!
+//! Why Cranelift: it is the well-kept Rust code generator (wasmtime's), it compiles a segment
+//! in microseconds, and it needs no C toolchain at run time. Kernels are compiled once they are
+//! hot (JIT_HEAT lane-instructions run, over all their launches), so the many kernels that run
+//! once or briefly (most of CuPy's) pay no compile time; `VGPU_SIM_ENGINE=warp` turns it off.
+
+use super::warp::{pure_value, Eval, Fast, Src};
+use super::*;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F64, I16, I32, I64, I8};
+use cranelift_codegen::ir::{AbiParam, BlockArg, InstBuilder, MemFlagsData, SigRef, Type, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module as _};
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
+
+/// Lane-instructions a kernel runs (over all its launches) before it is compiled.
+pub(super) const JIT_HEAT: u64 = 1 << 20;
+/// Shortest and longest segments compiled.
+const MIN_LEN: usize = 1;
+const MAX_LEN: usize = 256;
+const NONE: u32 = u32::MAX;
+
+/// A segment's code: (the warp's register rows, the lanes that run it) -> 0.
+type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32) -> u32;
+
+pub(super) struct Segment {
+    pub(super) len: u32,
+    f: SegFn,
+}
+
+/// A kernel's compiled segments.
+pub(crate) struct Compiled {
+    /// The segment starting at each pc (NONE: none does).
+    at: Vec<u32>,
+    segs: Vec<Segment>,
+    /// Registers a warp's rows must hold: every one a segment touches is below.
+    regs: usize,
+    /// The instructions the code calls back with (pointers into this slice are in the code).
+    _ops: Box<[Fast]>,
+    code: Option<Code>,
+}
+
+/// The JIT module owning the code's memory.
+struct Code(JITModule);
+
+// SAFETY: after finalize_definitions the module is never used again except to free its
+// memory in Compiled's Drop (with exclusive access); the code it holds is immutable and
+// executable only, and the functions are reentrant (they touch only their arguments).
+unsafe impl Send for Code {}
+// SAFETY: as for Send: shared references never reach the module.
+unsafe impl Sync for Code {}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        if let Some(Code(module)) = self.code.take() {
+            // SAFETY: a Compiled is reached only through its Kernel (launches borrow the
+            // kernel for their whole run), so being dropped, none of its functions runs or
+            // will run.
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+impl Compiled {
+    /// The segment starting at `pc`, if any.
+    #[inline]
+    pub(super) fn at(&self, pc: u32) -> Option<&Segment> {
+        match self.at.get(pc as usize) {
+            Some(&i) if i != NONE => self.segs.get(i as usize),
+            _ => None,
+        }
+    }
+
+    /// Runs `seg` for the lanes of `on` on a warp's rows (register r of lane l at r * 32 + l).
+    /// Err if a callback into the interpreter's functions panicked (a bug, reported as such).
+    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32) -> Result<(), ExecError> {
+        if rows.len() < self.regs * WARP {
+            return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
+        }
+        // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r below
+        // self.regs (translate_one checked each against the kernel's count, and compile
+        // recorded the largest), which the check above keeps within `rows`.
+        unsafe { (seg.f)(rows.as_mut_ptr(), on) };
+        if CALLBACK_PANICKED.with(|p| p.replace(false)) {
+            return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A kernel's slot for its compiled form, and its heat (lane-instructions run so far).
+#[derive(Default)]
+pub struct JitSlot {
+    heat: std::sync::atomic::AtomicU64,
+    compiled: OnceLock<Option<Arc<Compiled>>>,
+}
+
+impl Clone for JitSlot {
+    fn clone(&self) -> Self {
+        JitSlot::default()
+    }
+}
+
+impl std::fmt::Debug for JitSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JitSlot(heat {}, compiled {})", self.heat.load(Ordering::Relaxed), self.compiled.get().is_some())
+    }
+}
+
+impl JitSlot {
+    /// Counts `n` more lane-instructions run.
+    pub(super) fn heat(&self, n: u64) {
+        self.heat.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The kernel's compiled segments once it has run `threshold` lane-instructions (`now` of
+    /// them by this caller, not yet counted), compiled here by the first caller to get there.
+    pub(super) fn ready(&self, k: &Kernel, fast: &[Fast], now: u64, threshold: u64) -> Option<&Compiled> {
+        if let Some(c) = self.compiled.get() {
+            return c.as_deref();
+        }
+        if self.heat.load(Ordering::Relaxed).saturating_add(now) < threshold {
+            return None;
+        }
+        self.compiled
+            .get_or_init(|| {
+                let started = std::time::Instant::now();
+                match compile(k, fast) {
+                    Ok(c) => {
+                        let covered: u32 = c.segs.iter().map(|s| s.len).sum();
+                        SIM_TOTALS.kernels_compiled.fetch_add(1, Ordering::Relaxed);
+                        SIM_TOTALS.compile_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        tracing::debug!(
+                            micros = started.elapsed().as_micros() as u64,
+                            "{}: compiled {} segments, {covered} of its {} instructions",
+                            k.name,
+                            c.segs.len(),
+                            k.insts.len()
+                        );
+                        (!c.segs.is_empty()).then(|| Arc::new(c))
+                    }
+                    Err(e) => {
+                        tracing::warn!("{}: not compiled ({e}); it runs on the warp engine", k.name);
+                        None
+                    }
+                }
+            })
+            .as_deref()
+    }
+}
+
+thread_local! {
+    static CALLBACK_PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs an interpreter function for compiled code: a panic must not unwind through it.
+fn callback(f: impl FnOnce() -> u64) -> u64 {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        CALLBACK_PANICKED.with(|p| p.set(true));
+        0
+    })
+}
+
+/// A pure instruction's value as the interpreter computes it (normalized to its destination).
+extern "C" fn pure_callback(op: *const Fast, a: u64, b: u64, c: u64) -> u64 {
+    // SAFETY: `op` points into the Compiled's `_ops`, which outlives its code.
+    let op = unsafe { &*op };
+    callback(|| match *op {
+        Fast::Pure { eval, ty, dty, .. } => normalize(dty, pure_value(eval, ty, a, b, c)),
+        _ => 0,
+    })
+}
+
+/// setp's comparison as the interpreter makes it (1 or 0).
+extern "C" fn compare_callback(op: *const Fast, a: u64, b: u64) -> u64 {
+    // SAFETY: as in pure_callback.
+    let op = unsafe { &*op };
+    callback(|| match *op {
+        Fast::Setp { cmp, ty, ftz, .. } => compare_ftz(cmp, ty, ftz, a, b) as u64,
+        _ => 0,
+    })
+}
+
+fn compilable(f: &Fast) -> bool {
+    matches!(f, Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. })
+}
+
+/// The registers an instruction reads and writes.
+fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &mut Vec<u32>) {
+    let mut src = |s: &Src| {
+        if let Src::Reg(r) = s {
+            read.push(*r);
+        }
+    };
+    match f {
+        Fast::Pure { d, a, b, c, .. } => {
+            [a, b, c].into_iter().for_each(&mut src);
+            written.push(*d);
+        }
+        Fast::Setp { p, q, a, b, comb, .. } => {
+            [a, b].into_iter().for_each(&mut src);
+            if let Some((_, c, _)) = comb {
+                read.push(*c);
+            }
+            written.extend(p.iter().chain(q.iter()));
+        }
+        Fast::Pack { n, d, a, .. } => {
+            a.iter().take(*n as usize).for_each(&mut src);
+            written.push(*d);
+        }
+        Fast::Unpack { n, d, a, .. } => {
+            src(a);
+            written.extend(d.iter().take(*n as usize).flatten());
+        }
+        _ => {}
+    }
+    if let Some((p, _)) = guard {
+        read.push(p);
+    }
+}
+
+fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
+    let ops: Box<[Fast]> = fast.into();
+    // Branch targets start segments (lanes join there).
+    let mut target = vec![false; ops.len() + 1];
+    for f in ops.iter() {
+        if let Fast::Bra(t) = f {
+            if let Some(x) = target.get_mut(*t as usize) {
+                *x = true;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut pc = 0;
+    while pc < ops.len() {
+        if !compilable(&ops[pc]) {
+            pc += 1;
+            continue;
+        }
+        let start = pc;
+        pc += 1;
+        while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) {
+            pc += 1;
+        }
+        if pc - start >= MIN_LEN {
+            runs.push((start, pc));
+        }
+    }
+    let mut compiled = Compiled { at: vec![NONE; ops.len()], segs: Vec::new(), regs: 0, _ops: ops, code: None };
+    if runs.is_empty() {
+        return Ok(compiled);
+    }
+
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+    flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
+    let isa = cranelift_native::builder()?.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
+    let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let ptr = module.target_config().pointer_type();
+    let mut ids = Vec::new();
+    for (n, &(start, end)) in runs.iter().enumerate() {
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(ptr));
+        sig.params.push(AbiParam::new(I32));
+        sig.returns.push(AbiParam::new(I32));
+        let id = module.declare_function(&format!("seg{n}"), Linkage::Local, &sig).map_err(|e| e.to_string())?;
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let mut pure_sig = module.make_signature();
+        pure_sig.params.extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64), AbiParam::new(I64)]);
+        pure_sig.returns.push(AbiParam::new(I64));
+        let mut cmp_sig = module.make_signature();
+        cmp_sig.params.extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64)]);
+        cmp_sig.returns.push(AbiParam::new(I64));
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let pure_sig = b.import_signature(pure_sig);
+            let cmp_sig = b.import_signature(cmp_sig);
+            let regs = segment(&mut b, k, &compiled._ops, start, end, pure_sig, cmp_sig);
+            compiled.regs = compiled.regs.max(regs);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        module.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    module.finalize_definitions().map_err(|e| e.to_string())?;
+    for (&(start, end), id) in runs.iter().zip(ids) {
+        let code = module.get_finalized_function(id);
+        // SAFETY: the function was declared with exactly this signature (pointer, i32) -> i32
+        // in the host's calling convention.
+        let f = unsafe { std::mem::transmute::<*const u8, SegFn>(code) };
+        compiled.at[start] = compiled.segs.len() as u32;
+        compiled.segs.push(Segment { len: (end - start) as u32, f });
+    }
+    compiled.code = Some(Code(module));
+    Ok(compiled)
+}
+
+/// Builds the function of the segment [start, end): a loop over the 32 lanes, the segment's
+/// instructions on each active one. Returns how many registers it needs (its largest + 1).
+fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, pure_sig: SigRef, cmp_sig: SigRef) -> usize {
+    let (mut read, mut written) = (Vec::new(), Vec::new());
+    for pc in start..end {
+        regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
+    }
+    let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
+    touched.sort_unstable();
+    touched.dedup();
+    written.sort_unstable();
+    written.dedup();
+
+    let entry = b.create_block();
+    let head = b.create_block();
+    let test = b.create_block();
+    let body = b.create_block();
+    let next = b.create_block();
+    let done = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    let lane = b.append_block_param(head, I64);
+
+    b.switch_to_block(entry);
+    let (rows, on) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+    let on = b.ins().uextend(I64, on);
+    let zero = b.ins().iconst(I64, 0);
+    b.ins().jump(head, &[BlockArg::Value(zero)]);
+
+    b.switch_to_block(head);
+    let end_of_warp = b.ins().icmp_imm_s(IntCC::Equal, lane, WARP as i64);
+    b.ins().brif(end_of_warp, done, &[], test, &[]);
+
+    b.switch_to_block(test);
+    let bit = b.ins().ushr(on, lane);
+    let bit = b.ins().band_imm_u(bit, 1);
+    b.ins().brif(bit, body, &[], next, &[]);
+
+    b.switch_to_block(body);
+    let offset = b.ins().ishl_imm_u(lane, 3);
+    let base = b.ins().iadd(rows, offset);
+    let flags = MemFlagsData::trusted();
+    let mut vars = std::collections::HashMap::new();
+    for &r in &touched {
+        let v = b.declare_var(I64);
+        let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
+        b.def_var(v, x);
+        vars.insert(r, v);
+    }
+    let mut e = Emit { b, vars, pure_sig, cmp_sig };
+    for pc in start..end {
+        e.inst(&ops[pc], k.insts[pc].guard);
+    }
+    let b = e.b;
+    for &r in &written {
+        let x = b.use_var(e.vars[&r]);
+        b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
+    }
+    b.ins().jump(next, &[]);
+
+    b.switch_to_block(next);
+    let lane1 = b.ins().iadd_imm_s(lane, 1);
+    b.ins().jump(head, &[BlockArg::Value(lane1)]);
+
+    b.switch_to_block(done);
+    let ok = b.ins().iconst(I32, 0);
+    b.ins().return_(&[ok]);
+    touched.last().map_or(0, |&r| r as usize + 1)
+}
+
+/// Emits instructions into a lane's body.
+struct Emit<'b, 'f> {
+    b: &'b mut FunctionBuilder<'f>,
+    vars: std::collections::HashMap<u32, Variable>,
+    pure_sig: SigRef,
+    cmp_sig: SigRef,
+}
+
+fn int_type(bits: u32) -> Option<Type> {
+    match bits {
+        8 => Some(I8),
+        16 => Some(I16),
+        32 => Some(I32),
+        _ => None,
+    }
+}
+
+impl Emit<'_, '_> {
+    fn get(&mut self, s: Src) -> Value {
+        match s {
+            Src::Reg(r) => self.b.use_var(self.vars[&r]),
+            Src::Imm(v) => self.b.ins().iconst(I64, v as i64),
+        }
+    }
+
+    fn reg(&mut self, r: u32) -> Value {
+        self.b.use_var(self.vars[&r])
+    }
+
+    /// Writes `v` to register `r` where the guard (a 0/1 byte) holds.
+    fn set(&mut self, r: u32, v: Value, guard: Option<Value>) {
+        let v = match guard {
+            Some(g) => {
+                let old = self.reg(r);
+                self.b.ins().select(g, v, old)
+            }
+            None => v,
+        };
+        self.b.def_var(self.vars[&r], v);
+    }
+
+    fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(I64, v)
+    }
+
+    /// float::mask: the low `bits` bits.
+    fn mask(&mut self, v: Value, bits: u32) -> Value {
+        match int_type(bits) {
+            _ if bits >= 64 => v,
+            Some(t) => {
+                let x = self.b.ins().ireduce(t, v);
+                self.b.ins().uextend(I64, x)
+            }
+            None => self.b.ins().band_imm_u(v, ((1u64 << bits) - 1) as i64),
+        }
+    }
+
+    /// float::sext: the low `bits` bits sign-extended.
+    fn sext(&mut self, v: Value, bits: u32) -> Value {
+        match int_type(bits) {
+            _ if bits >= 64 => v,
+            Some(t) => {
+                let x = self.b.ins().ireduce(t, v);
+                self.b.ins().sextend(I64, x)
+            }
+            None => {
+                let x = self.b.ins().ishl_imm_u(v, 64 - bits as i64);
+                self.b.ins().sshr_imm_u(x, 64 - bits as i64)
+            }
+        }
+    }
+
+    /// exec::normalize.
+    fn norm(&mut self, ty: Ty, v: Value) -> Value {
+        if ty == Ty::Pred {
+            let x = self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0);
+            self.b.ins().uextend(I64, x)
+        } else if ty.signed() {
+            self.sext(v, ty.bits())
+        } else {
+            self.mask(v, ty.bits())
+        }
+    }
+
+    fn call_pure(&mut self, op: &Fast, x: Value, y: Value, z: Value) -> Value {
+        let f = self.iconst(pure_callback as *const () as i64);
+        let op = self.iconst(op as *const Fast as i64);
+        let call = self.b.ins().call_indirect(self.pure_sig, f, &[op, x, y, z]);
+        self.b.inst_results(call)[0]
+    }
+
+    /// A float's bits as a value of float type `fty` (F32: the low 32 bits).
+    fn float(&mut self, fty: Type, v: Value) -> Value {
+        if fty == F32 {
+            let x = self.b.ins().ireduce(I32, v);
+            self.b.ins().bitcast(F32, MemFlagsData::new(), x)
+        } else {
+            self.b.ins().bitcast(F64, MemFlagsData::new(), v)
+        }
+    }
+
+    /// A float value's bits (zero-extended), or where it is a NaN, the interpreter's result
+    /// for the instruction `op` (its NaN).
+    fn float_result(&mut self, r: Value, op: &Fast, x: Value, y: Value, z: Value) -> Value {
+        let fty = self.b.func.dfg.value_type(r);
+        let bits = if fty == F32 {
+            let i = self.b.ins().bitcast(I32, MemFlagsData::new(), r);
+            self.b.ins().uextend(I64, i)
+        } else {
+            self.b.ins().bitcast(I64, MemFlagsData::new(), r)
+        };
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, r, r);
+        let slow = self.b.create_block();
+        let merge = self.b.create_block();
+        let out = self.b.append_block_param(merge, I64);
+        self.b.ins().brif(nan, slow, &[], merge, &[BlockArg::Value(bits)]);
+        self.b.switch_to_block(slow);
+        let v = self.call_pure(op, x, y, z);
+        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+        self.b.switch_to_block(merge);
+        out
+    }
+
+    fn inst(&mut self, op: &Fast, guard: Option<(u32, bool)>) {
+        let guard = guard.map(|(p, neg)| {
+            let v = self.reg(p);
+            self.b.ins().icmp_imm_s(if neg { IntCC::Equal } else { IntCC::NotEqual }, v, 0)
+        });
+        match *op {
+            Fast::Pure { eval, ty, dty, d, a, b, c } => {
+                let (x, y, z) = (self.get(a), self.get(b), self.get(c));
+                let v = self.pure(op, eval, ty, x, y, z);
+                let v = self.norm(dty, v);
+                self.set(d, v, guard);
+            }
+            Fast::Setp { cmp, ty, ftz, p, q, a, b, comb } => {
+                let (x, y) = (self.get(a), self.get(b));
+                let v = self.compare(op, cmp, ty, ftz, x, y);
+                let not_v = self.b.ins().bxor_imm_u(v, 1);
+                let c = comb.map(|(_, c, neg)| {
+                    let c = self.reg(c);
+                    self.b.ins().icmp_imm_s(if neg { IntCC::Equal } else { IntCC::NotEqual }, c, 0)
+                });
+                for (dst, v) in [(p, v), (q, not_v)] {
+                    let Some(dst) = dst else { continue };
+                    let v = match (comb, c) {
+                        (Some((BoolOp::And, ..)), Some(c)) => self.b.ins().band(v, c),
+                        (Some((BoolOp::Or, ..)), Some(c)) => self.b.ins().bor(v, c),
+                        (Some((BoolOp::Xor, ..)), Some(c)) => self.b.ins().bxor(v, c),
+                        _ => v,
+                    };
+                    let v = self.b.ins().uextend(I64, v);
+                    self.set(dst, v, guard);
+                }
+            }
+            Fast::Pack { ty, w, n, d, a } => {
+                let mut acc = self.iconst(0);
+                for (k, s) in a.iter().take(n as usize).enumerate() {
+                    let x = self.get(*s);
+                    let x = self.mask(x, w as u32);
+                    let x = self.b.ins().ishl_imm_u(x, (w as u32 * k as u32) as i64);
+                    acc = self.b.ins().bor(acc, x);
+                }
+                let v = self.norm(ty, acc);
+                self.set(d, v, guard);
+            }
+            Fast::Unpack { ety, w, n, d, a } => {
+                let x = self.get(a);
+                for (k, dst) in d.iter().enumerate().take(n as usize) {
+                    let Some(dst) = *dst else { continue };
+                    let v = self.b.ins().ushr_imm_u(x, (w as u32 * k as u32) as i64);
+                    let v = self.norm(ety, v);
+                    self.set(dst, v, guard);
+                }
+            }
+            _ => unreachable!("only compilable instructions are in a segment"),
+        }
+    }
+
+    /// A pure instruction's value before normalization to its destination type.
+    fn pure(&mut self, op: &Fast, eval: Eval, ty: Ty, x: Value, y: Value, z: Value) -> Value {
+        let plain = |m: Mods| m == Mods::default() || m == Mods { rnd: Rnd::Near, ..Mods::default() };
+        let int = !ty.float() && ty != Ty::Pred;
+        let (bits, signed) = (ty.bits(), ty.signed());
+        let fty = match ty {
+            Ty::F32 => Some(F32),
+            Ty::F64 => Some(F64),
+            _ => None,
+        };
+        match eval {
+            Eval::Mov => x,
+            Eval::Bin(bin, m) if int && !m.sat => match bin {
+                Bin::Add => self.b.ins().iadd(x, y),
+                Bin::Sub => self.b.ins().isub(x, y),
+                Bin::MulLo => self.b.ins().imul(x, y),
+                Bin::And => self.b.ins().band(x, y),
+                Bin::Or => self.b.ins().bor(x, y),
+                Bin::Xor => self.b.ins().bxor(x, y),
+                // Amounts of the width or more: 0 (shl, shr.u) or the sign (shr.s), as int_bin.
+                Bin::Shl => {
+                    let n = self.mask(y, 32);
+                    let shifted = self.b.ins().ishl(x, n);
+                    let over = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, n, bits as i64);
+                    let zero = self.iconst(0);
+                    self.b.ins().select(over, zero, shifted)
+                }
+                Bin::Shr if signed => {
+                    let n = self.mask(y, 32);
+                    let top = self.iconst(bits as i64 - 1);
+                    let n = self.b.ins().umin(n, top);
+                    let sa = self.sext(x, bits);
+                    self.b.ins().sshr(sa, n)
+                }
+                Bin::Shr => {
+                    let n = self.mask(y, 32);
+                    let ua = self.mask(x, bits);
+                    let shifted = self.b.ins().ushr(ua, n);
+                    let over = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, n, bits as i64);
+                    let zero = self.iconst(0);
+                    self.b.ins().select(over, zero, shifted)
+                }
+                Bin::Min | Bin::Max => {
+                    let (p, q) = if signed { (self.sext(x, bits), self.sext(y, bits)) } else { (self.mask(x, bits), self.mask(y, bits)) };
+                    match (bin, signed) {
+                        (Bin::Min, true) => self.b.ins().smin(p, q),
+                        (Bin::Min, false) => self.b.ins().umin(p, q),
+                        (_, true) => self.b.ins().smax(p, q),
+                        _ => self.b.ins().umax(p, q),
+                    }
+                }
+                Bin::MulHi if bits == 64 => {
+                    if signed {
+                        self.b.ins().smulhi(x, y)
+                    } else {
+                        self.b.ins().umulhi(x, y)
+                    }
+                }
+                Bin::MulHi if bits <= 32 => {
+                    if signed {
+                        let (p, q) = (self.sext(x, bits), self.sext(y, bits));
+                        let prod = self.b.ins().imul(p, q);
+                        self.b.ins().sshr_imm_u(prod, bits as i64)
+                    } else {
+                        let (p, q) = (self.mask(x, bits), self.mask(y, bits));
+                        let prod = self.b.ins().imul(p, q);
+                        self.b.ins().ushr_imm_u(prod, bits as i64)
+                    }
+                }
+                _ => self.call_pure(op, x, y, z),
+            },
+            Eval::Bin(bin @ (Bin::And | Bin::Or | Bin::Xor), _) if ty == Ty::Pred => match bin {
+                Bin::And => self.b.ins().band(x, y),
+                Bin::Or => self.b.ins().bor(x, y),
+                _ => self.b.ins().bxor(x, y),
+            },
+            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if fty.is_some() && plain(m) => {
+                let fty = fty.unwrap_or(F32);
+                let (p, q) = (self.float(fty, x), self.float(fty, y));
+                let r = match bin {
+                    Bin::Add => self.b.ins().fadd(p, q),
+                    Bin::Sub => self.b.ins().fsub(p, q),
+                    _ => self.b.ins().fmul(p, q),
+                };
+                self.float_result(r, op, x, y, z)
+            }
+            Eval::Mad { hi: false, .. } if int => {
+                let p = self.b.ins().imul(x, y);
+                self.b.ins().iadd(p, z)
+            }
+            Eval::Mad { hi: false, m } if fty.is_some() && plain(m) => {
+                let fty = fty.unwrap_or(F32);
+                let (p, q, s) = (self.float(fty, x), self.float(fty, y), self.float(fty, z));
+                let r = self.b.ins().fma(p, q, s);
+                self.float_result(r, op, x, y, z)
+            }
+            Eval::Wide if bits <= 32 => {
+                let (p, q) = if signed { (self.sext(x, bits), self.sext(y, bits)) } else { (self.mask(x, bits), self.mask(y, bits)) };
+                let prod = self.b.ins().imul(p, q);
+                let sum = self.b.ins().iadd(prod, z);
+                self.mask(sum, bits * 2)
+            }
+            Eval::Selp => {
+                let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, z, 0);
+                self.b.ins().select(c, x, y)
+            }
+            Eval::Un(Un::Not, _) if int => self.b.ins().bnot(x),
+            Eval::Un(Un::Neg, _) if int => self.b.ins().ineg(x),
+            Eval::Cvt { sty, m } => self.convert(op, ty, sty, m, x),
+            _ => self.call_pure(op, x, y, z),
+        }
+    }
+
+    /// cvt as float::convert makes it, inline where that is the host's plain conversion.
+    fn convert(&mut self, op: &Fast, dty: Ty, sty: Ty, m: Mods, x: Value) -> Value {
+        let int = |t: Ty| !t.float() && t != Ty::Pred;
+        let zero = self.iconst(0);
+        let plain = m == Mods::default() || m == Mods { rnd: Rnd::Near, ..Mods::default() };
+        let fty = |t: Ty| match t {
+            Ty::F32 => Some(F32),
+            Ty::F64 => Some(F64),
+            _ => None,
+        };
+        match (fty(dty), fty(sty)) {
+            // Integer to integer: the source extended by its signedness (normalize then
+            // keeps the destination's bits).
+            (None, None) if int(dty) && int(sty) && !m.sat => {
+                if sty.signed() {
+                    self.sext(x, sty.bits())
+                } else {
+                    self.mask(x, sty.bits())
+                }
+            }
+            // Integer to float, to nearest: the host's conversion from a 64-bit integer that
+            // holds the source exactly (a u64 would need an unsigned one: the callback).
+            (Some(f), None) if int(sty) && plain && sty != Ty::U64 && sty != Ty::B64 => {
+                let v = if sty.signed() { self.sext(x, sty.bits()) } else { self.mask(x, sty.bits()) };
+                let r = self.b.ins().fcvt_from_sint(f, v);
+                self.float_result(r, op, x, zero, zero)
+            }
+            // Float to integer, truncated or to nearest even: saturating, NaN to 0, as PTX.
+            (None, Some(f))
+                if int(dty) && matches!(m.rnd, Rnd::None | Rnd::Zero | Rnd::Near) && !m.sat && !m.relu && matches!(dty.bits(), 32 | 64) =>
+            {
+                let v = self.float(f, x);
+                let v = if m.rnd == Rnd::Near { self.b.ins().nearest(v) } else { v };
+                let t = if dty.bits() == 32 { I32 } else { I64 };
+                let i = if dty.signed() { self.b.ins().fcvt_to_sint_sat(t, v) } else { self.b.ins().fcvt_to_uint_sat(t, v) };
+                if t == I32 {
+                    self.b.ins().uextend(I64, i)
+                } else {
+                    i
+                }
+            }
+            (Some(F64), Some(F32)) if plain => {
+                let v = self.float(F32, x);
+                let r = self.b.ins().fpromote(F64, v);
+                self.float_result(r, op, x, zero, zero)
+            }
+            (Some(F32), Some(F64)) if plain => {
+                let v = self.float(F64, x);
+                let r = self.b.ins().fdemote(F32, v);
+                self.float_result(r, op, x, zero, zero)
+            }
+            _ => self.call_pure(op, x, zero, zero),
+        }
+    }
+
+    /// setp's comparison (an I8, 0 or 1), as exec::compare_ftz makes it.
+    fn compare(&mut self, op: &Fast, cmp: Cmp, ty: Ty, ftz: bool, x: Value, y: Value) -> Value {
+        if !ty.float() && ty != Ty::Pred {
+            let bits = ty.bits();
+            let signed = ty.signed();
+            let (p, q) = if signed && !matches!(cmp, Cmp::Eq | Cmp::Equ | Cmp::Ne | Cmp::Neu | Cmp::Lo | Cmp::Ls | Cmp::Hi | Cmp::Hs) {
+                (self.sext(x, bits), self.sext(y, bits))
+            } else {
+                (self.mask(x, bits), self.mask(y, bits))
+            };
+            let cc = match cmp {
+                Cmp::Eq | Cmp::Equ => IntCC::Equal,
+                Cmp::Ne | Cmp::Neu => IntCC::NotEqual,
+                Cmp::Lt | Cmp::Ltu if signed => IntCC::SignedLessThan,
+                Cmp::Le | Cmp::Leu if signed => IntCC::SignedLessThanOrEqual,
+                Cmp::Gt | Cmp::Gtu if signed => IntCC::SignedGreaterThan,
+                Cmp::Ge | Cmp::Geu if signed => IntCC::SignedGreaterThanOrEqual,
+                Cmp::Lt | Cmp::Ltu | Cmp::Lo => IntCC::UnsignedLessThan,
+                Cmp::Le | Cmp::Leu | Cmp::Ls => IntCC::UnsignedLessThanOrEqual,
+                Cmp::Gt | Cmp::Gtu | Cmp::Hi => IntCC::UnsignedGreaterThan,
+                Cmp::Ge | Cmp::Geu | Cmp::Hs => IntCC::UnsignedGreaterThanOrEqual,
+                Cmp::Num => return self.b.ins().iconst(I8, 1),
+                Cmp::Nan => return self.b.ins().iconst(I8, 0),
+            };
+            return self.b.ins().icmp(cc, p, q);
+        }
+        let fty = match ty {
+            Ty::F32 if !ftz => F32,
+            Ty::F64 => F64,
+            _ => {
+                let f = self.iconst(compare_callback as *const () as i64);
+                let o = self.iconst(op as *const Fast as i64);
+                let call = self.b.ins().call_indirect(self.cmp_sig, f, &[o, x, y]);
+                let r = self.b.inst_results(call)[0];
+                return self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+            }
+        };
+        let (p, q) = (self.float(fty, x), self.float(fty, y));
+        let cc = match cmp {
+            Cmp::Eq => FloatCC::Equal,
+            Cmp::Ne => FloatCC::OrderedNotEqual,
+            Cmp::Lt | Cmp::Lo => FloatCC::LessThan,
+            Cmp::Le | Cmp::Ls => FloatCC::LessThanOrEqual,
+            Cmp::Gt | Cmp::Hi => FloatCC::GreaterThan,
+            Cmp::Ge | Cmp::Hs => FloatCC::GreaterThanOrEqual,
+            Cmp::Equ => FloatCC::UnorderedOrEqual,
+            Cmp::Neu => FloatCC::NotEqual,
+            Cmp::Ltu => FloatCC::UnorderedOrLessThan,
+            Cmp::Leu => FloatCC::UnorderedOrLessThanOrEqual,
+            Cmp::Gtu => FloatCC::UnorderedOrGreaterThan,
+            Cmp::Geu => FloatCC::UnorderedOrGreaterThanOrEqual,
+            Cmp::Num => FloatCC::Ordered,
+            Cmp::Nan => FloatCC::Unordered,
+        };
+        self.b.ins().fcmp(cc, p, q)
+    }
+}

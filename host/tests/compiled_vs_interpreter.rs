@@ -1,0 +1,438 @@
+//! The compiled engine (exec/jit.rs) against the interpreter, on random programs.
+//!
+//! Each program is a random sequence of the register instructions the compiler emits inline or
+//! calls back for (integer, f32/f64/f16x2 arithmetic and conversions, comparisons, packing),
+//! some guarded by a predicate, some skipped by a divergent branch, run on inputs that mix
+//! random bits with the edge cases of each type (NaNs, infinities, subnormals, signed zeros,
+//! integer extremes). Every register's final value must be bit for bit what the warp engine
+//! without compiled code gives. The conformance test runs the ISA reference corpus on the
+//! compiled engine too.
+
+use std::collections::HashMap;
+use vgpu_host::sim::ptx::{launch, with_engine, with_jit_heat, Engine, LaunchConfig, Memory, Module};
+
+const IN_BASE: u64 = 0x3000_0000_0000;
+const OUT_BASE: u64 = 0x3000_1000_0000;
+const THREADS: usize = 64;
+const BLOCKS: usize = 2;
+
+/// Register classes: name prefix, PTX type, how many.
+const CLASSES: [(char, &str, &str, usize); 6] = [
+    ('R', "%r", ".b32", 8),
+    ('D', "%rd", ".b64", 6),
+    ('F', "%f", ".f32", 6),
+    ('G', "%fd", ".f64", 4),
+    ('P', "%p", ".pred", 5),
+    ('H', "%h", ".b16", 4),
+];
+
+/// Instruction forms: R b32, D b64, F f32, G f64, P pred, H b16 registers; I a shift-sized
+/// immediate, K a 32-bit one, L an 8-bit one.
+const FORMS: &[&str] = &[
+    "add.u32 R, R, R",
+    "add.s32 R, R, K",
+    "sub.s32 R, R, R",
+    "mul.lo.u32 R, R, R",
+    "mul.lo.s32 R, R, K",
+    "mul.hi.u32 R, R, R",
+    "mul.hi.s32 R, R, R",
+    "mad.lo.s32 R, R, R, R",
+    "mad.hi.u32 R, R, R, R",
+    "and.b32 R, R, R",
+    "or.b32 R, R, K",
+    "xor.b32 R, R, R",
+    "not.b32 R, R",
+    "shl.b32 R, R, I",
+    "shl.b32 R, R, R",
+    "shr.u32 R, R, R",
+    "shr.u32 R, R, I",
+    "shr.s32 R, R, I",
+    "shr.s32 R, R, R",
+    "min.s32 R, R, R",
+    "max.u32 R, R, R",
+    "min.u32 R, R, K",
+    "max.s32 R, R, R",
+    "div.u32 R, R, R",
+    "rem.s32 R, R, R",
+    "neg.s32 R, R",
+    "popc.b32 R, R",
+    "clz.b32 R, R",
+    "brev.b32 R, R",
+    "bfe.u32 R, R, I, I",
+    "bfe.s32 R, R, R, R",
+    "lop3.b32 R, R, R, R, L",
+    "prmt.b32 R, R, R, R",
+    "shf.l.wrap.b32 R, R, R, R",
+    "shf.r.clamp.b32 R, R, R, R",
+    "selp.b32 R, R, R, P",
+    "selp.f32 F, F, F, P",
+    "selp.b64 D, D, D, P",
+    "cvt.u16.u32 H, R",
+    "cvt.u32.u16 R, H",
+    "cvt.s32.s16 R, H",
+    "cvt.u64.u32 D, R",
+    "cvt.s64.s32 D, R",
+    "cvt.u32.u64 R, D",
+    "cvt.s32.s64 R, D",
+    "cvt.sat.s32.s64 R, D",
+    "add.s64 D, D, D",
+    "sub.s64 D, D, D",
+    "mul.lo.u64 D, D, D",
+    "mul.hi.u64 D, D, D",
+    "mul.hi.s64 D, D, D",
+    "shl.b64 D, D, R",
+    "shr.s64 D, D, R",
+    "shr.u64 D, D, I",
+    "min.s64 D, D, D",
+    "max.u64 D, D, D",
+    "and.b64 D, D, D",
+    "xor.b64 D, D, D",
+    "mad.lo.u64 D, D, D, D",
+    "mul.wide.u32 D, R, R",
+    "mul.wide.s32 D, R, R",
+    "mad.wide.s32 D, R, R, D",
+    "mad.wide.u32 D, R, K, D",
+    "mul.wide.u16 R, H, H",
+    "mul.wide.s16 R, H, H",
+    "add.u16 H, H, H",
+    "mul.lo.s16 H, H, H",
+    "shr.s16 H, H, R",
+    "mov.b64 D, {R, R}",
+    "mov.b64 {R, R}, D",
+    "mov.b32 R, {H, H}",
+    "mov.b32 {H, H}, R",
+    "mov.u32 R, R",
+    "mov.u32 R, K",
+    "mov.f32 F, F",
+    "mov.b32 F, R",
+    "mov.b32 R, F",
+    "mov.b64 G, D",
+    "mov.b64 D, G",
+    "add.f32 F, F, F",
+    "add.rn.f32 F, F, F",
+    "sub.f32 F, F, F",
+    "mul.f32 F, F, F",
+    "mul.rn.f32 F, F, F",
+    "mul.rz.f32 F, F, F",
+    "add.ftz.f32 F, F, F",
+    "add.sat.f32 F, F, F",
+    "fma.rn.f32 F, F, F, F",
+    "fma.rn.ftz.f32 F, F, F, F",
+    "fma.rm.f32 F, F, F, F",
+    "min.f32 F, F, F",
+    "max.f32 F, F, F",
+    "div.rn.f32 F, F, F",
+    "div.approx.f32 F, F, F",
+    "neg.f32 F, F",
+    "abs.f32 F, F",
+    "sqrt.rn.f32 F, F",
+    "rcp.approx.f32 F, F",
+    "ex2.approx.f32 F, F",
+    "cvt.rn.f32.s32 F, R",
+    "cvt.rn.f32.u32 F, R",
+    "cvt.rz.f32.s32 F, R",
+    "cvt.rzi.s32.f32 R, F",
+    "cvt.rni.s32.f32 R, F",
+    "cvt.rzi.u32.f32 R, F",
+    "cvt.rmi.s32.f32 R, F",
+    "cvt.rzi.ftz.s32.f32 R, F",
+    "cvt.rzi.s64.f64 D, G",
+    "cvt.rni.u64.f64 D, G",
+    "cvt.rzi.u64.f32 D, F",
+    "cvt.rzi.s16.f32 H, F",
+    "cvt.rn.f64.s64 G, D",
+    "cvt.rn.f64.u64 G, D",
+    "cvt.rn.f32.s64 F, D",
+    "cvt.rn.f64.s32 G, R",
+    "cvt.f64.f32 G, F",
+    "cvt.rn.f32.f64 F, G",
+    "cvt.rz.f32.f64 F, G",
+    "cvt.rn.f16.f32 H, F",
+    "cvt.f32.f16 F, H",
+    "cvt.rni.f32.f32 F, F",
+    "add.f64 G, G, G",
+    "mul.rn.f64 G, G, G",
+    "fma.rn.f64 G, G, G, G",
+    "sub.f64 G, G, G",
+    "add.rn.f16x2 R, R, R",
+    "mul.rn.f16x2 R, R, R",
+    "sub.f16x2 R, R, R",
+    "fma.rn.f16x2 R, R, R, R",
+    "setp.lt.s32 P, R, R",
+    "setp.eq.u32 P, R, K",
+    "setp.ne.b32 P, R, R",
+    "setp.ge.u32 P, R, R",
+    "setp.hi.u32 P, R, R",
+    "setp.le.s64 P, D, D",
+    "setp.lo.u64 P, D, D",
+    "setp.gt.s64 P, D, D",
+    "setp.lt.f32 P, F, F",
+    "setp.nan.f32 P, F, F",
+    "setp.num.f32 P, F, F",
+    "setp.geu.f32 P, F, F",
+    "setp.neu.f32 P, F, F",
+    "setp.ne.f32 P, F, F",
+    "setp.equ.f64 P, G, G",
+    "setp.le.f64 P, G, G",
+    "setp.gt.ftz.f32 P, F, F",
+    "setp.lt.and.s32 P, R, R, P",
+    "setp.ge.or.u32 P, R, R, !P",
+    "setp.eq.xor.f32 P|P, F, F, P",
+    "setp.lt.u32 P|P, R, R",
+    "setp.ne.u16 P, H, H",
+    "setp.lt.s16 P, H, H",
+    "and.pred P, P, P",
+    "or.pred P, P, P",
+    "xor.pred P, P, P",
+    "not.pred P, P",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// An input word: random bits, or an edge case of some type.
+fn input(g: &mut Rng) -> u64 {
+    const EDGES: &[u64] = &[
+        0,
+        1,
+        2,
+        31,
+        32,
+        33,
+        63,
+        64,
+        0xff,
+        0x7fff,
+        0x8000,
+        0xffff,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_ffff,
+        0x8000_0000_0000_0000,
+        0x7fff_ffff_ffff_ffff,
+        u64::MAX,
+        0x3f80_0000,
+        0xbf80_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0x7fa0_0001,
+        0xffc0_1234,
+        0x0000_0001,
+        0x807f_ffff,
+        0x4f00_0000,
+        0xcf00_0000,
+        0x4f80_0000,
+        0x5f00_0000,
+        0x3f00_0000,
+        0x3fc0_0000,
+        0x4040_0000,
+        0x3ff0_0000_0000_0000,
+        0x7ff0_0000_0000_0000,
+        0x7ff8_0000_0000_0000,
+        0x7ff4_0000_0000_0001,
+        0x0000_0000_0000_0001,
+        0xc3e0_0000_0000_0000,
+        0x43e0_0000_0000_0000,
+        0x43f0_0000_0000_0000,
+        0x3c00_3c00,
+        0x7c00_fc00,
+        0x7e00_0001,
+        0x0001_8001,
+        0x7bff_fbff,
+    ];
+    match g.below(4) {
+        0 => g.next(),
+        1 => g.next() & 0xffff,
+        2 => {
+            // A float of a small integer over a power of two (exact, rounding-sensitive sums).
+            let v = (g.below(2001) as f32 - 1000.0) / (1 << g.below(12)) as f32;
+            if g.below(2) == 0 {
+                v.to_bits() as u64
+            } else {
+                (v as f64).to_bits()
+            }
+        }
+        _ => EDGES[g.below(EDGES.len())],
+    }
+}
+
+fn reg(g: &mut Rng, class: char) -> String {
+    let &(_, prefix, _, n) = CLASSES.iter().find(|c| c.0 == class).unwrap();
+    format!("{prefix}{}", g.below(n))
+}
+
+/// One instruction of a form, its operands drawn.
+fn instance(g: &mut Rng, form: &str) -> String {
+    let mut out = String::new();
+    let mut chars = form.chars().peekable();
+    // The opcode itself holds letters that are not operands.
+    let split = form.find(' ').unwrap();
+    out.push_str(&form[..split]);
+    for _ in 0..split {
+        chars.next();
+    }
+    for c in chars {
+        match c {
+            'R' | 'D' | 'F' | 'G' | 'P' | 'H' => out.push_str(&reg(g, c)),
+            'I' => out.push_str(&g.below(40).to_string()),
+            'K' => out.push_str(&format!("{}", g.next() as u32)),
+            'L' => out.push_str(&g.below(256).to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A random kernel: load every register, `n` random instructions (some guarded, some inside a
+/// divergent branch), store every register.
+fn program(g: &mut Rng, n: usize) -> (String, usize) {
+    let mut body = String::new();
+    let mut slot = 0usize;
+    for &(class, prefix, _, count) in &CLASSES {
+        for k in 0..count {
+            let at = slot * 8;
+            match class {
+                'P' => body.push_str(&format!("\tld.global.u32 %t, [%in+{at}];\n\tsetp.ne.u32 {prefix}{k}, %t, 0;\n")),
+                'H' => body.push_str(&format!("\tld.global.b16 {prefix}{k}, [%in+{at}];\n")),
+                'R' => body.push_str(&format!("\tld.global.u32 {prefix}{k}, [%in+{at}];\n")),
+                'F' => body.push_str(&format!("\tld.global.f32 {prefix}{k}, [%in+{at}];\n")),
+                _ => body.push_str(&format!("\tld.global.b64 {prefix}{k}, [%in+{at}];\n")),
+            }
+            slot += 1;
+        }
+    }
+    let mut open_labels = Vec::new();
+    for i in 0..n {
+        if g.below(12) == 0 {
+            let p = reg(g, 'P');
+            body.push_str(&format!("\t@{p} bra $L{i};\n"));
+            open_labels.push((i, i + 1 + g.below(6)));
+        }
+        let form = FORMS[g.below(FORMS.len())];
+        let guard = match g.below(6) {
+            0 => format!("@{} ", reg(g, 'P')),
+            1 => format!("@!{} ", reg(g, 'P')),
+            _ => String::new(),
+        };
+        body.push_str(&format!("\t{guard}{};\n", instance(g, form)));
+        open_labels.retain(|&(l, at)| {
+            if at == i {
+                body.push_str(&format!("$L{l}:\n"));
+                false
+            } else {
+                true
+            }
+        });
+    }
+    for (l, _) in open_labels {
+        body.push_str(&format!("$L{l}:\n"));
+    }
+    let mut slot_out = 0usize;
+    for &(class, prefix, _, count) in &CLASSES {
+        for k in 0..count {
+            let at = slot_out * 8;
+            match class {
+                'P' => body.push_str(&format!("\tselp.u32 %t, 1, 0, {prefix}{k};\n\tst.global.u32 [%out+{at}], %t;\n")),
+                'H' => body.push_str(&format!("\tst.global.b16 [%out+{at}], {prefix}{k};\n")),
+                'R' => body.push_str(&format!("\tst.global.u32 [%out+{at}], {prefix}{k};\n")),
+                'F' => body.push_str(&format!("\tst.global.f32 [%out+{at}], {prefix}{k};\n")),
+                _ => body.push_str(&format!("\tst.global.b64 [%out+{at}], {prefix}{k};\n")),
+            }
+            slot_out += 1;
+        }
+    }
+    let decls: String = CLASSES.iter().map(|&(_, prefix, ty, count)| format!("\t.reg {ty} {prefix}<{count}>;\n")).collect();
+    let text = format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n{decls}\t.reg .b32 %t;\n\t.reg .b32 %tid;\n\t.reg .b64 %in;\n\t.reg .b64 %out;\n\t.reg .b64 %o;\n\
+         \tmov.u32 %tid, %tid.x;\n\tmov.u32 %t, %ctaid.x;\n\tmad.lo.u32 %tid, %t, {THREADS}, %tid;\n\tmul.wide.u32 %o, %tid, {};\n\
+         \tld.param.u64 %in, [pin];\n\tadd.s64 %in, %in, %o;\n\tld.param.u64 %out, [pout];\n\tadd.s64 %out, %out, %o;\n{body}\tret;\n}}\n",
+        slot * 8
+    );
+    (text, slot)
+}
+
+struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Memory for Buffers {
+    fn regions(&mut self) -> Vec<(u64, &mut [u8])> {
+        vec![(IN_BASE, &mut self.input[..]), (OUT_BASE, &mut self.output[..])]
+    }
+}
+
+/// The outputs of one run, or the launch's error.
+fn run(module: &Module, input: &[u8], words: usize, engine: Engine) -> (Result<(), String>, Vec<u8>, u64) {
+    let mut mem = Buffers { input: input.to_vec(), output: vec![0xA5; THREADS * BLOCKS * words * 8] };
+    let params: Vec<u8> = [IN_BASE, OUT_BASE].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let cfg = LaunchConfig { grid: [BLOCKS as u32, 1, 1], block: [THREADS as u32, 1, 1], dynamic_shared_bytes: 0 };
+    let k = module.kernel("k").unwrap();
+    let r = with_jit_heat(0, || with_engine(engine, || launch(module, k, &cfg, &params, &HashMap::new(), &mut mem)));
+    let compiled = r.as_ref().map_or(0, |s| s.compiled);
+    (r.map(|_| ()).map_err(|e| e.to_string()), mem.output, compiled)
+}
+
+#[test]
+fn compiled_segments_compute_what_the_interpreter_computes() {
+    let mut g = Rng(0x5eed_1234_abcd_0001);
+    let (mut ran, mut rejected, mut compiled) = (0, Vec::new(), 0u64);
+    let mut wrong = Vec::new();
+    for n in 0..400 {
+        let (text, words) = program(&mut g, 24 + n % 40);
+        let module = match Module::parse(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                rejected.push(e.to_string());
+                continue;
+            }
+        };
+        let input: Vec<u8> = (0..THREADS * BLOCKS * words).flat_map(|_| input(&mut g).to_le_bytes()).collect();
+        let (got_r, got, c) = run(&module, &input, words, Engine::Compiled);
+        compiled += c;
+        ran += 1;
+        // The interpreter proper (per thread) and the warp engine without compiled code.
+        for reference in [Engine::Thread, Engine::Warp] {
+            let (want_r, want, _) = run(&module, &input, words, reference);
+            if want_r != got_r {
+                wrong.push(format!("program {n}: {reference:?} engine {want_r:?}, compiled {got_r:?}\n{text}"));
+                break;
+            }
+            if let Some(at) = (0..want.len() / 8).find(|&w| want[w * 8..w * 8 + 8] != got[w * 8..w * 8 + 8]) {
+                let word = |b: &[u8]| u64::from_le_bytes(b[at * 8..at * 8 + 8].try_into().unwrap());
+                let (thread, slot) = (at / words, at % words);
+                let lane_in: Vec<String> =
+                    (0..words).map(|s| format!("{:#x}", u64::from_le_bytes(input[(thread * words + s) * 8..][..8].try_into().unwrap()))).collect();
+                wrong.push(format!(
+                    "program {n}: thread {thread}, register slot {slot}: {reference:?} engine {:#x}, compiled {:#x}\ninputs {}\n{text}",
+                    word(&want),
+                    word(&got),
+                    lane_in.join(" ")
+                ));
+                break;
+            }
+        }
+        if wrong.len() >= 3 {
+            break;
+        }
+    }
+    assert!(wrong.is_empty(), "{} programs differ:\n{}", wrong.len(), wrong.join("\n\n"));
+    // Nearly all programs parse (a form the parser rejects would test nothing), and the
+    // compiled engine ran most of their instructions as compiled code.
+    assert!(rejected.len() * 20 < ran, "{} of {} programs rejected: {:?}", rejected.len(), ran + rejected.len(), &rejected[..rejected.len().min(3)]);
+    assert!(compiled > 0, "no instruction ran compiled");
+    eprintln!("{ran} random programs agree; {compiled} instructions ran compiled");
+}
