@@ -106,6 +106,12 @@ impl<'a> Global<'a> {
         true
     }
 
+    /// Region `i` (as `hint`s number them): its device address, host pointer and length, for
+    /// compiled code's loads (exec/jit.rs), which check each access against them.
+    pub(crate) fn region(&self, i: usize) -> Option<(u64, *mut u8, usize)> {
+        self.regions.get(i).map(|r| (r.base, r.ptr, r.len))
+    }
+
     /// Stores the low `n` bytes (1, 2, 4 or 8) of `v` at `addr`, little-endian.
     pub fn store(&self, addr: u64, n: usize, v: u64, hint: &mut usize) -> Result<(), MemFault> {
         let p = self.locate_near(addr, n, hint)?;

@@ -1,12 +1,19 @@
 //! Compiled segments: the warp engine's straight-line register work as native code (Cranelift).
 //!
-//! A segment is a run of instructions that only compute registers (pure ones, setp, pack and
-//! unpack: no memory, no control flow, no special registers, no collectives), starting at a
-//! branch target or after an instruction of another kind, and containing no branch target. Its
-//! native function runs the whole segment for one active lane after another: the registers the
-//! segment touches are loaded from the warp's rows once, the instructions run on machine
-//! registers, and the ones it writes are stored back. Lanes of a warp exchange nothing within
-//! such a segment, so lane after lane gives exactly what instruction after instruction does.
+//! A segment is a run of instructions that compute registers and load memory (pure ones, setp,
+//! pack and unpack, loads of global and shared memory: no stores, no control flow, no special
+//! registers, no collectives), starting at a branch target or after an instruction of another
+//! kind, and containing no branch target. Its native function runs the whole segment for one
+//! active lane after another: the registers the segment touches are loaded from the warp's rows
+//! once, the instructions run on machine registers, and the ones it writes are stored back.
+//! Lanes of a warp exchange nothing within such a segment (nothing in it stores), so lane after
+//! lane gives exactly what instruction after instruction does.
+//!
+//! Every load is checked against the allocation it falls in (the last one found, inline; any
+//! other through Global's lookup) or the block's shared memory. An access the code cannot make
+//! (outside them, or a generic address in the local window) marks the run failed: the rows it
+//! wrote are put back and the warp engine runs those instructions itself, which reports the
+//! fault exactly as it would have.
 //! Everything else (and any lane group that is about to meet another at a join point inside a
 //! segment) runs through the warp engine as before, so control flow, memory, barriers,
 //! collectives, the budget and the kernel-stop path are the interpreter's own.
@@ -22,7 +29,7 @@
 //! hot (JIT_HEAT lane-instructions run, over all their launches), so the many kernels that run
 //! once or briefly (most of CuPy's) pay no compile time; `VGPU_SIM_ENGINE=warp` turns it off.
 
-use super::warp::{pure_value, Eval, Fast, Src};
+use super::warp::{pure_value, AddrBase, Eval, Fast, Src};
 use super::*;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F64, I16, I32, I64, I8};
@@ -41,12 +48,87 @@ const MIN_LEN: usize = 1;
 const MAX_LEN: usize = 256;
 const NONE: u32 = u32::MAX;
 
-/// A segment's code: (the warp's register rows, the lanes that run it) -> 0.
-type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32) -> u32;
+/// A segment's code: (the warp's register rows, the lanes that run it, its loads' memory) -> 0.
+type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32, env: *mut LoadEnv) -> u32;
 
 pub(super) struct Segment {
     pub(super) len: u32,
     f: SegFn,
+    /// The registers it writes, where it loads memory (kept to be put back if a load fails).
+    undo: Vec<u32>,
+}
+
+/// What a segment's loads reach: the global allocation of the last load (checked inline), the
+/// block's shared memory, and the launch's allocations for the others. `fault` is set where a
+/// load cannot be made here.
+#[repr(C)]
+pub(super) struct LoadEnv<'m> {
+    base: u64,
+    len: u64,
+    ptr: *const u8,
+    shared: *const u8,
+    shared_len: u64,
+    fault: u64,
+    hint: usize,
+    mem: &'m Global<'m>,
+}
+
+impl<'m> LoadEnv<'m> {
+    pub(super) fn new(mem: &'m Global<'m>, hint: usize, shared: &[u8]) -> Self {
+        let mut env = LoadEnv { base: 0, len: 0, ptr: std::ptr::null(), shared: shared.as_ptr(), shared_len: shared.len() as u64, fault: 0, hint, mem };
+        env.use_region(hint);
+        env
+    }
+
+    fn use_region(&mut self, i: usize) {
+        if let Some((base, ptr, len)) = self.mem.region(i) {
+            (self.base, self.ptr, self.len, self.hint) = (base, ptr, len as u64, i);
+        }
+    }
+
+    /// The allocation the last load found (the caller's region hint).
+    pub(super) fn hint(&self) -> usize {
+        self.hint
+    }
+}
+
+/// A load the inline checks did not take: `n` bytes at `addr` of `space` (1: shared, 2:
+/// generic, else global), from another allocation, the shared window, or nowhere (fault).
+extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) -> u64 {
+    // SAFETY: `env` is the LoadEnv the segment was called with, alive and not otherwise
+    // borrowed during the call.
+    let env = unsafe { &mut *env };
+    let space = match space {
+        1 => Space::Shared,
+        2 => Space::Generic,
+        _ => Space::Global,
+    };
+    let n = n as usize;
+    let v = callback(|| match resolve(space, addr) {
+        (Space::Global, a) => {
+            let mut hint = env.hint;
+            let v = env.mem.load(a, n, &mut hint).ok();
+            env.use_region(hint);
+            v.unwrap_or_else(|| {
+                env.fault = 1;
+                0
+            })
+        }
+        (Space::Shared, a) => {
+            // SAFETY: `shared` and `shared_len` describe the block's shared memory, which the
+            // caller does not touch while the segment runs.
+            let shared = unsafe { std::slice::from_raw_parts(env.shared, env.shared_len as usize) };
+            read_le(shared, a, n).unwrap_or_else(|| {
+                env.fault = 1;
+                0
+            })
+        }
+        _ => {
+            env.fault = 1;
+            0
+        }
+    });
+    v
 }
 
 /// A kernel's compiled segments.
@@ -93,19 +175,38 @@ impl Compiled {
     }
 
     /// Runs `seg` for the lanes of `on` on a warp's rows (register r of lane l at r * 32 + l).
-    /// Err if a callback into the interpreter's functions panicked (a bug, reported as such).
-    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32) -> Result<(), ExecError> {
+    /// False if one of its loads could not be made (the rows are as they were: the caller runs
+    /// the instructions itself); Err if a callback into the interpreter's functions panicked (a
+    /// bug, reported as such).
+    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, env: &mut LoadEnv) -> Result<bool, ExecError> {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
         }
+        UNDO.with_borrow_mut(|undo| {
+            undo.clear();
+            for &r in &seg.undo {
+                undo.extend_from_slice(&rows[r as usize * WARP..][..WARP]);
+            }
+        });
+        env.fault = 0;
         // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r below
         // self.regs (translate_one checked each against the kernel's count, and compile
-        // recorded the largest), which the check above keeps within `rows`.
-        unsafe { (seg.f)(rows.as_mut_ptr(), on) };
+        // recorded the largest), which the check above keeps within `rows`; its loads read
+        // memory only where `env` says an allocation or the shared memory is, after checking
+        // the access lies inside (or through load_callback, which checks).
+        unsafe { (seg.f)(rows.as_mut_ptr(), on, env) };
         if CALLBACK_PANICKED.with(|p| p.replace(false)) {
             return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
         }
-        Ok(())
+        if env.fault != 0 {
+            UNDO.with_borrow(|undo| {
+                for (k, &r) in seg.undo.iter().enumerate() {
+                    rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
+                }
+            });
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -172,6 +273,8 @@ impl JitSlot {
 
 thread_local! {
     static CALLBACK_PANICKED: Cell<bool> = const { Cell::new(false) };
+    /// The rows a running segment may write, as they were (Compiled::run).
+    static UNDO: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs an interpreter function for compiled code: a panic must not unwind through it.
@@ -203,7 +306,14 @@ extern "C" fn compare_callback(op: *const Fast, a: u64, b: u64) -> u64 {
 }
 
 fn compilable(f: &Fast) -> bool {
-    matches!(f, Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. })
+    let loadable = |space: Space, ty: Ty, base: AddrBase| {
+        matches!(space, Space::Global | Space::Shared | Space::Generic) && matches!(ty.bytes(), 1 | 2 | 4 | 8) && !matches!(base, AddrBase::Sym(_))
+    };
+    match *f {
+        Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. } => true,
+        Fast::Ld { space, ty, base, .. } | Fast::LdV { space, ty, base, .. } => loadable(space, ty, base),
+        _ => false,
+    }
 }
 
 /// The registers an instruction reads and writes.
@@ -231,6 +341,18 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
         }
         Fast::Unpack { n, d, a, .. } => {
             src(a);
+            written.extend(d.iter().take(*n as usize).flatten());
+        }
+        Fast::Ld { d, base, .. } => {
+            if let AddrBase::Reg(r) = base {
+                read.push(*r);
+            }
+            written.push(*d);
+        }
+        Fast::LdV { n, d, base, .. } => {
+            if let AddrBase::Reg(r) = base {
+                read.push(*r);
+            }
             written.extend(d.iter().take(*n as usize).flatten());
         }
         _ => {}
@@ -286,6 +408,7 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(I32));
+        sig.params.push(AbiParam::new(ptr));
         sig.returns.push(AbiParam::new(I32));
         let id = module.declare_function(&format!("seg{n}"), Linkage::Local, &sig).map_err(|e| e.to_string())?;
         ctx.func.signature = sig;
@@ -296,11 +419,13 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         let mut cmp_sig = module.make_signature();
         cmp_sig.params.extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64)]);
         cmp_sig.returns.push(AbiParam::new(I64));
+        let mut load_sig = module.make_signature();
+        load_sig.params.extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64), AbiParam::new(I64)]);
+        load_sig.returns.push(AbiParam::new(I64));
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let pure_sig = b.import_signature(pure_sig);
-            let cmp_sig = b.import_signature(cmp_sig);
-            let regs = segment(&mut b, k, &compiled._ops, start, end, pure_sig, cmp_sig);
+            let sigs = Sigs { pure: b.import_signature(pure_sig), cmp: b.import_signature(cmp_sig), load: b.import_signature(load_sig) };
+            let regs = segment(&mut b, k, &compiled._ops, start, end, sigs);
             compiled.regs = compiled.regs.max(regs);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -312,11 +437,18 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     module.finalize_definitions().map_err(|e| e.to_string())?;
     for (&(start, end), id) in runs.iter().zip(ids) {
         let code = module.get_finalized_function(id);
-        // SAFETY: the function was declared with exactly this signature (pointer, i32) -> i32
-        // in the host's calling convention.
+        // SAFETY: the function was declared with exactly this signature (pointer, i32,
+        // pointer) -> i32 in the host's calling convention.
         let f = unsafe { std::mem::transmute::<*const u8, SegFn>(code) };
+        let (mut read, mut written) = (Vec::new(), Vec::new());
+        for pc in start..end {
+            regs_of(&compiled._ops[pc], k.insts[pc].guard, &mut read, &mut written);
+        }
+        written.sort_unstable();
+        written.dedup();
+        let loads = compiled._ops[start..end].iter().any(|f| matches!(f, Fast::Ld { .. } | Fast::LdV { .. }));
         compiled.at[start] = compiled.segs.len() as u32;
-        compiled.segs.push(Segment { len: (end - start) as u32, f });
+        compiled.segs.push(Segment { len: (end - start) as u32, f, undo: if loads { written } else { Vec::new() } });
     }
     compiled.code = Some(Code(module));
     Ok(compiled)
@@ -324,7 +456,7 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
 
 /// Builds the function of the segment [start, end): a loop over the 32 lanes, the segment's
 /// instructions on each active one. Returns how many registers it needs (its largest + 1).
-fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, pure_sig: SigRef, cmp_sig: SigRef) -> usize {
+fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs) -> usize {
     let (mut read, mut written) = (Vec::new(), Vec::new());
     for pc in start..end {
         regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
@@ -345,7 +477,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     let lane = b.append_block_param(head, I64);
 
     b.switch_to_block(entry);
-    let (rows, on) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+    let (rows, on, env) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
     let on = b.ins().uextend(I64, on);
     let zero = b.ins().iconst(I64, 0);
     b.ins().jump(head, &[BlockArg::Value(zero)]);
@@ -370,7 +502,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         b.def_var(v, x);
         vars.insert(r, v);
     }
-    let mut e = Emit { b, vars, pure_sig, cmp_sig };
+    let mut e = Emit { b, vars, sigs, env };
     for pc in start..end {
         e.inst(&ops[pc], k.insts[pc].guard);
     }
@@ -391,12 +523,21 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     touched.last().map_or(0, |&r| r as usize + 1)
 }
 
+/// The signatures of the callbacks: pure_callback, compare_callback, load_callback.
+#[derive(Clone, Copy)]
+struct Sigs {
+    pure: SigRef,
+    cmp: SigRef,
+    load: SigRef,
+}
+
 /// Emits instructions into a lane's body.
 struct Emit<'b, 'f> {
     b: &'b mut FunctionBuilder<'f>,
     vars: std::collections::HashMap<u32, Variable>,
-    pure_sig: SigRef,
-    cmp_sig: SigRef,
+    sigs: Sigs,
+    /// The segment's LoadEnv.
+    env: Value,
 }
 
 fn int_type(bits: u32) -> Option<Type> {
@@ -478,7 +619,7 @@ impl Emit<'_, '_> {
     fn call_pure(&mut self, op: &Fast, x: Value, y: Value, z: Value) -> Value {
         let f = self.iconst(pure_callback as *const () as i64);
         let op = self.iconst(op as *const Fast as i64);
-        let call = self.b.ins().call_indirect(self.pure_sig, f, &[op, x, y, z]);
+        let call = self.b.ins().call_indirect(self.sigs.pure, f, &[op, x, y, z]);
         self.b.inst_results(call)[0]
     }
 
@@ -566,8 +707,113 @@ impl Emit<'_, '_> {
                     self.set(dst, v, guard);
                 }
             }
+            Fast::Ld { space, ty, d, base, off } => self.loads(space, ty, base, off, &[(0, Some(d))], guard),
+            Fast::LdV { space, ty, n, d, base, off } => {
+                let parts: Vec<(u64, Option<u32>)> = d.iter().take(n as usize).enumerate().map(|(k, d)| ((k * ty.bytes()) as u64, *d)).collect();
+                self.loads(space, ty, base, off, &parts, guard)
+            }
             _ => unreachable!("only compilable instructions are in a segment"),
         }
+    }
+
+    /// A load of `parts` (offset from the address, destination) of `ty` each, where the guard
+    /// holds (a lane whose guard fails loads nothing, so cannot fault).
+    fn loads(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, parts: &[(u64, Option<u32>)], guard: Option<Value>) {
+        let at = match base {
+            AddrBase::Reg(r) => {
+                let v = self.reg(r);
+                self.b.ins().iadd_imm_s(v, off as i64)
+            }
+            _ => self.iconst(off as i64),
+        };
+        let dests: Vec<u32> = parts.iter().filter_map(|p| p.1).collect();
+        let (go, merge) = (self.b.create_block(), self.b.create_block());
+        let outs: Vec<Value> = dests.iter().map(|_| self.b.append_block_param(merge, I64)).collect();
+        match guard {
+            Some(g) => {
+                let olds: Vec<BlockArg> = dests.iter().map(|&r| BlockArg::Value(self.reg(r))).collect();
+                self.b.ins().brif(g, go, &[], merge, &olds);
+            }
+            None => {
+                self.b.ins().jump(go, &[]);
+            }
+        }
+        self.b.switch_to_block(go);
+        let mut news = Vec::new();
+        for &(k, d) in parts {
+            // Every element is loaded (and checked), as the interpreter loads it.
+            let a = self.b.ins().iadd_imm_s(at, k as i64);
+            let v = self.load(space, a, ty.bytes() as u32);
+            if d.is_some() {
+                news.push(BlockArg::Value(self.norm(ty, v)));
+            }
+        }
+        self.b.ins().jump(merge, &news);
+        self.b.switch_to_block(merge);
+        for (&r, &v) in dests.iter().zip(&outs) {
+            self.b.def_var(self.vars[&r], v);
+        }
+    }
+
+    /// `n` bytes at `addr` of `space`, zero-extended: inline from the allocation of the last
+    /// load (global and generic) or from shared memory where the access lies inside, else
+    /// through load_callback.
+    fn load(&mut self, space: Space, addr: Value, n: u32) -> Value {
+        let field = |f: usize| f as i32;
+        let flags = MemFlagsData::trusted();
+        let (base, len, ptr) = match space {
+            Space::Shared => {
+                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared_len)));
+                let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared)));
+                (None, len, ptr)
+            }
+            _ => {
+                let base = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, base)));
+                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, len)));
+                let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, ptr)));
+                (Some(base), len, ptr)
+            }
+        };
+        // Inside when off < len and off + n <= len (off + n cannot wrap: off < len).
+        let off = match base {
+            Some(base) => self.b.ins().isub(addr, base),
+            None => addr,
+        };
+        let below = self.b.ins().icmp(IntCC::UnsignedLessThan, off, len);
+        let end = self.b.ins().iadd_imm_s(off, n as i64);
+        let fits = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end, len);
+        let inside = self.b.ins().band(below, fits);
+        let (fast, slow, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        let out = self.b.append_block_param(merge, I64);
+        self.b.ins().brif(inside, fast, &[], slow, &[]);
+
+        self.b.switch_to_block(fast);
+        let p = self.b.ins().iadd(ptr, off);
+        let ty = match n {
+            1 => I8,
+            2 => I16,
+            4 => I32,
+            _ => I64,
+        };
+        // Unaligned is fine on the hosts Cranelift targets here (x86-64, aarch64).
+        let v = self.b.ins().load(ty, MemFlagsData::new().with_notrap(), p, 0);
+        let v = if ty == I64 { v } else { self.b.ins().uextend(I64, v) };
+        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(slow);
+        let f = self.iconst(load_callback as *const () as i64);
+        let code = self.iconst(match space {
+            Space::Shared => 1,
+            Space::Generic => 2,
+            _ => 0,
+        });
+        let bytes = self.iconst(n as i64);
+        let call = self.b.ins().call_indirect(self.sigs.load, f, &[self.env, code, addr, bytes]);
+        let v = self.b.inst_results(call)[0];
+        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(merge);
+        out
     }
 
     /// A pure instruction's value before normalization to its destination type.
@@ -770,7 +1016,7 @@ impl Emit<'_, '_> {
             _ => {
                 let f = self.iconst(compare_callback as *const () as i64);
                 let o = self.iconst(op as *const Fast as i64);
-                let call = self.b.ins().call_indirect(self.cmp_sig, f, &[o, x, y]);
+                let call = self.b.ins().call_indirect(self.sigs.cmp, f, &[o, x, y]);
                 let r = self.b.inst_results(call)[0];
                 return self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
             }

@@ -653,26 +653,30 @@ impl<'a> Ctx<'a> {
                 }
                 // A compiled segment here runs whole, unless lanes waiting inside it would join
                 // the group (or the group would stop for them) before its end.
-                if let Some(seg) = jit.and_then(|j| j.at(pc)) {
+                if let Some((j, seg)) = jit.and_then(|j| j.at(pc).map(|seg| (j, seg))) {
                     let rest = seg.len - 1;
                     let undisturbed = others == 0 || (spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest)));
                     if undisturbed {
-                        let n = seg.len as u64 * group.count_ones() as u64;
-                        self.executed += n;
-                        self.warp_wide += n;
-                        self.compiled += n;
-                        while self.executed >= self.next_check {
-                            self.checkpoint()?;
+                        let mut env = super::jit::LoadEnv::new(self.mem, self.region_hint, &self.shared);
+                        let ran = j.run(seg, regs.warp(w0), group, &mut env)?;
+                        self.region_hint = env.hint();
+                        // Else one of its loads could not be made there: the instructions run
+                        // here, one by one.
+                        if ran {
+                            let n = seg.len as u64 * group.count_ones() as u64;
+                            self.executed += n;
+                            self.warp_wide += n;
+                            self.compiled += n;
+                            while self.executed >= self.next_check {
+                                self.checkpoint()?;
+                            }
+                            if others != 0 {
+                                spun += rest;
+                                free_run = free_run.saturating_sub(rest);
+                            }
+                            pc += seg.len;
+                            continue;
                         }
-                        if others != 0 {
-                            spun += rest;
-                            free_run = free_run.saturating_sub(rest);
-                        }
-                        if let Some(j) = jit {
-                            j.run(seg, regs.warp(w0), group)?;
-                        }
-                        pc += seg.len;
-                        continue;
                     }
                 }
                 self.executed += group.count_ones() as u64;
