@@ -159,8 +159,8 @@ def run_child(model_dir, config, n, where, forced=None):
     env = dict(os.environ)
     if where == "cpu":
         env["VGPU_SOCKET"] = "/nonexistent/vgpu-no-gpu.sock"
-    elif where == "vgpu-thread":
-        env["VGPU_SOCKET"] = os.environ["VGPU_SOCKET_THREAD_ENGINE"]
+    elif where == "vgpu-baseline":
+        env["VGPU_SOCKET"] = os.environ["VGPU_SOCKET_BASELINE"]
     if forced:
         args.append(json.dumps(forced))
     r = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -208,10 +208,11 @@ def compare(model_dir, configs, n):
 
 def bench(model_dir, configs, n):
     """Decode speed (tokens/s after the prompt) of the CPU backend and of vgpu, in one run; with
-    VGPU_SOCKET_THREAD_ENGINE (a mediator whose sim runs the per-thread engine), that too."""
-    wheres = ["cpu", "vgpu"] + (["vgpu-thread"] if os.environ.get("VGPU_SOCKET_THREAD_ENGINE") else [])
+    VGPU_SOCKET_BASELINE (a mediator whose sim runs the engine VGPU_BASELINE_ENGINE names), that too."""
+    wheres = ["cpu", "vgpu"] + (["vgpu-baseline"] if os.environ.get("VGPU_SOCKET_BASELINE") else [])
+    base = os.environ.get("VGPU_BASELINE_ENGINE", "baseline")
     head = f"{'config':18} {'CPU backend':>14} {'vgpu (sim)':>14} {'vgpu / CPU':>11}"
-    print(head + (f" {'per-thread sim':>15} {'warp / thread':>14}" if len(wheres) > 2 else ""))
+    print(head + (f" {base + ' engine':>15} {'vgpu / ' + base:>14}" if len(wheres) > 2 else ""))
     for config in configs:
         c, g, *t = ((run_child(model_dir, config, n, where)[0] or {}).get("decode_tokens_per_s") for where in wheres)
         ratio = f"{g / c:.2e}" if c and g else "-"

@@ -189,8 +189,9 @@ const FORMS: &[&str] = &[
     "or.pred P, P, P",
     "xor.pred P, P, P",
     "not.pred P, P",
-    // Loads (A: a 4-byte-aligned offset into the thread's input, B: an 8-byte-aligned one, J:
-    // one into the shared array; now and then far outside, which faults) and shared stores.
+    // Loads and stores (A: a 4-byte-aligned offset into the thread's input, B: an 8-byte-aligned
+    // one, J and S: 4- and 8-byte-aligned ones into the thread's part of the shared array; now
+    // and then far outside, which faults).
     "ld.global.u32 R, [%in+A]",
     "ld.global.f32 F, [%in+A]",
     "ld.global.b64 D, [%in+B]",
@@ -205,6 +206,12 @@ const FORMS: &[&str] = &[
     "ld.u32 R, [%gsh+J]",
     "st.shared.u32 [%sh+J], R",
     "st.shared.f32 [%sh+J], F",
+    "st.global.u32 [%in+A], R",
+    "st.global.b64 [%in+B], D",
+    "st.global.v2.f32 [%in+B], {F, F}",
+    "st.u16 [%in+A], H",
+    "st.shared.v2.u32 [%sh+S], {R, R}",
+    "st.global.s8 [%in+A], R",
 ];
 
 struct Rng(u64);
@@ -310,10 +317,11 @@ fn instance(g: &mut Rng, form: &str, words: usize) -> String {
             'I' => out.push_str(&g.below(40).to_string()),
             'K' => out.push_str(&format!("{}", g.next() as u32)),
             'L' => out.push_str(&g.below(256).to_string()),
-            'A' | 'B' | 'J' => {
+            'A' | 'B' | 'J' | 'S' => {
                 let (align, room) = match c {
                     'A' => (4, words * 8),
                     'B' => (8, words * 8),
+                    'S' => (8, SHARED_BYTES + 16),
                     _ => (4, SHARED_BYTES + 16),
                 };
                 // Far outside now and then: the load faults, in both engines alike.

@@ -112,6 +112,11 @@ impl<'a> Global<'a> {
         self.regions.get(i).map(|r| (r.base, r.ptr, r.len))
     }
 
+    /// Whether `len` bytes at `addr` lie inside one allocation (`hint`: see locate_near).
+    pub(crate) fn contains(&self, addr: u64, len: usize, hint: &mut usize) -> bool {
+        self.locate_near(addr, len, hint).is_ok()
+    }
+
     /// Stores the low `n` bytes (1, 2, 4 or 8) of `v` at `addr`, little-endian.
     pub fn store(&self, addr: u64, n: usize, v: u64, hint: &mut usize) -> Result<(), MemFault> {
         let p = self.locate_near(addr, n, hint)?;

@@ -1,19 +1,22 @@
 //! Compiled segments: the warp engine's straight-line register work as native code (Cranelift).
 //!
-//! A segment is a run of instructions that compute registers and load memory (pure ones, setp,
-//! pack and unpack, loads of global and shared memory: no stores, no control flow, no special
-//! registers, no collectives), starting at a branch target or after an instruction of another
-//! kind, and containing no branch target. Its native function runs the whole segment for one
-//! active lane after another: the registers the segment touches are loaded from the warp's rows
-//! once, the instructions run on machine registers, and the ones it writes are stored back.
-//! Lanes of a warp exchange nothing within such a segment (nothing in it stores), so lane after
-//! lane gives exactly what instruction after instruction does.
+//! A segment is a run of instructions that compute registers, load and store memory (pure
+//! ones, setp, pack and unpack, loads and stores of global and shared memory: no control flow,
+//! no special registers, no collectives, no atomics), starting at a branch target or after an
+//! instruction of another kind, containing no branch target and no load after a store. Its
+//! native function runs the whole segment for one active lane after another: the registers the
+//! segment touches are loaded from the warp's rows once, the instructions run on machine
+//! registers, and the ones it writes are stored back. Its stores are only recorded (address and
+//! value per lane); once every lane has run, they are checked and made in the order the
+//! interpreter makes them (instruction by instruction, each for its lanes in turn). Every load
+//! comes before every store, so no lane's load can see what another stores within the segment,
+//! and lane after lane gives exactly what instruction after instruction does.
 //!
-//! Every load is checked against the allocation it falls in (the last one found, inline; any
-//! other through Global's lookup) or the block's shared memory. An access the code cannot make
-//! (outside them, or a generic address in the local window) marks the run failed: the rows it
-//! wrote are put back and the warp engine runs those instructions itself, which reports the
-//! fault exactly as it would have.
+//! Every access is checked against the allocation it falls in (loads: the last one found,
+//! inline; any other through Global's lookup) or the block's shared memory. An access the code
+//! cannot make (outside them, or a generic address in the local window) marks the run failed
+//! before any store is made: the rows it wrote are put back and the warp engine runs those
+//! instructions itself, which reports the fault exactly as it would have.
 //! Everything else (and any lane group that is about to meet another at a join point inside a
 //! segment) runs through the warp engine as before, so control flow, memory, barriers,
 //! collectives, the budget and the kernel-stop path are the interpreter's own.
@@ -54,8 +57,21 @@ type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32, env: *mut LoadEnv) ->
 pub(super) struct Segment {
     pub(super) len: u32,
     f: SegFn,
-    /// The registers it writes, where it loads memory (kept to be put back if a load fails).
+    /// The registers it writes, where it accesses memory (kept to be put back if an access
+    /// fails).
     undo: Vec<u32>,
+    /// Its stores in order: space, bytes per element, elements (records of lane l's element k
+    /// at the store's first record + l * elements + k).
+    stores: Vec<(Space, u8, u8)>,
+}
+
+/// A store a segment recorded: where, what (the low bytes), and whether the lane's guard let it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct StoreRec {
+    addr: u64,
+    value: u64,
+    valid: u64,
 }
 
 /// What a segment's loads reach: the global allocation of the last load (checked inline), the
@@ -71,11 +87,13 @@ pub(super) struct LoadEnv<'m> {
     fault: u64,
     hint: usize,
     mem: &'m Global<'m>,
+    /// Where the segment records its stores.
+    stores: *mut StoreRec,
 }
 
 impl<'m> LoadEnv<'m> {
-    pub(super) fn new(mem: &'m Global<'m>, hint: usize, shared: &[u8]) -> Self {
-        let mut env = LoadEnv { base: 0, len: 0, ptr: std::ptr::null(), shared: shared.as_ptr(), shared_len: shared.len() as u64, fault: 0, hint, mem };
+    fn new(mem: &'m Global<'m>, hint: usize, shared: *const u8, shared_len: usize, stores: *mut StoreRec) -> Self {
+        let mut env = LoadEnv { base: 0, len: 0, ptr: std::ptr::null(), shared, shared_len: shared_len as u64, fault: 0, hint, mem, stores };
         env.use_region(hint);
         env
     }
@@ -86,10 +104,6 @@ impl<'m> LoadEnv<'m> {
         }
     }
 
-    /// The allocation the last load found (the caller's region hint).
-    pub(super) fn hint(&self) -> usize {
-        self.hint
-    }
 }
 
 /// A load the inline checks did not take: `n` bytes at `addr` of `space` (1: shared, 2:
@@ -174,39 +188,71 @@ impl Compiled {
         }
     }
 
-    /// Runs `seg` for the lanes of `on` on a warp's rows (register r of lane l at r * 32 + l).
-    /// False if one of its loads could not be made (the rows are as they were: the caller runs
-    /// the instructions itself); Err if a callback into the interpreter's functions panicked (a
-    /// bug, reported as such).
-    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, env: &mut LoadEnv) -> Result<bool, ExecError> {
+    /// Runs `seg` for the lanes of `on` on a warp's rows (register r of lane l at r * 32 + l),
+    /// its memory the launch's allocations (`hint`: the region of the last access) and the
+    /// block's shared memory. False if one of its accesses could not be made (nothing stored,
+    /// the rows as they were: the caller runs the instructions itself); Err if a callback into
+    /// the interpreter's functions panicked (a bug, reported as such).
+    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, mem: &Global, hint: &mut usize, shared: &mut [u8]) -> Result<bool, ExecError> {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
         }
-        UNDO.with_borrow_mut(|undo| {
+        let records: usize = seg.stores.iter().map(|s| s.2 as usize * WARP).sum();
+        SCRATCH.with_borrow_mut(|(undo, recs)| {
             undo.clear();
             for &r in &seg.undo {
                 undo.extend_from_slice(&rows[r as usize * WARP..][..WARP]);
             }
-        });
-        env.fault = 0;
-        // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r below
-        // self.regs (translate_one checked each against the kernel's count, and compile
-        // recorded the largest), which the check above keeps within `rows`; its loads read
-        // memory only where `env` says an allocation or the shared memory is, after checking
-        // the access lies inside (or through load_callback, which checks).
-        unsafe { (seg.f)(rows.as_mut_ptr(), on, env) };
-        if CALLBACK_PANICKED.with(|p| p.replace(false)) {
-            return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
-        }
-        if env.fault != 0 {
-            UNDO.with_borrow(|undo| {
+            if recs.len() < records {
+                recs.resize(records, StoreRec::default());
+            }
+            let mut env = LoadEnv::new(mem, *hint, shared.as_ptr(), shared.len(), recs.as_mut_ptr());
+            // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r
+            // below self.regs (translate_one checked each against the kernel's count, and
+            // compile recorded the largest), which the check above keeps within `rows`; its
+            // loads read memory only where `env` says an allocation or the shared memory is,
+            // after checking the access lies inside (or through load_callback, which checks);
+            // it writes store records only below `records` (each store's elements for 32 lanes).
+            unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
+            *hint = env.hint;
+            if CALLBACK_PANICKED.with(|p| p.replace(false)) {
+                return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
+            }
+            let lanes = || (0..WARP).filter(move |l| on >> l & 1 != 0);
+            // Each store of a lane whose guard let it, with its place: (space, address, bytes).
+            let each = |f: &mut dyn FnMut(Space, u64, usize, u64) -> bool| {
+                let mut first = 0;
+                for &(space, n, elems) in &seg.stores {
+                    for l in lanes() {
+                        for k in 0..elems as usize {
+                            let r = recs[first + l * elems as usize + k];
+                            if r.valid != 0 && !f(space, r.addr, n as usize, r.value) {
+                                return false;
+                            }
+                        }
+                    }
+                    first += elems as usize * WARP;
+                }
+                true
+            };
+            let fits = |space: Space, addr: u64, n: usize, _: u64| match resolve(space, addr) {
+                (Space::Global, a) => mem.contains(a, n, hint),
+                (Space::Shared, a) => a.checked_add(n as u64).is_some_and(|e| e <= shared.len() as u64),
+                _ => false,
+            };
+            if env.fault != 0 || !each(&mut { fits }) {
                 for (k, &r) in seg.undo.iter().enumerate() {
                     rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
                 }
+                return Ok(false);
+            }
+            // Every store fits: made in the interpreter's order.
+            each(&mut |space, addr, n, v| match resolve(space, addr) {
+                (Space::Global, a) => mem.store(a, n, v, hint).is_ok(),
+                (_, a) => write_le(shared, a, n, v).is_some(),
             });
-            return Ok(false);
-        }
-        Ok(true)
+            Ok(true)
+        })
     }
 }
 
@@ -273,8 +319,9 @@ impl JitSlot {
 
 thread_local! {
     static CALLBACK_PANICKED: Cell<bool> = const { Cell::new(false) };
-    /// The rows a running segment may write, as they were (Compiled::run).
-    static UNDO: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The rows a running segment may write, as they were, and its store records
+    /// (Compiled::run).
+    static SCRATCH: std::cell::RefCell<(Vec<u64>, Vec<StoreRec>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs an interpreter function for compiled code: a panic must not unwind through it.
@@ -312,8 +359,17 @@ fn compilable(f: &Fast) -> bool {
     match *f {
         Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. } => true,
         Fast::Ld { space, ty, base, .. } | Fast::LdV { space, ty, base, .. } => loadable(space, ty, base),
+        Fast::St { space, ty, base, .. } | Fast::StV { space, ty, base, .. } => loadable(space, ty, base),
         _ => false,
     }
+}
+
+fn is_load(f: &Fast) -> bool {
+    matches!(f, Fast::Ld { .. } | Fast::LdV { .. })
+}
+
+fn is_store(f: &Fast) -> bool {
+    matches!(f, Fast::St { .. } | Fast::StV { .. })
 }
 
 /// The registers an instruction reads and writes.
@@ -355,6 +411,18 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
             }
             written.extend(d.iter().take(*n as usize).flatten());
         }
+        Fast::St { base, a, .. } => {
+            if let AddrBase::Reg(r) = base {
+                src(&Src::Reg(*r));
+            }
+            src(a);
+        }
+        Fast::StV { n, base, a, .. } => {
+            if let AddrBase::Reg(r) = base {
+                src(&Src::Reg(*r));
+            }
+            a.iter().take(*n as usize).for_each(&mut src);
+        }
         _ => {}
     }
     if let Some((p, _)) = guard {
@@ -381,8 +449,11 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
             continue;
         }
         let start = pc;
+        let mut stored = is_store(&ops[pc]);
         pc += 1;
-        while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) {
+        // No load after a store (see the module's comment).
+        while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) && !(stored && is_load(&ops[pc])) {
+            stored |= is_store(&ops[pc]);
             pc += 1;
         }
         if pc - start >= MIN_LEN {
@@ -446,9 +517,17 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         }
         written.sort_unstable();
         written.dedup();
-        let loads = compiled._ops[start..end].iter().any(|f| matches!(f, Fast::Ld { .. } | Fast::LdV { .. }));
+        let memory = compiled._ops[start..end].iter().any(|f| is_load(f) || is_store(f));
+        let stores = compiled._ops[start..end]
+            .iter()
+            .filter_map(|f| match *f {
+                Fast::St { space, ty, .. } => Some((space, ty.bytes() as u8, 1)),
+                Fast::StV { space, ty, n, .. } => Some((space, ty.bytes() as u8, n)),
+                _ => None,
+            })
+            .collect();
         compiled.at[start] = compiled.segs.len() as u32;
-        compiled.segs.push(Segment { len: (end - start) as u32, f, undo: if loads { written } else { Vec::new() } });
+        compiled.segs.push(Segment { len: (end - start) as u32, f, undo: if memory { written } else { Vec::new() }, stores });
     }
     compiled.code = Some(Code(module));
     Ok(compiled)
@@ -502,7 +581,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         b.def_var(v, x);
         vars.insert(r, v);
     }
-    let mut e = Emit { b, vars, sigs, env };
+    let mut e = Emit { b, vars, sigs, env, lane, stores: 0 };
     for pc in start..end {
         e.inst(&ops[pc], k.insts[pc].guard);
     }
@@ -536,8 +615,10 @@ struct Emit<'b, 'f> {
     b: &'b mut FunctionBuilder<'f>,
     vars: std::collections::HashMap<u32, Variable>,
     sigs: Sigs,
-    /// The segment's LoadEnv.
+    /// The segment's LoadEnv, the lane running, and the store records made so far (per lane).
     env: Value,
+    lane: Value,
+    stores: usize,
 }
 
 fn int_type(bits: u32) -> Option<Type> {
@@ -712,8 +793,42 @@ impl Emit<'_, '_> {
                 let parts: Vec<(u64, Option<u32>)> = d.iter().take(n as usize).enumerate().map(|(k, d)| ((k * ty.bytes()) as u64, *d)).collect();
                 self.loads(space, ty, base, off, &parts, guard)
             }
+            Fast::St { base, off, a, .. } => self.record_stores(base, off, &[a], 0, guard),
+            Fast::StV { ty, n, a, base, off, .. } => self.record_stores(base, off, &a[..n as usize], ty.bytes() as u64, guard),
             _ => unreachable!("only compilable instructions are in a segment"),
         }
+    }
+
+    /// Records a store of `values` (`size` bytes apart from the address) in this lane's records
+    /// of the store: address, value, and whether the guard let it (StoreRec).
+    fn record_stores(&mut self, base: AddrBase, off: u64, values: &[Src], size: u64, guard: Option<Value>) {
+        let at = match base {
+            AddrBase::Reg(r) => {
+                let v = self.reg(r);
+                self.b.ins().iadd_imm_s(v, off as i64)
+            }
+            _ => self.iconst(off as i64),
+        };
+        let valid = match guard {
+            Some(g) => self.b.ins().uextend(I64, g),
+            None => self.iconst(1),
+        };
+        let flags = MemFlagsData::trusted();
+        let recs = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, stores) as i32);
+        // This store's records start after the earlier stores' (32 lanes each), then the lane's.
+        let rec = std::mem::size_of::<StoreRec>() as i64;
+        let lane_at = self.b.ins().imul_imm_s(self.lane, rec * values.len() as i64);
+        let first = self.b.ins().iadd_imm_s(lane_at, rec * (self.stores * WARP) as i64);
+        let p = self.b.ins().iadd(recs, first);
+        for (k, &s) in values.iter().enumerate() {
+            let a = self.b.ins().iadd_imm_s(at, (k as u64 * size) as i64);
+            let v = self.get(s);
+            let o = rec as i32 * k as i32;
+            self.b.ins().store(flags, a, p, o + std::mem::offset_of!(StoreRec, addr) as i32);
+            self.b.ins().store(flags, v, p, o + std::mem::offset_of!(StoreRec, value) as i32);
+            self.b.ins().store(flags, valid, p, o + std::mem::offset_of!(StoreRec, valid) as i32);
+        }
+        self.stores += values.len();
     }
 
     /// A load of `parts` (offset from the address, destination) of `ty` each, where the guard

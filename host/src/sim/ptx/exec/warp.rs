@@ -657,11 +657,9 @@ impl<'a> Ctx<'a> {
                     let rest = seg.len - 1;
                     let undisturbed = others == 0 || (spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest)));
                     if undisturbed {
-                        let mut env = super::jit::LoadEnv::new(self.mem, self.region_hint, &self.shared);
-                        let ran = j.run(seg, regs.warp(w0), group, &mut env)?;
-                        self.region_hint = env.hint();
-                        // Else one of its loads could not be made there: the instructions run
-                        // here, one by one.
+                        let ran = j.run(seg, regs.warp(w0), group, self.mem, &mut self.region_hint, &mut self.shared)?;
+                        // Else one of its accesses could not be made there: the instructions
+                        // run here, one by one.
                         if ran {
                             let n = seg.len as u64 * group.count_ones() as u64;
                             self.executed += n;
