@@ -212,6 +212,17 @@ const FORMS: &[&str] = &[
     "st.u16 [%in+A], H",
     "st.shared.v2.u32 [%sh+S], {R, R}",
     "st.global.s8 [%in+A], R",
+    // Special registers and parameters.
+    "mov.u32 R, %tid.x",
+    "mov.u32 R, %tid.y",
+    "mov.u32 R, %ntid.x",
+    "mov.u32 R, %ctaid.x",
+    "mov.u32 R, %nctaid.x",
+    "mov.u32 R, %laneid",
+    "mov.u32 R, %warpid",
+    "cvt.u16.u32 H, %tid.x",
+    "ld.param.u64 D, [pout]",
+    "ld.param.u32 R, [pin+4]",
 ];
 
 struct Rng(u64);
@@ -484,4 +495,61 @@ fn compiled_segments_compute_what_the_interpreter_computes() {
     // Some programs fault (a load far outside), most do not.
     assert!(faulted > 0 && faulted * 4 < ran, "{faulted} of {ran} programs faulted");
     eprintln!("{ran} random programs agree ({faulted} fault alike); {compiled} instructions ran compiled");
+}
+
+/// One-instruction kernels over many inputs: out[i] = op(in[i]) (two 32-bit words in, one out).
+fn elementwise(op: &str, inputs: &[(u32, u32)], engine: Engine) -> Vec<u32> {
+    let text = format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n\
+         \t.reg .b32 %r<4>;\n\t.reg .b16 %h<2>;\n\t.reg .f32 %f<2>;\n\t.reg .b64 %rd<6>;\n\
+         \tmov.u32 %r0, %tid.x;\n\tmov.u32 %r1, %ctaid.x;\n\tmad.lo.u32 %r0, %r1, 256, %r0;\n\
+         \tld.param.u64 %rd0, [pin];\n\tld.param.u64 %rd1, [pout];\n\tmul.wide.u32 %rd2, %r0, 8;\n\tadd.s64 %rd3, %rd0, %rd2;\n\
+         \tmul.wide.u32 %rd4, %r0, 4;\n\tadd.s64 %rd5, %rd1, %rd4;\n\tld.global.v2.u32 {{%r1, %r2}}, [%rd3];\n\
+         \tmov.b32 %f0, %r1;\n\tcvt.u16.u32 %h0, %r1;\n\t{op}\n\tst.global.u32 [%rd5], %r3;\n\tret;\n}}\n"
+    );
+    let module = Module::parse(&text).unwrap();
+    let input: Vec<u8> = inputs.iter().flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes())).collect();
+    let mut mem = Buffers { input, output: vec![0; inputs.len() * 4] };
+    let params: Vec<u8> = [IN_BASE, OUT_BASE].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let cfg = LaunchConfig { grid: [(inputs.len() / 256) as u32, 1, 1], block: [256, 1, 1], dynamic_shared_bytes: 0 };
+    let k = module.kernel("k").unwrap();
+    let stats = with_jit_heat(0, || with_engine(engine, || launch(&module, k, &cfg, &params, &HashMap::new(), &mut mem))).unwrap();
+    assert!(engine != Engine::Compiled || stats.compiled > 0, "{op}: nothing compiled");
+    mem.output.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// The compiled f16 conversions and f16x2 arithmetic (done in integer and f32 code, not by the
+/// interpreter's functions) on every f16, and on f32s around every rounding boundary of f16.
+#[test]
+fn compiled_half_precision_matches_the_interpreter_on_every_half() {
+    let mut g = Rng(0x0f16_0f16_0f16_0f16);
+    // Every f16 (in both halves) with a random partner.
+    let halves: Vec<(u32, u32)> = (0..65536u32).map(|h| (h | (g.next() as u32) << 16, g.next() as u32)).collect();
+    // f32s near f16's range: every exponent from 2^-27 to 2^17, mantissas with the 13 bits
+    // that rounding drops exactly halfway, just below, just above, and random.
+    let mut floats = Vec::new();
+    for e in (127 - 27)..=(127 + 17u32) {
+        for m in 0..256u32 {
+            let top = (g.next() as u32 & 0x3ff) << 13;
+            for low in [0x1000, 0x0fff, 0x1001, 0, 0x1fff, g.next() as u32 & 0x1fff, m << 5] {
+                let sign = (g.next() as u32) << 31;
+                floats.push((sign | e << 23 | top | low, 0));
+            }
+        }
+    }
+    floats.extend([0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0x477f_efff, 0x477f_f000, 0x477f_f001, 0x3880_0000, 0x387f_ffff, 0x3300_0000, 0x3300_0001].map(|v| (v, 0)));
+    floats.resize(floats.len().next_multiple_of(256), (0, 0));
+    let cases: [(&str, &[(u32, u32)]); 5] = [
+        ("cvt.f32.f16 %f1, %h0;\n\tmov.b32 %r3, %f1;", &halves),
+        ("cvt.rn.f16.f32 %h1, %f0;\n\tcvt.u32.u16 %r3, %h1;", &floats),
+        ("add.rn.f16x2 %r3, %r1, %r2;", &halves),
+        ("sub.f16x2 %r3, %r1, %r2;", &halves),
+        ("mul.rn.f16x2 %r3, %r1, %r2;", &halves),
+    ];
+    for (op, inputs) in cases {
+        let want = elementwise(op, inputs, Engine::Thread);
+        let got = elementwise(op, inputs, Engine::Compiled);
+        let bad: Vec<String> = (0..inputs.len()).filter(|&i| want[i] != got[i]).take(5).map(|i| format!("{:#x},{:#x}: interpreter {:#x}, compiled {:#x}", inputs[i].0, inputs[i].1, want[i], got[i])).collect();
+        assert!(bad.is_empty(), "{op}:\n{}", bad.join("\n"));
+    }
 }

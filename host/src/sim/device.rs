@@ -642,7 +642,7 @@ impl DeviceSession for SimSession {
         tracing::debug!(grid = ?cfg.grid, block = ?cfg.block, dynamic_shared = cfg.dynamic_shared_bytes, params = ?params, "launch {kernel_name}");
         let started = std::time::Instant::now();
         let r = ptx::launch_with_budget(&module, k, &cfg, params, &globals, &mut self.mem, self.budget)
-            .inspect(|stats| tracing::debug!(instructions = stats.instructions, micros = started.elapsed().as_micros() as u64, "ran {kernel_name}"))
+            .inspect(|stats| tracing::debug!(instructions = stats.instructions, compiled = stats.compiled, micros = started.elapsed().as_micros() as u64, "ran {kernel_name}"))
             .map(|stats| stats.output)
             .map_err(|e| CmdError::new(super::exec_error_code(&e), format!("kernel {kernel_name}: {e}")));
         // The first launch that allocates on the device makes the heap.

@@ -89,12 +89,56 @@ pub(super) struct LoadEnv<'m> {
     mem: &'m Global<'m>,
     /// Where the segment records its stores.
     stores: *mut StoreRec,
+    /// The kernel's parameters and symbols (their addresses), the warp's lanes' %tid, and the
+    /// launch's and block's other special registers.
+    params: *const u8,
+    params_len: u64,
+    syms: *const u64,
+    tids: *const [u32; 3],
+    ntid: [u32; 3],
+    ctaid: [u32; 3],
+    nctaid: [u32; 3],
+    warp: u32,
+}
+
+/// What a segment runs on besides the warp's registers (Compiled::run).
+pub(super) struct Place<'x, 'm> {
+    pub(super) mem: &'m Global<'m>,
+    /// The region of the last global access.
+    pub(super) hint: &'x mut usize,
+    pub(super) shared: &'x mut [u8],
+    pub(super) params: &'x [u8],
+    pub(super) syms: &'x [u64],
+    pub(super) tids: &'x [[u32; 3]; WARP],
+    pub(super) ntid: [u32; 3],
+    pub(super) ctaid: [u32; 3],
+    pub(super) nctaid: [u32; 3],
+    /// The warp's number in its block.
+    pub(super) warp: u32,
 }
 
 impl<'m> LoadEnv<'m> {
-    fn new(mem: &'m Global<'m>, hint: usize, shared: *const u8, shared_len: usize, stores: *mut StoreRec) -> Self {
-        let mut env = LoadEnv { base: 0, len: 0, ptr: std::ptr::null(), shared, shared_len: shared_len as u64, fault: 0, hint, mem, stores };
-        env.use_region(hint);
+    fn new(at: &Place<'_, 'm>, stores: *mut StoreRec) -> Self {
+        let mut env = LoadEnv {
+            base: 0,
+            len: 0,
+            ptr: std::ptr::null(),
+            shared: at.shared.as_ptr(),
+            shared_len: at.shared.len() as u64,
+            fault: 0,
+            hint: *at.hint,
+            mem: at.mem,
+            stores,
+            params: at.params.as_ptr(),
+            params_len: at.params.len() as u64,
+            syms: at.syms.as_ptr(),
+            tids: at.tids.as_ptr(),
+            ntid: at.ntid,
+            ctaid: at.ctaid,
+            nctaid: at.nctaid,
+            warp: at.warp,
+        };
+        env.use_region(*at.hint);
         env
     }
 
@@ -115,6 +159,8 @@ extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) ->
     let space = match space {
         1 => Space::Shared,
         2 => Space::Generic,
+        // A parameter outside the parameters: the interpreter reports it.
+        3 => Space::Param,
         _ => Space::Global,
     };
     let n = n as usize;
@@ -150,8 +196,10 @@ pub(crate) struct Compiled {
     /// The segment starting at each pc (NONE: none does).
     at: Vec<u32>,
     segs: Vec<Segment>,
-    /// Registers a warp's rows must hold: every one a segment touches is below.
+    /// Registers a warp's rows must hold: every one a segment touches is below. Symbols the
+    /// same.
     regs: usize,
+    syms: usize,
     /// The instructions the code calls back with (pointers into this slice are in the code).
     _ops: Box<[Fast]>,
     code: Option<Code>,
@@ -193,9 +241,12 @@ impl Compiled {
     /// block's shared memory. False if one of its accesses could not be made (nothing stored,
     /// the rows as they were: the caller runs the instructions itself); Err if a callback into
     /// the interpreter's functions panicked (a bug, reported as such).
-    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, mem: &Global, hint: &mut usize, shared: &mut [u8]) -> Result<bool, ExecError> {
+    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, at: Place) -> Result<bool, ExecError> {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
+        }
+        if at.syms.len() < self.syms {
+            return Ok(false);
         }
         let records: usize = seg.stores.iter().map(|s| s.2 as usize * WARP).sum();
         SCRATCH.with_borrow_mut(|(undo, recs)| {
@@ -206,13 +257,15 @@ impl Compiled {
             if recs.len() < records {
                 recs.resize(records, StoreRec::default());
             }
-            let mut env = LoadEnv::new(mem, *hint, shared.as_ptr(), shared.len(), recs.as_mut_ptr());
+            let mut env = LoadEnv::new(&at, recs.as_mut_ptr());
+            let Place { mem, hint, shared, .. } = at;
             // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r
             // below self.regs (translate_one checked each against the kernel's count, and
             // compile recorded the largest), which the check above keeps within `rows`; its
             // loads read memory only where `env` says an allocation or the shared memory is,
             // after checking the access lies inside (or through load_callback, which checks);
-            // it writes store records only below `records` (each store's elements for 32 lanes).
+            // it writes store records only below `records` (each store's elements for 32 lanes);
+            // it reads symbols below self.syms (checked above), %tid of lanes below 32.
             unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
             *hint = env.hint;
             if CALLBACK_PANICKED.with(|p| p.replace(false)) {
@@ -353,13 +406,12 @@ extern "C" fn compare_callback(op: *const Fast, a: u64, b: u64) -> u64 {
 }
 
 fn compilable(f: &Fast) -> bool {
-    let loadable = |space: Space, ty: Ty, base: AddrBase| {
-        matches!(space, Space::Global | Space::Shared | Space::Generic) && matches!(ty.bytes(), 1 | 2 | 4 | 8) && !matches!(base, AddrBase::Sym(_))
-    };
+    let sized = |ty: Ty| matches!(ty.bytes(), 1 | 2 | 4 | 8);
     match *f {
         Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. } => true,
-        Fast::Ld { space, ty, base, .. } | Fast::LdV { space, ty, base, .. } => loadable(space, ty, base),
-        Fast::St { space, ty, base, .. } | Fast::StV { space, ty, base, .. } => loadable(space, ty, base),
+        Fast::Ld { space, ty, .. } | Fast::LdV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic | Space::Param) && sized(ty),
+        Fast::St { space, ty, .. } | Fast::StV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic) && sized(ty),
+        Fast::Sreg { s, .. } => matches!(s, Sreg::Tid(0..=2) | Sreg::Ntid(0..=2) | Sreg::Ctaid(0..=2) | Sreg::Nctaid(0..=2) | Sreg::LaneId | Sreg::WarpId),
         _ => false,
     }
 }
@@ -399,6 +451,7 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
             src(a);
             written.extend(d.iter().take(*n as usize).flatten());
         }
+        Fast::Sreg { d, .. } => written.push(*d),
         Fast::Ld { d, base, .. } => {
             if let AddrBase::Reg(r) = base {
                 read.push(*r);
@@ -460,7 +513,18 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
             runs.push((start, pc));
         }
     }
-    let mut compiled = Compiled { at: vec![NONE; ops.len()], segs: Vec::new(), regs: 0, _ops: ops, code: None };
+    let syms = ops
+        .iter()
+        .filter_map(|f| match f {
+            Fast::Ld { base: AddrBase::Sym(s), .. }
+            | Fast::LdV { base: AddrBase::Sym(s), .. }
+            | Fast::St { base: AddrBase::Sym(s), .. }
+            | Fast::StV { base: AddrBase::Sym(s), .. } => Some(*s as usize + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut compiled = Compiled { at: vec![NONE; ops.len()], segs: Vec::new(), regs: 0, syms, _ops: ops, code: None };
     if runs.is_empty() {
         return Ok(compiled);
     }
@@ -621,6 +685,11 @@ struct Emit<'b, 'f> {
     stores: usize,
 }
 
+/// `.ftz` and round to nearest (or no rounding named), nothing else.
+fn ftz_only(m: Mods) -> bool {
+    m == Mods { ftz: true, ..Mods::default() } || m == Mods { ftz: true, rnd: Rnd::Near, ..Mods::default() }
+}
+
 fn int_type(bits: u32) -> Option<Type> {
     match bits {
         8 => Some(I8),
@@ -714,6 +783,100 @@ impl Emit<'_, '_> {
         }
     }
 
+    /// `fast`, or where `slow` (a 0/1 byte) holds, the interpreter's result for `op`.
+    fn or_interpreter(&mut self, fast: Value, slow: Value, op: &Fast, x: Value, y: Value, z: Value) -> Value {
+        let (cold, merge) = (self.b.create_block(), self.b.create_block());
+        let out = self.b.append_block_param(merge, I64);
+        self.b.ins().brif(slow, cold, &[], merge, &[BlockArg::Value(fast)]);
+        self.b.switch_to_block(cold);
+        let v = self.call_pure(op, x, y, z);
+        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+        self.b.switch_to_block(merge);
+        out
+    }
+
+    /// The f16 nearest (ties to even) to the f32 whose bits are the low 32 of `x` (bits above
+    /// 32 clear), and whether it is a NaN (left to the interpreter). Normal results: the
+    /// exponent rebiased and the mantissa rounded by adding half an ulp less one plus the
+    /// kept mantissa's last bit; subnormal ones by the host's own rounding, adding 0.5 (whose
+    /// ulp is the f16 subnormal step); 65520 and above round to infinity.
+    fn f32_to_f16(&mut self, x: Value) -> (Value, Value) {
+        let a = self.b.ins().band_imm_u(x, 0x7fff_ffff);
+        let nan = self.b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, a, 0x7f80_0000);
+        let sign = self.b.ins().ushr_imm_u(x, 16);
+        let sign = self.b.ins().band_imm_u(sign, 0x8000);
+        let a32 = self.b.ins().ireduce(I32, a);
+        let f = self.b.ins().bitcast(F32, MemFlagsData::new(), a32);
+        let half = self.b.ins().f32const(0.5);
+        let s = self.b.ins().fadd(f, half);
+        let s = self.b.ins().bitcast(I32, MemFlagsData::new(), s);
+        let s = self.b.ins().uextend(I64, s);
+        let subnormal = self.b.ins().iadd_imm_s(s, -0x3f00_0000);
+        let odd = self.b.ins().ushr_imm_u(a, 13);
+        let odd = self.b.ins().band_imm_u(odd, 1);
+        let t = self.b.ins().iadd_imm_s(a, 0xfff - 0x3800_0000);
+        let t = self.b.ins().iadd(t, odd);
+        let normal = self.b.ins().ushr_imm_u(t, 13);
+        let small = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, a, 0x3880_0000);
+        let r = self.b.ins().select(small, subnormal, normal);
+        let big = self.b.ins().icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, a, 0x477f_f000);
+        let inf = self.iconst(0x7c00);
+        let r = self.b.ins().select(big, inf, r);
+        (self.b.ins().bor(r, sign), nan)
+    }
+
+    /// The f32 bits (zero-extended) of the f16 in the low 16 bits of `x` (exact), and whether
+    /// it is a NaN (left to the interpreter).
+    fn f16_to_f32(&mut self, x: Value) -> (Value, Value) {
+        let h = self.b.ins().band_imm_u(x, 0xffff);
+        let em = self.b.ins().band_imm_u(h, 0x7fff);
+        let nan = self.b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, em, 0x7c00);
+        let sign = self.b.ins().band_imm_u(h, 0x8000);
+        let sign = self.b.ins().ishl_imm_u(sign, 16);
+        let normal = self.b.ins().ishl_imm_u(em, 13);
+        let normal = self.b.ins().iadd_imm_s(normal, 0x3800_0000);
+        let inf = self.iconst(0x7f80_0000);
+        let is_inf = self.b.ins().icmp_imm_u(IntCC::Equal, em, 0x7c00);
+        let r = self.b.ins().select(is_inf, inf, normal);
+        // Subnormals (and zero): the integer times 2^-24, exact.
+        let f = self.b.ins().fcvt_from_uint(F32, em);
+        let step = self.b.ins().f32const(1.0f32 / (1 << 24) as f32);
+        let f = self.b.ins().fmul(f, step);
+        let f = self.b.ins().bitcast(I32, MemFlagsData::new(), f);
+        let subnormal = self.b.ins().uextend(I64, f);
+        let small = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, em, 0x400);
+        let r = self.b.ins().select(small, subnormal, r);
+        (self.b.ins().bor(r, sign), nan)
+    }
+
+    /// add, sub or mul.f16x2 to nearest: each half through f32 (a product of two halves is
+    /// exact there, a sum rounded to 24 bits then to 11 is rounded as once, 24 >= 2 * 11 + 2),
+    /// a NaN in or out left to the interpreter.
+    fn half2(&mut self, op: &Fast, bin: Bin, x: Value, y: Value, z: Value) -> Value {
+        let mut out = self.iconst(0);
+        let mut slow = self.b.ins().iconst(I8, 0);
+        for k in [0, 16] {
+            let (p, q) = (self.b.ins().ushr_imm_u(x, k), self.b.ins().ushr_imm_u(y, k));
+            let ((p, pn), (q, qn)) = (self.f16_to_f32(p), self.f16_to_f32(q));
+            let (p, q) = (self.float(F32, p), self.float(F32, q));
+            let r = match bin {
+                Bin::Add => self.b.ins().fadd(p, q),
+                Bin::Sub => self.b.ins().fsub(p, q),
+                _ => self.b.ins().fmul(p, q),
+            };
+            let rn = self.b.ins().fcmp(FloatCC::Unordered, r, r);
+            let r = self.b.ins().bitcast(I32, MemFlagsData::new(), r);
+            let r = self.b.ins().uextend(I64, r);
+            let (h, hn) = self.f32_to_f16(r);
+            for n in [pn, qn, rn, hn] {
+                slow = self.b.ins().bor(slow, n);
+            }
+            let h = self.b.ins().ishl_imm_u(h, k);
+            out = self.b.ins().bor(out, h);
+        }
+        self.or_interpreter(out, slow, op, x, y, z)
+    }
+
     /// A float value's bits (zero-extended), or where it is a NaN, the interpreter's result
     /// for the instruction `op` (its NaN).
     fn float_result(&mut self, r: Value, op: &Fast, x: Value, y: Value, z: Value) -> Value {
@@ -794,21 +957,56 @@ impl Emit<'_, '_> {
                 self.loads(space, ty, base, off, &parts, guard)
             }
             Fast::St { base, off, a, .. } => self.record_stores(base, off, &[a], 0, guard),
+            Fast::Sreg { ty, d, s } => {
+                let v = self.sreg(s);
+                let v = self.norm(ty, v);
+                self.set(d, v, guard);
+            }
             Fast::StV { ty, n, a, base, off, .. } => self.record_stores(base, off, &a[..n as usize], ty.bytes() as u64, guard),
             _ => unreachable!("only compilable instructions are in a segment"),
+        }
+    }
+
+    /// An access's address: its base (a register, a symbol's address, or 0) plus `off`.
+    fn address(&mut self, base: AddrBase, off: u64) -> Value {
+        let v = match base {
+            AddrBase::Reg(r) => self.reg(r),
+            AddrBase::Sym(sym) => {
+                let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
+                self.b.ins().load(I64, MemFlagsData::trusted(), syms, (sym as usize * 8) as i32)
+            }
+            AddrBase::Abs => return self.iconst(off as i64),
+        };
+        self.b.ins().iadd_imm_s(v, off as i64)
+    }
+
+    /// A special register's value in this lane (those `compilable` admits).
+    fn sreg(&mut self, s: Sreg) -> Value {
+        let flags = MemFlagsData::trusted();
+        let field = |b: &mut FunctionBuilder, env: Value, at: usize| {
+            let v = b.ins().load(I32, flags, env, at as i32);
+            b.ins().uextend(I64, v)
+        };
+        match s {
+            Sreg::Tid(d) => {
+                let tids = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, tids) as i32);
+                let at = self.b.ins().imul_imm_s(self.lane, 12);
+                let p = self.b.ins().iadd(tids, at);
+                let v = self.b.ins().load(I32, flags, p, 4 * d as i32);
+                self.b.ins().uextend(I64, v)
+            }
+            Sreg::Ntid(d) => field(self.b, self.env, std::mem::offset_of!(LoadEnv, ntid) + 4 * d as usize),
+            Sreg::Ctaid(d) => field(self.b, self.env, std::mem::offset_of!(LoadEnv, ctaid) + 4 * d as usize),
+            Sreg::Nctaid(d) => field(self.b, self.env, std::mem::offset_of!(LoadEnv, nctaid) + 4 * d as usize),
+            Sreg::WarpId => field(self.b, self.env, std::mem::offset_of!(LoadEnv, warp)),
+            _ => self.lane, // LaneId
         }
     }
 
     /// Records a store of `values` (`size` bytes apart from the address) in this lane's records
     /// of the store: address, value, and whether the guard let it (StoreRec).
     fn record_stores(&mut self, base: AddrBase, off: u64, values: &[Src], size: u64, guard: Option<Value>) {
-        let at = match base {
-            AddrBase::Reg(r) => {
-                let v = self.reg(r);
-                self.b.ins().iadd_imm_s(v, off as i64)
-            }
-            _ => self.iconst(off as i64),
-        };
+        let at = self.address(base, off);
         let valid = match guard {
             Some(g) => self.b.ins().uextend(I64, g),
             None => self.iconst(1),
@@ -834,13 +1032,7 @@ impl Emit<'_, '_> {
     /// A load of `parts` (offset from the address, destination) of `ty` each, where the guard
     /// holds (a lane whose guard fails loads nothing, so cannot fault).
     fn loads(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, parts: &[(u64, Option<u32>)], guard: Option<Value>) {
-        let at = match base {
-            AddrBase::Reg(r) => {
-                let v = self.reg(r);
-                self.b.ins().iadd_imm_s(v, off as i64)
-            }
-            _ => self.iconst(off as i64),
-        };
+        let at = self.address(base, off);
         let dests: Vec<u32> = parts.iter().filter_map(|p| p.1).collect();
         let (go, merge) = (self.b.create_block(), self.b.create_block());
         let outs: Vec<Value> = dests.iter().map(|_| self.b.append_block_param(merge, I64)).collect();
@@ -877,6 +1069,11 @@ impl Emit<'_, '_> {
         let field = |f: usize| f as i32;
         let flags = MemFlagsData::trusted();
         let (base, len, ptr) = match space {
+            Space::Param => {
+                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, params_len)));
+                let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, params)));
+                (None, len, ptr)
+            }
             Space::Shared => {
                 let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared_len)));
                 let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared)));
@@ -920,6 +1117,7 @@ impl Emit<'_, '_> {
         let code = self.iconst(match space {
             Space::Shared => 1,
             Space::Generic => 2,
+            Space::Param => 3,
             _ => 0,
         });
         let bytes = self.iconst(n as i64);
@@ -929,6 +1127,15 @@ impl Emit<'_, '_> {
 
         self.b.switch_to_block(merge);
         out
+    }
+
+    /// float::flush for an f32 (bits in the low 32 of `x`, the rest clear): a subnormal
+    /// becomes a zero of its sign.
+    fn flush32(&mut self, x: Value) -> Value {
+        let exp = self.b.ins().band_imm_u(x, 0x7f80_0000);
+        let sub = self.b.ins().icmp_imm_u(IntCC::Equal, exp, 0);
+        let zero = self.b.ins().band_imm_u(x, 0x8000_0000);
+        self.b.ins().select(sub, zero, x)
     }
 
     /// A pure instruction's value before normalization to its destination type.
@@ -1017,6 +1224,25 @@ impl Emit<'_, '_> {
                 };
                 self.float_result(r, op, x, y, z)
             }
+            // .ftz.f32 (float::bin: operands flushed, then the result): the same, flushed.
+            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && ftz_only(m) => {
+                let (fx, fy) = (self.flush32(x), self.flush32(y));
+                let (p, q) = (self.float(F32, fx), self.float(F32, fy));
+                let r = match bin {
+                    Bin::Add => self.b.ins().fadd(p, q),
+                    Bin::Sub => self.b.ins().fsub(p, q),
+                    _ => self.b.ins().fmul(p, q),
+                };
+                let r = self.float_result(r, op, x, y, z);
+                self.flush32(r)
+            }
+            Eval::Mad { hi: false, m } if ty == Ty::F32 && ftz_only(m) => {
+                let (fx, fy, fz) = (self.flush32(x), self.flush32(y), self.flush32(z));
+                let (p, q, s) = (self.float(F32, fx), self.float(F32, fy), self.float(F32, fz));
+                let r = self.b.ins().fma(p, q, s);
+                let r = self.float_result(r, op, x, y, z);
+                self.flush32(r)
+            }
             Eval::Mad { hi: false, .. } if int => {
                 let p = self.b.ins().imul(x, y);
                 self.b.ins().iadd(p, z)
@@ -1037,6 +1263,7 @@ impl Emit<'_, '_> {
                 let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, z, 0);
                 self.b.ins().select(c, x, y)
             }
+            Eval::Half2(Half2Op::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo)), m) if ty == Ty::F16 && plain(m) => self.half2(op, bin, x, y, z),
             Eval::Un(Un::Not, _) if int => self.b.ins().bnot(x),
             Eval::Un(Un::Neg, _) if int => self.b.ins().ineg(x),
             Eval::Cvt { sty, m } => self.convert(op, ty, sty, m, x),
@@ -1084,6 +1311,15 @@ impl Emit<'_, '_> {
                 } else {
                     i
                 }
+            }
+            // f32 <-> f16 to nearest (exact the other way), NaNs left to the interpreter.
+            (None, Some(F32)) if dty == Ty::F16 && plain => {
+                let (h, nan) = self.f32_to_f16(x);
+                self.or_interpreter(h, nan, op, x, zero, zero)
+            }
+            (Some(F32), None) if sty == Ty::F16 && plain => {
+                let (f, nan) = self.f16_to_f32(x);
+                self.or_interpreter(f, nan, op, x, zero, zero)
             }
             (Some(F64), Some(F32)) if plain => {
                 let v = self.float(F32, x);

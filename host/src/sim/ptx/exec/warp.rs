@@ -657,7 +657,19 @@ impl<'a> Ctx<'a> {
                     let rest = seg.len - 1;
                     let undisturbed = others == 0 || (spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest)));
                     if undisturbed {
-                        let ran = j.run(seg, regs.warp(w0), group, self.mem, &mut self.region_hint, &mut self.shared)?;
+                        let at = super::jit::Place {
+                            mem: self.mem,
+                            hint: &mut self.region_hint,
+                            shared: &mut self.shared,
+                            params: self.params,
+                            syms: &self.syms,
+                            tids: &tids,
+                            ntid: self.cfg.block,
+                            ctaid: self.ctaid,
+                            nctaid: self.cfg.grid,
+                            warp: w as u32,
+                        };
+                        let ran = j.run(seg, regs.warp(w0), group, at)?;
                         // Else one of its accesses could not be made there: the instructions
                         // run here, one by one.
                         if ran {
