@@ -223,6 +223,11 @@ const FORMS: &[&str] = &[
     "cvt.u16.u32 H, %tid.x",
     "ld.param.u64 D, [pout]",
     "ld.param.u32 R, [pin+4]",
+    // Local memory: a generic load there is one the compiled code leaves to the warp engine
+    // (which then runs the segment from its start, the registers it had changed put back).
+    "st.local.u32 [%lo+J], R",
+    "ld.u32 R, [%glo+J]",
+    "ld.local.u32 R, [%lo+J]",
 ];
 
 struct Rng(u64);
@@ -406,10 +411,11 @@ fn program(g: &mut Rng, n: usize) -> (String, usize) {
     assert_eq!(slot, INPUT_WORDS);
     let decls: String = CLASSES.iter().map(|&(_, prefix, ty, count)| format!("\t.reg {ty} {prefix}<{count}>;\n")).collect();
     let text = format!(
-        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n{decls}\t.reg .b32 %t;\n\t.reg .b32 %tid;\n\t.reg .b64 %in;\n\t.reg .b64 %out;\n\t.reg .b64 %o;\n\t.reg .b64 %sh;\n\t.reg .b64 %gsh;\n\t.shared .align 8 .b8 sh[{}];\n\
-         \tmov.u32 %t, %tid.x;\n\tmul.wide.u32 %o, %t, {SHARED_BYTES};\n\tmov.u64 %sh, sh;\n\tadd.s64 %sh, %sh, %o;\n\tcvta.shared.u64 %gsh, %sh;\n\
+        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n{decls}\t.reg .b32 %t;\n\t.reg .b32 %tid;\n\t.reg .b64 %in;\n\t.reg .b64 %out;\n\t.reg .b64 %o;\n\t.reg .b64 %sh;\n\t.reg .b64 %gsh;\n\t.reg .b64 %lo;\n\t.reg .b64 %glo;\n\t.local .align 8 .b8 lo[{}];\n\t.shared .align 8 .b8 sh[{}];\n\
+         \tmov.u32 %t, %tid.x;\n\tmul.wide.u32 %o, %t, {SHARED_BYTES};\n\tmov.u64 %sh, sh;\n\tadd.s64 %sh, %sh, %o;\n\tcvta.shared.u64 %gsh, %sh;\n\tmov.u64 %lo, lo;\n\tcvta.local.u64 %glo, %lo;\n\
          \tmov.u32 %tid, %tid.x;\n\tmov.u32 %t, %ctaid.x;\n\tmad.lo.u32 %tid, %t, {THREADS}, %tid;\n\tmul.wide.u32 %o, %tid, {};\n\
          \tld.param.u64 %in, [pin];\n\tadd.s64 %in, %in, %o;\n\tld.param.u64 %out, [pout];\n\tadd.s64 %out, %out, %o;\n{body}\tret;\n}}\n",
+        SHARED_BYTES + 16,
         SHARED_BYTES * THREADS,
         slot * 8
     );

@@ -57,8 +57,7 @@ type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32, env: *mut LoadEnv) ->
 pub(super) struct Segment {
     pub(super) len: u32,
     f: SegFn,
-    /// The registers it writes, where it accesses memory (kept to be put back if an access
-    /// fails).
+    /// Where it accesses memory, the registers to put back if an access fails (see compile).
     undo: Vec<u32>,
     /// Its stores in order: space, bytes per element, elements (records of lane l's element k
     /// at the store's first record + l * elements + k).
@@ -575,12 +574,24 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         // SAFETY: the function was declared with exactly this signature (pointer, i32,
         // pointer) -> i32 in the host's calling convention.
         let f = unsafe { std::mem::transmute::<*const u8, SegFn>(code) };
-        let (mut read, mut written) = (Vec::new(), Vec::new());
+        // The registers to put back if an access fails: those it writes whose value before the
+        // segment it reads (a read before any write, or a guarded write, which may keep the
+        // old value). The others the warp engine writes again before reading them when it runs
+        // the segment's instructions itself.
+        let (mut defined, mut exposed) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut written = Vec::new();
         for pc in start..end {
-            regs_of(&compiled._ops[pc], k.insts[pc].guard, &mut read, &mut written);
+            let (mut r, mut w) = (Vec::new(), Vec::new());
+            let guard = k.insts[pc].guard;
+            regs_of(&compiled._ops[pc], guard, &mut r, &mut w);
+            let old_read = if guard.is_some() { r.iter().chain(&w) } else { r.iter().chain(&[]) };
+            exposed.extend(old_read.filter(|x| !defined.contains(*x)).copied().collect::<Vec<_>>());
+            defined.extend(w.iter().copied());
+            written.extend(w);
         }
         written.sort_unstable();
         written.dedup();
+        written.retain(|r| exposed.contains(r));
         let memory = compiled._ops[start..end].iter().any(|f| is_load(f) || is_store(f));
         let stores = compiled._ops[start..end]
             .iter()
