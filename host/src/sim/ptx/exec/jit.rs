@@ -612,8 +612,8 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
 /// instructions on each active one. Returns how many registers it needs (its largest + 1).
 fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs) -> usize {
     let (mut read, mut written) = (Vec::new(), Vec::new());
-    for pc in start..end {
-        regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
+    for (op, inst) in ops[start..end].iter().zip(&k.insts[start..end]) {
+        regs_of(op, inst.guard, &mut read, &mut written);
     }
     let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
     touched.sort_unstable();
@@ -657,8 +657,8 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         vars.insert(r, v);
     }
     let mut e = Emit { b, vars, sigs, env, lane, stores: 0 };
-    for pc in start..end {
-        e.inst(&ops[pc], k.insts[pc].guard);
+    for (op, inst) in ops[start..end].iter().zip(&k.insts[start..end]) {
+        e.inst(op, inst.guard);
     }
     let b = e.b;
     for &r in &written {
