@@ -565,23 +565,18 @@ impl OpenFile {
         if args.len > MAX_PIN_BYTES {
             return Err(E2BIG);
         }
+        if self.chan.lock().is_none() {
+            return Err(EINVAL);
+        }
         let page = PAGE_SIZE as u64;
         let end = args.addr.checked_add(args.len).ok_or(EINVAL)?;
         let first = args.addr & !(page - 1);
         let count = usize::try_from((end - first).div_ceil(page)).map_err(|_| EINVAL)?;
         let writable = args.flags & channel::PIN_READ_ONLY == 0;
-        let mut chan = self.chan.lock();
-        let ch = Option::as_mut(&mut *chan).ok_or(EINVAL)?;
-        if ch.pins.len() >= bar0::MAX_PINS as usize {
-            return Err(ENOSPC);
-        }
-        let mut id = ch.next_pin;
-        while ch.pins.iter().any(|p| p.id == id) {
-            id = id.wrapping_add(1);
-        }
-        ch.next_pin = id.wrapping_add(1);
+        // The pages are pinned and mapped before the channel's lock is taken: pinning takes the
+        // process's mmap_lock, which mmap of this file holds when it takes the channel's lock.
         let mut p = Pinned {
-            id,
+            id: 0,
             dev: shared.dev.clone(),
             pages: VVec::with_capacity(count, GFP_KERNEL)?,
             dma: VVec::with_capacity(count, GFP_KERNEL)?,
@@ -615,6 +610,17 @@ impl OpenFile {
             }
             p.dma.push(addr, GFP_KERNEL)?;
         }
+        let mut chan = self.chan.lock();
+        let ch = Option::as_mut(&mut *chan).ok_or(EINVAL)?;
+        if ch.pins.len() >= bar0::MAX_PINS as usize {
+            return Err(ENOSPC);
+        }
+        let mut id = ch.next_pin;
+        while ch.pins.iter().any(|p| p.id == id) {
+            id = id.wrapping_add(1);
+        }
+        ch.next_pin = id.wrapping_add(1);
+        p.id = id;
         let ctrl = shared.ctrl.lock();
         if ctrl.gone {
             return Err(ENODEV);
