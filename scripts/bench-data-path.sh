@@ -58,13 +58,19 @@ awk -v A="$OUT/a" -v B="$OUT/b" -v C="$OUT/c" -v D="$OUT/d" '
     printf "%-26s %14s %14s %14s %14s\n", "", "(a) in-process", "(b) socket", "(c) guest", "(d) loopback"
     for (i = 1; i <= n; i++) {
       k = order[i]
-      if (k ~ /^memcpy_/) continue
+      if (k ~ /^memcpy_/) {
+        size = substr(k, 8)
+        printf "%-26s %14s %14s %14s %14s\n", "memcpy " human(size), "", cell(b, k, 0), cell(c, k, 0), ""
+        continue
+      }
       label = k; unit = ""; ref = 0
       if (match(k, /_[0-9]+$/)) {
         size = substr(k, RSTART + 1); base = substr(k, 1, RSTART - 1)
         label = sprintf("%s %s", base, human(size)); unit = "GB/s"; ref = b["memcpy_" size]
       }
-      printf "%-26s %14s %14s %14s %14s\n", label, cell(a, k, ref), cell(b, k, ref), cell(c, k, ref), cell(d, k, ref)
+      gref = (ref > 0 && ("memcpy_" size) in c) ? c["memcpy_" size] : ref
+      printf "%-26s %14s %14s %14s %14s\n", label, cell(a, k, ref), cell(b, k, ref), cell(c, k, gref), cell(d, k, ref)
     }
-    print "copies in GB/s, (in parentheses: % of this host'"'"'s memcpy for the size, measured in (b)); null call in us; launches per second"
+    print "copies in GB/s; in parentheses: % of memcpy for the size, this host'"'"'s (measured in (b)) for (a), (b), (d), the guest'"'"'s own for (c)"
+    print "null call in us; launches per second"
   }'

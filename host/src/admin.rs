@@ -52,6 +52,10 @@ pub struct VmReport {
     pub launches: u64,
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
+    #[serde(default)]
+    pub bytes_zero_copy: u64,
+    #[serde(default)]
+    pub bytes_staged: u64,
     pub gpu_seconds: f64,
     pub queue_depth: usize,
     pub queue_wait_seconds: f64,
@@ -108,6 +112,8 @@ pub fn vms(m: &Mediator) -> Vec<VmReport> {
                 launches: st.launches.load(Ordering::Relaxed),
                 bytes_to_device: st.bytes_to_device.load(Ordering::Relaxed),
                 bytes_from_device: st.bytes_from_device.load(Ordering::Relaxed),
+                bytes_zero_copy: st.bytes_zero_copy.load(Ordering::Relaxed),
+                bytes_staged: st.bytes_staged.load(Ordering::Relaxed),
                 gpu_seconds: ns(&st.gpu_ns),
                 queue_depth: gpu.sched.queue_depths().get(&v.id).copied().unwrap_or(0),
                 queue_wait_seconds: ns(&st.queue_wait_ns),

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc, MEM_ARRAY, MEM_DEVICE, MEM_HOST};
 use vgpu_uapi::cuda::*;
-use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, MAX_NAME_LEN, MAX_PARAM_BYTES};
+use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_GUEST_PINNED, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, MAX_NAME_LEN, MAX_PARAM_BYTES};
 use vgpu_uapi::wire::{Reader, Truncated, Writer};
 use vgpu_uapi::PROTOCOL_VERSION;
 
@@ -41,6 +41,12 @@ pub struct Connection<'b> {
     /// Memory this session opened from other processes of its VM, by token: (base, size, times
     /// opened), so that opening it again gives the same mapping, as in CUDA.
     opened: HashMap<Token, (u64, u64, u32)>,
+    /// The VM's RAM and pinned pages this connection shares (a device process's control
+    /// connection), or reaches (a guest channel's connection): the zero-copy data path.
+    guest_control: Option<Arc<crate::guest::GuestMemory>>,
+    guest_link: Option<crate::guest::ChannelLink>,
+    /// Requests handled so far (GuestChannel must be the first).
+    requests: u64,
 }
 
 /// Pinned host memory a client may share with the mediator: at most this many regions,
@@ -149,6 +155,9 @@ impl<'b> Connection<'b> {
             staged_image: Vec::new(),
             sticky: None,
             opened: HashMap::new(),
+            guest_control: None,
+            guest_link: None,
+            requests: 0,
         }
     }
 
@@ -267,15 +276,19 @@ impl<'b> Connection<'b> {
                 vm.stats.launches.fetch_add(1, Ordering::Relaxed);
             }
             (Ok(()), Op::MemcpyHtoD) => {
-                vm.stats.bytes_to_device.fetch_add(payload.len().saturating_sub(8) as u64, Ordering::Relaxed);
+                let n = payload.len().saturating_sub(8) as u64;
+                vm.stats.bytes_to_device.fetch_add(n, Ordering::Relaxed);
+                vm.stats.bytes_staged.fetch_add(n, Ordering::Relaxed);
             }
             (Ok(()), Op::MemcpyDtoH) => {
                 vm.stats.bytes_from_device.fetch_add(out.len() as u64, Ordering::Relaxed);
+                vm.stats.bytes_staged.fetch_add(out.len() as u64, Ordering::Relaxed);
             }
             (Ok(()), Op::MemcpyHtoDHost | Op::MemcpyDtoHHost) if payload.len() >= 32 => {
                 let len = u64::from_le_bytes(payload[24..32].try_into().unwrap_or([0; 8]));
                 let counter = if op == Op::MemcpyHtoDHost { &vm.stats.bytes_to_device } else { &vm.stats.bytes_from_device };
                 counter.fetch_add(len, Ordering::Relaxed);
+                vm.stats.bytes_zero_copy.fetch_add(len, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -302,6 +315,21 @@ impl<'b> Connection<'b> {
 
     fn session(&mut self) -> CmdResult<&mut dyn DeviceSession> {
         opened(&mut self.session)
+    }
+
+    /// The guest memory this control connection shares, made by its first GuestMemory. A
+    /// connection that is a client (a session) or a guest channel cannot be one.
+    fn guest_control(&mut self) -> CmdResult<Arc<crate::guest::GuestMemory>> {
+        if let Some(g) = &self.guest_control {
+            return Ok(g.clone());
+        }
+        let sh = self.share.as_ref().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "no VM here"))?;
+        if self.session.is_some() || self.guest_link.is_some() {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "guest memory is shared on a device process's own connection"));
+        }
+        let g = sh.vm.guests.create()?;
+        self.guest_control = Some(g.clone());
+        Ok(g)
     }
 
     /// Sharing requests in a worker (crate::worker): the mediator keeps the tokens, the counts
@@ -418,6 +446,7 @@ impl<'b> Connection<'b> {
         }
         // Descriptors not claimed by this request are closed.
         self.fds.clear();
+        self.requests += 1;
         // GPU time the backend measured itself (an asynchronous GPU's kernels, timed by events):
         // the VM's, and its scheduling share's.
         if let (Some(sh), Some(sess)) = (&self.share, self.session.as_deref_mut()) {
@@ -465,7 +494,8 @@ impl<'b> Connection<'b> {
                 }
                 out.put_u32(PROTOCOL_VERSION);
                 out.put_u32(self.backend.devices().len() as u32);
-                out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 });
+                let guest = if self.guest_link.is_some() { HELLO_GUEST_PINNED } else { 0 };
+                out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 } | guest);
             }
             Op::SessionReset => {
                 r.finish()?;
@@ -735,19 +765,64 @@ impl<'b> Connection<'b> {
                 r.finish()?;
                 self.host.remove(&h).ok_or_else(|| not_registered(h))?;
             }
-            Op::MemcpyHtoDHost => {
-                let (dst, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            Op::MemcpyHtoDHost | Op::MemcpyDtoHHost => {
+                let (dev, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
                 r.finish()?;
-                let Connection { session, host, .. } = self;
+                let to_device = op == Op::MemcpyHtoDHost;
+                let Connection { session, host, guest_link, .. } = self;
                 let sess = opened(session)?;
-                sess.write(dst, host_range(host, h, off, len)?)?;
+                let copy = |sess: &mut dyn DeviceSession, at: u64, bytes: &mut [u8]| {
+                    let at = dev.checked_add(at).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "device range wraps"))?;
+                    if to_device { sess.write(at, bytes) } else { sess.read(at, bytes) }
+                };
+                match guest_link {
+                    // A guest channel: the region is pinned guest memory, copied page run by run.
+                    Some(link) => {
+                        let id = u32::try_from(h).map_err(|_| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{h} is not a pinned region")))?;
+                        link.memory()?.copy((link.channel, link.generation), id, off, len, !to_device, |at, b| copy(sess, at, b))?;
+                    }
+                    None => copy(sess, 0, host_range(host, h, off, len)?)?,
+                }
             }
-            Op::MemcpyDtoHHost => {
-                let (src, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            Op::GuestMemory => {
+                let (gpa, size, offset) = (r.u64()?, r.u64()?, r.u64()?);
                 r.finish()?;
-                let Connection { session, host, .. } = self;
-                let sess = opened(session)?;
-                sess.read(src, host_range(host, h, off, len)?)?;
+                let fd = if self.fds.is_empty() { None } else { Some(self.fds.remove(0)) };
+                let fd = fd.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "GuestMemory without a file descriptor"))?;
+                let mem = self.guest_control()?;
+                mem.map(gpa, size, offset, fd)?;
+                out.extend_from_slice(&mem.token);
+            }
+            Op::GuestMemoryUnmap => {
+                let (gpa, size) = (r.u64()?, r.u64()?);
+                r.finish()?;
+                self.guest_control()?.unmap(gpa, size);
+            }
+            Op::GuestPin => {
+                let (channel, id, flags, offset, len, n) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u64()?, r.u32()?);
+                if n as usize > r.remaining() / 8 {
+                    return Err(Truncated.into());
+                }
+                let pages = (0..n).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+                r.finish()?;
+                self.guest_control()?.pin(crate::guest::PinRequest { channel, id, flags, offset, len, pages })?;
+            }
+            Op::GuestUnpin => {
+                let (channel, id) = (r.u32()?, r.u32()?);
+                r.finish()?;
+                self.guest_control()?.unpin(channel, id)?;
+            }
+            Op::GuestChannel => {
+                let token: Token = r.bytes(16)?.try_into().map_err(|_| Truncated)?;
+                let channel = r.u32()?;
+                r.finish()?;
+                if self.requests != 0 || self.guest_control.is_some() {
+                    return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, "GuestChannel must be a connection's first request"));
+                }
+                let sh = self.share.as_ref().ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "no VM here"))?;
+                let mem = sh.vm.guests.find(&token).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "no such device process"))?;
+                let generation = mem.attach(channel);
+                self.guest_link = Some(crate::guest::ChannelLink { memory: Arc::downgrade(&mem), channel, generation });
             }
             Op::ShareExport | Op::ShareImport | Op::ShareClose => self.share_op(op, &mut r, out)?,
             Op::MemCreate => {
@@ -883,6 +958,9 @@ impl Drop for Connection<'_> {
     /// The session goes with the connection: so does what it was charged.
     fn drop(&mut self) {
         self.session = None;
+        if let (Some(sh), Some(g)) = (&self.share, &self.guest_control) {
+            sh.vm.guests.forget(&g.token);
+        }
         if let Some(sh) = &self.share {
             let used = sh.client.used.swap(0, Ordering::Relaxed);
             sh.vm.stats.memory_used.fetch_sub(used, Ordering::Relaxed);

@@ -77,3 +77,128 @@ pub fn ptx_text(data: &[u8]) {
         let _ = crate::sim::ptx::Module::parse(text);
     }
 }
+
+/// The zero-copy guest data path (crate::guest) as a device process and its guest could drive
+/// it: a VM whose RAM is 32 pages at 1 MiB (a sealed memfd), channel 0 attached on a second
+/// connection with a device allocation of 16 pages. The input is a sequence of steps, each a
+/// selector byte and its fields (missing bytes read as 0): pins of up to 8 pages (in the RAM,
+/// or anywhere), unpins, unmaps and maps of RAM, copies both ways between the allocation (or
+/// any address) and a region, a channel attaching anew, and raw requests. Nothing may panic,
+/// and once both connections are gone the device holds no memory and the VM no guest memory.
+pub fn guest_pages(data: &[u8]) {
+    use crate::config::{SchedulerConfig, VmConfig};
+    use crate::dispatch::Share;
+    use crate::vms::{Gpu, Vm};
+    use std::sync::Arc;
+    const PAGE: u64 = 4096;
+    const RAM: u64 = 1 << 20;
+    let backend: Arc<dyn Backend> = Arc::new(backend());
+    let s = SchedulerConfig::default();
+    let gpu = Arc::new(Gpu {
+        name: "gpu0".into(),
+        backend: backend.clone(),
+        sched: crate::sched::Scheduler::new(std::time::Duration::from_millis(s.time_slice_ms), std::time::Duration::from_micros(s.anticipation_us)),
+    });
+    let vm = Arc::new(Vm::new(&VmConfig::unlimited("fuzz", "gpu0", std::path::Path::new("")), gpu.clone()));
+    let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else { return };
+    let connection = |vm: &Arc<Vm>| {
+        let client = vm.register(&a, Default::default()).ok()?;
+        Some(Connection::shared(backend.as_ref(), Share { vm: vm.clone(), gpu: gpu.clone(), client }))
+    };
+    let (Some(mut control), Some(mut chan)) = (connection(&vm), connection(&vm)) else { return };
+    let Some(ram) = sealed_memfd(32 * PAGE) else { return };
+    let share = |c: &mut Connection<'_>| {
+        let Ok(fd) = ram.try_clone() else { return Vec::new() };
+        c.attach_fds(&mut vec![fd.into()]);
+        let mut token = Vec::new();
+        let args: Vec<u8> = [RAM, 32 * PAGE, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let _ = c.handle(Op::GuestMemory as u32, &args, &mut token);
+        token
+    };
+    let token = share(&mut control);
+    let mut attach = token.clone();
+    attach.extend_from_slice(&0u32.to_le_bytes());
+    let _ = chan.handle(Op::GuestChannel as u32, &attach, &mut Vec::new());
+    let mut hello = vgpu_uapi::PROTOCOL_VERSION.to_le_bytes().to_vec();
+    hello.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    let _ = chan.handle(Op::Hello as u32, &hello, &mut Vec::new());
+    let mut dev = Vec::new();
+    let _ = chan.handle(Op::MemAlloc as u32, &(16 * PAGE).to_le_bytes(), &mut dev);
+    let dev = dev.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+
+    let rest = std::cell::Cell::new(data);
+    // The next `n` bytes as a little-endian number (0 past the end).
+    let take = |n: usize| {
+        let (head, tail) = rest.get().split_at(n.min(rest.get().len()));
+        rest.set(tail);
+        let mut b = [0u8; 8];
+        b[..head.len()].copy_from_slice(head);
+        u64::from_le_bytes(b)
+    };
+    let mut out = Vec::new();
+    for _ in 0..256 {
+        if rest.get().is_empty() {
+            break;
+        }
+        let sel = take(1);
+        out.clear();
+        let (c, op, args): (&mut Connection<'_>, Op, Vec<u8>) = match sel % 8 {
+            0 => {
+                let (channel, id, flags, offset, len, n) = (take(1) % 3, take(1), take(1) % 3, take(2), take(3), take(1) % 9);
+                let mut a: Vec<u8> = [channel, id, flags, offset].iter().flat_map(|&v| (v as u32).to_le_bytes()).collect();
+                a.extend_from_slice(&len.to_le_bytes());
+                a.extend_from_slice(&(n as u32).to_le_bytes());
+                for _ in 0..n {
+                    let p = take(1);
+                    let gpa = if p & 0x80 != 0 { take(8) } else { RAM + (p % 40) * PAGE };
+                    a.extend_from_slice(&gpa.to_le_bytes());
+                }
+                (&mut control, Op::GuestPin, a)
+            }
+            1 => {
+                let id = if take(1) == 0xff { u32::MAX } else { take(1) as u32 };
+                (&mut control, Op::GuestUnpin, [(take(1) % 3) as u32, id].iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            2 => (&mut control, Op::GuestMemoryUnmap, [RAM + (take(1) % 40) * PAGE, take(2) * PAGE].iter().flat_map(|v| v.to_le_bytes()).collect()),
+            3 => {
+                share(&mut control);
+                continue;
+            }
+            sel @ (4 | 5) => {
+                let at = if take(1) & 1 == 0 { dev + take(2) } else { take(8) };
+                let op = if sel == 4 { Op::MemcpyHtoDHost } else { Op::MemcpyDtoHHost };
+                (&mut chan, op, [at, take(1), take(3), take(3)].iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            6 => (&mut chan, Op::GuestChannel, attach.clone()),
+            _ => {
+                let (op, len) = (take(1) as u32 + 80, take(1) as usize);
+                let payload: Vec<u8> = (0..len).map(|_| take(1) as u8).collect();
+                let c = if op % 2 == 0 { &mut control } else { &mut chan };
+                let _ = c.handle(op, &payload, &mut out);
+                continue;
+            }
+        };
+        let _ = c.handle(op as u32, &args, &mut out);
+    }
+    drop(chan);
+    drop(control);
+    assert_eq!(backend.memory_usage(0).map(|u| u.1), Ok(0), "device memory left after the connections ended");
+    let token: Result<crate::share::Token, _> = token.as_slice().try_into();
+    if let Ok(t) = token {
+        assert!(vm.guests.find(&t).is_none(), "guest memory outlived its control connection");
+    }
+}
+
+fn sealed_memfd(size: u64) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is ours.
+    let fd = unsafe { libc::memfd_create(c"vgpu-fuzz-ram".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(size).ok()?;
+    // SAFETY: F_ADD_SEALS on a descriptor we own.
+    (unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } == 0).then_some(f)
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod cuda;
 pub mod dispatch;
 pub mod fuzz;
+pub mod guest;
 pub mod input;
 pub mod mediator;
 pub mod metrics;

@@ -28,6 +28,13 @@ pub fn render(m: &Mediator) -> String {
     family("vgpu_vm_launches_total", "counter", "Kernels launched and completed.", per_vm(&|v| v.launches as f64));
     family("vgpu_vm_bytes_to_device_total", "counter", "Bytes copied host to device.", per_vm(&|v| v.bytes_to_device as f64));
     family("vgpu_vm_bytes_from_device_total", "counter", "Bytes copied device to host.", per_vm(&|v| v.bytes_from_device as f64));
+    family(
+        "vgpu_vm_bytes_zero_copy_total",
+        "counter",
+        "Bytes copied (either way) straight between the VM's pinned pages and the device.",
+        per_vm(&|v| v.bytes_zero_copy as f64),
+    );
+    family("vgpu_vm_bytes_staged_total", "counter", "Bytes copied (either way) carried in requests and replies.", per_vm(&|v| v.bytes_staged as f64));
     family("vgpu_vm_gpu_seconds_total", "counter", "GPU time used by the VM's commands.", per_vm(&|v| v.gpu_seconds));
     family("vgpu_vm_queue_wait_seconds_total", "counter", "Time the VM's commands waited for the GPU.", per_vm(&|v| v.queue_wait_seconds));
     family("vgpu_vm_rate_limited_seconds_total", "counter", "Time the VM's commands were held by its rate limit.", per_vm(&|v| v.rate_limited_seconds));

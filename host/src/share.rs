@@ -26,7 +26,7 @@ pub struct Shares {
 }
 
 /// 16 bytes from the kernel's random number generator: not guessable by another process.
-fn random_token() -> CmdResult<Token> {
+pub(crate) fn random_token() -> CmdResult<Token> {
     let mut t = [0u8; TOKEN_LEN];
     let mut got = 0;
     while got < t.len() {

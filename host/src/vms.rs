@@ -47,6 +47,10 @@ pub struct VmStats {
     pub launches: AtomicU64,
     pub bytes_to_device: AtomicU64,
     pub bytes_from_device: AtomicU64,
+    /// Of those (both ways): bytes the mediator copied straight between the VM's own pages and
+    /// the device (pinned guest memory), and bytes carried in requests and replies.
+    pub bytes_zero_copy: AtomicU64,
+    pub bytes_staged: AtomicU64,
     pub gpu_ns: AtomicU64,
     pub queue_wait_ns: AtomicU64,
     pub time_limit_kills: AtomicU64,
@@ -78,6 +82,8 @@ pub struct Vm {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// What its processes exported to each other (IPC and shareable VMM handles).
     pub shares: crate::share::Shares,
+    /// Its device processes' RAM and pinned pages (the zero-copy data path).
+    pub guests: crate::guest::Guests,
     evicted: AtomicBool,
     /// Taken out of the configuration: its socket is closed.
     removed: AtomicBool,
@@ -107,6 +113,7 @@ impl Vm {
             stats: VmStats::default(),
             clients: Mutex::default(),
             shares: Default::default(),
+            guests: Default::default(),
             evicted: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             bucket: Mutex::new(Bucket { tokens: 0.0, at: Instant::now() }),

@@ -45,3 +45,8 @@ fn module_image() {
 fn ptx_text() {
     replay("ptx_text", &["ptx"], vgpu_host::fuzz::ptx_text);
 }
+
+#[test]
+fn guest_pages() {
+    replay("guest_pages", &[], vgpu_host::fuzz::guest_pages);
+}

@@ -402,3 +402,119 @@ fn sharing_is_confined_to_the_vm_and_leaks_nothing() {
     // Everything shared went back to the device.
     assert_eq!(good2.mem_get_info().0, free_before, "device memory leaked through sharing");
 }
+
+/// The zero-copy guest data path: only the device process's own connection shares the VM's RAM
+/// and its pins; a channel's connection reaches only its channel's pinned pages, in pin order,
+/// and nothing once they are unpinned, unmapped, or the device process is gone; no other VM
+/// reaches them at all.
+#[test]
+fn guest_pages_are_reached_only_through_the_device_process_pins() {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    use vgpu_uapi::proto::{GUEST_UNPIN_ALL, HELLO_GUEST_PINNED};
+    const PAGE: u64 = 4096;
+    const RAM: u64 = 1 << 20;
+    let (dir, m) = start("guest-pages");
+    let evil = dir.join("evil.sock");
+    let ram = memfd(64 * PAGE, true);
+    for i in 0..64u64 {
+        ram.write_all_at(&[i as u8; PAGE as usize], i * PAGE).unwrap();
+    }
+    let control = Proc::bare(&evil);
+    let share = |p: &Proc, f: &std::fs::File, gpa: u64, size: u64| p.call_with_fd(Op::GuestMemory, &[&u64s(&[gpa, size, 0])], f.as_fd());
+    assert_eq!(share(&control, &memfd(64 * PAGE, false), RAM, 64 * PAGE).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "unsealed RAM");
+    assert_eq!(share(&control, &ram, RAM, 65 * PAGE).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "past the file's end");
+    assert_eq!(control.call(Op::GuestMemory, &[&u64s(&[RAM, PAGE, 0])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "no descriptor");
+    let token = share(&control, &ram, RAM, 64 * PAGE).unwrap();
+    assert_eq!(token.len(), 16);
+
+    // Channel 2's connection, as the device process opens it, and its guest process.
+    let (chan, attached, flags) = Proc::guest_channel(&evil, &token, 2, 77);
+    assert_eq!((attached, flags & HELLO_GUEST_PINNED), (Ok(()), HELLO_GUEST_PINNED));
+    let (_, forged, flags) = Proc::guest_channel(&evil, &[9; 16], 2, 78);
+    assert_eq!((forged, flags & HELLO_GUEST_PINNED), (Err(CUDA_ERROR_INVALID_VALUE), 0), "a made-up token");
+    let (_, other_vm, _) = Proc::guest_channel(&dir.join("good.sock"), &token, 2, 79);
+    assert_eq!(other_vm, Err(CUDA_ERROR_INVALID_VALUE), "another VM's device process");
+    assert_eq!(chan.call(Op::GuestChannel, &[&token, &3u32.to_le_bytes()]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "not the first request");
+    // A guest process cannot pin or share RAM itself.
+    let pin_args = |ch: u32, id: u32, flags: u32, offset: u32, len: u64, pages: &[u64]| {
+        let mut a: Vec<u8> = [ch, id, flags, offset].iter().flat_map(|w| w.to_le_bytes()).collect();
+        a.extend_from_slice(&len.to_le_bytes());
+        a.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        a.extend_from_slice(&u64s(pages));
+        a
+    };
+    let page = |i: u64| RAM + i * PAGE;
+    let region = pin_args(2, 5, 0, 10, 3 * PAGE - 10, &[page(3), page(1), page(2)]);
+    assert_eq!(chan.call(Op::GuestPin, &[&region]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "pinned by the guest");
+    assert_eq!(share(&chan, &ram, 0, PAGE).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "RAM shared by the guest");
+    for (what, bad) in [
+        ("a page outside the VM's RAM", pin_args(2, 6, 0, 0, 10, &[page(64)])),
+        ("an unaligned page", pin_args(2, 6, 0, 0, 10, &[page(1) + 8])),
+        ("longer than its pages", pin_args(2, 6, 0, 100, PAGE, &[page(1)])),
+        ("a channel not attached", pin_args(3, 6, 0, 0, 10, &[page(1)])),
+        ("fewer pages than it counts", pin_args(2, 6, 0, 0, 10, &[page(1)])[..32].to_vec()),
+        ("unknown flags", pin_args(2, 6, 8, 0, 10, &[page(1)])),
+    ] {
+        assert_eq!(control.call(Op::GuestPin, &[&bad]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
+    }
+    control.call(Op::GuestPin, &[&region]).unwrap();
+    assert_eq!(control.call(Op::GuestPin, &[&region]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "pinned twice");
+    control.call(Op::GuestPin, &[&pin_args(2, 6, 1, 0, PAGE, &[page(9)])]).unwrap();
+
+    // Host to device: the bytes of pages 3, 1, 2 from offset 10, in that order.
+    let d = chan.alloc(4 * PAGE).unwrap();
+    let len = 3 * PAGE - 10;
+    chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, len])]).unwrap();
+    let want: Vec<u8> = [3u8, 1, 2].iter().flat_map(|&b| vec![b; PAGE as usize]).skip(10).collect();
+    assert_eq!(chan.read(d, len).unwrap(), want);
+    // Device to host: into page 1 (region bytes PAGE - 10 .. 2 PAGE - 10) only.
+    chan.memset32(d, 0xabababab, PAGE / 4).unwrap();
+    chan.call(Op::MemcpyDtoHHost, &[&u64s(&[d, 5, PAGE - 10, PAGE])]).unwrap();
+    let mut back = vec![0u8; 3 * PAGE as usize];
+    ram.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!((back[..PAGE as usize].iter().all(|&b| b == 0), back[PAGE as usize..2 * PAGE as usize].iter().all(|&b| b == 0xab)), (true, true));
+    assert!(back[2 * PAGE as usize..].iter().all(|&b| b == 2), "page 2 untouched");
+    for (what, op, args) in [
+        ("past the region", Op::MemcpyHtoDHost, [d, 5, 1, len]),
+        ("offset overflow", Op::MemcpyDtoHHost, [d, 5, u64::MAX, 2]),
+        ("a region never pinned", Op::MemcpyHtoDHost, [d, 7, 0, 16]),
+        ("an id past u32", Op::MemcpyHtoDHost, [d, 5 | 1 << 32, 0, 16]),
+        ("into a read-only region", Op::MemcpyDtoHHost, [d, 6, 0, 16]),
+        ("outside device memory", Op::MemcpyHtoDHost, [0x1000, 5, 0, 16]),
+    ] {
+        assert_eq!(chan.call(op, &[&u64s(&args)]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
+    }
+    chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 6, 0, 16])]).unwrap();
+    assert_eq!(chan.read(d, 16).unwrap(), vec![9u8; 16], "read-only regions are read");
+    // A plain client of the VM names host memory of its own, never a channel's region.
+    let plain = Proc::connect(&evil, 80).unwrap();
+    let pd = plain.alloc(PAGE).unwrap();
+    assert_eq!(plain.call(Op::MemcpyHtoDHost, &[&u64s(&[pd, 5, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE));
+
+    // Accounted as zero-copy, per VM.
+    let report = vgpu_host::admin::vms(&m);
+    let evil_report = report.iter().find(|v| v.name == "evil").unwrap();
+    assert_eq!(evil_report.bytes_zero_copy, len + PAGE + 16);
+
+    // Unpinned, unmapped, or the device process gone: refused, the pages never touched.
+    control.call(Op::GuestUnpin, &[&2u32.to_le_bytes(), &6u32.to_le_bytes()]).unwrap();
+    assert_eq!(chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 6, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "unpinned");
+    control.call(Op::GuestMemoryUnmap, &[&u64s(&[RAM, 64 * PAGE])]).unwrap();
+    assert_eq!(chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "unmapped");
+    share(&control, &ram, RAM, 64 * PAGE).unwrap();
+    chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]).unwrap();
+    control.call(Op::GuestUnpin, &[&2u32.to_le_bytes(), &GUEST_UNPIN_ALL.to_le_bytes()]).unwrap();
+    assert_eq!(chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "channel released");
+    control.call(Op::GuestPin, &[&region]).unwrap();
+    drop(control);
+    let gone = (0..200).find(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        chan.call(Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]) == Err(CUDA_ERROR_INVALID_VALUE)
+    });
+    assert!(gone.is_some(), "the device process's pins outlived its connection");
+    // The channel's own work goes on.
+    chan.write(d, &[1, 2, 3]).unwrap();
+    assert_eq!(chan.read(d, 3).unwrap(), vec![1, 2, 3]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

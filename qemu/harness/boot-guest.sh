@@ -204,8 +204,9 @@ wait $HOSTCTL_PID 2>/dev/null || true
 HOSTCTL_PID=""
 [ ! -e "$WORK/hostctl.log" ] || sed 's/^/boot-guest: hostctl: /' "$WORK/hostctl.log"
 tr -d '\r' < "$WORK/guest.raw" > "$WORK/guest.log"
-# What the host's admin saw of this VM.
+# What the host's admin saw of this VM (the table, and as JSON on one line).
 "$ADMIN" --socket "$WORK/admin.sock" vms 2>&1 | sed 's/^/HOST-ADMIN /' || true
+echo "HOST-ADMIN-JSON $("$ADMIN" --socket "$WORK/admin.sock" --json vms 2>&1 | tr -d '\n' || true)"
 if grep -q '^killed the VM' "$WORK/hostctl.log" 2>/dev/null; then
   # The VM was killed on request (a crash): the host must free everything it held, soon.
   t0=$(date +%s%N) freed=""

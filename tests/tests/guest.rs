@@ -333,6 +333,13 @@ fn the_driver_interfaces_and_discovery_tools_work_in_the_guest() {
     assert_eq!(values(&body, "HOST-REGISTER"), ["rc=0 pass=1 fallbacks=0"], "host_register in the guest:\n{}", whole());
     let admin = stdout.lines().find_map(|l| l.strip_prefix("HOST-ADMIN guest ")).unwrap_or_else(|| panic!("no HOST-ADMIN line for the VM:\n{}", whole()));
     assert!(admin.contains("/384 MiB") && admin.ends_with("serving"), "vgpu-admin vms: {admin}");
+    // Copies of pinned memory went zero-copy: the mediator took the bytes straight from the VM's
+    // pages (host_register alone copies 12 MiB each way through registered memory).
+    let json = stdout.lines().find_map(|l| l.strip_prefix("HOST-ADMIN-JSON ")).unwrap_or_else(|| panic!("no HOST-ADMIN-JSON line:\n{}", whole()));
+    let vms: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("HOST-ADMIN-JSON {json}: {e}"));
+    let vm = vms.as_array().and_then(|v| v.iter().find(|v| v["name"] == "guest")).unwrap_or_else(|| panic!("no VM `guest` in {json}"));
+    let zero_copy = vm["bytes_zero_copy"].as_u64().unwrap_or(0);
+    assert!(zero_copy >= 24 << 20, "only {zero_copy} bytes went zero-copy: {vm}");
 
     // pynvml over /dev/nvidia0 agrees with nvidia-smi and /proc.
     let nvml: std::collections::HashMap<&str, &str> = values(&body, "PYNVML").iter().filter_map(|l| l.split_once(' ')).collect();

@@ -56,6 +56,9 @@ pub const OP_RECV: u32 = 2;
 /// id, `offset` is relative to the region's start. `OP_SEND_PINNED` hands the mediator `len`
 /// bytes of the region; `OP_RECV_PINNED` writes exactly `len` bytes of the mediator's reply into
 /// it (waiting for all of them). So a copy from or to pinned memory is not copied in the guest.
+/// Where the mediator reaches the channel's pinned regions itself (its Hello answers
+/// `proto::HELLO_GUEST_PINNED`: the device shared them, see `qemu/stub/src/link.rs`), libcuda
+/// names the region in its request instead and neither op carries the bytes.
 pub const OP_SEND_PINNED: u32 = 3;
 pub const OP_RECV_PINNED: u32 = 4;
 

@@ -183,7 +183,30 @@ opcodes! {
     /// req: dst u64, handle u64, offset u64, len u64 -> reply:  (copy from registered memory)
     MemcpyHtoDHost = 82,
     /// req: src u64, handle u64, offset u64, len u64 -> reply:  (copy into registered memory)
+    /// On a guest channel ([`HELLO_GUEST_PINNED`]) `handle` is a region the guest driver pinned
+    /// on that channel (its id), and the mediator copies straight between the VM's pages and
+    /// the device: the bytes never pass through the device process or the socket.
     MemcpyDtoHHost = 83,
+    /// Zero-copy guest data path (see the zero-copy notes in `host/src/guest.rs`); sent by the device process (vgpu-stub)
+    /// on its own control connection, never by a guest. req: gpa u64, size u64, file offset u64,
+    /// with the memfd holding that piece of the VM's RAM attached (SCM_RIGHTS), sealed against
+    /// shrinking -> reply: token [u8; 16] (the same for every piece sent on this connection),
+    /// which the device process presents on its channels' connections ([`Op::GuestChannel`])
+    GuestMemory = 84,
+    /// req: gpa u64, size u64 -> reply:  (the pieces lying inside are forgotten; once answered
+    /// the mediator touches none of their pages)
+    GuestMemoryUnmap = 85,
+    /// The first request of a channel's connection, sent by the device process before any byte
+    /// of the guest's: req: token [u8; 16], channel u32 -> reply:  (the connection's Hello then
+    /// answers [`HELLO_GUEST_PINNED`])
+    GuestChannel = 86,
+    /// Control connection: req: channel u32, id u32, flags u32 ([`crate::bar0::PIN_READ_ONLY`]),
+    /// offset u32 (in the first page), len u64, pages u32, then that many page addresses u64 ->
+    /// reply:  (what the device process checked of a CMD_PIN, checked again)
+    GuestPin = 87,
+    /// Control connection: req: channel u32, id u32 ([`GUEST_UNPIN_ALL`]: every region of the
+    /// channel) -> reply:  (once answered the mediator touches none of the region's pages)
+    GuestUnpin = 88,
     /// req: -> reply: bytes u64 of device memory this client holds (allocations, module
     /// variables, VMM physical memory), gpu_ns u64 (GPU time of its completed kernels where the
     /// backend measures it, else 0): how the mediator accounts a cuda worker's session
@@ -259,6 +282,12 @@ pub fn hello_request(pid: u32, flags: u32) -> [u8; 12] {
 /// with [`Op::DeviceOutput`] after each synchronizing call (the cuda backend: the GPU's driver
 /// prints at synchronization, as CUDA documents).
 pub const HELLO_OUTPUT_AFTER_SYNC: u32 = 1;
+/// Hello reply flag: this connection is a guest channel whose pinned regions the mediator
+/// reaches itself: copies name them in MemcpyHtoDHost/MemcpyDtoHHost (handle = region id)
+/// instead of carrying their bytes.
+pub const HELLO_GUEST_PINNED: u32 = 2;
+/// [`Op::GuestUnpin`]'s id for all of a channel's regions (its channel closed).
+pub const GUEST_UNPIN_ALL: u32 = u32::MAX;
 
 /// Stream handle 0 is the NULL (legacy default) stream; these two are CU_STREAM_LEGACY and
 /// CU_STREAM_PER_THREAD as applications may pass them.

@@ -101,13 +101,13 @@ fn main() {
         (Cmd::Vms, v) => {
             let vms: Vec<VmReport> = serde_json::from_value(v.clone()).unwrap_or_default();
             println!(
-                "{:<12} {:<8} {:>6} {:>21} {:>5} {:>9} {:>11} {:>11} {:>9} {:>6} {:>9}  STATE",
-                "VM", "GPU", "WEIGHT", "MEMORY USED/QUOTA", "PROCS", "CALLS", "TO DEVICE", "FROM DEVICE", "GPU TIME", "QUEUE", "WAITED"
+                "{:<12} {:<8} {:>6} {:>21} {:>5} {:>9} {:>11} {:>11} {:>11} {:>9} {:>6} {:>9}  STATE",
+                "VM", "GPU", "WEIGHT", "MEMORY USED/QUOTA", "PROCS", "CALLS", "TO DEVICE", "FROM DEVICE", "ZERO-COPY", "GPU TIME", "QUEUE", "WAITED"
             );
             for v in vms {
                 let quota = v.memory_quota.map_or("-".to_string(), mib);
                 println!(
-                    "{:<12} {:<8} {:>6} {:>21} {:>5} {:>9} {:>11} {:>11} {:>8.2}s {:>6} {:>8.2}s  {}",
+                    "{:<12} {:<8} {:>6} {:>21} {:>5} {:>9} {:>11} {:>11} {:>11} {:>8.2}s {:>6} {:>8.2}s  {}",
                     v.name,
                     v.gpu,
                     v.weight,
@@ -116,6 +116,7 @@ fn main() {
                     v.calls,
                     mib(v.bytes_to_device),
                     mib(v.bytes_from_device),
+                    mib(v.bytes_zero_copy),
                     v.gpu_seconds,
                     v.queue_depth,
                     v.queue_wait_seconds,

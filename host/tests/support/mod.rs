@@ -25,8 +25,25 @@ impl Proc {
         let t = SocketTransport::connect(sock, Duration::from_secs(10)).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
         let p = Proc { t };
         p.call(Op::Hello, &[&PROTOCOL_VERSION.to_le_bytes(), &pid.to_le_bytes(), &flags.to_le_bytes()])?;
-        p.t.connected();
+        p.t.connected(0);
         Ok(p)
+    }
+
+    /// A connection that says no Hello (a device process's control connection).
+    pub fn bare(sock: &Path) -> Proc {
+        let t = SocketTransport::connect(sock, Duration::from_secs(10)).unwrap();
+        t.connected(0);
+        Proc { t }
+    }
+
+    /// A guest channel's connection as the device process opens it: GuestChannel first (its
+    /// result), then the guest process's Hello (its reply flags).
+    pub fn guest_channel(sock: &Path, token: &[u8], channel: u32, pid: u32) -> (Proc, Result<(), CuResult>, u32) {
+        let p = Self::bare(sock);
+        let attached = p.call(Op::GuestChannel, &[token, &channel.to_le_bytes()]).map(drop);
+        let hello = p.call(Op::Hello, &[&PROTOCOL_VERSION.to_le_bytes(), &pid.to_le_bytes(), &0u32.to_le_bytes()]).unwrap();
+        let flags = u32::from_le_bytes(hello[8..12].try_into().unwrap());
+        (p, attached, flags)
     }
 
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CuResult> {

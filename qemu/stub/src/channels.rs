@@ -4,6 +4,7 @@
 //! interprets the bytes.
 
 use crate::device::{Effect, Registers};
+use crate::link::{Control, Piece};
 use crate::ram::GuestRam;
 use std::collections::HashMap;
 use std::fs::File;
@@ -126,6 +127,8 @@ struct Open {
     bell: Arc<Bell>,
     worker: JoinHandle<Exit>,
     pins: Regions,
+    /// The mediator reaches this channel's pinned regions itself (the control link's).
+    linked: bool,
 }
 
 pub struct Channels {
@@ -133,12 +136,66 @@ pub struct Channels {
     pub irqs: Irqs,
     mediator: PathBuf,
     open: HashMap<u32, Open>,
+    /// The zero-copy link to the mediator (link.rs), made at the first channel open.
+    control: Option<Control>,
+    /// Why the last attempt to make it failed (logged once per reason).
+    control_failed: Option<String>,
+    /// Whether to make the link at all (`--no-zero-copy`; off for fake mediators in tests).
+    pub zero_copy: bool,
 }
 
 impl Channels {
     pub fn new(mediator: PathBuf) -> Self {
         let irqs = Arc::new(Mutex::new((0..bar0::MSIX_VECTORS).map(|_| None).collect()));
-        Channels { ram: GuestRam::default(), irqs, mediator, open: HashMap::new() }
+        Channels { ram: GuestRam::default(), irqs, mediator, open: HashMap::new(), control: None, control_failed: None, zero_copy: false }
+    }
+
+    /// The control link, made (again) if there is none or it broke; None if the mediator
+    /// cannot take one (the channels then carry every byte).
+    fn control(&mut self) -> Option<&mut Control> {
+        if self.control.as_ref().is_some_and(|c| c.broken) {
+            self.control = None;
+        }
+        if self.control.is_none() && self.zero_copy {
+            match Control::connect(&self.mediator, &self.ram.pieces()) {
+                Ok(c) => {
+                    self.control = Some(c);
+                    self.control_failed = None;
+                }
+                Err(e) => {
+                    if self.control_failed.as_ref() != Some(&e) {
+                        eprintln!("vgpu-stub: no zero-copy link to the mediator ({e}); pinned memory goes through the channels");
+                    }
+                    self.control_failed = Some(e);
+                }
+            }
+        }
+        self.control.as_mut()
+    }
+
+    /// QEMU mapped guest RAM (vfio-user DMA_MAP): ours, and the mediator's if linked.
+    pub fn map_ram(&mut self, gpa: u64, size: u64, file: File, offset: u64) -> Result<(), String> {
+        let shared = file.try_clone().ok();
+        self.ram.map(gpa, size, file, offset)?;
+        if let (Some(c), Some(file)) = (self.control.as_mut(), shared) {
+            if let Err(e) = c.map(&Piece { gpa, size, file, offset }) {
+                eprintln!("vgpu-stub: the mediator did not map guest RAM {gpa:#x}+{size:#x}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// QEMU took guest RAM back (DMA_UNMAP): the mediator lets go first, then we do.
+    pub fn unmap_ram(&mut self, gpa: u64, size: u64, all: bool) -> usize {
+        if let Some(c) = self.control.as_mut() {
+            let (gpa, size) = if all { (0, u64::MAX) } else { (gpa, size) };
+            if let Err(e) = c.unmap(gpa, size) {
+                eprintln!("vgpu-stub: the mediator did not unmap guest RAM {gpa:#x}+{size:#x}: {e}");
+                // It may still hold the pages: take the link down (it forgets them with it).
+                self.control = None;
+            }
+        }
+        self.ram.unmap(gpa, size, all)
     }
 
     /// Opens channel `n` on the area `addr..addr+size` (its shape already checked by the
@@ -155,13 +212,22 @@ impl Channels {
         let (Some(head), Some(cq_tail)) = (load(SQ_HEAD), load(CQ_TAIL)) else {
             return EFAULT;
         };
-        let sock = match UnixStream::connect(&self.mediator) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("vgpu-stub: channel {n}: cannot reach the mediator at {}: {e}", self.mediator.display());
-                return ECONNREFUSED;
-            }
+        let connect = |m: &PathBuf| {
+            UnixStream::connect(m).inspect_err(|e| eprintln!("vgpu-stub: channel {n}: cannot reach the mediator at {}: {e}", m.display()))
         };
+        let Ok(mut sock) = connect(&self.mediator) else { return ECONNREFUSED };
+        let mut linked = false;
+        if let Some(c) = self.control() {
+            match c.attach(&mut sock, n) {
+                Ok(()) => linked = true,
+                Err(e) => {
+                    eprintln!("vgpu-stub: channel {n}: no zero-copy link ({e}); its pinned memory goes through the channel");
+                    // The connection may be out of step: start a clean one.
+                    let Ok(s) = connect(&self.mediator) else { return ECONNREFUSED };
+                    sock = s;
+                }
+            }
+        }
         let Ok(theirs) = sock.try_clone() else { return ECONNREFUSED };
         let bell = Arc::new(Bell { state: Mutex::new((true, false)), cv: Condvar::new() });
         let pins = Regions::default();
@@ -181,7 +247,7 @@ impl Channels {
         };
         match std::thread::Builder::new().name(format!("vgpu-chan{n}")).spawn(move || w.run()) {
             Ok(worker) => {
-                self.open.insert(n, Open { sock, bell, worker, pins });
+                self.open.insert(n, Open { sock, bell, worker, pins, linked });
                 0
             }
             Err(e) => {
@@ -202,6 +268,9 @@ impl Channels {
         let r = o.worker.join();
         if r.is_err() {
             eprintln!("vgpu-stub: channel {n}: worker panicked");
+        }
+        if o.linked {
+            self.release(n);
         }
         Some(r)
     }
@@ -291,12 +360,47 @@ impl Channels {
             }
             addrs.push(a);
         }
+        if o.linked {
+            // The mediator checks it again and copies it itself; if it cannot, the pin fails
+            // (libcuda then copies that memory through staging, as for pageable memory).
+            let Some(c) = self.control.as_mut() else { return libc::EIO as u32 };
+            if let Err(e) = c.pin(n, id, flags, offset, len, &addrs) {
+                eprintln!("vgpu-stub: channel {n}: the mediator refused pinned region {id}: {e}");
+                return libc::EIO as u32;
+            }
+        }
         write_regions(&o.pins).insert(id, Region { pages: addrs, offset: offset as u64, len, read_only });
         0
     }
 
+    /// The mediator forgets channel `n`'s regions; if it cannot say so, the link goes down (and
+    /// the mediator forgets every region with it).
+    fn release(&mut self, n: u32) {
+        if let Some(c) = self.control.as_mut() {
+            if let Err(e) = c.release(n) {
+                eprintln!("vgpu-stub: channel {n}: the mediator did not release its pinned memory: {e}");
+                // Only a link that broke may still hold them (and goes, with them); a refusal
+                // means there was nothing to release.
+                if c.broken {
+                    self.control = None;
+                }
+            }
+        }
+    }
+
     /// Forgets pinned region `id` of channel `n`: once this returns its pages are not touched.
     fn unpin(&mut self, n: u32, id: u32) -> u32 {
+        let Some(o) = self.open.get(&n) else { return libc::ENOENT as u32 };
+        if o.linked {
+            if let Some(c) = self.control.as_mut() {
+                if let Err(e) = c.unpin(n, id) {
+                    eprintln!("vgpu-stub: channel {n}: the mediator did not unpin region {id}: {e}");
+                    if c.broken {
+                        self.control = None;
+                    }
+                }
+            }
+        }
         let Some(o) = self.open.get(&n) else { return libc::ENOENT as u32 };
         match write_regions(&o.pins).remove(&id) {
             Some(_) => 0,

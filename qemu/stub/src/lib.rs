@@ -6,4 +6,5 @@ pub mod channels;
 pub mod device;
 pub mod fuzz;
 pub mod identity;
+pub mod link;
 pub mod ram;

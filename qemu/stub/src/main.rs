@@ -27,6 +27,10 @@ struct Args {
     /// The mediator's (vgpu-hostd's) Unix socket; each open channel is one connection to it.
     #[arg(long, env = "VGPU_SOCKET", default_value = "/run/vgpu/hostd.sock")]
     mediator: PathBuf,
+    /// Carry every byte of pinned guest memory through the channels instead of letting the
+    /// mediator copy it from the VM's RAM itself (the zero-copy path; for comparison).
+    #[arg(long)]
+    no_zero_copy: bool,
 }
 
 struct Vgpu {
@@ -99,7 +103,7 @@ impl ServerBackend for Vgpu {
         // QEMU treats a failed DMA map as fatal for the VM.
         let what = format!("DMA map {address:#x}+{size:#x} (file offset {offset:#x}, {flags:?})");
         match fd {
-            Some(f) if flags.contains(DmaMapFlags::READ_WRITE) => match self.chans.ram.map(address, size, f, offset) {
+            Some(f) if flags.contains(DmaMapFlags::READ_WRITE) => match self.chans.map_ram(address, size, f, offset) {
                 Ok(()) if self.trace => eprintln!("vgpu-stub: {what}"),
                 Ok(()) => {}
                 Err(e) => eprintln!("vgpu-stub: {what} not mapped: {e}"),
@@ -113,7 +117,7 @@ impl ServerBackend for Vgpu {
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
         // Waits for workers to finish their current copy (they hold the RAM read lock per
         // access); a channel whose area goes away stops with a fault.
-        let n = self.chans.ram.unmap(address, size, flags.contains(DmaUnmapFlags::UNMAP_ALL));
+        let n = self.chans.unmap_ram(address, size, flags.contains(DmaUnmapFlags::UNMAP_ALL));
         if self.trace {
             eprintln!("vgpu-stub: DMA unmap {address:#x}+{size:#x}: {n} region(s)");
         }
@@ -187,6 +191,7 @@ fn main() -> std::process::ExitCode {
     eprintln!("vgpu-stub: listening on {}", args.socket.display());
     eprintln!("vgpu-stub: channels connect to {}", args.mediator.display());
     let mut dev = Vgpu::new(args.mediator.clone(), args.trace);
+    dev.chans.zero_copy = !args.no_zero_copy;
     match identity::query(&args.mediator) {
         Ok((name, uuid)) => {
             eprintln!("vgpu-stub: the mediator's GPU: {name}");

@@ -54,6 +54,18 @@ impl GuestRam {
         removed
     }
 
+    /// Every mapped region with a duplicate of its file descriptor (to share with the mediator).
+    pub fn pieces(&self) -> Vec<crate::link::Piece> {
+        let mem = self.0.read().unwrap_or_else(|e| e.into_inner());
+        mem.iter()
+            .filter_map(|r| {
+                let fo = r.file_offset()?;
+                let file = fo.file().try_clone().ok()?;
+                Some(crate::link::Piece { gpa: r.start_addr().0, size: r.len(), file, offset: fo.start() })
+            })
+            .collect()
+    }
+
     /// Runs `f` on the region holding all of `gpa..gpa+len` and the offset of `gpa` in it,
     /// under the read lock.
     fn with<T>(&self, gpa: u64, len: usize, f: impl FnOnce(&GuestRegionMmap, MemoryRegionAddress) -> vm_memory::GuestMemoryResult<T>) -> Option<T> {

@@ -554,3 +554,72 @@ fn fuzz_inputs_replay() {
     }
     assert!(n > 0);
 }
+
+/// What a fake mediator was asked on the zero-copy link and the channels: (op, payload).
+type Asked = Arc<std::sync::Mutex<Vec<(u32, Vec<u8>)>>>;
+
+/// A mediator that answers the zero-copy link's requests (refusing GuestPin of region 9), and
+/// echoes a channel's bytes once its GuestChannel is answered.
+fn zero_copy_mediator(name: &str, asked: Asked) -> PathBuf {
+    use vgpu_uapi::proto::{MsgHeader, Op, HEADER_LEN, MSG_MAGIC};
+    mediator(name, move |mut s| loop {
+        let mut hb = [0u8; HEADER_LEN];
+        if s.read_exact(&mut hb).is_err() {
+            return;
+        }
+        let h = MsgHeader::from_bytes(&hb);
+        let mut payload = vec![0u8; h.payload_len as usize];
+        s.read_exact(&mut payload).unwrap();
+        let refused = h.op == Op::GuestPin as u32 && payload[4..8] == 9u32.to_le_bytes();
+        let reply: Vec<u8> = if h.op == Op::GuestMemory as u32 { vec![0x5a; 16] } else { Vec::new() };
+        asked.lock().unwrap().push((h.op, payload));
+        let r = MsgHeader { magic: MSG_MAGIC, op: h.op, seq: h.seq, status: if refused { 1 } else { 0 }, payload_len: reply.len() as u32, reserved: 0 };
+        s.write_all(&[&r.to_bytes()[..], &reply].concat()).unwrap();
+        if h.op == Op::GuestChannel as u32 {
+            return echo(s);
+        }
+    })
+}
+
+/// The device shares the VM's RAM and each pin with the mediator before it answers the guest,
+/// starts each channel's connection with GuestChannel, and takes back what the guest unpins,
+/// closes or QEMU unmaps; a pin the mediator refuses fails (the guest then copies through
+/// staging). The channel's own bytes flow as before.
+#[test]
+fn the_zero_copy_link_shares_ram_and_pins_before_the_guest_uses_them() {
+    use vgpu_uapi::proto::{Op, GUEST_UNPIN_ALL};
+    let asked = Asked::default();
+    let path = zero_copy_mediator("zero-copy", asked.clone());
+    let mut g = Guest::new(&path);
+    g.dev.chans.zero_copy = true;
+    let take = |a: &Asked| std::mem::take(&mut *a.lock().unwrap());
+    let u32s = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+    let u64s = |v: &[u64]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(g.open(3, AREA, SIZE), 0);
+    let mut attach = vec![0x5a; 16];
+    attach.extend(3u32.to_le_bytes());
+    assert_eq!(take(&asked), [(Op::GuestMemory as u32, u64s(&[GPA, RAM, 0])), (Op::GuestChannel as u32, attach)]);
+
+    let page = |i: u64| GPA + (10 << 20) + i * 4096;
+    let list = AREA + 0x10_0000;
+    assert_eq!(g.pin(3, 7, list, &[page(5), page(1)], 100, 5000, bar0::PIN_READ_ONLY), 0);
+    let mut pin = u32s(&[3, 7, bar0::PIN_READ_ONLY, 100]);
+    pin.extend(u64s(&[5000]));
+    pin.extend(u32s(&[2]));
+    pin.extend(u64s(&[page(5), page(1)]));
+    assert_eq!(take(&asked), [(Op::GuestPin as u32, pin)]);
+    assert_eq!(g.pin(3, 9, list, &[page(2)], 0, 10, 0), libc::EIO as u32, "refused by the mediator");
+    asked.lock().unwrap().clear();
+    assert_eq!(g.submit(3, AREA, &[pinned(OP_SEND_PINNED, 1, 9, 0, 1)]), [efault_c(1)], "a refused pin is no region");
+    // The channel's bytes still flow (after the mediator's answer to GuestChannel).
+    g.write(AREA + 0x1000, b"ping");
+    let c = g.submit(3, AREA, &[send(2, 0x1000, 4), recv(3, 0x3000, 4)]);
+    assert_eq!((c[1].status, g.read(AREA + 0x3000, c[1].len as usize)), (0, b"ping"[..c[1].len as usize].to_vec()));
+
+    assert_eq!(g.unpin(3, 7), 0);
+    assert_eq!(take(&asked), [(Op::GuestUnpin as u32, u32s(&[3, 7]))]);
+    assert_eq!(g.close(3), 0);
+    assert_eq!(take(&asked), [(Op::GuestUnpin as u32, u32s(&[3, GUEST_UNPIN_ALL]))]);
+    g.dev.dma_unmap(DmaUnmapFlags::empty(), GPA, RAM).unwrap();
+    assert_eq!(take(&asked), [(Op::GuestMemoryUnmap as u32, u64s(&[GPA, RAM]))]);
+}

@@ -48,6 +48,9 @@ struct Channel {
     deferred: Option<CuResult>,
     /// What asynchronous launches printed.
     output: Vec<u8>,
+    /// The mediator reaches this channel's pinned regions itself (HELLO_GUEST_PINNED): copies
+    /// name them and carry no bytes.
+    zero_copy: bool,
 }
 
 /// Asynchronous requests gathered at most before they are sent and their replies read (a
@@ -56,6 +59,8 @@ const MAX_QUEUED: usize = 64;
 /// Reply data (copies into pinned memory) left unread at most: what waits for us in the device
 /// stays bounded (it refuses to hold more than 256 MiB).
 const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Largest zero-copy request: each is one turn on the GPU, so other VMs' work can go between.
+const ZERO_COPY_CHUNK: usize = 64 << 20;
 
 /// A request whose reply is still to be read; `into`: a copy whose data goes into pinned memory.
 struct Queued {
@@ -199,6 +204,7 @@ impl DeviceTransport {
             pins: HashMap::new(),
             deferred: None,
             output: Vec::new(),
+            zero_copy: false,
         };
         // The rings start where the device starts: zeroed by the driver.
         ch.sq_tail = ch.load(SQ_TAIL);
@@ -515,13 +521,31 @@ impl Transport for DeviceTransport {
         Ok(())
     }
 
-    /// Plain MemcpyHtoD/MemcpyDtoH requests (split into COPY_CHUNK pieces) whose data the device
-    /// takes from or puts into the pinned pages.
+    /// Zero-copy (HELLO_GUEST_PINNED): MemcpyHtoDHost/MemcpyDtoHHost naming the region, the
+    /// mediator copying between its pages and the device. Otherwise plain MemcpyHtoD/MemcpyDtoH
+    /// requests (split into COPY_CHUNK pieces) whose data the device takes from or puts into the
+    /// pinned pages.
     fn copy_host(&self, dir: Direction, device: u64, handle: u64, offset: usize, len: usize, queued: bool) -> Result<(), CuResult> {
         let id = u32::try_from(handle).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let mut ch = self.chan.lock().map_err(|_| CUDA_ERROR_DEINITIALIZED)?;
         let mut io = ChannelIo::new(&mut ch);
         let mut done = 0;
+        if io.ch.zero_copy {
+            let op = if dir == Direction::ToDevice { Op::MemcpyHtoDHost } else { Op::MemcpyDtoHHost };
+            while done < len {
+                let n = (len - done).min(ZERO_COPY_CHUNK);
+                let at = device.checked_add(done as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                let seq = self.owner.next_seq()?;
+                let args = [at, id as u64, (offset + done) as u64, n as u64].map(u64::to_le_bytes);
+                write_request(&mut io, op, seq, &[&args[0], &args[1], &args[2], &args[3]])?;
+                io.ch.unanswered.push_back(Queued { seq, op, into: None });
+                done += n;
+                if done < len {
+                    self.settle(&mut io, true)?;
+                }
+            }
+            return self.settle(&mut io, queued);
+        }
         while done < len {
             let n = (len - done).min(COPY_CHUNK);
             let at = device.checked_add(done as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
@@ -599,9 +623,10 @@ impl Transport for DeviceTransport {
         self.chan.lock().map(|mut c| std::mem::take(&mut c.output)).unwrap_or_default()
     }
 
-    fn connected(&self) {
+    fn connected(&self, hello_flags: u32) {
         if let Ok(mut ch) = self.chan.lock() {
             ch.deadline = None;
+            ch.zero_copy = hello_flags & vgpu_uapi::proto::HELLO_GUEST_PINNED != 0;
         }
     }
 }

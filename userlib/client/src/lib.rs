@@ -48,11 +48,11 @@ impl Client {
         t.call(Op::Hello, &[&hello], &mut reply).inspect_err(|e| {
             vlog!(log::ERROR, "{who}: the vgpu mediator via {place} refused us or did not answer (CUresult {e})");
         })?;
-        t.connected();
         let mut r = Reader::new(&reply);
         let (_version, count) = (r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?, r.u32().map_err(|_| CUDA_ERROR_UNKNOWN)?);
         // Absent from older mediators' replies.
         let flags = r.u32().unwrap_or(0);
+        t.connected(flags);
         let mut devices = Vec::new();
         for i in 0..count.min(64) {
             let mut rep = Vec::new();

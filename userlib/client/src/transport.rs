@@ -72,8 +72,11 @@ pub trait Transport: Send + Sync {
         Vec::new()
     }
 
-    /// Called once the mediator answered the first request: start-up timeouts end.
-    fn connected(&self) {}
+    /// Called once the mediator answered the first request (Hello, whose reply flags are
+    /// `hello_flags`, HELLO_*): start-up timeouts end.
+    fn connected(&self, hello_flags: u32) {
+        let _ = hello_flags;
+    }
 }
 
 /// How registered host memory will be used.
@@ -318,7 +321,7 @@ impl Transport for SocketTransport {
         std::mem::take(&mut lock(&self.replies.state).output)
     }
 
-    fn connected(&self) {
+    fn connected(&self, _hello_flags: u32) {
         *lock(&self.hello_timeout) = None;
         if let Ok(s) = self.stream.lock() {
             let _ = s.set_write_timeout(None);
