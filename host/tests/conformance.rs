@@ -42,11 +42,18 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
 }
 
-fn corpus() -> Value {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptx-conformance.json");
-    let status = Command::new("python3").arg(dir().join("corpus.py")).arg(&out).status().expect("python3 runs corpus.py");
-    assert!(status.success(), "corpus.py failed");
-    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+/// The corpus, written once per test process: the tests run in parallel and would otherwise
+/// read each other's half-written file.
+fn corpus() -> &'static Value {
+    static CORPUS: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ptx-conformance-{}.json", std::process::id()));
+        let status = Command::new("python3").arg(dir().join("corpus.py")).arg(&out).status().expect("python3 runs corpus.py");
+        assert!(status.success(), "corpus.py failed");
+        let v = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&out);
+        v
+    })
 }
 
 /// Is `got` (an output's bits) what `want` (the reference's value) allows under `check`?
