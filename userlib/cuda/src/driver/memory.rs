@@ -41,9 +41,10 @@ fn send(d: &Driver, op: Op, bytes: &[u8], queued: bool) -> Result<(), CUresult> 
 }
 
 /// Pageable copies at least this large pin the memory for the copy where the transport can (in a
-/// guest the device then moves the bytes itself: no copy through staging, which under
+/// guest the mediator then copies the pages itself: no copy through staging, which under
 /// emulation costs more than pinning); smaller ones carry their bytes through the connection.
-const PIN_FOR_COPY: usize = 1 << 20;
+/// Measured in a TCG guest: from 256 KiB pinning on demand is as fast or faster (1.1-1.4x).
+const PIN_FOR_COPY: usize = 256 << 10;
 
 /// Runs `copy` on pageable `[p, p + n)` registered for just this copy; None if it is small or
 /// the transport cannot (the caller then copies through the connection).
