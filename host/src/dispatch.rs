@@ -166,11 +166,18 @@ impl<'b> Connection<'b> {
         self.fds.append(fds);
     }
 
+    /// The first descriptor that came with the request `what`.
+    fn take_fd(&mut self, what: &str) -> CmdResult<OwnedFd> {
+        if self.fds.is_empty() {
+            return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{what} without a file descriptor")));
+        }
+        Ok(self.fds.remove(0))
+    }
+
     /// Maps a client's pinned memory: a memfd of at least `size` bytes that can no longer shrink
     /// (so that no access to our mapping can fault).
     fn host_register(&mut self, size: u64) -> CmdResult<u64> {
-        let fd = if self.fds.is_empty() { None } else { Some(self.fds.remove(0)) };
-        let fd = fd.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "HostRegister without a file descriptor"))?;
+        let fd = self.take_fd("HostRegister")?;
         let bad = |m: &str| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("host memory registration: {m}"));
         let total: u64 = self.host.values().map(|m| m.len() as u64).sum();
         if size == 0 || self.host.len() >= MAX_HOST_REGIONS || total.saturating_add(size) > MAX_HOST_BYTES {
@@ -787,8 +794,7 @@ impl<'b> Connection<'b> {
             Op::GuestMemory => {
                 let (gpa, size, offset) = (r.u64()?, r.u64()?, r.u64()?);
                 r.finish()?;
-                let fd = if self.fds.is_empty() { None } else { Some(self.fds.remove(0)) };
-                let fd = fd.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "GuestMemory without a file descriptor"))?;
+                let fd = self.take_fd("GuestMemory")?;
                 let mem = self.guest_control()?;
                 mem.map(gpa, size, offset, fd)?;
                 out.extend_from_slice(&mem.token);
