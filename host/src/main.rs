@@ -58,6 +58,11 @@ struct Args {
     /// committed as guests touch it, shared by all clients, and what guests are told they have.
     #[arg(long)]
     sim_memory_mib: Option<u64>,
+    /// The host RAM all sim devices together may hold, in MiB (default: half of what the host
+    /// has available at the first allocation). Past it, allocations fail with
+    /// CUDA_ERROR_OUT_OF_MEMORY rather than the host running out of memory.
+    #[arg(long)]
+    sim_host_memory_mib: Option<u64>,
     /// Instructions one kernel launch may execute on the sim backend before it fails with
     /// CUDA_ERROR_LAUNCH_TIMEOUT (raise it for long kernels, e.g. CuPy's random generator setup).
     #[arg(long, default_value_t = vgpu_host::sim::ptx::INSTRUCTION_BUDGET)]
@@ -73,11 +78,16 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
+/// VGPU_LOG (default `info`), with the sim's code generator kept to warnings unless VGPU_LOG
+/// names it: Cranelift logs every compiled function's whole IR at `info`.
+fn log_filter(spec: Option<String>) -> String {
+    let spec = spec.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "info".into());
+    if spec.contains("cranelift") { spec } else { format!("{spec},cranelift_jit=warn,cranelift_codegen=warn") }
+}
+
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VGPU_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(std::env::var("VGPU_LOG").ok())))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -85,9 +95,15 @@ fn main() {
     if args.worker {
         std::process::exit(vgpu_host::worker::run(args.cuda_driver.as_deref(), args.cuda_device));
     }
+    if let Some(mib) = args.sim_host_memory_mib {
+        vgpu_host::sim::memory::set_host_ram_limit(mib << 20);
+    }
     let (mediator, admin_socket, metrics_listen) = match &args.config {
         Some(path) => {
             let cfg = Config::load(path).unwrap_or_else(|e| fail(e));
+            if let Some(mib) = cfg.sim_host_memory_mib.filter(|_| args.sim_host_memory_mib.is_none()) {
+                vgpu_host::sim::memory::set_host_ram_limit(mib << 20);
+            }
             let m = Mediator::from_config(&cfg, Some(path.clone())).unwrap_or_else(|e| fail(e));
             let admin = args.admin_socket.clone().or(cfg.admin_socket.clone()).unwrap_or_else(|| "/run/vgpu/admin.sock".into());
             (m, Some(admin), args.metrics_listen.clone().or(cfg.metrics_listen.clone()))

@@ -34,7 +34,7 @@ impl SimBackend {
     /// and total memory agree with what allocations get.
     pub fn new(mut profile: DeviceProfile, memory_limit: u64) -> Self {
         profile.total_mem = profile.total_mem.min(memory_limit);
-        let memory = DevicePool::new(profile.total_mem);
+        let memory = DevicePool::on_host_ram(profile.total_mem);
         SimBackend { profile, memory, budget: ptx::INSTRUCTION_BUDGET, usage: Arc::default() }
     }
 

@@ -17,34 +17,121 @@ use vgpu_uapi::{DEVICE_VA_BASE, DEVICE_VA_SIZE};
 const ALIGN: u64 = 256;
 const GAP: u64 = 64 << 10;
 
-/// The sim device's memory, shared by all its sessions as a GPU's memory is shared by its
-/// processes: what they hold together never exceeds its size, and free memory is what is left.
-pub struct DevicePool {
-    size: u64,
+/// A count of bytes held against a limit, taken atomically (two takers cannot both get the last).
+struct Budget {
+    limit: u64,
     used: AtomicU64,
 }
 
+impl Budget {
+    const fn new(limit: u64) -> Budget {
+        Budget { limit, used: AtomicU64::new(0) }
+    }
+
+    fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_add(n).filter(|&t| t <= self.limit)).is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// The host RAM that all sim devices of this process may hold together. A sim device's memory is
+/// host memory committed as it is touched, and the device a guest is shown (an H100's 80 GiB)
+/// is usually larger than the host: without this bound one guest filling "its" device would
+/// make the kernel's OOM killer end the mediator, and with it every VM. Past the bound an
+/// allocation fails with CUDA_ERROR_OUT_OF_MEMORY, as on a full GPU, and free memory says so.
+static HOST_RAM: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
+
+/// Sets the host RAM the sim devices may hold (`--sim-host-memory-mib`, `sim_host_memory_mib`);
+/// false if it was already fixed (by an earlier call or the first allocation).
+pub fn set_host_ram_limit(bytes: u64) -> bool {
+    HOST_RAM.set(Budget::new(bytes)).is_ok()
+}
+
+/// The default bound: half of the memory the host had available when the first sim device
+/// memory was taken (its MemAvailable). Half, because managed and mapped memory have a second,
+/// host-side copy in the client (libcuda's mirror), and the host runs the guests too.
+fn host_ram() -> &'static Budget {
+    HOST_RAM.get_or_init(|| {
+        let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib << 10)
+        });
+        let limit = available.map_or(u64::MAX, |a| a / 2);
+        tracing::info!(limit_mib = limit >> 20, "sim backend: device memory is host RAM; the sim devices may hold this much of it");
+        Budget::new(limit)
+    })
+}
+
+/// The sim device's memory, shared by all its sessions as a GPU's memory is shared by its
+/// processes: what they hold together never exceeds its size, nor the host RAM the sim may
+/// hold (`host_ram`), and free memory is what is left of both.
+pub struct DevicePool {
+    size: u64,
+    own: Budget,
+    /// The host RAM this pool's bytes are counted against, if it is bounded.
+    host: Option<&'static Budget>,
+    /// Whether a refusal for the host's sake was logged (once per device).
+    host_refusal_logged: std::sync::atomic::AtomicBool,
+}
+
 impl DevicePool {
+    /// A device of `size` bytes bounded by nothing else (tests).
     pub fn new(size: u64) -> Arc<DevicePool> {
-        Arc::new(DevicePool { size, used: AtomicU64::new(0) })
+        Arc::new(DevicePool { size, own: Budget::new(size), host: None, host_refusal_logged: false.into() })
+    }
+
+    /// A device of `size` bytes whose memory is also counted against this process's host RAM
+    /// bound (`set_host_ram_limit`).
+    pub fn on_host_ram(size: u64) -> Arc<DevicePool> {
+        Arc::new(DevicePool { size, own: Budget::new(size), host: Some(host_ram()), host_refusal_logged: false.into() })
     }
 
     pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// Bytes not held by any session.
+    /// Bytes not held by any session (and that the host can still give).
     pub fn free(&self) -> u64 {
-        self.size.saturating_sub(self.used.load(Ordering::Relaxed))
+        let own = self.own.left();
+        self.host.map_or(own, |h| own.min(h.left()))
     }
 
-    /// Takes `n` bytes if that many are free (atomically: two sessions cannot both take the last).
+    /// Takes `n` bytes if that many are free.
     fn take(&self, n: u64) -> bool {
-        self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_add(n).filter(|&t| t <= self.size)).is_ok()
+        if !self.own.take(n) {
+            return false;
+        }
+        if let Some(h) = self.host {
+            if !h.take(n) {
+                self.own.give_back(n);
+                if !self.host_refusal_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        bytes = n,
+                        held_mib = h.used.load(Ordering::Relaxed) >> 20,
+                        limit_mib = h.limit >> 20,
+                        "sim backend: an allocation refused (CUDA_ERROR_OUT_OF_MEMORY): the sim's device memory is host RAM, \
+                         and this would take the sim devices past the host RAM they may hold (raise it with \
+                         --sim-host-memory-mib or sim_host_memory_mib; bound each VM with its memory quota); logged once"
+                    );
+                }
+                return false;
+            }
+        }
+        true
     }
 
     fn give_back(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
+        self.own.give_back(n);
+        if let Some(h) = self.host {
+            h.give_back(n);
+        }
     }
 }
 
@@ -719,7 +806,8 @@ mod tests {
     }
 
     /// An allocation larger than the host's memory and swap succeeds (it is committed only as it
-    /// is touched), as on an 80 GiB device the guest may ask for 56 GiB at once.
+    /// is touched) where the host RAM bound allows it (`--sim-host-memory-mib` raised): on an
+    /// 80 GiB device, CuPy's slow tests ask for 56 GiB at once and touch little of it.
     #[test]
     fn a_large_allocation_is_not_bounded_by_the_hosts_memory() {
         if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "2") {
@@ -733,6 +821,28 @@ mod tests {
         m.read(big + (1 << 41), &mut back).unwrap();
         assert_eq!(back, [1, 2, 3]);
         m.free(big).unwrap();
+    }
+
+    #[test]
+    fn devices_share_the_host_ram_bound() {
+        const G: u64 = VMM_GRANULARITY;
+        // Two 8 G devices on a host that can give them 3 G together.
+        let host: &'static Budget = Box::leak(Box::new(Budget::new(3 * G)));
+        let device = || Arc::new(DevicePool { size: 8 * G, own: Budget::new(8 * G), host: Some(host), host_refusal_logged: false.into() });
+        let (pa, pb) = (device(), device());
+        let (mut a, mut b) = (DeviceMemory::new(pa.clone()), DeviceMemory::new(pb.clone()));
+        let x = a.alloc(2 * G).unwrap();
+        assert_eq!((pa.free(), pb.free(), pb.size()), (G, G, 8 * G), "free is what the host can still give; the size stays");
+        assert_eq!(b.alloc(G + 1).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY, "the other device is bounded by the same host");
+        assert_eq!(pb.own.left(), 8 * G, "a refusal for the host's sake takes nothing from the device");
+        let h = b.create_physical(G).unwrap();
+        assert_eq!(a.create_physical(G).unwrap_err().code, CUDA_ERROR_OUT_OF_MEMORY);
+        b.release_physical(h).unwrap();
+        a.free(x).unwrap();
+        assert_eq!(host.left(), 3 * G, "freed memory goes back to the host's bound");
+        b.alloc(3 * G).unwrap();
+        drop(b);
+        assert_eq!((host.left(), pb.free()), (3 * G, 3 * G), "an ended session's memory goes back to both");
     }
 
     #[test]
