@@ -13,8 +13,8 @@ pub struct Config {
     pub admin_socket: Option<PathBuf>,
     /// host:port of the Prometheus metrics endpoint (`GET /metrics`).
     pub metrics_listen: Option<String>,
-    /// The host RAM all sim GPUs together may hold, in MiB (default: half of what the host has
-    /// available at the first allocation); read at start.
+    /// The host RAM all sim GPUs together may hold, in MiB (default: a quarter of what the host
+    /// has available at the first allocation); read at start.
     pub sim_host_memory_mib: Option<u64>,
     #[serde(default)]
     pub scheduler: SchedulerConfig,

@@ -58,8 +58,8 @@ struct Args {
     /// committed as guests touch it, shared by all clients, and what guests are told they have.
     #[arg(long)]
     sim_memory_mib: Option<u64>,
-    /// The host RAM all sim devices together may hold, in MiB (default: half of what the host
-    /// has available at the first allocation). Past it, allocations fail with
+    /// The host RAM all sim devices together may hold, in MiB (default: a quarter of what the
+    /// host has available at the first allocation). Past it, allocations fail with
     /// CUDA_ERROR_OUT_OF_MEMORY rather than the host running out of memory.
     #[arg(long)]
     sim_host_memory_mib: Option<u64>,
