@@ -67,6 +67,13 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: numba-cuda cached in $venv"; e
   "$venv/bin/python" -m pip uninstall --quiet --yes nvidia-nvjitlink-cu12
   touch "$venv/.complete-v1"
 fi
+# numba-cuda's interop tests (the CUDA array interface, DLPack, bfloat16) take CuPy, with cuRAND for
+# its random arrays: the same versions as CuPy's own venv above.
+if [ -f "$venv/.cupy-v1" ]; then echo "setup: CuPy for numba-cuda's interop tests cached in $venv"; else
+  echo "setup: installing CuPy 14.2 and cuRAND 10.3 into $venv (numba-cuda's interop tests)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cupy-cuda12x==14.2.0 nvidia-curand-cu12==10.3.10.19
+  touch "$venv/.cupy-v1"
+fi
 # PyTorch as users install it ('pip install torch': the CUDA 13 build, with cuBLAS, cuDNN, NCCL
 # and the CUDA runtime from PyPI), for tests/torch_check.py. About 3 GB to fetch, 5.4 GB installed.
 venv=$CACHE/torch-venv

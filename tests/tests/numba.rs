@@ -23,6 +23,9 @@ fn numba_cuda_test_suite_passes_as_recorded() {
         // numba_cuda/numba is a namespace package: without this, test modules get the wrong
         // names ("cuda.tests...") and the processes some tests spawn cannot import them.
         .args(["--import-mode=importlib", "-o", "consider_namespace_packages=true"])
+        // CuPy (the interop tests) compiles its own kernels: with PTX, which the sim runs.
+        .env("CUPY_COMPILE_WITH_PTX", "1")
+        .env("CUPY_CACHE_DIR", work.0.join("cupy-kernels"))
         .current_dir(&work.0);
     check_peer_suite("numba-cuda", cmd, &Path::new(env!("CARGO_MANIFEST_DIR")).join("numba"), &slice, 3, &m);
 }
