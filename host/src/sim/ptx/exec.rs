@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 mod jit;
 mod regs;
+mod unwritten;
 mod warp;
 pub(crate) use jit::JitSlot;
 use regs::{Lane, RegFile, Regs, RegsMut, WARP};
@@ -983,7 +984,7 @@ impl<'a> Ctx<'a> {
     fn run_block(&mut self, b: &BlockShape, regs: &mut RegFile, local: &mut [u8], pcs: &mut [u32], state: &mut [u8], calls: &mut [Vec<Frame>]) -> Result<(), ExecError> {
         self.shared.fill(0);
         self.warp_spin.clear();
-        regs.clear();
+        regs.clear_rows(self.kernel.zeroed.get_or_init(|| unwritten::read_before_written(self.kernel)).as_deref());
         local.fill(0);
         pcs.fill(0);
         state.fill(RUN);

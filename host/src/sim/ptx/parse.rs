@@ -583,6 +583,9 @@ pub struct Kernel {
     pub(crate) fast: std::sync::OnceLock<Vec<super::exec::Fast>>,
     /// Its compiled segments, made once it is hot (exec/jit.rs).
     pub(crate) jit: super::exec::JitSlot,
+    /// The registers a block must start with zeroed (those a thread may read before writing:
+    /// exec/unwritten.rs), made at its first launch; None: all of them.
+    pub(crate) zeroed: std::sync::OnceLock<Option<Vec<u32>>>,
 }
 
 /// A kernel's performance directives (after its parameter list): `.maxntid`, `.reqntid`,
@@ -1570,6 +1573,7 @@ impl Parser {
             grid_sync: false,
             fast: Default::default(),
             jit: Default::default(),
+            zeroed: Default::default(),
         })
     }
 

@@ -24,6 +24,22 @@ impl RegFile {
         self.words.fill(0);
     }
 
+    /// Zeroes registers `rows` (each below `nregs`) of every thread; None: all registers.
+    pub(super) fn clear_rows(&mut self, rows: Option<&[u32]>) {
+        match rows {
+            // Scattered rows cost more than one fill once they are most of the registers.
+            Some(rows) if rows.len() * 2 < self.nregs => {
+                for warp in self.words.chunks_exact_mut(WARP * self.nregs) {
+                    for &r in rows {
+                        let at = r as usize * WARP;
+                        warp[at..at + WARP].fill(0);
+                    }
+                }
+            }
+            _ => self.clear(),
+        }
+    }
+
     fn lane_base(&self, t: usize) -> usize {
         (t / WARP) * WARP * self.nregs + t % WARP
     }

@@ -604,10 +604,11 @@ impl<'a> Ctx<'a> {
                 lanes_of(runnable).min_by_key(|&l| pcs[w0 + l]).unwrap_or(0)
             };
             let mut pc = pcs[w0 + lead];
-            let at = |m: u32, pc: u32, pcs: &[u32]| lanes_of(m).filter(|&l| pcs[w0 + l] == pc).fold(0u32, |g, l| g | 1 << l);
+            // Over every lane without branches (the compiler vectorizes these), then masked.
+            let at = |m: u32, pc: u32, pcs: &[u32]| pcs[w0..w0 + lanes].iter().enumerate().fold(0u32, |g, (l, &p)| g | ((p == pc) as u32) << l) & m;
             let mut group = at(runnable, pc, pcs);
             let mut others = runnable & !group;
-            let lowest = |m: u32, pcs: &[u32]| lanes_of(m).map(|l| pcs[w0 + l]).min().unwrap_or(u32::MAX);
+            let lowest = |m: u32, pcs: &[u32]| pcs[w0..w0 + lanes].iter().enumerate().fold(u32::MAX, |lo, (l, &p)| lo.min(if m >> l & 1 != 0 { p } else { u32::MAX }));
             let mut next_other = lowest(others, pcs);
             // A group given a turn runs on past lower lanes for a while.
             let mut free_run = if favored { SPIN_LIMIT } else { 0 };
@@ -700,7 +701,7 @@ impl<'a> Ctx<'a> {
                     None => group,
                     Some((p, neg)) => {
                         let pr = &regs.warp(w0)[p as usize * WARP..][..WARP];
-                        lanes_of(group).filter(|&l| (pr[l] != 0) != neg).fold(0u32, |g, l| g | 1 << l)
+                        pr.iter().enumerate().fold(0u32, |g, (l, &v)| g | (((v != 0) != neg) as u32) << l) & group
                     }
                 };
                 match f {
