@@ -1,9 +1,12 @@
 // CUDA graphs as llama.cpp's ggml-cuda uses them: capture a stream's work (relaxed mode),
 // instantiate, launch again and again with new inputs, update the instance from a new capture
 // of the same shape (and see a changed shape refused), plus graphs built node by node, a capture
-// forked to a second stream and joined back, and the errors CUDA gives for work capture forbids.
+// forked to a second stream and joined back, the errors CUDA gives for work capture forbids, and
+// user objects whose references graphs hold.
 #include "check.h"
+#include <atomic>
 #include <dlfcn.h>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -44,6 +47,51 @@ static void check(const float *h_in, const float *h_out, float a, int extra, con
     float want = a * h_in[i] + h_in[i] + extra * h_in[i];
     EXPECT(h_out[i] == want, "%s: out[%d] = %f, want %f", what, i, h_out[i], want);
   }
+}
+
+static std::atomic<int> destroyed{0};
+static void destroy(void *p) { destroyed += *(int *)p; }
+
+static void wait_destroyed(int want, const char *what) {
+  for (int i = 0; i < 200 && destroyed.load() != want; i++) usleep(5000);
+  EXPECT(destroyed.load() == want, "%s: destructors ran for %d, want %d", what, destroyed.load(), want);
+}
+
+static void user_objects() {
+  static int one = 1, ten = 10;
+  cudaUserObject_t o = nullptr;
+  EXPECT(cudaUserObjectCreate(&o, &one, destroy, 1, 0) == cudaErrorInvalidValue, "a user object without cudaUserObjectNoDestructorSync");
+  EXPECT(cudaUserObjectCreate(&o, &one, destroy, 0, cudaUserObjectNoDestructorSync) == cudaErrorInvalidValue, "a user object with no reference");
+  (void)cudaGetLastError();
+  CK(cudaUserObjectCreate(&o, &one, destroy, 1, cudaUserObjectNoDestructorSync));
+  cudaGraph_t g;
+  CK(cudaGraphCreate(&g, 0));
+  CK(cudaGraphRetainUserObject(g, o, 1, cudaGraphUserObjectMove));  // the application's reference moves to the graph
+  cudaGraphNode_t empty;
+  CK(cudaGraphAddEmptyNode(&empty, g, nullptr, 0));
+  cudaGraphExec_t e;
+  CK(cudaGraphInstantiate(&e, g, 0));
+  CK(cudaGraphDestroy(g));
+  usleep(20000);
+  EXPECT(destroyed.load() == 0, "the destructor ran while an executable graph held the object (%d)", destroyed.load());
+  CK(cudaGraphExecDestroy(e));
+  wait_destroyed(1, "after the executable graph went");
+
+  cudaUserObject_t o2 = nullptr;
+  CK(cudaUserObjectCreate(&o2, &ten, destroy, 2, cudaUserObjectNoDestructorSync));
+  CK(cudaGraphCreate(&g, 0));
+  CK(cudaGraphRetainUserObject(g, o2, 3, 0));  // the graph's own three
+  EXPECT(cudaGraphReleaseUserObject(g, o2, 4) == cudaErrorInvalidValue, "a graph released more than it holds");
+  (void)cudaGetLastError();
+  CK(cudaGraphReleaseUserObject(g, o2, 3));
+  CK(cudaUserObjectRelease(o2, 1));
+  CK(cudaUserObjectRetain(o2, 1));
+  CK(cudaUserObjectRelease(o2, 1));
+  usleep(20000);
+  EXPECT(destroyed.load() == 1, "the destructor ran with a reference left (%d)", destroyed.load());
+  CK(cudaUserObjectRelease(o2, 1));
+  wait_destroyed(11, "after the last reference went");
+  CK(cudaGraphDestroy(g));
 }
 
 int main() {
@@ -230,6 +278,10 @@ int main() {
   for (cudaGraph_t gg : {g, g2, g3, gb, gf, gi}) CK(cudaGraphDestroy(gg));
   CK(cudaStreamDestroy(blocking));
   for (cudaGraphExec_t ee : {exec, eb, ef}) CK(cudaGraphExecDestroy(ee));
+
+  // User objects: the destructor runs once, after the last reference (the application's, a
+  // graph's, an executable graph's) goes, on a thread of the driver's.
+  user_objects();
   printf("PASS\n");
   return 0;
 }

@@ -7,6 +7,9 @@
 //!
 //! Host nodes (cuGraphAddHostNode, cuLaunchHostFunc while capturing) run their function on
 //! replay once the work before them has finished (stream.rs, `run_host_func`).
+//! User objects (cuUserObjectCreate) live here too: references held by the application, by
+//! graphs and by executable graphs; the destructor runs on a thread of libcuda's once the last
+//! one goes.
 //! Not supported (CUDA_ERROR_NOT_SUPPORTED): child-graph, event, memory-allocation and
 //! conditional nodes, memcpy nodes added explicitly (captured copies work), and capturing a
 //! graph launch into another graph.
@@ -75,9 +78,21 @@ struct Node {
 struct Graph {
     /// Node handles, each after its dependencies.
     order: Vec<u64>,
+    /// References to user objects the graph holds (cuGraphRetainUserObject): object -> count.
+    user_refs: HashMap<u64, u32>,
+}
+
+/// A user object (cuUserObjectCreate): its destructor runs once its last reference goes.
+struct UserObject {
+    refs: u64,
+    destroy: HostFn,
+    ptr: usize,
 }
 
 struct Exec {
+    /// References to user objects the executable graph holds: those of its source graph when it
+    /// was instantiated (CUDA's rule), released when it is destroyed.
+    user_refs: Vec<(u64, u32)>,
     /// (node type, indices of dependencies) per node: what an update must keep.
     shape: Vec<(c_int, Vec<usize>)>,
     work: Vec<Work>,
@@ -105,15 +120,44 @@ struct Registry {
     captures: HashMap<u64, Capture>,
     /// Events recorded in a capture: the capture's graph and the nodes the record followed.
     events: HashMap<u64, (u64, Vec<u64>)>,
+    user_objects: HashMap<u64, UserObject>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
 /// cuDevicePrimaryCtxReset: graphs, their instantiations and captures belong to the context.
+/// The references they held to user objects go with them; the application's own stay.
 pub(crate) fn forget_all_graphs() {
-    let next = registry().next;
+    let mut r = registry();
+    let held: Vec<(u64, u32)> = r.graphs.values().flat_map(|g| g.user_refs.iter().map(|(&o, &n)| (o, n))).chain(r.execs.values().flat_map(|e| e.user_refs.iter().copied())).collect();
+    let mut dead = Vec::new();
+    for (o, n) in held {
+        dead.extend(r.release_user_object(o, n));
+    }
+    let user_objects = std::mem::take(&mut r.user_objects);
     // Handles are never reused, also across a reset.
-    *registry() = Registry { next, ..Registry::default() };
+    *r = Registry { next: r.next, user_objects, ..Registry::default() };
+    drop(r);
+    run_destructors(dead);
+}
+
+/// Runs user objects' destructors on a thread of their own, as CUDA runs them on an internal
+/// thread: never under libcuda's locks, never on the thread that let the last reference go
+/// (which may hold locks of its own the destructor wants, Python's for one).
+fn run_destructors(dead: Vec<UserObject>) {
+    if dead.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("vgpu-user-objects".into()).spawn(move || {
+        for o in dead {
+            // SAFETY: the destructor and its argument as the application gave them to
+            // cuUserObjectCreate, called once, after the object's last reference went.
+            unsafe { (o.destroy)(o.ptr as *mut std::ffi::c_void) };
+        }
+    });
+    if let Err(e) = spawned {
+        crate::vlog!(crate::log::WARN, "cannot start a thread for user objects' destructors ({e}); they do not run");
+    }
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -140,24 +184,43 @@ impl Registry {
         Ok(h)
     }
 
-    fn destroy_graph(&mut self, graph: u64) -> Result<(), CUresult> {
+    /// Removes `graph`; returns the user objects whose last reference it held.
+    fn destroy_graph(&mut self, graph: u64) -> Result<Vec<UserObject>, CUresult> {
         let g = self.graphs.remove(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         for n in g.order {
             self.nodes.remove(&n);
         }
-        Ok(())
+        Ok(g.user_refs.into_iter().flat_map(|(o, n)| self.release_user_object(o, n)).collect())
     }
 
+    /// Lets `n` references to user object `o` go; the object, if that was its last.
+    fn release_user_object(&mut self, o: u64, n: u32) -> Option<UserObject> {
+        let obj = self.user_objects.get_mut(&o)?;
+        obj.refs = obj.refs.saturating_sub(n as u64);
+        if obj.refs == 0 { self.user_objects.remove(&o) } else { None }
+    }
+
+    /// The executable form of `graph` (the references it holds are taken by `retain_refs`).
     fn instantiate(&self, graph: u64) -> Result<Exec, CUresult> {
         let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let index: HashMap<u64, usize> = g.order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        let mut exec = Exec { shape: Vec::new(), work: Vec::new(), nodes: g.order.clone() };
+        let user_refs: Vec<(u64, u32)> = g.user_refs.iter().map(|(&o, &n)| (o, n)).collect();
+        let mut exec = Exec { user_refs, shape: Vec::new(), work: Vec::new(), nodes: g.order.clone() };
         for n in &g.order {
             let node = &self.nodes[n];
             exec.shape.push((node.work.node_type(), node.deps.iter().map(|d| index[d]).collect()));
             exec.work.push(node.work.clone());
         }
         Ok(exec)
+    }
+
+    /// Takes the references to user objects a new executable graph holds.
+    fn retain_refs(&mut self, exec: &Exec) {
+        for &(o, n) in &exec.user_refs {
+            if let Some(obj) = self.user_objects.get_mut(&o) {
+                obj.refs += n as u64;
+            }
+        }
     }
 
     /// The capture `stream` takes part in, if any.
@@ -604,7 +667,10 @@ pub unsafe extern "C" fn cuGraphDestroy(g: Handle) -> CUresult {
         if r.captures.values().any(|c| c.graph == handle_of(g)) {
             return Err(CUDA_ERROR_ILLEGAL_STATE);
         }
-        r.destroy_graph(handle_of(g))
+        let dead = r.destroy_graph(handle_of(g))?;
+        drop(r);
+        run_destructors(dead);
+        Ok(())
     })
 }
 
@@ -793,6 +859,7 @@ fn instantiate(out: *mut Handle, g: Handle) -> Result<(), CUresult> {
     }
     let mut r = registry();
     let exec = r.instantiate(handle_of(g))?;
+    r.retain_refs(&exec);
     let h = r.handle();
     r.execs.insert(h, exec);
     put(out, to_handle(h))
@@ -866,7 +933,98 @@ pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(out: *mut Handle, g: 
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
-    guard("cuGraphExecDestroy", || registry().execs.remove(&handle_of(exec)).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE))
+    guard("cuGraphExecDestroy", || {
+        let mut r = registry();
+        let e = r.execs.remove(&handle_of(exec)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dead: Vec<UserObject> = e.user_refs.iter().flat_map(|&(o, n)| r.release_user_object(o, n)).collect();
+        drop(r);
+        run_destructors(dead);
+        Ok(())
+    })
+}
+
+/// CU_USER_OBJECT_NO_DESTRUCTOR_SYNC: the one flag cuUserObjectCreate takes, and must be given.
+const USER_OBJECT_NO_DESTRUCTOR_SYNC: c_uint = 1;
+/// CU_GRAPH_USER_OBJECT_MOVE: the graph takes over the caller's references.
+const GRAPH_USER_OBJECT_MOVE: c_uint = 1;
+
+#[no_mangle]
+pub unsafe extern "C" fn cuUserObjectCreate(out: *mut Handle, ptr: *mut std::ffi::c_void, destroy: Option<HostFn>, initial: c_uint, flags: c_uint) -> CUresult {
+    guard("cuUserObjectCreate", || {
+        let Some(destroy) = destroy else { return Err(CUDA_ERROR_INVALID_VALUE) };
+        if out.is_null() || initial == 0 || flags != USER_OBJECT_NO_DESTRUCTOR_SYNC {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut r = registry();
+        let h = r.handle();
+        r.user_objects.insert(h, UserObject { refs: initial as u64, destroy, ptr: ptr as usize });
+        put(out, to_handle(h))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuUserObjectRetain(o: Handle, count: c_uint) -> CUresult {
+    guard("cuUserObjectRetain", || {
+        let mut r = registry();
+        let obj = r.user_objects.get_mut(&handle_of(o)).filter(|_| count > 0).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        obj.refs += count as u64;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuUserObjectRelease(o: Handle, count: c_uint) -> CUresult {
+    guard("cuUserObjectRelease", || {
+        let mut r = registry();
+        // Releasing more than the caller holds is undefined in CUDA; here it is refused.
+        if count == 0 || r.user_objects.get(&handle_of(o)).is_none_or(|obj| obj.refs < count as u64) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let dead: Vec<UserObject> = r.release_user_object(handle_of(o), count).into_iter().collect();
+        drop(r);
+        run_destructors(dead);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphRetainUserObject(g: Handle, o: Handle, count: c_uint, flags: c_uint) -> CUresult {
+    guard("cuGraphRetainUserObject", || {
+        let (g, o) = (handle_of(g), handle_of(o));
+        let mut r = registry();
+        if count == 0 || flags & !GRAPH_USER_OBJECT_MOVE != 0 || !r.graphs.contains_key(&g) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let obj = r.user_objects.get_mut(&o).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if flags & GRAPH_USER_OBJECT_MOVE == 0 {
+            obj.refs += count as u64;
+        }
+        let held = r.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?.user_refs.entry(o).or_insert(0);
+        *held = held.checked_add(count).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphReleaseUserObject(g: Handle, o: Handle, count: c_uint) -> CUresult {
+    guard("cuGraphReleaseUserObject", || {
+        let (g, o) = (handle_of(g), handle_of(o));
+        let mut r = registry();
+        let graph = r.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match graph.user_refs.get_mut(&o) {
+            Some(held) if count > 0 && *held >= count => {
+                *held -= count;
+                if *held == 0 {
+                    graph.user_refs.remove(&o);
+                }
+            }
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        let dead: Vec<UserObject> = r.release_user_object(o, count).into_iter().collect();
+        drop(r);
+        run_destructors(dead);
+        Ok(())
+    })
 }
 
 #[no_mangle]
