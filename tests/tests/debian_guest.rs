@@ -6,8 +6,9 @@
 //! who is not root, NVML and a systemd service with a dynamic user use the GPU; `apt remove`
 //! takes everything away again, and installing again works. In the same boot, llama.cpp's
 //! prebuilt CUDA backend (tests/llama_check.py, as in tests/tests/llama.rs) runs as that user
-//! over /dev/nvidia0 and is compared with llama.cpp's CPU backend in the guest.
-//! Slow (a Debian boot, two DKMS builds and llama.cpp under TCG): `cargo test --release -p
+//! over /dev/nvidia0 and is compared with llama.cpp's CPU backend in the guest, and a subset of
+//! numba-cuda's own test suite runs there as that user.
+//! Slow (a Debian boot, two DKMS builds, llama.cpp and numba under TCG): `cargo test --release -p
 //! vgpu-tests --test debian_guest`.
 
 use std::path::Path;
@@ -95,6 +96,14 @@ runuser -u user -- env PYTHONHOME=/opt/vgpu/py PYTHONPATH=/opt/vgpu/llama/site \
   LD_LIBRARY_PATH=/opt/vgpu/llama/site/nvidia/cuda_runtime/lib:/opt/vgpu/llama/site/nvidia/cublas/lib \
   LLAMA_CHECK_TOKENS=LLAMA_TOKENS /opt/vgpu/py/bin/python3 /opt/vgpu/llama_check.py compare /opt/vgpu/models LLAMA_CONFIGS 2>&1 | sed 's/^/LLAMA /'
 echo "LLAMA-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
+# numba-cuda's own tests, a subset (kernels, managed and mapped memory, exceptions raised in
+# kernels), as uid 1000 over /dev/nvidia0: its venv as on the host, on Debian's python3.11.
+t0=$(now)
+mkdir -p /tmp/numba-work && chown user /tmp/numba-work
+runuser -u user -- env HOME=/tmp/numba-work PYTHONPATH=/opt/vgpu/numba/plugin sh -c 'cd /tmp/numba-work && /opt/vgpu/numba/bin/python3 -m pytest \
+  -p vgpu_pytest_plugin --pyargs NUMBA_MODULES -k "not undersubscribe" -q -p no:cacheprovider --timeout 900 \
+  --import-mode=importlib -o consider_namespace_packages=true -rfEs' 2>&1 | sed 's/^/NUMBA /'
+echo "NUMBA-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
 echo "SCRIPT-DONE"
 "#;
 
@@ -102,6 +111,20 @@ echo "SCRIPT-DONE"
 /// speed under a TCG guest's CPU reference), and tokens per configuration.
 const LLAMA_CONFIGS: [&str; 2] = ["F16:f16:one", "Q4_0:f16:prompt"];
 const LLAMA_TOKENS: u32 = 8;
+
+/// numba-cuda's test modules run in the guest (its 8 GiB managed allocation left out: a quarter
+/// of the host's memory is what the sim may take), and how many of their tests must pass:
+/// all that run there (the count is numba-cuda 0.30.4's, measured on the host).
+const NUMBA_MODULES: [&str; 7] = [
+    "numba.cuda.tests.cudadrv.test_managed_alloc",
+    "numba.cuda.tests.cudadrv.test_host_alloc",
+    "numba.cuda.tests.cudadrv.test_pinned",
+    "numba.cuda.tests.cudadrv.test_cuda_memory",
+    "numba.cuda.tests.cudapy.test_exception",
+    "numba.cuda.tests.cudapy.test_sync",
+    "numba.cuda.tests.cudapy.test_blackscholes",
+];
+const NUMBA_PASSES: usize = 49;
 
 fn values<'a>(body: &[&'a str], key: &str) -> Vec<&'a str> {
     body.iter().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' '))).collect()
@@ -138,14 +161,18 @@ fn boot_debian_guest() -> Output {
     std::fs::copy(wheels_dir().parent().unwrap().join("py/pynvml.py"), payload.0.join("site/pynvml.py")).unwrap();
     std::fs::copy(root.join("tests/nvml_query.py"), payload.0.join("nvml_query.py")).unwrap();
     add_llama(&payload.0);
-    let script = INSTALL_SCRIPT.replace("LLAMA_TOKENS", &LLAMA_TOKENS.to_string()).replace("LLAMA_CONFIGS", &LLAMA_CONFIGS.join(" "));
+    add_numba(&payload.0);
+    let script = INSTALL_SCRIPT
+        .replace("LLAMA_TOKENS", &LLAMA_TOKENS.to_string())
+        .replace("LLAMA_CONFIGS", &LLAMA_CONFIGS.join(" "))
+        .replace("NUMBA_MODULES", &NUMBA_MODULES.join(" "));
     std::fs::write(payload.0.join("install.sh"), script).unwrap();
 
     Command::new("bash")
         .arg(root.join("qemu/harness/boot-debian.sh"))
         .args(["--payload"])
         .arg(&payload.0)
-        .args(["--run", "install.sh"])
+        .args(["--run", "install.sh", "--timeout", "1800"])
         .stdin(Stdio::null())
         .output()
         .expect("boot-debian.sh")
@@ -173,6 +200,27 @@ fn add_llama(payload: &Path) {
     std::fs::copy(root.join("llama_check.py"), payload.join("llama_check.py")).unwrap();
     let make = Command::new(venv.join("bin/python")).arg(root.join("llama_check.py")).arg("make").arg(payload.join("models")).env("VGPU_SOCKET", "/nonexistent").env("LD_LIBRARY_PATH", format!("{}:{}:{}", site.join("nvidia/cuda_runtime/lib").display(), site.join("nvidia/cublas/lib").display(), libcuda_dir().display())).output().unwrap();
     assert!(make.status.success(), "making the models:\n{}", describe(&make));
+}
+
+/// numba-cuda for the guest: its venv's site-packages (hard links; CuPy and cuRAND, which these
+/// tests do not use, left out) under a venv whose base is the payload's Python (add_llama's).
+fn add_numba(payload: &Path) {
+    let venv = wheels_dir().parent().unwrap().join("numba-venv");
+    assert!(venv.join(".complete-v1").exists(), "numba-cuda missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
+    let dest = payload.join("numba");
+    std::fs::create_dir_all(dest.join("bin")).unwrap();
+    std::fs::create_dir_all(dest.join("lib/python3.11")).unwrap();
+    std::fs::copy("/usr/bin/python3.11", dest.join("bin/python3")).expect("Debian's /usr/bin/python3.11");
+    std::fs::write(dest.join("pyvenv.cfg"), "home = /opt/vgpu/py/bin\ninclude-system-site-packages = false\n").unwrap();
+    let site = dest.join("lib/python3.11/site-packages");
+    let copy = Command::new("cp").arg("-al").arg(venv.join("lib/python3.11/site-packages")).arg(&site).status();
+    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying numba-cuda into the payload: {copy:?}");
+    for unused in ["cupy", "cupyx", "cupy_backends", "nvidia/curand"] {
+        let _ = std::fs::remove_dir_all(site.join(unused));
+    }
+    // The fixture numba-cuda's tests take from its repository's conftest.py (as on the host).
+    std::fs::create_dir_all(dest.join("plugin")).unwrap();
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("pytest/vgpu_pytest_plugin.py"), dest.join("plugin/vgpu_pytest_plugin.py")).unwrap();
 }
 
 #[test]
@@ -253,4 +301,22 @@ fn llama_cpp_in_the_debian_guest_over_dev_nvidia0_equals_its_cpu_backend() {
     eprintln!("{}\nllama.cpp in the guest took {:?} s", llama.join("\n"), values(&body, "LLAMA-SECS"));
     let ok = llama.iter().filter(|l| l.starts_with("LLAMA-CHECK ok ")).count();
     assert!(ok == LLAMA_CONFIGS.len() && llama.last() == Some(&"PASS"), "llama.cpp in the Debian guest:\n{}", llama.join("\n"));
+}
+
+/// numba-cuda's own tests (NUMBA_MODULES) in the guest, as uid 1000 over /dev/nvidia0: every
+/// one that runs passes.
+#[test]
+fn numba_cuda_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
+    let numba = values(&body, "NUMBA");
+    eprintln!("{}\nnumba-cuda's tests in the guest took {:?} s", numba.join("\n"), values(&body, "NUMBA-SECS"));
+    let summary = numba.iter().rev().find(|l| l.contains(" passed")).copied().unwrap_or("");
+    let count = |what: &str| summary.split(", ").find_map(|p| p.trim().strip_suffix(what)).and_then(|n| n.trim().rsplit(' ').next()?.parse::<usize>().ok()).unwrap_or(0);
+    assert!(
+        count(" passed") >= NUMBA_PASSES && count(" failed") == 0 && count(" errors") == 0 && count(" error") == 0,
+        "numba-cuda's tests in the Debian guest ({summary}):\n{}",
+        numba.join("\n")
+    );
 }
