@@ -14,7 +14,7 @@ pub struct Config {
     /// host:port of the Prometheus metrics endpoint (`GET /metrics`).
     pub metrics_listen: Option<String>,
     /// The host RAM all sim GPUs together may hold, in MiB (default: a quarter of what the host
-    /// has available at the first allocation); read at start.
+    /// has available at start); read at start.
     pub sim_host_memory_mib: Option<u64>,
     #[serde(default)]
     pub scheduler: SchedulerConfig,

@@ -59,7 +59,7 @@ struct Args {
     #[arg(long)]
     sim_memory_mib: Option<u64>,
     /// The host RAM all sim devices together may hold, in MiB (default: a quarter of what the
-    /// host has available at the first allocation). Past it, allocations fail with
+    /// host has available when vgpu-hostd starts). Past it, allocations fail with
     /// CUDA_ERROR_OUT_OF_MEMORY rather than the host running out of memory.
     #[arg(long)]
     sim_host_memory_mib: Option<u64>,
@@ -87,7 +87,11 @@ fn log_filter(spec: Option<String>) -> String {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(std::env::var("VGPU_LOG").ok())))
+        .with_env_filter(
+            // A VGPU_LOG that does not parse gives the default, as before.
+            tracing_subscriber::EnvFilter::try_new(log_filter(std::env::var("VGPU_LOG").ok()))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None))),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

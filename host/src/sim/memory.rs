@@ -49,13 +49,13 @@ impl Budget {
 static HOST_RAM: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
 
 /// Sets the host RAM the sim devices may hold (`--sim-host-memory-mib`, `sim_host_memory_mib`);
-/// false if it was already fixed (by an earlier call or the first allocation).
+/// false if it was already fixed (by an earlier call or the first sim device).
 pub fn set_host_ram_limit(bytes: u64) -> bool {
     HOST_RAM.set(Budget::new(bytes)).is_ok()
 }
 
 /// The default bound: a quarter of the memory the host had available when the first sim device
-/// memory was taken (its MemAvailable). A quarter, because managed and mapped memory have a
+/// was made, at the mediator's start (its MemAvailable). A quarter, because managed and mapped memory have a
 /// second, host-side copy in the client (libcuda's mirror) that the mediator maps too, and the
 /// host runs the clients and guests as well: numba-cuda's test of an 8 GiB managed allocation,
 /// allowed under half of a 24 GiB host, had the kernel's OOM killer end the mediator.
