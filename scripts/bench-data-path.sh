@@ -2,7 +2,9 @@
 # The data path, side by side in one run: (a) the mediator in-process (no transport),
 # (b) libcuda over the Unix socket, (c) libcuda in a QEMU guest over /dev/nvidia0 (TCG: the
 # guest's CPU is emulated), (d) over the socket to a mediator running the cuda backend in
-# loopback (its "driver" vgpu's own libcuda, talking to a sim mediator: the backend's own cost). Null-call round trip, launch rates, copy bandwidth by size from
+# loopback (its "driver" vgpu's own libcuda, talking to a sim mediator: the backend's own cost);
+# (e) the device process's own hop to the mediator, over a socket and over shared rings.
+# Null-call round trip, launch rates, copy bandwidth by size from
 # pageable and pinned memory, each copy also as a ratio to this host's memcpy for the size.
 #   usage: scripts/bench-data-path.sh [--no-guest] [--guest-max-mib N]
 set -euo pipefail
@@ -22,6 +24,8 @@ trap 'kill $HOSTD $LOOP 2>/dev/null || true; rm -rf "$OUT"' EXIT
 LOOP=
 echo "(a) in-process ..." >&2
 cargo bench -q -p vgpu-host --bench data_path 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/a"
+echo "(e) the device process's hop: socket and shared rings ..." >&2
+cargo bench -q -p vgpu-host --bench rings 2>/dev/null | grep -E '^[a-z0-9_]+ [0-9.]+$' > "$OUT/e"
 # The CUDA program, built by the test crate's helper (nvcc from the cached wheels).
 BUILT=$(cargo test -q --release -p vgpu-tests --test cuda_programs -- --ignored build_data_path_program --nocapture 2>/dev/null)
 EXE=$(echo "$BUILT" | sed -n 's/^DATA_PATH_EXE //p')
@@ -77,3 +81,9 @@ awk -v A="$OUT/a" -v B="$OUT/b" -v C="$OUT/c" -v D="$OUT/d" '
     print "copies in GB/s; in parentheses: % of memcpy for the size, this host'"'"'s (measured in (b)) for (a), (b), (d), the guest'"'"'s own for (c)"
     print "null call in us; launches per second"
   }'
+# How vgpu-stub's channels reach the mediator (uapi shm_ring.rs), on this host's threads.
+awk '{ v[$1] = $2 } END {
+  printf "\n(e) device process -> mediator, us per round trip  %12s %14s\n", "socket", "shared rings"
+  printf "%-50s %12s %14s\n", "  null call (MemGetInfo)", v["socket_null_call_us"], v["ring_null_call_us"]
+  printf "%-50s %12s %14s\n", "  its floor (a bare 24-byte ping-pong)", v["socket_floor_us"], v["ring_floor_us"]
+}' "$OUT/e"

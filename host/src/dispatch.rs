@@ -166,6 +166,13 @@ impl<'b> Connection<'b> {
         self.fds.append(fds);
     }
 
+    /// The descriptors that came with the request `what`, exactly `N` of them; none are kept.
+    pub fn take_fds<const N: usize>(&mut self, what: &str) -> CmdResult<[OwnedFd; N]> {
+        let fds = std::mem::take(&mut self.fds);
+        let n = fds.len();
+        <[OwnedFd; N]>::try_from(fds).map_err(|_| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{what} takes {N} file descriptors, not {n}")))
+    }
+
     /// The first descriptor that came with the request `what`.
     fn take_fd(&mut self, what: &str) -> CmdResult<OwnedFd> {
         if self.fds.is_empty() {
@@ -813,6 +820,8 @@ impl<'b> Connection<'b> {
                 r.finish()?;
                 self.guest_control()?.pin(crate::guest::PinRequest { channel, id, flags, offset, len, pages })?;
             }
+            // Only a served connection (server.rs) can change how its bytes travel.
+            Op::ShmRing => return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "ShmRing is answered by the connection, not a session")),
             Op::GuestUnpin => {
                 let (channel, id) = (r.u32()?, r.u32()?);
                 r.finish()?;

@@ -58,17 +58,6 @@ impl Input {
         }
     }
 
-    /// Reads and drops `n` bytes (the payload of a request refused unread).
-    pub fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let mut scratch = vec![0u8; 64 << 10];
-        while n > 0 {
-            let k = n.min(scratch.len() as u64) as usize;
-            self.read_exact(&mut scratch[..k])?;
-            n -= k as u64;
-        }
-        Ok(())
-    }
-
     pub fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
         while done < out.len() {

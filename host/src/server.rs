@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use vgpu_uapi::cuda::{CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS};
-use vgpu_uapi::proto::{HeaderError, MsgHeader, HEADER_LEN, MSG_MAGIC};
+use vgpu_uapi::proto::{HeaderError, MsgHeader, Op, HEADER_LEN, MSG_MAGIC};
 
 /// Creates `path`'s directory and binds it, replacing a stale socket file. The socket is bound
 /// under a temporary name and renamed into place, so that whoever waits for `path` to appear
@@ -127,23 +127,82 @@ pub fn serve_client(stream: UnixStream, vm: &Arc<Vm>) -> io::Result<()> {
     serve_requests(stream, &mut conn, &vm.name, false)
 }
 
+/// How long a connection's thread keeps watching its shared ring for the next request before
+/// it sleeps (a device process calling again within it costs no wake-up on either side).
+const RING_SPIN: Duration = Duration::from_micros(50);
+
+/// Where a connection's requests come from and its replies go: its socket, until the client
+/// upgrades to shared rings (`Op::ShmRing`).
+struct Wire {
+    stream: UnixStream,
+    input: crate::input::Input,
+    ring: Option<vgpu_client::shm_ring::Ring>,
+}
+
+impl Wire {
+    fn buffered(&self) -> usize {
+        match &self.ring {
+            Some(r) => r.readable().unwrap_or(HEADER_LEN),
+            None => self.input.buffered(),
+        }
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        match &mut self.ring {
+            // The device process went away: the same as a socket's end of stream.
+            Some(r) => r.read_exact(out, RING_SPIN).map_err(|e| if e.kind() == io::ErrorKind::BrokenPipe { io::ErrorKind::UnexpectedEof.into() } else { e }),
+            None => self.input.read_exact(out),
+        }
+    }
+
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let mut scratch = vec![0u8; 64 << 10];
+        while n > 0 {
+            let k = n.min(scratch.len() as u64) as usize;
+            self.read_exact(&mut scratch[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.ring {
+            Some(r) => r.write_all(bytes, RING_SPIN),
+            None => self.stream.write_all(bytes),
+        }
+    }
+
+    /// `Op::ShmRing`: checks the request and maps the rings; the caller answers on the socket.
+    fn upgrade(&mut self, conn: &mut Connection<'_>, payload: &[u8]) -> Result<vgpu_client::shm_ring::Ring, String> {
+        use std::os::fd::AsFd;
+        let fds = conn.take_fds::<3>("ShmRing");
+        let size = <[u8; 4]>::try_from(payload).map(u32::from_le_bytes).map_err(|_| "ShmRing takes a ring size (u32)".to_string())?;
+        let [file, mediator_bell, device_bell] = fds.map_err(|e| e.message)?;
+        if self.ring.is_some() || self.input.buffered() != 0 {
+            return Err("ShmRing must come alone, once, with nothing sent after it before its answer".into());
+        }
+        vgpu_client::shm_ring::Ring::attach(size, file, mediator_bell, device_bell, self.stream.as_fd()).map_err(|e| e.to_string())
+    }
+}
+
 /// Serves requests of `stream` on `conn` until the peer disconnects (`who`: for the log);
 /// `flush_c_stdio`: flush C's output streams after each request (a worker, whose driver prints).
-pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &str, flush_c_stdio: bool) -> io::Result<()> {
+pub fn serve_requests(stream: UnixStream, conn: &mut Connection<'_>, who: &str, flush_c_stdio: bool) -> io::Result<()> {
     // Requests are read through a buffer and replies collected in one, written out only when
     // no further request is already waiting: a client that queues many requests (asynchronous
     // launches) costs one read and one write system call per batch, not per request.
-    let mut input = crate::input::Input::new(stream.try_clone()?, 256 << 10);
+    let input = crate::input::Input::new(stream.try_clone()?, 256 << 10);
+    let mut wire = Wire { stream, input, ring: None };
     let mut output: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut payload = Vec::new();
     let mut reply = Vec::new();
     loop {
-        if input.buffered() < HEADER_LEN && !output.is_empty() {
-            stream.write_all(&output)?;
+        if wire.buffered() < HEADER_LEN && !output.is_empty() {
+            wire.write_all(&output)?;
             output.clear();
         }
         let mut hdr = [0u8; HEADER_LEN];
-        match input.read_exact(&mut hdr) {
+        match wire.read_exact(&mut hdr) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -153,23 +212,40 @@ pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &s
             // Refused at once, and the connection goes on: its payload is read past, not kept.
             tracing::warn!(vm = who, pid = conn.client_pid, op = h.op, "{e}; request refused");
             push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, format!("{e}; request refused").as_bytes());
-            stream.write_all(&output)?;
+            wire.write_all(&output)?;
             output.clear();
-            input.skip(h.payload_len as u64)?;
+            wire.skip(h.payload_len as u64)?;
             continue;
         }
         if let Err(e) = h.validate() {
             // A bad magic: where the next request starts is unknown.
             let msg = format!("{e}; closing connection");
             push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, msg.as_bytes());
-            stream.write_all(&output)?;
+            wire.write_all(&output)?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
         payload.clear();
         payload.resize(h.payload_len as usize, 0);
-        input.read_exact(&mut payload)?;
+        wire.read_exact(&mut payload)?;
         // Descriptors that came with this request (HostRegister's memfd).
-        conn.attach_fds(&mut input.fds);
+        conn.attach_fds(&mut wire.input.fds);
+        if h.op == Op::ShmRing as u32 {
+            // Earlier replies go out on the socket first; this one too, then the rings take over.
+            let upgraded = wire.upgrade(conn, &payload);
+            match &upgraded {
+                Ok(_) => push_reply(&mut output, h.op, h.seq, CUDA_SUCCESS, &[]),
+                Err(m) => {
+                    tracing::warn!(vm = who, pid = conn.client_pid, "shared rings refused: {m}");
+                    push_reply(&mut output, h.op, h.seq, CUDA_ERROR_INVALID_VALUE, m.as_bytes())
+                }
+            }
+            wire.write_all(&output)?;
+            output.clear();
+            if let Ok(ring) = upgraded {
+                wire.ring = Some(ring);
+            }
+            continue;
+        }
         reply.clear();
         let handled = conn.handle(h.op, &payload, &mut reply);
         if flush_c_stdio {
@@ -185,7 +261,7 @@ pub fn serve_requests(mut stream: UnixStream, conn: &mut Connection<'_>, who: &s
         }
         // Large replies (device-to-host data) go out at once rather than being copied along.
         if output.len() >= 1 << 20 {
-            stream.write_all(&output)?;
+            wire.write_all(&output)?;
             output.clear();
             if output.capacity() > 16 << 20 {
                 output.shrink_to(64 << 10);

@@ -11,6 +11,7 @@ use vgpu_host::config::Config;
 use vgpu_host::mediator::Mediator;
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::Op;
+use vgpu_uapi::PROTOCOL_VERSION;
 
 fn start(tag: &str) -> (PathBuf, Arc<Mediator>) {
     let dir = std::env::temp_dir().join(format!("vgpu-hostile-{tag}-{}", std::process::id()));
@@ -517,4 +518,124 @@ fn guest_pages_are_reached_only_through_the_device_process_pins() {
     chan.write(d, &[1, 2, 3]).unwrap();
     assert_eq!(chan.read(d, 3).unwrap(), vec![1, 2, 3]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `ShmRing` for rings of `size` bytes with `fds` attached (whatever they are) on `sock`;
+/// the mediator's answer (its status).
+fn ask_for_rings(sock: &std::os::unix::net::UnixStream, size: u32, fds: &[std::os::fd::BorrowedFd<'_>]) -> u32 {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use vgpu_uapi::proto::{MsgHeader, HEADER_LEN, MSG_MAGIC};
+    let h = MsgHeader { magic: MSG_MAGIC, op: Op::ShmRing as u32, seq: 3, status: 0, payload_len: 4, reserved: 0 };
+    let mut msg = h.to_bytes().to_vec();
+    msg.extend_from_slice(&size.to_le_bytes());
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &[std::io::IoSlice::new(&msg)], if raw.is_empty() { &[] } else { &cmsg }, MsgFlags::empty(), None).unwrap();
+    assert_eq!(sent, msg.len());
+    let mut hb = [0u8; HEADER_LEN];
+    (&*sock).read_exact(&mut hb).unwrap();
+    let r = MsgHeader::from_bytes(&hb);
+    assert_eq!((r.op, r.seq), (h.op, h.seq));
+    let mut body = vec![0u8; r.payload_len as usize];
+    (&*sock).read_exact(&mut body).unwrap();
+    r.status
+}
+
+/// One request through a device process's end of shared rings: (status, reply payload).
+fn ring_call(r: &mut vgpu_client::shm_ring::Ring, op: Op, parts: &[&[u8]]) -> (u32, Vec<u8>) {
+    use vgpu_uapi::proto::{MsgHeader, HEADER_LEN, MSG_MAGIC};
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq: 9, status: 0, payload_len: len as u32, reserved: 0 };
+    let spin = std::time::Duration::from_micros(20);
+    r.write_all(&h.to_bytes(), spin).unwrap();
+    for p in parts {
+        r.write_all(p, spin).unwrap();
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    r.read_exact(&mut hb, spin).unwrap();
+    let rh = MsgHeader::from_bytes(&hb);
+    assert_eq!((rh.op, rh.seq), (h.op, h.seq), "replies in step");
+    let mut body = vec![0u8; rh.payload_len as usize];
+    r.read_exact(&mut body, spin).unwrap();
+    (rh.status, body)
+}
+
+/// A connection that moves to shared rings (`Op::ShmRing`, what vgpu-stub's channels do): bad
+/// requests for them are refused and the connection goes on over its socket; requests and
+/// replies larger than the rings cross them intact; counters that lie end that connection only;
+/// a device process that dies while the mediator sleeps on its rings leaves nothing behind.
+#[test]
+fn shared_rings_are_checked_and_end_with_their_connection() {
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::unix::net::UnixStream;
+    use vgpu_client::shm_ring::{upgrade, Ring};
+    use vgpu_uapi::shm_ring::{file_size, MIN_SIZE, REQ_TAIL};
+    let (dir, _m) = start("rings");
+    let sock_path = dir.join("evil.sock");
+    let hello = |pid: u32| [PROTOCOL_VERSION.to_le_bytes(), pid.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    let timeout = std::time::Duration::from_secs(10);
+    let s = UnixStream::connect(&sock_path).unwrap();
+    {
+        let (_dev, fds) = Ring::create(MIN_SIZE, s.as_fd()).unwrap();
+        let [file, mb, db] = fds.each_ref().map(|f| f.as_fd());
+        let unsealed = memfd(file_size(MIN_SIZE) as u64, false);
+        let bad: [(&str, u32, Vec<BorrowedFd<'_>>); 6] = [
+            ("a size that is not a power of two", MIN_SIZE + 1, vec![file, mb, db]),
+            ("a size larger than the file", MIN_SIZE * 2, vec![file, mb, db]),
+            ("two descriptors", MIN_SIZE, vec![file, mb]),
+            ("no descriptors", MIN_SIZE, vec![]),
+            ("an unsealed file", MIN_SIZE, vec![unsealed.as_fd(), mb, db]),
+            ("a doorbell that is a file", MIN_SIZE, vec![file, file.as_fd(), db]),
+        ];
+        for (what, size, fds) in bad {
+            assert_eq!(ask_for_rings(&s, size, &fds), CUDA_ERROR_INVALID_VALUE, "{what}");
+        }
+    }
+    // Refused, the connection goes on over its socket, then moves to the rings.
+    let mut ring = upgrade(&s, MIN_SIZE, timeout).unwrap();
+    assert_eq!(ring_call(&mut ring, Op::Hello, &[&hello(41)]).0, CUDA_SUCCESS);
+    let (st, ptr) = ring_call(&mut ring, Op::MemAlloc, &[&(1u64 << 20).to_le_bytes()]);
+    assert_eq!(st, CUDA_SUCCESS);
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert_eq!(ring_call(&mut ring, Op::MemcpyHtoD, &[&ptr, &data]).0, CUDA_SUCCESS);
+    let (st, back) = ring_call(&mut ring, Op::MemcpyDtoH, &[&ptr, &(1u64 << 20).to_le_bytes()]);
+    assert_eq!(st, CUDA_SUCCESS);
+    assert!(back == data, "1 MiB through 64 KiB rings, both ways");
+    assert_eq!(ask_for_rings_again(&mut ring), CUDA_ERROR_INVALID_VALUE, "a second upgrade");
+    assert_eq!(ring_call(&mut ring, Op::MemGetInfo, &[]).0, CUDA_SUCCESS, "the rings stay after a refused second upgrade");
+    let observer = Proc::connect(&sock_path, 43).unwrap();
+    assert_eq!(observer.device_memory().1, 1 << 20, "the ring client's allocation");
+    // The device process dies while the mediator sleeps on the rings: its session is freed.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(ring);
+    drop(s);
+    let t = std::time::Instant::now();
+    while observer.device_memory().1 != 0 {
+        assert!(t.elapsed() < timeout, "the gone client's memory was not freed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Counters that lie: the mediator ends that connection (the socket closes) and lives on.
+    let s = UnixStream::connect(&sock_path).unwrap();
+    let (dev, fds) = Ring::create(MIN_SIZE, s.as_fd()).unwrap();
+    let (file, mb) = (fds[0].try_clone().unwrap(), fds[1].try_clone().unwrap());
+    let [a, b, c] = fds.each_ref().map(|f| f.as_fd());
+    assert_eq!(ask_for_rings(&s, MIN_SIZE, &[a, b, c]), CUDA_SUCCESS);
+    let map = memmap2::MmapOptions::new().len(file_size(MIN_SIZE)).map_raw(&file).unwrap();
+    // SAFETY: REQ_TAIL is a 4-aligned word inside the mapping, which outlives the reference.
+    let tail = unsafe { &*(map.as_mut_ptr().add(REQ_TAIL) as *const std::sync::atomic::AtomicU32) };
+    tail.store(0xffff_0000, std::sync::atomic::Ordering::Release);
+    nix::unistd::write(&mb, &1u64.to_ne_bytes()).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    assert_eq!(std::io::Read::read(&mut &s, &mut [0u8; 16]).unwrap(), 0, "the connection is closed");
+    drop(dev);
+    let other = Proc::connect(&sock_path, 44).unwrap();
+    assert!(other.alloc(4096).is_ok(), "the mediator serves on");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// ShmRing sent through the rings themselves (after the upgrade): refused.
+fn ask_for_rings_again(ring: &mut vgpu_client::shm_ring::Ring) -> u32 {
+    ring_call(ring, Op::ShmRing, &[&vgpu_uapi::shm_ring::MIN_SIZE.to_le_bytes()]).0
 }

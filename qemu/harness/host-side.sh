@@ -20,8 +20,10 @@ start_hostd() {
 start_host_side() { # $1: the caller's name, for messages
   write_hostd_config
   start_hostd || { echo "$1: vgpu-hostd did not create its socket; its log:" >&2; cat "$WORK/hostd.log" >&2; exit 1; }
-  echo "$1: vgpu-stub --mediator $WORK/hostd.sock"
-  "$STUB" --socket "$WORK/vgpu.sock" --mediator "$WORK/hostd.sock" 2> "$WORK/stub.log" &
+  # VGPU_STUB_ARGS: more options for the device process (e.g. --no-shared-rings, to compare).
+  echo "$1: vgpu-stub --mediator $WORK/hostd.sock ${VGPU_STUB_ARGS:-}"
+  # shellcheck disable=SC2086 # split on purpose: a list of options
+  "$STUB" --socket "$WORK/vgpu.sock" --mediator "$WORK/hostd.sock" ${VGPU_STUB_ARGS:-} 2> "$WORK/stub.log" &
   STUB_PID=$!
   for _ in $(seq 100); do [ -S "$WORK/vgpu.sock" ] && break; sleep 0.05; done
 }

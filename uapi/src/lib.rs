@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod image;
 pub mod proto;
 pub mod share;
+pub mod shm_ring;
 pub mod version;
 pub mod wire;
 

@@ -207,6 +207,13 @@ opcodes! {
     /// Control connection: req: channel u32, id u32 ([`GUEST_UNPIN_ALL`]: every region of the
     /// channel) -> reply:  (once answered the mediator touches none of the region's pages)
     GuestUnpin = 88,
+    /// Sent by a device process on one of its channels' connections (after GuestChannel, if
+    /// any; nothing else pending): req: ring size u32 (each way, see [`crate::shm_ring`]), with
+    /// three descriptors attached (SCM_RIGHTS): the rings' memfd (sealed against shrinking,
+    /// [`crate::shm_ring::file_size`] bytes), the mediator's doorbell eventfd, the device
+    /// process's -> reply (on the socket):  . Every later request and reply goes through the
+    /// rings; the socket only stays open (its closing ends the session).
+    ShmRing = 89,
     /// req: -> reply: bytes u64 of device memory this client holds (allocations, module
     /// variables, VMM physical memory), gpu_ns u64 (GPU time of its completed kernels where the
     /// backend measures it, else 0): how the mediator accounts a cuda worker's session

@@ -1,7 +1,9 @@
 //! Channels (uapi `channel.rs`): each open channel is one connection to the mediator and one
 //! worker thread that moves the bytes of its descriptors between guest RAM (the channel area's
 //! staging buffer, or pages the guest driver pinned) and that connection. The device never
-//! interprets the bytes.
+//! interprets the bytes. After its setup the connection carries them through shared-memory
+//! rings (uapi `shm_ring.rs`): a call costs no socket message, and while both sides are busy no
+//! thread wake-up; a mediator without them gets them over the socket.
 
 use crate::device::{Effect, Registers};
 use crate::link::{Control, Piece};
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use vgpu_client::shm_ring::{self, Ring};
 use vgpu_uapi::bar0;
 use vgpu_uapi::channel::*;
 
@@ -72,6 +75,16 @@ fn read_regions(r: &Regions) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Regi
 
 fn write_regions(r: &Regions) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Region>> {
     r.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a worker watches its shared ring for the mediator's reply before it sleeps.
+const RING_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Where a worker's bytes to and from the mediator go: the shared rings (uapi `shm_ring.rs`),
+/// or the socket with a mediator that has none.
+enum Pipe {
+    Socket(UnixStream),
+    Ring(Ring),
 }
 
 /// Why a worker ended.
@@ -142,12 +155,15 @@ pub struct Channels {
     control_failed: Option<String>,
     /// Whether to make the link at all (`--no-zero-copy`; off for fake mediators in tests).
     pub zero_copy: bool,
+    /// Whether channels move their bytes through shared rings with the mediator rather than
+    /// their sockets (`--no-shared-rings`; off for fake mediators in tests).
+    pub shared_rings: bool,
 }
 
 impl Channels {
     pub fn new(mediator: PathBuf) -> Self {
         let irqs = Arc::new(Mutex::new((0..bar0::MSIX_VECTORS).map(|_| None).collect()));
-        Channels { ram: GuestRam::default(), irqs, mediator, open: HashMap::new(), control: None, control_failed: None, zero_copy: false }
+        Channels { ram: GuestRam::default(), irqs, mediator, open: HashMap::new(), control: None, control_failed: None, zero_copy: false, shared_rings: false }
     }
 
     /// The control link, made (again) if there is none or it broke; None if the mediator
@@ -228,7 +244,28 @@ impl Channels {
                 }
             }
         }
-        let Ok(theirs) = sock.try_clone() else { return ECONNREFUSED };
+        let pipe = if self.shared_rings {
+            match shm_ring::upgrade(&sock, vgpu_uapi::shm_ring::DEFAULT_SIZE, crate::link::CALL_TIMEOUT) {
+                Ok(ring) => Some(Pipe::Ring(ring)),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    eprintln!("vgpu-stub: channel {n}: no shared rings ({e}); its bytes go over the socket");
+                    None
+                }
+                Err(e) => {
+                    eprintln!("vgpu-stub: channel {n}: cannot set up its shared rings with the mediator: {e}");
+                    return ECONNREFUSED;
+                }
+            }
+        } else {
+            None
+        };
+        let pipe = match pipe {
+            Some(p) => p,
+            None => match sock.try_clone() {
+                Ok(theirs) => Pipe::Socket(theirs),
+                Err(_) => return ECONNREFUSED,
+            },
+        };
         let bell = Arc::new(Bell { state: Mutex::new((true, false)), cv: Condvar::new() });
         let pins = Regions::default();
         let w = Worker {
@@ -237,7 +274,7 @@ impl Channels {
             size,
             ram: self.ram.clone(),
             irqs: self.irqs.clone(),
-            sock: theirs,
+            pipe,
             bell: bell.clone(),
             head,
             cq_tail,
@@ -435,7 +472,7 @@ struct Worker {
     size: u64,
     ram: GuestRam,
     irqs: Irqs,
-    sock: UnixStream,
+    pipe: Pipe,
     bell: Arc<Bell>,
     /// Device-owned counters (mirrored to sq_head and cq_tail in the area).
     head: u32,
@@ -528,16 +565,50 @@ impl Worker {
         }
     }
 
-    /// Writes `self.buf[..n]` to the mediator; while the socket is full, reads what the
+    /// Keeps `bytes` of the mediator's replies for the guest's next RECVs.
+    fn hold(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.held.len() + bytes.len() > MAX_HELD {
+            eprintln!("vgpu-stub: channel {}: the guest leaves over {MAX_HELD} bytes of replies unread", self.n);
+            return Err(ErrorKind::OutOfMemory.into());
+        }
+        self.held.extend(bytes);
+        Ok(())
+    }
+
+    /// Writes `self.buf[..n]` to the mediator; while the way there is full, reads what the
     /// mediator sends meanwhile into `held` (it may be answering earlier requests of a batch and
     /// wait for us to read before it reads on).
     fn send_all(&mut self, n: usize) -> std::io::Result<()> {
+        match &self.pipe {
+            Pipe::Socket(_) => self.send_all_socket(n),
+            Pipe::Ring(_) => self.send_all_ring(n),
+        }
+    }
+
+    fn send_all_ring(&mut self, n: usize) -> std::io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        let mut done = 0;
+        while done < n {
+            let Pipe::Ring(ring) = &mut self.pipe else { unreachable!("send_all chose the ring") };
+            let w = ring.write(&self.buf[done..n])?;
+            let r = ring.read(&mut tmp)?;
+            if w == 0 && r == 0 {
+                ring.wait(RING_SPIN, |r| Ok(r.writable()? > 0 || r.readable()? > 0))?;
+            }
+            done += w;
+            self.hold(&tmp[..r])?;
+        }
+        Ok(())
+    }
+
+    fn send_all_socket(&mut self, n: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        let fd = self.sock.as_raw_fd();
+        let Pipe::Socket(sock) = &self.pipe else { unreachable!("send_all chose the socket") };
+        let fd = sock.as_raw_fd();
         let mut done = 0;
         while done < n {
             let mut pfd = [libc::pollfd { fd, events: libc::POLLOUT | libc::POLLIN, revents: 0 }];
-            // SAFETY: one valid pollfd for a descriptor `self.sock` keeps open.
+            // SAFETY: one valid pollfd for a descriptor `self.pipe` keeps open.
             if unsafe { libc::poll(pfd.as_mut_ptr(), 1, -1) } < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == ErrorKind::Interrupted {
@@ -551,11 +622,7 @@ impl Worker {
                 // SAFETY: reads at most tmp.len() bytes into `tmp`, without blocking.
                 let r = unsafe { libc::recv(fd, tmp.as_mut_ptr().cast(), tmp.len(), libc::MSG_DONTWAIT) };
                 if r > 0 {
-                    if self.held.len() + r as usize > MAX_HELD {
-                        eprintln!("vgpu-stub: channel {}: the guest leaves over {MAX_HELD} bytes of replies unread", self.n);
-                        return Err(ErrorKind::OutOfMemory.into());
-                    }
-                    self.held.extend(&tmp[..r as usize]);
+                    self.hold(&tmp[..r as usize])?;
                 } else if r == 0 {
                     // The mediator closed the session.
                     return Err(ErrorKind::BrokenPipe.into());
@@ -621,8 +688,12 @@ impl Worker {
             *d = s;
         }
         let mut got = from_held;
+        if let Pipe::Ring(ring) = &mut self.pipe {
+            return ring.read_exact(&mut self.buf[got..n], RING_SPIN).map_err(|_| EPIPE);
+        }
+        let Pipe::Socket(sock) = &mut self.pipe else { unreachable!("the ring returned above") };
         while got < n {
-            match self.sock.read(&mut self.buf[got..n]) {
+            match sock.read(&mut self.buf[got..n]) {
                 Ok(0) => return Err(EPIPE),
                 Ok(k) => got += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -630,6 +701,31 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// At least one byte of the mediator's reply from `sock`, and what else has arrived already
+    /// (a large reply comes in socket-buffer pieces: fewer, fuller receives for the guest, each
+    /// one a round trip); None once the mediator closed the session.
+    fn recv_some(sock: &mut UnixStream, buf: &mut [u8]) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let mut got = loop {
+            match sock.read(buf) {
+                Ok(0) => return None,
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        };
+        while got < buf.len() {
+            let rest = &mut buf[got..];
+            // SAFETY: reads at most rest.len() bytes into `rest`, without blocking.
+            let r = unsafe { libc::recv(sock.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
+            if r <= 0 {
+                break;
+            }
+            got += r as usize;
+        }
+        Some(got)
     }
 
     /// Runs one descriptor: (status, bytes moved).
@@ -674,26 +770,16 @@ impl Worker {
             }
             OP_RECV if len > 0 => {
                 self.buf.resize(len.min(CHUNK), 0);
-                let mut got = loop {
-                    match self.sock.read(&mut self.buf) {
-                        Ok(0) => return (EPIPE, 0), // the mediator closed the session
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => return (EPIPE, 0),
-                    }
+                let got = match &mut self.pipe {
+                    Pipe::Ring(ring) => match ring.wait(RING_SPIN, |r| Ok(r.readable()? > 0)).and_then(|()| ring.read(&mut self.buf)) {
+                        Ok(n) => n,
+                        Err(_) => return (EPIPE, 0), // the mediator closed the session
+                    },
+                    Pipe::Socket(sock) => match Self::recv_some(sock, &mut self.buf) {
+                        Some(n) => n,
+                        None => return (EPIPE, 0),
+                    },
                 };
-                // Take what else has arrived already (a large reply comes in socket-buffer
-                // pieces): fewer, fuller receives for the guest, each one a round trip.
-                while got < self.buf.len() {
-                    use std::os::fd::AsRawFd;
-                    let rest = &mut self.buf[got..];
-                    // SAFETY: reads at most rest.len() bytes into `rest`, without blocking.
-                    let r = unsafe { libc::recv(self.sock.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
-                    if r <= 0 {
-                        break;
-                    }
-                    got += r as usize;
-                }
                 match self.ram.write(addr, &self.buf[..got]) {
                     Some(()) => (0, got as u32),
                     None => (EFAULT, 0),

@@ -18,7 +18,7 @@ use vgpu_uapi::cuda::CUDA_ERROR_DEINITIALIZED;
 use vgpu_uapi::proto::{MsgHeader, Op, GUEST_UNPIN_ALL, HEADER_LEN, MSG_MAGIC};
 
 /// Longest wait for the mediator's answer to one control request.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Control {
     t: SocketTransport,

@@ -31,6 +31,10 @@ struct Args {
     /// mediator copy it from the VM's RAM itself (the zero-copy path; for comparison).
     #[arg(long)]
     no_zero_copy: bool,
+    /// Move each channel's bytes over its socket instead of shared-memory rings with the
+    /// mediator (for comparison).
+    #[arg(long)]
+    no_shared_rings: bool,
 }
 
 struct Vgpu {
@@ -192,6 +196,7 @@ fn main() -> std::process::ExitCode {
     eprintln!("vgpu-stub: channels connect to {}", args.mediator.display());
     let mut dev = Vgpu::new(args.mediator.clone(), args.trace);
     dev.chans.zero_copy = !args.no_zero_copy;
+    dev.chans.shared_rings = !args.no_shared_rings;
     match identity::query(&args.mediator) {
         Ok((name, uuid)) => {
             eprintln!("vgpu-stub: the mediator's GPU: {name}");

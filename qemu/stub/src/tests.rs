@@ -71,6 +71,84 @@ fn echo(mut s: UnixStream) {
     }
 }
 
+/// A fake mediator's connection: its socket, or the shared rings it upgraded to.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// The mediator's end of shared rings as a stream (end of stream once the stub is gone).
+struct RingStream {
+    ring: vgpu_client::shm_ring::Ring,
+    _sock: UnixStream,
+}
+
+impl Read for RingStream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self.ring.wait(Duration::ZERO, |r| Ok(r.readable()? > 0)) {
+            Ok(()) => self.ring.read(b),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Write for RingStream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.ring.wait(Duration::ZERO, |r| Ok(r.writable()? > 0))?;
+        self.ring.write(b)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Takes the stub's ShmRing request (as the mediator does, server.rs) and answers it.
+fn accept_rings(s: UnixStream) -> RingStream {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsFd, OwnedFd, RawFd};
+    use vgpu_uapi::proto::{MsgHeader, Op, HEADER_LEN, MSG_MAGIC};
+    let mut msg = [0u8; HEADER_LEN + 4];
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut msg)];
+    let r = recvmsg::<()>(std::os::fd::AsRawFd::as_raw_fd(&s), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+    assert_eq!(r.bytes, HEADER_LEN + 4, "ShmRing comes in one message");
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in r.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let h = MsgHeader::from_bytes(msg[..HEADER_LEN].try_into().unwrap());
+    assert_eq!(h.op, Op::ShmRing as u32);
+    let size = u32::from_le_bytes(msg[HEADER_LEN..].try_into().unwrap());
+    let [file, mb, db]: [OwnedFd; 3] = fds.try_into().expect("three descriptors");
+    let ring = vgpu_client::shm_ring::Ring::attach(size, file, mb, db, s.as_fd()).unwrap();
+    let reply = MsgHeader { magic: MSG_MAGIC, op: h.op, seq: h.seq, status: 0, payload_len: 0, reserved: 0 };
+    (&s).write_all(&reply.to_bytes()).unwrap();
+    RingStream { ring, _sock: s }
+}
+
+/// `serve` as a fake mediator twice: over the socket, and behind shared rings; with whether
+/// the stub should ask for them.
+fn mediators(name: &str, serve: impl Fn(&mut dyn Conn) + Send + Sync + 'static) -> [(PathBuf, bool); 2] {
+    let serve = Arc::new(serve);
+    let s2 = serve.clone();
+    [
+        (mediator(name, move |mut s| serve(&mut s)), false),
+        (mediator(&format!("{name}-rings"), move |s| s2(&mut accept_rings(s))), true),
+    ]
+}
+
+fn echo_conn(s: &mut dyn Conn) {
+    let mut b = [0u8; 4096];
+    while let Ok(n @ 1..) = s.read(&mut b) {
+        if s.write_all(&b[..n]).is_err() {
+            return;
+        }
+    }
+}
+
 struct Guest {
     dev: Vgpu,
     /// The guest's own view of its RAM.
@@ -87,6 +165,13 @@ impl Guest {
         let irq = eventfd();
         dev.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, vec![irq.try_clone().unwrap()]).unwrap();
         Guest { dev, mem, irq }
+    }
+
+    /// A guest whose device asks `mediator` for shared rings if `rings`.
+    fn with(mediator: &Path, rings: bool) -> Self {
+        let mut g = Guest::new(mediator);
+        g.dev.chans.shared_rings = rings;
+        g
     }
 
     fn reg_w(&mut self, off: u64, v: u32) {
@@ -298,7 +383,13 @@ fn registers_advertise_channels() {
 
 #[test]
 fn send_and_recv_through_an_echoing_mediator() {
-    let mut g = Guest::new(&mediator("echo", echo));
+    for (path, rings) in mediators("echo", echo_conn) {
+        send_and_recv_through(&path, rings);
+    }
+}
+
+fn send_and_recv_through(path: &Path, rings: bool) {
+    let mut g = Guest::with(path, rings);
     assert_eq!(g.open(2, AREA, SIZE), 0);
     let msg = b"hello, mediator";
     g.write(AREA + 0x1000, msg);
@@ -330,15 +421,21 @@ fn send_and_recv_through_an_echoing_mediator() {
 
 #[test]
 fn transfers_larger_than_a_chunk() {
-    const BIG: usize = (1 << 20) + 12345;
     // Reads the whole request first, then answers with it: no echo deadlock.
-    let path = mediator("big", |mut s| {
+    for (path, rings) in mediators("big", |s| {
         let mut b = vec![0u8; BIG];
         if s.read_exact(&mut b).is_ok() {
             let _ = s.write_all(&b);
         }
-    });
-    let mut g = Guest::new(&path);
+    }) {
+        transfer_larger_than_a_chunk(&path, rings);
+    }
+}
+
+const BIG: usize = (1 << 20) + 12345;
+
+fn transfer_larger_than_a_chunk(path: &Path, rings: bool) {
+    let mut g = Guest::with(path, rings);
     assert_eq!(g.open(0, AREA, SIZE), 0);
     let data: Vec<u8> = (0..BIG).map(|i| (i * 7 % 251) as u8).collect();
     g.write(AREA + 0x1000, &data);
@@ -415,12 +512,18 @@ fn close_unblocks_a_worker_blocked_in_recv() {
     // A mediator that never answers.
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
-    let path = mediator("silent", move |s| {
-        let _ = tx.lock().unwrap().send(s);
-    });
-    let mut g = Guest::new(&path);
+    for (path, rings) in mediators("silent", move |_| {
+        let _ = tx.lock().unwrap().send(());
+        std::thread::sleep(Duration::from_secs(30));
+    }) {
+        close_unblocks_a_worker_in_recv(&path, rings, &rx);
+    }
+}
+
+fn close_unblocks_a_worker_in_recv(path: &Path, rings: bool, rx: &std::sync::mpsc::Receiver<()>) {
+    let mut g = Guest::with(path, rings);
     assert_eq!(g.open(3, AREA, SIZE), 0);
-    let _held = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
     g.post(AREA, &[recv(1, 0x1000, 16)]);
     g.reg_w(bar0::DOORBELL, 3);
     wait_until("the worker to take the RECV", || g.r32(AREA + SQ_HEAD as u64) == 1);
@@ -440,10 +543,15 @@ fn close_unblocks_a_worker_blocked_in_recv() {
 
 #[test]
 fn recv_after_the_mediator_hangs_up_is_epipe() {
-    let path = mediator("hangup", |mut s| {
+    for (path, rings) in mediators("hangup", |s| {
         let _ = s.write_all(b"bye");
-    });
-    let mut g = Guest::new(&path);
+    }) {
+        recv_after_hangup(&path, rings);
+    }
+}
+
+fn recv_after_hangup(path: &Path, rings: bool) {
+    let mut g = Guest::with(path, rings);
     assert_eq!(g.open(0, AREA, SIZE), 0);
     let mut got = Vec::new();
     loop {
@@ -622,4 +730,43 @@ fn the_zero_copy_link_shares_ram_and_pins_before_the_guest_uses_them() {
     assert_eq!(take(&asked), [(Op::GuestUnpin as u32, u32s(&[3, GUEST_UNPIN_ALL]))]);
     g.dev.dma_unmap(DmaUnmapFlags::empty(), GPA, RAM).unwrap();
     assert_eq!(take(&asked), [(Op::GuestMemoryUnmap as u32, u64s(&[GPA, RAM]))]);
+}
+
+#[test]
+fn a_mediator_answering_before_it_reads_a_long_request_does_not_block_the_channel() {
+    // The mediator writes 3 MiB of replies (more than the socket's buffers or a ring hold)
+    // before it reads the guest's 3 MiB request: the device must keep the replies while it
+    // sends, and hand them out in order.
+    const N: usize = 3 << 20;
+    let pattern = |i: usize, seed: usize| ((i * 31 + seed) % 253) as u8;
+    for (path, rings) in mediators("answers-early", move |s| {
+        let out: Vec<u8> = (0..N).map(|i| pattern(i, 5)).collect();
+        if s.write_all(&out).is_err() {
+            return;
+        }
+        let mut b = vec![0u8; N];
+        if s.read_exact(&mut b).is_ok() {
+            let ok = b.iter().enumerate().all(|(i, &x)| x == pattern(i, 9));
+            let _ = s.write_all(if ok { b"same" } else { b"diff" });
+        }
+    }) {
+        let mut g = Guest::with(&path, rings);
+        assert_eq!(g.open(0, AREA, SIZE), 0);
+        // The request in two SENDs of the staging's size (the area is 4 MiB).
+        let half = N / 2;
+        for part in 0..2 {
+            let data: Vec<u8> = (part * half..(part + 1) * half).map(|i| pattern(i, 9)).collect();
+            g.write(AREA + 0x1000, &data);
+            assert_eq!(g.submit(0, AREA, &[send(part as u64, 0x1000, half as u64)]), [ok(part as u64, half as u32)], "rings {rings}");
+        }
+        let mut got = Vec::new();
+        while got.len() < N + 4 {
+            let c = g.submit(0, AREA, &[recv(9, 0x1000, (N + 4 - got.len()).min(1 << 20) as u64)]);
+            assert_eq!(c[0].status, 0, "rings {rings}");
+            got.extend(g.read(AREA + 0x1000, c[0].len as usize));
+        }
+        assert!(got[..N].iter().enumerate().all(|(i, &x)| x == pattern(i, 5)), "replies out of order (rings {rings})");
+        assert_eq!(&got[N..], b"same", "the request arrived changed (rings {rings})");
+        assert_eq!(g.close(0), 0);
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod log;
+pub mod shm_ring;
 pub mod transport;
 
 use device::DeviceTransport;
