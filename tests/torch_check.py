@@ -221,6 +221,9 @@ def main():
         check_matmul()
         print("CHILD-PASS")
         return
+    # In a QEMU guest (--guest) under TCG each fresh PyTorch process costs minutes: there, the
+    # fresh cuBLASLt process and the cudaMallocAsync one are left to the socket test.
+    guest = sys.argv[1:] == ["--guest"]
     check_device()
     check_memory()
     check_allocation()
@@ -228,11 +231,13 @@ def main():
     check_streams_events()
     check_graph()
     check_blas()
-    run_again("--matmul")
+    if not guest:
+        run_again("--matmul")
     check_cubin_only_kernel()
     check_multiprocessing()
     run_again("--allocator", "expandable_segments:True")
-    run_again("--allocator", "backend:cudaMallocAsync")
+    if not guest:
+        run_again("--allocator", "backend:cudaMallocAsync")
     print("PASS")
 
 

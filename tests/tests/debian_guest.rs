@@ -7,8 +7,9 @@
 //! takes everything away again, and installing again works. In the same boot, llama.cpp's
 //! prebuilt CUDA backend (tests/llama_check.py, as in tests/tests/llama.rs) runs as that user
 //! over /dev/nvidia0 and is compared with llama.cpp's CPU backend in the guest, and a subset of
-//! numba-cuda's own test suite runs there as that user.
-//! Slow (a Debian boot, two DKMS builds, llama.cpp and numba under TCG): `cargo test --release -p
+//! numba-cuda's own test suite and PyTorch's control path (tests/torch_check.py) run there as
+//! that user.
+//! Slow (a Debian boot, two DKMS builds, llama.cpp, numba and PyTorch under TCG): `cargo test --release -p
 //! vgpu-tests --test debian_guest`.
 
 use std::path::Path;
@@ -104,6 +105,13 @@ runuser -u user -- env HOME=/tmp/numba-work PYTHONPATH=/opt/vgpu/numba/plugin sh
   -p vgpu_pytest_plugin --pyargs NUMBA_MODULES -k "not undersubscribe" -q -p no:cacheprovider --timeout 900 \
   --import-mode=importlib -o consider_namespace_packages=true -rfEs' 2>&1 | sed 's/^/NUMBA /'
 echo "NUMBA-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
+# PyTorch's current CUDA wheel, unmodified, as uid 1000 over /dev/nvidia0: its control path
+# (tests/torch_check.py --guest: devices, its allocators, copies, streams, events, graphs, a CUDA
+# tensor shared with a child process) and cuBLAS's PTX kernels against its CPU backend.
+t0=$(now)
+mkdir -p /tmp/torch-work && chown user /tmp/torch-work
+runuser -u user -- env HOME=/tmp/torch-work sh -c 'cd /tmp/torch-work && /opt/vgpu/torch/bin/python3 /opt/vgpu/torch_check.py --guest' 2>&1 | sed 's/^/TORCH /'
+echo "TORCH-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
 echo "SCRIPT-DONE"
 "#;
 
@@ -125,6 +133,10 @@ const NUMBA_MODULES: [&str; 7] = [
     "numba.cuda.tests.cudapy.test_blackscholes",
 ];
 const NUMBA_PASSES: usize = 49;
+
+/// What tests/torch_check.py --guest checks (its "TORCH-CHECK ok" lines, the child processes'
+/// included).
+const TORCH_GUEST_CHECKS: usize = 12;
 
 fn values<'a>(body: &[&'a str], key: &str) -> Vec<&'a str> {
     body.iter().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' '))).collect()
@@ -162,6 +174,7 @@ fn boot_debian_guest() -> Output {
     std::fs::copy(root.join("tests/nvml_query.py"), payload.0.join("nvml_query.py")).unwrap();
     add_llama(&payload.0);
     add_numba(&payload.0);
+    add_torch(&payload.0);
     let script = INSTALL_SCRIPT
         .replace("LLAMA_TOKENS", &LLAMA_TOKENS.to_string())
         .replace("LLAMA_CONFIGS", &LLAMA_CONFIGS.join(" "))
@@ -221,6 +234,26 @@ fn add_numba(payload: &Path) {
     // The fixture numba-cuda's tests take from its repository's conftest.py (as on the host).
     std::fs::create_dir_all(dest.join("plugin")).unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("pytest/vgpu_pytest_plugin.py"), dest.join("plugin/vgpu_pytest_plugin.py")).unwrap();
+}
+
+/// PyTorch for the guest: its venv's site-packages (hard links; Triton and the C headers, which
+/// nothing here uses, left out: 1 GB less payload) under a venv on the payload's Python, and
+/// tests/torch_check.py.
+fn add_torch(payload: &Path) {
+    let venv = wheels_dir().parent().unwrap().join("torch-venv");
+    assert!(venv.join(".complete-v1").exists(), "PyTorch missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
+    let dest = payload.join("torch");
+    std::fs::create_dir_all(dest.join("bin")).unwrap();
+    std::fs::create_dir_all(dest.join("lib/python3.11")).unwrap();
+    std::fs::copy("/usr/bin/python3.11", dest.join("bin/python3")).expect("Debian's /usr/bin/python3.11");
+    std::fs::write(dest.join("pyvenv.cfg"), "home = /opt/vgpu/py/bin\ninclude-system-site-packages = false\n").unwrap();
+    let site = dest.join("lib/python3.11/site-packages");
+    let copy = Command::new("cp").arg("-al").arg(venv.join("lib/python3.11/site-packages")).arg(&site).status();
+    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying PyTorch into the payload: {copy:?}");
+    for unused in ["triton", "torch/include", "nvidia/cu13/include"] {
+        let _ = std::fs::remove_dir_all(site.join(unused));
+    }
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("torch_check.py"), payload.join("torch_check.py")).unwrap();
 }
 
 #[test]
@@ -321,4 +354,17 @@ fn numba_cuda_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
         "numba-cuda's tests in the Debian guest ({summary}):\n{}",
         numba.join("\n")
     );
+}
+
+/// PyTorch in the guest, as uid 1000 over /dev/nvidia0 (tests/torch_check.py --guest; the same
+/// checks as tests/tests/torch.rs over the socket, less the fresh processes per allocator).
+#[test]
+fn pytorch_control_path_in_the_debian_guest_over_dev_nvidia0() {
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
+    let torch = values(&body, "TORCH");
+    eprintln!("{}\nPyTorch in the guest took {:?} s", torch.join("\n"), values(&body, "TORCH-SECS"));
+    let checks = torch.iter().filter(|l| l.starts_with("TORCH-CHECK ok ")).count();
+    assert!(checks >= TORCH_GUEST_CHECKS && torch.last() == Some(&"PASS"), "PyTorch in the Debian guest ({checks} checks passed):\n{}", torch.join("\n"));
 }
