@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${VGPU_CACHE:-$HOME/.cache/vgpu}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=(mediator_requests module_image ptx_text stub_guest guest_pages)
+targets=(mediator_requests module_image ptx_text stub_guest guest_pages shm_ring_requests)
 [ $# -ge 1 ] && [ -n "$1" ] && targets=("$1")
 secs=${2:-60}
 export RUSTC_BOOTSTRAP=1

@@ -202,3 +202,63 @@ fn sealed_memfd(size: u64) -> Option<std::fs::File> {
     // SAFETY: F_ADD_SEALS on a descriptor we own.
     (unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } == 0).then_some(f)
 }
+
+/// A device process's requests through the shared rings (`Op::ShmRing`) into the mediator's
+/// own serving loop (`server::serve_requests`), which reads them with its framing: headers and
+/// payloads split across the ring's wrap, over-long payloads skipped, a bad magic closing the
+/// connection, a second ShmRing over the rings; the smallest rings (64 KiB), which the input
+/// wraps soonest. The input is the bytes the device process
+/// writes (its kernel launches dropped where the framing can be followed, as in
+/// `mediator_requests`); it reads and drops the replies as they come, then goes away. The
+/// mediator must end the connection (no hang), never panic, and leave no memory held.
+pub fn shm_ring_requests(data: &[u8]) {
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+    use vgpu_client::shm_ring;
+    use vgpu_uapi::proto::{MsgHeader, HEADER_LEN};
+    // The launches, where the frames can be followed; after a header that does not validate,
+    // the rest goes as it is.
+    let mut bytes = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while rest.len() >= HEADER_LEN {
+        let h = MsgHeader::from_bytes(rest[..HEADER_LEN].try_into().unwrap());
+        if h.validate().is_err() {
+            break;
+        }
+        let end = (HEADER_LEN + h.payload_len as usize).min(rest.len());
+        if h.op != Op::Launch as u32 && h.op != Op::LaunchCooperative as u32 {
+            bytes.extend_from_slice(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    bytes.extend_from_slice(rest);
+
+    let b = backend();
+    let Ok((device, mediator)) = UnixStream::pair() else { return };
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            let mut c = connected(&b);
+            let _ = crate::server::serve_requests(mediator, &mut c, "fuzz", false);
+        });
+        if let Ok(mut ring) = shm_ring::upgrade(&device, vgpu_uapi::shm_ring::MIN_SIZE, Duration::from_secs(10)) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut sent = 0;
+            let mut sink = vec![0u8; 64 << 10];
+            // Until all is written, or the mediator ended the connection (a bad magic).
+            while sent < bytes.len() && Instant::now() < deadline && !server.is_finished() {
+                let Ok(n) = ring.write(&bytes[sent..]) else { break };
+                sent += n;
+                let Ok(m) = ring.read(&mut sink) else { break };
+                if n == 0 && m == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        // The device process is gone: the mediator still serves what it wrote (a reader gets a
+        // ring's last bytes before the hang-up), then ends the connection.
+        drop(device);
+        server.join().expect("the mediator's serving loop panicked");
+    });
+    // Whatever was done, the client's session is gone with it.
+    assert_eq!(b.memory_usage(0).map(|u| u.1), Ok(0), "memory left after the session ended");
+}

@@ -50,3 +50,8 @@ fn ptx_text() {
 fn guest_pages() {
     replay("guest_pages", &[], vgpu_host::fuzz::guest_pages);
 }
+
+#[test]
+fn shm_ring_requests() {
+    replay("shm_ring_requests", &[], vgpu_host::fuzz::shm_ring_requests);
+}

@@ -112,6 +112,15 @@ t0=$(now)
 mkdir -p /tmp/torch-work && chown user /tmp/torch-work
 runuser -u user -- env HOME=/tmp/torch-work sh -c 'cd /tmp/torch-work && /opt/vgpu/torch/bin/python3 /opt/vgpu/torch_check.py --guest' 2>&1 | sed 's/^/TORCH /'
 echo "TORCH-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
+# CuPy's own tests, a subset (streams and their callbacks, elementwise kernels, the driver
+# module, graphs captured from streams), as uid 1000 over /dev/nvidia0, in numba's venv (which
+# has cupy-cuda12x). Its kernel cache comes from the host's run of the same tests: NVRTC is
+# the application's compiler, not vgpu, and under TCG it would take minutes.
+t0=$(now)
+mkdir -p /tmp/cupy-work && cp -a /opt/vgpu/cupy/kernel-cache /tmp/cupy-work/ && chown -R user /tmp/cupy-work
+runuser -u user -- env HOME=/tmp/cupy-work CUPY_COMPILE_WITH_PTX=1 CUPY_CACHE_DIR=/tmp/cupy-work/kernel-cache CUPY_TEST_GPU_LIMIT=1 \
+  sh -c 'cd /opt/vgpu/cupy/tests && /opt/vgpu/numba/bin/python3 -m pytest CUPY_ARGS' 2>&1 | sed 's/^/CUPY /'
+echo "CUPY-SECS $(awk "BEGIN { print int($(now) - $t0) }")"
 echo "SCRIPT-DONE"
 "#;
 
@@ -134,9 +143,33 @@ const NUMBA_MODULES: [&str; 7] = [
 ];
 const NUMBA_PASSES: usize = 49;
 
+/// CuPy's test modules run in the guest, and the tests left out: those that need cuBLAS, cuFFT,
+/// cuSOLVER or cuSPARSE (numba's venv, whose CuPy the guest uses, has none of them; CuPy's
+/// suite on the host lists them among its known failures for the same reason).
+const CUPY_MODULES: [&str; 4] = ["cuda_tests/test_stream.py", "core_tests/test_elementwise.py", "cuda_tests/test_driver.py", "cuda_tests/test_graph.py"];
+const CUPY_LEFT_OUT: &str = "not capture_run_on and not stream_capture_failure_cu";
+/// How many of them pass (CuPy 14.2.0, measured on the host over the socket; 5 more skip
+/// themselves for wanting 2 GPUs).
+const CUPY_PASSES: usize = 67;
+
+/// pytest's arguments for the CuPy subset, run from the tests' root.
+fn cupy_args() -> Vec<String> {
+    let mut a: Vec<String> = ["-q", "-p", "no:cacheprovider", "-m", "\"not slow\"", "--timeout", "900", "-rfEs"].map(String::from).to_vec();
+    a.extend(CUPY_MODULES.iter().map(|m| format!("cupy_tests/{m}")));
+    a.extend(["-k".to_string(), format!("\"{CUPY_LEFT_OUT}\"")]);
+    a
+}
+
 /// What tests/torch_check.py --guest checks (its "TORCH-CHECK ok" lines, the child processes'
 /// included).
 const TORCH_GUEST_CHECKS: usize = 12;
+
+/// A count from pytest's summary line: "=== 1 failed, 48 passed, 1 error in 130.2s ===" gives 1
+/// for "error" (the counts are what comes before " in ").
+fn pytest_count(summary: &str, what: &str) -> usize {
+    let counts = summary.split(" in ").next().unwrap_or("");
+    counts.split(", ").find_map(|p| p.trim().strip_suffix(what)?.trim().rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
 
 fn values<'a>(body: &[&'a str], key: &str) -> Vec<&'a str> {
     body.iter().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' '))).collect()
@@ -175,10 +208,12 @@ fn boot_debian_guest() -> Output {
     add_llama(&payload.0);
     add_numba(&payload.0);
     add_torch(&payload.0);
+    add_cupy(&payload.0);
     let script = INSTALL_SCRIPT
         .replace("LLAMA_TOKENS", &LLAMA_TOKENS.to_string())
         .replace("LLAMA_CONFIGS", &LLAMA_CONFIGS.join(" "))
-        .replace("NUMBA_MODULES", &NUMBA_MODULES.join(" "));
+        .replace("NUMBA_MODULES", &NUMBA_MODULES.join(" "))
+        .replace("CUPY_ARGS", &cupy_args().join(" "));
     std::fs::write(payload.0.join("install.sh"), script).unwrap();
 
     Command::new("bash")
@@ -215,22 +250,25 @@ fn add_llama(payload: &Path) {
     assert!(make.status.success(), "making the models:\n{}", describe(&make));
 }
 
-/// numba-cuda for the guest: its venv's site-packages (hard links; CuPy and cuRAND, which these
-/// tests do not use, left out) under a venv whose base is the payload's Python (add_llama's).
-fn add_numba(payload: &Path) {
-    let venv = wheels_dir().parent().unwrap().join("numba-venv");
-    assert!(venv.join(".complete-v1").exists(), "numba-cuda missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
-    let dest = payload.join("numba");
+/// A venv for the guest at /opt/vgpu/NAME, made from the cached NAME-venv's site-packages (hard
+/// links) on the payload's Python (add_llama's: Debian 12's python3.11, the wheels' ABI).
+fn guest_venv(payload: &Path, name: &str, what: &str) -> std::path::PathBuf {
+    let venv = wheels_dir().parent().unwrap().join(format!("{name}-venv"));
+    assert!(venv.join(".complete-v1").exists(), "{what} missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
+    let dest = payload.join(name);
     std::fs::create_dir_all(dest.join("bin")).unwrap();
     std::fs::create_dir_all(dest.join("lib/python3.11")).unwrap();
     std::fs::copy("/usr/bin/python3.11", dest.join("bin/python3")).expect("Debian's /usr/bin/python3.11");
     std::fs::write(dest.join("pyvenv.cfg"), "home = /opt/vgpu/py/bin\ninclude-system-site-packages = false\n").unwrap();
-    let site = dest.join("lib/python3.11/site-packages");
-    let copy = Command::new("cp").arg("-al").arg(venv.join("lib/python3.11/site-packages")).arg(&site).status();
-    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying numba-cuda into the payload: {copy:?}");
-    for unused in ["cupy", "cupyx", "cupy_backends", "nvidia/curand"] {
-        let _ = std::fs::remove_dir_all(site.join(unused));
-    }
+    let copy = Command::new("cp").arg("-al").arg(venv.join("lib/python3.11/site-packages")).arg(dest.join("lib/python3.11/site-packages")).status();
+    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying {what} into the payload: {copy:?}");
+    dest
+}
+
+/// numba-cuda for the guest: its venv's site-packages (hard links; with CuPy and cuRAND, which
+/// add_cupy's tests use) under a venv whose base is the payload's Python (add_llama's).
+fn add_numba(payload: &Path) {
+    let dest = guest_venv(payload, "numba", "numba-cuda");
     // The fixture numba-cuda's tests take from its repository's conftest.py (as on the host).
     std::fs::create_dir_all(dest.join("plugin")).unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("pytest/vgpu_pytest_plugin.py"), dest.join("plugin/vgpu_pytest_plugin.py")).unwrap();
@@ -240,20 +278,39 @@ fn add_numba(payload: &Path) {
 /// nothing here uses, left out: 1 GB less payload) under a venv on the payload's Python, and
 /// tests/torch_check.py.
 fn add_torch(payload: &Path) {
-    let venv = wheels_dir().parent().unwrap().join("torch-venv");
-    assert!(venv.join(".complete-v1").exists(), "PyTorch missing at {}: run scripts/setup-cuda-wheels.sh", venv.display());
-    let dest = payload.join("torch");
-    std::fs::create_dir_all(dest.join("bin")).unwrap();
-    std::fs::create_dir_all(dest.join("lib/python3.11")).unwrap();
-    std::fs::copy("/usr/bin/python3.11", dest.join("bin/python3")).expect("Debian's /usr/bin/python3.11");
-    std::fs::write(dest.join("pyvenv.cfg"), "home = /opt/vgpu/py/bin\ninclude-system-site-packages = false\n").unwrap();
-    let site = dest.join("lib/python3.11/site-packages");
-    let copy = Command::new("cp").arg("-al").arg(venv.join("lib/python3.11/site-packages")).arg(&site).status();
-    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying PyTorch into the payload: {copy:?}");
+    let site = guest_venv(payload, "torch", "PyTorch").join("lib/python3.11/site-packages");
     for unused in ["triton", "torch/include", "nvidia/cu13/include"] {
         let _ = std::fs::remove_dir_all(site.join(unused));
     }
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("torch_check.py"), payload.join("torch_check.py")).unwrap();
+}
+
+/// CuPy's tests for the guest (CuPy 14.2.0's from its sdist, as the host's suite runs them), and
+/// the kernel cache of a run of the same subset on the host (sim, socket), which must pass there
+/// too.
+fn add_cupy(payload: &Path) {
+    let cache = wheels_dir().parent().unwrap().to_path_buf();
+    let tests = cache.join("cupy-tests-14.2.0");
+    assert!(tests.join(".complete-v1").exists(), "CuPy's tests missing at {}: run scripts/setup-cuda-wheels.sh", tests.display());
+    let dest = payload.join("cupy");
+    std::fs::create_dir_all(dest.join("tests")).unwrap();
+    let copy = Command::new("cp").arg("-a").arg(tests.join("conftest.py")).arg(tests.join("cupy_tests")).arg(dest.join("tests")).status();
+    assert!(copy.as_ref().is_ok_and(|s| s.success()), "copying CuPy's tests into the payload: {copy:?}");
+    let m = Mediator::start();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -m pytest {}", cache.join("numba-venv/bin/python").display(), cupy_args().join(" ")))
+        .current_dir(&tests)
+        .env("LD_LIBRARY_PATH", libcuda_dir())
+        .env("VGPU_SOCKET", &m.socket)
+        .env("CUPY_COMPILE_WITH_PTX", "1")
+        .env("CUPY_CACHE_DIR", dest.join("kernel-cache"))
+        .env("CUPY_TEST_GPU_LIMIT", "1")
+        .output()
+        .expect("pytest");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().rev().find(|l| l.contains(" passed")).unwrap_or("");
+    assert!(out.status.success() && pytest_count(summary, "passed") == CUPY_PASSES, "CuPy's guest subset on the host:\n{}", describe(&out));
 }
 
 #[test]
@@ -346,11 +403,8 @@ fn numba_cuda_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
     let numba = values(&body, "NUMBA");
     eprintln!("{}\nnumba-cuda's tests in the guest took {:?} s", numba.join("\n"), values(&body, "NUMBA-SECS"));
     let summary = numba.iter().rev().find(|l| l.contains(" passed")).copied().unwrap_or("");
-    // "=== 1 failed, 48 passed, 1 error in 130.2s ===": the counts are what comes before " in ".
-    let counts = summary.split(" in ").next().unwrap_or("");
-    let count = |what: &str| counts.split(", ").find_map(|p| p.trim().strip_suffix(what)).and_then(|n| n.trim().rsplit(' ').next()?.parse::<usize>().ok()).unwrap_or(0);
     assert!(
-        count(" passed") >= NUMBA_PASSES && count(" failed") == 0 && count(" errors") == 0 && count(" error") == 0,
+        pytest_count(summary, "passed") >= NUMBA_PASSES && pytest_count(summary, "failed") == 0 && pytest_count(summary, "errors") + pytest_count(summary, "error") == 0,
         "numba-cuda's tests in the Debian guest ({summary}):\n{}",
         numba.join("\n")
     );
@@ -367,4 +421,21 @@ fn pytorch_control_path_in_the_debian_guest_over_dev_nvidia0() {
     eprintln!("{}\nPyTorch in the guest took {:?} s", torch.join("\n"), values(&body, "TORCH-SECS"));
     let checks = torch.iter().filter(|l| l.starts_with("TORCH-CHECK ok ")).count();
     assert!(checks >= TORCH_GUEST_CHECKS && torch.last() == Some(&"PASS"), "PyTorch in the Debian guest ({checks} checks passed):\n{}", torch.join("\n"));
+}
+
+/// CuPy's own tests (CUPY_MODULES) in the guest, as uid 1000 over /dev/nvidia0: as many pass as
+/// on the host, and none fails.
+#[test]
+fn cupy_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
+    let cupy = values(&body, "CUPY");
+    eprintln!("{}\nCuPy's tests in the guest took {:?} s", cupy.join("\n"), values(&body, "CUPY-SECS"));
+    let summary = cupy.iter().rev().find(|l| l.contains(" passed")).copied().unwrap_or("");
+    assert!(
+        pytest_count(summary, "passed") == CUPY_PASSES && pytest_count(summary, "failed") == 0 && pytest_count(summary, "error") + pytest_count(summary, "errors") == 0,
+        "CuPy's tests in the Debian guest ({summary}):\n{}",
+        cupy.join("\n")
+    );
 }
