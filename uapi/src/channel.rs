@@ -13,6 +13,8 @@
 //! 0x0c0 cq_head  u32   written by the guest: completions 0..cq_head have been read
 //! 0x0e0 polling  u32   written by the device: 1 while it watches sq_tail on its own, so a
 //!                      guest that posts then needs no doorbell
+//! 0x0f0 quiet    u32   written by the guest: 1 while it watches cq_tail on its own, so a
+//!                      completion then needs no interrupt
 //! 0x100 sq[SQ_ENTRIES] of Desc (32 bytes each)
 //! 0x800 cq[CQ_ENTRIES] of Completion (16 bytes each)
 //! 0x1000 staging buffer up to the end of the area
@@ -36,6 +38,13 @@ pub const CQ_HEAD: usize = 0x0c0;
 /// stores sq_tail, then (full fence) reads `polling`; the device clears `polling`, then (full
 /// fence) reads sq_tail once more before it waits for a doorbell.
 pub const POLLING: usize = 0x0e0;
+/// The guest's "watching cq_tail" flag, the mirror image of POLLING: while it is 1 the device
+/// raises no completion interrupt (under emulation each one costs the guest more than a short
+/// call). 0, what the zeroed area starts with and what a guest that never writes it leaves,
+/// means an interrupt per completion. Lost wake-ups are ruled out by ordering: the device
+/// stores cq_tail, then (full fence) reads `quiet`; a guest about to sleep clears `quiet`, then
+/// (full fence) reads cq_tail once more.
+pub const QUIET: usize = 0x0f0;
 pub const SQ_RING: usize = 0x100;
 pub const CQ_RING: usize = 0x800;
 pub const SQ_ENTRIES: u32 = 32;

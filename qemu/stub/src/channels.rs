@@ -561,7 +561,12 @@ impl Worker {
             self.cq_tail = self.cq_tail.wrapping_add(1);
             // Release: the completion entry is visible before the tail that publishes it.
             self.ram.store_u32(hdr(CQ_TAIL)?, self.cq_tail, Ordering::Release).ok_or(Exit::Fault)?;
-            raise(&self.irqs, bar0::COMPLETION_VECTOR);
+            // The tail before the guest's flag is read (see QUIET in uapi): a guest watching the
+            // ring on its own needs no interrupt.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.ram.load_u32(hdr(QUIET)?, Ordering::Relaxed).ok_or(Exit::Fault)? != 1 {
+                raise(&self.irqs, bar0::COMPLETION_VECTOR);
+            }
         }
     }
 

@@ -381,6 +381,26 @@ fn registers_advertise_channels() {
     assert_eq!(g.reg_r(bar0::CHANNELS), 64);
 }
 
+/// A guest that watches its completion ring itself (QUIET = 1) gets no interrupt per
+/// completion; one that does not (0, the zeroed area's value) gets them, as before QUIET.
+#[test]
+fn completions_raise_interrupts_only_for_a_guest_that_is_not_watching() {
+    for (path, rings) in mediators("echo", echo_conn) {
+        let mut g = Guest::with(&path, rings);
+        assert_eq!(g.open(2, AREA, SIZE), 0);
+        g.write(AREA + 0x1000, b"ping");
+        g.interrupts();
+        g.w32(AREA + QUIET as u64, 1);
+        for tag in 0..4 {
+            assert_eq!(g.submit(2, AREA, &[send(10 + tag, 0x1000, 4), recv(20 + tag, 0x3000, 4)])[1].tag, 20 + tag);
+        }
+        assert_eq!(g.interrupts(), 0, "interrupts raised while the guest watched the ring (rings {rings})");
+        g.w32(AREA + QUIET as u64, 0);
+        assert_eq!(g.submit(2, AREA, &[send(30, 0x1000, 4), recv(31, 0x3000, 4)])[1].tag, 31);
+        assert!(g.interrupts() >= 1, "no interrupt for a guest about to sleep (rings {rings})");
+    }
+}
+
 #[test]
 fn send_and_recv_through_an_echoing_mediator() {
     for (path, rings) in mediators("echo", echo_conn) {

@@ -95,22 +95,43 @@ pub enum Direction {
     FromDevice,
 }
 
-/// What every transport's connection has: the process that opened it, and request numbers.
+/// What every transport's connection has: the process that opened it (by its fork
+/// generation), and request numbers.
 pub(crate) struct Owner {
-    pid: u32,
+    generation: u32,
     seq: AtomicU32,
+}
+
+/// Forks this process's children went through: each child counts one more in its copy
+/// (pthread_atfork's child handler). Read per request instead of getpid(2), which is a system
+/// call each time (glibc no longer caches it): in a guest under emulation that was the one
+/// system call an asynchronous launch made.
+static FORKS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn fork_generation() -> u32 {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic (async-signal-safe, as a
+        // child handler must be); it stays valid for the life of the process (a static fn).
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+    FORKS.load(Ordering::Relaxed)
 }
 
 impl Owner {
     pub(crate) fn new() -> Owner {
-        Owner { pid: std::process::id(), seq: AtomicU32::new(1) }
+        Owner { generation: fork_generation(), seq: AtomicU32::new(1) }
     }
 
     /// The next request's number. A forked child must not talk on its parent's connection
     /// (CUDA does not carry contexts across fork either; a channel's mapping is not even
     /// inherited): it must initialize CUDA itself.
     pub(crate) fn next_seq(&self) -> Result<u32, CUresult> {
-        if std::process::id() != self.pid {
+        if FORKS.load(Ordering::Relaxed) != self.generation {
             vlog!(crate::log::ERROR, "CUDA used in a child forked after cuInit; it must initialize itself");
             return Err(CUDA_ERROR_NOT_INITIALIZED);
         }
@@ -429,4 +450,34 @@ pub(crate) fn reply_result(op: Op, status: u32, reply: &mut Vec<u8>, start: usiz
         return Err(status);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection made before a fork refuses requests in the child (which must initialize
+    /// CUDA itself) and goes on in the parent, also after a child of a child.
+    #[test]
+    fn a_forked_child_cannot_use_its_parents_connection() {
+        let owner = Owner::new();
+        assert_eq!(owner.next_seq(), Ok(1));
+        let child = |f: &dyn Fn() -> bool| {
+            // SAFETY: the child only reads atomics and calls _exit (no allocation, no locks).
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                // SAFETY: ends the child at once, running nothing of the parent's.
+                unsafe { libc::_exit(if f() { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just made; `status` is a live local.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        };
+        assert!(child(&|| owner.next_seq() == Err(CUDA_ERROR_NOT_INITIALIZED)), "the child used its parent's connection");
+        // The child's own connection works in the child.
+        assert!(child(&|| Owner::new().next_seq() == Ok(1)), "a connection made in the child was refused");
+        assert_eq!(owner.next_seq(), Ok(2), "the parent's connection after its children");
+    }
 }
