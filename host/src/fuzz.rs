@@ -203,14 +203,14 @@ fn sealed_memfd(size: u64) -> Option<std::fs::File> {
     (unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } == 0).then_some(f)
 }
 
-/// A device process's requests through the shared rings (`Op::ShmRing`) into the mediator's
-/// own serving loop (`server::serve_requests`), which reads them with its framing: headers and
-/// payloads split across the ring's wrap, over-long payloads skipped, a bad magic closing the
-/// connection, a second ShmRing over the rings; the smallest rings (64 KiB), which the input
-/// wraps soonest. The input is the bytes the device process
-/// writes (its kernel launches dropped where the framing can be followed, as in
-/// `mediator_requests`); it reads and drops the replies as they come, then goes away. The
-/// mediator must end the connection (no hang), never panic, and leave no memory held.
+/// A device process's requests through the shared rings (`Op::ShmRing`, the smallest: 64 KiB,
+/// which the input wraps soonest) into the mediator's own serving loop
+/// (`server::serve_requests`) and its framing: headers and payloads split across the ring's
+/// wrap, over-long payloads skipped, a bad magic closing the connection, a second ShmRing over
+/// the rings. The input is the bytes the device process writes (its kernel launches dropped
+/// where the framing can be followed, as in `mediator_requests`); it reads and drops the
+/// replies as they come, then goes away. The mediator must end the connection (no hang), never
+/// panic, and leave no memory held.
 pub fn shm_ring_requests(data: &[u8]) {
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};

@@ -380,62 +380,57 @@ fn vgpu_installs_with_apt_in_a_stock_debian_guest_and_every_user_can_use_the_gpu
     assert!(out.status.success(), "{}", whole());
 }
 
+/// The guest's `KEY value` lines for `key` from the one boot, shown with how long that part took
+/// (its KEY-SECS line) so that a failure below comes with the whole section.
+fn section(key: &str, what: &str) -> Vec<String> {
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
+    let lines: Vec<String> = values(&body, key).iter().map(|l| l.to_string()).collect();
+    eprintln!("{}\n{what} in the guest took {:?} s", lines.join("\n"), values(&body, &format!("{key}-SECS")));
+    lines
+}
+
+/// The passes of a pytest run's section, after checking that nothing failed or errored.
+fn pytest_passes(lines: &[String], what: &str) -> usize {
+    let summary = lines.iter().rev().find(|l| l.contains(" passed")).map(String::as_str).unwrap_or("");
+    let bad = pytest_count(summary, "failed") + pytest_count(summary, "errors") + pytest_count(summary, "error");
+    assert!(bad == 0, "{what} in the Debian guest ({summary}):\n{}", lines.join("\n"));
+    pytest_count(summary, "passed")
+}
+
 /// llama.cpp in the guest, as uid 1000 over /dev/nvidia0, equals its CPU backend (the same
 /// check as tests/tests/llama.rs over the socket: greedy tokens and logits' NMSE).
 #[test]
 fn llama_cpp_in_the_debian_guest_over_dev_nvidia0_equals_its_cpu_backend() {
-    let out = boot();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
-    let llama = values(&body, "LLAMA");
-    eprintln!("{}\nllama.cpp in the guest took {:?} s", llama.join("\n"), values(&body, "LLAMA-SECS"));
+    let llama = section("LLAMA", "llama.cpp");
     let ok = llama.iter().filter(|l| l.starts_with("LLAMA-CHECK ok ")).count();
-    assert!(ok == LLAMA_CONFIGS.len() && llama.last() == Some(&"PASS"), "llama.cpp in the Debian guest:\n{}", llama.join("\n"));
+    assert!(ok == LLAMA_CONFIGS.len() && llama.last().map(String::as_str) == Some("PASS"), "llama.cpp in the Debian guest:\n{}", llama.join("\n"));
 }
 
 /// numba-cuda's own tests (NUMBA_MODULES) in the guest, as uid 1000 over /dev/nvidia0: every
 /// one that runs passes.
 #[test]
 fn numba_cuda_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
-    let out = boot();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
-    let numba = values(&body, "NUMBA");
-    eprintln!("{}\nnumba-cuda's tests in the guest took {:?} s", numba.join("\n"), values(&body, "NUMBA-SECS"));
-    let summary = numba.iter().rev().find(|l| l.contains(" passed")).copied().unwrap_or("");
-    assert!(
-        pytest_count(summary, "passed") >= NUMBA_PASSES && pytest_count(summary, "failed") == 0 && pytest_count(summary, "errors") + pytest_count(summary, "error") == 0,
-        "numba-cuda's tests in the Debian guest ({summary}):\n{}",
-        numba.join("\n")
-    );
+    let numba = section("NUMBA", "numba-cuda's tests");
+    let passed = pytest_passes(&numba, "numba-cuda's tests");
+    assert!(passed >= NUMBA_PASSES, "numba-cuda's tests in the Debian guest: {passed} passed, fewer than {NUMBA_PASSES}:\n{}", numba.join("\n"));
 }
 
 /// PyTorch in the guest, as uid 1000 over /dev/nvidia0 (tests/torch_check.py --guest; the same
-/// checks as tests/tests/torch.rs over the socket, less the fresh processes per allocator).
+/// checks as tests/tests/torch.rs over the socket, less two of its fresh processes).
 #[test]
 fn pytorch_control_path_in_the_debian_guest_over_dev_nvidia0() {
-    let out = boot();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
-    let torch = values(&body, "TORCH");
-    eprintln!("{}\nPyTorch in the guest took {:?} s", torch.join("\n"), values(&body, "TORCH-SECS"));
+    let torch = section("TORCH", "PyTorch");
     let checks = torch.iter().filter(|l| l.starts_with("TORCH-CHECK ok ")).count();
-    assert!(checks >= TORCH_GUEST_CHECKS && torch.last() == Some(&"PASS"), "PyTorch in the Debian guest ({checks} checks passed):\n{}", torch.join("\n"));
+    assert!(checks >= TORCH_GUEST_CHECKS && torch.last().map(String::as_str) == Some("PASS"), "PyTorch in the Debian guest ({checks} checks passed):\n{}", torch.join("\n"));
 }
 
 /// CuPy's own tests (CUPY_MODULES) in the guest, as uid 1000 over /dev/nvidia0: as many pass as
 /// on the host, and none fails.
 #[test]
 fn cupy_tests_pass_in_the_debian_guest_over_dev_nvidia0() {
-    let out = boot();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some((body, _)) = guest_run_output(&stdout) else { panic!("install.sh never ran:\n{}", describe(out)) };
-    let cupy = values(&body, "CUPY");
-    eprintln!("{}\nCuPy's tests in the guest took {:?} s", cupy.join("\n"), values(&body, "CUPY-SECS"));
-    let summary = cupy.iter().rev().find(|l| l.contains(" passed")).copied().unwrap_or("");
-    assert!(
-        pytest_count(summary, "passed") == CUPY_PASSES && pytest_count(summary, "failed") == 0 && pytest_count(summary, "error") + pytest_count(summary, "errors") == 0,
-        "CuPy's tests in the Debian guest ({summary}):\n{}",
-        cupy.join("\n")
-    );
+    let cupy = section("CUPY", "CuPy's tests");
+    let passed = pytest_passes(&cupy, "CuPy's tests");
+    assert_eq!(passed, CUPY_PASSES, "CuPy's tests in the Debian guest:\n{}", cupy.join("\n"));
 }

@@ -115,8 +115,9 @@ extern "C" fn count_fork_in_child() {
 fn fork_generation() -> u32 {
     static HANDLER: std::sync::Once = std::sync::Once::new();
     HANDLER.call_once(|| {
-        // SAFETY: registers a handler that only touches an atomic (async-signal-safe, as a
-        // child handler must be); it stays valid for the life of the process (a static fn).
+        // SAFETY: registers a function of this library that only touches an atomic. glibc ties
+        // the registration to this library (pthread_atfork passes its __dso_handle) and drops
+        // it if the library is unloaded, so it never calls into unmapped code.
         unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
     });
     FORKS.load(Ordering::Relaxed)
