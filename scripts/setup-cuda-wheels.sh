@@ -41,6 +41,12 @@ if [ -f "$venv/.curand-v1" ]; then echo "setup: cuRAND cached in $venv"; else
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nvidia-curand-cu12==10.3.10.19
   touch "$venv/.curand-v1"
 fi
+# cuFFT 11.4 (CUDA 12.9) for CuPy's FFTs (cupy.fft, scipy.fft, ndimage) and tests/cufft_check.py.
+if [ -f "$venv/.cufft-v1" ]; then echo "setup: cuFFT cached in $venv"; else
+  echo "setup: installing cuFFT 11.4 into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nvidia-cufft-cu12==11.4.1.4
+  touch "$venv/.cufft-v1"
+fi
 # CuPy's own test suite (tests/tests/cupy_suite.rs): the tests from CuPy's sdist, and pytest.
 if [ -f "$CACHE/cupy-tests-14.2.0/.complete-v1" ]; then echo "setup: CuPy's tests cached in $CACHE/cupy-tests-14.2.0"; else
   echo "setup: fetching CuPy 14.2.0's tests (its sdist) and pytest"

@@ -3,7 +3,7 @@ vgpu's libcuda.so.1. Each check prints "TORCH-CHECK ok <name> <detail>" and the 
 PASS; any failure raises.
 
 What the sim can run of PyTorch: its runtime calls (devices, memory, copies, streams, events,
-graphs, sharing between processes) and cuBLAS's PTX kernels. PyTorch's own kernels are cubins
+graphs, sharing between processes), cuBLAS's PTX kernels and cuFFT's. PyTorch's own kernels are cubins
 for sm_75..sm_120 with no PTX, so they need a GPU (the cuda backend); on the sim they must fail
 with PyTorch's usual "no kernel image is available" error, never crash or hang.
 
@@ -162,6 +162,32 @@ def check_matmul():
     ok("torch.matmul (cuBLASLt PTX)", f"2 shapes, largest difference from the CPU {worst:.2e}")
 
 
+def check_fft():
+    """torch.fft through cuFFT (its kernels, or on the sim the PTX of the same kernels from
+    libcufft: the sm_90 images are SASS only) against PyTorch's CPU FFT (pocketfft). Inputs are
+    made on the CPU: PyTorch's own kernels (a strided copy, a scaling) would need a GPU."""
+    torch.manual_seed(0)
+    xc = torch.randn(4, 256, dtype=torch.complex64)
+    xr = torch.randn(4, 256)
+    half = torch.fft.rfft(xr)
+    x3 = torch.randn(6, 10, 12, dtype=torch.complex128)
+    cases = [
+        ("fft", torch.fft.fft, xc, 1e-5),
+        ("fft2", torch.fft.fft2, xc, 1e-5),
+        ("ifft(norm=forward)", lambda t: torch.fft.ifft(t, norm="forward"), xc, 1e-5),
+        ("rfft", torch.fft.rfft, xr, 1e-5),
+        ("irfft(norm=forward)", lambda t: torch.fft.irfft(t, norm="forward"), half, 1e-5),
+        ("fftn complex128", torch.fft.fftn, x3, 1e-12),
+    ]
+    worst = []
+    for name, f, x, tol in cases:
+        got, want = f(x.cuda()).cpu(), f(x)
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err < tol, f"torch.fft {name}: relative error {err:.2e} (limit {tol:.0e})"
+        worst.append(f"{name} {err:.1e}")
+    ok("torch.fft (cuFFT)", "relative errors from the CPU: " + ", ".join(worst))
+
+
 def check_cubin_only_kernel():
     try:
         (torch.ones(4, device="cuda") * 2).cpu()
@@ -231,6 +257,7 @@ def main():
     check_streams_events()
     check_graph()
     check_blas()
+    check_fft()
     if not guest:
         run_again("--matmul")
     check_cubin_only_kernel()

@@ -53,6 +53,10 @@ pub trait Backend: Send + Sync {
     fn output_after_sync(&self) -> bool {
         false
     }
+    /// Whether kernels run from PTX only (the sim), so that an image of SASS alone cannot run.
+    fn runs_ptx_only(&self) -> bool {
+        false
+    }
     /// Whether sessions measure their GPU time themselves (`DeviceSession::take_gpu_time`):
     /// the time a command takes in the mediator is then not GPU time.
     fn measures_gpu_time(&self) -> bool {
@@ -76,6 +80,11 @@ pub trait DeviceSession: Send {
     fn mem_alloc(&mut self, bytes: u64) -> CmdResult<u64>;
     fn mem_free(&mut self, dptr: u64) -> CmdResult<()>;
     fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)>;
+    /// The buffer id of the allocation containing `dptr` (CU_POINTER_ATTRIBUTE_BUFFER_ID):
+    /// unique among the session's allocations, never reused.
+    fn mem_buffer_id(&self, _dptr: u64) -> CmdResult<u64> {
+        Err(CmdError::new(vgpu_uapi::cuda::CUDA_ERROR_NOT_SUPPORTED, "buffer ids are not supported by this backend"))
+    }
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()>;
     fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()>;
     fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()>;

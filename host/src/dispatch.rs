@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc, MEM_ARRAY, MEM_DEVICE, MEM_HOST};
 use vgpu_uapi::cuda::*;
-use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_GUEST_PINNED, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, MAX_NAME_LEN, MAX_PARAM_BYTES};
+use vgpu_uapi::proto::{Op, COPY_CHUNK, HELLO_GUEST_PINNED, HELLO_OBSERVER, HELLO_OUTPUT_AFTER_SYNC, HELLO_PTX_ONLY, MAX_NAME_LEN, MAX_PARAM_BYTES};
 use vgpu_uapi::wire::{Reader, Truncated, Writer};
 use vgpu_uapi::PROTOCOL_VERSION;
 
@@ -509,7 +509,8 @@ impl<'b> Connection<'b> {
                 out.put_u32(PROTOCOL_VERSION);
                 out.put_u32(self.backend.devices().len() as u32);
                 let guest = if self.guest_link.is_some() { HELLO_GUEST_PINNED } else { 0 };
-                out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 } | guest);
+                let ptx_only = if self.backend.runs_ptx_only() { HELLO_PTX_ONLY } else { 0 };
+                out.put_u32(if self.backend.output_after_sync() { HELLO_OUTPUT_AFTER_SYNC } else { 0 } | guest | ptx_only);
             }
             Op::SessionReset => {
                 r.finish()?;
@@ -594,6 +595,10 @@ impl<'b> Connection<'b> {
                 let (base, size) = self.session()?.mem_address_range(p)?;
                 out.put_u64(base);
                 out.put_u64(size);
+                // Where the backend has them: older clients read only the range.
+                if let Ok(id) = self.session()?.mem_buffer_id(p) {
+                    out.put_u64(id);
+                }
             }
             Op::MemcpyHtoD => {
                 let dst = r.u64()?;

@@ -588,6 +588,12 @@ impl DeviceSession for RemoteSession {
         Ok((r.u64().map_err(|_| malformed(Op::MemGetAddressRange))?, r.u64().map_err(|_| malformed(Op::MemGetAddressRange))?))
     }
 
+    fn mem_buffer_id(&self, dptr: u64) -> CmdResult<u64> {
+        let reply = self.call(Op::MemGetAddressRange, &[&u64s(&[dptr])])?;
+        let mut r = Reader::new(&reply);
+        r.bytes(16).and_then(|_| r.u64()).map_err(|_| CmdError::new(vgpu_uapi::cuda::CUDA_ERROR_NOT_SUPPORTED, "the cuda worker reports no buffer id"))
+    }
+
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {
         // In chunks, as a client sends them; the first failing chunk is the copy's result.
         let mut at = 0;

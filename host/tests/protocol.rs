@@ -179,9 +179,10 @@ fn framing_errors_close_only_that_connection() {
     let mut good = UnixStream::connect(&sock).unwrap();
     let (h, body) = send(&mut good, Op::Hello as u32, &hello_payload(1, 0));
     assert_eq!((h.status, h.seq, h.op), (CUDA_SUCCESS, 7, Op::Hello as u32));
-    // version, device count, flags (the sim puts device printf in launch replies: none).
+    // version, device count, flags: the sim puts device printf in launch replies (no
+    // HELLO_OUTPUT_AFTER_SYNC) and runs PTX only (HELLO_PTX_ONLY).
     assert_eq!(body.len(), 12);
-    assert_eq!(u32::from_le_bytes(body[8..12].try_into().unwrap()), 0);
+    assert_eq!(u32::from_le_bytes(body[8..12].try_into().unwrap()), vgpu_uapi::proto::HELLO_PTX_ONLY);
     let (h, _) = send(&mut good, Op::MemFree as u32, &[1, 2, 3]);
     assert_eq!(h.status, CUDA_ERROR_INVALID_VALUE);
     let (h, _) = send(&mut good, Op::MemGetInfo as u32, &[]);

@@ -177,7 +177,9 @@ pub fn build_c_program(name: &str) -> PathBuf {
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{name}.c"));
     let tmp = exe.with_extension("tmp");
-    let cc = Command::new("cc").arg("-O1").arg("-Wall").arg("-o").arg(&tmp).arg(&src).arg("-ldl").output().expect("run cc");
+    // The assembler finds the test images (host/tests/data) that programs include with .incbin.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/tests/data");
+    let cc = Command::new("cc").arg("-O1").arg("-Wall").arg(format!("-Wa,-I,{}", data.display())).arg("-o").arg(&tmp).arg(&src).arg("-ldl").output().expect("run cc");
     assert!(cc.status.success(), "cc {}:\n{}", src.display(), describe(&cc));
     std::fs::rename(&tmp, &exe).unwrap();
     exe

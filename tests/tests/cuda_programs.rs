@@ -135,6 +135,20 @@ fn a_300_mib_module_image_loads_and_the_connection_goes_on() {
     assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "{}\n--- mediator log\n{}", describe(&out), m.log());
 }
 
+/// An image with SASS for sm_90 and no PTX, lying in a program that also holds the PTX of the
+/// same kernel (as cuFFT ships its kernels), runs on the sim as that PTX; from the heap it fails
+/// with CUDA_ERROR_NO_BINARY_FOR_GPU. With the module listings and buffer ids cuFFT asks for.
+#[test]
+fn a_sass_only_image_runs_as_the_ptx_of_the_same_kernel_from_the_same_library() {
+    let exe = build_c_program("sass_twin");
+    let m = Mediator::start();
+    let out = Command::new(&exe).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &m.socket).output().expect("run sass_twin");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "{}\n--- mediator log\n{}", describe(&out), m.log());
+    // One warning, for the heap copy: the twin's load is not refused first.
+    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("NO_BINARY_FOR_GPU): fatbin").count(), 1, "{}", describe(&out));
+}
+
 #[test]
 fn cuinit_without_mediator_fails_fast_with_a_clear_message() {
     let exe = build_program("vector_add", Cudart::V12);

@@ -162,7 +162,7 @@ fn cupy_args() -> Vec<String> {
 
 /// What tests/torch_check.py --guest checks (its "TORCH-CHECK ok" lines, the child processes'
 /// included).
-const TORCH_GUEST_CHECKS: usize = 12;
+const TORCH_GUEST_CHECKS: usize = 13;
 
 /// A count from pytest's summary line: "=== 1 failed, 48 passed, 1 error in 130.2s ===" gives 1
 /// for "error" (the counts are what comes before " in ").

@@ -382,3 +382,34 @@ ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"{kernel}"), "function")
 {body}"#
     )
 }
+
+/// What cuFFT asks of a driver besides launches, through the cuda backend: a module's kernels
+/// listed (read from the image the worker loaded) and buffer ids (the driver's own).
+#[test]
+fn module_listing_and_buffer_ids_through_the_cuda_backend() {
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback(&sim);
+    let dir = TempDir::new("listing");
+    let script = dir.0.join("listing.py");
+    std::fs::write(&script, driver_script(BUSY_PTX, "busy", LISTING_BODY)).unwrap();
+    let out = std::process::Command::new("python3").arg(&script).env("LD_LIBRARY_PATH", libcuda_dir()).env("VGPU_SOCKET", &loopback.socket).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok", "{}\n{}", describe(&out), loopback.log());
+}
+
+const LISTING_BODY: &str = r#"
+count = ctypes.c_uint()
+ok(cu.cuModuleGetFunctionCount(ctypes.byref(count), mod), "count")
+listed = (ctypes.c_void_p * 2)()
+ok(cu.cuModuleEnumerateFunctions(listed, 2, mod), "enumerate")
+assert count.value == 1 and listed[0] == fn.value and not listed[1], (count.value, listed[0], listed[1], fn.value)
+a, b = ctypes.c_uint64(), ctypes.c_uint64()
+ok(cu.cuMemAlloc_v2(ctypes.byref(a), ctypes.c_size_t(64)), "alloc")
+ok(cu.cuMemAlloc_v2(ctypes.byref(b), ctypes.c_size_t(64)), "alloc")
+ids = []
+for p in (a.value, a.value + 8, b.value):
+    i = ctypes.c_uint64()
+    ok(cu.cuPointerGetAttribute(ctypes.byref(i), 7, ctypes.c_uint64(p)), "buffer id")
+    ids.append(i.value)
+assert ids[0] and ids[0] == ids[1] and ids[0] != ids[2], ids
+print("ok")
+"#;

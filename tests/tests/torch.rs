@@ -21,7 +21,7 @@ fn pytorch_control_path_and_cublas_ptx_on_the_sim() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checks = stdout.lines().filter(|l| l.starts_with("TORCH-CHECK ok ")).count();
     assert!(
-        out.status.success() && stdout.lines().last() == Some("PASS") && checks >= 15,
+        out.status.success() && stdout.lines().last() == Some("PASS") && checks >= 16,
         "PyTorch on vgpu ({checks} checks passed):\n{}\n--- mediator log\n{}",
         describe(&out),
         m.log()

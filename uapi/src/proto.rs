@@ -91,7 +91,7 @@ macro_rules! opcodes {
 
 opcodes! {
     /// req: version u32, pid u32, flags u32 ([`HELLO_OBSERVER`]) -> reply: version u32,
-    /// device_count u32, flags u32 ([`HELLO_OUTPUT_AFTER_SYNC`]; older mediators send no flags)
+    /// device_count u32, flags u32 ([`HELLO_OUTPUT_AFTER_SYNC`], [`HELLO_GUEST_PINNED`], [`HELLO_PTX_ONLY`]; older mediators send no flags)
     Hello = 1,
     /// req: ordinal u32 -> reply: [`DeviceInfo`] (see its encoding)
     DeviceInfo = 2,
@@ -113,7 +113,8 @@ opcodes! {
     MemcpyDtoD = 15,
     /// req: dst u64, value u32, elem_size u32 (1, 2, 4), count u64 -> reply:
     Memset = 16,
-    /// req: dptr u64 -> reply: base u64, size u64
+    /// req: dptr u64 -> reply: base u64, size u64, then the allocation's buffer id u64 where
+    /// the backend has one (CU_POINTER_ATTRIBUTE_BUFFER_ID)
     MemGetAddressRange = 17,
     /// req: image bytes.. (fatbin, PTX text or cubin) -> reply: module u64. An empty payload
     /// loads the image staged with [`Op::ModuleImagePart`] (see [`module_load`]).
@@ -293,6 +294,9 @@ pub const HELLO_OUTPUT_AFTER_SYNC: u32 = 1;
 /// reaches itself: copies name them in MemcpyHtoDHost/MemcpyDtoHHost (handle = region id)
 /// instead of carrying their bytes.
 pub const HELLO_GUEST_PINNED: u32 = 2;
+/// Hello reply flag: the backend runs PTX only (the sim): an image with SASS and no PTX cannot
+/// run, so libcuda looks for the PTX of its kernels first (userlib/cuda's ptx_twin).
+pub const HELLO_PTX_ONLY: u32 = 4;
 /// [`Op::GuestUnpin`]'s id for all of a channel's regions (its channel closed).
 pub const GUEST_UNPIN_ALL: u32 = u32::MAX;
 

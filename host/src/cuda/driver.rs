@@ -61,6 +61,7 @@ entry_points! {
     cuMemGetInfo_v2: fn(*mut usize, *mut usize);
     cuMemAlloc_v2: fn(*mut u64, usize);
     cuMemFree_v2: fn(u64);
+    cuPointerGetAttribute: fn(*mut c_void, c_int, u64);
     cuMemcpyHtoD_v2: fn(u64, *const c_void, usize);
     cuMemcpyDtoH_v2: fn(*mut c_void, u64, usize);
     cuMemcpyDtoD_v2: fn(u64, u64, usize);

@@ -690,6 +690,16 @@ impl DeviceSession for CudaSession {
             .ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not inside an allocation of this client")))
     }
 
+    fn mem_buffer_id(&self, dptr: u64) -> CmdResult<u64> {
+        self.mem_address_range(dptr)?;
+        self.enter()?;
+        let mut id = 0u64;
+        const CU_POINTER_ATTRIBUTE_BUFFER_ID: std::ffi::c_int = 7;
+        // SAFETY: a u64 out-pointer for BUFFER_ID (cuda.h); dptr lies in this session's memory.
+        self.drv.ok(unsafe { (self.drv.api.cuPointerGetAttribute)((&mut id as *mut u64).cast(), CU_POINTER_ATTRIBUTE_BUFFER_ID, dptr) }, "cuPointerGetAttribute")?;
+        Ok(id)
+    }
+
     fn share_memory(&mut self, dptr: u64) -> CmdResult<(u64, Shared)> {
         let (base, size) = self.allocs.range(..=dptr).next_back().filter(|(&b, &s)| dptr < b + s).map(|(&b, &s)| (b, s)).ok_or_else(|| {
             CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} is not inside a cuMemAlloc allocation of this client"))
@@ -896,8 +906,11 @@ impl DeviceSession for CudaSession {
         Ok((p, size as u64))
     }
 
-    fn module_functions(&self, _module: u64) -> CmdResult<Vec<String>> {
-        Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "listing a module's kernels is not supported by the cuda backend yet"))
+    /// Read from the image itself (cuModuleEnumerateFunctions needs a 12.4 driver): the kernels
+    /// of its sm_90 cubin, else of the PTX the driver would JIT.
+    fn module_functions(&self, module: u64) -> CmdResult<Vec<String>> {
+        let m = self.modules.get(&module).ok_or_else(|| invalid_handle("module", module))?;
+        Ok(vgpu_fatbin::image_kernels(&m.image, 90))
     }
 
     fn launch(&mut self, function: u64, dims: LaunchDims, params: &[u8]) -> CmdResult<Vec<u8>> {

@@ -54,6 +54,10 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
+    fn runs_ptx_only(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "sim"
     }
@@ -506,6 +510,10 @@ impl DeviceSession for SimSession {
 
     fn mem_address_range(&self, dptr: u64) -> CmdResult<(u64, u64)> {
         self.mem.range_of(dptr).ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not device memory")))
+    }
+
+    fn mem_buffer_id(&self, dptr: u64) -> CmdResult<u64> {
+        self.mem.buffer_id(dptr).ok_or_else(|| CmdError::new(CUDA_ERROR_NOT_FOUND, format!("{dptr:#x} is not device memory")))
     }
 
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {

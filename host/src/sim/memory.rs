@@ -141,6 +141,10 @@ pub struct DeviceMemory {
     /// Every region a kernel may touch, by device address: allocations and mapped physical
     /// allocations (VMM). Mapped regions may be adjacent; copies may span them.
     allocs: BTreeMap<u64, MmapMut>,
+    /// Each region's buffer id (CU_POINTER_ATTRIBUTE_BUFFER_ID): never reused in a session,
+    /// though a region's address may be (VMM maps, a reset).
+    buffer_ids: HashMap<u64, u64>,
+    next_buffer_id: u64,
     next_va: u64,
     /// What this session holds: its allocations and physical allocations, and the memory of
     /// other sessions it opened (reported as its use, and charged to its VM).
@@ -261,6 +265,8 @@ impl DeviceMemory {
     pub fn new(pool: Arc<DevicePool>) -> Self {
         DeviceMemory {
             allocs: BTreeMap::new(),
+            buffer_ids: HashMap::new(),
+            next_buffer_id: 1,
             next_va: DEVICE_VA_BASE,
             used: 0,
             private: 0,
@@ -342,7 +348,7 @@ impl DeviceMemory {
                 return Err(e);
             }
         };
-        self.allocs.insert(base, map);
+        self.insert_region(base, map);
         Ok(base)
     }
 
@@ -353,7 +359,7 @@ impl DeviceMemory {
         if self.imported.contains(&dptr) {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{dptr:#x} was opened from another process: close it (cuIpcCloseMemHandle)")));
         }
-        match self.allocs.remove(&dptr) {
+        match self.remove_region(dptr) {
             Some(m) => {
                 let shared = self.shared.remove(&dptr).is_some();
                 self.uncharge(m.len() as u64, shared);
@@ -367,7 +373,7 @@ impl DeviceMemory {
     /// mappings (a reset). Addresses are not reused: a stale pointer never reaches new memory.
     pub fn free_all_but(&mut self, keep: &std::collections::HashSet<u64>) {
         for va in std::mem::take(&mut self.mappings).into_keys() {
-            self.allocs.remove(&va);
+            self.remove_region(va);
         }
         self.physical.clear();
         self.reservations.clear();
@@ -375,6 +381,7 @@ impl DeviceMemory {
         self.grid_ws = None;
         self.objects = Default::default();
         self.allocs.retain(|base, _| keep.contains(base));
+        self.buffer_ids.retain(|base, _| keep.contains(base));
         self.imported.retain(|base| keep.contains(base));
         self.shared.retain(|base, _| keep.contains(base));
         self.used = self.allocs.values().map(|m| m.len() as u64).sum();
@@ -409,6 +416,23 @@ impl DeviceMemory {
         }
         self.grid_ws = Some(p);
         Ok(p)
+    }
+
+    fn insert_region(&mut self, base: u64, map: MmapMut) {
+        self.buffer_ids.insert(base, self.next_buffer_id);
+        self.next_buffer_id += 1;
+        self.allocs.insert(base, map);
+    }
+
+    fn remove_region(&mut self, base: u64) -> Option<MmapMut> {
+        self.buffer_ids.remove(&base);
+        self.allocs.remove(&base)
+    }
+
+    /// The buffer id of the region containing `addr`.
+    pub fn buffer_id(&self, addr: u64) -> Option<u64> {
+        let (base, _) = self.range_of(addr)?;
+        self.buffer_ids.get(&base).copied()
     }
 
     /// (base, size) of the allocation containing `addr`.
@@ -609,7 +633,7 @@ impl DeviceMemory {
             return Err(Self::vmm_err(format!("{size} bytes at {va:#x} overlap a mapping")));
         }
         let mem = self.physical.get_mut(&h).and_then(|p| p.mem.take()).ok_or_else(|| Self::vmm_err("gone".into()))?;
-        self.allocs.insert(va, mem);
+        self.insert_region(va, mem);
         self.mappings.insert(va, h);
         Ok(())
     }
@@ -630,7 +654,7 @@ impl DeviceMemory {
         }
         for (a, h) in inside {
             self.mappings.remove(&a);
-            let mem = self.allocs.remove(&a);
+            let mem = self.remove_region(a);
             if let Some(p) = self.physical.get_mut(&h) {
                 if p.released {
                     let (size, shared) = (p.size, p.shared.is_some());
@@ -658,7 +682,7 @@ impl DeviceMemory {
             return Ok((base, r.clone()));
         }
         let (region, map) = make_shared(&self.allocs[&base], &self.pool)?;
-        self.allocs.insert(base, map);
+        self.insert_region(base, map);
         self.private -= region.size;
         self.shared.insert(base, region.clone());
         Ok((base, region))
@@ -668,7 +692,7 @@ impl DeviceMemory {
     pub fn open_shared(&mut self, region: Arc<SharedRegion>) -> CmdResult<u64> {
         let map = region.map()?;
         let base = self.place(region.size)?;
-        self.allocs.insert(base, map);
+        self.insert_region(base, map);
         self.used += region.size;
         self.shared.insert(base, region);
         self.imported.insert(base);
@@ -681,7 +705,7 @@ impl DeviceMemory {
             return Err(CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{base:#x} is not memory opened from another process")));
         }
         self.shared.remove(&base);
-        if let Some(m) = self.allocs.remove(&base) {
+        if let Some(m) = self.remove_region(base) {
             self.used -= m.len() as u64;
         }
         Ok(())
@@ -702,7 +726,7 @@ impl DeviceMemory {
         let (region, map) = make_shared(mem, &self.pool)?;
         match mapped_at {
             Some(va) if p.mem.is_none() => {
-                self.allocs.insert(va, map);
+                self.insert_region(va, map);
             }
             _ => {
                 if let Some(p) = self.physical.get_mut(&h) {

@@ -1,7 +1,7 @@
 //! The `sim` backend: a GPU simulated on the host CPU (memory, fatbin/PTX modules, PTX interpreter).
 
 pub mod device;
-pub mod fatbin;
+pub use vgpu_fatbin as fatbin;
 pub mod memory;
 pub mod ptx;
 

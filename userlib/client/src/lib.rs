@@ -32,6 +32,8 @@ pub struct Client {
     /// Device printf output is collected with Op::DeviceOutput after synchronizing calls
     /// (HELLO_OUTPUT_AFTER_SYNC), not found in launch replies.
     pub output_after_sync: bool,
+    /// The backend runs PTX only (HELLO_PTX_ONLY): SASS-only images cannot run as they are.
+    pub ptx_only: bool,
 }
 
 impl Client {
@@ -65,7 +67,12 @@ impl Client {
             return Err(CUDA_ERROR_NO_DEVICE);
         }
         vlog!(log::INFO, "{who}: connected to the mediator via {place}: {} device(s)", devices.len());
-        Ok(Client { transport: t, devices, output_after_sync: flags & vgpu_uapi::proto::HELLO_OUTPUT_AFTER_SYNC != 0 })
+        Ok(Client {
+            transport: t,
+            devices,
+            output_after_sync: flags & vgpu_uapi::proto::HELLO_OUTPUT_AFTER_SYNC != 0,
+            ptx_only: flags & vgpu_uapi::proto::HELLO_PTX_ONLY != 0,
+        })
     }
 
     pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Vec<u8>, CuResult> {

@@ -20,7 +20,8 @@
 //!
 //! Every other table is as long as NVIDIA's (CONTEXT_IDENTITY: 96 slots, CONTEXT_CHECKS 16,
 //! TOOLS_TLS 4): each slot not described at its function fails with CUDA_ERROR_NOT_SUPPORTED
-//! and logs once, naming itself; none is a null pointer.
+//! and logs once, naming itself; none is a null pointer. TOOLS_MODULE (6e163fbe), whose length
+//! is not known, has the 8 slots cuFFT checks for; it calls slot 7 (a module's functions).
 //!
 //! A table vgpu does not know gets CUDA_ERROR_NOT_FOUND, as NVIDIA's driver answers for one it
 //! lacks (cudart 13.2+ asks for `f8cff951...` and carries on without it), logged once each.
@@ -46,6 +47,8 @@ pub const INTEGRITY_CHECK: Uuid = hex("d4082055bde6704b8d34ba123c66e1f2");
 /// cuBLASLt's: slot 4 (context, u64 *id) before each gemm; without the table cublasSgemm
 /// answers CUBLAS_STATUS_NOT_SUPPORTED.
 pub const CONTEXT_IDENTITY: Uuid = hex("21318c60971432488ca641ff7324c8f2");
+/// Tools' view of modules; cuFFT fetches slot 7 (a module's functions) when it is created.
+pub const TOOLS_MODULE: Uuid = hex("6e163fbeb958444d835ce182aff1991e");
 
 const fn hex(s: &str) -> Uuid {
     let b = s.as_bytes();
@@ -67,7 +70,7 @@ const fn nib(c: u8) -> u8 {
 }
 
 /// Names of the tables, for the log line of a slot nobody was seen calling.
-const TABLE_NAMES: [&str; 7] = ["CUDART_INTERFACE", "TOOLS_RUNTIME_CALLBACK_HOOKS", "TOOLS_TLS", "CONTEXT_CHECKS", "INTEGRITY_CHECK", "CONTEXT_IDENTITY", "CONTEXT_LOCAL_STORAGE"];
+const TABLE_NAMES: [&str; 8] = ["CUDART_INTERFACE", "TOOLS_RUNTIME_CALLBACK_HOOKS", "TOOLS_TLS", "CONTEXT_CHECKS", "INTEGRITY_CHECK", "CONTEXT_IDENTITY", "CONTEXT_LOCAL_STORAGE", "TOOLS_MODULE"];
 
 /// Slot `SLOT` of table `TABLE_NAMES[TABLE]`, whose meaning is unknown: fails and logs once.
 unsafe extern "C" fn unknown_slot<const TABLE: usize, const SLOT: usize>() -> CUresult {
@@ -160,6 +163,34 @@ unsafe extern "C" fn hooks_buffer2(ptr: *mut *mut c_void, size: *mut usize) -> C
 /// Slot 2: called before most runtime calls; 0 means "no tool is attached".
 unsafe extern "C" fn tls_no_tool() -> CUresult {
     CUDA_SUCCESS
+}
+
+// --- TOOLS_MODULE ------------------------------------------------------------------------------
+
+/// The callback slot 7 hands each function to: `(user, CUfunction)`.
+type FunctionVisitor = unsafe extern "C" fn(user: *mut c_void, function: Handle);
+
+/// Slot 7: `(context, module, visitor, user) -> 1 on success`: calls `visitor(user, f)` for each
+/// function of `module`. cuFFT 12 (CUDA 13) loads each of its kernels as a module of its own and
+/// gets that one kernel this way instead of by name; it reads nothing inside the handle, and fails
+/// the plan (CUFFT_INTERNAL_ERROR) unless the answer is 1. Modules are the process's in vgpu, so
+/// the context is not needed to find one.
+unsafe extern "C" fn tools_module_visit_functions(_ctx: Handle, module: Handle, visitor: Option<FunctionVisitor>, user: *mut c_void) -> u32 {
+    let Some(visitor) = visitor else { return 0 };
+    let mut functions = Vec::new();
+    if guard("export-table module functions", || {
+        functions = crate::driver::module::module_functions(module, usize::MAX)?;
+        Ok(())
+    }) != CUDA_SUCCESS
+    {
+        return 0;
+    }
+    for f in functions {
+        // SAFETY: the caller's visitor, called as its contract says, with a live handle; no lock
+        // of libcuda is held across the call.
+        unsafe { visitor(user, f) };
+    }
+    1
 }
 
 // --- CONTEXT_IDENTITY --------------------------------------------------------------------------
@@ -342,6 +373,10 @@ fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
         identity[39] = f(identity_stream_id as *const ());
         identity[51] = f(identity_stream_object as *const ());
         m.insert(CONTEXT_IDENTITY, sized(identity));
+        // NVIDIA's length is not known; cuFFT checks that slot 7 is there.
+        let mut tools_module = stub_table::<7>(8);
+        tools_module[7] = f(tools_module_visit_functions as *const ());
+        m.insert(TOOLS_MODULE, sized(tools_module));
         m
     })
 }

@@ -35,11 +35,27 @@ pub struct HostAlloc {
     pub registered: bool,
     /// The flags it was allocated or registered with.
     pub flags: u32,
+    /// Its CU_POINTER_ATTRIBUTE_BUFFER_ID: [`HostAlloc::new_buffer_id`].
+    pub buffer_id: u64,
+}
+
+impl HostAlloc {
+    /// A buffer id for new page-locked memory: never reused in the process, and never one the
+    /// mediator gives device memory (those have the top bit clear).
+    pub fn new_buffer_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        1 << 63 | NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Driver {
     pub fn transport(&self) -> &dyn vgpu_client::transport::Transport {
         self.client.transport.as_ref()
+    }
+
+    /// The backend runs PTX only (the sim): see driver/ptx_twin.rs.
+    pub fn ptx_only(&self) -> bool {
+        self.client.ptx_only
     }
 }
 
@@ -215,31 +231,35 @@ thread_local! {
     static CTX_STACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
+// Each use goes through `try_with`: libraries call the driver from their destructors at exit
+// (cuFFT's cuPointerGetAttributes), after this thread's stack may be gone; then there is no
+// current context, as for a thread that never set one.
+
 pub fn current_ctx() -> Option<usize> {
-    CTX_STACK.with(|s| s.borrow().last().copied())
+    CTX_STACK.try_with(|s| s.borrow().last().copied()).ok().flatten()
 }
 
 pub fn set_current_ctx(h: Option<usize>) {
-    CTX_STACK.with(|s| {
+    let _ = CTX_STACK.try_with(|s| {
         let mut s = s.borrow_mut();
         s.pop();
         if let Some(h) = h {
             s.push(h);
         }
-    })
+    });
 }
 
 pub fn push_ctx(h: usize) {
-    CTX_STACK.with(|s| s.borrow_mut().push(h))
+    let _ = CTX_STACK.try_with(|s| s.borrow_mut().push(h));
 }
 
 pub fn pop_ctx() -> Option<usize> {
-    CTX_STACK.with(|s| s.borrow_mut().pop())
+    CTX_STACK.try_with(|s| s.borrow_mut().pop()).ok().flatten()
 }
 
 /// Drops a destroyed context from this thread's stack.
 pub fn forget_ctx(h: usize) {
-    CTX_STACK.with(|s| s.borrow_mut().retain(|&c| c != h))
+    let _ = CTX_STACK.try_with(|s| s.borrow_mut().retain(|&c| c != h));
 }
 
 /// The device of the current context, or CUDA_ERROR_INVALID_CONTEXT when there is none.

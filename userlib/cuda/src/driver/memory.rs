@@ -383,7 +383,7 @@ fn host_alloc(pp: *mut *mut c_void, bytes: usize, flags: u32) -> Result<(), CUre
     }
     // Without a handle it is still correct page-locked memory; copies carry its bytes.
     let handle = d.transport().register_host(p.cast(), len, Some(file.as_fd()), HostUse::default()).unwrap_or(None);
-    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, state::HostAlloc { len, handle, registered: false, flags });
+    d.host_allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as usize, state::HostAlloc { len, handle, registered: false, flags, buffer_id: state::HostAlloc::new_buffer_id() });
     put(pp, p)
 }
 
@@ -467,7 +467,7 @@ fn host_register(p: *mut c_void, bytes: usize, flags: u32) -> Result<(), CUresul
     }
     let how = HostUse { read_only: flags & HOST_REGISTER_READ_ONLY != 0, transient: false };
     let handle = d.transport().register_host(p.cast(), bytes, None, how)?;
-    t.insert(base, state::HostAlloc { len: bytes, handle, registered: true, flags });
+    t.insert(base, state::HostAlloc { len: bytes, handle, registered: true, flags, buffer_id: state::HostAlloc::new_buffer_id() });
     Ok(())
 }
 
@@ -541,6 +541,7 @@ const PA_CONTEXT: i32 = 1;
 const PA_MEMORY_TYPE: i32 = 2;
 const PA_DEVICE_POINTER: i32 = 3;
 const PA_HOST_POINTER: i32 = 4;
+const PA_BUFFER_ID: i32 = 7;
 const PA_IS_MANAGED: i32 = 8;
 const PA_DEVICE_ORDINAL: i32 = 9;
 const PA_RANGE_START_ADDR: i32 = 11;
@@ -551,7 +552,7 @@ const MEMORYTYPE_DEVICE: u32 = 2;
 
 enum Owner {
     Device { base: u64, size: u64 },
-    PinnedHost { base: usize, len: usize },
+    PinnedHost { base: usize, len: usize, buffer_id: u64 },
     Unknown,
 }
 
@@ -569,9 +570,16 @@ fn owner_of(d: &Driver, p: u64) -> Owner {
         return Owner::Unknown;
     }
     match host_alloc_of(d, p) {
-        Some((base, a)) => Owner::PinnedHost { base, len: a.len },
+        Some((base, a)) => Owner::PinnedHost { base, len: a.len, buffer_id: a.buffer_id },
         None => Owner::Unknown,
     }
+}
+
+/// The mediator's buffer id of the device memory at `p` (after its range in the reply).
+fn device_buffer_id(d: &Driver, p: u64) -> Result<u64, CUresult> {
+    let reply = d.call(Op::MemGetAddressRange, &[&p.to_le_bytes()])?;
+    let mut r = vgpu_uapi::wire::Reader::new(&reply);
+    r.bytes(16).and_then(|_| r.u64()).map_err(|_| CUDA_ERROR_NOT_SUPPORTED)
 }
 
 /// Writes one attribute of `p` to `data`; Err(INVALID_VALUE) for memory CUDA does not know.
@@ -598,6 +606,8 @@ unsafe fn pointer_attribute(d: &Driver, owner: &Owner, attr: i32, data: *mut c_v
         (Owner::Device { size, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *size as usize),
         (Owner::PinnedHost { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base as u64),
         (Owner::PinnedHost { len, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *len),
+        (Owner::PinnedHost { buffer_id, .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), *buffer_id),
+        (Owner::Device { .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), device_buffer_id(d, p)?),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }

@@ -61,11 +61,24 @@ fn load(d: &Driver, img: &[u8]) -> Result<u64, CUresult> {
     Reader::new(&reply).u64().map_err(|_| CUDA_ERROR_UNKNOWN)
 }
 
+/// Loads an image given by pointer: on a backend that runs PTX only, a SASS-only image found in
+/// a loaded library runs as that library's PTX of the same kernels (ptx_twin.rs).
+fn load_in_place(d: &Driver, img: &[u8]) -> Result<u64, CUresult> {
+    if d.ptx_only() && vgpu_fatbin::is_sass_only(img) {
+        if let Some(ptx) = super::ptx_twin::find(img.as_ptr(), img) {
+            let mut text = ptx.into_bytes();
+            text.push(0); // PTX travels NUL-terminated
+            return load(d, &text);
+        }
+    }
+    load(d, img)
+}
+
 unsafe fn load_ptr(module: *mut Handle, img: *const c_void) -> Result<(), CUresult> {
     let (d, _) = state::current_device()?;
     // SAFETY: forwarded API contract.
     let bytes = unsafe { image_bytes(img)? };
-    let m = load(d, bytes)?;
+    let m = load_in_place(d, bytes)?;
     put(module, to_handle(m))
 }
 
@@ -150,6 +163,68 @@ pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Handle, m: Handle, name: *c
     })
 }
 
+/// The names of a module's (or library's) kernels, as the mediator lists them.
+fn function_names(d: &Driver, module: u64) -> Result<Vec<String>, CUresult> {
+    if module == 0 {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    let reply = d.call(Op::ModuleEnumerateFunctions, &[&module.to_le_bytes()])?;
+    let mut r = Reader::new(&reply);
+    let bad = |_| CUDA_ERROR_UNKNOWN;
+    let n = r.u32().map_err(bad)?;
+    let mut names = Vec::with_capacity(n.min(1 << 16) as usize);
+    for _ in 0..n {
+        let len = r.u32().map_err(bad)? as usize;
+        names.push(String::from_utf8_lossy(r.bytes(len).map_err(bad)?).into_owned());
+    }
+    Ok(names)
+}
+
+/// The handles of a module's kernels, at most `limit` of them, in the module's order.
+pub(crate) fn module_functions(module: Handle, limit: usize) -> Result<Vec<Handle>, CUresult> {
+    let d = driver()?;
+    let names = function_names(d, handle_of(module))?;
+    names.iter().take(limit).map(|n| get_function(d, handle_of(module), n).map(to_handle)).collect()
+}
+
+/// cuModuleGetFunctionCount / cuLibraryGetKernelCount.
+fn function_count(count: *mut c_uint, module: Handle) -> Result<(), CUresult> {
+    let n = function_names(driver()?, handle_of(module))?.len();
+    put(count, n as c_uint)
+}
+
+/// cuModuleEnumerateFunctions / cuLibraryEnumerateKernels: up to `n` handles into `out`.
+fn enumerate_functions(out: *mut Handle, n: c_uint, module: Handle) -> Result<(), CUresult> {
+    if out.is_null() || n == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for (i, f) in module_functions(module, n as usize)?.into_iter().enumerate() {
+        // SAFETY: the caller's array holds `n` handles (API contract); i < n.
+        put(unsafe { out.add(i) }, f)?;
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetFunctionCount(count: *mut c_uint, module: Handle) -> CUresult {
+    guard("cuModuleGetFunctionCount", || function_count(count, module))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleEnumerateFunctions(functions: *mut Handle, n: c_uint, module: Handle) -> CUresult {
+    guard("cuModuleEnumerateFunctions", || enumerate_functions(functions, n, module))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetKernelCount(count: *mut c_uint, library: Handle) -> CUresult {
+    guard("cuLibraryGetKernelCount", || function_count(count, library))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryEnumerateKernels(kernels: *mut Handle, n: c_uint, library: Handle) -> CUresult {
+    guard("cuLibraryEnumerateKernels", || enumerate_functions(kernels, n, library))
+}
+
 fn get_global(m: Handle, name: *const c_char, dptr: *mut CUdeviceptr, bytes: *mut usize) -> Result<(), CUresult> {
     let d = driver()?;
     let reply = d.call(Op::ModuleGetGlobal, &[&handle_of(m).to_le_bytes(), c_str(name)?.as_bytes()])?;
@@ -186,7 +261,7 @@ pub unsafe extern "C" fn cuLibraryLoadData(
         let d = driver()?;
         // SAFETY: forwarded API contract.
         let bytes = unsafe { image_bytes(code)? };
-        let m = load(d, bytes)?;
+        let m = load_in_place(d, bytes)?;
         put(library, to_handle(m))
     })
 }
