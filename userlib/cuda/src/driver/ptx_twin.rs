@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex};
 /// The compute capability the sim reports, for which the newest PTX not newer is chosen.
 const DEVICE_SM: u32 = 90;
 
-/// A loaded object: its load address, path and readable segments (offsets from the address).
+/// A loaded object: its load address, path and readable segments (offsets from the address,
+/// lengths, and whether each is executable: code, where no fatbin lies).
 struct Object {
     base: usize,
     name: String,
-    segments: Vec<(usize, usize)>,
+    segments: Vec<(usize, usize, bool)>,
 }
 
 /// Where one PTX entry of the library lies: its fatbin (offset from the object's base, length),
@@ -116,7 +117,7 @@ pub(crate) fn find(at: *const u8, image: &[u8]) -> Option<String> {
 /// The bytes at `off..off + len` of `object`, if they lie within one of its readable segments.
 fn segment_slice(object: &Object, off: usize, len: usize) -> Option<&'static [u8]> {
     let end = off.checked_add(len)?;
-    object.segments.iter().find(|&&(s, l)| off >= s && s.checked_add(l).is_some_and(|e| end <= e))?;
+    object.segments.iter().find(|&&(s, l, _)| off >= s && s.checked_add(l).is_some_and(|e| end <= e))?;
     // SAFETY: the range lies inside a PT_LOAD segment with read permission of an object the
     // dynamic loader reports loaded now; it stays mapped while that object is loaded, and the
     // image being loaded lies in the same object, whose code is calling us.
@@ -125,7 +126,8 @@ fn segment_slice(object: &Object, off: usize, len: usize) -> Option<&'static [u8
 
 fn build_index(object: &Object) -> Index {
     let mut index = Index::default();
-    for &(start, len) in &object.segments {
+    // Data segments only: a library's code holds no fatbin (libtorch_cuda.so: 60 of 520 MB).
+    for &(start, len, _) in object.segments.iter().filter(|s| !s.2) {
         let Some(mem) = segment_slice(object, start, len) else { continue };
         for (at, flen) in vgpu_fatbin::find_fatbins(mem) {
             for (sm, text) in vgpu_fatbin::ptx_texts(&mem[at..at + flen]) {
@@ -161,13 +163,13 @@ fn object_containing(addr: usize) -> Option<Object> {
             unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
         };
         let base = info.dlpi_addr as usize;
-        let segments: Vec<(usize, usize)> = phdrs
+        let segments: Vec<(usize, usize, bool)> = phdrs
             .iter()
             .filter(|p| p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_R != 0)
-            .map(|p| (p.p_vaddr as usize, p.p_memsz as usize))
+            .map(|p| (p.p_vaddr as usize, p.p_memsz as usize, p.p_flags & libc::PF_X != 0))
             .collect();
         // Wrapping arithmetic: nothing may panic in this callback (an extern "C" frame).
-        if !segments.iter().any(|&(s, l)| search.addr.wrapping_sub(base.wrapping_add(s)) < l) {
+        if !segments.iter().any(|&(s, l, _)| search.addr.wrapping_sub(base.wrapping_add(s)) < l) {
             return 0;
         }
         let name = if info.dlpi_name.is_null() {
