@@ -1,6 +1,8 @@
 // What cuBLASLt asks of the driver before each gemm (../shared/recipes/cuda/FINDINGS.md): the
 // private export table 21318c60-... whose slot 4 gives a context's id, as cuCtxGetId does.
-// Without it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED before touching the GPU.
+// Without it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED before touching the GPU. cuBLAS 13
+// also asks each call's stream for its green context (cuStreamGetGreenCtx): NULL for a stream of
+// an ordinary context; an error there is CUBLAS_STATUS_INTERNAL_ERROR.
 #include "check.h"
 #include <cstdint>
 #include <cstring>
@@ -8,6 +10,7 @@
 typedef int (*get_export_table_t)(const void **, const unsigned char *);
 typedef int (*ctx_get_id_t)(void *, unsigned long long *);
 typedef int (*ctx_get_current_t)(void **);
+typedef int (*stream_get_green_ctx_t)(cudaStream_t, void **);
 
 template <typename T> static T entry(const char *name) {
   void *p = nullptr;
@@ -36,6 +39,19 @@ int main() {
   EXPECT(slot4(nullptr, &c) == 0, "slot 4 failed for NULL (the current context)");
   printf("context id via the table %llu, via cuCtxGetId %llu\n", a, b);
   EXPECT(a == b && c == b, "ids differ: %llu %llu %llu", a, b, c);
+
+  auto green_of = entry<stream_get_green_ctx_t>("cuStreamGetGreenCtx");
+  cudaStream_t s;
+  CK(cudaStreamCreate(&s));
+  for (cudaStream_t each : {s, (cudaStream_t)nullptr, cudaStreamLegacy, cudaStreamPerThread}) {
+    void *green = (void *)1;
+    int r = green_of(each, &green);
+    EXPECT(r == 0 && green == nullptr, "cuStreamGetGreenCtx(%p) = %d, green context %p", (void *)each, r, green);
+  }
+  CK(cudaStreamDestroy(s));
+  void *green = nullptr;
+  EXPECT(green_of((cudaStream_t)0x12345678, &green) == 400, "a stream that does not exist is CUDA_ERROR_INVALID_HANDLE");
+  printf("green context of a stream: NULL (vgpu makes none)\n");
   printf("PASS\n");
   return 0;
 }

@@ -71,6 +71,18 @@ pub unsafe extern "C" fn cuStreamGetFlags_ptsz(s: Handle, flags: *mut c_uint) ->
     cuStreamGetFlags(s, flags)
 }
 
+/// vgpu makes no green contexts (cuGreenCtxCreate is not supported), so no stream belongs to one:
+/// a valid stream's green context is NULL, as the driver answers for a stream of an ordinary
+/// context. cuBLAS 13 asks this of the stream of each call and fails with
+/// CUBLAS_STATUS_INTERNAL_ERROR on an error.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetGreenCtx(s: Handle, green: *mut Handle) -> CUresult {
+    guard("cuStreamGetGreenCtx", || {
+        created_with(s)?;
+        put(green, std::ptr::null_mut())
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetPriority(s: Handle, priority: *mut c_int) -> CUresult {
     guard("cuStreamGetPriority", || put(priority, created_with(s)?.1))
