@@ -551,20 +551,21 @@ const MEMORYTYPE_HOST: u32 = 1;
 const MEMORYTYPE_DEVICE: u32 = 2;
 
 enum Owner {
-    Device { base: u64, size: u64 },
+    /// `buffer_id`: from the mediator's range reply, when it was asked (not for managed memory).
+    Device { base: u64, size: u64, buffer_id: Option<u64> },
     PinnedHost { base: usize, len: usize, buffer_id: u64 },
     Unknown,
 }
 
 fn owner_of(d: &Driver, p: u64) -> Owner {
     if let Some((base, size)) = d.mirrors.managed_range(p) {
-        return Owner::Device { base, size: size as u64 };
+        return Owner::Device { base, size: size as u64, buffer_id: None };
     }
     if is_device_ptr(p) {
         if let Ok(reply) = d.call(Op::MemGetAddressRange, &[&p.to_le_bytes()]) {
             let mut r = vgpu_uapi::wire::Reader::new(&reply);
             if let (Ok(base), Ok(size)) = (r.u64(), r.u64()) {
-                return Owner::Device { base, size };
+                return Owner::Device { base, size, buffer_id: r.u64().ok() };
             }
         }
         return Owner::Unknown;
@@ -575,7 +576,8 @@ fn owner_of(d: &Driver, p: u64) -> Owner {
     }
 }
 
-/// The mediator's buffer id of the device memory at `p` (after its range in the reply).
+/// The mediator's buffer id of the device memory at `p` (after its range in the reply), for
+/// memory whose owner was found without asking (managed memory).
 fn device_buffer_id(d: &Driver, p: u64) -> Result<u64, CUresult> {
     let reply = d.call(Op::MemGetAddressRange, &[&p.to_le_bytes()])?;
     let mut r = vgpu_uapi::wire::Reader::new(&reply);
@@ -607,7 +609,8 @@ unsafe fn pointer_attribute(d: &Driver, owner: &Owner, attr: i32, data: *mut c_v
         (Owner::PinnedHost { base, .. }, PA_RANGE_START_ADDR) => put(data.cast::<u64>(), *base as u64),
         (Owner::PinnedHost { len, .. }, PA_RANGE_SIZE) => put(data.cast::<usize>(), *len),
         (Owner::PinnedHost { buffer_id, .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), *buffer_id),
-        (Owner::Device { .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), device_buffer_id(d, p)?),
+        (Owner::Device { buffer_id: Some(id), .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), *id),
+        (Owner::Device { buffer_id: None, .. }, PA_BUFFER_ID) => put(data.cast::<u64>(), device_buffer_id(d, p)?),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
