@@ -139,6 +139,8 @@ struct Ctx<'a> {
     engine: Engine,
     /// The global memory region this host thread's last scalar access found.
     region_hint: usize,
+    /// The regions compiled loads check inline (jit::LoadEnv::slots).
+    jit_slots: [usize; jit::SLOTS],
     /// Instructions (per thread) this host thread ran warp-wide, and of them as compiled code.
     warp_wide: u64,
     compiled: u64,
@@ -396,6 +398,7 @@ impl<'a> Launch<'a> {
             quantum_end: u64::MAX,
             engine: self.engine,
             region_hint: 0,
+            jit_slots: [0; jit::SLOTS],
             warp_wide: 0,
             compiled: 0,
             warp_turn_end: u64::MAX,

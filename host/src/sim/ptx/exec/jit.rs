@@ -1,25 +1,34 @@
-//! Compiled segments: the warp engine's straight-line register work as native code (Cranelift).
+//! Compiled segments: the warp engine's register work, branches, loops and shuffles as native
+//! code (Cranelift).
 //!
-//! A segment is a run of instructions that compute registers, load and store memory (pure
-//! ones, setp, pack and unpack, loads and stores of global and shared memory: no control flow,
-//! no special registers, no collectives, no atomics), starting at a branch target or after an
-//! instruction of another kind, containing no branch target and no load after a store. Its
-//! native function runs the whole segment for one active lane after another: the registers the
-//! segment touches are loaded from the warp's rows once, the instructions run on machine
-//! registers, and the ones it writes are stored back. Its stores are only recorded (address and
-//! value per lane); once every lane has run, they are checked and made in the order the
-//! interpreter makes them (instruction by instruction, each for its lanes in turn). Every load
-//! comes before every store, so no lane's load can see what another stores within the segment,
-//! and lane after lane gives exactly what instruction after instruction does.
+//! A segment is a stretch of the kernel's instructions that compute registers, load and store
+//! memory (pure ones, setp, pack and unpack, special registers, symbols' addresses, loads and
+//! stores of global, shared, generic and parameter memory), branch, and shuffle (shfl.sync);
+//! no barriers, other collectives, atomics or calls. Its native function runs the segment for
+//! one active lane after another: each basic block loads the registers it touches from the
+//! warp's rows, runs on machine registers and stores the ones it writes back, and a branch is
+//! the lane's own jump, so a lane follows its own path through the segment's branches and
+//! loops, and leaves it where a branch or its end takes it out. Lanes exchange nothing there,
+//! so lane after lane gives what the lockstep warp gives, provided no lane can see another's
+//! memory effects: its stores are only recorded (address and value per lane) and made, once
+//! every lane has run, in the order the interpreter makes them (instruction by instruction,
+//! each for its lanes in turn); no load may follow a store (in pc order, which forward branches
+//! keep), and a segment that loops stores nothing. A shuffle splits a segment into phases: every
+//! lane runs a phase, then the shuffle is made on the rows at once (where every lane arrived at
+//! it and the warp engine would make it at once), then the next phase. A lane enters a segment
+//! at any of its blocks (after a branch from elsewhere, a loop cut short, a shuffle the warp
+//! engine made), and leaves a loop after LANE_CAP instructions, so that its warp runs no
+//! further ahead of the block's other warps than in straight code.
 //!
-//! Every access is checked against the allocation it falls in (loads: the last one found,
-//! inline; any other through Global's lookup) or the block's shared memory. An access the code
-//! cannot make (outside them, or a generic address in the local window) marks the run failed
-//! before any store is made: the rows it wrote are put back and the warp engine runs those
-//! instructions itself, which reports the fault exactly as it would have.
-//! Everything else (and any lane group that is about to meet another at a join point inside a
-//! segment) runs through the warp engine as before, so control flow, memory, barriers,
-//! collectives, the budget and the kernel-stop path are the interpreter's own.
+//! Every access is checked against the allocation it falls in (loads: those of the last few
+//! loads, inline; any other through Global's lookup) or the block's shared memory. An access
+//! the code cannot make (outside them, or a generic address in the local window) ends the run,
+//! void, before any store is made: the registers whose old values the instructions may read are
+//! put back and the warp engine runs those instructions itself, which reports the fault exactly
+//! as it would have. A segment whose runs keep failing is left to the warp engine. Everything
+//! else (and any lane group that waiting lanes would join inside a segment that stores) runs
+//! through the warp engine as before, so barriers, collectives, the budget and the kernel-stop
+//! path are the interpreter's own.
 //!
 //! What each instruction computes is the interpreter's: the commonest integer operations and
 //! the IEEE float ones without modifiers are emitted inline (the same host arithmetic exec's
@@ -50,15 +59,36 @@ pub(super) const JIT_HEAT: u64 = 1 << 20;
 const MIN_LEN: usize = 1;
 const MAX_LEN: usize = 256;
 const NONE: u32 = u32::MAX;
+/// Instructions a lane runs in a phase of a segment before it leaves at a loop's head: the most
+/// a segment without loops may hold, so that a warp runs no further ahead of the block's other
+/// warps in a loop than in straight code (the warp engine then counts them, checks the budget
+/// and gives other warps their turn).
+const LANE_CAP: i64 = MAX_LEN as i64;
 
-/// A segment's code: (the warp's register rows, the lanes that run it, its loads' memory) -> 0.
-type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32, env: *mut LoadEnv) -> u32;
+/// A segment's code: (the warp's register rows, the lanes that run it, its loads' memory) ->
+/// the lane-instructions it ran (each lane's pc where it left in `LoadEnv::exits`).
+type SegFn = unsafe extern "C" fn(rows: *mut u64, on: u32, env: *mut LoadEnv) -> u64;
+
+/// What a segment's run did: the lane-instructions it ran and the pc at which each lane left it.
+pub(super) struct Ran {
+    pub(super) count: u64,
+    pub(super) exits: [u32; WARP],
+}
 
 pub(super) struct Segment {
     pub(super) len: u32,
+    /// Its first and last instruction's pc, and whether it holds branches (lanes may leave it
+    /// at different pcs, or loop in it).
+    pub(super) start: u32,
+    pub(super) last: u32,
+    pub(super) branches: bool,
+    /// Its runs that were void (an access it could not make): one that keeps failing (say, a
+    /// generic access to local memory in a loop) is left to the warp engine after VOID_LIMIT.
+    voids: std::sync::atomic::AtomicU32,
     f: SegFn,
     /// Where it accesses memory, the registers to put back if an access fails (see compile).
-    undo: Vec<u32>,
+    /// (in entry order) for each entry.
+    undo: Vec<(u32, Vec<u32>)>,
     /// Its stores in order: space, bytes per element, elements (records of lane l's element k
     /// at the store's first record + l * elements + k).
     stores: Vec<(Space, u8, u8)>,
@@ -78,13 +108,12 @@ struct StoreRec {
 /// load cannot be made here.
 #[repr(C)]
 pub(super) struct LoadEnv<'m> {
-    base: u64,
-    len: u64,
-    ptr: *const u8,
+    /// The allocations its global and generic loads checked inline: load k of a segment uses
+    /// slot k % SLOTS (a kernel that reads two arrays in turn keeps each in its own).
+    slots: [Slot; SLOTS],
     shared: *const u8,
     shared_len: u64,
     fault: u64,
-    hint: usize,
     mem: &'m Global<'m>,
     /// Where the segment records its stores.
     stores: *mut StoreRec,
@@ -98,6 +127,27 @@ pub(super) struct LoadEnv<'m> {
     ctaid: [u32; 3],
     nctaid: [u32; 3],
     warp: u32,
+    /// Where each lane left the segment.
+    exits: [u32; WARP],
+    /// The warp's lanes that have not exited, and the length of its rows (shfl_callback).
+    live: u32,
+    rows_len: usize,
+    /// The pc at which the lanes enter the segment (one of its entries).
+    entry: u64,
+}
+
+/// Slots of allocations the compiled loads check inline (LoadEnv::slots).
+pub(super) const SLOTS: usize = 4;
+
+/// An allocation (its index in Global's regions, base, length, host pointer) compiled loads
+/// check inline; length 0 where none.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    base: u64,
+    len: u64,
+    ptr: *const u8,
+    region: usize,
 }
 
 /// What a segment runs on besides the warp's registers (Compiled::run).
@@ -105,6 +155,8 @@ pub(super) struct Place<'x, 'm> {
     pub(super) mem: &'m Global<'m>,
     /// The region of the last global access.
     pub(super) hint: &'x mut usize,
+    /// The regions of the load slots (LoadEnv::slots), kept from run to run.
+    pub(super) slots: &'x mut [usize; SLOTS],
     pub(super) shared: &'x mut [u8],
     pub(super) params: &'x [u8],
     pub(super) syms: &'x [u64],
@@ -114,18 +166,17 @@ pub(super) struct Place<'x, 'm> {
     pub(super) nctaid: [u32; 3],
     /// The warp's number in its block.
     pub(super) warp: u32,
+    /// Its lanes that have not exited.
+    pub(super) live: u32,
 }
 
 impl<'m> LoadEnv<'m> {
     fn new(at: &Place<'_, 'm>, stores: *mut StoreRec) -> Self {
         let mut env = LoadEnv {
-            base: 0,
-            len: 0,
-            ptr: std::ptr::null(),
+            slots: [Slot { base: 0, len: 0, ptr: std::ptr::null(), region: 0 }; SLOTS],
             shared: at.shared.as_ptr(),
             shared_len: at.shared.len() as u64,
             fault: 0,
-            hint: *at.hint,
             mem: at.mem,
             stores,
             params: at.params.as_ptr(),
@@ -136,14 +187,20 @@ impl<'m> LoadEnv<'m> {
             ctaid: at.ctaid,
             nctaid: at.nctaid,
             warp: at.warp,
+            exits: [0; WARP],
+            live: at.live,
+            rows_len: 0,
+            entry: 0,
         };
-        env.use_region(*at.hint);
+        for (k, &i) in at.slots.iter().enumerate() {
+            env.use_region(k, i);
+        }
         env
     }
 
-    fn use_region(&mut self, i: usize) {
-        if let Some((base, ptr, len)) = self.mem.region(i) {
-            (self.base, self.ptr, self.len, self.hint) = (base, ptr, len as u64, i);
+    fn use_region(&mut self, slot: usize, i: usize) {
+        if let (Some((base, ptr, len)), Some(s)) = (self.mem.region(i), self.slots.get_mut(slot)) {
+            *s = Slot { base, ptr, len: len as u64, region: i };
         }
     }
 
@@ -155,7 +212,8 @@ extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) ->
     // SAFETY: `env` is the LoadEnv the segment was called with, alive and not otherwise
     // borrowed during the call.
     let env = unsafe { &mut *env };
-    let space = match space {
+    let slot = (space >> 8) as usize;
+    let space = match space & 0xff {
         1 => Space::Shared,
         2 => Space::Generic,
         // A parameter outside the parameters: the interpreter reports it.
@@ -165,9 +223,9 @@ extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) ->
     let n = n as usize;
     let v = callback(|| match resolve(space, addr) {
         (Space::Global, a) => {
-            let mut hint = env.hint;
+            let mut hint = env.slots.get(slot).map_or(0, |s| s.region);
             let v = env.mem.load(a, n, &mut hint).ok();
-            env.use_region(hint);
+            env.use_region(slot, hint);
             v.unwrap_or_else(|| {
                 env.fault = 1;
                 0
@@ -192,8 +250,10 @@ extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) ->
 
 /// A kernel's compiled segments.
 pub(crate) struct Compiled {
-    /// The segment starting at each pc (NONE: none does).
+    /// The segment starting at each pc (NONE: none does), and the one without branches there
+    /// (where other lanes of the warp wait inside the first).
     at: Vec<u32>,
+    straight: Vec<u32>,
     segs: Vec<Segment>,
     /// Registers a warp's rows must hold: every one a segment touches is below. Symbols the
     /// same.
@@ -225,6 +285,21 @@ impl Drop for Compiled {
     }
 }
 
+/// Void runs after which a segment is no longer run (Segment::voids).
+const VOID_LIMIT: u32 = 16;
+
+impl Segment {
+    /// Whether it holds no store.
+    pub(super) fn stores_nothing(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    /// Whether it is still worth running (it has not failed VOID_LIMIT times).
+    pub(super) fn usable(&self) -> bool {
+        self.voids.load(Ordering::Relaxed) < VOID_LIMIT
+    }
+}
+
 impl Compiled {
     /// The segment starting at `pc`, if any.
     #[inline]
@@ -235,29 +310,49 @@ impl Compiled {
         }
     }
 
+    /// The segment without branches starting at `pc` (it ends at the next branch target), if
+    /// any.
+    #[inline]
+    pub(super) fn straight_at(&self, pc: u32) -> Option<&Segment> {
+        match self.straight.get(pc as usize) {
+            Some(&i) if i != NONE => self.segs.get(i as usize),
+            _ => None,
+        }
+    }
+
     /// Runs `seg` for the lanes of `on` on a warp's rows (register r of lane l at r * 32 + l),
     /// its memory the launch's allocations (`hint`: the region of the last access) and the
-    /// block's shared memory. False if one of its accesses could not be made (nothing stored,
+    /// block's shared memory. None if one of its accesses could not be made (nothing stored,
     /// the rows as they were: the caller runs the instructions itself); Err if a callback into
     /// the interpreter's functions panicked (a bug, reported as such).
-    pub(super) fn run(&self, seg: &Segment, rows: &mut [u64], on: u32, at: Place) -> Result<bool, ExecError> {
+    pub(super) fn run(&self, seg: &Segment, pc: u32, rows: &mut [u64], on: u32, at: Place) -> Result<Option<Ran>, ExecError> {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
         }
         if at.syms.len() < self.syms {
-            return Ok(false);
+            return Ok(None);
         }
         let records: usize = seg.stores.iter().map(|s| s.2 as usize * WARP).sum();
         SCRATCH.with_borrow_mut(|(undo, recs)| {
             undo.clear();
-            for &r in &seg.undo {
+            // A pc that is no entry of the segment: the caller runs the instructions itself.
+            let Ok(i) = seg.undo.binary_search_by_key(&pc, |u| u.0) else { return Ok(None) };
+            let keep = &seg.undo[i].1[..];
+            for &r in keep {
                 undo.extend_from_slice(&rows[r as usize * WARP..][..WARP]);
             }
             if recs.len() < records {
                 recs.resize(records, StoreRec::default());
             }
+            if seg.branches || pc != seg.start {
+                // A lane that branches past a store (or enters after it) leaves its record as
+                // it was.
+                recs[..records].iter_mut().for_each(|r| r.valid = 0);
+            }
             let mut env = LoadEnv::new(&at, recs.as_mut_ptr());
-            let Place { mem, hint, shared, .. } = at;
+            env.rows_len = rows.len();
+            env.entry = pc as u64;
+            let Place { mem, hint, shared, slots: at_slots, .. } = at;
             // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r
             // below self.regs (translate_one checked each against the kernel's count, and
             // compile recorded the largest), which the check above keeps within `rows`; its
@@ -265,8 +360,11 @@ impl Compiled {
             // after checking the access lies inside (or through load_callback, which checks);
             // it writes store records only below `records` (each store's elements for 32 lanes);
             // it reads symbols below self.syms (checked above), %tid of lanes below 32.
-            unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
-            *hint = env.hint;
+            // A lane's exit pc is written where it leaves; a lane's loop is cut at LANE_CAP.
+            let count = unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
+            for (h, s) in at_slots.iter_mut().zip(&env.slots) {
+                *h = s.region;
+            }
             if CALLBACK_PANICKED.with(|p| p.replace(false)) {
                 return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
             }
@@ -293,17 +391,20 @@ impl Compiled {
                 _ => false,
             };
             if env.fault != 0 || !each(&mut { fits }) {
-                for (k, &r) in seg.undo.iter().enumerate() {
+                for (k, &r) in keep.iter().enumerate() {
                     rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
                 }
-                return Ok(false);
+                if seg.voids.fetch_add(1, Ordering::Relaxed) + 1 == VOID_LIMIT {
+                    tracing::debug!("a compiled segment of {} instructions failed {VOID_LIMIT} times; the warp engine runs it from now on", seg.len);
+                }
+                return Ok(None);
             }
             // Every store fits: made in the interpreter's order.
             each(&mut |space, addr, n, v| match resolve(space, addr) {
                 (Space::Global, a) => mem.store(a, n, v, hint).is_ok(),
                 (_, a) => write_le(shared, a, n, v).is_some(),
             });
-            Ok(true)
+            Ok(Some(Ran { count, exits: env.exits }))
         })
     }
 }
@@ -348,11 +449,12 @@ impl JitSlot {
                 match compile(k, fast) {
                     Ok(c) => {
                         let covered: u32 = c.segs.iter().map(|s| s.len).sum();
+                        let undo: usize = c.segs.iter().flat_map(|s| s.undo.iter().map(|u| u.1.len())).max().unwrap_or(0);
                         SIM_TOTALS.kernels_compiled.fetch_add(1, Ordering::Relaxed);
                         SIM_TOTALS.compile_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         tracing::debug!(
                             micros = started.elapsed().as_micros() as u64,
-                            "{}: compiled {} segments, {covered} of its {} instructions",
+                            "{}: compiled {} segments, {covered} of its {} instructions; at most {undo} registers to keep for a void run",
                             k.name,
                             c.segs.len(),
                             k.insts.len()
@@ -394,6 +496,23 @@ extern "C" fn pure_callback(op: *const Fast, a: u64, b: u64, c: u64) -> u64 {
     })
 }
 
+/// The shuffle `op` at `pc` between two phases of a segment, for the lanes of `on` on the
+/// warp's rows: made (1) where every one of them left the phase at it and the warp engine would
+/// make it at once (warp::shfl_warp); else 0, nothing done.
+extern "C" fn shfl_callback(env: *mut LoadEnv, rows: *mut u64, op: *const Fast, pc: u64, on: u64) -> u64 {
+    // SAFETY: `env` is the LoadEnv the segment was called with, alive and not otherwise
+    // borrowed during the call; `op` points into the Compiled's `_ops`, which outlives its code.
+    let (env, op) = unsafe { (&mut *env, &*op) };
+    let on = on as u32;
+    if (0..WARP).any(|l| on >> l & 1 != 0 && env.exits[l] as u64 != pc) {
+        return 0;
+    }
+    // SAFETY: `rows` is the warp's rows the segment was called with (`rows_len` words), which
+    // the caller does not touch while the segment runs.
+    let rows = unsafe { std::slice::from_raw_parts_mut(rows, env.rows_len) };
+    callback(|| super::warp::shfl_warp(rows, on, env.live, op) as u64)
+}
+
 /// setp's comparison as the interpreter makes it (1 or 0).
 extern "C" fn compare_callback(op: *const Fast, a: u64, b: u64) -> u64 {
     // SAFETY: as in pure_callback.
@@ -410,6 +529,7 @@ fn compilable(f: &Fast) -> bool {
         Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. } => true,
         Fast::Ld { space, ty, .. } | Fast::LdV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic | Space::Param) && sized(ty),
         Fast::St { space, ty, .. } | Fast::StV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic) && sized(ty),
+        Fast::Sym { .. } => true,
         Fast::Sreg { s, .. } => matches!(s, Sreg::Tid(0..=2) | Sreg::Ntid(0..=2) | Sreg::Ctaid(0..=2) | Sreg::Nctaid(0..=2) | Sreg::LaneId | Sreg::WarpId),
         _ => false,
     }
@@ -450,7 +570,11 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
             src(a);
             written.extend(d.iter().take(*n as usize).flatten());
         }
-        Fast::Sreg { d, .. } => written.push(*d),
+        Fast::Sreg { d, .. } | Fast::Sym { d, .. } => written.push(*d),
+        Fast::Shfl { d, p, a, b, c, mask, .. } => {
+            [a, b, c, mask].into_iter().for_each(&mut src);
+            written.extend(d.iter().chain(p.iter()));
+        }
         Fast::Ld { d, base, .. } => {
             if let AddrBase::Reg(r) = base {
                 read.push(*r);
@@ -482,11 +606,65 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
     }
 }
 
-fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
-    let ops: Box<[Fast]> = fast.into();
-    // Branch targets start segments (lanes join there).
+/// Where each segment of `ops` starts and ends ([start, end)).
+///
+/// A segment holds compilable instructions and branches. Its lanes run it one after another,
+/// so nothing in it may let one lane see what another did there: no load after a store (in pc
+/// order, which forward branches keep), and no store at all in a segment that loops (a lane's
+/// later turn of the loop would see the stores of lanes before it, which the warp's lockstep
+/// would not have made yet). Segments start where the compilable code does; a lane may enter
+/// one at any of its blocks (see entries).
+fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
+    // A segment may hold shuffles (made between its phases), but starts with none.
+    let begins = |f: &Fast| compilable(f) || matches!(f, Fast::Bra(_));
+    let ok = |f: &Fast| begins(f) || matches!(f, Fast::Shfl { .. });
+    let extend = |start: usize| {
+        let (mut pc, mut stored, mut looped) = (start, false, false);
+        while pc < ops.len() && pc - start < MAX_LEN && ok(&ops[pc]) {
+            let f = &ops[pc];
+            if (stored && is_load(f)) || (looped && is_store(f)) {
+                break;
+            }
+            if let Fast::Bra(t) = *f {
+                if (start..=pc).contains(&(t as usize)) {
+                    if stored {
+                        break;
+                    }
+                    looped = true;
+                }
+            }
+            stored |= is_store(f);
+            pc += 1;
+        }
+        // A branch alone is run faster by the warp engine.
+        let work = ops[start..pc].iter().any(|f| !matches!(f, Fast::Bra(_)));
+        (work && pc - start >= MIN_LEN).then_some(pc)
+    };
+    let mut runs = Vec::new();
+    let mut pc = 0;
+    while pc < ops.len() {
+        if !begins(&ops[pc]) {
+            pc += 1;
+            continue;
+        }
+        match extend(pc) {
+            Some(end) => {
+                runs.push((pc, end));
+                pc = end;
+            }
+            None => pc += 1,
+        }
+    }
+    runs.sort_unstable();
+    runs
+}
+
+/// The segments without branches: each starts at a branch target or where compilable code
+/// does, and ends before the next branch target, branch or other instruction (and before a load
+/// after a store).
+fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
     let mut target = vec![false; ops.len() + 1];
-    for f in ops.iter() {
+    for f in ops {
         if let Fast::Bra(t) = f {
             if let Some(x) = target.get_mut(*t as usize) {
                 *x = true;
@@ -503,7 +681,6 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         let start = pc;
         let mut stored = is_store(&ops[pc]);
         pc += 1;
-        // No load after a store (see the module's comment).
         while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) && !(stored && is_load(&ops[pc])) {
             stored |= is_store(&ops[pc]);
             pc += 1;
@@ -512,18 +689,134 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
             runs.push((start, pc));
         }
     }
+    runs
+}
+
+/// The basic blocks of the segment [start, end): each [first, stop), in pc order, split at
+/// every branch target inside it, after every branch, and around every shuffle.
+fn blocks_of(ops: &[Fast], start: usize, end: usize) -> Vec<(usize, usize)> {
+    let mut leaders = std::collections::BTreeSet::from([start, end]);
+    for (pc, f) in ops.iter().enumerate().take(end).skip(start) {
+        match *f {
+            Fast::Bra(t) => {
+                if (start..end).contains(&(t as usize)) {
+                    leaders.insert(t as usize);
+                }
+                leaders.insert(pc + 1);
+            }
+            Fast::Shfl { .. } => {
+                leaders.insert(pc);
+                leaders.insert(pc + 1);
+            }
+            _ => {}
+        }
+    }
+    let bounds: Vec<usize> = leaders.into_iter().collect();
+    bounds.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// Where lanes may enter the segment [start, end): the start of each of its blocks but its
+/// shuffles (the warp engine makes a shuffle the segment could not, and the lanes enter after
+/// it). A lane arriving at any pc the segment holds thus finds code there, wherever it comes
+/// from (a branch from elsewhere, a loop cut at LANE_CAP, a shuffle).
+fn entries(ops: &[Fast], start: usize, end: usize) -> impl Iterator<Item = usize> + '_ {
+    blocks_of(ops, start, end).into_iter().map(|(f, _)| f).filter(move |&f| !matches!(ops[f], Fast::Shfl { .. }))
+}
+
+/// Where a block's last instruction may send a lane: a branch's target, and the next pc unless
+/// the branch has no guard.
+fn successors(k: &Kernel, ops: &[Fast], stop: usize) -> impl Iterator<Item = usize> {
+    let (taken, on) = match ops[stop - 1] {
+        Fast::Bra(t) => (Some(t as usize), k.insts[stop - 1].guard.is_some()),
+        _ => (None, true),
+    };
+    taken.into_iter().chain(on.then_some(stop))
+}
+
+/// For each entry of the segment [start, end), the registers it writes whose value from before
+/// a lane entering there may read: liveness at the entry (a guarded write reads the old value),
+/// over its blocks.
+fn exposed_writes(k: &Kernel, ops: &[Fast], start: usize, end: usize) -> Vec<(u32, Vec<u32>)> {
+    use std::collections::HashSet;
+    let blocks = blocks_of(ops, start, end);
+    let mut written = HashSet::new();
+    // Each block's reads before its own writes, and its writes.
+    let (mut uses, mut defs) = (Vec::new(), Vec::new());
+    for &(first, stop) in &blocks {
+        let (mut used, mut defined) = (HashSet::new(), HashSet::new());
+        for pc in first..stop {
+            let (mut r, mut w) = (Vec::new(), Vec::new());
+            let guard = k.insts[pc].guard;
+            regs_of(&ops[pc], guard, &mut r, &mut w);
+            let old_read = if guard.is_some() { r.iter().chain(&w) } else { r.iter().chain(&[]) };
+            used.extend(old_read.filter(|x| !defined.contains(*x)).copied().collect::<Vec<_>>());
+            if guard.is_none() {
+                defined.extend(w.iter().copied());
+            }
+            written.extend(w);
+        }
+        uses.push(used);
+        defs.push(defined);
+    }
+    let index = |pc: usize| blocks.iter().position(|&(f, _)| f == pc);
+    let mut live: Vec<HashSet<u32>> = vec![HashSet::new(); blocks.len()];
+    loop {
+        let mut changed = false;
+        for i in (0..blocks.len()).rev() {
+            let mut out = HashSet::new();
+            for t in successors(k, ops, blocks[i].1) {
+                if let Some(j) = index(t) {
+                    out.extend(live[j].iter().copied());
+                }
+            }
+            let mut inn: HashSet<u32> = out.difference(&defs[i]).copied().collect();
+            inn.extend(uses[i].iter().copied());
+            if inn.len() != live[i].len() {
+                live[i] = inn;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    entries(ops, start, end)
+        .filter_map(|e| {
+            let b = index(e)?;
+            let mut out: Vec<u32> = written.iter().copied().filter(|r| live[b].contains(r)).collect();
+            out.sort_unstable();
+            Some((e as u32, out))
+        })
+        .collect()
+}
+
+fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
+    let ops: Box<[Fast]> = fast.into();
+    let regions = regions(&ops);
+    // A segment without branches where the one holding that pc may be refused: one that
+    // stores (lanes inside it may not join the group).
+    let refusable = |at: usize| match regions.iter().find(|r| (r.0..r.1).contains(&at)) {
+        Some(&(s, e)) => ops[s..e].iter().any(is_store),
+        None => true,
+    };
+    let straight: Vec<(usize, usize)> = straight_runs(&ops).into_iter().filter(|r| refusable(r.0)).collect();
+    let mut runs: Vec<(usize, usize)> = regions.iter().chain(&straight).copied().collect();
+    runs.sort_unstable();
+    runs.dedup();
     let syms = ops
         .iter()
         .filter_map(|f| match f {
             Fast::Ld { base: AddrBase::Sym(s), .. }
             | Fast::LdV { base: AddrBase::Sym(s), .. }
             | Fast::St { base: AddrBase::Sym(s), .. }
-            | Fast::StV { base: AddrBase::Sym(s), .. } => Some(*s as usize + 1),
+            | Fast::StV { base: AddrBase::Sym(s), .. }
+            | Fast::Sym { s, .. } => Some(*s as usize + 1),
             _ => None,
         })
         .max()
         .unwrap_or(0);
-    let mut compiled = Compiled { at: vec![NONE; ops.len()], segs: Vec::new(), regs: 0, syms, _ops: ops, code: None };
+    let n = ops.len();
+    let mut compiled = Compiled { at: vec![NONE; n], straight: vec![NONE; n], segs: Vec::new(), regs: 0, syms, _ops: ops, code: None };
     if runs.is_empty() {
         return Ok(compiled);
     }
@@ -532,6 +825,8 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
     flags.set("is_pic", "false").map_err(|e| e.to_string())?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
+    // The IR is built by the code above, not by users: checking it costs compile time only.
+    flags.set("enable_verifier", "false").map_err(|e| e.to_string())?;
     let isa = cranelift_native::builder()?.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
     let mut ctx = module.make_context();
@@ -543,7 +838,7 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(I32));
         sig.params.push(AbiParam::new(ptr));
-        sig.returns.push(AbiParam::new(I32));
+        sig.returns.push(AbiParam::new(I64));
         let id = module.declare_function(&format!("seg{n}"), Linkage::Local, &sig).map_err(|e| e.to_string())?;
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
@@ -556,9 +851,17 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         let mut load_sig = module.make_signature();
         load_sig.params.extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64), AbiParam::new(I64)]);
         load_sig.returns.push(AbiParam::new(I64));
+        let mut shfl_sig = module.make_signature();
+        shfl_sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64), AbiParam::new(I64)]);
+        shfl_sig.returns.push(AbiParam::new(I64));
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let sigs = Sigs { pure: b.import_signature(pure_sig), cmp: b.import_signature(cmp_sig), load: b.import_signature(load_sig) };
+            let sigs = Sigs {
+                pure: b.import_signature(pure_sig),
+                cmp: b.import_signature(cmp_sig),
+                load: b.import_signature(load_sig),
+                shfl: b.import_signature(shfl_sig),
+            };
             let regs = segment(&mut b, k, &compiled._ops, start, end, sigs);
             compiled.regs = compiled.regs.max(regs);
             b.seal_all_blocks();
@@ -572,26 +875,15 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     for (&(start, end), id) in runs.iter().zip(ids) {
         let code = module.get_finalized_function(id);
         // SAFETY: the function was declared with exactly this signature (pointer, i32,
-        // pointer) -> i32 in the host's calling convention.
+        // pointer) -> i64 in the host's calling convention.
         let f = unsafe { std::mem::transmute::<*const u8, SegFn>(code) };
         // The registers to put back if an access fails: those it writes whose value before the
-        // segment it reads (a read before any write, or a guarded write, which may keep the
-        // old value). The others the warp engine writes again before reading them when it runs
-        // the segment's instructions itself.
-        let (mut defined, mut exposed) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-        let mut written = Vec::new();
-        for pc in start..end {
-            let (mut r, mut w) = (Vec::new(), Vec::new());
-            let guard = k.insts[pc].guard;
-            regs_of(&compiled._ops[pc], guard, &mut r, &mut w);
-            let old_read = if guard.is_some() { r.iter().chain(&w) } else { r.iter().chain(&[]) };
-            exposed.extend(old_read.filter(|x| !defined.contains(*x)).copied().collect::<Vec<_>>());
-            defined.extend(w.iter().copied());
-            written.extend(w);
-        }
-        written.sort_unstable();
-        written.dedup();
-        written.retain(|r| exposed.contains(r));
+        // segment it may read (on some path, a read before any write, or a guarded write,
+        // which may keep the old value). A lane stops at its failed access, so up to there it
+        // wrote only what the warp engine writes again, before reading it, when it runs the
+        // segment's instructions itself.
+        let branches = compiled._ops[start..end].iter().any(|f| matches!(f, Fast::Bra(_)));
+        let written = exposed_writes(k, &compiled._ops, start, end);
         let memory = compiled._ops[start..end].iter().any(|f| is_load(f) || is_store(f));
         let stores = compiled._ops[start..end]
             .iter()
@@ -601,80 +893,255 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
                 _ => None,
             })
             .collect();
-        compiled.at[start] = compiled.segs.len() as u32;
-        compiled.segs.push(Segment { len: (end - start) as u32, f, undo: if memory { written } else { Vec::new() }, stores });
+        let i = compiled.segs.len() as u32;
+        if regions.contains(&(start, end)) {
+            for e in entries(&compiled._ops, start, end) {
+                compiled.at[e] = i;
+            }
+        }
+        if straight.contains(&(start, end)) {
+            compiled.straight[start] = i;
+        }
+        compiled.segs.push(Segment { len: (end - start) as u32, start: start as u32, last: end as u32 - 1, branches, voids: Default::default(), f, undo: if memory { written } else { written.into_iter().map(|(e, _)| (e, Vec::new())).collect() }, stores });
     }
     compiled.code = Some(Code(module));
     Ok(compiled)
 }
 
-/// Builds the function of the segment [start, end): a loop over the 32 lanes, the segment's
-/// instructions on each active one. Returns how many registers it needs (its largest + 1).
+/// Builds the function of the segment [start, end): for each of its phases (the stretches
+/// between its shuffles), a loop over the 32 lanes that runs the phase's instructions on each
+/// active one, its branches as the lane's own jumps; between phases, the shuffle on the warp's
+/// rows (shfl_callback), once every lane has arrived at it. Each basic block loads the registers
+/// it touches from the rows, runs on machine registers, and stores the ones it writes back, so a
+/// lane pays only for the blocks it runs. A lane leaves a phase where a branch or the phase's
+/// end takes it out, or at a loop's head once it has run LANE_CAP instructions; its pc there
+/// goes to `exits`, and the run ends after a phase its lanes did not all leave at its shuffle
+/// (or whose shuffle cannot be made here). An access that fails ends the whole run at once (it
+/// is void then: Compiled::run puts back what the caller must see).
+/// Returns how many registers it needs (its largest + 1).
 fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs) -> usize {
-    let (mut read, mut written) = (Vec::new(), Vec::new());
-    for (op, inst) in ops[start..end].iter().zip(&k.insts[start..end]) {
-        regs_of(op, inst.guard, &mut read, &mut written);
-    }
-    let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
-    touched.sort_unstable();
-    touched.dedup();
-    written.sort_unstable();
-    written.dedup();
-
     let entry = b.create_block();
-    let head = b.create_block();
-    let test = b.create_block();
-    let body = b.create_block();
-    let next = b.create_block();
     let done = b.create_block();
+    let abort = b.create_block();
     b.append_block_params_for_function_params(entry);
-    let lane = b.append_block_param(head, I64);
+    let total = b.declare_var(I64);
+    let count = b.declare_var(I64);
+    let flags = MemFlagsData::trusted();
 
     b.switch_to_block(entry);
-    let (rows, on, env) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
-    let on = b.ins().uextend(I64, on);
+    let (rows, on32, env) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
+    let on = b.ins().uextend(I64, on32);
     let zero = b.ins().iconst(I64, 0);
-    b.ins().jump(head, &[BlockArg::Value(zero)]);
+    b.def_var(total, zero);
 
-    b.switch_to_block(head);
-    let end_of_warp = b.ins().icmp_imm_s(IntCC::Equal, lane, WARP as i64);
-    b.ins().brif(end_of_warp, done, &[], test, &[]);
-
-    b.switch_to_block(test);
-    let bit = b.ins().ushr(on, lane);
-    let bit = b.ins().band_imm_u(bit, 1);
-    b.ins().brif(bit, body, &[], next, &[]);
-
-    b.switch_to_block(body);
-    let offset = b.ins().ishl_imm_u(lane, 3);
-    let base = b.ins().iadd(rows, offset);
-    let flags = MemFlagsData::trusted();
-    let mut vars = std::collections::HashMap::new();
-    for &r in &touched {
-        let v = b.declare_var(I64);
-        let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
-        b.def_var(v, x);
-        vars.insert(r, v);
+    // The phases: [first, stop) and the shuffle at stop (none after the last).
+    let mut phases = Vec::new();
+    let mut first = start;
+    for pc in start..end {
+        if matches!(ops[pc], Fast::Shfl { .. }) {
+            phases.push((first, pc, true));
+            first = pc + 1;
+        }
     }
-    let mut e = Emit { b, vars, sigs, env, lane, stores: 0 };
-    for (op, inst) in ops[start..end].iter().zip(&k.insts[start..end]) {
-        e.inst(op, inst.guard);
-    }
-    let b = e.b;
-    for &r in &written {
-        let x = b.use_var(e.vars[&r]);
-        b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
-    }
-    b.ins().jump(next, &[]);
+    phases.push((first, end, false));
 
-    b.switch_to_block(next);
-    let lane1 = b.ins().iadd_imm_s(lane, 1);
-    b.ins().jump(head, &[BlockArg::Value(lane1)]);
+    let mut largest = 0;
+    let (mut stores, mut loads) = (0, 0);
+    // Into the phase holding the entry; there, each lane into the entry's block (after a
+    // shuffle, `resume` matches none: the next phase from its start).
+    let resume = b.declare_var(I64);
+    let entry_pc = b.ins().load(I64, flags, env, std::mem::offset_of!(LoadEnv, entry) as i32);
+    b.def_var(resume, entry_pc);
+    let phase_entries: Vec<_> = phases.iter().map(|_| b.create_block()).collect();
+    let all_blocks = blocks_of(ops, start, end);
+    let region_entries: Vec<usize> = entries(ops, start, end).collect();
+    let mut into_phase = cranelift_frontend::Switch::new();
+    for (i, &(first, stop, _)) in phases.iter().enumerate() {
+        for &e in region_entries.iter().filter(|e| (first..stop).contains(*e)) {
+            into_phase.set_entry(e as u128, phase_entries[i]);
+        }
+    }
+    into_phase.emit(b, entry_pc, phase_entries[0]);
+    for (i, &(first, stop, shuffle)) in phases.iter().enumerate() {
+        let phase_entry = phase_entries[i];
+        let head = b.create_block();
+        let test = b.create_block();
+        let body = b.create_block();
+        let leave = b.create_block();
+        let next = b.create_block();
+        let after = b.create_block();
+        let lane = b.append_block_param(head, I64);
+        let exit_pc = b.append_block_param(leave, I64);
+
+        b.switch_to_block(phase_entry);
+        b.ins().jump(head, &[BlockArg::Value(zero)]);
+
+        b.switch_to_block(head);
+        let end_of_warp = b.ins().icmp_imm_s(IntCC::Equal, lane, WARP as i64);
+        b.ins().brif(end_of_warp, after, &[], test, &[]);
+
+        b.switch_to_block(test);
+        let bit = b.ins().ushr(on, lane);
+        let bit = b.ins().band_imm_u(bit, 1);
+        b.ins().brif(bit, body, &[], next, &[]);
+
+        b.switch_to_block(body);
+        let offset = b.ins().ishl_imm_u(lane, 3);
+        let base = b.ins().iadd(rows, offset);
+        b.def_var(count, zero);
+        if first == stop {
+            // An empty phase (two shuffles in a row): the lane is at the next shuffle.
+            let pc = b.ins().iconst(I64, stop as i64);
+            b.ins().jump(leave, &[BlockArg::Value(pc)]);
+        }
+        // The phase's blocks, split where any branch of the segment lands.
+        let ranges: Vec<(usize, usize)> = all_blocks.iter().copied().filter(|&(f, _)| (first..stop).contains(&f)).collect();
+        let phase_entries_at: Vec<usize> = region_entries.iter().copied().filter(|e| (first..stop).contains(e)).collect();
+        let blocks: std::collections::BTreeMap<usize, _> = ranges.iter().map(|&(f, _)| (f, b.create_block())).collect();
+        if first < stop {
+            let mut into_block = cranelift_frontend::Switch::new();
+            for &e in &phase_entries_at {
+                into_block.set_entry(e as u128, blocks[&e]);
+            }
+            let r = b.use_var(resume);
+            into_block.emit(b, r, blocks[&first]);
+        }
+        for &(bfirst, bstop) in &ranges {
+            b.switch_to_block(blocks[&bfirst]);
+            let c = b.use_var(count);
+            let c = b.ins().iadd_imm_s(c, (bstop - bfirst) as i64);
+            b.def_var(count, c);
+            // The block's registers, from the rows.
+            let (mut read, mut written) = (Vec::new(), Vec::new());
+            for pc in bfirst..bstop {
+                regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
+            }
+            let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
+            touched.sort_unstable();
+            touched.dedup();
+            written.sort_unstable();
+            written.dedup();
+            largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
+            let mut vars = std::collections::HashMap::new();
+            for &r in &touched {
+                let v = b.declare_var(I64);
+                let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
+                b.def_var(v, x);
+                vars.insert(r, v);
+            }
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, loads, abort };
+            for pc in bfirst..bstop {
+                if !matches!(ops[pc], Fast::Bra(_)) {
+                    e.inst(&ops[pc], k.insts[pc].guard);
+                }
+            }
+            (stores, loads) = (e.stores, e.loads);
+            // The branch's guard, read before the block's registers go back.
+            let cond = match (ops[bstop - 1], k.insts[bstop - 1].guard) {
+                (Fast::Bra(_), Some((p, neg))) => {
+                    let v = e.reg(p);
+                    Some(e.b.ins().icmp_imm_s(if neg { IntCC::Equal } else { IntCC::NotEqual }, v, 0))
+                }
+                _ => None,
+            };
+            let vars = e.vars;
+            for &r in &written {
+                let x = b.use_var(vars[&r]);
+                b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
+            }
+            // Where the lane goes: into a block of the phase (through a check of its share
+            // where it loops back), or out.
+            let mut later = Vec::new();
+            let mut to = |b: &mut FunctionBuilder, t: usize| -> (cranelift_codegen::ir::Block, Vec<BlockArg>) {
+                match blocks.get(&t) {
+                    Some(&blk) if t < bstop => {
+                        let check = b.create_block();
+                        later.push((check, blk, t));
+                        (check, Vec::new())
+                    }
+                    Some(&blk) => (blk, Vec::new()),
+                    None => (leave, vec![BlockArg::Value(b.ins().iconst(I64, t as i64))]),
+                }
+            };
+            match (ops[bstop - 1], cond) {
+                (Fast::Bra(t), Some(cond)) => {
+                    let (yes, yes_args) = to(b, t as usize);
+                    let (no, no_args) = to(b, bstop);
+                    b.ins().brif(cond, yes, &yes_args, no, &no_args);
+                }
+                (Fast::Bra(t), None) => {
+                    let (blk, args) = to(b, t as usize);
+                    b.ins().jump(blk, &args);
+                }
+                _ => {
+                    let (blk, args) = to(b, bstop);
+                    b.ins().jump(blk, &args);
+                }
+            }
+            for (check, blk, t) in later {
+                b.switch_to_block(check);
+                let c = b.use_var(count);
+                let spent = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, c, LANE_CAP);
+                let pc = b.ins().iconst(I64, t as i64);
+                b.ins().brif(spent, leave, &[BlockArg::Value(pc)], blk, &[]);
+            }
+        }
+
+        // The lane leaves at exit_pc (its registers are in the rows): its pc and count noted.
+        b.switch_to_block(leave);
+        let slot = b.ins().ishl_imm_u(lane, 2);
+        let slot = b.ins().iadd(env, slot);
+        let pc32 = b.ins().ireduce(I32, exit_pc);
+        b.ins().store(flags, pc32, slot, std::mem::offset_of!(LoadEnv, exits) as i32);
+        let (t, c) = (b.use_var(total), b.use_var(count));
+        let t = b.ins().iadd(t, c);
+        b.def_var(total, t);
+        b.ins().jump(next, &[]);
+
+        b.switch_to_block(next);
+        let lane1 = b.ins().iadd_imm_s(lane, 1);
+        b.ins().jump(head, &[BlockArg::Value(lane1)]);
+
+        // Every lane has run the phase: its shuffle, if all of them are at it and it can be
+        // made here; else the run ends (the warp engine takes the lanes on from their exits).
+        b.switch_to_block(after);
+        if shuffle {
+            let mut r = Vec::new();
+            regs_of(&ops[stop], None, &mut r, &mut Vec::new());
+            let mut w = Vec::new();
+            regs_of(&ops[stop], None, &mut Vec::new(), &mut w);
+            largest = largest.max(r.iter().chain(&w).map(|&x| x as usize + 1).max().unwrap_or(0));
+            let f = b.ins().iconst(I64, shfl_callback as *const () as i64);
+            let op = b.ins().iconst(I64, &ops[stop] as *const Fast as i64);
+            let pc = b.ins().iconst(I64, stop as i64);
+            let call = b.ins().call_indirect(sigs.shfl, f, &[env, rows, op, pc, on]);
+            let ran = b.inst_results(call)[0];
+            let none = b.ins().iconst(I64, -1);
+            b.def_var(resume, none);
+            let t = b.use_var(total);
+            // shfl counts twice per lane, as the warp engine counts it.
+            let lanes = b.ins().popcnt(on);
+            let lanes = b.ins().ishl_imm_u(lanes, 1);
+            let t2 = b.ins().iadd(t, lanes);
+            b.def_var(total, t2);
+            let stopped = b.create_block();
+            b.ins().brif(ran, phase_entries[i + 1], &[], stopped, &[]);
+            b.switch_to_block(stopped);
+            b.def_var(total, t);
+            b.ins().jump(done, &[]);
+        } else {
+            b.ins().jump(done, &[]);
+        }
+    }
 
     b.switch_to_block(done);
-    let ok = b.ins().iconst(I32, 0);
-    b.ins().return_(&[ok]);
-    touched.last().map_or(0, |&r| r as usize + 1)
+    let t = b.use_var(total);
+    b.ins().return_(&[t]);
+
+    // A failed access: the run is void, the other lanes need not run.
+    b.switch_to_block(abort);
+    b.ins().return_(&[zero]);
+    largest
 }
 
 /// The signatures of the callbacks: pure_callback, compare_callback, load_callback.
@@ -683,6 +1150,7 @@ struct Sigs {
     pure: SigRef,
     cmp: SigRef,
     load: SigRef,
+    shfl: SigRef,
 }
 
 /// Emits instructions into a lane's body.
@@ -694,6 +1162,10 @@ struct Emit<'b, 'f> {
     env: Value,
     lane: Value,
     stores: usize,
+    /// Global and generic loads emitted so far (each takes the next slot).
+    loads: usize,
+    /// Where a failed access goes (the run ends, void).
+    abort: cranelift_codegen::ir::Block,
 }
 
 /// `.ftz` and round to nearest (or no rounding named), nothing else.
@@ -974,6 +1446,12 @@ impl Emit<'_, '_> {
                 self.set(d, v, guard);
             }
             Fast::StV { ty, n, a, base, off, .. } => self.record_stores(base, off, &a[..n as usize], ty.bytes() as u64, guard),
+            Fast::Sym { ty, d, s } => {
+                let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
+                let v = self.b.ins().load(I64, MemFlagsData::trusted(), syms, (s as usize * 8) as i32);
+                let v = self.norm(ty, v);
+                self.set(d, v, guard);
+            }
             _ => unreachable!("only compilable instructions are in a segment"),
         }
     }
@@ -1044,6 +1522,8 @@ impl Emit<'_, '_> {
     /// holds (a lane whose guard fails loads nothing, so cannot fault).
     fn loads(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, parts: &[(u64, Option<u32>)], guard: Option<Value>) {
         let at = self.address(base, off);
+        let slot = self.loads % SLOTS;
+        self.loads += 1;
         let dests: Vec<u32> = parts.iter().filter_map(|p| p.1).collect();
         let (go, merge) = (self.b.create_block(), self.b.create_block());
         let outs: Vec<Value> = dests.iter().map(|_| self.b.append_block_param(merge, I64)).collect();
@@ -1061,7 +1541,7 @@ impl Emit<'_, '_> {
         for &(k, d) in parts {
             // Every element is loaded (and checked), as the interpreter loads it.
             let a = self.b.ins().iadd_imm_s(at, k as i64);
-            let v = self.load(space, a, ty.bytes() as u32);
+            let v = self.load(space, a, ty.bytes() as u32, slot);
             if d.is_some() {
                 news.push(BlockArg::Value(self.norm(ty, v)));
             }
@@ -1076,7 +1556,7 @@ impl Emit<'_, '_> {
     /// `n` bytes at `addr` of `space`, zero-extended: inline from the allocation of the last
     /// load (global and generic) or from shared memory where the access lies inside, else
     /// through load_callback.
-    fn load(&mut self, space: Space, addr: Value, n: u32) -> Value {
+    fn load(&mut self, space: Space, addr: Value, n: u32, slot: usize) -> Value {
         let field = |f: usize| f as i32;
         let flags = MemFlagsData::trusted();
         let (base, len, ptr) = match space {
@@ -1091,9 +1571,10 @@ impl Emit<'_, '_> {
                 (None, len, ptr)
             }
             _ => {
-                let base = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, base)));
-                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, len)));
-                let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, ptr)));
+                let at = std::mem::offset_of!(LoadEnv, slots) + slot * std::mem::size_of::<Slot>();
+                let base = self.b.ins().load(I64, flags, self.env, field(at + std::mem::offset_of!(Slot, base)));
+                let len = self.b.ins().load(I64, flags, self.env, field(at + std::mem::offset_of!(Slot, len)));
+                let ptr = self.b.ins().load(I64, flags, self.env, field(at + std::mem::offset_of!(Slot, ptr)));
                 (Some(base), len, ptr)
             }
         };
@@ -1130,11 +1611,12 @@ impl Emit<'_, '_> {
             Space::Generic => 2,
             Space::Param => 3,
             _ => 0,
-        });
+        } | (slot as i64) << 8);
         let bytes = self.iconst(n as i64);
         let call = self.b.ins().call_indirect(self.sigs.load, f, &[self.env, code, addr, bytes]);
         let v = self.b.inst_results(call)[0];
-        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+        let fault = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, fault)));
+        self.b.ins().brif(fault, self.abort, &[], merge, &[BlockArg::Value(v)]);
 
         self.b.switch_to_block(merge);
         out

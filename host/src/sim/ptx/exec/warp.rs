@@ -22,7 +22,7 @@ use std::cell::Cell;
 /// Which engine runs a block's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// Warps in lockstep, hot kernels' straight-line register work compiled to native code
+    /// Warps in lockstep, hot kernels' register work, branches, loops and shuffles compiled to native code
     /// (jit.rs): the default.
     Compiled,
     /// Warps in lockstep (this file), nothing compiled; `VGPU_SIM_ENGINE=warp`.
@@ -145,6 +145,8 @@ pub(crate) enum Fast {
     StV { space: Space, ty: Ty, n: u8, a: [Src; 4], base: AddrBase, off: u64 },
     /// mov of a special register (%tid.x, %laneid, ...) into `d`.
     Sreg { ty: Ty, d: u32, s: Sreg },
+    /// mov of a symbol's address (`mov.u32 %r, smem`) into `d`.
+    Sym { ty: Ty, d: u32, s: u32 },
     /// mov.b32 %r, {%h1, %h2} / mov.b64 %rd, {%r1, %r2} (and 4 parts): `n` elements of `w`
     /// bits, the first in the lowest bits.
     Pack { ty: Ty, w: u8, n: u8, d: u32, a: [Src; 4] },
@@ -215,6 +217,7 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
     let fast = match &i.op {
         Op::Bra { target } => Some(Fast::Bra(*target)),
         Op::Mov { ty, d: Opnd::Reg(d), a: Opnd::Sreg(s) } => reg(*d).map(|d| Fast::Sreg { ty: *ty, d, s: *s }),
+        Op::Mov { ty, d: Opnd::Reg(d), a: Opnd::Sym(s) } => reg(*d).map(|d| Fast::Sym { ty: *ty, d, s: *s }),
         Op::Mov { ty, d, a: Opnd::Vec(parts) } if (2..=4).contains(&parts.len()) && !matches!(d, Opnd::Vec(_)) => (|| {
             let mut a = [Src::Imm(0); 4];
             for (k, p) in parts.iter().enumerate() {
@@ -287,6 +290,33 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
         _ => None,
     };
     fast.unwrap_or(Fast::Step)
+}
+
+/// shfl.sync (`f`) for the lanes of `group` on a warp's rows, where they are every `live` lane
+/// and each lane's mask names itself: all of them exchange at once. False (nothing done) where
+/// they are not: warp_op's way then, with its waits and errors.
+pub(super) fn shfl_warp(rows: &mut [u64], group: u32, live: u32, f: &Fast) -> bool {
+    let Fast::Shfl { mode, d, p, a, b, c, mask } = *f else { return false };
+    // Every lane's operands as they are before any lane writes.
+    let (av, bv, cv, mv) = (row(rows, a), row(rows, b), row(rows, c), row(rows, mask));
+    let named = (0..WARP).fold(0u32, |m, l| m | ((mv[l] as u32 >> l) & 1) << l);
+    if group != live || named & group != group {
+        return false;
+    }
+    let (mut out, mut oks) = ([0u64; WARP], [0u64; WARP]);
+    for l in lanes_of(group) {
+        let (v, ok) = shfl_value(mode, l, |j| av[j], bv[l], cv[l], mv[l] as u32 & group);
+        (out[l], oks[l]) = (normalize(Ty::B32, v), ok);
+    }
+    for l in lanes_of(group) {
+        if let Some(d) = d {
+            rows[d as usize * WARP + l] = out[l];
+        }
+        if let Some(p) = p {
+            rows[p as usize * WARP + l] = oks[l];
+        }
+    }
+    true
 }
 
 /// A register's or an immediate's value in lane `l` of a warp's rows.
@@ -653,14 +683,31 @@ impl<'a> Ctx<'a> {
                     return Ok(if self.executed >= self.quantum_end { WarpRun::Preempted } else { WarpRun::TurnOver });
                 }
                 // A compiled segment here runs whole, unless lanes waiting inside it would join
-                // the group (or the group would stop for them) before its end.
-                if let Some((j, seg)) = jit.and_then(|j| j.at(pc).map(|seg| (j, seg))) {
-                    let rest = seg.len - 1;
-                    let undisturbed = others == 0 || (spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest)));
-                    if undisturbed {
+                // the group (or the group would stop for them) before its end. Its lanes may
+                // leave one with branches at different pcs: they go on from there as if they
+                // had parted at a branch. Lanes waiting inside such a segment may join the
+                // group only where it stores nothing (else the order of its lanes' stores
+                // and loads would differ from the lockstep warp's); where they may not, the
+                // segment without branches here runs, if lanes join none of its instructions.
+                let seg = jit.and_then(|j| {
+                    let quiet = |seg: &&super::jit::Segment| {
+                        let rest = seg.last - pc;
+                        seg.usable()
+                            && (others == 0
+                            || if seg.branches {
+                                seg.stores_nothing() || (next_other > seg.last && free_run == 0)
+                            } else {
+                                spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest))
+                            })
+                    };
+                    j.at(pc).filter(quiet).or_else(|| j.straight_at(pc).filter(quiet)).map(|seg| (j, seg))
+                });
+                if let Some((j, seg)) = seg {
+                    {
                         let at = super::jit::Place {
                             mem: self.mem,
                             hint: &mut self.region_hint,
+                            slots: &mut self.jit_slots,
                             shared: &mut self.shared,
                             params: self.params,
                             syms: &self.syms,
@@ -669,12 +716,12 @@ impl<'a> Ctx<'a> {
                             ctaid: self.ctaid,
                             nctaid: self.cfg.grid,
                             warp: w as u32,
+                            live: (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l),
                         };
-                        let ran = j.run(seg, regs.warp(w0), group, at)?;
-                        // Else one of its accesses could not be made there: the instructions
-                        // run here, one by one.
-                        if ran {
-                            let n = seg.len as u64 * group.count_ones() as u64;
+                        // None: one of its accesses could not be made there; the
+                        // instructions run here, one by one.
+                        if let Some(ran) = j.run(seg, pc, regs.warp(w0), group, at)? {
+                            let n = ran.count;
                             self.executed += n;
                             self.warp_wide += n;
                             self.compiled += n;
@@ -682,11 +729,19 @@ impl<'a> Ctx<'a> {
                                 self.checkpoint()?;
                             }
                             if others != 0 {
-                                spun += rest;
-                                free_run = free_run.saturating_sub(rest);
+                                let steps = (n / group.count_ones().max(1) as u64).saturating_sub(1) as u32;
+                                spun = spun.saturating_add(steps);
+                                free_run = free_run.saturating_sub(steps);
                             }
-                            pc += seg.len;
-                            continue;
+                            let first = ran.exits[group.trailing_zeros() as usize];
+                            if lanes_of(group).all(|l| ran.exits[l] == first) {
+                                pc = first;
+                                continue;
+                            }
+                            for l in lanes_of(group) {
+                                pcs[w0 + l] = ran.exits[l];
+                            }
+                            break Stop::Written;
                         }
                     }
                 }
@@ -787,28 +842,14 @@ impl<'a> Ctx<'a> {
                         }
                         break Stop::Written;
                     }
-                    Fast::Shfl { mode, d, p, a, b: bo, c, mask } => {
+                    Fast::Shfl { .. } => {
                         let live = (0..lanes).filter(|&l| state[w0 + l] != DONE).fold(0u32, |m, l| m | 1 << l);
-                        // Each lane's mask names itself and no live lane outside the group:
-                        // all of them exchange here (else warp_op's way, and its errors).
-                        if group != live || lanes_of(group).any(|l| val(regs.warp(w0), mask, l) as u32 & (1 << l) == 0) {
+                        if !shfl_warp(regs.warp(w0), group, live, &f) {
                             if self.collective_now(w0, group, live, pc, pcs, state, regs, calls)? {
                                 pc += 1;
                                 continue;
                             }
                             break Stop::Written;
-                        }
-                        let rows = regs.warp(w0);
-                        let av = row(rows, a);
-                        for l in lanes_of(group) {
-                            let members = val(rows, mask, l) as u32 & group;
-                            let (v, ok) = shfl_value(mode, l, |j| av[j], val(rows, bo, l), val(rows, c, l), members);
-                            if let Some(d) = d {
-                                rows[d as usize * WARP + l] = normalize(Ty::B32, v);
-                            }
-                            if let Some(p) = p {
-                                rows[p as usize * WARP + l] = ok;
-                            }
                         }
                         self.executed += group.count_ones() as u64;
                     }
@@ -816,6 +857,12 @@ impl<'a> Ctx<'a> {
                         let rows = regs.warp(w0);
                         for l in lanes_of(on) {
                             rows[d as usize * WARP + l] = normalize(ty, self.sreg(s, tids[l], (w0 + l) as u32));
+                        }
+                    }
+                    Fast::Sym { ty, d, s } => {
+                        let (rows, v) = (regs.warp(w0), normalize(ty, self.syms.get(s as usize).copied().unwrap_or(0)));
+                        for l in lanes_of(on) {
+                            rows[d as usize * WARP + l] = v;
                         }
                     }
                     Fast::Pack { ty, w, n, d, a } => {
@@ -855,6 +902,27 @@ impl<'a> Ctx<'a> {
                 }
             }
             if let Stop::Lane = stop {
+                // A barrier, ret or exit without a guard: what the per-thread path does for
+                // each lane (count it, then wait at the barrier or end), for the group at once.
+                let n = group.count_ones() as u64;
+                let at_once = match insts.get(pc as usize) {
+                    Some(i) if i.guard.is_none() && self.executed + n < self.quantum_end => match i.op {
+                        Op::Bar { .. } => Some(AT_BARRIER),
+                        Op::Ret | Op::Exit => Some(DONE),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(s) = at_once {
+                    self.executed += n;
+                    while self.executed >= self.next_check {
+                        self.checkpoint()?;
+                    }
+                    for l in lanes_of(group) {
+                        state[w0 + l] = s;
+                    }
+                    continue;
+                }
                 for l in lanes_of(group) {
                     let t = w0 + l;
                     let s = self.run_thread(t as u32, &mut pcs[t], &mut regs.lane_mut(t), &mut local[t * ptl..(t + 1) * ptl], &mut calls[t], Resume::One)?;
