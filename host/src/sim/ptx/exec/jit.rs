@@ -285,6 +285,10 @@ impl Drop for Compiled {
     }
 }
 
+/// The most registers a looping phase keeps in machine registers for a lane's whole run of it
+/// (segment).
+const PHASE_REGS: usize = 24;
+
 /// Void runs after which a segment is no longer run (Segment::voids).
 const VOID_LIMIT: u32 = 16;
 
@@ -693,15 +697,22 @@ fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
 }
 
 /// The basic blocks of the segment [start, end): each [first, stop), in pc order, split at
-/// every branch target inside it, after every branch, and around every shuffle.
+/// every branch target inside it (of any branch of the kernel), after every branch, and around
+/// every shuffle.
 fn blocks_of(ops: &[Fast], start: usize, end: usize) -> Vec<(usize, usize)> {
     let mut leaders = std::collections::BTreeSet::from([start, end]);
+    // Every branch target inside, wherever the branch is (lanes arriving from elsewhere enter
+    // there).
+    for f in ops {
+        if let Fast::Bra(t) = *f {
+            if (start..end).contains(&(t as usize)) {
+                leaders.insert(t as usize);
+            }
+        }
+    }
     for (pc, f) in ops.iter().enumerate().take(end).skip(start) {
         match *f {
-            Fast::Bra(t) => {
-                if (start..end).contains(&(t as usize)) {
-                    leaders.insert(t as usize);
-                }
+            Fast::Bra(_) => {
                 leaders.insert(pc + 1);
             }
             Fast::Shfl { .. } => {
@@ -793,10 +804,12 @@ fn exposed_writes(k: &Kernel, ops: &[Fast], start: usize, end: usize) -> Vec<(u3
 fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     let ops: Box<[Fast]> = fast.into();
     let regions = regions(&ops);
-    // A segment without branches where the one holding that pc may be refused: one that
-    // stores (lanes inside it may not join the group).
+    // A segment without branches where the one holding that pc may be refused or given up:
+    // one that stores (lanes inside it may not join the group), or makes generic accesses (one
+    // to local memory voids every run, VOID_LIMIT of which end its use).
+    let generic = |f: &Fast| matches!(f, Fast::Ld { space: Space::Generic, .. } | Fast::LdV { space: Space::Generic, .. } | Fast::St { space: Space::Generic, .. } | Fast::StV { space: Space::Generic, .. });
     let refusable = |at: usize| match regions.iter().find(|r| (r.0..r.1).contains(&at)) {
-        Some(&(s, e)) => ops[s..e].iter().any(is_store),
+        Some(&(s, e)) => ops[s..e].iter().any(|f| is_store(f) || generic(f)),
         None => true,
     };
     let straight: Vec<(usize, usize)> = straight_runs(&ops).into_iter().filter(|r| refusable(r.0)).collect();
@@ -998,6 +1011,36 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         let ranges: Vec<(usize, usize)> = all_blocks.iter().copied().filter(|&(f, _)| (first..stop).contains(&f)).collect();
         let phase_entries_at: Vec<usize> = region_entries.iter().copied().filter(|e| (first..stop).contains(e)).collect();
         let blocks: std::collections::BTreeMap<usize, _> = ranges.iter().map(|&(f, _)| (f, b.create_block())).collect();
+        // A phase that loops keeps its registers in machine registers for the lane's whole
+        // run of it (loaded as it enters, stored as it leaves); other phases load and store
+        // them block by block, so that a lane pays only for the blocks it runs.
+        let loops = ranges.iter().any(|&(_, bstop)| matches!(ops[bstop - 1], Fast::Bra(t) if (first..bstop).contains(&(t as usize))));
+        let mut phase_regs: Option<(std::collections::HashMap<u32, Variable>, Vec<u32>)> = None;
+        let (mut read, mut written) = (Vec::new(), Vec::new());
+        if loops {
+            for pc in first..stop {
+                regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
+            }
+        }
+        let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
+        touched.sort_unstable();
+        touched.dedup();
+        // Only where they fit the host's registers: a long phase around a short loop (ggml's
+        // mul_mat_vec: 200 registers) would load and store them all for each lane that runs
+        // it once.
+        if loops && touched.len() <= PHASE_REGS {
+            written.sort_unstable();
+            written.dedup();
+            largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
+            let mut vars = std::collections::HashMap::new();
+            for &r in &touched {
+                let v = b.declare_var(I64);
+                let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
+                b.def_var(v, x);
+                vars.insert(r, v);
+            }
+            phase_regs = Some((vars, written));
+        }
         if first < stop {
             let mut into_block = cranelift_frontend::Switch::new();
             for &e in &phase_entries_at {
@@ -1023,11 +1066,16 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
             written.dedup();
             largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
             let mut vars = std::collections::HashMap::new();
-            for &r in &touched {
-                let v = b.declare_var(I64);
-                let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
-                b.def_var(v, x);
-                vars.insert(r, v);
+            match &phase_regs {
+                Some((held, _)) => vars.clone_from(held),
+                None => {
+                    for &r in &touched {
+                        let v = b.declare_var(I64);
+                        let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
+                        b.def_var(v, x);
+                        vars.insert(r, v);
+                    }
+                }
             }
             let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, loads, abort };
             for pc in bfirst..bstop {
@@ -1045,9 +1093,11 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 _ => None,
             };
             let vars = e.vars;
-            for &r in &written {
-                let x = b.use_var(vars[&r]);
-                b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
+            if phase_regs.is_none() {
+                for &r in &written {
+                    let x = b.use_var(vars[&r]);
+                    b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
+                }
             }
             // Where the lane goes: into a block of the phase (through a check of its share
             // where it loops back), or out.
@@ -1089,6 +1139,12 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
 
         // The lane leaves at exit_pc (its registers are in the rows): its pc and count noted.
         b.switch_to_block(leave);
+        if let Some((vars, written)) = &phase_regs {
+            for &r in written {
+                let x = b.use_var(vars[&r]);
+                b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
+            }
+        }
         let slot = b.ins().ishl_imm_u(lane, 2);
         let slot = b.ins().iadd(env, slot);
         let pc32 = b.ins().ireduce(I32, exit_pc);

@@ -694,8 +694,9 @@ impl<'a> Ctx<'a> {
                         let rest = seg.last - pc;
                         seg.usable()
                             && (others == 0
+                            || seg.stores_nothing()
                             || if seg.branches {
-                                seg.stores_nothing() || (next_other > seg.last && free_run == 0)
+                                next_other > seg.last && free_run == 0
                             } else {
                                 spun + rest <= SPIN_LIMIT && (next_other > pc + rest || (next_other < pc && free_run >= rest))
                             })
