@@ -1016,30 +1016,15 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         // them block by block, so that a lane pays only for the blocks it runs.
         let loops = ranges.iter().any(|&(_, bstop)| matches!(ops[bstop - 1], Fast::Bra(t) if (first..bstop).contains(&(t as usize))));
         let mut phase_regs: Option<(std::collections::HashMap<u32, Variable>, Vec<u32>)> = None;
-        let (mut read, mut written) = (Vec::new(), Vec::new());
         if loops {
-            for pc in first..stop {
-                regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
+            let (touched, written) = regs_in(k, ops, first, stop);
+            // Only where they fit the host's registers: a long phase around a short loop
+            // (ggml's mul_mat_vec: 200 registers) would load and store them all for each lane
+            // that runs it once.
+            if touched.len() <= PHASE_REGS {
+                largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
+                phase_regs = Some((load_rows(b, base, &touched), written));
             }
-        }
-        let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
-        touched.sort_unstable();
-        touched.dedup();
-        // Only where they fit the host's registers: a long phase around a short loop (ggml's
-        // mul_mat_vec: 200 registers) would load and store them all for each lane that runs
-        // it once.
-        if loops && touched.len() <= PHASE_REGS {
-            written.sort_unstable();
-            written.dedup();
-            largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
-            let mut vars = std::collections::HashMap::new();
-            for &r in &touched {
-                let v = b.declare_var(I64);
-                let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
-                b.def_var(v, x);
-                vars.insert(r, v);
-            }
-            phase_regs = Some((vars, written));
         }
         if first < stop {
             let mut into_block = cranelift_frontend::Switch::new();
@@ -1055,28 +1040,12 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
             let c = b.ins().iadd_imm_s(c, (bstop - bfirst) as i64);
             b.def_var(count, c);
             // The block's registers, from the rows.
-            let (mut read, mut written) = (Vec::new(), Vec::new());
-            for pc in bfirst..bstop {
-                regs_of(&ops[pc], k.insts[pc].guard, &mut read, &mut written);
-            }
-            let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
-            touched.sort_unstable();
-            touched.dedup();
-            written.sort_unstable();
-            written.dedup();
+            let (touched, written) = regs_in(k, ops, bfirst, bstop);
             largest = largest.max(touched.last().map_or(0, |&r| r as usize + 1));
-            let mut vars = std::collections::HashMap::new();
-            match &phase_regs {
-                Some((held, _)) => vars.clone_from(held),
-                None => {
-                    for &r in &touched {
-                        let v = b.declare_var(I64);
-                        let x = b.ins().load(I64, flags, base, (r as usize * WARP * 8) as i32);
-                        b.def_var(v, x);
-                        vars.insert(r, v);
-                    }
-                }
-            }
+            let vars = match &phase_regs {
+                Some((held, _)) => held.clone(),
+                None => load_rows(b, base, &touched),
+            };
             let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, loads, abort };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
@@ -1094,10 +1063,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
             };
             let vars = e.vars;
             if phase_regs.is_none() {
-                for &r in &written {
-                    let x = b.use_var(vars[&r]);
-                    b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
-                }
+                store_rows(b, base, &vars, &written);
             }
             // Where the lane goes: into a block of the phase (through a check of its share
             // where it loops back), or out.
@@ -1140,10 +1106,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         // The lane leaves at exit_pc (its registers are in the rows): its pc and count noted.
         b.switch_to_block(leave);
         if let Some((vars, written)) = &phase_regs {
-            for &r in written {
-                let x = b.use_var(vars[&r]);
-                b.ins().store(flags, x, base, (r as usize * WARP * 8) as i32);
-            }
+            store_rows(b, base, vars, written);
         }
         let slot = b.ins().ishl_imm_u(lane, 2);
         let slot = b.ins().iadd(env, slot);
@@ -1198,6 +1161,40 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     b.switch_to_block(abort);
     b.ins().return_(&[zero]);
     largest
+}
+
+/// The registers the instructions [first, stop) touch and those they write, each sorted.
+fn regs_in(k: &Kernel, ops: &[Fast], first: usize, stop: usize) -> (Vec<u32>, Vec<u32>) {
+    let (mut read, mut written) = (Vec::new(), Vec::new());
+    for (op, inst) in ops[first..stop].iter().zip(&k.insts[first..stop]) {
+        regs_of(op, inst.guard, &mut read, &mut written);
+    }
+    let mut touched: Vec<u32> = read.iter().chain(&written).copied().collect();
+    touched.sort_unstable();
+    touched.dedup();
+    written.sort_unstable();
+    written.dedup();
+    (touched, written)
+}
+
+/// Variables holding registers `regs` of a lane, loaded from its rows (`base`: its lane's first).
+fn load_rows(b: &mut FunctionBuilder<'_>, base: Value, regs: &[u32]) -> std::collections::HashMap<u32, Variable> {
+    regs.iter()
+        .map(|&r| {
+            let v = b.declare_var(I64);
+            let x = b.ins().load(I64, MemFlagsData::trusted(), base, (r as usize * WARP * 8) as i32);
+            b.def_var(v, x);
+            (r, v)
+        })
+        .collect()
+}
+
+/// Registers `regs` of a lane back to its rows, from their variables.
+fn store_rows(b: &mut FunctionBuilder<'_>, base: Value, vars: &std::collections::HashMap<u32, Variable>, regs: &[u32]) {
+    for &r in regs {
+        let x = b.use_var(vars[&r]);
+        b.ins().store(MemFlagsData::trusted(), x, base, (r as usize * WARP * 8) as i32);
+    }
 }
 
 /// The signatures of the callbacks: pure_callback, compare_callback, load_callback.
