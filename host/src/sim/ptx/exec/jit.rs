@@ -659,7 +659,6 @@ fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
             None => pc += 1,
         }
     }
-    runs.sort_unstable();
     runs
 }
 
