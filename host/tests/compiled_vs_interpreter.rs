@@ -68,6 +68,12 @@ const FORMS: &[&str] = &[
     "bfe.s32 R, R, R, R",
     "lop3.b32 R, R, R, R, L",
     "prmt.b32 R, R, R, R",
+    "dp4a.s32.s32 R, R, R, R",
+    "dp4a.u32.s32 R, R, R, R",
+    "dp4a.s32.u32 R, R, K, R",
+    "dp4a.u32.u32 R, R, R, R",
+    "dp2a.lo.s32.u32 R, R, R, R",
+    "dp2a.hi.u32.s32 R, R, R, R",
     "shf.l.wrap.b32 R, R, R, R",
     "shf.r.clamp.b32 R, R, R, R",
     "selp.b32 R, R, R, P",
@@ -225,11 +231,16 @@ const FORMS: &[&str] = &[
     "cvt.u16.u32 H, %tid.x",
     "ld.param.u64 D, [pout]",
     "ld.param.u32 R, [pin+4]",
-    // Local memory: a generic load there is one the compiled code leaves to the warp engine
-    // (which then runs the segment from its start, the registers it had changed put back).
+    // Local memory: the compiled code makes each lane's own accesses; a generic load there is
+    // one it leaves to the warp engine (which then runs the segment from its start, the
+    // registers it had changed put back).
     "st.local.u32 [%lo+J], R",
     "ld.u32 R, [%glo+J]",
     "ld.local.u32 R, [%lo+J]",
+    "st.local.v2.f32 [%lo+S], {F, F}",
+    "ld.local.v2.u32 {R, R}, [%lo+S]",
+    "st.local.u16 [%lo+J], H",
+    "ld.local.s8 R, [%lo+J]",
 ];
 
 /// Warp shuffles over the whole warp (all four modes, immediate and register lanes, whole and
@@ -332,8 +343,9 @@ fn reg(g: &mut Rng, class: char) -> String {
     format!("{prefix}{}", g.below(n))
 }
 
-/// One instruction of a form, its operands drawn (`words`: the thread's input words).
-fn instance(g: &mut Rng, form: &str, words: usize) -> String {
+/// One instruction of a form, its operands drawn (`words`: the thread's input words; `far`:
+/// whether the program may still get its one access far outside).
+fn instance(g: &mut Rng, form: &str, words: usize, far: &mut bool) -> String {
     let mut out = String::new();
     let mut chars = form.chars().peekable();
     // The opcode itself holds letters that are not operands.
@@ -355,8 +367,15 @@ fn instance(g: &mut Rng, form: &str, words: usize) -> String {
                     'S' => (8, SHARED_BYTES + 16),
                     _ => (4, SHARED_BYTES + 16),
                 };
-                // Far outside now and then: the load faults, in both engines alike.
-                let at = if g.below(60) == 0 { 1 << 24 } else { align * g.below((room - 16) / align) };
+                // Far outside now and then, once at most in a program: the access faults, in
+                // every engine alike. (Where two instructions fault, in different threads,
+                // which one comes first is a matter of how the warps take turns, as on a GPU.)
+                let at = if *far && g.below(60) == 0 {
+                    *far = false;
+                    1 << 24
+                } else {
+                    align * g.below((room - 16) / align)
+                };
                 out.push_str(&at.to_string());
             }
             c => out.push(c),
@@ -389,6 +408,7 @@ fn program(g: &mut Rng, n: usize, loops: bool, shuffles: bool) -> (String, usize
     for k in 0..LOOP_COUNTERS {
         body.push_str(&format!("\tand.b32 %c{k}, %r{k}, {};\n\tadd.u32 %c{k}, %c{k}, 1;\n", if k % 2 == 0 { 7 } else { 511 }));
     }
+    let mut far = true;
     let mut open_labels = Vec::new();
     // The open loop: its label, the instruction it closes after, its counter.
     let mut open_loop: Option<(usize, usize, usize)> = None;
@@ -410,7 +430,7 @@ fn program(g: &mut Rng, n: usize, loops: bool, shuffles: bool) -> (String, usize
         }
         if shuffles && open_loop.is_none() && open_labels.iter().all(|l| l.2) && g.below(4) == 0 {
             let form = SHUFFLES[g.below(SHUFFLES.len())];
-            body.push_str(&format!("\t{};\n", instance(g, form, INPUT_WORDS)));
+            body.push_str(&format!("\t{};\n", instance(g, form, INPUT_WORDS, &mut far)));
         }
         let form = loop {
             // Loops mostly only load (a loop that stores runs on the warp engine).
@@ -424,7 +444,7 @@ fn program(g: &mut Rng, n: usize, loops: bool, shuffles: bool) -> (String, usize
             1 => format!("@!{} ", reg(g, 'P')),
             _ => String::new(),
         };
-        body.push_str(&format!("\t{guard}{};\n", instance(g, form, INPUT_WORDS)));
+        body.push_str(&format!("\t{guard}{};\n", instance(g, form, INPUT_WORDS, &mut far)));
         if let Some(l) = open_loop.filter(|l| l.1 == i) {
             close(&mut body, l);
             open_loop = None;

@@ -735,6 +735,26 @@ fn shf_value(left: bool, clamp: bool, a: u64, b: u64, c: u64) -> u64 {
 }
 
 /// prmt: bytes of {b, a} picked by selector `c` (`mode` None: the generic mode).
+/// dp4a (`halves` false) and dp2a.lo/.hi: the sum of the byte (or halfword by byte) products of
+/// `x` and `y`, parts signed as `sa`/`sb` say, plus `c` (the low 32 bits count).
+fn dot_value(halves: bool, hi: bool, sa: bool, sb: bool, x: u64, y: u64, c: u64) -> u64 {
+    let part = |v: u64, k: u32, width: u32, signed: bool| -> i64 {
+        let p = (v >> (k * width)) & ((1 << width) - 1);
+        if signed {
+            sext(p, width)
+        } else {
+            p as i64
+        }
+    };
+    let sum: i64 = if halves {
+        let first = if hi { 2 } else { 0 };
+        (0..2).map(|k| part(x, k, 16, sa) * part(y, first + k, 8, sb)).sum()
+    } else {
+        (0..4).map(|k| part(x, k, 8, sa) * part(y, k, 8, sb)).sum()
+    };
+    (c as i64).wrapping_add(sum) as u64
+}
+
 fn prmt_value(mode: Option<u8>, a: u64, b: u64, sel: u64) -> u64 {
     let bytes = (a & 0xffff_ffff) | (b & 0xffff_ffff) << 32; // {b, a}: bytes 0..7
     let byte = |n: u64| (bytes >> (8 * (n & 7))) & 0xff;
@@ -1933,24 +1953,7 @@ impl<'a> Ctx<'a> {
                 };
                 self.set(d, if *to_f8 { Ty::B16 } else { Ty::B32 }, r, regs, i)?;
             }
-            Op::Dot { halves, hi, sa, sb, d, a, b, c } => {
-                let (x, y) = (g!(a), g!(b));
-                let part = |v: u64, k: u32, width: u32, signed: bool| -> i64 {
-                    let p = (v >> (k * width)) & ((1 << width) - 1);
-                    if signed {
-                        sext(p, width)
-                    } else {
-                        p as i64
-                    }
-                };
-                let sum: i64 = if *halves {
-                    let first = if *hi { 2 } else { 0 };
-                    (0..2).map(|k| part(x, k, 16, *sa) * part(y, first + k, 8, *sb)).sum()
-                } else {
-                    (0..4).map(|k| part(x, k, 8, *sa) * part(y, k, 8, *sb)).sum()
-                };
-                self.set(d, Ty::B32, (g!(c) as i64).wrapping_add(sum) as u64, regs, i)?;
-            }
+            Op::Dot { halves, hi, sa, sb, d, a, b, c } => self.set(d, Ty::B32, dot_value(*halves, *hi, *sa, *sb, g!(a), g!(b), g!(c)), regs, i)?,
             Op::Prmt { mode, d, a, b, c } => self.set(d, Ty::B32, prmt_value(*mode, g!(a), g!(b), g!(c)), regs, i)?,
             Op::IsSpace { space, p, a } => {
                 let (resolved, _) = resolve(Space::Generic, g!(a));

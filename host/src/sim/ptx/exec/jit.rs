@@ -94,13 +94,13 @@ pub(super) struct Segment {
     stores: Vec<(Space, u8, u8)>,
 }
 
-/// A store a segment recorded: where, what (the low bytes), and whether the lane's guard let it.
+/// A store a segment recorded: where and what (the low bytes). Which lanes made it is in the
+/// store's lane mask (LoadEnv::made).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct StoreRec {
     addr: u64,
     value: u64,
-    valid: u64,
 }
 
 /// What a segment's loads reach: the global allocation of the last load (checked inline), the
@@ -113,10 +113,15 @@ pub(super) struct LoadEnv<'m> {
     slots: [Slot; SLOTS],
     shared: *const u8,
     shared_len: u64,
+    /// The warp's lanes' local memory: `local_len` bytes each, lane after lane.
+    local: *const u8,
+    local_len: u64,
     fault: u64,
     mem: &'m Global<'m>,
-    /// Where the segment records its stores.
+    /// Where the segment records its stores, and for each store instruction of the segment the
+    /// lanes that made it (their guard let them), cleared before the run.
     stores: *mut StoreRec,
+    made: *mut u32,
     /// The kernel's parameters and symbols (their addresses), the warp's lanes' %tid, and the
     /// launch's and block's other special registers.
     params: *const u8,
@@ -158,6 +163,9 @@ pub(super) struct Place<'x, 'm> {
     /// The regions of the load slots (LoadEnv::slots), kept from run to run.
     pub(super) slots: &'x mut [usize; SLOTS],
     pub(super) shared: &'x mut [u8],
+    /// The warp's lanes' local memory, `per_lane` bytes each from its first lane on.
+    pub(super) local: &'x mut [u8],
+    pub(super) per_lane: usize,
     pub(super) params: &'x [u8],
     pub(super) syms: &'x [u64],
     pub(super) tids: &'x [[u32; 3]; WARP],
@@ -171,14 +179,17 @@ pub(super) struct Place<'x, 'm> {
 }
 
 impl<'m> LoadEnv<'m> {
-    fn new(at: &Place<'_, 'm>, stores: *mut StoreRec) -> Self {
+    fn new(at: &Place<'_, 'm>, stores: *mut StoreRec, made: *mut u32) -> Self {
         let mut env = LoadEnv {
             slots: [Slot { base: 0, len: 0, ptr: std::ptr::null(), region: 0 }; SLOTS],
             shared: at.shared.as_ptr(),
             shared_len: at.shared.len() as u64,
+            local: at.local.as_ptr(),
+            local_len: at.per_lane as u64,
             fault: 0,
             mem: at.mem,
             stores,
+            made,
             params: at.params.as_ptr(),
             params_len: at.params.len() as u64,
             syms: at.syms.as_ptr(),
@@ -216,8 +227,10 @@ extern "C" fn load_callback(env: *mut LoadEnv, space: u64, addr: u64, n: u64) ->
     let space = match space & 0xff {
         1 => Space::Shared,
         2 => Space::Generic,
-        // A parameter outside the parameters: the interpreter reports it.
+        // A parameter outside the parameters, or local memory outside the lane's: the
+        // interpreter reports it.
         3 => Space::Param,
+        4 => Space::Local,
         _ => Space::Global,
     };
     let n = n as usize;
@@ -333,11 +346,12 @@ impl Compiled {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
         }
-        if at.syms.len() < self.syms {
+        // Each lane of `on` has its local memory in `at.local`.
+        if at.syms.len() < self.syms || at.local.len() < (WARP - on.leading_zeros() as usize) * at.per_lane {
             return Ok(None);
         }
         let records: usize = seg.stores.iter().map(|s| s.2 as usize * WARP).sum();
-        SCRATCH.with_borrow_mut(|(undo, recs)| {
+        SCRATCH.with_borrow_mut(|(undo, recs, made)| {
             undo.clear();
             // A pc that is no entry of the segment: the caller runs the instructions itself.
             let Ok(i) = seg.undo.binary_search_by_key(&pc, |u| u.0) else { return Ok(None) };
@@ -348,21 +362,20 @@ impl Compiled {
             if recs.len() < records {
                 recs.resize(records, StoreRec::default());
             }
-            if seg.branches || pc != seg.start {
-                // A lane that branches past a store (or enters after it) leaves its record as
-                // it was.
-                recs[..records].iter_mut().for_each(|r| r.valid = 0);
-            }
-            let mut env = LoadEnv::new(&at, recs.as_mut_ptr());
+            made.clear();
+            made.resize(seg.stores.len(), 0);
+            let mut env = LoadEnv::new(&at, recs.as_mut_ptr(), made.as_mut_ptr());
             env.rows_len = rows.len();
             env.entry = pc as u64;
-            let Place { mem, hint, shared, slots: at_slots, .. } = at;
+            let Place { mem, hint, shared, local, per_lane, slots: at_slots, .. } = at;
             // SAFETY: the code reads and writes rows[r * 32 + l] for l < 32 and registers r
             // below self.regs (translate_one checked each against the kernel's count, and
             // compile recorded the largest), which the check above keeps within `rows`; its
-            // loads read memory only where `env` says an allocation or the shared memory is,
-            // after checking the access lies inside (or through load_callback, which checks);
-            // it writes store records only below `records` (each store's elements for 32 lanes);
+            // loads read memory only where `env` says an allocation, the shared memory or the
+            // lane's local memory is (lanes of `on`, whose local memory the check above keeps
+            // within `local`), after checking the access lies inside (or through load_callback, which checks);
+            // it writes store records only below `records` (each store's elements for 32 lanes)
+            // and lane masks only below the segment's count of stores;
             // it reads symbols below self.syms (checked above), %tid of lanes below 32.
             // A lane's exit pc is written where it leaves; a lane's loop is cut at LANE_CAP.
             let count = unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
@@ -372,15 +385,17 @@ impl Compiled {
             if CALLBACK_PANICKED.with(|p| p.replace(false)) {
                 return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
             }
-            let lanes = || (0..WARP).filter(move |l| on >> l & 1 != 0);
-            // Each store of a lane whose guard let it, with its place: (space, address, bytes).
-            let each = |f: &mut dyn FnMut(Space, u64, usize, u64) -> bool| {
+            // Each store of a lane whose guard let it, with its place: (space, address, bytes),
+            // and the lane; `unchecked` only: those to global and generic addresses (the code
+            // checked the others).
+            let each = |unchecked: bool, f: &mut dyn FnMut(Space, u64, usize, u64, usize) -> bool| {
                 let mut first = 0;
-                for &(space, n, elems) in &seg.stores {
-                    for l in lanes() {
+                for (&(space, n, elems), &m) in seg.stores.iter().zip(made.iter()) {
+                    let m = if unchecked && matches!(space, Space::Shared | Space::Local) { 0 } else { m & on };
+                    for l in super::warp::lanes_of(m) {
                         for k in 0..elems as usize {
                             let r = recs[first + l * elems as usize + k];
-                            if r.valid != 0 && !f(space, r.addr, n as usize, r.value) {
+                            if !f(space, r.addr, n as usize, r.value, l) {
                                 return false;
                             }
                         }
@@ -389,12 +404,12 @@ impl Compiled {
                 }
                 true
             };
-            let fits = |space: Space, addr: u64, n: usize, _: u64| match resolve(space, addr) {
+            let fits = |space: Space, addr: u64, n: usize, _: u64, _: usize| match resolve(space, addr) {
                 (Space::Global, a) => mem.contains(a, n, hint),
                 (Space::Shared, a) => a.checked_add(n as u64).is_some_and(|e| e <= shared.len() as u64),
                 _ => false,
             };
-            if env.fault != 0 || !each(&mut { fits }) {
+            if env.fault != 0 || !each(true, &mut { fits }) {
                 for (k, &r) in keep.iter().enumerate() {
                     rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
                 }
@@ -404,8 +419,9 @@ impl Compiled {
                 return Ok(None);
             }
             // Every store fits: made in the interpreter's order.
-            each(&mut |space, addr, n, v| match resolve(space, addr) {
+            each(false, &mut |space, addr, n, v, l| match resolve(space, addr) {
                 (Space::Global, a) => mem.store(a, n, v, hint).is_ok(),
+                (Space::Local, a) if space == Space::Local => write_le(&mut local[l * per_lane..][..per_lane], a, n, v).is_some(),
                 (_, a) => write_le(shared, a, n, v).is_some(),
             });
             Ok(Some(Ran { count, exits: env.exits }))
@@ -463,6 +479,7 @@ impl JitSlot {
                             c.segs.len(),
                             k.insts.len()
                         );
+                        tracing::trace!("{}: segments {:?}", k.name, c.segs.iter().map(|s| (s.start, s.last + 1, if c.at(s.start).is_some_and(|t| std::ptr::eq(t, s)) { "region" } else { "straight" })).collect::<Vec<_>>());
                         (!c.segs.is_empty()).then(|| Arc::new(c))
                     }
                     Err(e) => {
@@ -479,7 +496,7 @@ thread_local! {
     static CALLBACK_PANICKED: Cell<bool> = const { Cell::new(false) };
     /// The rows a running segment may write, as they were, and its store records
     /// (Compiled::run).
-    static SCRATCH: std::cell::RefCell<(Vec<u64>, Vec<StoreRec>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<(Vec<u64>, Vec<StoreRec>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Runs an interpreter function for compiled code: a panic must not unwind through it.
@@ -531,8 +548,8 @@ fn compilable(f: &Fast) -> bool {
     let sized = |ty: Ty| matches!(ty.bytes(), 1 | 2 | 4 | 8);
     match *f {
         Fast::Pure { .. } | Fast::Setp { .. } | Fast::Pack { .. } | Fast::Unpack { .. } => true,
-        Fast::Ld { space, ty, .. } | Fast::LdV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic | Space::Param) && sized(ty),
-        Fast::St { space, ty, .. } | Fast::StV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Generic) && sized(ty),
+        Fast::Ld { space, ty, .. } | Fast::LdV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Local | Space::Generic | Space::Param) && sized(ty),
+        Fast::St { space, ty, .. } | Fast::StV { space, ty, .. } => matches!(space, Space::Global | Space::Shared | Space::Local | Space::Generic) && sized(ty),
         Fast::Sym { .. } => true,
         Fast::Sreg { s, .. } => matches!(s, Sreg::Tid(0..=2) | Sreg::Ntid(0..=2) | Sreg::Ctaid(0..=2) | Sreg::Nctaid(0..=2) | Sreg::LaneId | Sreg::WarpId),
         _ => false,
@@ -545,6 +562,27 @@ fn is_load(f: &Fast) -> bool {
 
 fn is_store(f: &Fast) -> bool {
     matches!(f, Fast::St { .. } | Fast::StV { .. })
+}
+
+/// The memories an access may reach, as bits (global 1, shared 2, local 4; generic any of
+/// them, parameters none: nothing stores there). A load may follow a store in a segment only
+/// where the two cannot meet: the segment makes its stores after its lanes have run.
+fn reach(f: &Fast) -> u8 {
+    match f {
+        Fast::Ld { space, .. } | Fast::LdV { space, .. } | Fast::St { space, .. } | Fast::StV { space, .. } => match space {
+            Space::Global => 1,
+            Space::Shared => 2,
+            Space::Local => 4,
+            Space::Param => 0,
+            _ => 7,
+        },
+        _ => 0,
+    }
+}
+
+/// Whether `f` loads from a memory that the stores (their `reach` bits) may have written.
+fn loads_stored(f: &Fast, stored: u8) -> bool {
+    is_load(f) && reach(f) & stored != 0
 }
 
 /// The registers an instruction reads and writes.
@@ -613,8 +651,8 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
 /// Where each segment of `ops` starts and ends ([start, end)).
 ///
 /// A segment holds compilable instructions and branches. Its lanes run it one after another,
-/// so nothing in it may let one lane see what another did there: no load after a store (in pc
-/// order, which forward branches keep), and no store at all in a segment that loops (a lane's
+/// so nothing in it may let one lane see what another did there: no load after a store to the
+/// same memory (in pc order, which forward branches keep; `reach`), and no store at all in a segment that loops (a lane's
 /// later turn of the loop would see the stores of lanes before it, which the warp's lockstep
 /// would not have made yet). Segments start where the compilable code does; a lane may enter
 /// one at any of its blocks (see entries).
@@ -622,22 +660,34 @@ fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
     // A segment may hold shuffles (made between its phases), but starts with none.
     let begins = |f: &Fast| compilable(f) || matches!(f, Fast::Bra(_));
     let ok = |f: &Fast| begins(f) || matches!(f, Fast::Shfl { .. });
+    let mut target = vec![false; ops.len() + 1];
+    for f in ops {
+        if let Fast::Bra(t) = f {
+            if let Some(x) = target.get_mut(*t as usize) {
+                *x = true;
+            }
+        }
+    }
     let extend = |start: usize| {
-        let (mut pc, mut stored, mut looped) = (start, false, false);
+        // The first store, and the memories stored to.
+        let (mut pc, mut stored, mut reached, mut looped) = (start, None, 0, false);
         while pc < ops.len() && pc - start < MAX_LEN && ok(&ops[pc]) {
             let f = &ops[pc];
-            if (stored && is_load(f)) || (looped && is_store(f)) {
+            let back = matches!(*f, Fast::Bra(t) if (start..=pc).contains(&(t as usize)));
+            if let Some(first) = stored.filter(|_| loads_stored(f, reached) || back).or_else(|| (looped && is_store(f)).then_some(pc)) {
+                // Cut at the last block start after the first store, if any: the loop or the
+                // loads there then begin a segment of their own (a loop's head that came after
+                // a store would otherwise only be reached through the warp engine).
+                if let Some(t) = (first + 1..pc).rev().find(|&t| target[t]) {
+                    pc = t;
+                }
                 break;
             }
-            if let Fast::Bra(t) = *f {
-                if (start..=pc).contains(&(t as usize)) {
-                    if stored {
-                        break;
-                    }
-                    looped = true;
-                }
+            looped |= back;
+            if is_store(f) && stored.is_none() {
+                stored = Some(pc);
             }
-            stored |= is_store(f);
+            reached |= reach(f) * is_store(f) as u8;
             pc += 1;
         }
         // A branch alone is run faster by the warp engine.
@@ -664,7 +714,7 @@ fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
 
 /// The segments without branches: each starts at a branch target or where compilable code
 /// does, and ends before the next branch target, branch or other instruction (and before a load
-/// after a store).
+/// after a store to the same memory).
 fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
     let mut target = vec![false; ops.len() + 1];
     for f in ops {
@@ -682,10 +732,11 @@ fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
             continue;
         }
         let start = pc;
-        let mut stored = is_store(&ops[pc]);
+        let stores = |f: &Fast| reach(f) * is_store(f) as u8;
+        let mut stored = stores(&ops[pc]);
         pc += 1;
-        while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) && !(stored && is_load(&ops[pc])) {
-            stored |= is_store(&ops[pc]);
+        while pc < ops.len() && pc - start < MAX_LEN && !target[pc] && compilable(&ops[pc]) && !loads_stored(&ops[pc], stored) {
+            stored |= stores(&ops[pc]);
             pc += 1;
         }
         if pc - start >= MIN_LEN {
@@ -800,6 +851,9 @@ fn exposed_writes(k: &Kernel, ops: &[Fast], start: usize, end: usize) -> Vec<(u3
         .collect()
 }
 
+/// VGPU_SIM_PERF_MAP=1: each compiled segment is written to perf's map of JIT code.
+static PERF_MAP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::env::var_os("VGPU_SIM_PERF_MAP").is_some_and(|v| v == "1"));
+
 fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     let ops: Box<[Fast]> = fast.into();
     let regions = regions(&ops);
@@ -880,12 +934,17 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
             b.finalize(module.target_config());
         }
         module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        let size = ctx.compiled_code().map_or(0, |c| c.code_info().total_size);
         module.clear_context(&mut ctx);
-        ids.push(id);
+        ids.push((id, size));
     }
     module.finalize_definitions().map_err(|e| e.to_string())?;
-    for (&(start, end), id) in runs.iter().zip(ids) {
+    let mut perf_map = String::new();
+    for (&(start, end), (id, size)) in runs.iter().zip(ids) {
         let code = module.get_finalized_function(id);
+        if *PERF_MAP {
+            perf_map += &format!("{:x} {size:x} vgpu {} [{start}, {end})\n", code as usize, k.name);
+        }
         // SAFETY: the function was declared with exactly this signature (pointer, i32,
         // pointer) -> i64 in the host's calling convention.
         let f = unsafe { std::mem::transmute::<*const u8, SegFn>(code) };
@@ -915,6 +974,12 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
             compiled.straight[start] = i;
         }
         compiled.segs.push(Segment { len: (end - start) as u32, start: start as u32, last: end as u32 - 1, branches, voids: Default::default(), f, undo: if memory { written } else { written.into_iter().map(|(e, _)| (e, Vec::new())).collect() }, stores });
+    }
+    if !perf_map.is_empty() {
+        // perf's map of JIT code (/tmp/perf-PID.map): profiles name each segment.
+        use std::io::Write;
+        let path = format!("/tmp/perf-{}.map", std::process::id());
+        let _ = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(perf_map.as_bytes()));
     }
     compiled.code = Some(Code(module));
     Ok(compiled)
@@ -958,7 +1023,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     phases.push((first, end, false));
 
     let mut largest = 0;
-    let (mut stores, mut loads) = (0, 0);
+    let (mut stores, mut store_ops, mut loads) = (0, 0, 0);
     // Into the phase holding the entry; there, each lane into the entry's block (after a
     // shuffle, `resume` matches none: the next phase from its start).
     let resume = b.declare_var(I64);
@@ -1045,13 +1110,13 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 Some((held, _)) => held.clone(),
                 None => load_rows(b, base, &touched),
             };
-            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, loads, abort };
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
                     e.inst(&ops[pc], k.insts[pc].guard);
                 }
             }
-            (stores, loads) = (e.stores, e.loads);
+            (stores, store_ops, loads) = (e.stores, e.store_ops, e.loads);
             // The branch's guard, read before the block's registers go back.
             let cond = match (ops[bstop - 1], k.insts[bstop - 1].guard) {
                 (Fast::Bra(_), Some((p, neg))) => {
@@ -1214,6 +1279,8 @@ struct Emit<'b, 'f> {
     env: Value,
     lane: Value,
     stores: usize,
+    /// Store instructions emitted so far (each has its lane mask).
+    store_ops: usize,
     /// Global and generic loads emitted so far (each takes the next slot).
     loads: usize,
     /// Where a failed access goes (the run ends, void).
@@ -1491,13 +1558,13 @@ impl Emit<'_, '_> {
                 let parts: Vec<(u64, Option<u32>)> = d.iter().take(n as usize).enumerate().map(|(k, d)| ((k * ty.bytes()) as u64, *d)).collect();
                 self.loads(space, ty, base, off, &parts, guard)
             }
-            Fast::St { base, off, a, .. } => self.record_stores(base, off, &[a], 0, guard),
+            Fast::St { space, ty, base, off, a } => self.record_stores(space, ty.bytes() as u64, base, off, &[a], guard),
             Fast::Sreg { ty, d, s } => {
                 let v = self.sreg(s);
                 let v = self.norm(ty, v);
                 self.set(d, v, guard);
             }
-            Fast::StV { ty, n, a, base, off, .. } => self.record_stores(base, off, &a[..n as usize], ty.bytes() as u64, guard),
+            Fast::StV { space, ty, n, a, base, off } => self.record_stores(space, ty.bytes() as u64, base, off, &a[..n as usize], guard),
             Fast::Sym { ty, d, s } => {
                 let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
                 let v = self.b.ins().load(I64, MemFlagsData::trusted(), syms, (s as usize * 8) as i32);
@@ -1544,15 +1611,53 @@ impl Emit<'_, '_> {
         }
     }
 
-    /// Records a store of `values` (`size` bytes apart from the address) in this lane's records
-    /// of the store: address, value, and whether the guard let it (StoreRec).
-    fn record_stores(&mut self, base: AddrBase, off: u64, values: &[Src], size: u64, guard: Option<Value>) {
+    /// Records a store of `values` (`size` bytes each, one after another) in this lane's
+    /// records of the store (StoreRec), and the lane in the store's mask where the guard lets
+    /// it. A store to shared or local memory is checked here: one outside ends the run (void).
+    fn record_stores(&mut self, space: Space, size: u64, base: AddrBase, off: u64, values: &[Src], guard: Option<Value>) {
         let at = self.address(base, off);
-        let valid = match guard {
-            Some(g) => self.b.ins().uextend(I64, g),
-            None => self.iconst(1),
-        };
         let flags = MemFlagsData::trusted();
+        if matches!(space, Space::Shared | Space::Local) {
+            let len = match space {
+                Space::Shared => self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, shared_len) as i32),
+                _ => self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local_len) as i32),
+            };
+            // Inside when at < len and at + bytes <= len (which cannot wrap then).
+            let below = self.b.ins().icmp(IntCC::UnsignedLessThan, at, len);
+            let end = self.b.ins().iadd_imm_s(at, (size * values.len() as u64) as i64);
+            let fits = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end, len);
+            let inside = self.b.ins().band(below, fits);
+            let ok = match guard {
+                Some(g) => {
+                    let skipped = self.b.ins().icmp_imm_s(IntCC::Equal, g, 0);
+                    self.b.ins().bor(inside, skipped)
+                }
+                None => inside,
+            };
+            let (fail, cont) = (self.b.create_block(), self.b.create_block());
+            self.b.ins().brif(ok, cont, &[], fail, &[]);
+            self.b.switch_to_block(fail);
+            let one = self.iconst(1);
+            self.b.ins().store(flags, one, self.env, std::mem::offset_of!(LoadEnv, fault) as i32);
+            self.b.ins().jump(self.abort, &[]);
+            self.b.switch_to_block(cont);
+        }
+        // The lane's bit in the store's mask, where its guard lets it.
+        let made = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, made) as i32);
+        let mask = self.b.ins().load(I32, flags, made, 4 * self.store_ops as i32);
+        let one = self.b.ins().iconst(I32, 1);
+        let lane = self.b.ins().ireduce(I32, self.lane);
+        let bit = self.b.ins().ishl(one, lane);
+        let bit = match guard {
+            Some(g) => {
+                let zero = self.b.ins().iconst(I32, 0);
+                self.b.ins().select(g, bit, zero)
+            }
+            None => bit,
+        };
+        let mask = self.b.ins().bor(mask, bit);
+        self.b.ins().store(flags, mask, made, 4 * self.store_ops as i32);
+        self.store_ops += 1;
         let recs = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, stores) as i32);
         // This store's records start after the earlier stores' (32 lanes each), then the lane's.
         let rec = std::mem::size_of::<StoreRec>() as i64;
@@ -1565,7 +1670,6 @@ impl Emit<'_, '_> {
             let o = rec as i32 * k as i32;
             self.b.ins().store(flags, a, p, o + std::mem::offset_of!(StoreRec, addr) as i32);
             self.b.ins().store(flags, v, p, o + std::mem::offset_of!(StoreRec, value) as i32);
-            self.b.ins().store(flags, valid, p, o + std::mem::offset_of!(StoreRec, valid) as i32);
         }
         self.stores += values.len();
     }
@@ -1622,6 +1726,14 @@ impl Emit<'_, '_> {
                 let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared)));
                 (None, len, ptr)
             }
+            // The lane's own local memory.
+            Space::Local => {
+                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, local_len)));
+                let all = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, local)));
+                let first = self.b.ins().imul(self.lane, len);
+                let ptr = self.b.ins().iadd(all, first);
+                (None, len, ptr)
+            }
             _ => {
                 let at = std::mem::offset_of!(LoadEnv, slots) + slot * std::mem::size_of::<Slot>();
                 let base = self.b.ins().load(I64, flags, self.env, field(at + std::mem::offset_of!(Slot, base)));
@@ -1662,6 +1774,7 @@ impl Emit<'_, '_> {
             Space::Shared => 1,
             Space::Generic => 2,
             Space::Param => 3,
+            Space::Local => 4,
             _ => 0,
         } | (slot as i64) << 8);
         let bytes = self.iconst(n as i64);
@@ -1809,6 +1922,21 @@ impl Emit<'_, '_> {
                 self.b.ins().select(c, x, y)
             }
             Eval::Half2(Half2Op::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo)), m) if ty == Ty::F16 && plain(m) => self.half2(op, bin, x, y, z),
+            // dp4a / dp2a as exec::dot_value: each part extended by its signedness, the
+            // products summed onto c (the caller keeps the low 32 bits).
+            Eval::Dot { halves, hi, sa, sb } => {
+                let (n, wa, first) = if halves { (2, 16, if hi { 2 } else { 0 }) } else { (4, 8, 0) };
+                let mut sum = z;
+                for k in 0..n {
+                    let p = self.b.ins().ushr_imm_u(x, (k * wa) as i64);
+                    let p = if sa { self.sext(p, wa) } else { self.mask(p, wa) };
+                    let q = self.b.ins().ushr_imm_u(y, ((first + k) * 8) as i64);
+                    let q = if sb { self.sext(q, 8) } else { self.mask(q, 8) };
+                    let prod = self.b.ins().imul(p, q);
+                    sum = self.b.ins().iadd(sum, prod);
+                }
+                sum
+            }
             Eval::Un(Un::Not, _) if int => self.b.ins().bnot(x),
             Eval::Un(Un::Neg, _) if int => self.b.ins().ineg(x),
             Eval::Cvt { sty, m } => self.convert(op, ty, sty, m, x),

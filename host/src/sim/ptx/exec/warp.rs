@@ -118,6 +118,8 @@ pub(crate) enum Eval {
     /// lop3 with its immediate table.
     Lop3(u8),
     Prmt(Option<u8>),
+    /// dp4a / dp2a (exec::dot_value).
+    Dot { halves: bool, hi: bool, sa: bool, sb: bool },
     /// `.f16x2` / `.bf16x2` arithmetic, half by half.
     Half2(Half2Op, Mods),
 }
@@ -260,6 +262,7 @@ fn translate_one(i: &Inst, nregs: usize) -> Fast {
         Op::Shf { left, clamp, d, a, b, c } => pure(Eval::Shf { left: *left, clamp: *clamp }, Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
         Op::Lop3 { d, a, b, c, lut: Opnd::Imm(lut) } => pure(Eval::Lop3(*lut as u8), Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
         Op::Prmt { mode, d, a, b, c } => pure(Eval::Prmt(*mode), Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
+        Op::Dot { halves, hi, sa, sb, d, a, b, c } => pure(Eval::Dot { halves: *halves, hi: *hi, sa: *sa, sb: *sb }, Ty::B32, Ty::B32, d, a, Some(b), Some(c)),
         Op::Setp { cmp, ty, m, packed: false, p, q, a, b, comb } if comb.is_none_or(|(_, c, _)| reg(c).is_some()) => {
             (|| Some(Fast::Setp { cmp: *cmp, ty: *ty, ftz: m.ftz, p: dst(p)?, q: dst(q)?, a: src(a)?, b: src(b)?, comb: *comb }))()
         }
@@ -454,6 +457,7 @@ fn pure(rows: &mut [u64], on: u32, eval: Eval, ty: Ty, dty: Ty, d: u32, ops: [Sr
         Eval::Shf { left, clamp } => lanes(rows, on, dty, d, ops, |x, y, z| shf_value(left, clamp, x, y, z)),
         Eval::Lop3(lut) => lanes(rows, on, dty, d, ops, |x, y, z| lop3_value(x, y, z, lut as u64)),
         Eval::Prmt(mode) => lanes(rows, on, dty, d, ops, |x, y, z| prmt_value(mode, x, y, z)),
+        Eval::Dot { halves, hi, sa, sb } => lanes(rows, on, dty, d, ops, |x, y, z| dot_value(halves, hi, sa, sb, x, y, z)),
         // f16x2 add, sub and mul to nearest, NaNs aside: as float::bin, each half computed
         // exactly (a sum of two halves fits an f64, a product an f32) and rounded once.
         Eval::Half2(Half2Op::Bin(op @ (Bin::Add | Bin::Sub | Bin::MulLo)), m) if ty == Ty::F16 && plain(m) => lanes(rows, on, dty, d, ops, |x, y, z| {
@@ -499,12 +503,13 @@ pub(super) fn pure_value(eval: Eval, ty: Ty, x: u64, y: u64, z: u64) -> u64 {
         Eval::Shf { left, clamp } => shf_value(left, clamp, x, y, z),
         Eval::Lop3(lut) => lop3_value(x, y, z, lut as u64),
         Eval::Prmt(mode) => prmt_value(mode, x, y, z),
+        Eval::Dot { halves, hi, sa, sb } => dot_value(halves, hi, sa, sb, x, y, z),
         Eval::Half2(op, m) => half2_value(op, ty, m, x, y, z).unwrap_or(0),
     }
 }
 
 /// The lanes of a mask, lowest first.
-fn lanes_of(mut m: u32) -> impl Iterator<Item = usize> {
+pub(super) fn lanes_of(mut m: u32) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         (m != 0).then(|| {
             let l = m.trailing_zeros() as usize;
@@ -710,6 +715,8 @@ impl<'a> Ctx<'a> {
                             hint: &mut self.region_hint,
                             slots: &mut self.jit_slots,
                             shared: &mut self.shared,
+                            local: &mut local[w0 * ptl..(w0 + lanes) * ptl],
+                            per_lane: ptl,
                             params: self.params,
                             syms: &self.syms,
                             tids: &tids,
