@@ -975,7 +975,15 @@ fn read_le(buf: &[u8], at: u64, n: usize) -> Option<u64> {
 /// Writes the low `n` bytes of `v` at `at` of `buf`, if they lie inside.
 fn write_le(buf: &mut [u8], at: u64, n: usize, v: u64) -> Option<()> {
     let a = usize::try_from(at).ok()?;
-    buf.get_mut(a..a.checked_add(n)?)?.copy_from_slice(&v.to_le_bytes()[..n.min(8)]);
+    let s = buf.get_mut(a..a.checked_add(n)?)?;
+    // Fixed sizes for the usual widths: a copy of variable length is a call to memmove.
+    match n {
+        1 => s[0] = v as u8,
+        2 => s.copy_from_slice(&(v as u16).to_le_bytes()),
+        4 => s.copy_from_slice(&(v as u32).to_le_bytes()),
+        8 => s.copy_from_slice(&v.to_le_bytes()),
+        _ => s.copy_from_slice(&v.to_le_bytes()[..n.min(8)]),
+    }
     Some(())
 }
 

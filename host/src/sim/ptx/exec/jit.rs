@@ -386,12 +386,11 @@ impl Compiled {
                 return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
             }
             // Each store of a lane whose guard let it, with its place: (space, address, bytes),
-            // and the lane; `unchecked` only: those to global and generic addresses (the code
-            // checked the others).
-            let each = |unchecked: bool, f: &mut dyn FnMut(Space, u64, usize, u64, usize) -> bool| {
+            // and the lane: those to global and generic addresses (the code checked the others).
+            let unchecked = |f: &mut dyn FnMut(Space, u64, usize, u64, usize) -> bool| {
                 let mut first = 0;
                 for (&(space, n, elems), &m) in seg.stores.iter().zip(made.iter()) {
-                    let m = if unchecked && matches!(space, Space::Shared | Space::Local) { 0 } else { m & on };
+                    let m = if matches!(space, Space::Shared | Space::Local) { 0 } else { m & on };
                     for l in super::warp::lanes_of(m) {
                         for k in 0..elems as usize {
                             let r = recs[first + l * elems as usize + k];
@@ -409,7 +408,7 @@ impl Compiled {
                 (Space::Shared, a) => a.checked_add(n as u64).is_some_and(|e| e <= shared.len() as u64),
                 _ => false,
             };
-            if env.fault != 0 || !each(true, &mut { fits }) {
+            if env.fault != 0 || !unchecked(&mut { fits }) {
                 for (k, &r) in keep.iter().enumerate() {
                     rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
                 }
@@ -418,12 +417,27 @@ impl Compiled {
                 }
                 return Ok(None);
             }
-            // Every store fits: made in the interpreter's order.
-            each(false, &mut |space, addr, n, v, l| match resolve(space, addr) {
-                (Space::Global, a) => mem.store(a, n, v, hint).is_ok(),
-                (Space::Local, a) if space == Space::Local => write_le(&mut local[l * per_lane..][..per_lane], a, n, v).is_some(),
-                (_, a) => write_le(shared, a, n, v).is_some(),
-            });
+            // Every store fits: made in the interpreter's order (local and shared ones checked
+            // by the code, global and generic ones above).
+            let mut first = 0;
+            for (&(space, n, elems), &m) in seg.stores.iter().zip(made.iter()) {
+                let (n, elems) = (n as usize, elems as usize);
+                for l in super::warp::lanes_of(m & on) {
+                    let mine = &recs[first + l * elems..][..elems];
+                    match space {
+                        Space::Local => {
+                            let lane = &mut local[l * per_lane..][..per_lane];
+                            mine.iter().for_each(|r| _ = write_le(lane, r.addr, n, r.value));
+                        }
+                        Space::Shared => mine.iter().for_each(|r| _ = write_le(shared, r.addr, n, r.value)),
+                        _ => mine.iter().for_each(|r| match resolve(space, r.addr) {
+                            (Space::Global, a) => _ = mem.store(a, n, r.value, hint),
+                            (_, a) => _ = write_le(shared, a, n, r.value),
+                        }),
+                    }
+                }
+                first += elems * WARP;
+            }
             Ok(Some(Ran { count, exits: env.exits }))
         })
     }
