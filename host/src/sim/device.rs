@@ -290,7 +290,9 @@ impl SimSession {
 
     fn load_ptx(&mut self, text: &str) -> CmdResult<u64> {
         let dumped = dump_ptx(text);
+        let started = std::time::Instant::now();
         let module = ptx::Module::parse(text).map_err(|e| CmdError::new(CUDA_ERROR_INVALID_PTX, format!("PTX: {e}{dumped}")))?;
+        tracing::debug!(micros = started.elapsed().as_micros() as u64, "parsed a PTX module of {} lines, {} kernels", text.lines().count(), module.kernel_names().count());
         let mut globals = HashMap::new();
         let mut result = Ok(());
         for g in module.globals() {
