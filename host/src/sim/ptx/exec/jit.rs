@@ -373,7 +373,8 @@ impl Compiled {
             // compile recorded the largest), which the check above keeps within `rows`; its
             // loads read memory only where `env` says an allocation, the shared memory or the
             // lane's local memory is (lanes of `on`, whose local memory the check above keeps
-            // within `local`), after checking the access lies inside (or through load_callback, which checks);
+            // within `local`), after checking the access lies inside (or through
+            // load_callback, which checks);
             // it writes store records only below `records` (each store's elements for 32 lanes)
             // and lane masks only below the segment's count of stores;
             // it reads symbols below self.syms (checked above), %tid of lanes below 32.
@@ -666,22 +667,15 @@ fn regs_of(f: &Fast, guard: Option<(u32, bool)>, read: &mut Vec<u32>, written: &
 ///
 /// A segment holds compilable instructions and branches. Its lanes run it one after another,
 /// so nothing in it may let one lane see what another did there: no load after a store to the
-/// same memory (in pc order, which forward branches keep; `reach`), and no store at all in a segment that loops (a lane's
-/// later turn of the loop would see the stores of lanes before it, which the warp's lockstep
-/// would not have made yet). Segments start where the compilable code does; a lane may enter
+/// same memory (in pc order, which forward branches keep; `reach`), and no store at all in a
+/// segment that loops (a lane's later turn of the loop would see the stores of lanes before
+/// it, which the warp's lockstep would not have made yet). Segments start where the compilable code does; a lane may enter
 /// one at any of its blocks (see entries).
 fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
     // A segment may hold shuffles (made between its phases), but starts with none.
     let begins = |f: &Fast| compilable(f) || matches!(f, Fast::Bra(_));
     let ok = |f: &Fast| begins(f) || matches!(f, Fast::Shfl { .. });
-    let mut target = vec![false; ops.len() + 1];
-    for f in ops {
-        if let Fast::Bra(t) = f {
-            if let Some(x) = target.get_mut(*t as usize) {
-                *x = true;
-            }
-        }
-    }
+    let target = branch_targets(ops);
     let extend = |start: usize| {
         // The first store, and the memories stored to.
         let (mut pc, mut stored, mut reached, mut looped) = (start, None, 0, false);
@@ -726,10 +720,8 @@ fn regions(ops: &[Fast]) -> Vec<(usize, usize)> {
     runs
 }
 
-/// The segments without branches: each starts at a branch target or where compilable code
-/// does, and ends before the next branch target, branch or other instruction (and before a load
-/// after a store to the same memory).
-fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
+/// Whether each pc of `ops` (and the one after its end) is a branch's target.
+fn branch_targets(ops: &[Fast]) -> Vec<bool> {
     let mut target = vec![false; ops.len() + 1];
     for f in ops {
         if let Fast::Bra(t) = f {
@@ -738,6 +730,14 @@ fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
             }
         }
     }
+    target
+}
+
+/// The segments without branches: each starts at a branch target or where compilable code
+/// does, and ends before the next branch target, branch or other instruction (and before a load
+/// after a store to the same memory).
+fn straight_runs(ops: &[Fast]) -> Vec<(usize, usize)> {
+    let target = branch_targets(ops);
     let mut runs = Vec::new();
     let mut pc = 0;
     while pc < ops.len() {
