@@ -734,7 +734,6 @@ fn shf_value(left: bool, clamp: bool, a: u64, b: u64, c: u64) -> u64 {
     }
 }
 
-/// prmt: bytes of {b, a} picked by selector `c` (`mode` None: the generic mode).
 /// dp4a (`halves` false) and dp2a.lo/.hi: the sum of the byte (or halfword by byte) products of
 /// `x` and `y`, parts signed as `sa`/`sb` say, plus `c` (the low 32 bits count).
 fn dot_value(halves: bool, hi: bool, sa: bool, sb: bool, x: u64, y: u64, c: u64) -> u64 {
@@ -755,6 +754,7 @@ fn dot_value(halves: bool, hi: bool, sa: bool, sb: bool, x: u64, y: u64, c: u64)
     (c as i64).wrapping_add(sum) as u64
 }
 
+/// prmt: bytes of {b, a} picked by selector `c` (`mode` None: the generic mode).
 fn prmt_value(mode: Option<u8>, a: u64, b: u64, sel: u64) -> u64 {
     let bytes = (a & 0xffff_ffff) | (b & 0xffff_ffff) << 32; // {b, a}: bytes 0..7
     let byte = |n: u64| (bytes >> (8 * (n & 7))) & 0xff;
