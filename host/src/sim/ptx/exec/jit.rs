@@ -1951,6 +1951,9 @@ impl Emit<'_, '_> {
                 }
                 sum
             }
+            // cvta moves an address by its window's base or not at all (exec::cvta_value is
+            // v plus a constant for each space and direction): that constant, added here.
+            Eval::Cvta(space, to) => self.b.ins().iadd_imm_s(x, cvta_value(space, to, 0) as i64),
             Eval::Un(Un::Not, _) if int => self.b.ins().bnot(x),
             Eval::Un(Un::Neg, _) if int => self.b.ins().ineg(x),
             Eval::Cvt { sty, m } => self.convert(op, ty, sty, m, x),
