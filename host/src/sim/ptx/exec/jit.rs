@@ -386,30 +386,25 @@ impl Compiled {
             if CALLBACK_PANICKED.with(|p| p.replace(false)) {
                 return Err(ExecError::Unsupported("an instruction of a compiled segment panicked in the interpreter's function".into()));
             }
-            // Each store of a lane whose guard let it, with its place: (space, address, bytes),
-            // and the lane: those to global and generic addresses (the code checked the others).
-            let unchecked = |f: &mut dyn FnMut(Space, u64, usize, u64, usize) -> bool| {
+            // Global and generic stores lie inside memory the warp may write (the code checked
+            // shared and local ones itself).
+            let mut fits = || {
                 let mut first = 0;
-                for (&(space, n, elems), &m) in seg.stores.iter().zip(made.iter()) {
-                    let m = if matches!(space, Space::Shared | Space::Local) { 0 } else { m & on };
-                    for l in super::warp::lanes_of(m) {
-                        for k in 0..elems as usize {
-                            let r = recs[first + l * elems as usize + k];
-                            if !f(space, r.addr, n as usize, r.value, l) {
-                                return false;
-                            }
-                        }
-                    }
-                    first += elems as usize * WARP;
-                }
-                true
+                seg.stores.iter().zip(made.iter()).all(|(&(space, n, elems), &m)| {
+                    let (n, elems) = (n as usize, elems as usize);
+                    let lanes = if matches!(space, Space::Shared | Space::Local) { 0 } else { m & on };
+                    let ok = super::warp::lanes_of(lanes).all(|l| {
+                        recs[first + l * elems..][..elems].iter().all(|r| match resolve(space, r.addr) {
+                            (Space::Global, a) => mem.contains(a, n, hint),
+                            (Space::Shared, a) => a.checked_add(n as u64).is_some_and(|e| e <= shared.len() as u64),
+                            _ => false,
+                        })
+                    });
+                    first += elems * WARP;
+                    ok
+                })
             };
-            let fits = |space: Space, addr: u64, n: usize, _: u64, _: usize| match resolve(space, addr) {
-                (Space::Global, a) => mem.contains(a, n, hint),
-                (Space::Shared, a) => a.checked_add(n as u64).is_some_and(|e| e <= shared.len() as u64),
-                _ => false,
-            };
-            if env.fault != 0 || !unchecked(&mut { fits }) {
+            if env.fault != 0 || !fits() {
                 for (k, &r) in keep.iter().enumerate() {
                     rows[r as usize * WARP..][..WARP].copy_from_slice(&undo[k * WARP..][..WARP]);
                 }
@@ -1636,11 +1631,7 @@ impl Emit<'_, '_> {
                 Space::Shared => self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, shared_len) as i32),
                 _ => self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local_len) as i32),
             };
-            // Inside when at < len and at + bytes <= len (which cannot wrap then).
-            let below = self.b.ins().icmp(IntCC::UnsignedLessThan, at, len);
-            let end = self.b.ins().iadd_imm_s(at, (size * values.len() as u64) as i64);
-            let fits = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end, len);
-            let inside = self.b.ins().band(below, fits);
+            let inside = self.inside(at, size * values.len() as u64, len);
             let ok = match guard {
                 Some(g) => {
                     let skipped = self.b.ins().icmp_imm_s(IntCC::Equal, g, 0);
@@ -1756,15 +1747,11 @@ impl Emit<'_, '_> {
                 (Some(base), len, ptr)
             }
         };
-        // Inside when off < len and off + n <= len (off + n cannot wrap: off < len).
         let off = match base {
             Some(base) => self.b.ins().isub(addr, base),
             None => addr,
         };
-        let below = self.b.ins().icmp(IntCC::UnsignedLessThan, off, len);
-        let end = self.b.ins().iadd_imm_s(off, n as i64);
-        let fits = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end, len);
-        let inside = self.b.ins().band(below, fits);
+        let inside = self.inside(off, n as u64, len);
         let (fast, slow, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         let out = self.b.append_block_param(merge, I64);
         self.b.ins().brif(inside, fast, &[], slow, &[]);
@@ -1799,6 +1786,15 @@ impl Emit<'_, '_> {
 
         self.b.switch_to_block(merge);
         out
+    }
+
+    /// Whether `n` bytes at offset `off` lie inside `len` bytes: off < len and off + n <= len
+    /// (off + n cannot wrap then).
+    fn inside(&mut self, off: Value, n: u64, len: Value) -> Value {
+        let below = self.b.ins().icmp(IntCC::UnsignedLessThan, off, len);
+        let end = self.b.ins().iadd_imm_s(off, n as i64);
+        let fits = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end, len);
+        self.b.ins().band(below, fits)
     }
 
     /// float::flush for an f32 (bits in the low 32 of `x`, the rest clear): a subnormal
