@@ -1,7 +1,9 @@
 //! Interpreter throughput: PTX instructions per second of the sim backend, the warp engine
 //! (default) and the per-thread engine side by side in one run, on kernels that are bound by
 //! ALU work, by memory, by divergence, and a tiled matmul (tests/data/kernels.cu
-//! `matmul_tiled`: shared memory and barriers). Figures to improve on, not a test:
+//! `matmul_tiled`: shared memory and barriers); and, for the default engine, launches per
+//! second of a kernel that does next to nothing (what a launch costs beyond its instructions).
+//! Figures to improve on, not a test:
 //! `cargo bench -p vgpu-host --bench ptx_interp`. Blocks run on VGPU_SIM_THREADS host threads
 //! (default: every core); `VGPU_SIM_THREADS=1` gives the figures per core.
 
@@ -74,6 +76,21 @@ $L:
     add.u32 %r6, %r6, %r7;
     setp.lt.u32 %p1, %r6, %r1;
     @%p1 bra $L;
+$END:
+    ret;
+}
+// launch: next to nothing per thread, with as many registers as ggml's mul_mat_vec_q (which
+// declares 434): what a launch costs besides its instructions.
+.visible .entry launch_cost(.param .u64 out)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<400>;
+    .reg .b64 %rd<4>;
+    mov.u32 %r399, %tid.x;
+    setp.ne.u32 %p1, %r399, 0;
+    @%p1 bra $END;
+    ld.param.u64 %rd1, [out];
+    st.global.u32 [%rd1], %r399;
 $END:
     ret;
 }
@@ -159,6 +176,15 @@ fn main() {
         launch(&bench, bench.kernel(name).expect(name), &cfg, p, &HashMap::new(), mem).expect("launch").instructions
     };
     let (src, n) = (mem.alloc(4 << 20).unwrap(), 1u32 << 20);
+    // Launches per second, not instructions: 80 blocks of 128 threads, as ggml's decode kernels.
+    let t = Instant::now();
+    let mut launches = 0;
+    while t.elapsed().as_secs_f64() < 1.0 {
+        run("launch_cost", cfg(80, 128), &params(&[out], None), &mut mem);
+        launches += 1;
+    }
+    println!("launch (80x128, 400 regs) {:9.0} launches/s", launches as f64 / t.elapsed().as_secs_f64());
+
     measure("alu (fma/int chain)", &mut || run("alu", cfg(64, 256), &params(&[out], None), &mut mem));
     let dst = mem.alloc(4 << 20).unwrap();
     measure("copy (global ld/st)", &mut || run("copy", cfg(128, 256), &params(&[dst, src], Some(n)), &mut mem));

@@ -139,6 +139,12 @@ const FORMS: &[&str] = &[
     "max.f32 F, F, F",
     "div.rn.f32 F, F, F",
     "div.approx.f32 F, F, F",
+    "min.ftz.f32 F, F, F",
+    "max.ftz.f32 F, F, F",
+    "max.NaN.f32 F, F, F",
+    "div.approx.ftz.f32 F, F, F",
+    "div.full.f32 F, F, F",
+    "div.rn.ftz.f32 F, F, F",
     "neg.f32 F, F",
     "abs.f32 F, F",
     "sqrt.rn.f32 F, F",
@@ -170,6 +176,9 @@ const FORMS: &[&str] = &[
     "mul.rn.f64 G, G, G",
     "fma.rn.f64 G, G, G, G",
     "sub.f64 G, G, G",
+    "min.f64 G, G, G",
+    "max.f64 G, G, G",
+    "div.rn.f64 G, G, G",
     "add.rn.f16x2 R, R, R",
     "mul.rn.f16x2 R, R, R",
     "sub.f16x2 R, R, R",
@@ -258,6 +267,12 @@ const SHUFFLES: &[&str] = &[
     "shfl.sync.up.b32 R, R, R, 6144, -1",
     "shfl.sync.idx.b32 R|P, R, R, 31, -1",
     "shfl.sync.idx.b32 R, R, I, 6175, -1",
+    // Lane, clamp and mask from registers written once with a constant, as ggml's are (the
+    // compiled code makes those exchanges inline).
+    "shfl.sync.bfly.b32 R|P, R, %k0, %k1, %k2",
+    "shfl.sync.down.b32 R, R, %k0, %k1, %k2",
+    "shfl.sync.up.b32 R|P, R, %k0, %k1, %k2",
+    "shfl.sync.idx.b32 R|P, R, %k0, %k1, %k2",
 ];
 
 struct Rng(u64);
@@ -408,6 +423,9 @@ fn program(g: &mut Rng, n: usize, loops: bool, shuffles: bool) -> (String, usize
             slot += 1;
         }
     }
+    // The shuffles' constant registers: a lane, a clamp (and segment), the whole warp's mask
+    // (one naming fewer lanes would be undefined behaviour for the others).
+    body.push_str(&format!("\tmov.u32 %k0, {};\n\tmov.u32 %k1, {};\n\tmov.u32 %k2, -1;\n", g.below(32), [31, 6175, 0, 6144][g.below(4)]));
     // Each loop's trip count: 1 to 8 or 1 to 512 turns, from the lane's inputs.
     for k in 0..LOOP_COUNTERS {
         body.push_str(&format!("\tand.b32 %c{k}, %r{k}, {};\n\tadd.u32 %c{k}, %c{k}, 1;\n", if k % 2 == 0 { 7 } else { 511 }));
@@ -485,7 +503,7 @@ fn program(g: &mut Rng, n: usize, loops: bool, shuffles: bool) -> (String, usize
     assert_eq!(slot, INPUT_WORDS);
     let decls: String = CLASSES.iter().map(|&(_, prefix, ty, count)| format!("\t.reg {ty} {prefix}<{count}>;\n")).collect();
     let text = format!(
-        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n{decls}\t.reg .b32 %c<{LOOP_COUNTERS}>;\n\t.reg .pred %pw;\n\t.reg .pred %pu;\n\t.reg .b32 %t;\n\t.reg .b32 %tid;\n\t.reg .b64 %in;\n\t.reg .b64 %out;\n\t.reg .b64 %o;\n\t.reg .b64 %sh;\n\t.reg .b64 %gsh;\n\t.reg .b64 %lo;\n\t.reg .b64 %glo;\n\t.local .align 8 .b8 lo[{}];\n\t.shared .align 8 .b8 sh[{}];\n\
+        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 pin, .param .u64 pout)\n{{\n{decls}\t.reg .b32 %c<{LOOP_COUNTERS}>;\n\t.reg .b32 %k<3>;\n\t.reg .pred %pw;\n\t.reg .pred %pu;\n\t.reg .b32 %t;\n\t.reg .b32 %tid;\n\t.reg .b64 %in;\n\t.reg .b64 %out;\n\t.reg .b64 %o;\n\t.reg .b64 %sh;\n\t.reg .b64 %gsh;\n\t.reg .b64 %lo;\n\t.reg .b64 %glo;\n\t.local .align 8 .b8 lo[{}];\n\t.shared .align 8 .b8 sh[{}];\n\
          \tmov.u32 %t, %tid.x;\n\tmul.wide.u32 %o, %t, {SHARED_BYTES};\n\tmov.u64 %sh, sh;\n\tadd.s64 %sh, %sh, %o;\n\tcvta.shared.u64 %gsh, %sh;\n\tmov.u64 %lo, lo;\n\tcvta.local.u64 %glo, %lo;\n\
          \tmov.u32 %tid, %tid.x;\n\tmov.u32 %t, %ctaid.x;\n\tsetp.ne.u32 %pu, %t, 0;\n\tmad.lo.u32 %tid, %t, {THREADS}, %tid;\n\tmul.wide.u32 %o, %tid, {};\n\
          \tld.param.u64 %in, [pin];\n\tadd.s64 %in, %in, %o;\n\tld.param.u64 %out, [pout];\n\tadd.s64 %out, %out, %o;\n{body}\tret;\n}}\n",

@@ -296,12 +296,22 @@ pub fn launch_with_budget(
     } else if workers == 1 || nblocks * nthreads < 2048 {
         work();
     } else {
-        std::thread::scope(|s| {
-            for _ in 1..workers {
-                s.spawn(work);
-            }
-            work();
-        });
+        // This thread and `workers - 1` of the pool's, which stay from launch to launch (a
+        // thread for each launch cost more than many a decode kernel's blocks).
+        match pool() {
+            Some(pool) => pool.in_place_scope(|s| {
+                for _ in 1..workers {
+                    s.spawn(|_| work());
+                }
+                work();
+            }),
+            None => std::thread::scope(|s| {
+                for _ in 1..workers {
+                    s.spawn(work);
+                }
+                work();
+            }),
+        }
     }
     let mut errors = run.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     errors.sort_by_key(|(b, _)| *b);
@@ -333,6 +343,20 @@ pub fn launch_with_budget(
     SIM_TOTALS.warp_wide.fetch_add(stats.warp_wide, Ordering::Relaxed);
     SIM_TOTALS.compiled.fetch_add(stats.compiled, Ordering::Relaxed);
     Ok(stats)
+}
+
+/// The host threads that run blocks beside a launch's own: one fewer than host_threads().
+/// None if they could not be started (each launch then starts its own).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let built = rayon::ThreadPoolBuilder::new()
+            .num_threads(host_threads().saturating_sub(1).max(1))
+            .thread_name(|i| format!("vgpu-sim-{i}"))
+            .build();
+        built.map_err(|e| tracing::warn!("the sim's block threads could not be started ({e}); each launch starts its own")).ok()
+    })
+    .as_ref()
 }
 
 /// How many host threads a launch may use: VGPU_SIM_THREADS, else the cores available.
@@ -413,13 +437,62 @@ impl<'a> Launch<'a> {
 /// One host thread's share of a launch: takes the next block until none is left (in order, so
 /// a block waiting on an earlier one's flag, as CUB's decoupled look-back does, can progress).
 fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
+    thread_local! {
+        static BUFS: std::cell::RefCell<BlockBufs> = std::cell::RefCell::new(BlockBufs::default());
+    }
+    BUFS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            run_blocks_in(l, b, nblocks, &mut bufs);
+            // A launch of huge blocks does not keep its memory tied to this thread.
+            if bufs.bytes() > MAX_KEPT_BUFS {
+                *bufs = BlockBufs::default();
+            }
+        }
+        Err(_) => run_blocks_in(l, b, nblocks, &mut BlockBufs::default()),
+    })
+}
+
+/// A host thread's block state, kept from launch to launch: ggml's decode kernels declare some
+/// 430 registers, so a fresh register file for each launch was some 440 KB to zero.
+#[derive(Default)]
+struct BlockBufs {
+    regs: RegFile,
+    local: Vec<u8>,
+    pcs: Vec<u32>,
+    state: Vec<u8>,
+    /// Each thread's device-function frames, innermost last (empty while it runs the kernel).
+    calls: Vec<Vec<Frame>>,
+}
+
+/// Block buffers larger than this are freed after their launch.
+const MAX_KEPT_BUFS: usize = 32 << 20;
+
+impl BlockBufs {
+    /// Sized for blocks of shape `b` (run_block clears what a block may see).
+    fn fit(&mut self, b: &BlockShape) {
+        fn size<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+            if v.len() < n {
+                v.resize(n, fill);
+            } else {
+                v.truncate(n);
+            }
+        }
+        self.regs.reshape(b.nthreads, b.nregs);
+        size(&mut self.local, b.nthreads * b.per_thread_local, 0);
+        size(&mut self.pcs, b.nthreads, 0);
+        size(&mut self.state, b.nthreads, RUN);
+        self.calls.resize_with(b.nthreads, Vec::new);
+    }
+
+    fn bytes(&self) -> usize {
+        self.regs.bytes() + self.local.capacity()
+    }
+}
+
+fn run_blocks_in(l: Launch<'_>, b: &BlockShape, nblocks: u64, bufs: &mut BlockBufs) {
     let cfg = l.cfg;
-    let mut regs = RegFile::new(b.nthreads, b.nregs);
-    let mut local = vec![0u8; b.nthreads * b.per_thread_local];
-    let mut pcs = vec![0u32; b.nthreads];
-    let mut state = vec![RUN; b.nthreads];
-    // Each thread's device-function frames, innermost last (empty while it runs the kernel).
-    let mut calls: Vec<Vec<Frame>> = (0..b.nthreads).map(|_| Vec::new()).collect();
+    bufs.fit(b);
+    let BlockBufs { regs, local, pcs, state, calls } = bufs;
     let mut ctx = l.ctx(b.shared_bytes);
     let run = l.run;
     loop {
@@ -432,7 +505,7 @@ fn run_blocks(l: Launch<'_>, b: &BlockShape, nblocks: u64) {
         }
         let (gx, gy) = (cfg.grid[0] as u64, cfg.grid[1] as u64);
         ctx.ctaid = [(n % gx) as u32, ((n / gx) % gy) as u32, (n / (gx * gy)) as u32];
-        let r = ctx.run_block(b, &mut regs, &mut local, &mut pcs, &mut state, &mut calls);
+        let r = ctx.run_block(b, regs, local, pcs, state, calls);
         if !ctx.output.is_empty() {
             run.outputs.lock().unwrap_or_else(|e| e.into_inner()).push((n, std::mem::take(&mut ctx.output)));
         }

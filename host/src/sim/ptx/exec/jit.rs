@@ -908,6 +908,7 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     let mut fctx = FunctionBuilderContext::new();
     let ptr = module.target_config().pointer_type();
     let mut ids = Vec::new();
+    let facts = Facts::of(k, &compiled._ops);
     for (n, &(start, end)) in runs.iter().enumerate() {
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(ptr));
@@ -937,7 +938,7 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
                 load: b.import_signature(load_sig),
                 shfl: b.import_signature(shfl_sig),
             };
-            let regs = segment(&mut b, k, &compiled._ops, start, end, sigs);
+            let regs = segment(&mut b, k, &compiled._ops, start, end, sigs, &facts);
             compiled.regs = compiled.regs.max(regs);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -1005,13 +1006,71 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
 /// (or whose shuffle cannot be made here). An access that fails ends the whole run at once (it
 /// is void then: Compiled::run puts back what the caller must see).
 /// Returns how many registers it needs (its largest + 1).
-fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs) -> usize {
+/// What the whole kernel tells the code of each segment.
+struct Facts {
+    /// Registers that hold one constant (the lane, clamp and mask of ggml's shuffles).
+    consts: HashMap<u32, u64>,
+    /// Whether some instruction reads each register.
+    read: Vec<bool>,
+    /// The load slot (LoadEnv::slots) of global and generic loads by their address register:
+    /// one per kernel parameter the address derives from, so that loads from different
+    /// arrays keep to their own slots in every segment (ggml's quantized mul_mat_vec reads
+    /// weights and vector in turn; slots taken load by load made them evict each other).
+    slot_of: HashMap<u32, usize>,
+}
+
+impl Facts {
+    fn of(k: &Kernel, ops: &[Fast]) -> Facts {
+        let consts = match k.zeroed.get_or_init(|| super::unwritten::read_before_written(k)) {
+            Some(zeroed) => super::unwritten::constants(k, zeroed, |i| match ops.get(i) {
+                Some(&Fast::Pure { eval: Eval::Mov, a: Src::Imm(v), dty, .. }) => Some(super::normalize(dty, v)),
+                _ => None,
+            }),
+            None => HashMap::new(),
+        };
+        // Each register's root, where it is a parameter's value moved, converted (cvta) or
+        // offset (64-bit add or sub): the parameter (its symbol and offset). Twice over, for
+        // loops.
+        let mut root: HashMap<u32, (Option<u32>, u64)> = HashMap::new();
+        for _ in 0..2 {
+            for op in ops {
+                let from = match *op {
+                    Fast::Ld { space: Space::Param, d, base, off, .. } => Some((d, (if let AddrBase::Sym(x) = base { Some(x) } else { None }, off))),
+                    Fast::Pure { eval: Eval::Mov | Eval::Cvta(..), d, a: Src::Reg(x), .. } => root.get(&x).map(|&r| (d, r)),
+                    Fast::Pure { eval: Eval::Bin(Bin::Add | Bin::Sub, _), ty, d, a, b, .. } if ty.bits() == 64 => {
+                        let of = |s: Src| if let Src::Reg(x) = s { root.get(&x).copied() } else { None };
+                        of(a).or_else(|| of(b)).map(|r| (d, r))
+                    }
+                    _ => None,
+                };
+                if let Some((d, r)) = from {
+                    root.entry(d).or_insert(r);
+                }
+            }
+        }
+        let (mut slot_of, mut roots) = (HashMap::new(), HashMap::new());
+        for op in ops {
+            if let Fast::Ld { space, base: AddrBase::Reg(r), .. } | Fast::LdV { space, base: AddrBase::Reg(r), .. } = *op {
+                if let (false, Some(&x)) = (matches!(space, Space::Param | Space::Shared | Space::Local), root.get(&r)) {
+                    let n = roots.len();
+                    let slot = *roots.entry(x).or_insert(n % SLOTS);
+                    slot_of.insert(r, slot);
+                }
+            }
+        }
+        Facts { consts, read: super::unwritten::read_somewhere(k), slot_of }
+    }
+}
+
+fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs, facts: &Facts) -> usize {
     let entry = b.create_block();
     let done = b.create_block();
     let abort = b.create_block();
     b.append_block_params_for_function_params(entry);
     let total = b.declare_var(I64);
     let count = b.declare_var(I64);
+    // Lanes that left the current phase at its shuffle.
+    let arrived = b.declare_var(I64);
     let flags = MemFlagsData::trusted();
 
     b.switch_to_block(entry);
@@ -1060,6 +1119,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         let exit_pc = b.append_block_param(leave, I64);
 
         b.switch_to_block(phase_entry);
+        b.def_var(arrived, zero);
         b.ins().jump(head, &[BlockArg::Value(zero)]);
 
         b.switch_to_block(head);
@@ -1119,7 +1179,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 Some((held, _)) => held.clone(),
                 None => load_rows(b, base, &touched),
             };
-            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort };
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, slot_of: &facts.slot_of };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
                     e.inst(&ops[pc], k.insts[pc].guard);
@@ -1185,6 +1245,13 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
         let slot = b.ins().iadd(env, slot);
         let pc32 = b.ins().ireduce(I32, exit_pc);
         b.ins().store(flags, pc32, slot, std::mem::offset_of!(LoadEnv, exits) as i32);
+        if shuffle {
+            let here = b.ins().icmp_imm_s(IntCC::Equal, exit_pc, stop as i64);
+            let here = b.ins().uextend(I64, here);
+            let n = b.use_var(arrived);
+            let n = b.ins().iadd(n, here);
+            b.def_var(arrived, n);
+        }
         let (t, c) = (b.use_var(total), b.use_var(count));
         let t = b.ins().iadd(t, c);
         b.def_var(total, t);
@@ -1203,6 +1270,28 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
             let mut w = Vec::new();
             regs_of(&ops[stop], None, &mut Vec::new(), &mut w);
             largest = largest.max(r.iter().chain(&w).map(|&x| x as usize + 1).max().unwrap_or(0));
+            let t = b.use_var(total);
+            if let Some((src, oks)) = full_warp_shuffle(&ops[stop], &facts.consts) {
+                // A whole warp at it, every lane live: the exchange's lanes are known here.
+                let inline = b.create_block();
+                let call = b.create_block();
+                let full = b.ins().icmp_imm_s(IntCC::Equal, on, u32::MAX as i64);
+                let live = b.ins().load(I32, flags, env, std::mem::offset_of!(LoadEnv, live) as i32);
+                let live = b.ins().icmp_imm_s(IntCC::Equal, live, -1);
+                let n = b.use_var(arrived);
+                let here = b.ins().icmp_imm_s(IntCC::Equal, n, WARP as i64);
+                let ok = b.ins().band(full, live);
+                let ok = b.ins().band(ok, here);
+                b.ins().brif(ok, inline, &[], call, &[]);
+                b.switch_to_block(inline);
+                shuffle_rows(b, rows, &ops[stop], &src, &oks, &facts.read);
+                let none = b.ins().iconst(I64, -1);
+                b.def_var(resume, none);
+                let t2 = b.ins().iadd_imm_s(t, 2 * WARP as i64);
+                b.def_var(total, t2);
+                b.ins().jump(phase_entries[i + 1], &[]);
+                b.switch_to_block(call);
+            }
             let f = b.ins().iconst(I64, shfl_callback as *const () as i64);
             let op = b.ins().iconst(I64, &ops[stop] as *const Fast as i64);
             let pc = b.ins().iconst(I64, stop as i64);
@@ -1210,7 +1299,6 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
             let ran = b.inst_results(call)[0];
             let none = b.ins().iconst(I64, -1);
             b.def_var(resume, none);
-            let t = b.use_var(total);
             // shfl counts twice per lane, as the warp engine counts it.
             let lanes = b.ins().popcnt(on);
             let lanes = b.ins().ishl_imm_u(lanes, 1);
@@ -1234,6 +1322,53 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     b.switch_to_block(abort);
     b.ins().return_(&[zero]);
     largest
+}
+
+/// For a shuffle whose lane, clamp and mask are constants (`consts`, or immediates) and whose
+/// mask names the whole warp: each lane's source lane and predicate when all 32 lanes take
+/// part (exec::shfl_value's choice, made here once).
+fn full_warp_shuffle(op: &Fast, consts: &HashMap<u32, u64>) -> Option<([usize; WARP], [bool; WARP])> {
+    let Fast::Shfl { mode, a: Src::Reg(_), b, c, mask, .. } = *op else { return None };
+    let value = |s: Src| match s {
+        Src::Imm(v) => Some(v),
+        Src::Reg(r) => consts.get(&r).copied(),
+    };
+    let (bv, cv, mv) = (value(b)?, value(c)?, value(mask)?);
+    if mv as u32 != u32::MAX {
+        return None;
+    }
+    let (mut src, mut oks) = ([0; WARP], [false; WARP]);
+    for l in 0..WARP {
+        let (j, ok) = super::shfl_value(mode, l, |j| j as u64, bv, cv, u32::MAX);
+        (src[l], oks[l]) = (j as usize, ok != 0);
+    }
+    Some((src, oks))
+}
+
+/// The shuffle `op` made on the warp's rows, lane l taking lane src[l]'s value (as 32 bits,
+/// normalize's B32) and oks[l] as its predicate (unless no instruction reads it: ggml's
+/// reductions ignore it).
+fn shuffle_rows(b: &mut FunctionBuilder<'_>, rows: Value, op: &Fast, src: &[usize; WARP], oks: &[bool; WARP], read: &[bool]) {
+    let Fast::Shfl { d, p, a: Src::Reg(a), .. } = *op else { return };
+    let flags = MemFlagsData::trusted();
+    let at = |r: u32, l: usize| ((r as usize * WARP + l) * 8) as i32;
+    if let Some(d) = d {
+        // Every value read before any is written, where d is a itself.
+        let reads = if d == a { WARP } else { 1 };
+        for chunk in (0..WARP).collect::<Vec<_>>().chunks(reads) {
+            let vals: Vec<Value> = chunk.iter().map(|&l| b.ins().load(I64, flags, rows, at(a, src[l]))).collect();
+            for (&l, v) in chunk.iter().zip(vals) {
+                let v = b.ins().band_imm_u(v, u32::MAX as i64);
+                b.ins().store(flags, v, rows, at(d, l));
+            }
+        }
+    }
+    if let Some(p) = p.filter(|&p| read.get(p as usize).copied().unwrap_or(true)) {
+        for l in 0..WARP {
+            let v = b.ins().iconst(I64, oks[l] as i64);
+            b.ins().store(flags, v, rows, at(p, l));
+        }
+    }
 }
 
 /// The registers the instructions [first, stop) touch and those they write, each sorted.
@@ -1290,10 +1425,12 @@ struct Emit<'b, 'f> {
     stores: usize,
     /// Store instructions emitted so far (each has its lane mask).
     store_ops: usize,
-    /// Global and generic loads emitted so far (each takes the next slot).
+    /// Global and generic loads emitted so far.
     loads: usize,
     /// Where a failed access goes (the run ends, void).
     abort: cranelift_codegen::ir::Block,
+    /// Facts::slot_of (other loads take the next slot).
+    slot_of: &'b HashMap<u32, usize>,
 }
 
 /// `.ftz` and round to nearest (or no rounding named), nothing else.
@@ -1683,7 +1820,11 @@ impl Emit<'_, '_> {
     /// holds (a lane whose guard fails loads nothing, so cannot fault).
     fn loads(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, parts: &[(u64, Option<u32>)], guard: Option<Value>) {
         let at = self.address(base, off);
-        let slot = self.loads % SLOTS;
+        let slot = match base {
+            AddrBase::Reg(r) => self.slot_of.get(&r).copied(),
+            _ => None,
+        }
+        .unwrap_or(self.loads % SLOTS);
         self.loads += 1;
         let dests: Vec<u32> = parts.iter().filter_map(|p| p.1).collect();
         let (go, merge) = (self.b.create_block(), self.b.create_block());
@@ -1806,6 +1947,17 @@ impl Emit<'_, '_> {
         self.b.ins().select(sub, zero, x)
     }
 
+    fn float_bin(&mut self, bin: Bin, p: Value, q: Value) -> Value {
+        match bin {
+            Bin::Add => self.b.ins().fadd(p, q),
+            Bin::Sub => self.b.ins().fsub(p, q),
+            Bin::MulLo => self.b.ins().fmul(p, q),
+            Bin::Div => self.b.ins().fdiv(p, q),
+            Bin::Min => self.b.ins().fmin(p, q),
+            _ => self.b.ins().fmax(p, q),
+        }
+    }
+
     /// A pure instruction's value before normalization to its destination type.
     fn pure(&mut self, op: &Fast, eval: Eval, ty: Ty, x: Value, y: Value, z: Value) -> Value {
         let plain = |m: Mods| m == Mods::default() || m == Mods { rnd: Rnd::Near, ..Mods::default() };
@@ -1882,25 +2034,21 @@ impl Emit<'_, '_> {
                 Bin::Or => self.b.ins().bor(x, y),
                 _ => self.b.ins().bxor(x, y),
             },
-            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if fty.is_some() && plain(m) => {
+            // float::bin's plain arithmetic is the host's (div.approx too, which the ISA allows
+            // to be exact); its min and max, for operands that are not NaN, are IEEE 754-2019's
+            // minimum and maximum (-0 below +0), as Cranelift's fmin and fmax. A NaN result
+            // (whatever NaN rule applies) goes to the interpreter's function (float_result).
+            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo | Bin::Div | Bin::Min | Bin::Max), m) if fty.is_some() && plain(m) => {
                 let fty = fty.unwrap_or(F32);
                 let (p, q) = (self.float(fty, x), self.float(fty, y));
-                let r = match bin {
-                    Bin::Add => self.b.ins().fadd(p, q),
-                    Bin::Sub => self.b.ins().fsub(p, q),
-                    _ => self.b.ins().fmul(p, q),
-                };
+                let r = self.float_bin(bin, p, q);
                 self.float_result(r, op, x, y, z)
             }
             // .ftz.f32 (float::bin: operands flushed, then the result): the same, flushed.
-            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo), m) if ty == Ty::F32 && ftz_only(m) => {
+            Eval::Bin(bin @ (Bin::Add | Bin::Sub | Bin::MulLo | Bin::Div | Bin::Min | Bin::Max), m) if ty == Ty::F32 && ftz_only(m) => {
                 let (fx, fy) = (self.flush32(x), self.flush32(y));
                 let (p, q) = (self.float(F32, fx), self.float(F32, fy));
-                let r = match bin {
-                    Bin::Add => self.b.ins().fadd(p, q),
-                    Bin::Sub => self.b.ins().fsub(p, q),
-                    _ => self.b.ins().fmul(p, q),
-                };
+                let r = self.float_bin(bin, p, q);
                 let r = self.float_result(r, op, x, y, z);
                 self.flush32(r)
             }

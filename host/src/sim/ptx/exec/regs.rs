@@ -10,6 +10,7 @@ pub(super) const WARP: usize = 32;
 
 /// The registers of a block's threads: per warp, `nregs` rows of 32 lanes (a partial last warp
 /// has rows of 32 too; its missing lanes are never read).
+#[derive(Default)]
 pub(super) struct RegFile {
     words: Vec<u64>,
     nregs: usize,
@@ -18,6 +19,24 @@ pub(super) struct RegFile {
 impl RegFile {
     pub(super) fn new(nthreads: usize, nregs: usize) -> Self {
         RegFile { words: vec![0; nthreads.div_ceil(WARP) * WARP * nregs], nregs }
+    }
+
+    /// Room for `nthreads` threads of `nregs` registers in the allocation already made (a
+    /// pool thread runs launch after launch). What it held stays: every block zeroes the
+    /// registers it may read before writing them (clear_rows), so no value of an earlier block
+    /// or launch can be seen, as between two blocks of one launch.
+    pub(super) fn reshape(&mut self, nthreads: usize, nregs: usize) {
+        let n = nthreads.div_ceil(WARP) * WARP * nregs;
+        if self.words.len() < n {
+            self.words.resize(n, 0);
+        } else {
+            self.words.truncate(n);
+        }
+        self.nregs = nregs;
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.words.capacity() * 8
     }
 
     pub(super) fn clear(&mut self) {

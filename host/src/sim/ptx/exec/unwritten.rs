@@ -102,6 +102,52 @@ pub(crate) fn read_before_written(k: &Kernel) -> Option<Vec<u32>> {
     Some((0..k.nregs as u32).filter(|&r| needed[r as usize / 64] & (1 << (r % 64)) != 0).collect())
 }
 
+/// Registers of `k` that hold one constant wherever they are read: written by a single
+/// instruction in the whole kernel, the unguarded one `is_constant` gives a value for, and
+/// never read before written (`zeroed`, read_before_written's answer), so every read comes
+/// after that write. ggml's shuffles take their lane, clamp and mask from such registers.
+pub(crate) fn constants(k: &Kernel, zeroed: &[u32], is_constant: impl Fn(usize) -> Option<u64>) -> std::collections::HashMap<u32, u64> {
+    let mut writers: std::collections::HashMap<u32, (usize, u32)> = std::collections::HashMap::new();
+    for (i, inst) in k.insts.iter().enumerate() {
+        operands(&inst.op, &mut |o, role| {
+            if matches!(role, Role::Write | Role::MaybeWrite) {
+                for r in dests(o) {
+                    let w = writers.entry(r).or_insert((i, 0));
+                    w.1 += 1;
+                }
+            }
+        });
+    }
+    writers
+        .into_iter()
+        .filter(|&(r, (i, n))| n == 1 && k.insts[i].guard.is_none() && zeroed.binary_search(&r).is_err())
+        .filter_map(|(r, (i, _))| Some((r, is_constant(i)?)))
+        .collect()
+}
+
+/// Whether each register of `k` is read by some instruction (as an operand, an address base
+/// or a guard).
+pub(crate) fn read_somewhere(k: &Kernel) -> Vec<bool> {
+    let mut read = vec![false; k.nregs];
+    let mut u = Vec::new();
+    for inst in &k.insts {
+        u.clear();
+        if let Some((p, _)) = inst.guard {
+            u.push(p);
+        }
+        operands(&inst.op, &mut |o, role| match role {
+            Role::Read => reads(o, &mut u),
+            Role::Write | Role::MaybeWrite => writes_addr_bases(o, &mut u),
+        });
+        for &r in &u {
+            if let Some(x) = read.get_mut(r as usize) {
+                *x = true;
+            }
+        }
+    }
+    read
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Read,
