@@ -1017,6 +1017,11 @@ struct Facts {
     /// arrays keep to their own slots in every segment (ggml's quantized mul_mat_vec reads
     /// weights and vector in turn; slots taken load by load made them evict each other).
     slot_of: HashMap<u32, usize>,
+    /// Symbols whose address is the same in every launch (parameters, shared variables): that
+    /// address (exec::symbol_values' for the kernel).
+    syms: Vec<Option<u64>>,
+    /// The parameters' size: every launch gives at least that many bytes (launch checks).
+    param_bytes: u64,
 }
 
 impl Facts {
@@ -1058,7 +1063,16 @@ impl Facts {
                 }
             }
         }
-        Facts { consts, read: super::unwritten::read_somewhere(k), slot_of }
+        let syms = k
+            .syms
+            .iter()
+            .map(|s| match *s {
+                SymKind::Param(off) | SymKind::Shared(off) => Some(off as u64),
+                SymKind::DynShared => Some(k.dynamic_shared_offset as u64),
+                _ => None,
+            })
+            .collect();
+        Facts { consts, read: super::unwritten::read_somewhere(k), slot_of, syms, param_bytes: k.param_bytes as u64 }
     }
 }
 
@@ -1179,7 +1193,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 Some((held, _)) => held.clone(),
                 None => load_rows(b, base, &touched),
             };
-            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, slot_of: &facts.slot_of };
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, facts };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
                     e.inst(&ops[pc], k.insts[pc].guard);
@@ -1429,8 +1443,7 @@ struct Emit<'b, 'f> {
     loads: usize,
     /// Where a failed access goes (the run ends, void).
     abort: cranelift_codegen::ir::Block,
-    /// Facts::slot_of (other loads take the next slot).
-    slot_of: &'b HashMap<u32, usize>,
+    facts: &'b Facts,
 }
 
 /// `.ftz` and round to nearest (or no rounding named), nothing else.
@@ -1712,8 +1725,7 @@ impl Emit<'_, '_> {
             }
             Fast::StV { space, ty, n, a, base, off } => self.record_stores(space, ty.bytes() as u64, base, off, &a[..n as usize], guard),
             Fast::Sym { ty, d, s } => {
-                let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
-                let v = self.b.ins().load(I64, MemFlagsData::trusted(), syms, (s as usize * 8) as i32);
+                let v = self.address(AddrBase::Sym(s), 0);
                 let v = self.norm(ty, v);
                 self.set(d, v, guard);
             }
@@ -1725,6 +1737,10 @@ impl Emit<'_, '_> {
     fn address(&mut self, base: AddrBase, off: u64) -> Value {
         let v = match base {
             AddrBase::Reg(r) => self.reg(r),
+            AddrBase::Sym(sym) if self.facts.syms.get(sym as usize).is_some_and(|a| a.is_some()) => {
+                let at = self.facts.syms[sym as usize].unwrap_or(0);
+                return self.iconst(at.wrapping_add(off) as i64);
+            }
             AddrBase::Sym(sym) => {
                 let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
                 self.b.ins().load(I64, MemFlagsData::trusted(), syms, (sym as usize * 8) as i32)
@@ -1821,7 +1837,8 @@ impl Emit<'_, '_> {
     fn loads(&mut self, space: Space, ty: Ty, base: AddrBase, off: u64, parts: &[(u64, Option<u32>)], guard: Option<Value>) {
         let at = self.address(base, off);
         let slot = match base {
-            AddrBase::Reg(r) => self.slot_of.get(&r).copied(),
+            // Facts::slot_of (other loads take the next slot).
+            AddrBase::Reg(r) => self.facts.slot_of.get(&r).copied(),
             _ => None,
         }
         .unwrap_or(self.loads % SLOTS);
@@ -1843,7 +1860,17 @@ impl Emit<'_, '_> {
         for &(k, d) in parts {
             // Every element is loaded (and checked), as the interpreter loads it.
             let a = self.b.ins().iadd_imm_s(at, k as i64);
-            let v = self.load(space, a, ty.bytes() as u32, slot);
+            let known = match base {
+                AddrBase::Abs => Some(off),
+                AddrBase::Sym(sym) => self.facts.syms.get(sym as usize).copied().flatten().map(|a| a.wrapping_add(off)),
+                AddrBase::Reg(_) => None,
+            };
+            let n = ty.bytes() as u32;
+            // A parameter at a known place inside the kernel's parameters: no check needed.
+            let v = match known.map(|a| a.wrapping_add(k)) {
+                Some(a) if space == Space::Param && a.checked_add(n as u64).is_some_and(|e| e <= self.facts.param_bytes) => self.param(a, n),
+                _ => self.load(space, a, n, slot),
+            };
             if d.is_some() {
                 news.push(BlockArg::Value(self.norm(ty, v)));
             }
@@ -1856,6 +1883,24 @@ impl Emit<'_, '_> {
     }
 
     /// `n` bytes at `addr` of `space`, zero-extended: inline from the allocation of the last
+    /// The `n` bytes of the launch's parameters at `at` (inside the kernel's).
+    fn param(&mut self, at: u64, n: u32) -> Value {
+        let flags = MemFlagsData::trusted();
+        let ptr = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, params) as i32);
+        let ty = match n {
+            1 => I8,
+            2 => I16,
+            4 => I32,
+            _ => I64,
+        };
+        let v = self.b.ins().load(ty, MemFlagsData::new().with_notrap(), ptr, at as i32);
+        if ty == I64 {
+            v
+        } else {
+            self.b.ins().uextend(I64, v)
+        }
+    }
+
     /// load (global and generic) or from shared memory where the access lies inside, else
     /// through load_callback.
     fn load(&mut self, space: Space, addr: Value, n: u32, slot: usize) -> Value {
