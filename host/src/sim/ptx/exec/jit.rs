@@ -1378,8 +1378,8 @@ fn shuffle_rows(b: &mut FunctionBuilder<'_>, rows: Value, op: &Fast, src: &[usiz
         }
     }
     if let Some(p) = p.filter(|&p| read.get(p as usize).copied().unwrap_or(true)) {
-        for l in 0..WARP {
-            let v = b.ins().iconst(I64, oks[l] as i64);
+        for (l, &ok) in oks.iter().enumerate() {
+            let v = b.ins().iconst(I64, ok as i64);
             b.ins().store(flags, v, rows, at(p, l));
         }
     }
