@@ -114,7 +114,7 @@ pub(super) struct LoadEnv<'m> {
     shared: *const u8,
     shared_len: u64,
     /// The warp's lanes' local memory: `local_len` bytes each, lane after lane.
-    local: *const u8,
+    local: *mut u8,
     local_len: u64,
     fault: u64,
     mem: &'m Global<'m>,
@@ -179,12 +179,12 @@ pub(super) struct Place<'x, 'm> {
 }
 
 impl<'m> LoadEnv<'m> {
-    fn new(at: &Place<'_, 'm>, stores: *mut StoreRec, made: *mut u32) -> Self {
+    fn new(at: &mut Place<'_, 'm>, stores: *mut StoreRec, made: *mut u32) -> Self {
         let mut env = LoadEnv {
             slots: [Slot { base: 0, len: 0, ptr: std::ptr::null(), region: 0 }; SLOTS],
             shared: at.shared.as_ptr(),
             shared_len: at.shared.len() as u64,
-            local: at.local.as_ptr(),
+            local: at.local.as_mut_ptr(),
             local_len: at.per_lane as u64,
             fault: 0,
             mem: at.mem,
@@ -342,7 +342,7 @@ impl Compiled {
     /// block's shared memory. None if one of its accesses could not be made (nothing stored,
     /// the rows as they were: the caller runs the instructions itself); Err if a callback into
     /// the interpreter's functions panicked (a bug, reported as such).
-    pub(super) fn run(&self, seg: &Segment, pc: u32, rows: &mut [u64], on: u32, at: Place) -> Result<Option<Ran>, ExecError> {
+    pub(super) fn run(&self, seg: &Segment, pc: u32, rows: &mut [u64], on: u32, mut at: Place) -> Result<Option<Ran>, ExecError> {
         if rows.len() < self.regs * WARP {
             return Err(ExecError::Unsupported(format!("compiled segment: {} register rows, {} needed", rows.len() / WARP, self.regs)));
         }
@@ -364,7 +364,7 @@ impl Compiled {
             }
             made.clear();
             made.resize(seg.stores.len(), 0);
-            let mut env = LoadEnv::new(&at, recs.as_mut_ptr(), made.as_mut_ptr());
+            let mut env = LoadEnv::new(&mut at, recs.as_mut_ptr(), made.as_mut_ptr());
             env.rows_len = rows.len();
             env.entry = pc as u64;
             let Place { mem, hint, shared, local, per_lane, slots: at_slots, .. } = at;
@@ -376,7 +376,9 @@ impl Compiled {
             // within `local`), after checking the access lies inside (or through
             // load_callback, which checks);
             // it writes store records only below `records` (each store's elements for 32 lanes)
-            // and lane masks only below the segment's count of stores;
+            // and lane masks only below the segment's count of stores; it writes local memory
+            // (local_direct segments) only inside the `per_lane` bytes of a lane of `on`, after
+            // checking the access lies inside, which the check above keeps within `local`;
             // it reads symbols below self.syms (checked above), %tid of lanes below 32.
             // A lane's exit pc is written where it leaves; a lane's loop is cut at LANE_CAP.
             let count = unsafe { (seg.f)(rows.as_mut_ptr(), on, &mut env) };
@@ -572,6 +574,20 @@ fn is_load(f: &Fast) -> bool {
 
 fn is_store(f: &Fast) -> bool {
     matches!(f, Fast::St { .. } | Fast::StV { .. })
+}
+
+/// Whether the segment [start, end) makes its local stores at once rather than recording
+/// them: where nothing in it reads local memory (no local or generic load) and no generic
+/// store could reach a lane's local memory out of order. A lane's local memory is its own, so
+/// no other lane sees the store; and if the run is void, the warp engine runs the segment
+/// again from its start, on the registers it had, storing the same values: no load of the
+/// segment saw the first ones. (ggml's mul_mat_vec keeps its partial sums in a local array.)
+fn local_direct(ops: &[Fast], start: usize, end: usize) -> bool {
+    !ops[start..end].iter().any(|f| match f {
+        Fast::Ld { space, .. } | Fast::LdV { space, .. } => matches!(space, Space::Local | Space::Generic),
+        Fast::St { space, .. } | Fast::StV { space, .. } => *space == Space::Generic,
+        _ => false,
+    })
 }
 
 /// The memories an access may reach, as bits (global 1, shared 2, local 4; generic any of
@@ -966,9 +982,11 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
         let branches = compiled._ops[start..end].iter().any(|f| matches!(f, Fast::Bra(_)));
         let written = exposed_writes(k, &compiled._ops, start, end);
         let memory = compiled._ops[start..end].iter().any(|f| is_load(f) || is_store(f));
+        let direct = local_direct(&compiled._ops, start, end);
         let stores = compiled._ops[start..end]
             .iter()
             .filter_map(|f| match *f {
+                Fast::St { space, .. } | Fast::StV { space, .. } if direct && space == Space::Local => None,
                 Fast::St { space, ty, .. } => Some((space, ty.bytes() as u8, 1)),
                 Fast::StV { space, ty, n, .. } => Some((space, ty.bytes() as u8, n)),
                 _ => None,
@@ -1193,7 +1211,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 Some((held, _)) => held.clone(),
                 None => load_rows(b, base, &touched),
             };
-            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, facts };
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, facts, local_direct: local_direct(ops, start, end) };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
                     e.inst(&ops[pc], k.insts[pc].guard);
@@ -1444,6 +1462,8 @@ struct Emit<'b, 'f> {
     /// Where a failed access goes (the run ends, void).
     abort: cranelift_codegen::ir::Block,
     facts: &'b Facts,
+    /// local_direct for this segment.
+    local_direct: bool,
 }
 
 /// `.ftz` and round to nearest (or no rounding named), nothing else.
@@ -1799,6 +1819,34 @@ impl Emit<'_, '_> {
             self.b.ins().store(flags, one, self.env, std::mem::offset_of!(LoadEnv, fault) as i32);
             self.b.ins().jump(self.abort, &[]);
             self.b.switch_to_block(cont);
+        }
+        if space == Space::Local && self.local_direct {
+            // Made here, in the lane's own local memory (checked just above), where the guard
+            // lets it.
+            let (store, done) = (self.b.create_block(), self.b.create_block());
+            match guard {
+                Some(g) => _ = self.b.ins().brif(g, store, &[], done, &[]),
+                None => _ = self.b.ins().jump(store, &[]),
+            }
+            self.b.switch_to_block(store);
+            let len = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local_len) as i32);
+            let all = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local) as i32);
+            let first = self.b.ins().imul(self.lane, len);
+            let mine = self.b.ins().iadd(all, first);
+            let p = self.b.ins().iadd(mine, at);
+            for (k, &s) in values.iter().enumerate() {
+                let v = self.get(s);
+                let v = match size {
+                    1 => self.b.ins().ireduce(I8, v),
+                    2 => self.b.ins().ireduce(I16, v),
+                    4 => self.b.ins().ireduce(I32, v),
+                    _ => v,
+                };
+                self.b.ins().store(MemFlagsData::new().with_notrap(), v, p, (k as u64 * size) as i32);
+            }
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
+            return;
         }
         // The lane's bit in the store's mask, where its guard lets it.
         let made = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, made) as i32);
