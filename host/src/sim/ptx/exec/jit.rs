@@ -1013,17 +1013,6 @@ fn compile(k: &Kernel, fast: &[Fast]) -> Result<Compiled, String> {
     Ok(compiled)
 }
 
-/// Builds the function of the segment [start, end): for each of its phases (the stretches
-/// between its shuffles), a loop over the 32 lanes that runs the phase's instructions on each
-/// active one, its branches as the lane's own jumps; between phases, the shuffle on the warp's
-/// rows (shfl_callback), once every lane has arrived at it. Each basic block loads the registers
-/// it touches from the rows, runs on machine registers, and stores the ones it writes back, so a
-/// lane pays only for the blocks it runs. A lane leaves a phase where a branch or the phase's
-/// end takes it out, or at a loop's head once it has run LANE_CAP instructions; its pc there
-/// goes to `exits`, and the run ends after a phase its lanes did not all leave at its shuffle
-/// (or whose shuffle cannot be made here). An access that fails ends the whole run at once (it
-/// is void then: Compiled::run puts back what the caller must see).
-/// Returns how many registers it needs (its largest + 1).
 /// What the whole kernel tells the code of each segment.
 struct Facts {
     /// Registers that hold one constant (the lane, clamp and mask of ggml's shuffles).
@@ -1094,6 +1083,17 @@ impl Facts {
     }
 }
 
+/// Builds the function of the segment [start, end): for each of its phases (the stretches
+/// between its shuffles), a loop over the 32 lanes that runs the phase's instructions on each
+/// active one, its branches as the lane's own jumps; between phases, the shuffle on the warp's
+/// rows (shfl_callback), once every lane has arrived at it. Each basic block loads the registers
+/// it touches from the rows, runs on machine registers, and stores the ones it writes back, so a
+/// lane pays only for the blocks it runs. A lane leaves a phase where a branch or the phase's
+/// end takes it out, or at a loop's head once it has run LANE_CAP instructions; its pc there
+/// goes to `exits`, and the run ends after a phase its lanes did not all leave at its shuffle
+/// (or whose shuffle cannot be made here). An access that fails ends the whole run at once (it
+/// is void then: Compiled::run puts back what the caller must see).
+/// Returns how many registers it needs (its largest + 1).
 fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, end: usize, sigs: Sigs, facts: &Facts) -> usize {
     let entry = b.create_block();
     let done = b.create_block();
@@ -1103,6 +1103,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
     let count = b.declare_var(I64);
     // Lanes that left the current phase at its shuffle.
     let arrived = b.declare_var(I64);
+    let local_direct = local_direct(ops, start, end);
     let flags = MemFlagsData::trusted();
 
     b.switch_to_block(entry);
@@ -1211,7 +1212,7 @@ fn segment(b: &mut FunctionBuilder<'_>, k: &Kernel, ops: &[Fast], start: usize, 
                 Some((held, _)) => held.clone(),
                 None => load_rows(b, base, &touched),
             };
-            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, facts, local_direct: local_direct(ops, start, end) };
+            let mut e = Emit { b: &mut *b, vars, sigs, env, lane, stores, store_ops, loads, abort, facts, local_direct };
             for pc in bfirst..bstop {
                 if !matches!(ops[pc], Fast::Bra(_)) {
                     e.inst(&ops[pc], k.insts[pc].guard);
@@ -1754,18 +1755,27 @@ impl Emit<'_, '_> {
     }
 
     /// An access's address: its base (a register, a symbol's address, or 0) plus `off`.
+    /// The address `base` + `off` where it is the same in every launch (Facts::syms).
+    fn constant_address(&self, base: AddrBase, off: u64) -> Option<u64> {
+        match base {
+            AddrBase::Abs => Some(off),
+            AddrBase::Sym(sym) => self.facts.syms.get(sym as usize).copied().flatten().map(|a| a.wrapping_add(off)),
+            AddrBase::Reg(_) => None,
+        }
+    }
+
     fn address(&mut self, base: AddrBase, off: u64) -> Value {
+        if let Some(a) = self.constant_address(base, off) {
+            return self.iconst(a as i64);
+        }
         let v = match base {
             AddrBase::Reg(r) => self.reg(r),
-            AddrBase::Sym(sym) if self.facts.syms.get(sym as usize).is_some_and(|a| a.is_some()) => {
-                let at = self.facts.syms[sym as usize].unwrap_or(0);
-                return self.iconst(at.wrapping_add(off) as i64);
-            }
             AddrBase::Sym(sym) => {
                 let syms = self.b.ins().load(I64, MemFlagsData::trusted(), self.env, std::mem::offset_of!(LoadEnv, syms) as i32);
                 self.b.ins().load(I64, MemFlagsData::trusted(), syms, (sym as usize * 8) as i32)
             }
-            AddrBase::Abs => return self.iconst(off as i64),
+            // (constant_address answers for it above.)
+            AddrBase::Abs => self.iconst(0),
         };
         self.b.ins().iadd_imm_s(v, off as i64)
     }
@@ -1829,10 +1839,7 @@ impl Emit<'_, '_> {
                 None => _ = self.b.ins().jump(store, &[]),
             }
             self.b.switch_to_block(store);
-            let len = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local_len) as i32);
-            let all = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local) as i32);
-            let first = self.b.ins().imul(self.lane, len);
-            let mine = self.b.ins().iadd(all, first);
+            let (mine, _) = self.lane_local();
             let p = self.b.ins().iadd(mine, at);
             for (k, &s) in values.iter().enumerate() {
                 let v = self.get(s);
@@ -1908,14 +1915,9 @@ impl Emit<'_, '_> {
         for &(k, d) in parts {
             // Every element is loaded (and checked), as the interpreter loads it.
             let a = self.b.ins().iadd_imm_s(at, k as i64);
-            let known = match base {
-                AddrBase::Abs => Some(off),
-                AddrBase::Sym(sym) => self.facts.syms.get(sym as usize).copied().flatten().map(|a| a.wrapping_add(off)),
-                AddrBase::Reg(_) => None,
-            };
             let n = ty.bytes() as u32;
             // A parameter at a known place inside the kernel's parameters: no check needed.
-            let v = match known.map(|a| a.wrapping_add(k)) {
+            let v = match self.constant_address(base, off.wrapping_add(k)) {
                 Some(a) if space == Space::Param && a.checked_add(n as u64).is_some_and(|e| e <= self.facts.param_bytes) => self.param(a, n),
                 _ => self.load(space, a, n, slot),
             };
@@ -1931,6 +1933,15 @@ impl Emit<'_, '_> {
     }
 
     /// `n` bytes at `addr` of `space`, zero-extended: inline from the allocation of the last
+    /// The lane's own local memory: where it starts, and its length.
+    fn lane_local(&mut self) -> (Value, Value) {
+        let flags = MemFlagsData::trusted();
+        let len = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local_len) as i32);
+        let all = self.b.ins().load(I64, flags, self.env, std::mem::offset_of!(LoadEnv, local) as i32);
+        let first = self.b.ins().imul(self.lane, len);
+        (self.b.ins().iadd(all, first), len)
+    }
+
     /// The `n` bytes of the launch's parameters at `at` (inside the kernel's).
     fn param(&mut self, at: u64, n: u32) -> Value {
         let flags = MemFlagsData::trusted();
@@ -1965,12 +1976,8 @@ impl Emit<'_, '_> {
                 let ptr = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, shared)));
                 (None, len, ptr)
             }
-            // The lane's own local memory.
             Space::Local => {
-                let len = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, local_len)));
-                let all = self.b.ins().load(I64, flags, self.env, field(std::mem::offset_of!(LoadEnv, local)));
-                let first = self.b.ins().imul(self.lane, len);
-                let ptr = self.b.ins().iadd(all, first);
+                let (ptr, len) = self.lane_local();
                 (None, len, ptr)
             }
             _ => {
