@@ -469,18 +469,12 @@ const MAX_KEPT_BUFS: usize = 32 << 20;
 
 impl BlockBufs {
     /// Sized for blocks of shape `b` (run_block clears what a block may see).
+    /// (Vec::resize writes only the elements it adds.)
     fn fit(&mut self, b: &BlockShape) {
-        fn size<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
-            if v.len() < n {
-                v.resize(n, fill);
-            } else {
-                v.truncate(n);
-            }
-        }
         self.regs.reshape(b.nthreads, b.nregs);
-        size(&mut self.local, b.nthreads * b.per_thread_local, 0);
-        size(&mut self.pcs, b.nthreads, 0);
-        size(&mut self.state, b.nthreads, RUN);
+        self.local.resize(b.nthreads * b.per_thread_local, 0);
+        self.pcs.resize(b.nthreads, 0);
+        self.state.resize(b.nthreads, RUN);
         self.calls.resize_with(b.nthreads, Vec::new);
     }
 

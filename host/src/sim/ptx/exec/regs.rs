@@ -26,12 +26,8 @@ impl RegFile {
     /// registers it may read before writing them (clear_rows), so no value of an earlier block
     /// or launch can be seen, as between two blocks of one launch.
     pub(super) fn reshape(&mut self, nthreads: usize, nregs: usize) {
-        let n = nthreads.div_ceil(WARP) * WARP * nregs;
-        if self.words.len() < n {
-            self.words.resize(n, 0);
-        } else {
-            self.words.truncate(n);
-        }
+        // resize writes only the words it adds.
+        self.words.resize(nthreads.div_ceil(WARP) * WARP * nregs, 0);
         self.nregs = nregs;
     }
 
