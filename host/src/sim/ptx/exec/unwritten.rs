@@ -12,7 +12,7 @@
 //! destination some operations leave alone) does not count, and every operand in a read position
 //! counts as read, so a register it does not list is one whose first value cannot be observed.
 
-use super::super::parse::{Base, Kernel, Op, Opnd};
+use super::super::parse::{Base, Inst, Kernel, Op, Opnd};
 
 /// Kernels larger than this (instructions x registers, in bits) keep zeroing every register:
 /// the analysis would cost more memory than the zeroing saves.
@@ -31,22 +31,16 @@ pub(crate) fn read_before_written(k: &Kernel) -> Option<Vec<u32>> {
     let mut uses: Vec<Vec<u32>> = Vec::with_capacity(n);
     for (i, inst) in k.insts.iter().enumerate() {
         let mut u = Vec::new();
-        if let Some((p, _)) = inst.guard {
-            u.push(p);
-        }
-        let guarded = inst.guard.is_some();
-        operands(&inst.op, &mut |o, role| match role {
-            Role::Read => reads(o, &mut u),
-            Role::Write => {
-                writes_addr_bases(o, &mut u);
-                if !guarded {
+        reads_of(inst, &mut u);
+        if inst.guard.is_none() {
+            operands(&inst.op, &mut |o, role| {
+                if let Role::Write = role {
                     for r in dests(o) {
                         set(&mut defs[i * words..(i + 1) * words], r);
                     }
                 }
-            }
-            Role::MaybeWrite => writes_addr_bases(o, &mut u),
-        });
+            });
+        }
         uses.push(u);
     }
     // Successors: the next instruction unless the thread cannot go on to it; a branch's target.
@@ -132,13 +126,7 @@ pub(crate) fn read_somewhere(k: &Kernel) -> Vec<bool> {
     let mut u = Vec::new();
     for inst in &k.insts {
         u.clear();
-        if let Some((p, _)) = inst.guard {
-            u.push(p);
-        }
-        operands(&inst.op, &mut |o, role| match role {
-            Role::Read => reads(o, &mut u),
-            Role::Write | Role::MaybeWrite => writes_addr_bases(o, &mut u),
-        });
+        reads_of(inst, &mut u);
         for &r in &u {
             if let Some(x) = read.get_mut(r as usize) {
                 *x = true;
@@ -146,6 +134,18 @@ pub(crate) fn read_somewhere(k: &Kernel) -> Vec<bool> {
         }
     }
     read
+}
+
+/// The registers `inst` reads, onto `u`: its guard, its operands in a read position and the
+/// address bases of its writes.
+fn reads_of(inst: &Inst, u: &mut Vec<u32>) {
+    if let Some((p, _)) = inst.guard {
+        u.push(p);
+    }
+    operands(&inst.op, &mut |o, role| match role {
+        Role::Read => reads(o, u),
+        Role::Write | Role::MaybeWrite => writes_addr_bases(o, u),
+    });
 }
 
 #[derive(Clone, Copy)]
