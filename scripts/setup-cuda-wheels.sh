@@ -57,6 +57,19 @@ if [ -f "$CACHE/cupy-tests-14.2.0/.complete-v1" ]; then echo "setup: CuPy's test
   rm -rf "$CACHE/cupy-tests-14.2.0" && mv "$tmp/cupy-14.2.0/tests" "$CACHE/cupy-tests-14.2.0" && rm -rf "$tmp"
   touch "$CACHE/cupy-tests-14.2.0/.complete-v1"
 fi
+# CuPy for CUDA 13 as users install it ('cupy-cuda13x[ctk]': NVIDIA's CUDA 13.5 libraries from PyPI,
+# cuBLAS 13 among them, whose PTX the sim runs), for the second run of CuPy's own suite
+# (tests/tests/cupy_suite.rs) with the same tests as above. About 2 GB installed.
+venv=$CACHE/cupy13-venv
+if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy for CUDA 13 cached in $venv"; else
+  echo "setup: installing CuPy 14.2 for CUDA 13 with its CUDA libraries into $venv (about 1 GB to download)"
+  rm -rf "$venv" && python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'cupy-cuda13x[ctk]==14.2.0' numpy==2.4.6 \
+    cuda-pathfinder==1.9.1 cuda-toolkit==13.5.0 nvidia-cublas==13.10.0.20 nvidia-cuda-nvrtc==13.5.37 \
+    nvidia-cuda-runtime==13.5.37 nvidia-cufft==12.5.0.14 nvidia-curand==10.4.5.25 nvidia-cusolver==12.4.1.2 \
+    nvidia-cusparse==12.9.4.2 nvidia-nvjitlink==13.5.37 pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0
+  touch "$venv/.complete-v1"
+fi
 # numba-cuda as users install it ('numba-cuda[cu12]': NVVM, NVRTC, cudart from PyPI) with what
 # its own test suite needs (tests/tests/numba.rs runs that suite). One change from the default
 # install, the setting the sim needs: without nvJitLink, numba links with the driver's cuLink*,

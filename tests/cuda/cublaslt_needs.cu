@@ -2,7 +2,10 @@
 // private export table 21318c60-... whose slot 4 gives a context's id, as cuCtxGetId does.
 // Without it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED before touching the GPU. cuBLAS 13
 // also asks each call's stream for its green context (cuStreamGetGreenCtx): NULL for a stream of
-// an ordinary context; an error there is CUBLAS_STATUS_INTERNAL_ERROR.
+// an ordinary context; an error there is CUBLAS_STATUS_INTERNAL_ERROR. cuBLASLt 13.10 fetches
+// table 1734dc26-... before its first heuristic query and calls its slot 4 without checking that
+// the table came back: a driver without it kills the process (a call through NULL). An error
+// from slot 4 makes cuBLASLt go on without the data it asks for.
 #include "check.h"
 #include <cstdint>
 #include <cstring>
@@ -52,6 +55,17 @@ int main() {
   void *green = nullptr;
   EXPECT(green_of((cudaStream_t)0x12345678, &green) == 400, "a stream that does not exist is CUDA_ERROR_INVALID_HANDLE");
   printf("green context of a stream: NULL (vgpu makes none)\n");
+
+  const unsigned char lt_uuid[16] = {0x17, 0x34, 0xdc, 0x26, 0x80, 0x0d, 0x47, 0x45, 0x87, 0x26, 0xc0, 0xf1, 0xe7, 0xdd, 0x8b, 0xca};
+  const void *lt = nullptr;
+  EXPECT(get_table(&lt, lt_uuid) == 0 && lt != nullptr, "no table 1734dc26 (cuBLASLt 13 calls through it unchecked)");
+  const uintptr_t *lt_slots = (const uintptr_t *)lt;
+  EXPECT(lt_slots[0] >= 14 * sizeof(void *), "table 1734dc26 has %zu bytes; cuBLASLt calls slot 13", (size_t)lt_slots[0]);
+  void *data = nullptr;
+  size_t len = 0;
+  int r = ((int (*)(void **, size_t *))lt_slots[4])(&data, &len);
+  EXPECT(r != 0 && data == nullptr, "slot 4 of 1734dc26 = %d with data %p: vgpu has no data to give", r, data);
+  printf("table 1734dc26: present, slot 4 answers %d (cuBLASLt goes on without its data)\n", r);
   printf("PASS\n");
   return 0;
 }

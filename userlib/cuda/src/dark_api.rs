@@ -22,6 +22,8 @@
 //! TOOLS_TLS 4): each slot not described at its function fails with CUDA_ERROR_NOT_SUPPORTED
 //! and logs once, naming itself; none is a null pointer. TOOLS_MODULE (6e163fbe), whose length
 //! is not known, has the 8 slots cuFFT checks for; it calls slot 7 (a module's functions).
+//! CUBLASLT_DATA (1734dc26), length not known either, has 16 slots, all unknown: cuBLASLt 13 calls
+//! slot 4 for some data, goes on without it on an error, and dies if the table is missing.
 //!
 //! A table vgpu does not know gets CUDA_ERROR_NOT_FOUND, as NVIDIA's driver answers for one it
 //! lacks (cudart 13.2+ asks for `f8cff951...` and carries on without it), logged once each.
@@ -49,6 +51,12 @@ pub const INTEGRITY_CHECK: Uuid = hex("d4082055bde6704b8d34ba123c66e1f2");
 pub const CONTEXT_IDENTITY: Uuid = hex("21318c60971432488ca641ff7324c8f2");
 /// Tools' view of modules; cuFFT fetches slot 7 (a module's functions) when it is created.
 pub const TOOLS_MODULE: Uuid = hex("6e163fbeb958444d835ce182aff1991e");
+/// cuBLASLt 13's (13.10): fetched once before its first heuristic query, then slot 4 is called
+/// as `(void **data, usize *len) -> int` without checking that the table came back: without it
+/// the process dies (a call through NULL). On a nonzero answer cuBLASLt goes on without the data
+/// (its other path); on 0 it reads `len` bytes at `data` and hands both to slot 13 (a release).
+/// What the bytes mean is not known, so every slot is an unknown one.
+pub const CUBLASLT_DATA: Uuid = hex("1734dc26800d47458726c0f1e7dd8bca");
 
 const fn hex(s: &str) -> Uuid {
     let b = s.as_bytes();
@@ -70,7 +78,7 @@ const fn nib(c: u8) -> u8 {
 }
 
 /// Names of the tables, for the log line of a slot nobody was seen calling.
-const TABLE_NAMES: [&str; 8] = ["CUDART_INTERFACE", "TOOLS_RUNTIME_CALLBACK_HOOKS", "TOOLS_TLS", "CONTEXT_CHECKS", "INTEGRITY_CHECK", "CONTEXT_IDENTITY", "CONTEXT_LOCAL_STORAGE", "TOOLS_MODULE"];
+const TABLE_NAMES: [&str; 9] = ["CUDART_INTERFACE", "TOOLS_RUNTIME_CALLBACK_HOOKS", "TOOLS_TLS", "CONTEXT_CHECKS", "INTEGRITY_CHECK", "CONTEXT_IDENTITY", "CONTEXT_LOCAL_STORAGE", "TOOLS_MODULE", "CUBLASLT_DATA"];
 
 /// Slot `SLOT` of table `TABLE_NAMES[TABLE]`, whose meaning is unknown: fails and logs once.
 unsafe extern "C" fn unknown_slot<const TABLE: usize, const SLOT: usize>() -> CUresult {
@@ -377,6 +385,8 @@ fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
         let mut tools_module = stub_table::<7>(8);
         tools_module[7] = f(tools_module_visit_functions as *const ());
         m.insert(TOOLS_MODULE, sized(tools_module));
+        // NVIDIA's length is not known; cuBLASLt 13 calls slot 4, and slot 13 after a success.
+        m.insert(CUBLASLT_DATA, sized(stub_table::<8>(16)));
         m
     })
 }
