@@ -549,6 +549,23 @@ def float_forms(rng):
                     f.case([x, y], [R.minmax(x, y, f_, op == "max", nan)])
                 forms.append(f)
         sign = 1 << (f_.bits - 1)
+        # A mul and an add/sub with no rounding modifier: ptxas fuses them into one fma by default
+        # (the PTX ISA allows it; NVVM writes contractable operations this way), so a GPU rounds
+        # once. The sim fuses them the same way (parse::contract_mul_add); the .rn pair is never
+        # fused. 255.6 - 213 * 1.2 is 3.8e-15 fused and 0 rounded twice (CuPy's mod). The
+        # golden file of a GPU settles whether ptxas fuses as assumed here.
+        t = f".reg .b{f_.bits} %ct;"
+        bits_of = (lambda v: struct.unpack("<Q", struct.pack("<d", v))[0]) if fname == "f64" else (lambda v: struct.unpack("<I", struct.pack("<f", v))[0])
+        boundary = [tuple(map(bits_of, (213.0, 1.2, 255.6) if fname == "f64" else (11.3, 0.7, 8.1)))]
+        for name, text, ref in (
+            (f"mul+sub.{fname} (contracted)", f"mul.{fname} %ct, {{a}}, {{b}};\nsub.{fname} {{d}}, {{c}}, %ct;", lambda x, y, z: R.fma(x ^ sign, y, z, f_)),
+            (f"mul+add.{fname} (contracted)", f"mul.{fname} %ct, {{a}}, {{b}};\nadd.{fname} {{d}}, %ct, {{c}};", lambda x, y, z: R.fma(x, y, z, f_)),
+            (f"mul.rn+sub.rn.{fname} (not contracted)", f"mul.rn.{fname} %ct, {{a}}, {{b}};\nsub.rn.{fname} {{d}}, {{c}}, %ct;", lambda x, y, z: (lambda p: NAN if p == NAN else R.add(z, p, f_, sub=True))(R.mul(x, y, f_))),
+        ):
+            f = Form(name, text, [c, c, c], [c], chk, decls=t)
+            for x, y, z in boundary + three:
+                f.case([x, y, z], [ref(x, y, z)])
+            forms.append(f)
         for op, fn in (("neg", lambda x: x ^ sign), ("abs", lambda x: x & (sign - 1))):
             name = f"{op}.{fname}"
             # Sign-bit operations; a NaN's payload is left to the golden file.

@@ -18,6 +18,7 @@ mod regs;
 mod unwritten;
 mod warp;
 pub(crate) use jit::JitSlot;
+pub(crate) use unwritten::written_by;
 use regs::{Lane, RegFile, Regs, RegsMut, WARP};
 pub(crate) use warp::Fast;
 pub use warp::{with_engine, with_jit_heat, Engine};

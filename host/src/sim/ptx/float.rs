@@ -220,6 +220,8 @@ pub(crate) fn bin(op: Bin, ty: Ty, m: Mods, a: u64, b: u64) -> Option<u64> {
 /// fma / mad.rn: a * b + c rounded once.
 pub(crate) fn fma(ty: Ty, m: Mods, a: u64, b: u64, c: u64) -> u64 {
     let (a, b, c) = (flush(a, ty, m.ftz), flush(b, ty, m.ftz), flush(c, ty, m.ftz));
+    // A contracted mul and sub (parse::contract_mul_add): a sign flip, exact.
+    let (a, c) = (if m.neg_a { a ^ sign_bit(ty) } else { a }, if m.neg_c { c ^ sign_bit(ty) } else { c });
     let r = match ty {
         Ty::F32 if !directed(m.rnd) => f32_of(a).mul_add(f32_of(b), f32_of(c)).to_bits() as u64,
         Ty::F64 if !directed(m.rnd) => f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(c)).to_bits(),

@@ -347,7 +347,8 @@ pub enum Rnd {
 }
 
 /// Modifiers of arithmetic and conversions: rounding (`.rn/.rz/.rm/.rp`, `.rni`...), `.ftz`,
-/// `.sat`, `.NaN` (min/max), `.relu`.
+/// `.sat`, `.NaN` (min/max), `.relu`. `neg_a`/`neg_c` are no PTX modifier: an fma the sim made
+/// of a mul and an add or sub ([`contract_mul_add`]) negates its first factor or its addend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Mods {
     pub rnd: Rnd,
@@ -355,6 +356,8 @@ pub struct Mods {
     pub sat: bool,
     pub nan: bool,
     pub relu: bool,
+    pub neg_a: bool,
+    pub neg_c: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -602,6 +605,73 @@ fn perf_directive(text: &str, name: &str) -> Option<Vec<u32>> {
 /// from its first mention to its last (to a loop's end if it is used inside a loop it was
 /// defined before), weighted by its 32-bit words (predicates are not counted); the estimate is
 /// the most live at any instruction.
+/// Float `mul` and `add`/`sub` written without a rounding modifier may be fused into one fma
+/// (PTX ISA, add/mul: "mul/add sequences with no rounding modifiers may be optimized to use
+/// fused-multiply-add instructions on the target device"), and ptxas does so by default
+/// (`--fmad=true`): that is how NVVM marks what the source lets it contract. A GPU then rounds
+/// once where two roundings would differ: CuPy's `mod` (x - floor(x/y)*y) of 255.6 by 1.2 is
+/// 3.8e-15 fused, 0.0 unfused. So the sim fuses them too: an f32/f64 `add`/`sub` without
+/// modifiers (other than `.ftz`) one of whose operands was last written by such a `mul` (same
+/// type and `.ftz`, same guard) in the same straight-line stretch, whose factors are unchanged
+/// since, becomes `fma.rn` of those factors (the mul stays, for any other reader). The first
+/// operand's product is fused first, as LLVM's combiner does: x*y + z, x*y - z = fma(x, y, -z),
+/// z - x*y = fma(-x, y, z).
+fn contract_mul_add(insts: &mut [Inst]) {
+    let mut entered = vec![false; insts.len()];
+    for inst in insts.iter() {
+        if let Op::Bra { target } = inst.op {
+            if let Some(e) = entered.get_mut(target as usize) {
+                *e = true;
+            }
+        }
+    }
+    for i in 0..insts.len() {
+        let Op::Bin { op: op @ (Bin::Add | Bin::Sub), ty: ty @ (Ty::F32 | Ty::F64), m, ref d, ref a, ref b } = insts[i].op else { continue };
+        if m != (Mods { ftz: m.ftz, ..Mods::default() }) {
+            continue;
+        }
+        let (d, a, b, guard) = (d.clone(), a.clone(), b.clone(), insts[i].guard);
+        // Registers written since each earlier instruction, back to where control may enter.
+        let mut since: Vec<u32> = Vec::new();
+        let mut producers: [Option<(Opnd, Opnd)>; 2] = [None, None];
+        let mut open = [matches!(a, Opnd::Reg(_)), matches!(b, Opnd::Reg(_))];
+        let mut k = i;
+        while k > 0 && !entered[k] && open.iter().any(|&o| o) {
+            k -= 1;
+            let written = super::exec::written_by(&insts[k].op);
+            for (n, x) in [&a, &b].into_iter().enumerate() {
+                let Opnd::Reg(r) = x else { continue };
+                if !open[n] || !written.contains(r) {
+                    continue;
+                }
+                open[n] = false;
+                if let Op::Bin { op: Bin::MulLo, ty: mty, m: mm, d: Opnd::Reg(md), a: ref ma, b: ref mb } = insts[k].op {
+                    let unchanged = |o: &Opnd| match o {
+                        Opnd::Reg(q) => !since.contains(q) && q != &md,
+                        Opnd::Imm(_) => true,
+                        _ => false,
+                    };
+                    let same_guard = insts[k].guard == guard && guard.is_none_or(|(p, _)| !since.contains(&p));
+                    if mty == ty && mm == (Mods { ftz: m.ftz, ..Mods::default() }) && same_guard && unchanged(ma) && unchanged(mb) {
+                        producers[n] = Some((ma.clone(), mb.clone()));
+                    }
+                }
+            }
+            since.extend(written);
+        }
+        let fused = match (op, &producers) {
+            (_, [Some((x, y)), _]) => Some((x.clone(), y.clone(), b.clone(), false, op == Bin::Sub)),
+            (Bin::Add, [None, Some((x, y))]) => Some((x.clone(), y.clone(), a.clone(), false, false)),
+            (_, [None, Some((x, y))]) => Some((x.clone(), y.clone(), a.clone(), true, false)),
+            _ => None,
+        };
+        if let Some((x, y, c, neg_a, neg_c)) = fused {
+            let m = Mods { rnd: Rnd::Near, ftz: m.ftz, neg_a, neg_c, ..Mods::default() };
+            insts[i].op = Op::Mad { hi: false, ty, m, d, a: x, b: y, c };
+        }
+    }
+}
+
 fn register_estimate(f: &Func) -> u32 {
     let mut spans: Vec<(u32, u32, u32)> = f
         .reg_span
@@ -1546,6 +1616,7 @@ impl Parser {
                 *t = target;
             }
         }
+        contract_mul_add(&mut f.insts);
         if f.local_bytes > MAX_LOCAL {
             return err(line, format!("{name} declares {} bytes of local memory", f.local_bytes));
         }
@@ -1857,7 +1928,7 @@ impl Parser {
         } else {
             Rnd::None
         };
-        let m = Mods { rnd, ftz: has("ftz"), sat: has("sat"), nan: has("NaN"), relu: has("relu") };
+        let m = Mods { rnd, ftz: has("ftz"), sat: has("sat"), nan: has("NaN"), relu: has("relu"), ..Mods::default() };
         let space = || {
             if has("global") {
                 Space::Global

@@ -1248,3 +1248,82 @@ LOOP:
         assert_eq!(got, want, "{engine:?}");
     }
 }
+
+/// Float mul and add/sub without rounding modifiers are fused into one fma, as ptxas fuses them
+/// on a GPU (parse::contract_mul_add); `.rn` forms, a label in between (control may enter
+/// there), a factor rewritten in between and a mul under another guard are not. The reference
+/// is the PTX ISA's fma.rn (one rounding: Rust's `mul_add`) against two roundings; at
+/// 255.6 - 213 * 1.2 they differ (CuPy's mod, which unwrap uses: 3.8e-15 against 0).
+#[test]
+fn mul_and_add_without_rounding_modifiers_fuse_as_on_a_gpu() {
+    let text = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry contract(.param .u64 out, .param .f64 x, .param .f64 y, .param .f64 f, .param .f32 xs, .param .f32 ys, .param .f32 fs)
+{
+    .reg .pred %p<2>;
+    .reg .f32 %f<8>;
+    .reg .f64 %fd<24>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd1, [out];
+    ld.param.f64 %fd1, [x];
+    ld.param.f64 %fd2, [y];
+    ld.param.f64 %fd3, [f];
+    mul.f64 %fd4, %fd3, %fd2;
+    sub.f64 %fd5, %fd1, %fd4;
+    st.global.f64 [%rd1], %fd5;
+    mul.rn.f64 %fd6, %fd3, %fd2;
+    sub.rn.f64 %fd7, %fd1, %fd6;
+    st.global.f64 [%rd1+8], %fd7;
+    neg.f64 %fd20, %fd1;
+    mul.f64 %fd8, %fd3, %fd2;
+    add.f64 %fd9, %fd8, %fd20;
+    st.global.f64 [%rd1+16], %fd9;
+    mul.f64 %fd10, %fd3, %fd2;
+    sub.f64 %fd11, %fd10, %fd1;
+    st.global.f64 [%rd1+24], %fd11;
+    mul.f64 %fd12, %fd3, %fd2;
+    bra.uni $L1;
+$L1:
+    sub.f64 %fd13, %fd1, %fd12;
+    st.global.f64 [%rd1+32], %fd13;
+    setp.ne.f64 %p1, %fd2, 0d0000000000000000;
+    @%p1 mul.f64 %fd16, %fd3, %fd2;
+    sub.f64 %fd17, %fd1, %fd16;
+    st.global.f64 [%rd1+48], %fd17;
+    mul.f64 %fd14, %fd3, %fd2;
+    mov.f64 %fd3, 0d4000000000000000;
+    sub.f64 %fd15, %fd1, %fd14;
+    st.global.f64 [%rd1+40], %fd15;
+    ld.param.f32 %f1, [xs];
+    ld.param.f32 %f2, [ys];
+    ld.param.f32 %f3, [fs];
+    mul.f32 %f4, %f3, %f2;
+    sub.f32 %f5, %f1, %f4;
+    st.global.f32 [%rd1+56], %f5;
+    ret;
+}
+"#;
+    let m = Module::parse(text).unwrap();
+    let (x, y, f) = (255.6f64, 1.2f64, 213.0f64);
+    let (fused, twice) = ((-f).mul_add(y, x), x - f * y);
+    assert_ne!(fused, twice, "the reference values must tell fused from unfused");
+    let (xs, ys, fs) = (8.1f32, 0.7f32, 11.3f32);
+    let (fused32, twice32) = ((-fs).mul_add(ys, xs), xs - fs * ys);
+    assert_ne!(fused32, twice32, "the f32 reference values must tell fused from unfused");
+    let mut mem = Mem::default();
+    let out = mem.alloc(&[0u8; 64]);
+    let args = [out, x.to_bits(), y.to_bits(), f.to_bits(), xs.to_bits() as u64, ys.to_bits() as u64, fs.to_bits() as u64];
+    run(&m, "contract", [1, 1, 1], [1, 1, 1], 0, &args, &mut mem).unwrap();
+    let got: Vec<f64> = read(mem.get(out), 7);
+    assert_eq!(got[0], fused, "x - f*y without modifiers: fma(-f, y, x)");
+    assert_eq!(got[1], twice, ".rn forms are never fused");
+    assert_eq!(got[2], -fused, "f*y + (-x): fma(f, y, -x)");
+    assert_eq!(got[3], -fused, "f*y - x: fma(f, y, -x)");
+    assert_eq!(got[4], twice, "a label between: control may enter there, not fused");
+    assert_eq!(got[5], twice, "a factor rewritten between: not fused");
+    assert_eq!(got[6], twice, "the mul under a guard the sub does not have: not fused");
+    let got32: Vec<f32> = read(&mem.get(out)[56..], 1);
+    assert_eq!(got32[0], fused32, "f32: fma(-f, y, x)");
+}

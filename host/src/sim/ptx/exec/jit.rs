@@ -1468,6 +1468,11 @@ struct Emit<'b, 'f> {
 }
 
 /// `.ftz` and round to nearest (or no rounding named), nothing else.
+/// `m` without the signs a contracted mul and sub gives an fma's factor or addend.
+fn unsigned(m: Mods) -> Mods {
+    Mods { neg_a: false, neg_c: false, ..m }
+}
+
 fn ftz_only(m: Mods) -> bool {
     m == Mods { ftz: true, ..Mods::default() } || m == Mods { ftz: true, rnd: Rnd::Near, ..Mods::default() }
 }
@@ -2040,6 +2045,13 @@ impl Emit<'_, '_> {
 
     /// float::flush for an f32 (bits in the low 32 of `x`, the rest clear): a subnormal
     /// becomes a zero of its sign.
+    /// An fma's factor `p` and addend `s` with the signs of a contracted mul and sub (float::fma).
+    fn negated(&mut self, m: Mods, p: Value, s: Value) -> (Value, Value) {
+        let p = if m.neg_a { self.b.ins().fneg(p) } else { p };
+        let s = if m.neg_c { self.b.ins().fneg(s) } else { s };
+        (p, s)
+    }
+
     fn flush32(&mut self, x: Value) -> Value {
         let exp = self.b.ins().band_imm_u(x, 0x7f80_0000);
         let sub = self.b.ins().icmp_imm_u(IntCC::Equal, exp, 0);
@@ -2152,9 +2164,10 @@ impl Emit<'_, '_> {
                 let r = self.float_result(r, op, x, y, z);
                 self.flush32(r)
             }
-            Eval::Mad { hi: false, m } if ty == Ty::F32 && ftz_only(m) => {
+            Eval::Mad { hi: false, m } if ty == Ty::F32 && ftz_only(unsigned(m)) => {
                 let (fx, fy, fz) = (self.flush32(x), self.flush32(y), self.flush32(z));
                 let (p, q, s) = (self.float(F32, fx), self.float(F32, fy), self.float(F32, fz));
+                let (p, s) = self.negated(m, p, s);
                 let r = self.b.ins().fma(p, q, s);
                 let r = self.float_result(r, op, x, y, z);
                 self.flush32(r)
@@ -2163,9 +2176,10 @@ impl Emit<'_, '_> {
                 let p = self.b.ins().imul(x, y);
                 self.b.ins().iadd(p, z)
             }
-            Eval::Mad { hi: false, m } if fty.is_some() && plain(m) => {
+            Eval::Mad { hi: false, m } if fty.is_some() && plain(unsigned(m)) => {
                 let fty = fty.unwrap_or(F32);
                 let (p, q, s) = (self.float(fty, x), self.float(fty, y), self.float(fty, z));
+                let (p, s) = self.negated(m, p, s);
                 let r = self.b.ins().fma(p, q, s);
                 self.float_result(r, op, x, y, z)
             }

@@ -148,6 +148,17 @@ fn reads_of(inst: &Inst, u: &mut Vec<u32>) {
     });
 }
 
+/// The registers `op` writes or may write (its destinations).
+pub(crate) fn written_by(op: &Op) -> Vec<u32> {
+    let mut w = Vec::new();
+    operands(op, &mut |o, role| {
+        if matches!(role, Role::Write | Role::MaybeWrite) {
+            w.extend(dests(o));
+        }
+    });
+    w
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Read,
