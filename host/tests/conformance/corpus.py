@@ -566,6 +566,12 @@ def float_forms(rng):
             for x, y, z in boundary + three:
                 f.case([x, y, z], [ref(x, y, z)])
             forms.append(f)
+        # A product read by two adds: the sim fuses each (as LLVM's NVPTX backend does with
+        # aggressive fusion); whether ptxas does too is for the golden file to say.
+        f = Form(f"mul+sub+add.{fname} (product read twice, contracted)", f"mul.{fname} %ct, {{a}}, {{b}};\nsub.{fname} {{d}}, {{c}}, %ct;\nadd.{fname} {{q}}, %ct, {{c}};", [c, c, c], [c, c], chk * 2, decls=t)
+        for x, y, z in boundary + three:
+            f.case([x, y, z], [R.fma(x ^ sign, y, z, f_), R.fma(x, y, z, f_)])
+        forms.append(f)
         for op, fn in (("neg", lambda x: x ^ sign), ("abs", lambda x: x & (sign - 1))):
             name = f"{op}.{fname}"
             # Sign-bit operations; a NaN's payload is left to the golden file.
