@@ -601,10 +601,6 @@ fn perf_directive(text: &str, name: &str) -> Option<Vec<u32>> {
     (!v.is_empty()).then_some(v)
 }
 
-/// Registers a compiler would allocate, estimated from the PTX: each virtual register is live
-/// from its first mention to its last (to a loop's end if it is used inside a loop it was
-/// defined before), weighted by its 32-bit words (predicates are not counted); the estimate is
-/// the most live at any instruction.
 /// Float `mul` and `add`/`sub` written without a rounding modifier may be fused into one fma
 /// (PTX ISA, add/mul: "mul/add sequences with no rounding modifiers may be optimized to use
 /// fused-multiply-add instructions on the target device"), and ptxas does so by default
@@ -672,6 +668,10 @@ fn contract_mul_add(insts: &mut [Inst]) {
     }
 }
 
+/// Registers a compiler would allocate, estimated from the PTX: each virtual register is live
+/// from its first mention to its last (to a loop's end if it is used inside a loop it was
+/// defined before), weighted by its 32-bit words (predicates are not counted); the estimate is
+/// the most live at any instruction.
 fn register_estimate(f: &Func) -> u32 {
     let mut spans: Vec<(u32, u32, u32)> = f
         .reg_span

@@ -1467,12 +1467,12 @@ struct Emit<'b, 'f> {
     local_direct: bool,
 }
 
-/// `.ftz` and round to nearest (or no rounding named), nothing else.
 /// `m` without the signs a contracted mul and sub gives an fma's factor or addend.
 fn unsigned(m: Mods) -> Mods {
     Mods { neg_a: false, neg_c: false, ..m }
 }
 
+/// `.ftz` and round to nearest (or no rounding named), nothing else.
 fn ftz_only(m: Mods) -> bool {
     m == Mods { ftz: true, ..Mods::default() } || m == Mods { ftz: true, rnd: Rnd::Near, ..Mods::default() }
 }
@@ -2043,8 +2043,6 @@ impl Emit<'_, '_> {
         self.b.ins().band(below, fits)
     }
 
-    /// float::flush for an f32 (bits in the low 32 of `x`, the rest clear): a subnormal
-    /// becomes a zero of its sign.
     /// An fma's factor `p` and addend `s` with the signs of a contracted mul and sub (float::fma).
     fn negated(&mut self, m: Mods, p: Value, s: Value) -> (Value, Value) {
         let p = if m.neg_a { self.b.ins().fneg(p) } else { p };
@@ -2052,6 +2050,8 @@ impl Emit<'_, '_> {
         (p, s)
     }
 
+    /// float::flush for an f32 (bits in the low 32 of `x`, the rest clear): a subnormal
+    /// becomes a zero of its sign.
     fn flush32(&mut self, x: Value) -> Value {
         let exp = self.b.ins().band_imm_u(x, 0x7f80_0000);
         let sub = self.b.ins().icmp_imm_u(IntCC::Equal, exp, 0);
