@@ -62,7 +62,7 @@ fi
 # (tests/tests/cupy_suite.rs) with the same tests as above. About 2 GB installed.
 venv=$CACHE/cupy13-venv
 if [ -f "$venv/.complete-v1" ]; then echo "setup: CuPy for CUDA 13 cached in $venv"; else
-  echo "setup: installing CuPy 14.2 for CUDA 13 with its CUDA libraries into $venv (about 1 GB to download)"
+  echo "setup: installing CuPy 14.2 for CUDA 13 with its CUDA libraries into $venv (2 GB installed)"
   rm -rf "$venv" && python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'cupy-cuda13x[ctk]==14.2.0' numpy==2.4.6 \
     cuda-pathfinder==1.9.1 cuda-toolkit==13.5.0 nvidia-cublas==13.10.0.20 nvidia-cuda-nvrtc==13.5.37 \
