@@ -1,6 +1,7 @@
 //! CuPy's own test suite (CuPy 14.2.0's tests from its sdist, run against the cupy-cuda12x
-//! wheel and against the cupy-cuda13x one, unmodified) on vgpu's libcuda.so.1 over the socket transport, sim backend: the
-//! directories of core, math, manipulation, sorting, statistics and CUDA tests, `-m "not slow"`,
+//! wheel and against the cupy-cuda13x one, unmodified) on vgpu's libcuda.so.1 over the socket
+//! transport, sim backend: the directories of core, math, manipulation, sorting, statistics and
+//! CUDA tests, `-m "not slow"`,
 //! with CUPY_COMPILE_WITH_PTX=1 (the sim runs PTX, not NVRTC's cubins). Installed by
 //! scripts/setup-cuda-wheels.sh.
 //!
