@@ -3,6 +3,7 @@
 //! all, which is how a client that dies leaks nothing.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
@@ -184,11 +185,12 @@ pub trait DeviceSession: Send {
     }
     /// What a worker process sends the mediator of what its session shared (the cuda backend's
     /// sessions run in workers, see crate::worker), and what the mediator gives another worker
-    /// to open: `shared` as bytes, and back.
-    fn shared_to_bytes(&self, _shared: &Shared) -> CmdResult<Vec<u8>> {
+    /// to open: `shared` as bytes and, for what the driver shares as a file descriptor (VMM
+    /// memory), that descriptor, which travels beside the bytes (SCM_RIGHTS); and back.
+    fn shared_to_wire(&self, _shared: &Shared) -> CmdResult<(Vec<u8>, Option<OwnedFd>)> {
         Err(not_supported("sharing through a worker"))
     }
-    fn shared_from_bytes(&self, _kind: u32, _bytes: &[u8]) -> CmdResult<Shared> {
+    fn shared_from_wire(&self, _kind: u32, _bytes: &[u8], _fd: Option<OwnedFd>) -> CmdResult<Shared> {
         Err(not_supported("sharing through a worker"))
     }
 

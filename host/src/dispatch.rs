@@ -33,6 +33,9 @@ pub struct Connection<'b> {
     next_host: u64,
     /// Descriptors the client sent with its current request.
     fds: Vec<OwnedFd>,
+    /// A descriptor to send with the reply to the current request (a worker's shareable VMM
+    /// handle, to the mediator): see `take_reply_fd`.
+    reply_fd: Option<OwnedFd>,
     /// A module image arriving in parts (ModuleImagePart), loaded by an empty ModuleLoad.
     staged_image: Vec<u8>,
     /// A kernel faulted (CUDA's sticky context errors): every request that needs the context
@@ -152,6 +155,7 @@ impl<'b> Connection<'b> {
             host: HashMap::new(),
             next_host: 0,
             fds: Vec::new(),
+            reply_fd: None,
             staged_image: Vec::new(),
             sticky: None,
             opened: HashMap::new(),
@@ -171,6 +175,11 @@ impl<'b> Connection<'b> {
         let fds = std::mem::take(&mut self.fds);
         let n = fds.len();
         <[OwnedFd; N]>::try_from(fds).map_err(|_| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{what} takes {N} file descriptors, not {n}")))
+    }
+
+    /// The descriptor the reply to the request just handled carries (SCM_RIGHTS), if any.
+    pub fn take_reply_fd(&mut self) -> Option<OwnedFd> {
+        self.reply_fd.take()
     }
 
     /// The first descriptor that came with the request `what`.
@@ -347,21 +356,25 @@ impl<'b> Connection<'b> {
     }
 
     /// Sharing requests in a worker (crate::worker): the mediator keeps the tokens, the counts
-    /// and the VM's table; here what is shared travels as the backend's own bytes. ShareExport
+    /// and the VM's table; here what is shared travels as the backend's own bytes, and a file
+    /// descriptor where the driver shares one (VMM memory), attached to the message. ShareExport
     /// replies what u64 and those bytes; ShareImport takes kind u32 and those bytes.
     fn share_op_in_worker(&mut self, op: Op, r: &mut Reader<'_>, out: &mut Vec<u8>) -> CmdResult<()> {
+        let fd = (!self.fds.is_empty()).then(|| self.fds.remove(0));
         let sess = opened(&mut self.session)?;
         match op {
             Op::ShareExport => {
                 let (kind, what) = (r.u32()?, r.u64()?);
                 r.finish()?;
                 let (what, shared) = share_of(sess, kind, what)?;
+                let (bytes, fd) = sess.shared_to_wire(&shared)?;
                 out.put_u64(what);
-                out.extend_from_slice(&sess.shared_to_bytes(&shared)?);
+                out.extend_from_slice(&bytes);
+                self.reply_fd = fd;
             }
             Op::ShareImport => {
                 let kind = r.u32()?;
-                let shared = sess.shared_from_bytes(kind, r.rest())?;
+                let shared = sess.shared_from_wire(kind, r.rest(), fd)?;
                 let (what, size) = open_shared(sess, kind, &shared)?;
                 out.put_u64(what);
                 out.put_u64(size);
@@ -458,8 +471,11 @@ impl<'b> Connection<'b> {
                 self.sticky = Some(e.clone());
             }
         }
-        // Descriptors not claimed by this request are closed.
+        // Descriptors not claimed by this request are closed; one for a failed reply too.
         self.fds.clear();
+        if r.is_err() {
+            self.reply_fd = None;
+        }
         self.requests += 1;
         // GPU time the backend measured itself (an asynchronous GPU's kernels, timed by events):
         // the VM's, and its scheduling share's.

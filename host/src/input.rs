@@ -29,8 +29,9 @@ impl Input {
         self.end - self.start
     }
 
-    /// One recvmsg into `into`; 0 at end of stream.
-    fn receive(stream: &UnixStream, fds: &mut Vec<OwnedFd>, into: &mut [u8]) -> io::Result<usize> {
+    /// One recvmsg into `into`, keeping at most MAX_FDS received descriptors in `fds`; 0 at end
+    /// of stream.
+    pub(crate) fn receive(stream: &UnixStream, fds: &mut Vec<OwnedFd>, into: &mut [u8]) -> io::Result<usize> {
         let mut space = nix::cmsg_space!([RawFd; 4]);
         let mut iov = [IoSliceMut::new(into)];
         loop {

@@ -172,6 +172,16 @@ impl Wire {
         }
     }
 
+    /// Writes `bytes` with `fd` attached to the first of them (SCM_RIGHTS). Only on the socket:
+    /// a connection on shared rings has no way to pass one, and the peer gets the reply alone.
+    fn send_with_fd(&mut self, bytes: &[u8], fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        if self.ring.is_some() {
+            tracing::warn!("a file descriptor cannot travel over shared rings; the reply goes without it");
+            return self.write_all(bytes);
+        }
+        vgpu_client::transport::send_with_fd(&self.stream, bytes, std::os::fd::AsFd::as_fd(&fd))
+    }
+
     /// `Op::ShmRing`: checks the request and maps the rings; the caller answers on the socket.
     fn upgrade(&mut self, conn: &mut Connection<'_>, payload: &[u8]) -> Result<vgpu_client::shm_ring::Ring, String> {
         use std::os::fd::AsFd;
@@ -252,12 +262,21 @@ pub fn serve_requests(stream: UnixStream, conn: &mut Connection<'_>, who: &str, 
             // SAFETY: fflush(NULL) flushes every C output stream; it takes no memory of ours.
             unsafe { libc::fflush(std::ptr::null_mut()) };
         }
+        let this_reply = output.len();
         match handled {
             Ok(()) => push_reply(&mut output, h.op, h.seq, CUDA_SUCCESS, &reply),
             Err(e) => {
                 tracing::debug!(vm = who, pid = conn.client_pid, op = h.op, code = e.code, "{}", e.message);
                 push_reply(&mut output, h.op, h.seq, e.code, e.message.as_bytes())
             }
+        }
+        if let Some(fd) = conn.take_reply_fd() {
+            // A descriptor rides on the first byte of its own reply (a worker's shareable VMM
+            // handle): the replies before it go out first, so the peer's read that gets this
+            // reply's header gets the descriptor.
+            wire.write_all(&output[..this_reply])?;
+            wire.send_with_fd(&output[this_reply..], fd)?;
+            output.clear();
         }
         // Large replies (device-to-host data) go out at once rather than being copied along.
         if output.len() >= 1 << 20 {

@@ -12,7 +12,7 @@
 //! memory); the worker checks every handle and address again against its own session.
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
-use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY};
+use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
 use crate::cancel::Reason;
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -28,10 +28,13 @@ use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, MsgHeader, Op, COPY_CHUNK, HEAD
 use vgpu_uapi::wire::{Reader, Writer};
 
 /// What a worker's session shared, as the worker described it (the driver's IPC handle and the
-/// size, for the cuda backend): opaque here, handed to the worker that opens it.
+/// size, for the cuda backend; for VMM memory the driver's file descriptor and the size):
+/// opaque here, handed to the worker that opens it. The descriptor is closed when the export
+/// ends (the owner freed the allocation or went away).
 struct WorkerShared {
     kind: u32,
     bytes: Vec<u8>,
+    fd: Option<OwnedFd>,
 }
 
 /// How to start a worker: the executable (vgpu-hostd) and the driver and device it serves.
@@ -85,6 +88,8 @@ struct Worker {
     seq: u32,
     /// Requests sent whose replies are still to be read, oldest first.
     unanswered: std::collections::VecDeque<Op>,
+    /// Descriptors that came with the replies read (a shareable VMM handle's), not yet taken.
+    fds: Vec<OwnedFd>,
 }
 
 /// How long a worker may take to free its session and exit once its client is gone.
@@ -109,18 +114,38 @@ impl Worker {
         let (output, output_w) = io::pipe()?;
         let child = spec.command().stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::from(output_w)).spawn()?;
         ours.set_write_timeout(Some(SEND_POLL))?;
-        Ok(Worker { child, stream: ours, output: Some(output), printed: Vec::new(), dropped: 0, seq: 0, unanswered: Default::default() })
+        Ok(Worker { child, stream: ours, output: Some(output), printed: Vec::new(), dropped: 0, seq: 0, unanswered: Default::default(), fds: Vec::new() })
     }
 
     /// Sends one request; its reply is read by `receive`, in order. A send that cannot go on
     /// (the worker is stuck in the GPU and not reading) still watches the cancel token.
     fn send(&mut self, op: Op, parts: &[&[u8]]) -> Result<(), Failure> {
+        let header = self.header(op, parts);
+        self.send_parts(op, &header, parts)
+    }
+
+    fn header(&mut self, op: Op, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
         self.seq = self.seq.wrapping_add(1);
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let h = MsgHeader { magic: MSG_MAGIC, op: op as u32, seq: self.seq, status: 0, payload_len: len as u32, reserved: 0 };
-        let header = h.to_bytes();
+        MsgHeader { magic: MSG_MAGIC, op: op as u32, seq: self.seq, status: 0, payload_len: len as u32, reserved: 0 }.to_bytes()
+    }
+
+    /// Sends one small request with `fd` attached to its first byte (SCM_RIGHTS). The worker
+    /// must have answered everything before it (it then reads this request, and the
+    /// descriptor, alone).
+    fn send_with_fd(&mut self, op: Op, parts: &[&[u8]], fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Failure> {
+        let header = self.header(op, parts);
+        let msg: Vec<u8> = std::iter::once(&header[..]).chain(parts.iter().copied()).flatten().copied().collect();
+        if let Err(e) = vgpu_client::transport::send_with_fd(&self.stream, &msg, fd) {
+            return Err(self.lost(format!("cannot send {op:?} to the worker: {e}")));
+        }
+        self.unanswered.push_back(op);
+        Ok(())
+    }
+
+    fn send_parts(&mut self, op: Op, header: &[u8], parts: &[&[u8]]) -> Result<(), Failure> {
         let token = crate::cancel::token();
-        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+        for part in std::iter::once(header).chain(parts.iter().copied()) {
             let mut at = 0;
             while at < part.len() {
                 match self.stream.write(&part[at..]) {
@@ -179,7 +204,7 @@ impl Worker {
             }
         }
         let mut hdr = [0u8; HEADER_LEN];
-        if let Err(e) = self.stream.read_exact(&mut hdr) {
+        if let Err(e) = self.read_exact_with_fds(&mut hdr) {
             return Err(self.lost(format!("no reply to {op:?}: {e}")));
         }
         let r = MsgHeader::from_bytes(&hdr);
@@ -199,6 +224,20 @@ impl Worker {
     }
 
     /// Reads what the worker printed and is waiting in the pipe (none: returns at once).
+    /// Reads exactly `out.len()` bytes, keeping any descriptor that comes with them.
+    fn read_exact_with_fds(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            match crate::input::Input::receive(&self.stream, &mut self.fds, &mut out[done..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn read_output(&mut self) {
         let Some(pipe) = self.output.as_mut() else { return };
         let mut buf = [0u8; 64 << 10];
@@ -501,19 +540,49 @@ impl RemoteSession {
         self.call(op, &[&u64s(args)]).map(drop)
     }
 
-    /// What the worker's session shares of `what` (its driver's handle, as bytes: see
-    /// Connection::share_op_in_worker), with the base address of memory.
+    /// A sharing request, alone on the socket: every reply before it is read first, so that a
+    /// descriptor (`fd`, attached to the request; or one the worker attaches to the reply) goes
+    /// with this request and no other. Returns the reply and the descriptor that came with it.
+    fn share_call(&self, op: Op, parts: &[&[u8]], fd: Option<std::os::fd::BorrowedFd<'_>>) -> CmdResult<(Vec<u8>, Option<OwnedFd>)> {
+        let mut w = self.worker()?;
+        let mut reply = Vec::new();
+        let mut exchange = || -> Result<Option<OwnedFd>, Failure> {
+            self.collect(&mut w, 0).map_err(Failure::Lost)?;
+            w.fds.clear();
+            match fd {
+                Some(fd) => w.send_with_fd(op, parts, fd)?,
+                None => w.send(op, parts)?,
+            }
+            w.receive(&mut reply)?;
+            Ok(w.fds.drain(..).next())
+        };
+        let r = exchange();
+        drop(w);
+        match r {
+            Err(Failure::Lost(e)) => Err(self.died(e)),
+            Err(Failure::Status(e)) => Err(e),
+            Ok(fd) => Ok((reply, fd)),
+        }
+    }
+
+    /// What the worker's session shares of `what` (its driver's handle, as bytes, and a file
+    /// descriptor for VMM memory: see Connection::share_op_in_worker), with the base address
+    /// of memory.
     fn export(&self, kind: u32, what: u64) -> CmdResult<(u64, Shared)> {
-        let reply = self.call(Op::ShareExport, &[&kind.to_le_bytes(), &what.to_le_bytes()])?;
+        let (reply, fd) = self.share_call(Op::ShareExport, &[&kind.to_le_bytes(), &what.to_le_bytes()], None)?;
         let mut r = Reader::new(&reply);
         let base = r.u64().map_err(|_| malformed(Op::ShareExport))?;
-        Ok((base, Arc::new(WorkerShared { kind, bytes: r.rest().to_vec() })))
+        if (kind == KIND_PHYSICAL) != fd.is_some() {
+            return Err(malformed(Op::ShareExport));
+        }
+        Ok((base, Arc::new(WorkerShared { kind, bytes: r.rest().to_vec(), fd })))
     }
 
     /// Opens in this worker what another worker of the VM shared: (what, size).
     fn import(&self, kind: u32, shared: &Shared) -> CmdResult<(u64, u64)> {
+        use std::os::fd::AsFd;
         let s = shared.downcast_ref::<WorkerShared>().filter(|s| s.kind == kind).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not shared through a cuda worker"))?;
-        let reply = self.call(Op::ShareImport, &[&kind.to_le_bytes(), &s.bytes])?;
+        let (reply, _) = self.share_call(Op::ShareImport, &[&kind.to_le_bytes(), &s.bytes], s.fd.as_ref().map(|f| f.as_fd()))?;
         let mut r = Reader::new(&reply);
         let (what, size) = (r.u64().map_err(|_| malformed(Op::ShareImport))?, r.u64().map_err(|_| malformed(Op::ShareImport))?);
         Ok((what, size))
@@ -812,6 +881,16 @@ impl DeviceSession for RemoteSession {
 
     fn open_event(&mut self, shared: &Shared) -> CmdResult<u64> {
         self.import(KIND_EVENT, shared).map(|(e, _)| e)
+    }
+
+    fn share_physical(&mut self, handle: u64) -> CmdResult<Shared> {
+        self.export(KIND_PHYSICAL, handle).map(|(_, s)| s)
+    }
+
+    fn open_physical(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let r = self.import(KIND_PHYSICAL, shared);
+        self.refresh_usage();
+        r
     }
 
     fn close_memory(&mut self, base: u64) -> CmdResult<()> {

@@ -251,4 +251,6 @@ pub mod vmm {
     pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
     pub const CU_MEM_ACCESS_FLAGS_PROT_READ: c_int = 1;
     pub const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_int = 3;
+    /// CUmemAllocationHandleType: a POSIX file descriptor (an `int`).
+    pub const CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: c_int = 1;
 }

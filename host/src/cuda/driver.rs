@@ -95,6 +95,8 @@ entry_points! {
     cuMemMap: fn(u64, usize, usize, u64, u64);
     cuMemUnmap: fn(u64, usize);
     cuMemSetAccess: fn(u64, usize, *const MemAccessDesc, usize);
+    cuMemExportToShareableHandle: fn(*mut c_void, u64, c_int, u64);
+    cuMemImportFromShareableHandle: fn(*mut u64, *mut c_void, c_int);
     cuArray3DCreate_v2: fn(*mut Ptr, *const array::Array3DDescriptor);
     cuArrayDestroy: fn(Ptr);
     cuMemcpy3D_v2: fn(*const array::Memcpy3D);

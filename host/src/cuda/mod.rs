@@ -11,13 +11,14 @@
 pub mod driver;
 
 use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
-use vgpu_uapi::share::{IpcHandle, HANDLE_LEN, KIND_EVENT, KIND_MEMORY};
+use vgpu_uapi::share::{IpcHandle, HANDLE_LEN, KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
 use driver::{c_name, CudaDriver, Ptr};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE};
+use vgpu_uapi::cuda::vmm::{MemAccessDesc, MemAllocationProp, MemLocation, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, CU_MEM_LOCATION_TYPE_DEVICE};
 use vgpu_uapi::array::{self, format_bytes, ArrayDesc, Copy3D, CopySide, ResourceDesc, SamplerDesc, MEM_DEVICE, MEM_HOST, MEM_ARRAY, RESOURCE_ARRAY, RESOURCE_LINEAR, RESOURCE_PITCH2D};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, STREAM_LEGACY, STREAM_PER_THREAD};
@@ -107,11 +108,10 @@ fn device_info(drv: &CudaDriver, ordinal: i32) -> CmdResult<DeviceInfo> {
             *slot = v;
         }
     }
-    // What the driver can do but this backend does not give guests yet: VMM memory shared as
-    // file descriptors (a descriptor would have to travel between workers), fabric handles and
-    // shareable pools. IPC memory and event handles it has (the driver's, between workers).
+    // What the driver can do but this backend does not give guests yet: fabric handles and
+    // shareable pools. IPC memory and event handles it has (the driver's, between workers), and
+    // VMM memory as POSIX file descriptors when the driver has them.
     for id in [
-        vgpu_uapi::cuda::attr::HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
         vgpu_uapi::cuda::attr::HANDLE_TYPE_FABRIC_SUPPORTED,
         vgpu_uapi::cuda::attr::MEMPOOL_SUPPORTED_HANDLE_TYPES,
     ] {
@@ -170,6 +170,7 @@ impl Backend for CudaBackend {
             usage: self.usage.clone(),
             usage_id,
             total_mem: self.info.total_mem,
+            shareable: self.info.attrs[vgpu_uapi::cuda::attr::HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED] != 0,
             next_handle: 0x10,
             allocs: BTreeMap::new(),
             modules: HashMap::new(),
@@ -215,6 +216,9 @@ pub struct CudaSession {
     usage: Arc<UsageTable>,
     usage_id: u64,
     total_mem: u64,
+    /// The driver exports VMM memory as POSIX file descriptors: every physical allocation is
+    /// made exportable (CUDA asks for it at cuMemCreate; vgpu's guests may export any).
+    shareable: bool,
     next_handle: u64,
     /// base -> size of every allocation.
     allocs: BTreeMap<u64, u64>,
@@ -250,6 +254,14 @@ pub struct CudaSession {
 struct CudaShared {
     kind: u32,
     handle: IpcHandle,
+    size: u64,
+}
+
+/// A physical allocation (VMM) shared as the driver shares it: a POSIX file descriptor from
+/// cuMemExportToShareableHandle, which travels from worker to mediator to worker beside the
+/// size (the bytes: u64, little-endian), and its size.
+struct CudaSharedFd {
+    fd: OwnedFd,
     size: u64,
 }
 
@@ -721,13 +733,22 @@ impl DeviceSession for CudaSession {
         Ok(Arc::new(CudaShared { kind: KIND_EVENT, handle, size: 0 }))
     }
 
-    fn shared_to_bytes(&self, shared: &Shared) -> CmdResult<Vec<u8>> {
+    fn shared_to_wire(&self, shared: &Shared) -> CmdResult<(Vec<u8>, Option<OwnedFd>)> {
+        if let Some(s) = shared.downcast_ref::<CudaSharedFd>() {
+            let fd = s.fd.try_clone().map_err(|e| CmdError::new(CUDA_ERROR_OUT_OF_MEMORY, format!("cannot duplicate a shareable handle: {e}")))?;
+            return Ok((s.size.to_le_bytes().to_vec(), Some(fd)));
+        }
         let s = shared.downcast_ref::<CudaShared>().ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not shared by this backend"))?;
-        Ok([&s.handle.data[..], &s.size.to_le_bytes()].concat())
+        Ok(([&s.handle.data[..], &s.size.to_le_bytes()].concat(), None))
     }
 
-    fn shared_from_bytes(&self, kind: u32, bytes: &[u8]) -> CmdResult<Shared> {
+    fn shared_from_wire(&self, kind: u32, bytes: &[u8], fd: Option<OwnedFd>) -> CmdResult<Shared> {
         let bad = || CmdError::new(CUDA_ERROR_INVALID_VALUE, "malformed shared handle");
+        if kind == KIND_PHYSICAL {
+            let fd = fd.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "a shareable VMM handle came without its file descriptor"))?;
+            let size = u64::from_le_bytes(bytes.try_into().map_err(|_| bad())?);
+            return Ok(Arc::new(CudaSharedFd { fd, size }));
+        }
         if bytes.len() != HANDLE_LEN + 8 {
             return Err(bad());
         }
@@ -747,6 +768,39 @@ impl DeviceSession for CudaSession {
         self.opened.insert(p, s.size);
         self.account();
         Ok((p, s.size))
+    }
+
+    fn share_physical(&mut self, handle: u64) -> CmdResult<Shared> {
+        let (h, size) = *self.physical.get(&handle).ok_or_else(|| invalid_handle("physical allocation", handle))?;
+        if !self.shareable {
+            return Err(CmdError::new(CUDA_ERROR_NOT_SUPPORTED, "the driver has no POSIX file descriptor handles"));
+        }
+        self.enter()?;
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: an int out-pointer, as CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR takes; a
+        // physical allocation of this session, made exportable (vmm_create).
+        self.drv.ok(unsafe { (self.drv.api.cuMemExportToShareableHandle)((&mut fd as *mut std::ffi::c_int).cast(), h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0) }, "cuMemExportToShareableHandle")?;
+        if fd < 0 {
+            return Err(CmdError::new(CUDA_ERROR_UNKNOWN, "cuMemExportToShareableHandle gave no file descriptor"));
+        }
+        // SAFETY: the driver just opened this descriptor for us (the application closes it, in
+        // CUDA's contract); nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Arc::new(CudaSharedFd { fd, size }))
+    }
+
+    fn open_physical(&mut self, shared: &Shared) -> CmdResult<(u64, u64)> {
+        let s = shared.downcast_ref::<CudaSharedFd>().ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_HANDLE, "not VMM memory shared by this backend"))?;
+        self.enter()?;
+        let mut h = 0u64;
+        // SAFETY: valid out-pointer; the descriptor is one the driver exported in another worker
+        // of this VM (the mediator passes nothing else), passed in the pointer as CUDA takes it.
+        // The driver does not take it over: it is closed when `shared` goes.
+        self.drv.ok(unsafe { (self.drv.api.cuMemImportFromShareableHandle)(&mut h, s.fd.as_raw_fd() as usize as *mut c_void, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) }, "cuMemImportFromShareableHandle")?;
+        let id = self.handle();
+        self.physical.insert(id, (h, s.size));
+        self.account();
+        Ok((id, s.size))
     }
 
     fn open_event(&mut self, shared: &Shared) -> CmdResult<u64> {
@@ -1082,7 +1136,7 @@ impl DeviceSession for CudaSession {
     fn vmm_create(&mut self, size: u64) -> CmdResult<u64> {
         let prop = MemAllocationProp {
             ty: CU_MEM_ALLOCATION_TYPE_PINNED,
-            handle_types: 0,
+            handle_types: if self.shareable { CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR } else { 0 },
             location: MemLocation { ty: CU_MEM_LOCATION_TYPE_DEVICE, id: self.device },
             win32_metadata: std::ptr::null_mut(),
             alloc_flags: [0; 8],

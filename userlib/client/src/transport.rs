@@ -230,7 +230,7 @@ impl SocketTransport {
 }
 
 /// Writes `msg` with `fd` attached to its first byte (SCM_RIGHTS).
-fn send_with_fd(s: &UnixStream, msg: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+pub fn send_with_fd(s: &UnixStream, msg: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let fds = [fd.as_raw_fd()];

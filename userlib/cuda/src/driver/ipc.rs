@@ -8,12 +8,12 @@
 use super::*;
 use crate::state;
 use std::ffi::{c_int, c_uint};
+use vgpu_uapi::cuda::vmm::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
 use vgpu_uapi::proto::Op;
 use vgpu_uapi::share::{self, IpcHandle, KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL, TOKEN_LEN};
 use vgpu_uapi::wire::Reader;
 
 const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: c_uint = 0x1;
-const CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: c_int = 0x1;
 
 /// The token the mediator gives for `what` of `kind`. No current context is needed (what is
 /// exported names its device): PyTorch exports from its pickling thread.
