@@ -100,6 +100,7 @@ impl DeviceProfile {
             (attr::LOCAL_L1_CACHE_SUPPORTED, 1),
             (attr::MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, 233_472),
             (attr::MAX_REGISTERS_PER_MULTIPROCESSOR, 65536),
+            // Managed memory is libcuda's own (it reports 1: userlib/cuda/src/driver/device.rs).
             (attr::MANAGED_MEMORY, 0),
             (attr::MULTI_GPU_BOARD, 0),
             (attr::SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO, 2),
@@ -109,13 +110,14 @@ impl DeviceProfile {
             (attr::MAX_PERSISTING_L2_CACHE_SIZE, 82_837_504),
             (attr::RESERVED_SHARED_MEMORY_PER_BLOCK, 1024),
             (attr::VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1),
-            // Not (yet) implemented by vgpu, so reported as absent rather than faked:
             // Stream-ordered allocation and pools are served by libcuda (driver/pool.rs).
             (attr::MEMORY_POOLS_SUPPORTED, 1),
             // Cooperative launches: the sim keeps every block of one resident; the cuda
             // backend launches it with cuLaunchCooperativeKernel.
             (attr::COOPERATIVE_LAUNCH, 1),
-            (attr::HOST_REGISTER_SUPPORTED, 0),
+            // cuMemHostRegister: libcuda shares the pages with the mediator (a guest's driver
+            // pins them), tests/cuda/host_register.cu.
+            (attr::HOST_REGISTER_SUPPORTED, 1),
             // Sharing between processes of a VM (IPC handles, VMM memory as POSIX file
             // descriptors): the sim maps one memfd in each (host/src/share.rs). Not fabric
             // handles (multi-node NVLink), nor shareable memory pools.

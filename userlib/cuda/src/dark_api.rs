@@ -18,6 +18,17 @@
 //! | 9-11 | unknown (9 was a launch in 2021's cudart; never seen called)   | NOT_SUPPORTED, logged     |
 //! | 12   | `(void) -> CUresult`: load the driver's compilers (PTX, NVVM); cudart 13.2+ calls it in its first runtime call | SUCCESS: vgpu's compiler is the mediator's, always ready |
 //!
+//! TOOLS_RUNTIME_CALLBACK_HOOKS (7 slots): the runtime API's callbacks for tools (CUPTI), which
+//! every cudart from 12.0 to 13.5 calls around its API functions:
+//!
+//! | slot | contract (as callers use it)                                   | vgpu                      |
+//! |------|----------------------------------------------------------------|---------------------------|
+//! | 0    | the table's size in bytes                                      | 56                        |
+//! | 1    | `(u32 callback id, record *)`: run the tools subscribed to that runtime API function (cudart calls it at entry and exit; it ignores the answer) | no tool can subscribe to vgpu's libcuda: nothing to run, SUCCESS |
+//! | 2, 6 | `(void **buffer, usize *size)`: scratch buffers for the records | static buffers of 1024 and 14 bytes |
+//! | 4    | `(void *, record field *)`: before the callbacks (answer ignored; cudart 13.5's cudaGetDeviceProperties) | nothing to fill with no tool attached, SUCCESS |
+//! | 3, 5 | unknown, never seen called                                     | NOT_SUPPORTED, logged     |
+//!
 //! Every other table is as long as NVIDIA's (CONTEXT_IDENTITY: 96 slots, CONTEXT_CHECKS 16,
 //! TOOLS_TLS 4): each slot not described at its function fails with CUDA_ERROR_NOT_SUPPORTED
 //! and logs once, naming itself; none is a null pointer. TOOLS_MODULE (6e163fbe), whose length
@@ -164,6 +175,19 @@ unsafe extern "C" fn hooks_buffer2(ptr: *mut *mut c_void, size: *mut usize) -> C
         put(ptr, b.as_mut_ptr().cast())?;
         put(size, b.len())
     })
+}
+
+/// Slot 1: `(callback id, record)`: hand a runtime API call's record to the tools subscribed to
+/// it. No tool can subscribe through vgpu's libcuda (CUPTI attaches to NVIDIA's driver), so
+/// there is nothing to run.
+unsafe extern "C" fn hooks_run_callbacks(_callback_id: u32, _record: *mut c_void) -> CUresult {
+    CUDA_SUCCESS
+}
+
+/// Slot 4: called before slot 1 with a field of the same record; with no tool attached there is
+/// nothing to record.
+unsafe extern "C" fn hooks_prepare_record(_what: *mut c_void, _field: *mut c_void) -> CUresult {
+    CUDA_SUCCESS
 }
 
 // --- TOOLS_TLS ---------------------------------------------------------------------------------
@@ -356,6 +380,8 @@ fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
         cudart[12] = f(cudart_load_compilers as *const ());
         m.insert(CUDART_INTERFACE, sized(cudart));
         let mut hooks = stub_table::<1>(7);
+        hooks[1] = f(hooks_run_callbacks as *const ());
+        hooks[4] = f(hooks_prepare_record as *const ());
         hooks[2] = f(hooks_buffer1 as *const ());
         hooks[6] = f(hooks_buffer2 as *const ());
         m.insert(TOOLS_RUNTIME_CALLBACK_HOOKS, sized(hooks));
