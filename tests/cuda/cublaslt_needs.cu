@@ -1,5 +1,6 @@
 // What cuBLASLt asks of the driver before each gemm (../shared/recipes/cuda/FINDINGS.md): the
-// private export table 21318c60-... whose slot 4 gives a context's id, as cuCtxGetId does.
+// calling thread's context from slot 2 of the tools-TLS table 42d85a81-..., then that context's
+// id from slot 4 of the private export table 21318c60-..., as cuCtxGetId gives it.
 // Without it cublasSgemm answers CUBLAS_STATUS_NOT_SUPPORTED before touching the GPU. cuBLAS 13
 // also asks each call's stream for its green context (cuStreamGetGreenCtx): NULL for a stream of
 // an ordinary context; an error there is CUBLAS_STATUS_INTERNAL_ERROR. cuBLASLt 13.10 fetches
@@ -42,6 +43,16 @@ int main() {
   EXPECT(slot4(nullptr, &c) == 0, "slot 4 failed for NULL (the current context)");
   printf("context id via the table %llu, via cuCtxGetId %llu\n", a, b);
   EXPECT(a == b && c == b, "ids differ: %llu %llu %llu", a, b, c);
+
+  // Where cuBLASLt gets that context: slot 2 of the tools-TLS table 42d85a81-..., the calling
+  // thread's current context, written through its one argument.
+  const unsigned char tls_uuid[16] = {0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc};
+  const void *tls = nullptr;
+  EXPECT(get_table(&tls, tls_uuid) == 0 && tls != nullptr, "no tools-TLS table");
+  auto thread_ctx = (ctx_get_current_t)((const uintptr_t *)tls)[2];
+  void *mine = (void *)0x5a5a;
+  EXPECT(thread_ctx(&mine) == 0 && mine == ctx, "tools-TLS slot 2 gave %p, the current context is %p", mine, ctx);
+  printf("the thread's context via the tools-TLS table: the current one\n");
 
   auto green_of = entry<stream_get_green_ctx_t>("cuStreamGetGreenCtx");
   cudaStream_t s;

@@ -7,7 +7,13 @@ use std::process::Command;
 use vgpu_tests::*;
 
 fn cupy_python() -> std::path::PathBuf {
-    let py = wheels_dir().parent().unwrap().join("cupy-venv/bin/python");
+    venv_python("cupy-venv")
+}
+
+/// The python of one of the CuPy venvs setup-cuda-wheels.sh makes (cupy-venv: cupy-cuda12x;
+/// cupy13-venv: cupy-cuda13x with CUDA 13's libraries).
+fn venv_python(venv: &str) -> std::path::PathBuf {
+    let py = wheels_dir().parent().unwrap().join(venv).join("bin/python");
     assert!(py.exists(), "CuPy missing at {}: run scripts/setup-cuda-wheels.sh (scripts/test.sh does)", py.display());
     py
 }
@@ -16,9 +22,13 @@ fn cupy_python() -> std::path::PathBuf {
 /// `mediator_args`, CUPY_ACCELERATORS = `accelerators` if given (else CuPy's default). Returns the run and the mediator (for
 /// its log).
 fn run_cupy(script: &str, mediator_args: &[&str], accelerators: Option<&str>) -> (std::process::Output, Mediator) {
+    run_cupy_in(cupy_python(), script, mediator_args, accelerators)
+}
+
+fn run_cupy_in(python: std::path::PathBuf, script: &str, mediator_args: &[&str], accelerators: Option<&str>) -> (std::process::Output, Mediator) {
     let m = Mediator::start_with(mediator_args);
     let cache = TempDir::new("cupy-cache");
-    let mut cmd = Command::new(cupy_python());
+    let mut cmd = Command::new(python);
     cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
         .env("LD_LIBRARY_PATH", libcuda_dir())
         .env("VGPU_SOCKET", &m.socket)
@@ -66,6 +76,23 @@ fn cupy_random_numbers_have_the_right_distribution() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checks = stdout.lines().filter(|l| l.starts_with("CUPY-RANDOM ok ")).count();
     assert!(out.status.success() && stdout.lines().last() == Some("PASS") && checks == 7, "cupy.random on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+}
+
+/// cuRAND's host API (CuPy's legacy cupy.random.rand): with CUDA 12's cuRAND the numbers have
+/// the right distribution. CUDA 13's cuRAND ships its generators as SASS only, beside 174 PTX
+/// images that all name their kernel `pseudo_random_sequence_generator`: libcuda once loaded
+/// one of those in place of the SASS and cuRAND drew garbage (values of 1e+300 and zeros) with
+/// no error. It must now refuse (cuRAND reports an error), unless its numbers are right.
+#[test]
+fn curand_host_api_gives_right_numbers_or_an_error_never_wrong_ones() {
+    let (out, m) = run_cupy_in(cupy_python(), "curand_host.py", &[], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "cuRAND 12's host API on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+    let (out, m) = run_cupy_in(venv_python("cupy13-venv"), "curand_host.py", &[], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let right = out.status.success() && stdout.lines().last() == Some("PASS");
+    let refused = out.status.code() == Some(3) && stdout.lines().any(|l| l.starts_with("CURAND-HOST refused CURAND_STATUS_"));
+    assert!(right || refused, "cuRAND 13's host API on vgpu drew wrong numbers or crashed:\n{}\n--- mediator log\n{}", describe(&out), m.log());
 }
 
 /// The wrong results CuPy's own suite once found on the sim (int8 signs, float16 halves, CUB's

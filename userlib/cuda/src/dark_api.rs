@@ -192,9 +192,13 @@ unsafe extern "C" fn hooks_prepare_record(_what: *mut c_void, _field: *mut c_voi
 
 // --- TOOLS_TLS ---------------------------------------------------------------------------------
 
-/// Slot 2: called before most runtime calls; 0 means "no tool is attached".
-unsafe extern "C" fn tls_no_tool() -> CUresult {
-    CUDA_SUCCESS
+/// Slot 2: `(CUcontext *out)`: the calling thread's current context (NULL when it has none), as
+/// cuCtxGetCurrent gives it. cudart asks before its API callbacks; cuBLASLt asks before each
+/// gemm and hands the answer to CONTEXT_IDENTITY's slot 4. (Leaving `out` unwritten gave
+/// cuBLASLt whatever its stack held: an invalid context, so CUBLAS_STATUS_NOT_SUPPORTED, on
+/// every gemm after the first.)
+unsafe extern "C" fn tls_current_context(out: *mut Handle) -> CUresult {
+    guard("export-table TOOLS_TLS[2]", || put(out, state::current_ctx().unwrap_or(0) as Handle))
 }
 
 // --- TOOLS_MODULE ------------------------------------------------------------------------------
@@ -386,7 +390,7 @@ fn tables() -> &'static HashMap<Uuid, Box<[usize]>> {
         hooks[6] = f(hooks_buffer2 as *const ());
         m.insert(TOOLS_RUNTIME_CALLBACK_HOOKS, sized(hooks));
         let mut tls = stub_table::<2>(4);
-        tls[2] = f(tls_no_tool as *const ());
+        tls[2] = f(tls_current_context as *const ());
         m.insert(TOOLS_TLS, sized(tls));
         // No size slot in this one.
         let mut storage = stub_table::<6>(4);

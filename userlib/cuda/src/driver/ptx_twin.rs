@@ -34,11 +34,13 @@ struct Object {
 }
 
 /// Where one PTX entry of the library lies: its fatbin (offset from the object's base, length),
-/// the entry's architecture, and the kernels it defines.
+/// the entry's architecture, the kernels it defines, and a hash of its text (to tell copies of
+/// one image from different images that define kernels of the same names).
 struct PtxImage {
     fatbin: (usize, usize),
     sm: u32,
     kernels: Vec<String>,
+    text_hash: u64,
 }
 
 #[derive(Default)]
@@ -91,12 +93,25 @@ pub(crate) fn find(at: *const u8, image: &[u8]) -> Option<String> {
         );
     }
     // The images that define every kernel; of those, the newest PTX not newer than the device.
-    let candidates = index.by_kernel.get(&kernels[0])?;
-    let best = candidates
-        .iter()
-        .map(|&i| &index.images[i])
-        .filter(|p| kernels.iter().all(|k| p.kernels.contains(k)))
-        .max_by_key(|p| if p.sm <= DEVICE_SM { (1, p.sm) } else { (0, u32::MAX - p.sm) })?;
+    let candidates: Vec<&PtxImage> = index.by_kernel.get(&kernels[0])?.iter().map(|&i| &index.images[i]).filter(|p| kernels.iter().all(|k| p.kernels.contains(k))).collect();
+    let rank = |p: &PtxImage| if p.sm <= DEVICE_SM { (1, p.sm) } else { (0, u32::MAX - p.sm) };
+    let best = *candidates.iter().max_by_key(|p| rank(p))?;
+    // Different PTX texts for the same architecture defining these names are different kernels
+    // (cuRAND 13 ships 174 images of `pseudo_random_sequence_generator`, one per generator and
+    // distribution): which one this SASS is cannot be told, and a wrong one computes wrong
+    // numbers. The image then fails as SASS-only does, honestly.
+    let rivals = candidates.iter().filter(|p| rank(p) == rank(best) && p.text_hash != best.text_hash).count();
+    if rivals > 0 {
+        vlog!(
+            crate::log::INFO,
+            "{}: {} different PTX images for compute_{} define {}: which one this SASS-only image is cannot be told, so it is not replaced (a GPU runs it)",
+            object.name,
+            rivals + 1,
+            best.sm,
+            kernels[0]
+        );
+        return None;
+    }
     let (off, len) = best.fatbin;
     let sm = best.sm;
     // The object's segments as they are mapped now: the fatbin must still lie in one.
@@ -139,7 +154,9 @@ fn build_index(object: &Object) -> Index {
                 for k in &kernels {
                     index.by_kernel.entry(k.clone()).or_default().push(i);
                 }
-                index.images.push(PtxImage { fatbin: (start + at, flen), sm, kernels });
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&text, &mut h);
+                index.images.push(PtxImage { fatbin: (start + at, flen), sm, kernels, text_hash: std::hash::Hasher::finish(&h) });
             }
         }
     }
