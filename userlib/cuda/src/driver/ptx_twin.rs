@@ -96,11 +96,15 @@ pub(crate) fn find(at: *const u8, image: &[u8]) -> Option<String> {
     let candidates: Vec<&PtxImage> = index.by_kernel.get(&kernels[0])?.iter().map(|&i| &index.images[i]).filter(|p| kernels.iter().all(|k| p.kernels.contains(k))).collect();
     let rank = |p: &PtxImage| if p.sm <= DEVICE_SM { (1, p.sm) } else { (0, u32::MAX - p.sm) };
     let best = *candidates.iter().max_by_key(|p| rank(p))?;
-    // Different PTX texts for the same architecture defining these names are different kernels
-    // (cuRAND 13 ships 174 images of `pseudo_random_sequence_generator`, one per generator and
-    // distribution): which one this SASS is cannot be told, and a wrong one computes wrong
-    // numbers. The image then fails as SASS-only does, honestly.
-    let rivals = candidates.iter().filter(|p| rank(p) == rank(best) && p.text_hash != best.text_hash).count();
+    // A C++ name with external linkage denotes one definition (the one-definition rule): modules
+    // that differ elsewhere still hold the same kernel (cuBLAS 13 has 244 such names). A C name,
+    // or one of internal linkage, promises nothing: different PTX texts for the same architecture
+    // defining it are different kernels (cuRAND 13 ships 174 images of
+    // `pseudo_random_sequence_generator`, one per generator and distribution). Which one this
+    // SASS is cannot be told, and a wrong one computes wrong numbers: the image then fails as
+    // SASS-only does, honestly.
+    let one_definition = |k: &String| k.starts_with("_Z") && !k.starts_with("_ZL") && !k.contains("_GLOBAL__N");
+    let rivals = if kernels.iter().all(one_definition) { 0 } else { candidates.iter().filter(|p| rank(p) == rank(best) && p.text_hash != best.text_hash).count() };
     if rivals > 0 {
         vlog!(
             crate::log::INFO,
