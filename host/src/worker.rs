@@ -223,7 +223,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads what the worker printed and is waiting in the pipe (none: returns at once).
     /// Reads exactly `out.len()` bytes, keeping any descriptor that comes with them.
     fn read_exact_with_fds(&mut self, out: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
@@ -238,6 +237,7 @@ impl Worker {
         Ok(())
     }
 
+    /// Reads what the worker printed and is waiting in the pipe (none: returns at once).
     fn read_output(&mut self) {
         let Some(pipe) = self.output.as_mut() else { return };
         let mut buf = [0u8; 64 << 10];
