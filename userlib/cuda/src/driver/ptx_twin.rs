@@ -51,6 +51,8 @@ struct Index {
     /// Built (once per library: a library with no PTX at all is not scanned again).
     built: bool,
     logged: bool,
+    /// An ambiguous image was refused and said so (once per library, as the success is).
+    logged_refusal: bool,
 }
 
 /// The PTX text to load instead of the SASS-only `image` at `at`, if the library holding it has
@@ -105,19 +107,19 @@ pub(crate) fn find(at: *const u8, image: &[u8]) -> Option<String> {
     // SASS-only does, honestly.
     let one_definition = |k: &String| k.starts_with("_Z") && !k.starts_with("_ZL") && !k.contains("_GLOBAL__N");
     let rivals = if kernels.iter().all(one_definition) { 0 } else { candidates.iter().filter(|p| rank(p) == rank(best) && p.text_hash != best.text_hash).count() };
+    let ((off, len), sm) = (best.fatbin, best.sm);
     if rivals > 0 {
-        vlog!(
-            crate::log::INFO,
-            "{}: {} different PTX images for compute_{} define {}: which one this SASS-only image is cannot be told, so it is not replaced (a GPU runs it)",
-            object.name,
-            rivals + 1,
-            best.sm,
-            kernels[0]
-        );
+        if !std::mem::replace(&mut index.logged_refusal, true) {
+            vlog!(
+                crate::log::INFO,
+                "{}: {} different PTX images for compute_{sm} define {}: which one this SASS-only image is cannot be told, so it is not replaced (a GPU runs it)",
+                object.name,
+                rivals + 1,
+                kernels[0]
+            );
+        }
         return None;
     }
-    let (off, len) = best.fatbin;
-    let sm = best.sm;
     // The object's segments as they are mapped now: the fatbin must still lie in one.
     let mem = segment_slice(&object, off, len)?;
     let text = vgpu_fatbin::ptx_texts(mem).into_iter().find(|(s, t)| *s == sm && kernels.iter().all(|k| vgpu_fatbin::ptx_entries(t).contains(k)))?.1;
