@@ -10,6 +10,32 @@ use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
 use vgpu_uapi::cuda::CuResult;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo};
 
+/// Host memory that copies reach, as the mediator maps it from a file (a client's pinned
+/// memory, a piece of a VM's RAM: `len` bytes from `offset` of a memfd sealed against
+/// shrinking), shared with backends that run in other processes. `id` is unique in this
+/// process, never reused.
+pub struct HostFile {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl HostFile {
+    pub fn new(fd: OwnedFd, offset: u64, len: u64) -> std::sync::Arc<HostFile> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        std::sync::Arc::new(HostFile { id: NEXT.fetch_add(1, Ordering::Relaxed), fd, offset, len })
+    }
+}
+
+/// Bytes of a `HostFile` as the mediator maps them: `bytes` are its `offset..offset +
+/// bytes.len()` (from the start of its window, not of the file).
+pub struct HostSpan<'a> {
+    pub file: &'a std::sync::Arc<HostFile>,
+    pub offset: u64,
+    pub bytes: &'a mut [u8],
+}
+
 /// A failed command: the CUresult the client gets, and a message for its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CmdError {
@@ -88,6 +114,21 @@ pub trait DeviceSession: Send {
     }
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()>;
     fn read(&mut self, src: u64, out: &mut [u8]) -> CmdResult<()>;
+    /// `write` from host memory the mediator maps from a file (a client's pinned memory, a
+    /// piece of a VM's RAM). By default its bytes; a backend in another process (the cuda
+    /// workers) maps the file itself and copies straight from it.
+    fn write_host(&mut self, dst: u64, src: HostSpan<'_>) -> CmdResult<()> {
+        self.write(dst, src.bytes)
+    }
+    /// `read` into host memory the mediator maps from a file (see `write_host`).
+    fn read_host(&mut self, src: u64, dst: HostSpan<'_>) -> CmdResult<()> {
+        self.read(src, dst.bytes)
+    }
+    /// A cuda worker's connection mapped host memory for copies (the mediator's HostRegister):
+    /// `len` bytes at `ptr`, mapped until `host_unmapped(ptr)`. The cuda backend page-locks
+    /// them with the driver, so that the GPU copies them by DMA with no staging copy.
+    fn host_mapped(&mut self, _ptr: *mut u8, _len: usize) {}
+    fn host_unmapped(&mut self, _ptr: *mut u8) {}
     fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()>;
     fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64) -> CmdResult<()>;
 

@@ -2,7 +2,7 @@
 //! the reply. A malformed request gets CUDA_ERROR_INVALID_VALUE; an unknown opcode gets
 //! CUDA_ERROR_NOT_SUPPORTED. Nothing here panics on any input.
 
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, HostFile, HostSpan, LaunchDims};
 use crate::share::Token;
 use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
 use crate::vms::{Client, Gpu, Vm};
@@ -29,7 +29,7 @@ pub struct Connection<'b> {
     pub client_pid: u32,
     share: Option<Share>,
     /// The client's pinned host memory, shared with us (HostRegister), by handle.
-    host: HashMap<u64, memmap2::MmapMut>,
+    host: HashMap<u64, HostRegion>,
     next_host: u64,
     /// Descriptors the client sent with its current request.
     fds: Vec<OwnedFd>,
@@ -78,11 +78,17 @@ fn not_registered(handle: u64) -> CmdError {
 }
 
 /// The registered host memory `handle` + [offset, offset + len).
-fn host_range(host: &mut HashMap<u64, memmap2::MmapMut>, handle: u64, offset: u64, len: u64) -> CmdResult<&mut [u8]> {
+/// Host memory a client shared (HostRegister): our mapping of its file.
+struct HostRegion {
+    map: memmap2::MmapMut,
+    file: Arc<HostFile>,
+}
+
+fn host_range(host: &mut HashMap<u64, HostRegion>, handle: u64, offset: u64, len: u64) -> CmdResult<HostSpan<'_>> {
     let m = host.get_mut(&handle).ok_or_else(|| not_registered(handle))?;
-    let end = offset.checked_add(len).filter(|&e| e <= m.len() as u64);
+    let end = offset.checked_add(len).filter(|&e| e <= m.map.len() as u64);
     let end = end.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "range outside the registered host memory"))?;
-    Ok(&mut m[offset as usize..end as usize])
+    Ok(HostSpan { file: &m.file, offset, bytes: &mut m.map[offset as usize..end as usize] })
 }
 
 /// Requests that occupy the GPU (the scheduler's unit of work).
@@ -190,12 +196,12 @@ impl<'b> Connection<'b> {
         Ok(self.fds.remove(0))
     }
 
-    /// Maps a client's pinned memory: a memfd of at least `size` bytes that can no longer shrink
-    /// (so that no access to our mapping can fault).
-    fn host_register(&mut self, size: u64) -> CmdResult<u64> {
+    /// Maps a client's pinned memory: `size` bytes from `offset` of a memfd that can no longer
+    /// shrink (so that no access to our mapping can fault).
+    fn host_register(&mut self, size: u64, offset: u64) -> CmdResult<u64> {
         let fd = self.take_fd("HostRegister")?;
         let bad = |m: &str| CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("host memory registration: {m}"));
-        let total: u64 = self.host.values().map(|m| m.len() as u64).sum();
+        let total: u64 = self.host.values().map(|m| m.map.len() as u64).sum();
         if size == 0 || self.host.len() >= MAX_HOST_REGIONS || total.saturating_add(size) > MAX_HOST_BYTES {
             return Err(bad("size zero or over the limits"));
         }
@@ -206,16 +212,19 @@ impl<'b> Connection<'b> {
         }
         let file = std::fs::File::from(fd);
         let len = file.metadata().map_err(|_| bad("cannot stat it"))?.len();
-        if len < size {
-            return Err(bad("the file is smaller than the size given"));
+        if offset % 4096 != 0 || offset.checked_add(size).is_none_or(|end| end > len) {
+            return Err(bad("the range given is not page-aligned or not inside the file"));
         }
         let len = usize::try_from(size).map_err(|_| bad("too large"))?;
         // SAFETY: a shared mapping of a memfd that cannot shrink (checked above), so every
         // access within `len` bytes is backed; the client may write to it concurrently, which
         // is the point (it is its pinned buffer) and only ever yields bytes, never a fault.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file) }.map_err(|_| bad("cannot map it"))?;
+        let mut map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map_mut(&file) }.map_err(|_| bad("cannot map it"))?;
+        if let Some(sess) = self.session.as_deref_mut() {
+            sess.host_mapped(map.as_mut_ptr(), len);
+        }
         self.next_host += 1;
-        self.host.insert(self.next_host, map);
+        self.host.insert(self.next_host, HostRegion { map, file: HostFile::new(OwnedFd::from(file), offset, size) });
         Ok(self.next_host)
     }
 
@@ -791,14 +800,18 @@ impl<'b> Connection<'b> {
             }
             Op::HostRegister => {
                 let size = r.u64()?;
+                let offset = if r.remaining() > 0 { r.u64()? } else { 0 };
                 r.finish()?;
-                let h = self.host_register(size)?;
+                let h = self.host_register(size, offset)?;
                 out.put_u64(h);
             }
             Op::HostUnregister => {
                 let h = r.u64()?;
                 r.finish()?;
-                self.host.remove(&h).ok_or_else(|| not_registered(h))?;
+                let mut region = self.host.remove(&h).ok_or_else(|| not_registered(h))?;
+                if let Some(sess) = self.session.as_deref_mut() {
+                    sess.host_unmapped(region.map.as_mut_ptr());
+                }
             }
             Op::MemcpyHtoDHost | Op::MemcpyDtoHHost => {
                 let (dev, h, off, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -806,9 +819,9 @@ impl<'b> Connection<'b> {
                 let to_device = op == Op::MemcpyHtoDHost;
                 let Connection { session, host, guest_link, .. } = self;
                 let sess = opened(session)?;
-                let copy = |sess: &mut dyn DeviceSession, at: u64, bytes: &mut [u8]| {
+                let copy = |sess: &mut dyn DeviceSession, at: u64, span: HostSpan<'_>| {
                     let at = dev.checked_add(at).ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "device range wraps"))?;
-                    if to_device { sess.write(at, bytes) } else { sess.read(at, bytes) }
+                    if to_device { sess.write_host(at, span) } else { sess.read_host(at, span) }
                 };
                 match guest_link {
                     // A guest channel: the region is pinned guest memory, copied page run by run.

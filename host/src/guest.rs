@@ -14,7 +14,7 @@
 //! the write locks, copies the read locks: once an unpin or unmap is answered, no copy is
 //! touching those pages and none will.
 
-use crate::backend::{CmdError, CmdResult};
+use crate::backend::{CmdError, CmdResult, HostFile, HostSpan};
 use crate::share::Token;
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,10 +34,12 @@ fn bad(msg: impl Into<String>) -> CmdError {
     CmdError::new(CUDA_ERROR_INVALID_VALUE, msg)
 }
 
-/// A piece of the VM's RAM, mapped here.
+/// A piece of the VM's RAM, mapped here (and its file, for a backend in another process to map
+/// too: see `DeviceSession::write_host`).
 struct Piece {
     gpa: u64,
     map: memmap2::MmapRaw,
+    file: Arc<HostFile>,
 }
 
 impl Piece {
@@ -116,7 +118,7 @@ impl GuestMemory {
         // no access to the mapping can fault; the guest changes its bytes concurrently, which
         // only ever yields bytes.
         let map = memmap2::MmapOptions::new().offset(offset).len(len).map_raw(&file).map_err(|e| bad(format!("cannot map guest RAM: {e}")))?;
-        ram.push(Piece { gpa, map });
+        ram.push(Piece { gpa, map, file: HostFile::new(OwnedFd::from(file), offset, size) });
         Ok(())
     }
 
@@ -195,7 +197,8 @@ impl GuestMemory {
 
     /// Hands `f` bytes `at..at + len` of region `id` of the channel attached as `(channel,
     /// generation)`, a run of guest-physically contiguous pages at a time, with how far into the
-    /// range each run starts. `into_guest`: `f` writes the bytes (refused for a read-only region).
+    /// range each run starts (and where they lie in the piece of RAM). `into_guest`: `f` writes
+    /// the bytes (refused for a read-only region).
     pub fn copy(
         &self,
         (channel, generation): (u32, u64),
@@ -203,7 +206,7 @@ impl GuestMemory {
         at: u64,
         len: u64,
         into_guest: bool,
-        mut f: impl FnMut(u64, &mut [u8]) -> CmdResult<()>,
+        mut f: impl FnMut(u64, HostSpan<'_>) -> CmdResult<()>,
     ) -> CmdResult<()> {
         let ch = read(&self.channels);
         let c = ch.get(&channel).filter(|c| c.generation == generation).ok_or_else(|| bad("the channel was closed"))?;
@@ -234,7 +237,7 @@ impl GuestMemory {
             // always backed. The guest may change these bytes concurrently: as for any DMA,
             // that yields bytes, never a fault, and no reference outlives this call of `f`.
             let s = unsafe { std::slice::from_raw_parts_mut(piece.map.as_mut_ptr().add(off), n as usize) };
-            f(done, s)?;
+            f(done, HostSpan { file: &piece.file, offset: off as u64, bytes: s })?;
             done += n;
             pos += n;
         }
@@ -314,7 +317,7 @@ mod tests {
     fn gather(m: &GuestMemory, link: (u32, u64), id: u32, at: u64, len: u64) -> CmdResult<Vec<u8>> {
         let mut v = vec![0u8; len as usize];
         m.copy(link, id, at, len, false, |o, s| {
-            v[o as usize..o as usize + s.len()].copy_from_slice(s);
+            v[o as usize..o as usize + s.bytes.len()].copy_from_slice(s.bytes);
             Ok(())
         })?;
         Ok(v)
@@ -358,9 +361,10 @@ mod tests {
         assert!(m.pin(req(1, vec![1 << 20], 10)).is_err());
         assert!(m.pin(req(3, vec![1 << 20], PAGE)).is_err(), "offset + len past the pages");
         assert!(m.pin(PinRequest { channel: 9, ..req(3, vec![1 << 20], 10) }).is_err(), "channel not attached");
-        // Writing lands in the file.
+        // Writing lands in the file, where the span says it lies (what a cuda worker maps).
         m.copy(ch, 1, PAGE - 100, 3, true, |_, s| {
-            s.copy_from_slice(b"abc");
+            assert_eq!((s.file.offset + s.offset, s.file.len), (6 * PAGE, 16 * PAGE));
+            s.bytes.copy_from_slice(b"abc");
             Ok(())
         })
         .unwrap();

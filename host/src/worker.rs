@@ -11,7 +11,7 @@
 //! The mediator keeps what is shared (scheduling, quotas, accounting, the client's pinned
 //! memory); the worker checks every handle and address again against its own session.
 
-use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, LaunchDims, ProcessUsage, Shared, UsageTable};
+use crate::backend::{Backend, CmdError, CmdResult, DeviceSession, HostFile, HostSpan, LaunchDims, ProcessUsage, Shared, UsageTable};
 use vgpu_uapi::share::{KIND_EVENT, KIND_MEMORY, KIND_PHYSICAL};
 use crate::cancel::Reason;
 use std::cell::RefCell;
@@ -20,7 +20,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use vgpu_uapi::array::{ArrayDesc, Copy3D, ResourceDesc, SamplerDesc};
 use vgpu_uapi::cuda::*;
@@ -389,6 +390,7 @@ impl Backend for WorkerBackend {
             gpu_ns_charged: 0,
             timed_work_pending: false,
             deferred: RefCell::new(None),
+            host_files: HashMap::new(),
         }))
     }
 
@@ -421,6 +423,10 @@ struct RemoteSession {
     timed_work_pending: bool,
     /// The first failure of work sent ahead, not yet reported.
     deferred: RefCell<Option<CmdError>>,
+    /// Host memory of the mediator's (a client's pinned memory, the VM's RAM) that the worker
+    /// mapped too, by `HostFile::id`: its handle there (None: the worker could not map it, and
+    /// its bytes are sent), and the file, to unmap it there once the mediator has let it go.
+    host_files: HashMap<u64, (Option<u64>, Weak<HostFile>)>,
 }
 
 impl Drop for RemoteSession {
@@ -449,7 +455,7 @@ fn goes_ahead(op: Op) -> bool {
 /// Calls that report an earlier failure of work sent ahead: those that wait for it or read its
 /// results, and further queued work. (Not an allocation: a client told it failed would lose it.)
 fn reports_deferred(op: Op) -> bool {
-    goes_ahead(op) || matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery | Op::MemcpyDtoH | Op::Memcpy3D)
+    goes_ahead(op) || matches!(op, Op::Synchronize | Op::StreamSynchronize | Op::EventSynchronize | Op::StreamQuery | Op::EventQuery | Op::MemcpyDtoH | Op::MemcpyHtoDHost | Op::MemcpyDtoHHost | Op::Memcpy3D)
 }
 
 impl RemoteSession {
@@ -616,6 +622,35 @@ impl RemoteSession {
         }
     }
 
+    /// The worker's handle for host memory of the mediator's, which the worker maps at the
+    /// first copy (HostRegister with the file's descriptor, and the driver page-locks it):
+    /// None where it cannot. What the mediator has let go of is unmapped there first.
+    fn worker_host_file(&mut self, file: &Arc<HostFile>) -> Option<u64> {
+        use std::os::fd::AsFd;
+        let gone: Vec<(u64, Option<u64>)> = self.host_files.iter().filter(|(_, (_, f))| f.strong_count() == 0).map(|(&id, &(h, _))| (id, h)).collect();
+        for (id, h) in gone {
+            self.host_files.remove(&id);
+            if let Some(h) = h {
+                let _ = self.call_unit(Op::HostUnregister, &[h]);
+            }
+        }
+        if let Some(&(h, _)) = self.host_files.get(&file.id) {
+            return h;
+        }
+        if self.dead.borrow().is_some() {
+            return None; // the copy reports why
+        }
+        let h = match self.share_call(Op::HostRegister, &[&u64s(&[file.len, file.offset])], Some(file.fd.as_fd())) {
+            Ok((reply, _)) => Reader::new(&reply).u64().ok(),
+            Err(e) => {
+                tracing::warn!(bytes = file.len, "the cuda worker could not map host memory (its copies are sent as bytes): {}", e.message);
+                None
+            }
+        };
+        self.host_files.insert(file.id, (h, Arc::downgrade(file)));
+        h
+    }
+
     fn name_request(module: u64, name: &str) -> Vec<u8> {
         let mut b = u64s(&[module]);
         b.extend_from_slice(name.as_bytes());
@@ -692,6 +727,27 @@ impl DeviceSession for RemoteSession {
         // A copy back waited for the kernels before it: their GPU time is known now.
         self.after_wait(false);
         Ok(())
+    }
+
+    /// Straight from the mapping the worker shares (a client's pinned memory, the VM's RAM),
+    /// with no bytes on the socket. The copy is finished when this returns: the mediator's
+    /// guest pins rely on that (no copy touches pages once they are unpinned).
+    fn write_host(&mut self, dst: u64, src: HostSpan<'_>) -> CmdResult<()> {
+        match self.worker_host_file(src.file) {
+            Some(h) => self.call_unit(Op::MemcpyHtoDHost, &[dst, h, src.offset, src.bytes.len() as u64]),
+            None => self.write(dst, src.bytes),
+        }
+    }
+
+    fn read_host(&mut self, src: u64, dst: HostSpan<'_>) -> CmdResult<()> {
+        match self.worker_host_file(dst.file) {
+            Some(h) => {
+                self.call_unit(Op::MemcpyDtoHHost, &[src, h, dst.offset, dst.bytes.len() as u64])?;
+                self.after_wait(false);
+                Ok(())
+            }
+            None => self.read(src, dst.bytes),
+        }
     }
 
     fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {

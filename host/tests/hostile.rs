@@ -158,8 +158,8 @@ fn memfd(len: u64, sealed: bool) -> std::fs::File {
     f
 }
 
-/// Pinned host memory shared with the mediator: only a sealed memfd at least as large as
-/// claimed is taken; copies stay inside it; a handle is the client's own.
+/// Pinned host memory shared with the mediator: only a sealed memfd holding what is claimed
+/// (from a page-aligned offset) is taken; copies stay inside it; a handle is the client's own.
 #[test]
 fn shared_host_memory_is_checked() {
     use std::os::fd::AsFd;
@@ -170,7 +170,13 @@ fn shared_host_memory_is_checked() {
     assert_eq!(register(&memfd(size, false), size), Err(CUDA_ERROR_INVALID_VALUE), "a file that could shrink under our mapping");
     assert_eq!(register(&memfd(size, true), size * 2), Err(CUDA_ERROR_INVALID_VALUE), "smaller than claimed");
     assert_eq!(p.call(Op::HostRegister, &[&size.to_le_bytes()]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "no descriptor");
+    // From an offset into the file: page-aligned, and all of it inside the file.
+    let at = |f: &std::fs::File, claimed: u64, offset: u64| p.call_with_fd(Op::HostRegister, &[&u64s(&[claimed, offset])], f.as_fd()).map(|r| Proc::u64s(&r)[0]);
     let f = memfd(size, true);
+    assert_eq!(at(&f, 4096, 100), Err(CUDA_ERROR_INVALID_VALUE), "an offset not on a page");
+    assert_eq!(at(&f, size, 4096), Err(CUDA_ERROR_INVALID_VALUE), "past the file's end from its offset");
+    assert_eq!(at(&f, 4096, u64::MAX - 4095), Err(CUDA_ERROR_INVALID_VALUE), "offset overflow");
+    let tail = at(&f, 8192, size - 8192).unwrap();
     let h = register(&f, size).unwrap();
     // A copy through it: the mediator reads what we wrote into the file.
     use std::os::unix::fs::FileExt;
@@ -183,6 +189,11 @@ fn shared_host_memory_is_checked() {
     let mut back = vec![0u8; 4096];
     f.read_exact_at(&mut back, 8192).unwrap();
     assert_eq!(back, vec![1u8; 4096]);
+    // The registration from an offset reaches the file from there.
+    p.call(Op::MemcpyDtoHHost, &[&u64s(&[d, tail, 4096, 4096])]).unwrap();
+    f.read_exact_at(&mut back, size - 4096).unwrap();
+    assert_eq!(back, vec![1u8; 4096]);
+    assert_eq!(p.call(Op::MemcpyDtoHHost, &[&u64s(&[d, tail, 4097, 4096])]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "past its end");
     for (what, args) in [
         ("past the end of the shared memory", [d, h, size - 100, 4096]),
         ("offset overflow", [d, h, u64::MAX, 2]),

@@ -420,3 +420,90 @@ for p in (a.value, a.value + 8, b.value):
 assert ids[0] and ids[0] == ids[1] and ids[0] != ids[2], ids
 print("ok")
 "#;
+
+/// A sealed memfd of `len` bytes whose byte at each page is that page's number (guest RAM).
+fn guest_ram(len: u64) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor returned is ours alone.
+    let fd = unsafe { libc::memfd_create(c"vgpu-test-ram".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create");
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    for page in 0..len / 4096 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &[page as u8; 4096], page * 4096).unwrap();
+    }
+    // SAFETY: F_ADD_SEALS on a descriptor we own; no memory is passed.
+    assert_eq!(unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) }, 0);
+    f
+}
+
+/// The zero-copy guest data path on the cuda backend. A device process shares the VM's RAM (a
+/// memfd) and a channel's pinned pages with the mediator, as vgpu-stub does; copies between
+/// those pages and device memory are made by the guest process's worker from its own mapping of
+/// the RAM, page-locked with the driver (the worker logs it; the bytes never cross the mediator's
+/// socket to the worker), and land on the right pages in pin order. RAM the VM shares again
+/// replaces the old mapping there, which is unregistered.
+#[test]
+fn guest_pages_reach_the_cuda_worker_straight_from_the_vms_ram() {
+    use std::os::fd::AsFd;
+    use vgpu_client::transport::{SocketTransport, Transport};
+    use vgpu_uapi::proto::{Op, HELLO_GUEST_PINNED};
+    const PAGE: u64 = 4096;
+    const GPA: u64 = 1 << 20;
+    let u64s = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let call = |t: &SocketTransport, op: Op, parts: &[&[u8]]| {
+        let mut r = Vec::new();
+        t.call(op, parts, &mut r).map(|()| r)
+    };
+    let sim = Mediator::start();
+    let loopback = Mediator::start_loopback(&sim);
+    let ram = guest_ram(16 * PAGE);
+    let connect = || SocketTransport::connect(&loopback.socket, std::time::Duration::from_secs(10)).unwrap();
+    // The device process's control connection: the RAM, then a channel's pins.
+    let control = connect();
+    control.connected(0);
+    let share = |c: &SocketTransport| {
+        let mut token = Vec::new();
+        c.call_with_fd(Op::GuestMemory, &[&u64s(&[GPA, 16 * PAGE, 0])], ram.as_fd(), &mut token).map(|()| token)
+    };
+    let token = share(&control).expect("GuestMemory");
+    let chan = connect();
+    call(&chan, Op::GuestChannel, &[&token, &2u32.to_le_bytes()]).expect("GuestChannel");
+    let hello = call(&chan, Op::Hello, &[&vgpu_uapi::proto::hello_request(4242, 0)]).expect("Hello");
+    let flags = u32::from_le_bytes(hello[8..12].try_into().unwrap());
+    assert_ne!(flags & HELLO_GUEST_PINNED, 0, "the channel's connection is told it reaches pinned pages");
+    chan.connected(flags);
+    // Region 5: pages 3, 1, 2 of the RAM, from 10 bytes into the first.
+    let len = 3 * PAGE - 10;
+    let mut pin: Vec<u8> = [2u32, 5, 0, 10].iter().flat_map(|w| w.to_le_bytes()).collect();
+    pin.extend(len.to_le_bytes());
+    pin.extend(3u32.to_le_bytes());
+    pin.extend(u64s(&[GPA + 3 * PAGE, GPA + PAGE, GPA + 2 * PAGE]));
+    call(&control, Op::GuestPin, &[&pin]).expect("GuestPin");
+
+    let d = u64::from_le_bytes(call(&chan, Op::MemAlloc, &[&u64s(&[4 * PAGE])]).expect("MemAlloc")[..8].try_into().unwrap());
+    call(&chan, Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, len])]).expect("guest pages to the device");
+    let want: Vec<u8> = [3u8, 1, 2].iter().flat_map(|&b| vec![b; PAGE as usize]).skip(10).collect();
+    assert!(call(&chan, Op::MemcpyDtoH, &[&u64s(&[d, len])]).expect("MemcpyDtoH") == want, "the device holds the pinned pages in pin order");
+    // Device to guest: region bytes PAGE - 10 .. 2 PAGE - 10, which are RAM page 1 exactly.
+    call(&chan, Op::MemcpyHtoD, &[&u64s(&[d]), &vec![0xab; PAGE as usize]]).expect("MemcpyHtoD");
+    call(&chan, Op::MemcpyDtoHHost, &[&u64s(&[d, 5, PAGE - 10, PAGE])]).expect("device to guest pages");
+    let page = |i: u64| {
+        let mut b = vec![0u8; PAGE as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&ram, &mut b, i * PAGE).unwrap();
+        b
+    };
+    assert!(page(1).iter().all(|&b| b == 0xab) && page(2).iter().all(|&b| b == 2) && page(0).iter().all(|&b| b == 0), "only RAM page 1 is written");
+    let locked = |log: &str| log.matches("host memory mapped for copies is page-locked with the driver").count();
+    assert_eq!(locked(&loopback.log()), 1, "the worker maps the VM's RAM once and page-locks it:\n{}", loopback.log());
+
+    // The VM's RAM unmapped and shared again: the worker lets the old mapping go at the next
+    // copy and maps the new one.
+    call(&control, Op::GuestMemoryUnmap, &[&u64s(&[GPA, 16 * PAGE])]).expect("GuestMemoryUnmap");
+    assert!(call(&chan, Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]).is_err(), "a copy from RAM the VM took back is refused");
+    share(&control).expect("GuestMemory again");
+    call(&chan, Op::MemcpyHtoDHost, &[&u64s(&[d, 5, 0, 16])]).expect("a copy from the RAM shared again");
+    assert_eq!(call(&chan, Op::MemcpyDtoH, &[&u64s(&[d, 16])]).unwrap(), vec![3u8; 16]);
+    let log = loopback.log();
+    assert!(locked(&log) == 2 && log.contains("host memory mapped for copies is unregistered from the driver"), "the old mapping is released in the worker:\n{log}");
+}

@@ -215,6 +215,15 @@ pub mod attr {
     pub const HANDLE_TYPE_FABRIC_SUPPORTED: usize = 128;
 }
 
+/// CU_MEMHOSTALLOC_* and CU_MEMHOSTREGISTER_* flags (cuda.h: the two families share values).
+pub mod host_flags {
+    pub const PORTABLE: u32 = 1;
+    pub const DEVICEMAP: u32 = 2;
+    /// CU_MEMHOSTALLOC_WRITECOMBINED, CU_MEMHOSTREGISTER_IOMEMORY.
+    pub const WRITECOMBINED_OR_IOMEMORY: u32 = 4;
+    pub const REGISTER_READ_ONLY: u32 = 8;
+}
+
 /// The virtual memory management structures of cuda.h, as libcuda receives them from
 /// applications and the host's cuda backend passes them to a real driver.
 pub mod vmm {

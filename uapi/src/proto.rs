@@ -176,8 +176,10 @@ opcodes! {
     MemUnmap = 75,
     /// req: va u64, size u64 -> reply:  (the range must be mapped)
     MemSetAccess = 76,
-    /// Pinned host memory shared with the mediator (socket transport only): req: size u64, with
-    /// a memfd of that size attached (SCM_RIGHTS), sealed against shrinking -> reply: handle u64
+    /// Pinned host memory shared with the mediator (socket transport only): req: size u64
+    /// [, file offset u64, page-aligned; 0 if absent], with a memfd attached (SCM_RIGHTS),
+    /// sealed against shrinking, holding those bytes -> reply: handle u64. (The mediator shares
+    /// a piece of a VM's RAM with a cuda worker the same way, from its offset in the file.)
     HostRegister = 80,
     /// req: handle u64 -> reply:
     HostUnregister = 81,

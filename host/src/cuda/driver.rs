@@ -65,6 +65,8 @@ entry_points! {
     cuMemcpyHtoD_v2: fn(u64, *const c_void, usize);
     cuMemcpyDtoH_v2: fn(*mut c_void, u64, usize);
     cuMemcpyDtoD_v2: fn(u64, u64, usize);
+    cuMemHostRegister_v2: fn(Ptr, usize, c_uint);
+    cuMemHostUnregister: fn(Ptr);
     cuMemsetD8_v2: fn(u64, u8, usize);
     cuMemsetD16_v2: fn(u64, u16, usize);
     cuMemsetD32_v2: fn(u64, u32, usize);

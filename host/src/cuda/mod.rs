@@ -6,7 +6,9 @@
 //! The mediator does not run this in its own process: each guest process's session runs in a
 //! worker process of its own (`crate::worker`), so sessions never share a CUDA context; the
 //! driver's device printf goes to the worker's stdout, which the mediator forwards to the guest.
-//! Still to come (issue 17): memory pools, host memory registration of guest RAM.
+//! Host memory that copies reach (a client's pinned memory, the VM's RAM) is mapped by the
+//! worker too and registered with the driver (`page_lock`), so the GPU reaches it by DMA.
+//! Still to come (issue 17): memory pools.
 
 pub mod driver;
 
@@ -187,6 +189,7 @@ impl Backend for CudaBackend {
             arrays: HashMap::new(),
             objects: HashMap::new(),
             opened: BTreeMap::new(),
+            page_locked: BTreeMap::new(),
         }))
     }
 }
@@ -246,6 +249,9 @@ pub struct CudaSession {
     objects: HashMap<u64, bool>,
     /// Memory another worker's session shared, opened with the driver's IPC handle: base -> size.
     opened: BTreeMap<u64, u64>,
+    /// Host memory the worker mapped for copies (the client's pinned memory, the VM's RAM) and
+    /// registered with the driver: address -> length (see `host_mapped`).
+    page_locked: BTreeMap<usize, usize>,
 }
 
 /// What a session of this backend shares with another (host/src/share.rs): the driver's own IPC
@@ -279,6 +285,22 @@ fn invalid_handle(what: &str, h: u64) -> CmdError {
 impl CudaSession {
     /// Makes the session's context current on the calling thread (sessions are served from
     /// several threads); every call into the driver comes after it.
+    /// Registers host memory the worker mapped with the driver (page-locked, so that copies
+    /// from and to it are DMA with no staging copy). A driver that refuses leaves the copies
+    /// correct, only staged.
+    fn page_lock(&mut self, ptr: *mut u8, len: usize) {
+        // SAFETY: `ptr..ptr + len` is a mapping the worker's connection holds until it calls
+        // `host_unmapped` (which unregisters it first); the driver only pins its pages.
+        let r = self.enter().and_then(|()| self.drv.ok(unsafe { (self.drv.api.cuMemHostRegister_v2)(ptr.cast(), len, host_flags::PORTABLE) }, "cuMemHostRegister_v2"));
+        match r {
+            Ok(()) => {
+                tracing::info!(bytes = len, "host memory mapped for copies is page-locked with the driver");
+                self.page_locked.insert(ptr as usize, len);
+            }
+            Err(e) => tracing::warn!(bytes = len, "host memory mapped for copies could not be page-locked (copies are staged): {}", e.message),
+        }
+    }
+
     fn enter(&self) -> CmdResult<()> {
         // SAFETY: a context this session retained and has not released.
         self.drv.ok(unsafe { (self.drv.api.cuCtxSetCurrent)(self.ctx.0) }, "cuCtxSetCurrent")
@@ -482,6 +504,9 @@ impl Drop for CudaSession {
                 for &base in self.allocs.keys() {
                     (api.cuMemFree_v2)(base);
                 }
+                for &p in self.page_locked.keys() {
+                    (api.cuMemHostUnregister)(p as Ptr);
+                }
             }
         }
         // SAFETY: releases the retain done when the session opened.
@@ -529,6 +554,10 @@ impl DeviceSession for CudaSession {
         unsafe { (api.cuDevicePrimaryCtxRelease_v2)(self.device) };
         self.ctx = Raw(ctx);
         self.enter()?;
+        // The host memory registrations went with the context; the memory is still mapped.
+        for (p, len) in std::mem::take(&mut self.page_locked) {
+            self.page_lock(p as *mut u8, len);
+        }
         for m in self.modules.values_mut() {
             let mut raw: Ptr = std::ptr::null_mut();
             // SAFETY: the image this module was loaded from, NUL-terminated, alive across the call.
@@ -824,6 +853,20 @@ impl DeviceSession for CudaSession {
         self.opened.remove(&base);
         self.account();
         Ok(())
+    }
+
+    fn host_mapped(&mut self, ptr: *mut u8, len: usize) {
+        self.page_lock(ptr, len);
+    }
+
+    fn host_unmapped(&mut self, ptr: *mut u8) {
+        if let Some(len) = self.page_locked.remove(&(ptr as usize)) {
+            if self.enter().is_ok() {
+                // SAFETY: memory this session registered and has not unregistered; still mapped.
+                unsafe { (self.drv.api.cuMemHostUnregister)(ptr.cast()) };
+            }
+            tracing::info!(bytes = len, "host memory mapped for copies is unregistered from the driver");
+        }
     }
 
     fn write(&mut self, dst: u64, data: &[u8]) -> CmdResult<()> {

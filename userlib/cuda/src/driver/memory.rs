@@ -400,11 +400,7 @@ pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) -
     guard("cuMemAllocHost", || host_alloc(pp, bytes, 0))
 }
 
-// CU_MEMHOSTALLOC_* and CU_MEMHOSTREGISTER_* flags.
-const HOST_PORTABLE: u32 = 1;
-const HOST_DEVICEMAP: u32 = 2;
-const HOST_WRITECOMBINED_OR_IOMEMORY: u32 = 4;
-const HOST_REGISTER_READ_ONLY: u32 = 8;
+use vgpu_uapi::cuda::host_flags::{DEVICEMAP as HOST_DEVICEMAP, PORTABLE as HOST_PORTABLE, REGISTER_READ_ONLY as HOST_REGISTER_READ_ONLY, WRITECOMBINED_OR_IOMEMORY as HOST_WRITECOMBINED_OR_IOMEMORY};
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
