@@ -272,9 +272,9 @@ struct ClsEntry {
 }
 
 /// (context, key) -> value. cudart keeps its per-context state here.
-fn cls() -> &'static Mutex<HashMap<(usize, usize), ClsEntry>> {
-    static CLS: OnceLock<Mutex<HashMap<(usize, usize), ClsEntry>>> = OnceLock::new();
-    CLS.get_or_init(|| Mutex::new(HashMap::new()))
+fn cls() -> &'static Mutex<rustc_hash::FxHashMap<(usize, usize), ClsEntry>> {
+    static CLS: OnceLock<Mutex<rustc_hash::FxHashMap<(usize, usize), ClsEntry>>> = OnceLock::new();
+    CLS.get_or_init(|| Mutex::new(Default::default()))
 }
 
 /// cuDevicePrimaryCtxReset: what was stored for context `ctx` goes, so that cudart finds no

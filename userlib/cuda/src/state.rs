@@ -5,6 +5,7 @@ use crate::driver::CUresult;
 use crate::vlog;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use vgpu_uapi::cuda::*;
 use vgpu_uapi::proto::{DeviceInfo, FunctionInfo, Op};
@@ -13,7 +14,8 @@ use vgpu_uapi::{DEVICE_VA_BASE, DEVICE_VA_SIZE};
 pub struct Driver {
     client: vgpu_client::Client,
     pub contexts: Mutex<Contexts>,
-    pub functions: Mutex<HashMap<u64, KernelMeta>>,
+    /// Shared with each launch (an Arc: a launch takes no copy of the name and parameters).
+    pub functions: Mutex<FxHashMap<u64, std::sync::Arc<KernelMeta>>>,
     /// Page-locked host memory (cuMemAllocHost/cuMemHostAlloc, cuMemHostRegister): base -> range.
     pub host_allocs: Mutex<BTreeMap<usize, HostAlloc>>,
     /// Events this process created and has not destroyed: a record is checked here and then
@@ -96,7 +98,7 @@ fn connect() -> Result<Driver, CUresult> {
     Ok(Driver {
         client,
         contexts: Mutex::new(Contexts::default()),
-        functions: Mutex::new(HashMap::new()),
+        functions: Mutex::new(FxHashMap::default()),
         host_allocs: Mutex::new(BTreeMap::new()),
         events: Mutex::new(std::collections::HashSet::new()),
         mirrors: Default::default(),
@@ -185,7 +187,7 @@ pub struct Ctx {
 #[derive(Default)]
 pub struct Contexts {
     next: usize,
-    pub table: HashMap<usize, Ctx>,
+    pub table: FxHashMap<usize, Ctx>,
     primary: HashMap<i32, usize>,
     pub primary_flags: HashMap<i32, u32>,
 }

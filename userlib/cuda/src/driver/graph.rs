@@ -229,8 +229,8 @@ impl Registry {
     }
 }
 
-/// Records `work` if `stream` is capturing; Ok(false) if it is not (run it now).
-pub(crate) fn record(stream: Handle, work: Work) -> Result<bool, CUresult> {
+/// Records `work` (made only then) if `stream` is capturing; Ok(false) if it is not (run it now).
+pub(crate) fn record(stream: Handle, work: impl FnOnce() -> Work) -> Result<bool, CUresult> {
     let s = handle_of(stream);
     let mut r = registry();
     let Some(c) = r.capture(s) else { return Ok(false) };
@@ -238,7 +238,7 @@ pub(crate) fn record(stream: Handle, work: Work) -> Result<bool, CUresult> {
         return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
     }
     let (graph, deps) = (c.graph, c.deps.clone());
-    let n = r.add_node(graph, work, &deps)?;
+    let n = r.add_node(graph, work(), &deps)?;
     if let Some(c) = r.capture(s) {
         c.deps = vec![n];
     }

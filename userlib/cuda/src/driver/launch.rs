@@ -78,7 +78,7 @@ unsafe fn launch_as(f: Handle, grid: [c_uint; 3], block: [c_uint; 3], shared: c_
     // SAFETY: forwarded API contract.
     let packed = unsafe { pack_params(&meta, params, extra)? };
     // On a capturing stream the launch becomes a graph node (its parameters copied now).
-    if super::graph::record(stream, super::graph::Work::Kernel(super::graph::KernelNode::new(handle_of(f), grid, block, shared, packed.clone())))? {
+    if super::graph::record(stream, || super::graph::Work::Kernel(super::graph::KernelNode::new(handle_of(f), grid, block, shared, packed.clone())))? {
         return Ok(());
     }
     submit_launch(d, &meta, grid, block, shared, stream, &packed)
@@ -91,12 +91,13 @@ pub(crate) fn submit_launch(d: &state::Driver, meta: &state::KernelMeta, grid: [
 
 #[allow(clippy::too_many_arguments)]
 fn submit(d: &state::Driver, op: Op, meta: &state::KernelMeta, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, stream: Handle, packed: &[u8]) -> Result<(), CUresult> {
-    let mut head = Vec::with_capacity(48);
-    head.extend_from_slice(&meta.info.handle.to_le_bytes());
-    for v in grid.iter().chain(block.iter()).chain(std::iter::once(&shared)) {
-        head.extend_from_slice(&v.to_le_bytes());
+    // handle u64, grid and block 3 x u32 each, shared u32, stream u64.
+    let mut head = [0u8; 44];
+    head[..8].copy_from_slice(&meta.info.handle.to_le_bytes());
+    for (i, v) in grid.iter().chain(block.iter()).chain(std::iter::once(&shared)).enumerate() {
+        head[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
     }
-    head.extend_from_slice(&handle_of(stream).to_le_bytes());
+    head[36..].copy_from_slice(&handle_of(stream).to_le_bytes());
     d.mirrors.before_work(d, true)?;
     // Queued: what the kernel prints comes out at the next synchronizing call.
     if let Some(printed) = d.call_async(op, &[&head, packed])? {

@@ -19,7 +19,7 @@ fn ctx_driver() -> Result<&'static Driver, CUresult> {
 /// only orders them, which submission order already does; on a capturing stream they become
 /// graph nodes instead (true: recorded, not run).
 fn captured(stream: Handle, work: super::graph::Work) -> Result<bool, CUresult> {
-    super::graph::record(stream, work)
+    super::graph::record(stream, || work)
 }
 
 fn captured_copy(stream: Handle, dst: u64, src: u64, bytes: usize) -> Result<bool, CUresult> {

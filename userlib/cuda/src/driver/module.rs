@@ -6,6 +6,7 @@
 use super::*;
 use crate::state::{self, driver, Driver, KernelMeta};
 use std::ffi::{c_char, c_int, c_uint};
+use std::sync::Arc;
 use vgpu_uapi::image::{self, FATBIN_HEADER_LEN, FATBIN_WRAPPER_MAGIC};
 use vgpu_uapi::proto::Op;
 use vgpu_uapi::wire::Reader;
@@ -151,7 +152,7 @@ fn get_function(d: &Driver, module: u64, name: &str) -> Result<u64, CUresult> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(h)
-        .or_insert_with(|| KernelMeta { info, name: std::ffi::CString::new(name).unwrap_or_default(), params, module, max_dynamic_shared: 48 * 1024 - info.static_shared_bytes as i32 });
+        .or_insert_with(|| Arc::new(KernelMeta { info, name: std::ffi::CString::new(name).unwrap_or_default(), params, module, max_dynamic_shared: 48 * 1024 - info.static_shared_bytes as i32 }));
     Ok(h)
 }
 
@@ -295,7 +296,7 @@ pub unsafe extern "C" fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut 
     guard("cuLibraryGetGlobal", || get_global(library, name, dptr, bytes))
 }
 
-pub(crate) fn kernel_meta(f: Handle) -> Result<KernelMeta, CUresult> {
+pub(crate) fn kernel_meta(f: Handle) -> Result<Arc<KernelMeta>, CUresult> {
     let d = driver()?;
     let t = d.functions.lock().unwrap_or_else(|e| e.into_inner());
     t.get(&handle_of(f)).cloned().ok_or(CUDA_ERROR_INVALID_HANDLE)
@@ -385,7 +386,7 @@ pub unsafe extern "C" fn cuKernelGetAttribute(value: *mut c_int, attrib: c_int, 
 fn set_func_attribute(f: Handle, attrib: c_int, value: c_int) -> Result<(), CUresult> {
     let d = driver()?;
     let mut t = d.functions.lock().unwrap_or_else(|e| e.into_inner());
-    let k = t.get_mut(&handle_of(f)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    let k = Arc::make_mut(t.get_mut(&handle_of(f)).ok_or(CUDA_ERROR_INVALID_HANDLE)?);
     match attrib {
         FA_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
             if value < 0 || value as u32 + k.info.static_shared_bytes > 232_448 {
@@ -472,7 +473,7 @@ fn occupancy(k: &KernelMeta, a: &[c_int], block_size: c_int, dyn_smem: usize) ->
 }
 
 /// `f`'s metadata and the current device's attributes, which the occupancy API works from.
-fn occupancy_inputs(f: Handle) -> Result<(KernelMeta, [c_int; vgpu_uapi::cuda::DEVICE_ATTRIBUTE_SLOTS]), CUresult> {
+fn occupancy_inputs(f: Handle) -> Result<(Arc<KernelMeta>, [c_int; vgpu_uapi::cuda::DEVICE_ATTRIBUTE_SLOTS]), CUresult> {
     let k = kernel_meta(f)?;
     let (d, dev) = state::current_device()?;
     Ok((k, d.device(dev)?.attrs))

@@ -286,7 +286,7 @@ pub(crate) fn run_host_func(stream: Handle, func: super::graph::HostFn, data: us
 
 fn launch_host_func(s: Handle, func: Option<super::graph::HostFn>, data: *mut std::ffi::c_void) -> Result<(), CUresult> {
     let func = func.ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    if super::graph::record(s, super::graph::Work::Host { func, data: data as usize })? {
+    if super::graph::record(s, || super::graph::Work::Host { func, data: data as usize })? {
         return Ok(());
     }
     run_host_func(s, func, data as usize)
