@@ -47,6 +47,16 @@ if [ -f "$venv/.cufft-v1" ]; then echo "setup: cuFFT cached in $venv"; else
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nvidia-cufft-cu12==11.4.1.4
   touch "$venv/.cufft-v1"
 fi
+# The rest of what 'cupy-cuda12x[ctk]' installs: cuBLAS, cuSOLVER and cuSPARSE 12 (they ship PTX
+# for some kernels, which the sim runs; cuBLAS picks SASS-only GEMM kernels for most shapes, which
+# fail with a cuBLAS error here and run on a GPU). CuPy's suite needs them to collect its BLAS and
+# sparse tests.
+if [ -f "$venv/.ctk-v1" ]; then echo "setup: CuPy's CUDA 12 math libraries cached in $venv"; else
+  echo "setup: installing cuBLAS, cuSOLVER and cuSPARSE 12 into $venv (about 1 GB)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'cupy-cuda12x[ctk]==14.2.0' cuda-toolkit==12.9.2.0 \
+    nvidia-cublas-cu12==12.9.2.10 nvidia-cusolver-cu12==11.7.5.82 nvidia-cusparse-cu12==12.5.10.65 numpy==2.4.6
+  touch "$venv/.ctk-v1"
+fi
 # CuPy's own test suite (tests/tests/cupy_suite.rs): the tests from CuPy's sdist, and pytest.
 if [ -f "$CACHE/cupy-tests-14.2.0/.complete-v1" ]; then echo "setup: CuPy's tests cached in $CACHE/cupy-tests-14.2.0"; else
   echo "setup: fetching CuPy 14.2.0's tests (its sdist) and pytest"
