@@ -77,13 +77,13 @@ fn not_registered(handle: u64) -> CmdError {
     CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{handle} is not registered host memory"))
 }
 
-/// The registered host memory `handle` + [offset, offset + len).
 /// Host memory a client shared (HostRegister): our mapping of its file.
 struct HostRegion {
     map: memmap2::MmapMut,
     file: Arc<HostFile>,
 }
 
+/// The registered host memory `handle` + [offset, offset + len).
 fn host_range(host: &mut HashMap<u64, HostRegion>, handle: u64, offset: u64, len: u64) -> CmdResult<HostSpan<'_>> {
     let m = host.get_mut(&handle).ok_or_else(|| not_registered(handle))?;
     let end = offset.checked_add(len).filter(|&e| e <= m.map.len() as u64);

@@ -283,8 +283,6 @@ fn invalid_handle(what: &str, h: u64) -> CmdError {
 }
 
 impl CudaSession {
-    /// Makes the session's context current on the calling thread (sessions are served from
-    /// several threads); every call into the driver comes after it.
     /// Registers host memory the worker mapped with the driver (page-locked, so that copies
     /// from and to it are DMA with no staging copy). A driver that refuses leaves the copies
     /// correct, only staged.
@@ -301,6 +299,8 @@ impl CudaSession {
         }
     }
 
+    /// Makes the session's context current on the calling thread (sessions are served from
+    /// several threads); every call into the driver comes after it.
     fn enter(&self) -> CmdResult<()> {
         // SAFETY: a context this session retained and has not released.
         self.drv.ok(unsafe { (self.drv.api.cuCtxSetCurrent)(self.ctx.0) }, "cuCtxSetCurrent")
