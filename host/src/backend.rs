@@ -28,10 +28,11 @@ impl HostFile {
     }
 }
 
-/// Bytes of a `HostFile` as the mediator maps them: `bytes` are its `offset..offset +
-/// bytes.len()` (from the start of its window, not of the file).
+/// Bytes of host memory as the mediator maps them; where its file is kept (see
+/// `DeviceSession::reaches_host_files`), `bytes` are the file's `offset..offset + bytes.len()`
+/// (from the start of its window, not of the file).
 pub struct HostSpan<'a> {
-    pub file: &'a std::sync::Arc<HostFile>,
+    pub file: Option<&'a std::sync::Arc<HostFile>>,
     pub offset: u64,
     pub bytes: &'a mut [u8],
 }
@@ -123,6 +124,12 @@ pub trait DeviceSession: Send {
     /// `read` into host memory the mediator maps from a file (see `write_host`).
     fn read_host(&mut self, src: u64, dst: HostSpan<'_>) -> CmdResult<()> {
         self.read(src, dst.bytes)
+    }
+    /// Whether `write_host`/`read_host` use the span's file: then the mediator keeps the file
+    /// of each client's pinned memory it maps (otherwise it closes it once mapped, so that a
+    /// client's thousands of pinned allocations hold no descriptors here).
+    fn reaches_host_files(&self) -> bool {
+        false
     }
     /// A cuda worker's connection mapped host memory for copies (the mediator's HostRegister):
     /// `len` bytes at `ptr`, mapped until `host_unmapped(ptr)`. The cuda backend page-locks

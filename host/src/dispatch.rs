@@ -77,10 +77,11 @@ fn not_registered(handle: u64) -> CmdError {
     CmdError::new(CUDA_ERROR_INVALID_VALUE, format!("{handle} is not registered host memory"))
 }
 
-/// Host memory a client shared (HostRegister): our mapping of its file.
+/// Host memory a client shared (HostRegister): our mapping, and its file where the session
+/// reaches host memory through files (`DeviceSession::reaches_host_files`).
 struct HostRegion {
     map: memmap2::MmapMut,
-    file: Arc<HostFile>,
+    file: Option<Arc<HostFile>>,
 }
 
 /// The registered host memory `handle` + [offset, offset + len).
@@ -88,7 +89,7 @@ fn host_range(host: &mut HashMap<u64, HostRegion>, handle: u64, offset: u64, len
     let m = host.get_mut(&handle).ok_or_else(|| not_registered(handle))?;
     let end = offset.checked_add(len).filter(|&e| e <= m.map.len() as u64);
     let end = end.ok_or_else(|| CmdError::new(CUDA_ERROR_INVALID_VALUE, "range outside the registered host memory"))?;
-    Ok(HostSpan { file: &m.file, offset, bytes: &mut m.map[offset as usize..end as usize] })
+    Ok(HostSpan { file: m.file.as_ref(), offset, bytes: &mut m.map[offset as usize..end as usize] })
 }
 
 /// Requests that occupy the GPU (the scheduler's unit of work).
@@ -220,11 +221,14 @@ impl<'b> Connection<'b> {
         // access within `len` bytes is backed; the client may write to it concurrently, which
         // is the point (it is its pinned buffer) and only ever yields bytes, never a fault.
         let mut map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map_mut(&file) }.map_err(|_| bad("cannot map it"))?;
+        let mut keep_file = false;
         if let Some(sess) = self.session.as_deref_mut() {
             sess.host_mapped(map.as_mut_ptr(), len);
+            keep_file = sess.reaches_host_files();
         }
+        let file = keep_file.then(|| HostFile::new(OwnedFd::from(file), offset, size));
         self.next_host += 1;
-        self.host.insert(self.next_host, HostRegion { map, file: HostFile::new(OwnedFd::from(file), offset, size) });
+        self.host.insert(self.next_host, HostRegion { map, file });
         Ok(self.next_host)
     }
 

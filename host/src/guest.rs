@@ -237,7 +237,7 @@ impl GuestMemory {
             // always backed. The guest may change these bytes concurrently: as for any DMA,
             // that yields bytes, never a fault, and no reference outlives this call of `f`.
             let s = unsafe { std::slice::from_raw_parts_mut(piece.map.as_mut_ptr().add(off), n as usize) };
-            f(done, HostSpan { file: &piece.file, offset: off as u64, bytes: s })?;
+            f(done, HostSpan { file: Some(&piece.file), offset: off as u64, bytes: s })?;
             done += n;
             pos += n;
         }
@@ -363,7 +363,8 @@ mod tests {
         assert!(m.pin(PinRequest { channel: 9, ..req(3, vec![1 << 20], 10) }).is_err(), "channel not attached");
         // Writing lands in the file, where the span says it lies (what a cuda worker maps).
         m.copy(ch, 1, PAGE - 100, 3, true, |_, s| {
-            assert_eq!((s.file.offset + s.offset, s.file.len), (6 * PAGE, 16 * PAGE));
+            let file = s.file.expect("a piece of RAM keeps its file");
+            assert_eq!((file.offset + s.offset, file.len), (6 * PAGE, 16 * PAGE));
             s.bytes.copy_from_slice(b"abc");
             Ok(())
         })

@@ -733,14 +733,14 @@ impl DeviceSession for RemoteSession {
     /// with no bytes on the socket. The copy is finished when this returns: the mediator's
     /// guest pins rely on that (no copy touches pages once they are unpinned).
     fn write_host(&mut self, dst: u64, src: HostSpan<'_>) -> CmdResult<()> {
-        match self.worker_host_file(src.file) {
+        match src.file.and_then(|f| self.worker_host_file(f)) {
             Some(h) => self.call_unit(Op::MemcpyHtoDHost, &[dst, h, src.offset, src.bytes.len() as u64]),
             None => self.write(dst, src.bytes),
         }
     }
 
     fn read_host(&mut self, src: u64, dst: HostSpan<'_>) -> CmdResult<()> {
-        match self.worker_host_file(dst.file) {
+        match dst.file.and_then(|f| self.worker_host_file(f)) {
             Some(h) => {
                 self.call_unit(Op::MemcpyDtoHHost, &[src, h, dst.offset, dst.bytes.len() as u64])?;
                 self.after_wait(false);
@@ -748,6 +748,10 @@ impl DeviceSession for RemoteSession {
             }
             None => self.read(src, dst.bytes),
         }
+    }
+
+    fn reaches_host_files(&self) -> bool {
+        true
     }
 
     fn copy(&mut self, dst: u64, src: u64, len: u64) -> CmdResult<()> {

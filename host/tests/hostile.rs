@@ -203,6 +203,15 @@ fn shared_host_memory_is_checked() {
         assert_eq!(p.call(Op::MemcpyHtoDHost, &[&u64s(&args)]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
         assert_eq!(p.call(Op::MemcpyDtoHHost, &[&u64s(&args)]).map(drop), Err(CUDA_ERROR_INVALID_VALUE), "{what}");
     }
+    // The mediator keeps no descriptor per registration once mapped (a client may pin thousands
+    // of buffers). Other tests of this binary open descriptors too: the bound leaves them room.
+    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    let many: Vec<u64> = (0..128).map(|_| register(&memfd(4096, true), 4096).unwrap()).collect();
+    assert!(fds() < before + 64, "{} descriptors held for 128 registrations", fds() - before);
+    for h in many {
+        p.call(Op::HostUnregister, &[&u64s(&[h])]).unwrap();
+    }
     // Another client cannot use this client's handle.
     let other = Proc::connect(&dir.join("good.sock"), 2).unwrap();
     let od = other.alloc(4096).unwrap();
