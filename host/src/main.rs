@@ -102,6 +102,7 @@ fn main() {
     if let Some(mib) = args.sim_host_memory_mib {
         vgpu_host::sim::memory::set_host_ram_limit(mib << 20);
     }
+    raise_open_files_limit();
     let (mediator, admin_socket, metrics_listen) = match &args.config {
         Some(path) => {
             let cfg = Config::load(path).unwrap_or_else(|e| fail(e));
@@ -148,6 +149,20 @@ fn main() {
         match mediator.reload() {
             Ok(summary) => tracing::info!("reloaded: {summary}"),
             Err(e) => tracing::error!("reload refused, configuration unchanged: {e}"),
+        }
+    }
+}
+
+/// Every client connection is a descriptor, and on the cuda backend so is each client's pinned
+/// buffer (its file, shared with the worker: see `DeviceSession::reaches_host_files`): the soft
+/// limit on open files (often 1024) is raised to the hard one, as servers holding many do.
+fn raise_open_files_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a pointer to a live local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }
