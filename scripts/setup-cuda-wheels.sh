@@ -90,11 +90,19 @@ if [ -f "$venv/.complete-v1" ]; then echo "setup: numba-cuda cached in $venv"; e
   echo "setup: installing numba-cuda 0.30.4 and its test requirements into $venv"
   rm -rf "$venv" && python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'numba-cuda[cu12]==0.30.4' numba==0.68.1 \
-    llvmlite==0.50.0 numpy==2.4.6 cuda-bindings==12.9.10 cuda-core==1.2.2 cuda-pathfinder==1.9.1 cuda-toolkit==12.9.2.0 \
+    llvmlite==0.50.0 numpy==2.4.6 cuda-bindings==12.9.7 cuda-core==1.2.2 cuda-pathfinder==1.9.1 cuda-toolkit==12.9.2.0 \
     nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27 \
     pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 pytest-benchmark==5.3.1 filecheck==1.0.6 cffi==2.1.1 psutil==7.2.2 ml_dtypes==0.7.0
   "$venv/bin/python" -m pip uninstall --quiet --yes nvidia-nvjitlink-cu12
-  touch "$venv/.complete-v1"
+  touch "$venv/.complete-v1" "$venv/.cuda-bindings-12.9.7"
+fi
+# cuda-bindings 12.9.7, the last 12.9 release whose CUipcMemHandle still has the `reserved` bytes that
+# numba-cuda 0.30.4 reads to share memory between processes (its driver.py and its IPC tests): from
+# 12.9.8 the handle is opaque and numba's IPC fails with AttributeError, on NVIDIA's driver too.
+if [ ! -f "$venv/.cuda-bindings-12.9.7" ]; then
+  echo "setup: cuda-bindings 12.9.7 into $venv (numba-cuda's IPC needs CUipcMemHandle.reserved)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cuda-bindings==12.9.7
+  touch "$venv/.cuda-bindings-12.9.7"
 fi
 # numba-cuda's interop tests (the CUDA array interface, DLPack, bfloat16) take CuPy, with cuRAND for
 # its random arrays: the same versions as CuPy's own venv above.
