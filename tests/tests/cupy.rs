@@ -95,6 +95,20 @@ fn curand_host_api_gives_right_numbers_or_an_error_never_wrong_ones() {
     assert!(right || refused, "cuRAND 13's host API on vgpu drew wrong numbers or crashed:\n{}\n--- mediator log\n{}", describe(&out), m.log());
 }
 
+/// cuSOLVER through CuPy (tests/cusolver_check.py) against NumPy, with CUDA 12's cuSOLVER 11 and
+/// CUDA 13's cuSOLVER 12: a solve and QR's R run on the sim; Q, built by SASS-only kernels, fails
+/// with cuSOLVER's error. CUDA 13's failed at the first call (cuStreamGetCtx_v2 and
+/// cuCtxGetDevResource missing), then crashed in its static cudart (a tools-callback table read
+/// past the buffer libcuda handed out).
+#[test]
+fn cusolver_solve_and_qr_match_numpy_with_cuda_12_and_13() {
+    for venv in ["cupy-venv", "cupy13-venv"] {
+        let (out, m) = run_cupy_in(venv_python(venv), "cusolver_check.py", &[], None);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.lines().last() == Some("PASS"), "cuSOLVER ({venv}) on vgpu:\n{}\n--- mediator log\n{}", describe(&out), m.log());
+    }
+}
+
 /// The wrong results CuPy's own suite once found on the sim (int8 signs, float16 halves, CUB's
 /// float16 min/max, wraparound, mixed-type integer arithmetic, conversions, transposed sums,
 /// clip, partition and unique through thrust), each against NumPy; with CUB reductions, as CuPy

@@ -156,9 +156,13 @@ unsafe extern "C" fn cudart_load_compilers() -> CUresult {
 
 // --- TOOLS_RUNTIME_CALLBACK_HOOKS --------------------------------------------------------------
 
-/// Slots 2 and 6 hand cudart scratch buffers (1024 and 14 bytes) for tool callbacks; nobody
-/// reads them back here, they only have to exist for the life of the process.
-static HOOK_BUF1: Mutex<[u8; 1024]> = Mutex::new([0; 1024]);
+/// Slots 2 and 6 hand cudart scratch buffers for tool callbacks; nobody reads them back here,
+/// they only have to exist for the life of the process. The first is, as cudart reads it, a
+/// 32-bit "a tool subscribed to this API" flag per runtime callback id (CUPTI's
+/// CUPTI_RUNTIME_TRACE_CBID_*), which cudart indexes without looking at the size we give: cudart
+/// 13.1 has 559 ids, cuSOLVER 12's static copy reads id 536 (cudaStreamGetDevResource) at byte
+/// 0x865, past the 1024 bytes this once had. So it is large, and zero: no tool subscribed.
+static HOOK_BUF1: Mutex<[u8; 8192]> = Mutex::new([0; 8192]);
 static HOOK_BUF2: Mutex<[u8; 14]> = Mutex::new([0; 14]);
 
 unsafe extern "C" fn hooks_buffer1(ptr: *mut *mut c_void, size: *mut usize) -> CUresult {

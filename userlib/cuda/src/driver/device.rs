@@ -63,6 +63,50 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attrib: c_int, 
     })
 }
 
+/// CUdevResource (cuda.h, RESOURCE_ABI_VERSION 1): the type, 92 bytes of padding, then the
+/// 48-byte union whose SM member is smCount, minSmPartitionSize, smCoscheduledAlignment.
+const DEV_RESOURCE_BYTES: usize = 4 + 92 + 48;
+const CU_DEV_RESOURCE_TYPE_SM: c_int = 1;
+const CUDA_ERROR_INVALID_RESOURCE_TYPE: CUresult = 914;
+
+/// The SM resource of device `dev`, as cuDeviceGetDevResource/cuCtxGetDevResource give it: all of
+/// its multiprocessors; partitions of at least 8, as CUDA documents for compute capability 9.0,
+/// and co-scheduled in pairs (a Hopper TPC). vgpu makes no green contexts from it (cuGreenCtxCreate
+/// and the split functions are not supported); cuSOLVER 12 only reads it (CUDA 13's dgeqrf fails
+/// with CUSOLVER_STATUS_EXECUTION_FAILED when this fails).
+fn dev_resource(dev: CUdevice, resource: *mut u8, kind: c_int) -> Result<(), CUresult> {
+    let d = driver()?.device(dev)?;
+    if resource.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if kind != CU_DEV_RESOURCE_TYPE_SM {
+        return Err(CUDA_ERROR_INVALID_RESOURCE_TYPE);
+    }
+    let mut r = [0u8; DEV_RESOURCE_BYTES];
+    r[..4].copy_from_slice(&kind.to_le_bytes());
+    let sms = d.attrs[vgpu_uapi::cuda::attr::MULTIPROCESSOR_COUNT] as u32;
+    for (i, v) in [sms, 8, 2].into_iter().enumerate() {
+        r[96 + 4 * i..100 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    // SAFETY: the caller passes a CUdevResource, DEV_RESOURCE_BYTES long (checked non-null).
+    unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), resource, r.len()) };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetDevResource(dev: CUdevice, resource: *mut u8, kind: c_int) -> CUresult {
+    guard("cuDeviceGetDevResource", || dev_resource(dev, resource, kind))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevResource(ctx: Handle, resource: *mut u8, kind: c_int) -> CUresult {
+    guard("cuCtxGetDevResource", || {
+        let h = if ctx.is_null() { crate::state::current_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)? } else { ctx as usize };
+        let dev = driver()?.contexts().get(h)?.device;
+        dev_resource(dev, resource, kind)
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceComputeCapability(major: *mut c_int, minor: *mut c_int, dev: CUdevice) -> CUresult {
     guard("cuDeviceComputeCapability", || {

@@ -263,6 +263,32 @@ pub unsafe extern "C" fn cuStreamGetCtx(s: Handle, pctx: *mut Handle) -> CUresul
     })
 }
 
+/// CUDA 12.5's form, which cuSOLVER 12 (CUDA 13) asks of its stream before each factorization
+/// (without it `dgeqrf` fails with CUSOLVER_STATUS_EXECUTION_FAILED): the context, and the
+/// green context, which is NULL for every vgpu stream (see cuStreamGetGreenCtx).
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx_v2(s: Handle, pctx: *mut Handle, green: *mut Handle) -> CUresult {
+    guard("cuStreamGetCtx_v2", || {
+        if pctx.is_null() && green.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        created_with(s)?;
+        let h = state::current_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        if !pctx.is_null() {
+            put(pctx, h as Handle)?;
+        }
+        if !green.is_null() {
+            put(green, std::ptr::null_mut())?;
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx_v2_ptsz(s: Handle, pctx: *mut Handle, green: *mut Handle) -> CUresult {
+    cuStreamGetCtx_v2(s, pctx, green)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy(s: Handle) -> CUresult {
     cuStreamDestroy_v2(s)
