@@ -61,6 +61,8 @@ cases! {
     device_heap_cudart13: "device_heap", V13;
     textures_cudart12: "textures", V12;
     textures_cudart13: "textures", V13;
+    launch_order_cudart12: "launch_order", V12;
+    launch_order_cudart13: "launch_order", V13;
 }
 
 /// llama.cpp's ggml-cuda call sequence: it finds the device as llama-server reports it

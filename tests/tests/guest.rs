@@ -39,7 +39,7 @@ fn assert_driver_libraries_in_ldconfig_cache(stdout: &str) {
     }
 }
 
-const PROGRAMS: [&str; 20] = ["vector_add", "matrix_2d", "memory_ops", "streams_events", "launch_errors", "device_query", "warp_scan", "histogram", "printf_kernel", "device_functions", "graphs", "ggml_init", "pinned_async", "host_register", "managed_mapped", "host_callbacks", "device_reset", "device_heap", "textures", "ipc"];
+const PROGRAMS: [&str; 21] = ["vector_add", "matrix_2d", "memory_ops", "streams_events", "launch_errors", "device_query", "warp_scan", "histogram", "printf_kernel", "device_functions", "graphs", "ggml_init", "pinned_async", "host_register", "managed_mapped", "host_callbacks", "device_reset", "device_heap", "textures", "ipc", "launch_order"];
 const MODES: [&str; 2] = ["direct", "env-i"];
 /// Per program run inside the guest; the whole boot is bounded by boot-guest.sh (600 s).
 const RUN_TIMEOUT_S: u32 = 60;

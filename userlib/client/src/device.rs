@@ -40,6 +40,12 @@ struct Channel {
     pending: usize,
     /// Asynchronous requests sent or gathered whose replies are still to be read, in order.
     unanswered: VecDeque<Queued>,
+    /// How many of `unanswered`, from the front, went to the device in an earlier batch (their
+    /// replies are read while the next batch runs: see `settle`).
+    in_flight: usize,
+    /// Received bytes not yet read: `[rx.0, rx.1)` of the receive half of staging. They outlive
+    /// a call: a receive for one batch's replies may bring the start of the next batch's.
+    rx: (usize, usize),
     /// Data bytes their replies carry (copies into pinned memory).
     unanswered_bytes: usize,
     /// Pinned regions (VGPU_IOCTL_PIN): id -> the address they start at.
@@ -53,9 +59,13 @@ struct Channel {
     zero_copy: bool,
 }
 
-/// Asynchronous requests gathered at most before they are sent and their replies read (a
-/// batch goes to the device with one doorbell).
-const MAX_QUEUED: usize = 64;
+/// Asynchronous requests gathered at most before they are sent (a batch goes to the device with
+/// one doorbell; `settle` reads its replies while the next batch is gathered). Each batch costs
+/// a fixed few hundred microseconds in a TCG guest, so larger is faster (measured with empty
+/// launches: 64 about 88k/s, 256 about 150k/s). The bound: two batches of launches may be
+/// unanswered, each reply carrying up to the sim's 1 MiB of device printf output, and the
+/// device refuses to hold more than 256 MiB of unread replies: 2 x 120 x 1 MiB fits.
+const MAX_QUEUED: usize = 120;
 /// Reply data (copies into pinned memory) left unread at most: what waits for us in the device
 /// stays bounded (it refuses to hold more than 256 MiB).
 const MAX_QUEUED_BYTES: usize = 64 << 20;
@@ -200,6 +210,8 @@ impl DeviceTransport {
             deadline: Some(hello_timeout),
             pending: 0,
             unanswered: VecDeque::new(),
+            in_flight: 0,
+            rx: (0, 0),
             unanswered_bytes: 0,
             pins: HashMap::new(),
             deferred: None,
@@ -337,8 +349,6 @@ impl Channel {
 /// (one doorbell for a whole batch when it fits).
 struct ChannelIo<'a> {
     ch: &'a mut Channel,
-    /// Received bytes not yet read: `[rx.0, rx.1)` of the receive half.
-    rx: (usize, usize),
     /// Receive no more than a read asks for (a header whose payload goes into pinned memory).
     precise: bool,
 }
@@ -348,7 +358,7 @@ type Extra = (u32, u32, usize, usize);
 
 impl<'a> ChannelIo<'a> {
     fn new(ch: &'a mut Channel) -> Self {
-        ChannelIo { ch, rx: (0, 0), precise: false }
+        ChannelIo { ch, precise: false }
     }
 
     /// Posts the gathered bytes (and `extra`, if any) and waits for them; returns the length
@@ -385,11 +395,11 @@ impl<'a> ChannelIo<'a> {
     fn recv_pinned(&mut self, r: PinnedRange) -> io::Result<()> {
         let base = *self.ch.pins.get(&r.id).ok_or_else(|| io::Error::other("no such pinned region"))?;
         let (off, size) = self.ch.staging();
-        let have = (self.rx.1 - self.rx.0).min(r.len);
+        let have = (self.ch.rx.1 - self.ch.rx.0).min(r.len);
         // SAFETY: the source lies in the receive half of staging; the destination is inside the
         // pinned range the caller registered and vouched for (`copy_host`'s contract).
-        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(off + size / 2 + self.rx.0), (base + r.offset) as *mut u8, have) };
-        self.rx.0 += have;
+        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(off + size / 2 + self.ch.rx.0), (base + r.offset) as *mut u8, have) };
+        self.ch.rx.0 += have;
         if have < r.len {
             let rest = r.len - have;
             if self.send(Some((OP_RECV_PINNED, r.id, r.offset + have, rest)))? != rest {
@@ -424,18 +434,18 @@ impl io::Read for ChannelIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let (off, size) = self.ch.staging();
         let rx = off + size / 2;
-        if self.rx.0 == self.rx.1 {
+        if self.ch.rx.0 == self.ch.rx.1 {
             let want = if self.precise { buf.len().min(size - size / 2) } else { size - size / 2 };
             let n = self.send(Some((OP_RECV, 0, rx, want)))?;
             if n > want {
                 return Err(io::Error::other("the device returned more than asked"));
             }
-            self.rx = (0, n);
+            self.ch.rx = (0, n);
         }
-        let n = buf.len().min(self.rx.1 - self.rx.0);
+        let n = buf.len().min(self.ch.rx.1 - self.ch.rx.0);
         // SAFETY: `[rx + rx.0, rx + rx.0 + n)` is inside the second half of staging.
-        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(rx + self.rx.0), buf.as_mut_ptr(), n) };
-        self.rx.0 += n;
+        unsafe { std::ptr::copy_nonoverlapping(self.ch.area.add(rx + self.ch.rx.0), buf.as_mut_ptr(), n) };
+        self.ch.rx.0 += n;
         Ok(n)
     }
 }
@@ -444,10 +454,17 @@ impl io::Read for ChannelIo<'_> {
 /// gathered first): a failure is kept for the caller (`deferred`), what a launch printed for
 /// the next synchronizing call.
 fn read_queued(io: &mut ChannelIo<'_>) -> Result<(), CuResult> {
-    let queued = std::mem::take(&mut io.ch.unanswered);
-    io.ch.unanswered_bytes = 0;
+    let all = io.ch.unanswered.len();
+    read_replies(io, all)
+}
+
+/// Reads the replies of the first `count` queued requests, as `read_queued`.
+fn read_replies(io: &mut ChannelIo<'_>, count: usize) -> Result<(), CuResult> {
     let mut payload = Vec::new();
-    for Queued { seq, op, into } in queued {
+    for _ in 0..count {
+        let Some(Queued { seq, op, into }) = io.ch.unanswered.pop_front() else { break };
+        io.ch.in_flight = io.ch.in_flight.saturating_sub(1);
+        io.ch.unanswered_bytes = io.ch.unanswered_bytes.saturating_sub(into.map_or(0, |r| r.len));
         payload.clear();
         let status = match into {
             Some(r) => read_data_reply(io, op, seq, r.len, true, |io| io.recv_pinned(r), &mut payload)?,
@@ -501,9 +518,25 @@ fn read_data_reply(
 impl DeviceTransport {
     /// Sends what `queued` asks for now if the batch is full, or everything if it is not a
     /// queued operation (its failure, or an earlier one, is then the result).
+    ///
+    /// A full batch is pipelined: it goes to the device, then the replies of the batch before
+    /// it are read (ready by then, as a rule), and its own are left for the next. So the guest
+    /// gathers a batch while the mediator runs the one before, rather than each waiting for the
+    /// other (under TCG a round trip costs as much as gathering 64 launches). At most two
+    /// batches are unanswered; copies into pinned memory still wait for all (bounded bytes).
     fn settle(&self, io: &mut ChannelIo<'_>, queued: bool) -> Result<(), CuResult> {
-        if !queued || io.ch.unanswered.len() >= MAX_QUEUED || io.ch.unanswered_bytes >= MAX_QUEUED_BYTES {
+        if !queued || io.ch.unanswered_bytes >= MAX_QUEUED_BYTES {
             read_queued(io)?;
+        } else if io.ch.unanswered.len() - io.ch.in_flight >= MAX_QUEUED {
+            if io.ch.pending > 0 {
+                io.send(None).map_err(|e| {
+                    vlog!(crate::log::ERROR, "lost the mediator sending a batch: {e}");
+                    CUDA_ERROR_DEINITIALIZED
+                })?;
+            }
+            let older = io.ch.in_flight;
+            read_replies(io, older)?;
+            io.ch.in_flight = io.ch.unanswered.len();
         }
         match io.ch.deferred.take() {
             Some(e) if !queued => Err(e),
