@@ -2,7 +2,8 @@
 //! (default) and the per-thread engine side by side in one run, on kernels that are bound by
 //! ALU work, by memory, by divergence, and a tiled matmul (tests/data/kernels.cu
 //! `matmul_tiled`: shared memory and barriers); and, for the default engine, launches per
-//! second of a kernel that does next to nothing (what a launch costs beyond its instructions).
+//! second of a kernel that does next to nothing (what a launch costs beyond its instructions),
+//! also beside 20,000 live allocations.
 //! Figures to improve on, not a test:
 //! `cargo bench -p vgpu-host --bench ptx_interp`. Blocks run on VGPU_SIM_THREADS host threads
 //! (default: every core); `VGPU_SIM_THREADS=1` gives the figures per core.
@@ -184,6 +185,22 @@ fn main() {
         launches += 1;
     }
     println!("launch (80x128, 400 regs) {:9.0} launches/s", launches as f64 / t.elapsed().as_secs_f64());
+    // A small launch beside many live allocations (a CuPy process keeps thousands in its memory
+    // pool): what a launch costs should not grow with them.
+    for extra in [0usize, 20_000] {
+        let mut mem = DeviceMemory::new(DevicePool::new(1 << 30));
+        let out = mem.alloc(4096).unwrap();
+        for _ in 0..extra {
+            mem.alloc(512).unwrap();
+        }
+        let t = Instant::now();
+        let mut launches = 0;
+        while t.elapsed().as_secs_f64() < 1.0 {
+            run("launch_cost", cfg(1, 32), &params(&[out], None), &mut mem);
+            launches += 1;
+        }
+        println!("launch (1x32) beside {extra:>6} allocations {:9.0} launches/s", launches as f64 / t.elapsed().as_secs_f64());
+    }
 
     measure("alu (fma/int chain)", &mut || run("alu", cfg(64, 256), &params(&[out], None), &mut mem));
     let dst = mem.alloc(4 << 20).unwrap();

@@ -152,6 +152,10 @@ impl ptx::Memory for DeviceMemory {
         self.regions_mut()
     }
 
+    fn global(&mut self) -> ptx::global::Global<'_> {
+        DeviceMemory::global(self)
+    }
+
     fn grid_workspace(&mut self) -> Result<Option<u64>, ptx::ExecError> {
         DeviceMemory::grid_workspace(self).map(Some).map_err(|e| ptx::ExecError::OutOfResources(format!("no room for the grid workspace: {}", e.message)))
     }

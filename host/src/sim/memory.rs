@@ -3,6 +3,7 @@
 //! Every access is checked to lie inside one live allocation.
 
 use crate::backend::{CmdError, CmdResult};
+use crate::sim::ptx::global::{Global, Region};
 use memmap2::MmapMut;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,9 @@ pub struct DeviceMemory {
     /// Every region a kernel may touch, by device address: allocations and mapped physical
     /// allocations (VMM). Mapped regions may be adjacent; copies may span them.
     allocs: BTreeMap<u64, MmapMut>,
+    /// `allocs` as a launch sees them, kept until they change: building it for every launch cost
+    /// a CuPy process with thousands of allocations more than its small kernels did.
+    region_table: Option<Arc<[Region]>>,
     /// Each region's buffer id (CU_POINTER_ATTRIBUTE_BUFFER_ID): never reused in a session,
     /// though a region's address may be (VMM maps, a reset).
     buffer_ids: HashMap<u64, u64>,
@@ -265,6 +269,7 @@ impl DeviceMemory {
     pub fn new(pool: Arc<DevicePool>) -> Self {
         DeviceMemory {
             allocs: BTreeMap::new(),
+            region_table: None,
             buffer_ids: HashMap::new(),
             next_buffer_id: 1,
             next_va: DEVICE_VA_BASE,
@@ -381,6 +386,7 @@ impl DeviceMemory {
         self.grid_ws = None;
         self.objects = Default::default();
         self.allocs.retain(|base, _| keep.contains(base));
+        self.region_table = None;
         self.buffer_ids.retain(|base, _| keep.contains(base));
         self.imported.retain(|base| keep.contains(base));
         self.shared.retain(|base, _| keep.contains(base));
@@ -422,10 +428,12 @@ impl DeviceMemory {
         self.buffer_ids.insert(base, self.next_buffer_id);
         self.next_buffer_id += 1;
         self.allocs.insert(base, map);
+        self.region_table = None;
     }
 
     fn remove_region(&mut self, base: u64) -> Option<MmapMut> {
         self.buffer_ids.remove(&base);
+        self.region_table = None;
         self.allocs.remove(&base)
     }
 
@@ -521,6 +529,23 @@ impl DeviceMemory {
             done += n;
         }
         Ok(())
+    }
+
+    /// Global memory for a launch: every allocation, from the table kept while they do not change.
+    pub fn global(&mut self) -> Global<'_> {
+        let table = match &self.region_table {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<[Region]> = self.allocs.iter_mut().map(|(&base, m)| Region::new(base, m.as_mut_ptr(), m.len())).collect();
+                self.region_table = Some(t.clone());
+                t
+            }
+        };
+        // SAFETY: the table lists exactly `allocs` (it is dropped whenever they change), by base
+        // address (a BTreeMap's order), not overlapping (allocations never do); each mapping lives
+        // as long as its entry in `allocs`, and `&mut self` is held for the Global's lifetime, so
+        // nothing else touches them or changes `allocs` meanwhile.
+        unsafe { Global::from_table(table) }
     }
 
     /// Every allocation as (device address, its bytes).
@@ -781,6 +806,31 @@ mod tests {
         assert!(m.free(a).is_err(), "double free");
         assert!(m.slice(a, 1).is_err(), "use after free");
         assert_eq!(m.used(), 10);
+    }
+
+    /// A launch's view of global memory is kept between launches: it must follow every
+    /// allocation, free, VMM map and reset in between.
+    #[test]
+    fn the_kept_launch_view_follows_allocations_and_frees() {
+        let mut m = DeviceMemory::new(DevicePool::new(1 << 30));
+        let a = m.alloc(64).unwrap();
+        m.global().write(a, &[7; 64]).unwrap();
+        let b = m.alloc(32).unwrap();
+        {
+            let g = m.global();
+            g.write(b, &[9; 32]).expect("an allocation made since the last launch");
+            let mut out = [0u8; 64];
+            g.read(a, &mut out).unwrap();
+            assert_eq!(out, [7; 64]);
+        }
+        m.free(a).unwrap();
+        assert!(m.global().read(a, &mut [0u8; 1]).is_err(), "a freed allocation is gone from the view");
+        assert_eq!(m.slice(b, 32).unwrap(), &[9; 32], "the launch view and the allocation are the same memory");
+        let keep: std::collections::HashSet<u64> = [].into();
+        m.free_all_but(&keep);
+        assert!(m.global().read(b, &mut [0u8; 1]).is_err(), "gone after a reset");
+        let c = m.alloc(16).unwrap();
+        m.global().write(c, &[1; 16]).expect("an allocation after a reset");
     }
 
     #[test]

@@ -252,7 +252,7 @@ pub fn launch_with_budget(
     let heap = heap.as_deref();
     let grid_ws = if k.grid_sync { mem.grid_workspace()?.unwrap_or(0) } else { 0 };
     let objects = mem.objects();
-    let global = Global::new(mem.regions());
+    let global = mem.global();
     let run = LaunchRun {
         budget,
         total: AtomicU64::new(0),

@@ -5,18 +5,35 @@
 
 use super::MemFault;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// One allocation: device address, host pointer, length.
-struct Region {
+#[derive(Clone, Copy)]
+pub struct Region {
     base: u64,
     ptr: *mut u8,
     len: usize,
 }
 
+// SAFETY: a Region only describes memory (its owner may keep a table of them between launches);
+// the memory is reached only through a Global, whose lifetime holds the owner's exclusive borrow.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// `len` bytes at `ptr`, at device address `base`.
+    pub fn new(base: u64, ptr: *mut u8, len: usize) -> Region {
+        Region { base, ptr, len }
+    }
+}
+
 /// The allocations a launch may touch, borrowed mutably from their owner for `'a`.
 pub struct Global<'a> {
-    regions: Vec<Region>,
+    /// Sorted by base address. Shared: an owner with many allocations keeps the table between
+    /// launches rather than building it for each (a CuPy process holds thousands).
+    regions: Arc<[Region]>,
     _borrow: PhantomData<&'a mut [u8]>,
 }
 
@@ -30,6 +47,16 @@ impl<'a> Global<'a> {
     pub fn new(regions: Vec<(u64, &'a mut [u8])>) -> Global<'a> {
         let mut regions: Vec<Region> = regions.into_iter().map(|(base, s)| Region { base, ptr: s.as_mut_ptr(), len: s.len() }).collect();
         regions.sort_by_key(|r| r.base);
+        Global { regions: regions.into(), _borrow: PhantomData }
+    }
+
+    /// A Global over a table its owner keeps.
+    ///
+    /// # Safety
+    /// `regions` is sorted by base and does not overlap; each region's memory stays valid, and
+    /// is touched by nothing but this Global, for `'a` (the caller holds its owner's exclusive
+    /// borrow that long).
+    pub unsafe fn from_table(regions: Arc<[Region]>) -> Global<'a> {
         Global { regions, _borrow: PhantomData }
     }
 

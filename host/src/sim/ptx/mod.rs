@@ -13,7 +13,7 @@
 
 mod exec;
 mod float;
-mod global;
+pub mod global;
 pub mod heap;
 mod parse;
 mod printf;
@@ -26,6 +26,11 @@ pub use parse::{GlobalVar, Kernel, Module, ParamInfo, PtxError, Rejection, VarSp
 /// address, host bytes). A launch reaches nothing else; every access is bounds-checked.
 pub trait Memory {
     fn regions(&mut self) -> Vec<(u64, &mut [u8])>;
+
+    /// Global memory for one launch: `regions`, unless the owner keeps a table of them.
+    fn global(&mut self) -> global::Global<'_> {
+        global::Global::new(self.regions())
+    }
 
     /// The device heap for kernels' malloc/free, made on first use (one of `regions` from
     /// then on). None: this memory has none (kernels that allocate cannot run on it).
