@@ -159,6 +159,17 @@ fn measure(label: &str, f: &mut dyn FnMut() -> u64) {
     );
 }
 
+/// How many times per second `f` runs, over one second.
+fn per_second(f: &mut dyn FnMut()) -> f64 {
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed().as_secs_f64() < 1.0 {
+        f();
+        n += 1;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 fn params(ptrs: &[u64], tail: Option<u32>) -> Vec<u8> {
     let mut p: Vec<u8> = ptrs.iter().flat_map(|v| v.to_le_bytes()).collect();
     if let Some(t) = tail {
@@ -178,13 +189,10 @@ fn main() {
     };
     let (src, n) = (mem.alloc(4 << 20).unwrap(), 1u32 << 20);
     // Launches per second, not instructions: 80 blocks of 128 threads, as ggml's decode kernels.
-    let t = Instant::now();
-    let mut launches = 0;
-    while t.elapsed().as_secs_f64() < 1.0 {
+    let rate = per_second(&mut || {
         run("launch_cost", cfg(80, 128), &params(&[out], None), &mut mem);
-        launches += 1;
-    }
-    println!("launch (80x128, 400 regs) {:9.0} launches/s", launches as f64 / t.elapsed().as_secs_f64());
+    });
+    println!("launch (80x128, 400 regs) {rate:9.0} launches/s");
     // A small launch beside many live allocations (a CuPy process keeps thousands in its memory
     // pool): what a launch costs should not grow with them.
     for extra in [0usize, 20_000] {
@@ -193,13 +201,10 @@ fn main() {
         for _ in 0..extra {
             mem.alloc(512).unwrap();
         }
-        let t = Instant::now();
-        let mut launches = 0;
-        while t.elapsed().as_secs_f64() < 1.0 {
+        let rate = per_second(&mut || {
             run("launch_cost", cfg(1, 32), &params(&[out], None), &mut mem);
-            launches += 1;
-        }
-        println!("launch (1x32) beside {extra:>6} allocations {:9.0} launches/s", launches as f64 / t.elapsed().as_secs_f64());
+        });
+        println!("launch (1x32) beside {extra:>6} allocations {rate:9.0} launches/s");
     }
 
     measure("alu (fma/int chain)", &mut || run("alu", cfg(64, 256), &params(&[out], None), &mut mem));
