@@ -809,7 +809,8 @@ mod tests {
     }
 
     /// A launch's view of global memory is kept between launches: it must follow every
-    /// allocation, free, VMM map and reset in between.
+    /// allocation, free and reset in between (VMM maps and IPC go through the same
+    /// insert_region/remove_region).
     #[test]
     fn the_kept_launch_view_follows_allocations_and_frees() {
         let mut m = DeviceMemory::new(DevicePool::new(1 << 30));
